@@ -1,0 +1,66 @@
+# Quarterdeck: `make up` runs it on embedded defaults, `make test` runs the suite.
+# Both install what they need: the venv, pip packages, and missing Debian packages.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+PY     := $(BIN)/python
+STAMP  := $(VENV)/.installed
+APT_PACKAGES := redis-server prometheus prometheus-alertmanager
+APT_STAMP := $(VENV)/.apt-installed
+
+.PHONY: up test test-unit test-integration test-e2e lint typecheck bench install deps clean help
+
+help:
+	@echo "make up      - run Quarterdeck (API :8080, metrics :9090, embedded Postgres)"
+	@echo "make test    - lint, type-check and run all tests"
+	@echo "make bench   - run benchmarks; writes benchmarks/results/*.json"
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# Debian packages the tests drive for real (Redis, Prometheus/promtool, Alertmanager/amtool).
+$(APT_STAMP):
+	@missing=""; for p in $(APT_PACKAGES); do \
+	  dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	  $$SUDO apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+	@mkdir -p $(VENV) && touch $(APT_STAMP)
+
+deps: $(STAMP) $(APT_STAMP)
+
+up: $(STAMP)
+	$(BIN)/quarterdeck up
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+test: deps lint typecheck
+	$(BIN)/pytest -q -p no:cacheprovider tests
+
+test-unit: $(STAMP)
+	$(BIN)/pytest -q tests/unit
+
+test-integration: deps
+	$(BIN)/pytest -q tests/integration
+
+test-e2e: deps
+	$(BIN)/pytest -q tests/e2e
+
+bench: deps
+	$(PY) -m benchmarks.run
+
+clean:
+	rm -rf $(VENV) .data .pytest_cache .mypy_cache .ruff_cache

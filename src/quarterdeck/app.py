@@ -1,0 +1,93 @@
+"""The FastAPI application: routers, the single error handler, and the process lifespan."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import structlog
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from quarterdeck import __version__
+from quarterdeck.config import Settings
+from quarterdeck.exceptions import QuarterdeckError, Unavailable
+from quarterdeck.monitoring import probes
+from quarterdeck.runs import api as runs_api
+from quarterdeck.runtime import Runtime
+
+log = structlog.get_logger(__name__)
+PROBLEM = "application/problem+json"
+
+
+def problem(
+    status: int, title: str, detail: str, type_: str = "about:blank", **extra: Any
+) -> JSONResponse:
+    body = {"type": type_, "title": title, "status": status, "detail": detail, **extra}
+    headers = {}
+    if "retry_after" in extra:
+        headers["Retry-After"] = str(int(extra["retry_after"]))
+    return JSONResponse(body, status_code=status, media_type=PROBLEM, headers=headers)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(QuarterdeckError)
+    async def _ours(request: Request, exc: QuarterdeckError) -> JSONResponse:
+        if exc.status >= 500 and not isinstance(exc, Unavailable):
+            log.error("request_failed", path=request.url.path, error=exc.detail)
+        return problem(exc.status, exc.title, exc.detail, exc.problem_type,
+                       instance=request.url.path, **exc.extra)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = []
+        for err in exc.errors():
+            loc = [str(p) for p in err.get("loc", ()) if p not in ("body",)]
+            errors.append({"field": ".".join(loc) or "body", "message": err.get("msg", "")})
+        detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
+        return problem(422, "Request validation failed", detail,
+                       "https://quarterdeck.dev/problems/validation-error",
+                       instance=request.url.path, errors=errors)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return problem(exc.status_code, str(exc.detail), str(exc.detail),
+                       instance=request.url.path)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled_error", path=request.url.path)
+        return problem(500, "Internal error", "an unexpected error occurred; see the server log",
+                       instance=request.url.path)
+
+
+def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
+    """The app. With ``runtime`` given, its lifecycle belongs to the caller (``quarterdeck up``)."""
+    owned = runtime is None
+    rt = runtime or Runtime(settings, with_workers=False)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.runtime = rt
+        if owned:
+            await rt.start()
+        try:
+            yield
+        finally:
+            if owned:
+                await rt.stop()
+
+    app = FastAPI(
+        title="Quarterdeck",
+        version=__version__,
+        description="Durable control plane for AI coding agents.",
+        lifespan=lifespan,
+    )
+    app.state.runtime = rt
+    install_error_handlers(app)
+    app.include_router(probes.router)
+    app.include_router(runs_api.router)
+    return app

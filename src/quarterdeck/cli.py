@@ -1,0 +1,139 @@
+"""The ``quarterdeck`` command line."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from quarterdeck import __version__
+from quarterdeck.config import Settings, load_settings
+from quarterdeck.exceptions import ConfigError, QuarterdeckError
+from quarterdeck.kit.console import console, err_console, fail, print_json
+from quarterdeck.kit.logs import configure_logging
+from quarterdeck.runs.cli import app as run_app
+
+app = typer.Typer(
+    help="Quarterdeck: a durable control plane for AI coding agents.\n\n"
+    "Start everything with `quarterdeck up`, then `quarterdeck run submit \"...\"`.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+db_app = typer.Typer(help="Database schema management.", no_args_is_help=True)
+app.add_typer(run_app, name="run")
+app.add_typer(db_app, name="db")
+try:
+    from quarterdeck.monitoring.cli import app as monitoring_app
+
+    app.add_typer(monitoring_app, name="monitoring")
+except ImportError:  # pragma: no cover
+    pass
+
+_config_path: Path | None = None
+
+
+@app.callback()
+def _root(
+    config: Annotated[Path | None, typer.Option(
+        "--config", "-c", help="YAML settings file [env: QUARTERDECK_CONFIG; default: "
+        "/app/config/quarterdeck.yaml if present].")] = None,
+) -> None:
+    global _config_path
+    _config_path = config
+
+
+def settings() -> Settings:
+    """Load settings or exit 2 with every bad field listed."""
+    try:
+        return load_settings(_config_path)
+    except ConfigError as exc:
+        err_console.print(f"[bold red]error:[/] {exc.detail}", highlight=False)
+        raise typer.Exit(2) from None
+
+
+def _serve(api: bool, workers: bool) -> None:
+    s = settings()
+    configure_logging(s.log_level)
+    if s.env == "development" and not s.admin_api_key:
+        err_console.print("[yellow]warning:[/] development mode: the API has no authentication.")
+    from quarterdeck.server import serve
+
+    try:
+        asyncio.run(serve(s, api=api, workers=workers))
+    except ConfigError as exc:
+        err_console.print(f"[bold red]error:[/] {exc.detail}", highlight=False)
+        raise typer.Exit(2) from None
+    except QuarterdeckError as exc:
+        fail(exc.detail)
+
+
+@app.command()
+def up() -> None:
+    """Run everything in one process: API (:8080), metrics (:9090) and a worker pool.
+
+    With POSTGRES_URL unset, an embedded Postgres is started in the data directory.
+    """
+    _serve(api=True, workers=True)
+
+
+@app.command()
+def serve() -> None:
+    """Run the HTTP API only (no workers)."""
+    _serve(api=True, workers=False)
+
+
+@app.command()
+def worker() -> None:
+    """Run a worker pool only (no HTTP API; metrics are still served)."""
+    _serve(api=False, workers=True)
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Apply pending schema migrations."""
+    s = settings()
+    configure_logging("warning")
+    from quarterdeck.store import migrations
+    from quarterdeck.store.pool import database_url
+
+    try:
+        applied = asyncio.run(migrations.upgrade(database_url(s)))
+    except QuarterdeckError as exc:
+        fail(exc.detail)
+    if applied:
+        console.print(f"applied migrations: {', '.join(map(str, applied))}")
+    else:
+        console.print(f"schema is current (version {migrations.HEAD})")
+
+
+@app.command()
+def doctor(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Check the config, Postgres, Redis and the provider key; say what is wrong and how to fix it."""
+    s = settings()
+    configure_logging("warning")
+    from quarterdeck.monitoring.doctor import run_checks
+
+    checks = asyncio.run(run_checks(s))
+    if as_json:
+        print_json([c.__dict__ for c in checks])
+    else:
+        table = Table("check", "status", "detail", "fix")
+        colours = {"ok": "green", "warn": "yellow", "fail": "red"}
+        for c in checks:
+            table.add_row(c.name, f"[{colours[c.status]}]{c.status}[/]", c.detail, c.fix)
+        console.print(table)
+    if any(c.status == "fail" for c in checks):
+        raise typer.Exit(1)
+
+
+@app.command()
+def version() -> None:
+    """Print the version."""
+    console.print(__version__)
+
+
+def main() -> None:
+    app()

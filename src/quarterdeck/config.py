@@ -1,0 +1,230 @@
+"""Quarterdeck's single settings object.
+
+Settings come from, highest priority first: explicit overrides, environment variables, a YAML file
+(``--config``, ``QUARTERDECK_CONFIG``, or ``/app/config/quarterdeck.yaml`` where the guide mounts
+its ConfigMap), then defaults. Validation is eager: :func:`load_settings` either returns a fully
+valid object or raises :class:`ConfigError` listing *every* bad field by the name the user set.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from quarterdeck.exceptions import ConfigError
+from quarterdeck.kit.durations import parse_duration
+from quarterdeck.kit.latency import LatencyProfile, parse_latency
+
+DEFAULT_CONFIG_PATHS = (Path("/app/config/quarterdeck.yaml"), Path("/app/config/quarterdeck.yml"))
+GUIDE_ENV_NAMES = {
+    "postgres_url": "POSTGRES_URL",
+    "redis_url": "REDIS_URL",
+    "anthropic_api_key": "ANTHROPIC_API_KEY",
+    "log_level": "LOG_LEVEL",
+}
+
+
+def _guide(name: str) -> Any:
+    return AliasChoices(GUIDE_ENV_NAMES[name], f"QUARTERDECK_{GUIDE_ENV_NAMES[name]}", name)
+
+
+class _YamlSource(PydanticBaseSettingsSource):
+    """Reads the optional YAML file; keys are the field names (``worker_concurrency: 20``)."""
+
+    def __init__(self, settings_cls: type[BaseSettings], path: Path | None) -> None:
+        super().__init__(settings_cls)
+        self.path = path
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        if self.path is None:
+            return {}
+        try:
+            data = yaml.safe_load(self.path.read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError([(str(self.path), f"cannot read config file: {exc}")]) from exc
+        if not isinstance(data, dict):
+            raise ConfigError([(str(self.path), "config file must hold a mapping of settings")])
+        unknown = sorted(set(data) - set(self.settings_cls.model_fields))
+        if unknown:
+            raise ConfigError([(str(self.path), f"unknown setting(s): {', '.join(unknown)}")])
+        return data
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="QUARTERDECK_", extra="ignore", populate_by_name=True, validate_default=True
+    )
+    _config_path: Path | None = None
+
+    env: Literal["development", "production"] = "development"
+    data_dir: Path = Field(default=Path(".data"), description="Embedded Postgres and workspaces.")
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        default="info", validation_alias=_guide("log_level")
+    )
+
+    postgres_url: SecretStr | None = Field(default=None, validation_alias=_guide("postgres_url"))
+    redis_url: SecretStr | None = Field(default=None, validation_alias=_guide("redis_url"))
+    anthropic_api_key: SecretStr | None = Field(
+        default=None, validation_alias=_guide("anthropic_api_key")
+    )
+    admin_api_key: SecretStr | None = Field(default=None, description="Bootstrap admin key.")
+
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(default=8080, ge=0, le=65535)
+    metrics_port: int = Field(default=9090, ge=0, le=65535)
+    db_pool_min: int = Field(default=2, ge=1)
+    db_pool_max: int = Field(default=20, ge=1)
+
+    worker_concurrency: int = Field(default=50, ge=1, le=100_000)
+    worker_batch_size: int = Field(default=10, ge=1, le=1000)
+    worker_heartbeat_timeout: float = 10.0
+    worker_dequeue_timeout: float = 5.0
+    drain_timeout: float = 30.0
+    max_attempts: int = Field(default=3, ge=1, le=100)
+
+    provider: Literal["auto", "anthropic", "openai", "simulated"] = "auto"
+    default_model: str | None = None
+    default_agent_type: str = "coder"
+    run_timeout: float = 3600.0
+    max_turns: int = Field(default=50, ge=1, le=10_000)
+
+    simulated_latency: str = Field(default="0", description="0, 2s, or lognormal:1.5s:0.6")
+    simulated_error_rate: float = Field(default=0.0, ge=0.0, le=1.0)
+    simulated_turns: int = Field(
+        default=0, ge=0, le=1000, description="Turns per simulated run; 0 lets the script choose."
+    )
+
+    @field_validator(
+        "worker_heartbeat_timeout", "worker_dequeue_timeout", "drain_timeout", "run_timeout",
+        mode="before",
+    )
+    @classmethod
+    def _duration(cls, value: Any) -> float:
+        seconds = parse_duration(value)
+        if seconds <= 0:
+            raise ValueError("must be greater than zero")
+        return seconds
+
+    @field_validator("simulated_latency", mode="before")
+    @classmethod
+    def _latency(cls, value: Any) -> str:
+        parse_latency(str(value))
+        return str(value)
+
+    @field_validator("postgres_url")
+    @classmethod
+    def _pg_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().startswith(
+            ("postgres://", "postgresql://")
+        ):
+            raise ValueError("must start with postgresql:// (or postgres://)")
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().startswith(
+            ("redis://", "rediss://", "unix://")
+        ):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return value
+
+    @model_validator(mode="after")
+    def _production_guards(self) -> Settings:
+        problems: list[str] = []
+        if self.db_pool_min > self.db_pool_max:
+            problems.append("QUARTERDECK_DB_POOL_MIN must not exceed QUARTERDECK_DB_POOL_MAX")
+        if self.env == "production":
+            key = self.admin_api_key.get_secret_value() if self.admin_api_key else ""
+            if len(key) < 32:
+                problems.append(
+                    "QUARTERDECK_ADMIN_API_KEY must be set to at least 32 characters in production"
+                )
+            if self.postgres_url is None:
+                problems.append("POSTGRES_URL must be set in production (no embedded database)")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, _YamlSource(settings_cls, cls._config_path))
+
+    # -- derived values -------------------------------------------------------------------
+    @property
+    def provider_name(self) -> str:
+        if self.provider != "auto":
+            return self.provider
+        return "anthropic" if self.anthropic_api_key else "simulated"
+
+    @property
+    def model(self) -> str:
+        if self.default_model:
+            return self.default_model
+        return "simulated-sonnet" if self.provider_name == "simulated" else "claude-sonnet-4-5"
+
+    @property
+    def latency_profile(self) -> LatencyProfile:
+        return parse_latency(self.simulated_latency)
+
+    @property
+    def embedded_postgres(self) -> bool:
+        return self.postgres_url is None
+
+
+def env_name(field: str) -> str:
+    """The environment variable a user sets for ``field``."""
+    return GUIDE_ENV_NAMES.get(field, f"QUARTERDECK_{field.upper()}")
+
+
+def env_names() -> dict[str, str]:
+    return {name: env_name(name) for name in Settings.model_fields}
+
+
+def resolve_config_path(explicit: str | Path | None) -> Path | None:
+    if explicit:
+        return Path(explicit)
+    from_env = os.environ.get("QUARTERDECK_CONFIG")
+    if from_env:
+        return Path(from_env)
+    return next((p for p in DEFAULT_CONFIG_PATHS if p.exists()), None)
+
+
+def load_settings(config: str | Path | None = None, **overrides: Any) -> Settings:
+    """Build and validate settings, or raise ConfigError naming every bad field."""
+    path = resolve_config_path(config)
+    if path is not None and not path.exists():
+        raise ConfigError([("--config", f"{path} does not exist")])
+    Settings._config_path = path
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        errors: list[tuple[str, str]] = []
+        for err in exc.errors():
+            loc = [str(p) for p in err["loc"]]
+            field = loc[0] if loc else ""
+            name = env_name(field) if field in Settings.model_fields else (field or "settings")
+            msg = err["msg"].removeprefix("Value error, ")
+            value = err.get("input")
+            shown = "" if field in GUIDE_ENV_NAMES or "key" in field or value is None else (
+                f" (got {value!r})"
+            )
+            errors.append((name, msg + shown))
+        raise ConfigError(errors) from exc
+    finally:
+        Settings._config_path = None

@@ -1,0 +1,1 @@
+"""Small, dependency-free helpers. Nothing here imports a Quarterdeck domain."""

@@ -1,0 +1,1 @@
+"""Metrics, probes, health monitoring and alerting glue."""

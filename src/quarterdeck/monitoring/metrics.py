@@ -1,0 +1,233 @@
+"""Every Prometheus metric Quarterdeck exports, in one registry.
+
+The first eight are the guide's, with its exact names, label names and buckets. Label values are
+bounded by construction: agent types and models come from config, statuses and severities from
+enums; never a run id or free text (see :func:`bounded`).
+
+Counters are incremented only by the process that did the work, so summing a counter across
+scrape targets (replicas, or ``worker`` processes beside ``serve``) counts each run once. Gauges
+read from Postgres (queue length, runs by state) are the same in every process; aggregate them
+with ``max`` rather than ``sum``.
+"""
+
+from __future__ import annotations
+
+import re
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
+from prometheus_client.gc_collector import GCCollector
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+ProcessCollector(registry=REGISTRY)
+PlatformCollector(registry=REGISTRY)
+GCCollector(registry=REGISTRY)
+
+# --- the guide's eight -------------------------------------------------------------------------
+REQUESTS = Counter(
+    "claude_agent_requests_total",
+    "Total number of agent requests (finished runs), by outcome: success, error or cancelled",
+    ["agent_type", "status", "operation"],
+    registry=REGISTRY,
+)
+REQUEST_DURATION = Histogram(
+    "claude_agent_request_duration_seconds",
+    "Duration of agent requests in seconds, from start of execution to a terminal state",
+    ["agent_type", "operation"],
+    buckets=[0.1, 0.5, 1, 2, 5, 10, 30, 60],
+    registry=REGISTRY,
+)
+ACTIVE = Gauge(
+    "claude_agent_active_count",
+    "Number of agent runs currently executing in this process",
+    ["agent_type"],
+    registry=REGISTRY,
+)
+TOKENS = Counter(
+    "claude_agent_tokens_used_total",
+    "Total tokens consumed by agents (input, output, cache writes and cache reads)",
+    ["agent_type", "model"],
+    registry=REGISTRY,
+)
+COST = Counter(
+    "claude_agent_api_cost_total",
+    "Total API cost in USD (calls to models with unknown prices add nothing here)",
+    ["agent_type", "model"],
+    registry=REGISTRY,
+)
+CODE_QUALITY = Histogram(
+    "claude_agent_code_quality_score",
+    "Code quality score from static analysis, in [0, 1]",
+    ["agent_type", "language"],
+    buckets=[0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0],
+    registry=REGISTRY,
+)
+TEST_COVERAGE = Histogram(
+    "claude_agent_test_coverage_percent",
+    "Test coverage percentage for generated code",
+    ["agent_type", "project"],
+    buckets=[10, 20, 30, 40, 50, 60, 70, 80, 90, 100],
+    registry=REGISTRY,
+)
+ERRORS = Counter(
+    "claude_agent_errors_total",
+    "Total number of agent errors",
+    ["agent_type", "error_type", "severity"],
+    registry=REGISTRY,
+)
+
+# --- queue and run state (read from Postgres) -------------------------------------------------
+QUEUE_LENGTH = Gauge(
+    "claude_agent_queue_length",
+    "Runs waiting to start, from Postgres (same in every process: aggregate with max)",
+    ["agent_type"],
+    registry=REGISTRY,
+)
+QUEUE_OLDEST_AGE = Gauge(
+    "claude_agent_queue_oldest_age_seconds",
+    "Age of the oldest queued run, from Postgres (aggregate with max)",
+    registry=REGISTRY,
+)
+RUNS_IN_STATE = Gauge(
+    "claude_agent_runs_in_state",
+    "Runs currently in each status, from Postgres (aggregate with max)",
+    ["status"],
+    registry=REGISTRY,
+)
+RUN_OUTCOMES = Counter(
+    "claude_agent_run_outcomes_total",
+    "Runs that reached a terminal status, by that status",
+    ["agent_type", "status"],
+    registry=REGISTRY,
+)
+RUN_ATTEMPTS = Counter(
+    "claude_agent_run_attempts_total",
+    "Executions started, including resumptions after a lost worker",
+    ["agent_type", "kind"],
+    registry=REGISTRY,
+)
+SUBMIT_TO_START = Histogram(
+    "claude_agent_submit_to_start_seconds",
+    "Time from submission to the first start of a run",
+    ["agent_type"],
+    buckets=[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60],
+    registry=REGISTRY,
+)
+TURNS = Counter(
+    "claude_agent_turns_total",
+    "Completed (checkpointed) agent turns",
+    ["agent_type", "model"],
+    registry=REGISTRY,
+)
+
+# --- providers ---------------------------------------------------------------------------------
+PROVIDER_LATENCY = Histogram(
+    "claude_agent_provider_request_duration_seconds",
+    "Latency of one model provider call",
+    ["provider", "model"],
+    buckets=[0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120],
+    registry=REGISTRY,
+)
+PROVIDER_TTFT = Histogram(
+    "claude_agent_provider_time_to_first_token_seconds",
+    "Time to first streamed token of a model provider call",
+    ["provider", "model"],
+    buckets=[0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30],
+    registry=REGISTRY,
+)
+UNPRICED_TOKENS = Counter(
+    "claude_agent_unpriced_tokens_total",
+    "Tokens used on models with no known price (their cost is unknown, not zero)",
+    ["agent_type", "model"],
+    registry=REGISTRY,
+)
+FALLBACKS = Counter(
+    "claude_agent_model_fallbacks_total",
+    "Calls served by a fallback model instead of the requested one",
+    ["from_model", "to_model", "reason"],
+    registry=REGISTRY,
+)
+RETRIES = Counter(
+    "claude_agent_provider_retries_total",
+    "Provider call retries, by the error that caused them",
+    ["provider", "error_type"],
+    registry=REGISTRY,
+)
+
+# --- resilience, incidents, budgets, audit ----------------------------------------------------
+CIRCUIT_STATE = Gauge(
+    "claude_agent_circuit_state",
+    "Circuit breaker state: 0 closed, 1 half-open, 2 open",
+    ["dependency"],
+    registry=REGISTRY,
+)
+BUDGET_REMAINING = Gauge(
+    "claude_agent_budget_remaining_usd",
+    "Tenant budget remaining in USD",
+    ["tenant", "period"],
+    registry=REGISTRY,
+)
+BUDGET_LIMIT = Gauge(
+    "claude_agent_budget_limit_usd",
+    "Tenant budget limit in USD",
+    ["tenant", "period"],
+    registry=REGISTRY,
+)
+INCIDENTS_OPEN = Gauge(
+    "claude_agent_incidents_open",
+    "Open (unresolved) incidents",
+    ["severity"],
+    registry=REGISTRY,
+)
+INCIDENT_OLDEST_OPEN_AGE = Gauge(
+    "claude_agent_incident_oldest_open_age_seconds",
+    "Age of the oldest unresolved incident, 0 when none is open",
+    registry=REGISTRY,
+)
+MTTR = Gauge(
+    "claude_agent_mttr_seconds",
+    "Mean time to recover over incidents resolved in the last 30 days",
+    registry=REGISTRY,
+)
+AUDIT_CHAIN_VALID = Gauge(
+    "claude_agent_audit_chain_valid",
+    "1 when the last audit-chain verification passed, 0 when it found tampering",
+    ["tenant"],
+    registry=REGISTRY,
+)
+AUDIT_LAST_VERIFY = Gauge(
+    "claude_agent_audit_last_verify_timestamp_seconds",
+    "Unix time of the last audit-chain verification",
+    registry=REGISTRY,
+)
+READY = Gauge(
+    "claude_agent_ready",
+    "1 when this process reports ready, 0 when not ready or draining",
+    registry=REGISTRY,
+)
+BUILD_INFO = Gauge(
+    "claude_agent_build_info",
+    "Build information; always 1",
+    ["version", "provider"],
+    registry=REGISTRY,
+)
+
+_SAFE = re.compile(r"^[A-Za-z0-9_.:\-]{1,64}$")
+
+
+def bounded(value: str, allowed: frozenset[str] | set[str] | None = None) -> str:
+    """A label value that cannot blow up cardinality: known values pass, anything else is 'other'."""
+    if allowed is not None:
+        return value if value in allowed else "other"
+    return value if _SAFE.match(value) else "other"
+
+
+def render() -> bytes:
+    return generate_latest(REGISTRY)

@@ -1,0 +1,1 @@
+"""Durable agent runs: submission, the job-engine worker, checkpoints and the event timeline."""

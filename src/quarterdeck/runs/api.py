@@ -1,0 +1,123 @@
+"""HTTP endpoints for runs. Thin: parse, call :class:`RunService`, shape the response."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi.responses import StreamingResponse
+
+from quarterdeck.exceptions import ValidationFailed
+from quarterdeck.kit.ids import is_id
+from quarterdeck.runs.models import Run, RunCreate, RunEvent, RunFilter, RunPage, RunStatus
+from quarterdeck.runs.service import RunService
+
+router = APIRouter(prefix="/v1/runs", tags=["runs"])
+
+
+def _service(request: Request) -> RunService:
+    service: RunService = request.app.state.runtime.runs
+    return service
+
+
+def _check_id(run_id: str) -> str:
+    if not is_id(run_id, "run"):
+        raise ValidationFailed(
+            f"run id {run_id!r} is malformed", errors=[{"field": "run_id", "message": "malformed"}]
+        )
+    return run_id
+
+
+@router.post("", status_code=202, response_model=Run, summary="Submit a run")
+async def submit_run(
+    body: RunCreate,
+    request: Request,
+    response: Response,
+    idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
+) -> Run:
+    run, created = await _service(request).submit(body, idempotency_key=idempotency_key)
+    response.headers["Location"] = f"/v1/runs/{run.id}"
+    if not created:
+        response.headers["Idempotent-Replayed"] = "true"
+    return run
+
+
+@router.get("", response_model=RunPage, summary="List runs, newest first")
+async def list_runs(
+    request: Request,
+    status: Annotated[list[RunStatus] | None, Query()] = None,
+    agent_type: Annotated[str | None, Query(max_length=64)] = None,
+    created_after: datetime | None = None,
+    created_before: datetime | None = None,
+    cursor: Annotated[str | None, Query(max_length=64)] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+) -> RunPage:
+    if cursor is not None and not is_id(cursor, "run"):
+        raise ValidationFailed("cursor is malformed", errors=[{"field": "cursor",
+                                                                "message": "malformed"}])
+    f = RunFilter(status=status, agent_type=agent_type, created_after=created_after,
+                  created_before=created_before, cursor=cursor, limit=limit)
+    return await _service(request).list(f)
+
+
+@router.get("/{run_id}", response_model=Run, summary="Get one run")
+async def get_run(run_id: str, request: Request) -> Run:
+    return await _service(request).get(_check_id(run_id))
+
+
+@router.post("/{run_id}/cancel", response_model=Run, summary="Cancel a queued or running run")
+async def cancel_run(run_id: str, request: Request) -> Run:
+    return await _service(request).cancel(_check_id(run_id))
+
+
+@router.get("/{run_id}/wait", response_model=Run,
+            summary="Wait until the run is terminal or the timeout passes")
+async def wait_run(
+    run_id: str, request: Request, timeout: Annotated[float, Query(ge=0, le=300)] = 30.0
+) -> Run:
+    return await _service(request).wait(_check_id(run_id), timeout)
+
+
+@router.get(
+    "/{run_id}/events",
+    response_model=list[RunEvent],
+    summary="The run's event timeline, as JSON or as a live SSE stream",
+    description="Send `Accept: text/event-stream` (or `?stream=true`) for Server-Sent Events; "
+    "the stream resumes after `Last-Event-ID` and ends when the run is terminal.",
+)
+async def run_events(
+    run_id: str,
+    request: Request,
+    after: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
+    stream: bool = False,
+    last_event_id: Annotated[str | None, Header()] = None,
+) -> Response:
+    service = _service(request)
+    _check_id(run_id)
+    wants_sse = stream or "text/event-stream" in request.headers.get("accept", "")
+    if not wants_sse:
+        events = await service.events(run_id, after=after, limit=limit)
+        return Response(
+            content=json.dumps([e.model_dump(mode="json") for e in events]),
+            media_type="application/json",
+        )
+    start = after
+    if last_event_id:
+        if not last_event_id.isdigit():
+            raise ValidationFailed("Last-Event-ID must be an event id (an integer)",
+                                   errors=[{"field": "Last-Event-ID", "message": "not an integer"}])
+        start = int(last_event_id)
+    await service.get(run_id)  # 404 before the stream starts
+
+    async def sse() -> object:
+        yield "retry: 1000\n\n"
+        async for event in service.follow(run_id, after=start):
+            payload = json.dumps(event.model_dump(mode="json"))
+            yield f"id: {event.id}\nevent: {event.type}\ndata: {payload}\n\n"
+        yield "event: end\ndata: {}\n\n"
+
+    return StreamingResponse(sse(), media_type="text/event-stream",  # type: ignore[arg-type]
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

@@ -1,0 +1,161 @@
+"""``quarterdeck run ...``: submit and follow runs through the HTTP API."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from quarterdeck.kit.console import Api, console, fail, print_json
+
+app = typer.Typer(help="Submit, inspect, follow and cancel agent runs (talks to the API).",
+                  no_args_is_help=True)
+UrlOpt = Annotated[str | None, typer.Option("--url", help="API base URL [env: QUARTERDECK_URL]")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+TERMINAL = {"succeeded", "failed", "cancelled", "timed_out", "max_turns", "budget_exceeded"}
+
+
+def _summary(run: dict[str, Any]) -> None:
+    table = Table(show_header=False, box=None)
+    for key in ("id", "status", "agent_type", "operation", "model", "attempts", "turns",
+                "input_tokens", "output_tokens", "cache_read_tokens", "cost_usd", "created_at",
+                "started_at", "finished_at", "error", "result"):
+        value = run.get(key)
+        if value is not None:
+            table.add_row(f"[bold]{key}[/]", str(value))
+    console.print(table)
+
+
+@app.command("submit")
+def submit(
+    prompt: Annotated[str, typer.Argument(help="What the agent should do.")],
+    agent: Annotated[str | None, typer.Option("--agent", "-a", help="Agent type.")] = None,
+    operation: Annotated[str, typer.Option(help="Operation label for metrics.")] = "task",
+    model: Annotated[str | None, typer.Option(help="Model; defaults to the server's.")] = None,
+    idempotency_key: Annotated[str | None, typer.Option(help="Retry-safe submission key.")] = None,
+    wait: Annotated[bool, typer.Option("--wait", help="Wait until the run finishes.")] = False,
+    url: UrlOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Create a run. Prints its id; with --wait, follows it to the end."""
+    api = Api(url)
+    body: dict[str, Any] = {"prompt": prompt, "operation": operation}
+    if agent:
+        body["agent_type"] = agent
+    if model:
+        body["model"] = model
+    headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+    run = api.json("POST", "/v1/runs", json=body, headers=headers)
+    if wait:
+        while run["status"] not in TERMINAL:
+            run = api.json("GET", f"/v1/runs/{run['id']}/wait", params={"timeout": 30},
+                           timeout=40)
+    if as_json:
+        print_json(run)
+    elif wait:
+        _summary(run)
+    else:
+        console.print(f"[green]submitted[/] {run['id']} ({run['status']})")
+    if wait and run["status"] != "succeeded":
+        raise typer.Exit(1)
+
+
+@app.command("list")
+def list_runs(
+    status: Annotated[list[str] | None, typer.Option(help="Filter by status (repeatable).")] = None,
+    agent: Annotated[str | None, typer.Option("--agent", "-a")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=500)] = 20,
+    cursor: Annotated[str | None, typer.Option(help="Continue from a previous page.")] = None,
+    url: UrlOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """List runs, newest first."""
+    params: dict[str, Any] = {"limit": limit}
+    if status:
+        params["status"] = status
+    if agent:
+        params["agent_type"] = agent
+    if cursor:
+        params["cursor"] = cursor
+    page = Api(url).json("GET", "/v1/runs", params=params)
+    if as_json:
+        print_json(page)
+        return
+    table = Table("id", "status", "agent", "model", "turns", "cost_usd", "created_at")
+    for run in page["items"]:
+        table.add_row(run["id"], run["status"], run["agent_type"], run["model"],
+                      str(run["turns"]), str(run["cost_usd"]), run["created_at"])
+    console.print(table)
+    if page.get("next_cursor"):
+        console.print(f"next page: --cursor {page['next_cursor']}")
+
+
+@app.command("show")
+def show(run_id: str, url: UrlOpt = None, as_json: JsonOpt = False) -> None:
+    """Show one run."""
+    run = Api(url).json("GET", f"/v1/runs/{run_id}")
+    print_json(run) if as_json else _summary(run)
+
+
+@app.command("cancel")
+def cancel(run_id: str, url: UrlOpt = None, as_json: JsonOpt = False) -> None:
+    """Cancel a queued run, or stop a running one (within about 2 s)."""
+    run = Api(url).json("POST", f"/v1/runs/{run_id}/cancel")
+    if as_json:
+        print_json(run)
+    else:
+        console.print(f"{run['id']}: {run['status']}"
+                      + (" (stop requested)" if run["status"] == "running" else ""))
+
+
+@app.command("wait")
+def wait(run_id: str, timeout: Annotated[float, typer.Option(min=0, max=300)] = 60,
+         url: UrlOpt = None, as_json: JsonOpt = False) -> None:
+    """Wait until a run is finished (or the timeout passes) and show it."""
+    run = Api(url, timeout=timeout + 10).json("GET", f"/v1/runs/{run_id}/wait",
+                                              params={"timeout": timeout})
+    print_json(run) if as_json else _summary(run)
+
+
+def _line(event: dict[str, Any]) -> str:
+    data = event.get("data") or {}
+    brief = ", ".join(f"{k}={v}" for k, v in data.items() if k not in ("input", "output"))
+    turn = f" turn {event['turn']}" if event.get("turn") is not None else ""
+    return f"{event['ts']}  #{event['id']:<6} {event['type']}{turn}  {brief}"
+
+
+@app.command("logs")
+def logs(
+    run_id: str,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Stream until it ends.")] = False,
+    url: UrlOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Print a run's event timeline; --follow streams new events live (SSE)."""
+    api = Api(url, timeout=None)  # type: ignore[arg-type]
+    if not follow:
+        events = api.json("GET", f"/v1/runs/{run_id}/events")
+        if as_json:
+            print_json(events)
+        else:
+            for event in events:
+                console.print(_line(event), highlight=False)
+        return
+    try:
+        with api.client.stream("GET", f"/v1/runs/{run_id}/events",
+                               headers={"Accept": "text/event-stream"}) as response:
+            if response.status_code >= 400:
+                response.read()
+                fail(f"{response.status_code}: {response.json().get('detail', response.text)}")
+            for line in response.iter_lines():
+                if not line.startswith("data: "):
+                    continue
+                event = json.loads(line[6:])
+                if not event:
+                    break
+                typer.echo(json.dumps(event)) if as_json else console.print(_line(event),
+                                                                            highlight=False)
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None

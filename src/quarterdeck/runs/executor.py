@@ -1,0 +1,241 @@
+"""The turn loop of one run: model call, tool calls, checkpoint, repeat.
+
+Each completed turn is checkpointed (conversation, usage, cost, events) in one transaction that is
+shielded from cancellation, so a turn is either fully recorded or not at all. A resumed run loads
+the last checkpoint and continues with the next turn; completed turns are never called or billed
+again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any, Protocol
+
+import structlog
+
+from quarterdeck.exceptions import ProviderError
+from quarterdeck.kit.backoff import scheduled_delay
+from quarterdeck.monitoring import metrics
+from quarterdeck.providers.types import (
+    Message,
+    ModelRequest,
+    ModelResponse,
+    Provider,
+    TextBlock,
+    ToolResultBlock,
+    ToolSpec,
+    ToolUseBlock,
+    Usage,
+)
+from quarterdeck.runs import repository as repo
+from quarterdeck.runs.models import Run, RunStatus
+from quarterdeck.store.pool import Database
+
+log = structlog.get_logger(__name__)
+
+CostFn = Callable[[str, Usage], Decimal | None]
+
+
+class ToolRunner(Protocol):
+    """Executes the model's tool calls for one run. The agent runtime provides the real one."""
+
+    def specs(self) -> list[ToolSpec]: ...
+
+    async def run(self, run: Run, call: ToolUseBlock) -> tuple[ToolResultBlock, dict[str, Any]]:
+        """The result the model sees, and the event data to record for the call."""
+
+
+class SimulatedTools:
+    """Stand-in tools for the simulated provider: deterministic output, nothing executed."""
+
+    def specs(self) -> list[ToolSpec]:
+        return []
+
+    async def run(self, run: Run, call: ToolUseBlock) -> tuple[ToolResultBlock, dict[str, Any]]:
+        output = f"(simulated) {call.name} completed"
+        return ToolResultBlock(tool_use_id=call.id, content=output), {
+            "tool": call.name,
+            "input": call.input,
+            "output": output,
+            "simulated": True,
+            "duration_ms": 0.0,
+        }
+
+
+@dataclass
+class Outcome:
+    status: RunStatus
+    result: str | None = None
+    error: str | None = None
+    error_type: str | None = None
+    usage: Usage = field(default_factory=Usage)
+
+
+@dataclass
+class ExecutorConfig:
+    max_turns: int = 50
+    timeout_s: float = 3600.0
+    system_prompt: str = "You are a careful software engineer working in a repository."
+    max_tokens: int = 4096
+    call_retries: int = 4
+
+
+class RunExecutor:
+    def __init__(
+        self,
+        db: Database,
+        provider: Provider,
+        tools: ToolRunner,
+        cost_of: CostFn,
+        config: ExecutorConfig,
+    ) -> None:
+        self.db = db
+        self.provider = provider
+        self.tools = tools
+        self.cost_of = cost_of
+        self.config = config
+
+    async def execute(self, run: Run) -> Outcome:
+        async with self.db.acquire() as conn:
+            checkpoint = await repo.last_checkpoint(conn, run.id)
+        if checkpoint:
+            turn, raw = checkpoint
+            messages = [Message.from_dict(m) for m in raw]
+        else:
+            turn, messages = 0, [Message(role="user", content=[TextBlock(run.prompt)])]
+        max_turns = int(run.params.get("max_turns") or self.config.max_turns)
+        timeout_s = float(run.params.get("timeout_s") or self.config.timeout_s)
+        started = run.started_at.timestamp() if run.started_at else time.time()
+        deadline = started + timeout_s
+        total = Usage()
+        last_text = messages[-1].text if messages[-1].role == "assistant" else ""
+        if messages[-1].role == "assistant":
+            # The checkpoint holds the model's reply; the worker died before or during its tool
+            # calls. Re-run the tools (the model call is paid for and is not repeated).
+            if not messages[-1].tool_uses:
+                return Outcome(RunStatus.succeeded, result=last_text, usage=total)
+            messages = messages + [await self._run_tools(run, turn, messages[-1])]
+
+        while True:
+            if turn >= max_turns:
+                return Outcome(
+                    RunStatus.max_turns,
+                    result=last_text or None,
+                    error=f"stopped after max_turns={max_turns} turns without finishing",
+                    error_type="max_turns",
+                    usage=total,
+                )
+            if time.time() >= deadline:
+                return Outcome(
+                    RunStatus.timed_out,
+                    error=f"run exceeded its wall-clock timeout of {timeout_s:g}s",
+                    error_type="timeout",
+                    usage=total,
+                )
+            request = ModelRequest(
+                model=run.model,
+                messages=messages,
+                system=self.config.system_prompt,
+                tools=self.tools.specs(),
+                max_tokens=self.config.max_tokens,
+                metadata={"run_id": run.id, "turn": str(turn), "agent_type": run.agent_type},
+            )
+            try:
+                response = await asyncio.wait_for(
+                    self._call(run, request), timeout=max(0.001, deadline - time.time())
+                )
+            except TimeoutError:
+                continue  # the deadline check above ends the run
+            except ProviderError as exc:
+                return Outcome(
+                    RunStatus.failed,
+                    error=f"model call failed: {exc.detail}",
+                    error_type=exc.error_type,
+                    usage=total,
+                )
+            turn += 1
+            await self._complete_turn(run, turn, messages, response)
+            total = total + response.usage
+            messages = messages + [response.message]
+            last_text = response.message.text
+            if response.message.tool_uses and response.stop_reason == "tool_use":
+                messages = messages + [await self._run_tools(run, turn, response.message)]
+                continue
+            return Outcome(RunStatus.succeeded, result=last_text, usage=total)
+
+    async def _call(self, run: Run, request: ModelRequest) -> ModelResponse:
+        """Call the model, retrying transient errors on the guide's schedule."""
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return await self.provider.complete(request)
+            except ProviderError as exc:
+                metrics.ERRORS.labels(run.agent_type, exc.error_type, _severity(exc)).inc()
+                if not exc.retryable or attempt > self.config.call_retries:
+                    raise
+                delay = scheduled_delay(attempt)
+                if exc.retry_after is not None:
+                    delay = min(max(delay, exc.retry_after), 60.0)
+                metrics.RETRIES.labels(self.provider.name, exc.error_type).inc()
+                await asyncio.sleep(delay)
+
+    async def _run_tools(self, run: Run, turn: int, assistant: Message) -> Message:
+        results: list[ToolResultBlock] = []
+        events: list[tuple[str, int | None, dict[str, Any]]] = []
+        for call in assistant.tool_uses:
+            result, data = await self.tools.run(run, call)
+            results.append(result)
+            events.append(("tool_call", turn, data))
+        async with self.db.transaction() as conn:
+            await repo.append_events(conn, run.id, events)
+        return Message(role="user", content=list(results))
+
+    async def _complete_turn(
+        self, run: Run, turn: int, before: list[Message], response: ModelResponse
+    ) -> None:
+        usage = response.usage
+        cost = self.cost_of(response.model, usage)
+        messages = [m.to_dict() for m in before] + [response.message.to_dict()]
+        event = {
+            "model": response.model,
+            "stop_reason": response.stop_reason,
+            "usage": usage.to_dict(),
+            "cost_usd": float(cost) if cost is not None else None,
+            "latency_s": round(response.latency_s, 6),
+            "request_id": response.request_id,
+            "tool_calls": [t.name for t in response.message.tool_uses],
+        }
+
+        async def write() -> None:
+            async with self.db.transaction() as conn:
+                await repo.save_turn(
+                    conn, run.id, turn, messages, response.model, usage.to_dict(), cost,
+                    response.stop_reason,
+                )
+                await repo.append_events(conn, run.id, [("turn", turn, event)])
+
+        # Shielded: a cancel arriving mid-write must not leave a half-recorded turn.
+        await asyncio.shield(write())
+        model = metrics.bounded(response.model)
+        metrics.TURNS.labels(run.agent_type, model).inc()
+        metrics.TOKENS.labels(run.agent_type, model).inc(usage.total_tokens)
+        if cost is not None:
+            metrics.COST.labels(run.agent_type, model).inc(float(cost))
+        else:
+            metrics.UNPRICED_TOKENS.labels(run.agent_type, model).inc(usage.total_tokens)
+
+
+def _severity(exc: ProviderError) -> str:
+    code = exc.status_code or 0
+    if code in (401, 403):
+        return "critical"
+    if code >= 500 and code != 529 or exc.error_type in ("timeout", "connection_error"):
+        return "high"
+    if code in (429, 529):
+        return "medium"
+    return "low"

@@ -1,0 +1,113 @@
+"""Run and event shapes shared by the API, the CLI and the worker."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+_NAME = r"^[a-z][a-z0-9_\-]{0,62}$"
+
+
+class RunStatus(StrEnum):
+    queued = "queued"
+    running = "running"
+    succeeded = "succeeded"
+    failed = "failed"
+    cancelled = "cancelled"
+    timed_out = "timed_out"
+    max_turns = "max_turns"
+    budget_exceeded = "budget_exceeded"
+
+    @property
+    def terminal(self) -> bool:
+        return self not in (RunStatus.queued, RunStatus.running)
+
+    @property
+    def outcome(self) -> str:
+        """The guide's coarse ``status`` label: success, error or cancelled."""
+        if self is RunStatus.succeeded:
+            return "success"
+        if self is RunStatus.cancelled:
+            return "cancelled"
+        return "error"
+
+
+TERMINAL = frozenset(s for s in RunStatus if s.terminal)
+
+
+class RunCreate(BaseModel):
+    """Body of ``POST /v1/runs``. Only ``prompt`` is required."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: str = Field(min_length=1, max_length=200_000)
+    agent_type: str | None = Field(default=None, pattern=_NAME)
+    operation: str = Field(default="task", pattern=_NAME)
+    model: str | None = Field(default=None, min_length=1, max_length=128)
+    max_turns: int | None = Field(default=None, ge=1, le=10_000)
+    timeout_s: float | None = Field(default=None, gt=0, le=7 * 86400)
+    metadata: dict[str, str] = Field(default_factory=dict, max_length=50)
+
+    @field_validator("prompt")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("prompt must not be blank")
+        return value
+
+
+class Run(BaseModel):
+    id: str
+    tenant: str
+    agent_type: str
+    operation: str
+    prompt: str
+    model: str
+    status: RunStatus
+    attempts: int
+    max_attempts: int
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    input_tokens: int
+    output_tokens: int
+    cache_creation_tokens: int
+    cache_read_tokens: int
+    cost_usd: float | None
+    turns: int
+    result: str | None
+    error: str | None
+    idempotency_key: str | None
+    params: dict[str, Any]
+
+    @classmethod
+    def from_row(cls, row: Any) -> Run:
+        data = dict(row)
+        data["cost_usd"] = float(data["cost_usd"]) if data.get("cost_known", True) else None
+        return cls.model_validate(data)
+
+
+class RunEvent(BaseModel):
+    id: int
+    run_id: str
+    ts: datetime
+    type: str
+    turn: int | None
+    data: dict[str, Any]
+
+
+class RunPage(BaseModel):
+    items: list[Run]
+    next_cursor: str | None
+
+
+class RunFilter(BaseModel):
+    status: list[RunStatus] | None = None
+    agent_type: str | None = None
+    created_after: datetime | None = None
+    created_before: datetime | None = None
+    cursor: str | None = None
+    limit: int = 50

@@ -1,0 +1,186 @@
+"""Run use-cases: submit, read, list, cancel, wait and follow events.
+
+Endpoints and the CLI call these; they own transactions and error mapping, repositories own SQL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from quarterdeck.config import Settings
+from quarterdeck.exceptions import IdempotencyConflict, InvalidState, NotFound
+from quarterdeck.kit.ids import new_id
+from quarterdeck.runs import queue
+from quarterdeck.runs import repository as repo
+from quarterdeck.runs.events import RunEventHub
+from quarterdeck.runs.models import Run, RunCreate, RunEvent, RunFilter, RunPage, RunStatus
+from quarterdeck.runs.worker import record_outcome
+from quarterdeck.store.pool import Database
+
+DEFAULT_TENANT = "default"
+
+
+def request_hash(body: RunCreate) -> str:
+    canonical = json.dumps(body.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+class RunService:
+    def __init__(self, settings: Settings, db: Database, hub: RunEventHub | None = None) -> None:
+        self.settings = settings
+        self.db = db
+        self.hub = hub
+
+    def resolve_model(self, requested: str | None) -> str:
+        model = requested or self.settings.model
+        if self.settings.provider_name == "simulated" and not model.startswith("simulated-"):
+            model = f"simulated-{model}"
+        return model
+
+    async def submit(
+        self, body: RunCreate, *, tenant: str = DEFAULT_TENANT, idempotency_key: str | None = None
+    ) -> tuple[Run, bool]:
+        """Create and enqueue a run. Returns (run, created); created is False on an idempotent replay."""
+        digest = request_hash(body)
+        if idempotency_key:
+            existing = await self._replay(tenant, idempotency_key, digest)
+            if existing:
+                return existing, False
+        params: dict[str, Any] = {"metadata": body.metadata}
+        if body.max_turns:
+            params["max_turns"] = body.max_turns
+        if body.timeout_s:
+            params["timeout_s"] = body.timeout_s
+        run_id = new_id("run")
+        async with self.db.transaction() as conn:
+            job_id = await queue.enqueue_run(conn, run_id)
+            run = await repo.insert_run(conn, {
+                "id": run_id, "tenant": tenant,
+                "agent_type": body.agent_type or self.settings.default_agent_type,
+                "operation": body.operation, "prompt": body.prompt,
+                "model": self.resolve_model(body.model), "max_attempts": self.settings.max_attempts,
+                "idempotency_key": idempotency_key, "request_hash": digest, "job_id": job_id,
+                "params": params,
+            })
+            if run is not None:
+                await repo.append_event(conn, run.id, "status", {"status": "queued"})
+        if run is None:  # lost a race with the same key: the transaction above enqueued nothing
+            existing = await self._replay(tenant, idempotency_key or "", digest)
+            assert existing is not None
+            return existing, False
+        return run, True
+
+    async def _replay(self, tenant: str, key: str, digest: str) -> Run | None:
+        async with self.db.acquire() as conn:
+            found = await repo.find_by_idempotency_key(conn, tenant, key)
+        if found is None:
+            return None
+        run, stored = found
+        if stored != digest:
+            raise IdempotencyConflict(
+                f"Idempotency-Key {key!r} was already used for run {run.id} with a different body"
+            )
+        return run
+
+    async def get(self, run_id: str, tenant: str | None = DEFAULT_TENANT) -> Run:
+        async with self.db.acquire() as conn:
+            run = await repo.get_run(conn, run_id, tenant)
+        if run is None:
+            raise NotFound(f"run {run_id} not found")
+        return run
+
+    async def list(self, f: RunFilter, tenant: str | None = DEFAULT_TENANT) -> RunPage:
+        async with self.db.acquire() as conn:
+            items = await repo.list_runs(conn, tenant, f)
+        cursor = items[-1].id if len(items) == f.limit else None
+        return RunPage(items=items, next_cursor=cursor)
+
+    async def cancel(self, run_id: str, tenant: str | None = DEFAULT_TENANT) -> Run:
+        """Cancel a queued run at once; ask the worker holding a running run to stop."""
+        async with self.db.transaction() as conn:
+            run = await repo.get_run(conn, run_id, tenant)
+            if run is None:
+                raise NotFound(f"run {run_id} not found")
+            if run.status.terminal:
+                raise InvalidState(f"run {run_id} is already {run.status.value}")
+            job_id = await conn.fetchval("SELECT job_id FROM runs WHERE id = $1 FOR UPDATE", run_id)
+            finished: Run | None = None
+            if run.status is RunStatus.queued:
+                finished = await repo.finish(conn, run_id, RunStatus.cancelled,
+                                             error="cancelled before it started")
+                if finished:
+                    await repo.append_event(conn, run_id, "status",
+                                            {"status": "cancelled", "error": finished.error})
+            else:
+                await repo.request_cancel(conn, run_id)
+                await repo.append_event(conn, run_id, "cancel_requested", {})
+            if job_id is not None:
+                await queue.cancel_jobs(conn, [int(job_id)])
+        if finished is not None:
+            record_outcome(finished)
+            return finished
+        return await self.get(run_id, tenant)
+
+    async def events(
+        self, run_id: str, tenant: str | None = DEFAULT_TENANT, after: int = 0, limit: int = 1000
+    ) -> list[RunEvent]:
+        await self.get(run_id, tenant)
+        async with self.db.acquire() as conn:
+            return await repo.list_events(conn, run_id, after, limit)
+
+    async def wait(self, run_id: str, timeout: float, tenant: str | None = DEFAULT_TENANT) -> Run:
+        """Return the run once it is terminal, or as it stands when ``timeout`` runs out."""
+        deadline = time.monotonic() + timeout
+        with self._subscribe(run_id) as changed:
+            while True:
+                run = await self.get(run_id, tenant)
+                remaining = deadline - time.monotonic()
+                if run.status.terminal or remaining <= 0:
+                    return run
+                await self._wait_change(changed, min(remaining, 1.0))
+
+    async def follow(
+        self, run_id: str, after: int = 0, tenant: str | None = DEFAULT_TENANT
+    ) -> AsyncIterator[RunEvent]:
+        """Yield events after ``after`` as they are written; end once the run is terminal."""
+        await self.get(run_id, tenant)
+        with self._subscribe(run_id) as changed:
+            while True:
+                async with self.db.acquire() as conn:
+                    batch = await repo.list_events(conn, run_id, after, 500)
+                    run = await repo.get_run(conn, run_id)
+                for event in batch:
+                    after = event.id
+                    yield event
+                if len(batch) == 500:
+                    continue
+                if run is None or run.status.terminal:
+                    async with self.db.acquire() as conn:
+                        tail = await repo.list_events(conn, run_id, after, 500)
+                    for event in tail:
+                        yield event
+                    return
+                await self._wait_change(changed, 1.0)
+
+    def _subscribe(self, run_id: str) -> Any:
+        import contextlib
+
+        if self.hub is None:
+            return contextlib.nullcontext(None)
+        return self.hub.subscribe(run_id)
+
+    @staticmethod
+    async def _wait_change(changed: asyncio.Event | None, timeout: float) -> None:
+        if changed is None:
+            await asyncio.sleep(min(timeout, 0.25))
+            return
+        try:
+            await asyncio.wait_for(changed.wait(), timeout)
+        except TimeoutError:
+            pass
+        changed.clear()

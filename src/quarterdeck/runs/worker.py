@@ -1,0 +1,211 @@
+"""The worker pool: pgqueuer dequeues run jobs and this module executes them.
+
+Three measured pgqueuer traps shape it:
+- a plain worker exits when Postgres restarts, so it runs under ``pgqueuer.run`` with
+  ``restart_on_failure=True`` and a factory that opens a fresh connection each time;
+- cancellation reaches only code inside ``with ctx.cancellation:``, so the whole run executes there;
+- stale jobs are re-picked only at dequeue, so dequeue and heartbeat timeouts are short (5 s and
+  10 s by default), which bounds recovery after a SIGKILLed worker to well under 30 s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+import structlog
+
+from quarterdeck.config import Settings
+from quarterdeck.kit.ids import ulid
+from quarterdeck.monitoring import metrics
+from quarterdeck.runs import queue
+from quarterdeck.runs import repository as repo
+from quarterdeck.runs.executor import Outcome, RunExecutor
+from quarterdeck.runs.models import Run, RunStatus
+from quarterdeck.store.pool import Database, connect_once
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass
+class InFlight:
+    run: Run
+    scope: Any  # anyio.CancelScope from the pgqueuer job context
+    release: bool = False
+    started: float = field(default_factory=time.monotonic)
+
+
+class WorkerPool:
+    def __init__(self, settings: Settings, db: Database, executor: RunExecutor) -> None:
+        self.settings = settings
+        self.db = db
+        self.executor = executor
+        self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{ulid()[-6:]}"
+        self.inflight: dict[str, InFlight] = {}
+        self._stop = asyncio.Event()
+        self._accepting = True
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    async def run(self) -> None:
+        """Process jobs until :meth:`drain` finishes. Survives database restarts."""
+        import pgqueuer
+
+        concurrency = max(2, self.settings.worker_concurrency)
+        batch = max(1, min(self.settings.worker_batch_size, concurrency // 2))
+        heartbeat = asyncio.create_task(self._heartbeat_loop())
+        try:
+            await pgqueuer.run(
+                self._factory,
+                dequeue_timeout=timedelta(seconds=self.settings.worker_dequeue_timeout),
+                heartbeat_timeout=timedelta(seconds=self.settings.worker_heartbeat_timeout),
+                batch_size=batch,
+                max_concurrent_tasks=concurrency,
+                restart_on_failure=True,
+                restart_delay=timedelta(seconds=1),
+                shutdown=self._stop,
+            )
+        finally:
+            heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await heartbeat
+
+    @contextlib.asynccontextmanager
+    async def _factory(self) -> AsyncIterator[Any]:
+        from pgqueuer.db import AsyncpgDriver
+        from pgqueuer.models import Context, Job
+        from pgqueuer.qm import QueueManager
+        from pgqueuer.queries import Queries
+
+        conn = await connect_once(self.db.url)
+        try:
+            qm = QueueManager(Queries(AsyncpgDriver(conn)))
+
+            @qm.entrypoint(queue.ENTRYPOINT, accepts_context=True)
+            async def _run_job(job: Job, ctx: Context) -> None:
+                await self.handle(job.payload.decode() if job.payload else "", ctx)
+
+            yield qm
+        finally:
+            with contextlib.suppress(Exception):
+                await conn.close()
+
+    async def drain(self, grace: float) -> None:
+        """Stop picking up runs; let in-flight ones finish for ``grace`` s, then release them."""
+        self._accepting = False
+        self._stop.set()
+        deadline = time.monotonic() + grace
+        while self.inflight and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        for item in list(self.inflight.values()):
+            item.release = True
+            item.scope.cancel()
+        while self.inflight:
+            await asyncio.sleep(0.05)
+
+    async def _heartbeat_loop(self) -> None:
+        """Mark in-flight runs alive, so the health monitor can tell a stuck run from a slow one."""
+        while True:
+            await asyncio.sleep(5.0)
+            if self.inflight:
+                with contextlib.suppress(Exception):
+                    async with self.db.acquire() as conn:
+                        await repo.heartbeat(conn, list(self.inflight))
+
+    # -- one job ------------------------------------------------------------------------------
+    async def handle(self, run_id: str, ctx: Any) -> None:
+        async with self.db.transaction() as conn:
+            claimed = await repo.start_attempt(conn, run_id, self.worker_id)
+            if claimed is None:
+                return  # already terminal: a stale or duplicate job
+            run, first = claimed
+            await repo.append_event(
+                conn, run.id, "status",
+                {"status": "running", "attempt": run.attempts, "worker": self.worker_id,
+                 "resumed": not first},
+            )
+        agent = metrics.bounded(run.agent_type)
+        metrics.RUN_ATTEMPTS.labels(agent, "first" if first else "resume").inc()
+        if first:
+            metrics.SUBMIT_TO_START.labels(agent).observe(
+                max(0.0, (run.started_at or run.created_at).timestamp() - run.created_at.timestamp())
+            )
+        if run.attempts > run.max_attempts:
+            await self._finish(run, Outcome(
+                RunStatus.failed,
+                error=f"gave up after {run.max_attempts} attempts: the worker executing this run "
+                "was lost or released it each time",
+                error_type="max_attempts",
+            ))
+            return
+        if not self._accepting:
+            await self._release(run)
+            return
+        item = InFlight(run=run, scope=ctx.cancellation)
+        self.inflight[run.id] = item
+        metrics.ACTIVE.labels(agent).inc()
+        outcome: Outcome | None = None
+        try:
+            with ctx.cancellation:
+                outcome = await self.executor.execute(run)
+        except Exception as exc:  # a bug or an unexpected dependency failure
+            log.exception("run_crashed", run_id=run.id)
+            outcome = Outcome(RunStatus.failed, error=f"internal error: {exc}", error_type="internal")
+        finally:
+            metrics.ACTIVE.labels(agent).dec()
+            self.inflight.pop(run.id, None)
+        if outcome is None:  # the cancel scope fired
+            if item.release:
+                await self._release(run)
+                return
+            outcome = Outcome(RunStatus.cancelled, error="cancelled by request")
+        await self._finish(run, outcome)
+
+    async def _release(self, run: Run) -> None:
+        async with self.db.transaction() as conn:
+            job_id = await queue.enqueue_run(conn, run.id)
+            await repo.release(conn, run.id, job_id)
+            await repo.append_event(
+                conn, run.id, "status",
+                {"status": "queued", "reason": "released by a draining worker",
+                 "worker": self.worker_id},
+            )
+        log.info("run_released", run_id=run.id)
+
+    async def _finish(self, run: Run, outcome: Outcome) -> None:
+        async def write() -> Run | None:
+            async with self.db.transaction() as conn:
+                done = await repo.finish(conn, run.id, outcome.status, outcome.result, outcome.error)
+                if done is not None:
+                    await repo.append_event(
+                        conn, run.id, "status",
+                        {"status": outcome.status.value, "error": outcome.error,
+                         "error_type": outcome.error_type},
+                    )
+                return done
+
+        done = await asyncio.shield(write())
+        if done is None:
+            return
+        record_outcome(done, outcome.error_type)
+
+
+def record_outcome(run: Run, error_type: str | None = None) -> None:
+    agent = metrics.bounded(run.agent_type)
+    op = metrics.bounded(run.operation)
+    metrics.REQUESTS.labels(agent, run.status.outcome, op).inc()
+    metrics.RUN_OUTCOMES.labels(agent, run.status.value).inc()
+    if run.started_at and run.finished_at:
+        metrics.REQUEST_DURATION.labels(agent, op).observe(
+            max(0.0, (run.finished_at - run.started_at).total_seconds())
+        )
+    if run.status.outcome == "error":
+        severity = "high" if run.status is RunStatus.failed else "medium"
+        metrics.ERRORS.labels(agent, metrics.bounded(error_type or run.status.value), severity).inc()
+

@@ -1,0 +1,133 @@
+"""Builds and owns the long-lived pieces of one process: pool, migrations, hub, services, workers.
+
+``quarterdeck up`` uses all of it; ``serve`` skips the worker pool; ``worker`` skips the HTTP API.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import dataclass, field
+from decimal import Decimal
+
+import structlog
+
+from quarterdeck.config import Settings
+from quarterdeck.monitoring import metrics
+from quarterdeck.providers.types import Provider, Usage
+from quarterdeck.runs import repository as runs_repo
+from quarterdeck.runs.events import RunEventHub
+from quarterdeck.runs.executor import ExecutorConfig, RunExecutor, SimulatedTools
+from quarterdeck.runs.service import RunService
+from quarterdeck.runs.worker import WorkerPool
+from quarterdeck.store import migrations
+from quarterdeck.store.pool import Database
+
+log = structlog.get_logger(__name__)
+
+
+def build_provider(settings: Settings) -> Provider:
+    try:
+        from quarterdeck.providers.factory import build_provider as factory
+    except ImportError:  # pragma: no cover - factory ships with the providers package
+        factory = None
+    if factory is not None:
+        return factory(settings)
+    from quarterdeck.providers.simulated import SimulatedProvider
+
+    return SimulatedProvider(
+        settings.latency_profile, settings.simulated_error_rate, settings.simulated_turns
+    )
+
+
+def build_cost_fn(settings: Settings) -> object:
+    try:
+        from quarterdeck.providers.pricing import PriceTable
+    except ImportError:  # pragma: no cover
+        return lambda model, usage: None
+    table = PriceTable.load(None)
+
+    def cost(model: str, usage: Usage) -> Decimal | None:
+        return table.cost(model, usage)
+
+    return cost
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    with_workers: bool = True
+    with_api: bool = True
+    db: Database = field(init=False)
+    hub: RunEventHub = field(init=False)
+    runs: RunService = field(init=False)
+    provider: Provider | None = field(init=False, default=None)
+    workers: WorkerPool | None = field(init=False, default=None)
+    draining: bool = field(init=False, default=False)
+    migrated: bool = field(init=False, default=False)
+    _tasks: list[asyncio.Task[None]] = field(init=False, default_factory=list)
+
+    async def start(self) -> None:
+        self.db = Database.from_settings(self.settings)
+        await migrations.upgrade(self.db.url)
+        self.migrated = True
+        await self.db.open()
+        self.hub = RunEventHub(self.db.url)
+        if self.with_api:
+            await self.hub.start()
+        self.runs = RunService(self.settings, self.db, self.hub if self.with_api else None)
+        metrics.BUILD_INFO.labels(version=_version(), provider=self.settings.provider_name).set(1)
+        self._tasks.append(asyncio.create_task(self._collect_gauges()))
+        if self.with_workers:
+            self.provider = build_provider(self.settings)
+            executor = RunExecutor(
+                self.db, self.provider, SimulatedTools(), build_cost_fn(self.settings),  # type: ignore[arg-type]
+                ExecutorConfig(max_turns=self.settings.max_turns, timeout_s=self.settings.run_timeout),
+            )
+            self.workers = WorkerPool(self.settings, self.db, executor)
+            self._tasks.append(asyncio.create_task(self.workers.run()))
+        metrics.READY.set(1)
+
+    async def drain(self) -> None:
+        """Turn /ready to 503 and stop new pickups; in-flight runs finish or are released."""
+        self.draining = True
+        metrics.READY.set(0)
+        if self.workers is not None:
+            await self.workers.drain(self.settings.drain_timeout)
+
+    async def stop(self) -> None:
+        if not self.draining:
+            await self.drain()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if self.with_api:
+            await self.hub.stop()
+        if self.provider is not None:
+            await self.provider.aclose()
+        await self.db.close()
+
+    async def _collect_gauges(self) -> None:
+        """Mirror queue depth and run states from Postgres into gauges every 5 s."""
+        while True:
+            with contextlib.suppress(Exception):
+                async with self.db.acquire() as conn:
+                    per_type, oldest = await runs_repo.queue_stats(conn)
+                    states = await runs_repo.state_counts(conn)
+                metrics.QUEUE_LENGTH.clear()
+                for agent_type, n in per_type.items():
+                    metrics.QUEUE_LENGTH.labels(metrics.bounded(agent_type)).set(n)
+                if not per_type:
+                    metrics.QUEUE_LENGTH.labels(self.settings.default_agent_type).set(0)
+                metrics.QUEUE_OLDEST_AGE.set(oldest)
+                for status in ("queued", "running"):
+                    metrics.RUNS_IN_STATE.labels(status).set(states.get(status, 0))
+            await asyncio.sleep(5.0)
+
+
+def _version() -> str:
+    from quarterdeck import __version__
+
+    return __version__

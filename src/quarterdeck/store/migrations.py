@@ -1,0 +1,100 @@
+"""Versioned schema migrations, applied at start-up and by ``quarterdeck db upgrade``.
+
+A migration is either a SQL file in ``store/sql`` or a Python step (the job library installs its
+own tables through its API, pinned to the library version we ship). Applied versions are recorded
+in ``quarterdeck_migrations``; a session advisory lock makes concurrent starts apply each step
+exactly once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from importlib import resources
+
+import asyncpg
+import structlog
+
+from quarterdeck.exceptions import StoreError
+from quarterdeck.store.pool import connect_once
+
+log = structlog.get_logger(__name__)
+_LOCK_KEY = 0x51D_0001  # arbitrary, fixed: "quarterdeck migrations"
+
+
+async def _install_pgqueuer(conn: asyncpg.Connection) -> None:
+    from pgqueuer.db import AsyncpgDriver
+    from pgqueuer.queries import Queries
+
+    queries = Queries(AsyncpgDriver(conn))
+    if not await queries.schema_is_installed():
+        await queries.install()
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    sql_file: str | None = None
+    step: Callable[[asyncpg.Connection], Awaitable[None]] | None = None
+
+    async def apply(self, conn: asyncpg.Connection) -> None:
+        if self.step is not None:
+            await self.step(conn)
+        if self.sql_file is not None:
+            sql = resources.files("quarterdeck.store").joinpath("sql", self.sql_file).read_text()
+            await conn.execute(sql)
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "pgqueuer job tables", step=_install_pgqueuer),
+    Migration(2, "runs, events and checkpoints", sql_file="0002_runs.sql"),
+)
+
+HEAD = MIGRATIONS[-1].version
+
+
+async def current_version(conn: asyncpg.Connection) -> int:
+    exists = await conn.fetchval("SELECT to_regclass('quarterdeck_migrations') IS NOT NULL")
+    if not exists:
+        return 0
+    return int(await conn.fetchval("SELECT coalesce(max(version), 0) FROM quarterdeck_migrations"))
+
+
+async def upgrade(url: str, target: int | None = None) -> list[int]:
+    """Apply pending migrations up to ``target`` (default: all). Returns the versions applied."""
+    target = HEAD if target is None else target
+    conn = await connect_once(url)
+    applied: list[int] = []
+    try:
+        await conn.execute("SELECT pg_advisory_lock($1)", _LOCK_KEY)
+        await conn.execute(
+            "CREATE TABLE IF NOT EXISTS quarterdeck_migrations ("
+            " version integer PRIMARY KEY, name text NOT NULL,"
+            " applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        have = await current_version(conn)
+        for migration in MIGRATIONS:
+            if migration.version <= have or migration.version > target:
+                continue
+            async with conn.transaction():
+                await migration.apply(conn)
+                await conn.execute(
+                    "INSERT INTO quarterdeck_migrations (version, name) VALUES ($1, $2)",
+                    migration.version,
+                    migration.name,
+                )
+            applied.append(migration.version)
+            log.info("migration_applied", version=migration.version, name=migration.name)
+    except asyncpg.PostgresError as exc:
+        raise StoreError(f"migration failed: {exc}") from exc
+    finally:
+        try:
+            await conn.execute("SELECT pg_advisory_unlock($1)", _LOCK_KEY)
+        finally:
+            await conn.close()
+    return applied
+
+
+async def is_current(conn: asyncpg.Connection) -> bool:
+    return await current_version(conn) >= HEAD

@@ -1,0 +1,138 @@
+"""Worker durability against a real Postgres: attempt caps, drain and release, resume, billing."""
+
+from __future__ import annotations
+
+import asyncpg
+import pytest
+
+from quarterdeck.runs.models import RunCreate
+from quarterdeck.runtime import Runtime
+from tests.conftest import eventually
+
+pytestmark = pytest.mark.asyncio
+
+
+async def _turn_totals(url: str, run_id: str) -> tuple[int, int, float, list[int]]:
+    conn = await asyncpg.connect(url)
+    try:
+        rows = await conn.fetch("SELECT * FROM run_turns WHERE run_id = $1 ORDER BY turn", run_id)
+    finally:
+        await conn.close()
+    return (sum(r["input_tokens"] for r in rows), sum(r["output_tokens"] for r in rows),
+            float(sum(r["cost_usd"] or 0 for r in rows)), [r["turn"] for r in rows])
+
+
+async def test_a_run_past_its_attempt_cap_fails_with_the_reason(make_settings, db_url):
+    api_only = Runtime(make_settings(max_attempts=3), with_workers=False)
+    await api_only.start()
+    run, _ = await api_only.runs.submit(RunCreate(prompt="p"))
+    await api_only.stop()
+    # As if three workers had died while holding it: the next pickup is attempt 4.
+    conn = await asyncpg.connect(db_url)
+    await conn.execute("UPDATE runs SET attempts = 3, status = 'running' WHERE id = $1", run.id)
+    await conn.close()
+    rt = Runtime(make_settings(max_attempts=3))
+    await rt.start()
+    try:
+        done = await rt.runs.wait(run.id, 30)
+        assert done.status == "failed"
+        assert "gave up after 3 attempts" in (done.error or "")
+        assert done.turns == 0
+    finally:
+        await rt.stop()
+
+
+async def test_drain_releases_in_flight_runs_and_another_worker_resumes_without_rebilling(
+    make_settings, db_url
+):
+    settings = make_settings(simulated_latency="400ms", simulated_turns=6, drain_timeout=0.1)
+    first = Runtime(settings)
+    await first.start()
+    run, _ = await first.runs.submit(RunCreate(prompt="six turns"))
+
+    async def two_turns_done() -> bool:
+        return (await first.runs.get(run.id)).turns >= 2
+
+    await eventually(two_turns_done, timeout=30)
+    await first.drain()
+    released = await first.runs.get(run.id)
+    assert released.status == "queued"
+    events = await first.runs.events(run.id)
+    assert any(e.data.get("reason") == "released by a draining worker" for e in events)
+    turns_at_release = released.turns
+    await first.stop()
+
+    second = Runtime(make_settings(simulated_latency="0", simulated_turns=6))
+    await second.start()
+    try:
+        done = await second.runs.wait(run.id, 30)
+        assert done.status == "succeeded"
+        assert done.turns == 6 and done.attempts == 2
+        inp, out, cost, turns = await _turn_totals(db_url, run.id)
+        assert turns == [1, 2, 3, 4, 5, 6]
+        assert (done.input_tokens, done.output_tokens) == (inp, out)
+        assert done.cost_usd is not None and done.cost_usd == pytest.approx(cost)
+        resumed = [e for e in await second.runs.events(run.id)
+                   if e.type == "status" and e.data.get("resumed")]
+        assert len(resumed) == 1 and turns_at_release >= 2
+        # An uninterrupted run of the same script (same run id) bills exactly the same tokens.
+        from quarterdeck.kit.latency import parse_latency
+        from quarterdeck.providers.simulated import SimulatedProvider
+        from quarterdeck.providers.types import Message, ModelRequest, TextBlock
+
+        sim = SimulatedProvider(parse_latency("0"), 0.0, 6)
+        expected_in = expected_out = 0
+        for t in range(6):
+            resp = await sim.complete(ModelRequest(
+                model=done.model, messages=[Message("user", [TextBlock("six turns")])],
+                metadata={"run_id": run.id, "turn": str(t)}))
+            expected_in += resp.usage.input_tokens
+            expected_out += resp.usage.output_tokens
+        assert (done.input_tokens, done.output_tokens) == (expected_in, expected_out)
+    finally:
+        await second.stop()
+
+
+async def test_turn_costs_add_up_to_the_run_cost(runtime, db_url):
+    ids = [(await runtime.runs.submit(RunCreate(prompt=f"task {i}")))[0].id for i in range(5)]
+    for run_id in ids:
+        done = await runtime.runs.wait(run_id, 30)
+        assert done.status == "succeeded"
+        inp, out, cost, turns = await _turn_totals(db_url, run_id)
+        assert turns == list(range(1, done.turns + 1))
+        assert (done.input_tokens, done.output_tokens) == (inp, out)
+        if done.cost_usd is not None:
+            assert done.cost_usd == pytest.approx(cost)
+
+
+async def test_run_events_are_append_only(runtime, db_url):
+    run, _ = await runtime.runs.submit(RunCreate(prompt="x"))
+    conn = await asyncpg.connect(db_url)
+    try:
+        with pytest.raises(asyncpg.RaiseError, match="append-only"):
+            await conn.execute("UPDATE run_events SET type = 'forged' WHERE run_id = $1", run.id)
+    finally:
+        await conn.close()
+
+
+async def test_provider_errors_are_retried_and_counted(make_settings):
+    from quarterdeck.monitoring.metrics import REGISTRY
+
+    def errors() -> float:
+        total = 0.0
+        for metric in REGISTRY.collect():
+            if metric.name == "claude_agent_errors":
+                total += sum(s.value for s in metric.samples if s.name.endswith("_total"))
+        return total
+
+    before = errors()
+    rt = Runtime(make_settings(simulated_error_rate=0.5, simulated_turns=2))
+    await rt.start()
+    try:
+        # Retries use the guide's 1/5/15/30 s schedule, so give them room.
+        runs = [(await rt.runs.submit(RunCreate(prompt=f"flaky {i}")))[0] for i in range(4)]
+        finals = [await rt.runs.wait(r.id, 120) for r in runs]
+        assert all(f.status.terminal for f in finals)
+        assert errors() > before
+    finally:
+        await rt.stop()

@@ -40,8 +40,9 @@ def world_readable_tmpdir(prefix: str) -> Path:
 
 
 def with_database(url: str, name: str) -> str:
-    return re.sub(r"/[^/?]*(\?|$)", rf"/{name}\1", url.replace("://", ":__SLASH__", 1), count=1
-                  ).replace(":__SLASH__", "://", 1)
+    return re.sub(
+        r"/[^/?]*(\?|$)", rf"/{name}\1", url.replace("://", ":__SLASH__", 1), count=1
+    ).replace(":__SLASH__", "://", 1)
 
 
 @pytest.fixture(scope="session")
@@ -89,8 +90,11 @@ def data_dir() -> Iterator[Path]:
 def make_settings(db_url: str, data_dir: Path) -> object:
     def make(**overrides: object) -> Settings:
         base: dict[str, object] = {
-            "postgres_url": db_url, "data_dir": data_dir, "metrics_port": 0,
-            "worker_dequeue_timeout": 1.0, "drain_timeout": 5.0,
+            "postgres_url": db_url,
+            "data_dir": data_dir,
+            "metrics_port": 0,
+            "worker_dequeue_timeout": 1.0,
+            "drain_timeout": 5.0,
         }
         base.update(overrides)
         return load_settings(None, **base)

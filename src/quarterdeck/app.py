@@ -38,8 +38,14 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _ours(request: Request, exc: QuarterdeckError) -> JSONResponse:
         if exc.status >= 500 and not isinstance(exc, Unavailable):
             log.error("request_failed", path=request.url.path, error=exc.detail)
-        return problem(exc.status, exc.title, exc.detail, exc.problem_type,
-                       instance=request.url.path, **exc.extra)
+        return problem(
+            exc.status,
+            exc.title,
+            exc.detail,
+            exc.problem_type,
+            instance=request.url.path,
+            **exc.extra,
+        )
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -48,20 +54,28 @@ def install_error_handlers(app: FastAPI) -> None:
             loc = [str(p) for p in err.get("loc", ()) if p not in ("body",)]
             errors.append({"field": ".".join(loc) or "body", "message": err.get("msg", "")})
         detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
-        return problem(422, "Request validation failed", detail,
-                       "https://quarterdeck.dev/problems/validation-error",
-                       instance=request.url.path, errors=errors)
+        return problem(
+            422,
+            "Request validation failed",
+            detail,
+            "https://quarterdeck.dev/problems/validation-error",
+            instance=request.url.path,
+            errors=errors,
+        )
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return problem(exc.status_code, str(exc.detail), str(exc.detail),
-                       instance=request.url.path)
+        return problem(exc.status_code, str(exc.detail), str(exc.detail), instance=request.url.path)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled_error", path=request.url.path)
-        return problem(500, "Internal error", "an unexpected error occurred; see the server log",
-                       instance=request.url.path)
+        return problem(
+            500,
+            "Internal error",
+            "an unexpected error occurred; see the server log",
+            instance=request.url.path,
+        )
 
 
 def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:

@@ -18,7 +18,7 @@ from quarterdeck.runs.cli import app as run_app
 
 app = typer.Typer(
     help="Quarterdeck: a durable control plane for AI coding agents.\n\n"
-    "Start everything with `quarterdeck up`, then `quarterdeck run submit \"...\"`.",
+    'Start everything with `quarterdeck up`, then `quarterdeck run submit "..."`.',
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
@@ -37,9 +37,15 @@ _config_path: Path | None = None
 
 @app.callback()
 def _root(
-    config: Annotated[Path | None, typer.Option(
-        "--config", "-c", help="YAML settings file [env: QUARTERDECK_CONFIG; default: "
-        "/app/config/quarterdeck.yaml if present].")] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            "-c",
+            help="YAML settings file [env: QUARTERDECK_CONFIG; default: "
+            "/app/config/quarterdeck.yaml if present].",
+        ),
+    ] = None,
 ) -> None:
     global _config_path
     _config_path = config

@@ -13,7 +13,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    AliasChoices,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from quarterdeck.exceptions import ConfigError
@@ -103,7 +110,10 @@ class Settings(BaseSettings):
     )
 
     @field_validator(
-        "worker_heartbeat_timeout", "worker_dequeue_timeout", "drain_timeout", "run_timeout",
+        "worker_heartbeat_timeout",
+        "worker_dequeue_timeout",
+        "drain_timeout",
+        "run_timeout",
         mode="before",
     )
     @classmethod
@@ -221,8 +231,10 @@ def load_settings(config: str | Path | None = None, **overrides: Any) -> Setting
             name = env_name(field) if field in Settings.model_fields else (field or "settings")
             msg = err["msg"].removeprefix("Value error, ")
             value = err.get("input")
-            shown = "" if field in GUIDE_ENV_NAMES or "key" in field or value is None else (
-                f" (got {value!r})"
+            shown = (
+                ""
+                if field in GUIDE_ENV_NAMES or "key" in field or value is None
+                else (f" (got {value!r})")
             )
             errors.append((name, msg + shown))
         raise ConfigError(errors) from exc

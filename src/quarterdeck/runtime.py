@@ -14,10 +14,12 @@ import structlog
 
 from quarterdeck.config import Settings
 from quarterdeck.monitoring import metrics
+from quarterdeck.providers.factory import build_provider
+from quarterdeck.providers.pricing import PriceTable
 from quarterdeck.providers.types import Provider, Usage
 from quarterdeck.runs import repository as runs_repo
 from quarterdeck.runs.events import RunEventHub
-from quarterdeck.runs.executor import ExecutorConfig, RunExecutor, SimulatedTools
+from quarterdeck.runs.executor import CostFn, ExecutorConfig, RunExecutor, SimulatedTools
 from quarterdeck.runs.service import RunService
 from quarterdeck.runs.worker import WorkerPool
 from quarterdeck.store import migrations
@@ -26,25 +28,7 @@ from quarterdeck.store.pool import Database
 log = structlog.get_logger(__name__)
 
 
-def build_provider(settings: Settings) -> Provider:
-    try:
-        from quarterdeck.providers.factory import build_provider as factory
-    except ImportError:  # pragma: no cover - factory ships with the providers package
-        factory = None
-    if factory is not None:
-        return factory(settings)
-    from quarterdeck.providers.simulated import SimulatedProvider
-
-    return SimulatedProvider(
-        settings.latency_profile, settings.simulated_error_rate, settings.simulated_turns
-    )
-
-
-def build_cost_fn(settings: Settings) -> object:
-    try:
-        from quarterdeck.providers.pricing import PriceTable
-    except ImportError:  # pragma: no cover
-        return lambda model, usage: None
+def build_cost_fn(settings: Settings) -> CostFn:
     table = PriceTable.load(None)
 
     def cost(model: str, usage: Usage) -> Decimal | None:
@@ -81,8 +65,13 @@ class Runtime:
         if self.with_workers:
             self.provider = build_provider(self.settings)
             executor = RunExecutor(
-                self.db, self.provider, SimulatedTools(), build_cost_fn(self.settings),  # type: ignore[arg-type]
-                ExecutorConfig(max_turns=self.settings.max_turns, timeout_s=self.settings.run_timeout),
+                self.db,
+                self.provider,
+                SimulatedTools(),
+                build_cost_fn(self.settings),
+                ExecutorConfig(
+                    max_turns=self.settings.max_turns, timeout_s=self.settings.run_timeout
+                ),
             )
             self.workers = WorkerPool(self.settings, self.db, executor)
             self._tasks.append(asyncio.create_task(self.workers.run()))

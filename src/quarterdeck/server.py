@@ -38,9 +38,15 @@ def start_metrics_server(settings: Settings) -> None:
     except OSError as exc:
         from quarterdeck.exceptions import ConfigError
 
-        raise ConfigError([("QUARTERDECK_METRICS_PORT",
-                            f"cannot listen on {settings.http_host}:{settings.metrics_port}: "
-                            f"{exc.strerror}")]) from exc
+        raise ConfigError(
+            [
+                (
+                    "QUARTERDECK_METRICS_PORT",
+                    f"cannot listen on {settings.http_host}:{settings.metrics_port}: "
+                    f"{exc.strerror}",
+                )
+            ]
+        ) from exc
 
 
 async def serve(settings: Settings, *, api: bool = True, workers: bool = True) -> None:
@@ -56,14 +62,25 @@ async def serve(settings: Settings, *, api: bool = True, workers: bool = True) -
     if api:
         app = create_app(settings, runtime)
         config = uvicorn.Config(
-            app, host=settings.http_host, port=settings.http_port, log_config=None,
-            access_log=False, lifespan="on", timeout_graceful_shutdown=5,
+            app,
+            host=settings.http_host,
+            port=settings.http_port,
+            log_config=None,
+            access_log=False,
+            lifespan="on",
+            timeout_graceful_shutdown=5,
         )
         server = _Server(config)
         server_task = asyncio.create_task(server.serve())
-    log.info("quarterdeck_started", api=api, workers=workers, http_port=settings.http_port,
-             metrics_port=settings.metrics_port, provider=settings.provider_name,
-             embedded_postgres=settings.embedded_postgres)
+    log.info(
+        "quarterdeck_started",
+        api=api,
+        workers=workers,
+        http_port=settings.http_port,
+        metrics_port=settings.metrics_port,
+        provider=settings.provider_name,
+        embedded_postgres=settings.embedded_postgres,
+    )
     waiters: list[asyncio.Future[object]] = [asyncio.ensure_future(stop.wait())]
     if server_task is not None:
         waiters.append(server_task)  # type: ignore[arg-type]

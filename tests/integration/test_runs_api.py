@@ -68,8 +68,9 @@ async def test_validation_errors_are_problem_json_naming_the_field(
 
 
 async def test_malformed_json_and_wrong_content_are_4xx_problems(client: httpx.AsyncClient):
-    r = await client.post("/v1/runs", content=b"{not json", headers={"content-type":
-                                                                    "application/json"})
+    r = await client.post(
+        "/v1/runs", content=b"{not json", headers={"content-type": "application/json"}
+    )
     assert r.status_code == 422
     assert r.headers["content-type"].startswith("application/problem+json")
     r = await client.post("/v1/runs", content=b"[]", headers={"content-type": "application/json"})
@@ -114,7 +115,7 @@ async def test_list_filters_and_cursor_pagination(client: httpx.AsyncClient, run
     assert len(ok) == 7
     none = (await client.get("/v1/runs", params={"status": "queued"})).json()["items"]
     assert none == []
-    future = (await client.get("/v1/runs", params={"created_after": "2999-01-01T00:00:00Z"}))
+    future = await client.get("/v1/runs", params={"created_after": "2999-01-01T00:00:00Z"})
     assert future.json()["items"] == []
     bad = await client.get("/v1/runs", params={"status": "bogus"})
     assert bad.status_code == 422 and bad.json()["errors"][0]["field"].startswith("query.status")
@@ -134,8 +135,11 @@ async def test_events_json_and_sse_resume_with_last_event_id(client: httpx.Async
 
     async def read_sse(headers: dict[str, str]) -> list[dict[str, object]]:
         out = []
-        async with client.stream("GET", f"/v1/runs/{run['id']}/events",
-                                 headers={"Accept": "text/event-stream", **headers}) as resp:
+        async with client.stream(
+            "GET",
+            f"/v1/runs/{run['id']}/events",
+            headers={"Accept": "text/event-stream", **headers},
+        ) as resp:
             assert resp.status_code == 200
             assert resp.headers["content-type"].startswith("text/event-stream")
             async for line in resp.aiter_lines():
@@ -147,8 +151,10 @@ async def test_events_json_and_sse_resume_with_last_event_id(client: httpx.Async
     assert [e["id"] for e in streamed] == [e["id"] for e in events]
     resumed = await read_sse({"Last-Event-ID": str(events[2]["id"])})
     assert [e["id"] for e in resumed] == [e["id"] for e in events[3:]]
-    bad = await client.get(f"/v1/runs/{run['id']}/events",
-                           headers={"Accept": "text/event-stream", "Last-Event-ID": "x"})
+    bad = await client.get(
+        f"/v1/runs/{run['id']}/events",
+        headers={"Accept": "text/event-stream", "Last-Event-ID": "x"},
+    )
     assert bad.status_code == 422
 
 
@@ -179,10 +185,12 @@ async def test_cancel_queued_running_and_finished(make_settings: object):
     await rt.start()
     try:
         app = create_app(rt.settings, rt)
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
-                                     base_url="http://qd") as c:
-            runs = [(await c.post("/v1/runs", json={"prompt": f"slow {i}"})).json()
-                    for i in range(3)]
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://qd"
+        ) as c:
+            runs = [
+                (await c.post("/v1/runs", json={"prompt": f"slow {i}"})).json() for i in range(3)
+            ]
 
             async def two_running() -> bool:
                 items = (await c.get("/v1/runs", params={"status": "running"})).json()["items"]
@@ -196,8 +204,9 @@ async def test_cancel_queued_running_and_finished(make_settings: object):
             assert q["status"] == "cancelled" and q["error"] == "cancelled before it started"
             # A running run sleeping through a 30 s model call ends only if cancel reaches it.
             await c.post(f"/v1/runs/{running[0]['id']}/cancel")
-            stopped = (await c.get(f"/v1/runs/{running[0]['id']}/wait",
-                                   params={"timeout": 10})).json()
+            stopped = (
+                await c.get(f"/v1/runs/{running[0]['id']}/wait", params={"timeout": 10})
+            ).json()
             assert stopped["status"] == "cancelled"
             again = await c.post(f"/v1/runs/{running[0]['id']}/cancel")
             assert again.status_code == 409

@@ -18,8 +18,12 @@ async def _turn_totals(url: str, run_id: str) -> tuple[int, int, float, list[int
         rows = await conn.fetch("SELECT * FROM run_turns WHERE run_id = $1 ORDER BY turn", run_id)
     finally:
         await conn.close()
-    return (sum(r["input_tokens"] for r in rows), sum(r["output_tokens"] for r in rows),
-            float(sum(r["cost_usd"] or 0 for r in rows)), [r["turn"] for r in rows])
+    return (
+        sum(r["input_tokens"] for r in rows),
+        sum(r["output_tokens"] for r in rows),
+        float(sum(r["cost_usd"] or 0 for r in rows)),
+        [r["turn"] for r in rows],
+    )
 
 
 async def test_a_run_past_its_attempt_cap_fails_with_the_reason(make_settings, db_url):
@@ -72,8 +76,11 @@ async def test_drain_releases_in_flight_runs_and_another_worker_resumes_without_
         assert turns == [1, 2, 3, 4, 5, 6]
         assert (done.input_tokens, done.output_tokens) == (inp, out)
         assert done.cost_usd is not None and done.cost_usd == pytest.approx(cost)
-        resumed = [e for e in await second.runs.events(run.id)
-                   if e.type == "status" and e.data.get("resumed")]
+        resumed = [
+            e
+            for e in await second.runs.events(run.id)
+            if e.type == "status" and e.data.get("resumed")
+        ]
         assert len(resumed) == 1 and turns_at_release >= 2
         # An uninterrupted run of the same script (same run id) bills exactly the same tokens.
         from quarterdeck.kit.latency import parse_latency
@@ -83,9 +90,13 @@ async def test_drain_releases_in_flight_runs_and_another_worker_resumes_without_
         sim = SimulatedProvider(parse_latency("0"), 0.0, 6)
         expected_in = expected_out = 0
         for t in range(6):
-            resp = await sim.complete(ModelRequest(
-                model=done.model, messages=[Message("user", [TextBlock("six turns")])],
-                metadata={"run_id": run.id, "turn": str(t)}))
+            resp = await sim.complete(
+                ModelRequest(
+                    model=done.model,
+                    messages=[Message("user", [TextBlock("six turns")])],
+                    metadata={"run_id": run.id, "turn": str(t)},
+                )
+            )
             expected_in += resp.usage.input_tokens
             expected_out += resp.usage.output_tokens
         assert (done.input_tokens, done.output_tokens) == (expected_in, expected_out)

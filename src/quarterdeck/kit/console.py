@@ -48,8 +48,10 @@ class Api:
         try:
             response = self.client.request(method, path, **kwargs)
         except httpx.ConnectError:
-            fail(f"cannot reach Quarterdeck at {self.base}. Is `quarterdeck up` running? "
-                 "Set QUARTERDECK_URL or --url to point elsewhere.")
+            fail(
+                f"cannot reach Quarterdeck at {self.base}. Is `quarterdeck up` running? "
+                "Set QUARTERDECK_URL or --url to point elsewhere."
+            )
         except httpx.TimeoutException:
             fail(f"Quarterdeck at {self.base} did not answer in time")
         if response.status_code >= 400:

@@ -7,8 +7,12 @@ import sys
 
 import structlog
 
-_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
-           "error": logging.ERROR}
+_LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+}
 
 
 def configure_logging(level: str = "info", json_output: bool = True) -> None:
@@ -31,9 +35,7 @@ def configure_logging(level: str = "info", json_output: bool = True) -> None:
     )
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(
-        structlog.stdlib.ProcessorFormatter(
-            processor=renderer, foreign_pre_chain=processors
-        )
+        structlog.stdlib.ProcessorFormatter(processor=renderer, foreign_pre_chain=processors)
     )
     root = logging.getLogger()
     root.handlers[:] = [handler]

@@ -37,8 +37,11 @@ async def _postgres(settings: Settings) -> list[Check]:
         url = await asyncio.to_thread(database_url, settings)
         conn = await asyncio.wait_for(connect_once(url), 10)
     except Exception as exc:
-        hint = ("set POSTGRES_URL to a reachable server" if settings.postgres_url else
-                f"check that {settings.data_dir} is writable; see {settings.data_dir}/pg/log")
+        hint = (
+            "set POSTGRES_URL to a reachable server"
+            if settings.postgres_url
+            else f"check that {settings.data_dir} is writable; see {settings.data_dir}/pg/log"
+        )
         return [Check("postgres", "fail", f"cannot connect: {exc}", hint)]
     try:
         version = await conn.fetchval("SHOW server_version")
@@ -46,8 +49,14 @@ async def _postgres(settings: Settings) -> list[Check]:
         checks.append(Check("postgres", "ok", f"{where} PostgreSQL {version} reachable"))
         have = await migrations.current_version(conn)
         if have < migrations.HEAD:
-            checks.append(Check("migrations", "warn", f"schema at {have}, code at "
-                                f"{migrations.HEAD}", "run `quarterdeck db upgrade` (or start)"))
+            checks.append(
+                Check(
+                    "migrations",
+                    "warn",
+                    f"schema at {have}, code at {migrations.HEAD}",
+                    "run `quarterdeck db upgrade` (or start)",
+                )
+            )
         else:
             checks.append(Check("migrations", "ok", f"schema at version {have}"))
     finally:
@@ -57,8 +66,12 @@ async def _postgres(settings: Settings) -> list[Check]:
 
 async def _redis(settings: Settings) -> Check:
     if settings.redis_url is None:
-        return Check("redis", "ok", "not configured: in-process fallbacks are used",
-                     "set REDIS_URL to share rate limits and breaker state across replicas")
+        return Check(
+            "redis",
+            "ok",
+            "not configured: in-process fallbacks are used",
+            "set REDIS_URL to share rate limits and breaker state across replicas",
+        )
     import redis.asyncio as aioredis
 
     client = aioredis.from_url(settings.redis_url.get_secret_value(), socket_timeout=3)
@@ -66,8 +79,12 @@ async def _redis(settings: Settings) -> Check:
         await client.ping()
         return Check("redis", "ok", "reachable")
     except Exception as exc:
-        return Check("redis", "fail", f"cannot reach Redis: {exc}",
-                     "check REDIS_URL, or unset it to run without Redis")
+        return Check(
+            "redis",
+            "fail",
+            f"cannot reach Redis: {exc}",
+            "check REDIS_URL, or unset it to run without Redis",
+        )
     finally:
         await client.aclose()
 
@@ -75,16 +92,28 @@ async def _redis(settings: Settings) -> Check:
 def _provider(settings: Settings) -> Check:
     name = settings.provider_name
     if name == "simulated":
-        return Check("provider", "warn", "simulated provider: no real model is called",
-                     "set ANTHROPIC_API_KEY to run real agents")
+        return Check(
+            "provider",
+            "warn",
+            "simulated provider: no real model is called",
+            "set ANTHROPIC_API_KEY to run real agents",
+        )
     if name == "anthropic":
         key = settings.anthropic_api_key.get_secret_value() if settings.anthropic_api_key else ""
         if not key:
-            return Check("provider", "fail", "QUARTERDECK_PROVIDER=anthropic but no key",
-                         "set ANTHROPIC_API_KEY")
+            return Check(
+                "provider",
+                "fail",
+                "QUARTERDECK_PROVIDER=anthropic but no key",
+                "set ANTHROPIC_API_KEY",
+            )
         if not key.startswith("sk-ant-"):
-            return Check("provider", "warn", "ANTHROPIC_API_KEY does not look like an "
-                         "Anthropic key (expected the sk-ant- prefix)")
+            return Check(
+                "provider",
+                "warn",
+                "ANTHROPIC_API_KEY does not look like an "
+                "Anthropic key (expected the sk-ant- prefix)",
+            )
         return Check("provider", "ok", f"anthropic, default model {settings.model}")
     return Check("provider", "ok", f"{name}, default model {settings.model}")
 
@@ -97,15 +126,29 @@ async def run_checks(settings: Settings, check_ports: bool = True) -> list[Check
             raise PermissionError("not writable")
         checks.append(Check("data_dir", "ok", f"{settings.data_dir.resolve()} writable"))
     except OSError as exc:
-        checks.append(Check("data_dir", "fail", f"{settings.data_dir}: {exc}",
-                            "set QUARTERDECK_DATA_DIR to a writable directory"))
+        checks.append(
+            Check(
+                "data_dir",
+                "fail",
+                f"{settings.data_dir}: {exc}",
+                "set QUARTERDECK_DATA_DIR to a writable directory",
+            )
+        )
     checks += await _postgres(settings)
     checks.append(await _redis(settings))
     checks.append(_provider(settings))
     if check_ports:
-        for label, port in (("http_port", settings.http_port),
-                            ("metrics_port", settings.metrics_port)):
+        for label, port in (
+            ("http_port", settings.http_port),
+            ("metrics_port", settings.metrics_port),
+        ):
             if port and not _port_free(settings.http_host, port):
-                checks.append(Check(label, "warn", f"port {port} is in use (Quarterdeck may "
-                                    "already be running)", f"set QUARTERDECK_{label.upper()}"))
+                checks.append(
+                    Check(
+                        label,
+                        "warn",
+                        f"port {port} is in use (Quarterdeck may already be running)",
+                        f"set QUARTERDECK_{label.upper()}",
+                    )
+                )
     return checks

@@ -30,10 +30,14 @@ async def ready(request: Request) -> JSONResponse:
     started = time.perf_counter()
     try:
         await asyncio.wait_for(runtime.db.ping(), timeout=2.0)
-        checks["database"] = {"ok": True, "latency_ms": round((time.perf_counter() - started) * 1e3, 2)}
+        checks["database"] = {
+            "ok": True,
+            "latency_ms": round((time.perf_counter() - started) * 1e3, 2),
+        }
     except Exception as exc:
         checks["database"] = {"ok": False, "error": str(exc) or type(exc).__name__}
     checks["draining"] = {"ok": not runtime.draining}
     ok = all(c["ok"] for c in checks.values())
-    return JSONResponse({"status": "ready" if ok else "not_ready", "checks": checks},
-                        status_code=200 if ok else 503)
+    return JSONResponse(
+        {"status": "ready" if ok else "not_ready", "checks": checks}, status_code=200 if ok else 503
+    )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Annotated
 
@@ -55,11 +56,18 @@ async def list_runs(
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> RunPage:
     if cursor is not None and not is_id(cursor, "run"):
-        raise ValidationFailed("cursor is malformed", errors=[{"field": "cursor",
-                                                                "message": "malformed"}])
-    f = RunFilter(status=status, agent_type=agent_type, created_after=created_after,
-                  created_before=created_before, cursor=cursor, limit=limit)
-    return await _service(request).list(f)
+        raise ValidationFailed(
+            "cursor is malformed", errors=[{"field": "cursor", "message": "malformed"}]
+        )
+    f = RunFilter(
+        status=status,
+        agent_type=agent_type,
+        created_after=created_after,
+        created_before=created_before,
+        cursor=cursor,
+        limit=limit,
+    )
+    return await _service(request).list_page(f)
 
 
 @router.get("/{run_id}", response_model=Run, summary="Get one run")
@@ -72,8 +80,11 @@ async def cancel_run(run_id: str, request: Request) -> Run:
     return await _service(request).cancel(_check_id(run_id))
 
 
-@router.get("/{run_id}/wait", response_model=Run,
-            summary="Wait until the run is terminal or the timeout passes")
+@router.get(
+    "/{run_id}/wait",
+    response_model=Run,
+    summary="Wait until the run is terminal or the timeout passes",
+)
 async def wait_run(
     run_id: str, request: Request, timeout: Annotated[float, Query(ge=0, le=300)] = 30.0
 ) -> Run:
@@ -107,17 +118,22 @@ async def run_events(
     start = after
     if last_event_id:
         if not last_event_id.isdigit():
-            raise ValidationFailed("Last-Event-ID must be an event id (an integer)",
-                                   errors=[{"field": "Last-Event-ID", "message": "not an integer"}])
+            raise ValidationFailed(
+                "Last-Event-ID must be an event id (an integer)",
+                errors=[{"field": "Last-Event-ID", "message": "not an integer"}],
+            )
         start = int(last_event_id)
     await service.get(run_id)  # 404 before the stream starts
 
-    async def sse() -> object:
+    async def sse() -> AsyncIterator[str]:
         yield "retry: 1000\n\n"
         async for event in service.follow(run_id, after=start):
             payload = json.dumps(event.model_dump(mode="json"))
             yield f"id: {event.id}\nevent: {event.type}\ndata: {payload}\n\n"
         yield "event: end\ndata: {}\n\n"
 
-    return StreamingResponse(sse(), media_type="text/event-stream",  # type: ignore[arg-type]
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    return StreamingResponse(
+        sse(),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )

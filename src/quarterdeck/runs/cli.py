@@ -10,8 +10,9 @@ from rich.table import Table
 
 from quarterdeck.kit.console import Api, console, fail, print_json
 
-app = typer.Typer(help="Submit, inspect, follow and cancel agent runs (talks to the API).",
-                  no_args_is_help=True)
+app = typer.Typer(
+    help="Submit, inspect, follow and cancel agent runs (talks to the API).", no_args_is_help=True
+)
 UrlOpt = Annotated[str | None, typer.Option("--url", help="API base URL [env: QUARTERDECK_URL]")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
 TERMINAL = {"succeeded", "failed", "cancelled", "timed_out", "max_turns", "budget_exceeded"}
@@ -19,9 +20,24 @@ TERMINAL = {"succeeded", "failed", "cancelled", "timed_out", "max_turns", "budge
 
 def _summary(run: dict[str, Any]) -> None:
     table = Table(show_header=False, box=None)
-    for key in ("id", "status", "agent_type", "operation", "model", "attempts", "turns",
-                "input_tokens", "output_tokens", "cache_read_tokens", "cost_usd", "created_at",
-                "started_at", "finished_at", "error", "result"):
+    for key in (
+        "id",
+        "status",
+        "agent_type",
+        "operation",
+        "model",
+        "attempts",
+        "turns",
+        "input_tokens",
+        "output_tokens",
+        "cache_read_tokens",
+        "cost_usd",
+        "created_at",
+        "started_at",
+        "finished_at",
+        "error",
+        "result",
+    ):
         value = run.get(key)
         if value is not None:
             table.add_row(f"[bold]{key}[/]", str(value))
@@ -50,8 +66,7 @@ def submit(
     run = api.json("POST", "/v1/runs", json=body, headers=headers)
     if wait:
         while run["status"] not in TERMINAL:
-            run = api.json("GET", f"/v1/runs/{run['id']}/wait", params={"timeout": 30},
-                           timeout=40)
+            run = api.json("GET", f"/v1/runs/{run['id']}/wait", params={"timeout": 30}, timeout=40)
     if as_json:
         print_json(run)
     elif wait:
@@ -85,8 +100,15 @@ def list_runs(
         return
     table = Table("id", "status", "agent", "model", "turns", "cost_usd", "created_at")
     for run in page["items"]:
-        table.add_row(run["id"], run["status"], run["agent_type"], run["model"],
-                      str(run["turns"]), str(run["cost_usd"]), run["created_at"])
+        table.add_row(
+            run["id"],
+            run["status"],
+            run["agent_type"],
+            run["model"],
+            str(run["turns"]),
+            str(run["cost_usd"]),
+            run["created_at"],
+        )
     console.print(table)
     if page.get("next_cursor"):
         console.print(f"next page: --cursor {page['next_cursor']}")
@@ -106,16 +128,23 @@ def cancel(run_id: str, url: UrlOpt = None, as_json: JsonOpt = False) -> None:
     if as_json:
         print_json(run)
     else:
-        console.print(f"{run['id']}: {run['status']}"
-                      + (" (stop requested)" if run["status"] == "running" else ""))
+        console.print(
+            f"{run['id']}: {run['status']}"
+            + (" (stop requested)" if run["status"] == "running" else "")
+        )
 
 
 @app.command("wait")
-def wait(run_id: str, timeout: Annotated[float, typer.Option(min=0, max=300)] = 60,
-         url: UrlOpt = None, as_json: JsonOpt = False) -> None:
+def wait(
+    run_id: str,
+    timeout: Annotated[float, typer.Option(min=0, max=300)] = 60,
+    url: UrlOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
     """Wait until a run is finished (or the timeout passes) and show it."""
-    run = Api(url, timeout=timeout + 10).json("GET", f"/v1/runs/{run_id}/wait",
-                                              params={"timeout": timeout})
+    run = Api(url, timeout=timeout + 10).json(
+        "GET", f"/v1/runs/{run_id}/wait", params={"timeout": timeout}
+    )
     print_json(run) if as_json else _summary(run)
 
 
@@ -144,8 +173,9 @@ def logs(
                 console.print(_line(event), highlight=False)
         return
     try:
-        with api.client.stream("GET", f"/v1/runs/{run_id}/events",
-                               headers={"Accept": "text/event-stream"}) as response:
+        with api.client.stream(
+            "GET", f"/v1/runs/{run_id}/events", headers={"Accept": "text/event-stream"}
+        ) as response:
             if response.status_code >= 400:
                 response.read()
                 fail(f"{response.status_code}: {response.json().get('detail', response.text)}")
@@ -155,7 +185,8 @@ def logs(
                 event = json.loads(line[6:])
                 if not event:
                     break
-                typer.echo(json.dumps(event)) if as_json else console.print(_line(event),
-                                                                            highlight=False)
+                typer.echo(json.dumps(event)) if as_json else console.print(
+                    _line(event), highlight=False
+                )
     except KeyboardInterrupt:
         raise typer.Exit(130) from None

@@ -55,8 +55,8 @@ class RunEventHub:
             self._wake_all()
             await asyncio.sleep(1.0)
 
-    def _on_notify(self, _conn: Any, _pid: int, _channel: str, run_id: str) -> None:
-        for event in self._waiters.get(run_id, ()):
+    def _on_notify(self, _conn: Any, _pid: int, _channel: str, payload: object) -> None:
+        for event in self._waiters.get(str(payload), ()):
             event.set()
 
     def _wake_all(self) -> None:

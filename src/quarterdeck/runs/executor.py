@@ -118,7 +118,7 @@ class RunExecutor:
             # calls. Re-run the tools (the model call is paid for and is not repeated).
             if not messages[-1].tool_uses:
                 return Outcome(RunStatus.succeeded, result=last_text, usage=total)
-            messages = messages + [await self._run_tools(run, turn, messages[-1])]
+            messages = [*messages, await self._run_tools(run, turn, messages[-1])]
 
         while True:
             if turn >= max_turns:
@@ -160,10 +160,10 @@ class RunExecutor:
             turn += 1
             await self._complete_turn(run, turn, messages, response)
             total = total + response.usage
-            messages = messages + [response.message]
+            messages = [*messages, response.message]
             last_text = response.message.text
             if response.message.tool_uses and response.stop_reason == "tool_use":
-                messages = messages + [await self._run_tools(run, turn, response.message)]
+                messages = [*messages, await self._run_tools(run, turn, response.message)]
                 continue
             return Outcome(RunStatus.succeeded, result=last_text, usage=total)
 
@@ -214,7 +214,13 @@ class RunExecutor:
         async def write() -> None:
             async with self.db.transaction() as conn:
                 await repo.save_turn(
-                    conn, run.id, turn, messages, response.model, usage.to_dict(), cost,
+                    conn,
+                    run.id,
+                    turn,
+                    messages,
+                    response.model,
+                    usage.to_dict(),
+                    cost,
                     response.stop_reason,
                 )
                 await repo.append_events(conn, run.id, [("turn", turn, event)])
@@ -234,7 +240,7 @@ def _severity(exc: ProviderError) -> str:
     code = exc.status_code or 0
     if code in (401, 403):
         return "critical"
-    if code >= 500 and code != 529 or exc.error_type in ("timeout", "connection_error"):
+    if (code >= 500 and code != 529) or exc.error_type in ("timeout", "connection_error"):
         return "high"
     if code in (429, 529):
         return "medium"

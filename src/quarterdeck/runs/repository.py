@@ -27,9 +27,17 @@ async def insert_run(conn: asyncpg.Connection, values: dict[str, Any]) -> Run | 
         ON CONFLICT (tenant, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
         RETURNING *
         """,
-        values["id"], values["tenant"], values["agent_type"], values["operation"],
-        values["prompt"], values["model"], values["max_attempts"], values["idempotency_key"],
-        values["request_hash"], values["job_id"], values["params"],
+        values["id"],
+        values["tenant"],
+        values["agent_type"],
+        values["operation"],
+        values["prompt"],
+        values["model"],
+        values["max_attempts"],
+        values["idempotency_key"],
+        values["request_hash"],
+        values["job_id"],
+        values["params"],
     )
     return Run.from_row(row) if row else None
 
@@ -47,7 +55,9 @@ async def get_run(conn: asyncpg.Connection, run_id: str, tenant: str | None = No
     if tenant is None:
         row = await conn.fetchrow("SELECT * FROM runs WHERE id = $1", run_id)
     else:
-        row = await conn.fetchrow("SELECT * FROM runs WHERE id = $1 AND tenant = $2", run_id, tenant)
+        row = await conn.fetchrow(
+            "SELECT * FROM runs WHERE id = $1 AND tenant = $2", run_id, tenant
+        )
     return Run.from_row(row) if row else None
 
 
@@ -83,7 +93,10 @@ async def append_event(
 ) -> int:
     event_id: int = await conn.fetchval(
         "INSERT INTO run_events (run_id, type, turn, data) VALUES ($1, $2, $3, $4) RETURNING id",
-        run_id, type_, turn, data,
+        run_id,
+        type_,
+        turn,
+        data,
     )
     await conn.execute("SELECT pg_notify($1, $2)", EVENTS_CHANNEL, run_id)
     return event_id
@@ -106,7 +119,9 @@ async def list_events(
 ) -> list[RunEvent]:
     rows = await conn.fetch(
         "SELECT * FROM run_events WHERE run_id = $1 AND id > $2 ORDER BY id LIMIT $3",
-        run_id, after_id, limit,
+        run_id,
+        after_id,
+        limit,
     )
     return [RunEvent.model_validate(dict(r)) for r in rows]
 
@@ -126,7 +141,8 @@ async def start_attempt(
          WHERE id = $1 AND status IN ('queued', 'running')
         RETURNING *, (attempts = 1) AS first_start
         """,
-        run_id, worker_id,
+        run_id,
+        worker_id,
     )
     if row is None:
         return None
@@ -157,8 +173,16 @@ async def save_turn(
                                cache_creation_tokens, cache_read_tokens, cost_usd, stop_reason)
         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
         """,
-        run_id, turn, messages, model, usage["input_tokens"], usage["output_tokens"],
-        usage["cache_creation_input_tokens"], usage["cache_read_input_tokens"], cost, stop_reason,
+        run_id,
+        turn,
+        messages,
+        model,
+        usage["input_tokens"],
+        usage["output_tokens"],
+        usage["cache_creation_input_tokens"],
+        usage["cache_read_input_tokens"],
+        cost,
+        stop_reason,
     )
     await conn.execute(
         """
@@ -167,12 +191,18 @@ async def save_turn(
                input_tokens = input_tokens + $3, output_tokens = output_tokens + $4,
                cache_creation_tokens = cache_creation_tokens + $5,
                cache_read_tokens = cache_read_tokens + $6,
-               cost_usd = cost_usd + coalesce($7, 0), cost_known = cost_known AND $7 IS NOT NULL,
+               cost_usd = cost_usd + coalesce($7::numeric, 0),
+               cost_known = cost_known AND $7::numeric IS NOT NULL,
                heartbeat_at = now()
          WHERE id = $1
         """,
-        run_id, turn, usage["input_tokens"], usage["output_tokens"],
-        usage["cache_creation_input_tokens"], usage["cache_read_input_tokens"], cost,
+        run_id,
+        turn,
+        usage["input_tokens"],
+        usage["output_tokens"],
+        usage["cache_creation_input_tokens"],
+        usage["cache_read_input_tokens"],
+        cost,
     )
 
 
@@ -191,7 +221,10 @@ async def finish(
          WHERE id = $1 AND status IN ('queued', 'running')
         RETURNING *
         """,
-        run_id, status.value, result, error,
+        run_id,
+        status.value,
+        result,
+        error,
     )
     return Run.from_row(row) if row else None
 
@@ -209,7 +242,8 @@ async def release(conn: asyncpg.Connection, run_id: str, job_id: int) -> None:
     await conn.execute(
         "UPDATE runs SET status = 'queued', worker_id = NULL, job_id = $2"
         " WHERE id = $1 AND status = 'running'",
-        run_id, job_id,
+        run_id,
+        job_id,
     )
 
 

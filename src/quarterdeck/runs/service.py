@@ -59,14 +59,22 @@ class RunService:
         run_id = new_id("run")
         async with self.db.transaction() as conn:
             job_id = await queue.enqueue_run(conn, run_id)
-            run = await repo.insert_run(conn, {
-                "id": run_id, "tenant": tenant,
-                "agent_type": body.agent_type or self.settings.default_agent_type,
-                "operation": body.operation, "prompt": body.prompt,
-                "model": self.resolve_model(body.model), "max_attempts": self.settings.max_attempts,
-                "idempotency_key": idempotency_key, "request_hash": digest, "job_id": job_id,
-                "params": params,
-            })
+            run = await repo.insert_run(
+                conn,
+                {
+                    "id": run_id,
+                    "tenant": tenant,
+                    "agent_type": body.agent_type or self.settings.default_agent_type,
+                    "operation": body.operation,
+                    "prompt": body.prompt,
+                    "model": self.resolve_model(body.model),
+                    "max_attempts": self.settings.max_attempts,
+                    "idempotency_key": idempotency_key,
+                    "request_hash": digest,
+                    "job_id": job_id,
+                    "params": params,
+                },
+            )
             if run is not None:
                 await repo.append_event(conn, run.id, "status", {"status": "queued"})
         if run is None:  # lost a race with the same key: the transaction above enqueued nothing
@@ -94,7 +102,7 @@ class RunService:
             raise NotFound(f"run {run_id} not found")
         return run
 
-    async def list(self, f: RunFilter, tenant: str | None = DEFAULT_TENANT) -> RunPage:
+    async def list_page(self, f: RunFilter, tenant: str | None = DEFAULT_TENANT) -> RunPage:
         async with self.db.acquire() as conn:
             items = await repo.list_runs(conn, tenant, f)
         cursor = items[-1].id if len(items) == f.limit else None
@@ -111,11 +119,13 @@ class RunService:
             job_id = await conn.fetchval("SELECT job_id FROM runs WHERE id = $1 FOR UPDATE", run_id)
             finished: Run | None = None
             if run.status is RunStatus.queued:
-                finished = await repo.finish(conn, run_id, RunStatus.cancelled,
-                                             error="cancelled before it started")
+                finished = await repo.finish(
+                    conn, run_id, RunStatus.cancelled, error="cancelled before it started"
+                )
                 if finished:
-                    await repo.append_event(conn, run_id, "status",
-                                            {"status": "cancelled", "error": finished.error})
+                    await repo.append_event(
+                        conn, run_id, "status", {"status": "cancelled", "error": finished.error}
+                    )
             else:
                 await repo.request_cancel(conn, run_id)
                 await repo.append_event(conn, run_id, "cancel_requested", {})

@@ -126,23 +126,34 @@ class WorkerPool:
                 return  # already terminal: a stale or duplicate job
             run, first = claimed
             await repo.append_event(
-                conn, run.id, "status",
-                {"status": "running", "attempt": run.attempts, "worker": self.worker_id,
-                 "resumed": not first},
+                conn,
+                run.id,
+                "status",
+                {
+                    "status": "running",
+                    "attempt": run.attempts,
+                    "worker": self.worker_id,
+                    "resumed": not first,
+                },
             )
         agent = metrics.bounded(run.agent_type)
         metrics.RUN_ATTEMPTS.labels(agent, "first" if first else "resume").inc()
         if first:
             metrics.SUBMIT_TO_START.labels(agent).observe(
-                max(0.0, (run.started_at or run.created_at).timestamp() - run.created_at.timestamp())
+                max(
+                    0.0, (run.started_at or run.created_at).timestamp() - run.created_at.timestamp()
+                )
             )
         if run.attempts > run.max_attempts:
-            await self._finish(run, Outcome(
-                RunStatus.failed,
-                error=f"gave up after {run.max_attempts} attempts: the worker executing this run "
-                "was lost or released it each time",
-                error_type="max_attempts",
-            ))
+            await self._finish(
+                run,
+                Outcome(
+                    RunStatus.failed,
+                    error=f"gave up after {run.max_attempts} attempts: the worker executing this run "
+                    "was lost or released it each time",
+                    error_type="max_attempts",
+                ),
+            )
             return
         if not self._accepting:
             await self._release(run)
@@ -156,7 +167,9 @@ class WorkerPool:
                 outcome = await self.executor.execute(run)
         except Exception as exc:  # a bug or an unexpected dependency failure
             log.exception("run_crashed", run_id=run.id)
-            outcome = Outcome(RunStatus.failed, error=f"internal error: {exc}", error_type="internal")
+            outcome = Outcome(
+                RunStatus.failed, error=f"internal error: {exc}", error_type="internal"
+            )
         finally:
             metrics.ACTIVE.labels(agent).dec()
             self.inflight.pop(run.id, None)
@@ -172,21 +185,33 @@ class WorkerPool:
             job_id = await queue.enqueue_run(conn, run.id)
             await repo.release(conn, run.id, job_id)
             await repo.append_event(
-                conn, run.id, "status",
-                {"status": "queued", "reason": "released by a draining worker",
-                 "worker": self.worker_id},
+                conn,
+                run.id,
+                "status",
+                {
+                    "status": "queued",
+                    "reason": "released by a draining worker",
+                    "worker": self.worker_id,
+                },
             )
         log.info("run_released", run_id=run.id)
 
     async def _finish(self, run: Run, outcome: Outcome) -> None:
         async def write() -> Run | None:
             async with self.db.transaction() as conn:
-                done = await repo.finish(conn, run.id, outcome.status, outcome.result, outcome.error)
+                done = await repo.finish(
+                    conn, run.id, outcome.status, outcome.result, outcome.error
+                )
                 if done is not None:
                     await repo.append_event(
-                        conn, run.id, "status",
-                        {"status": outcome.status.value, "error": outcome.error,
-                         "error_type": outcome.error_type},
+                        conn,
+                        run.id,
+                        "status",
+                        {
+                            "status": outcome.status.value,
+                            "error": outcome.error,
+                            "error_type": outcome.error_type,
+                        },
                     )
                 return done
 
@@ -207,5 +232,6 @@ def record_outcome(run: Run, error_type: str | None = None) -> None:
         )
     if run.status.outcome == "error":
         severity = "high" if run.status is RunStatus.failed else "medium"
-        metrics.ERRORS.labels(agent, metrics.bounded(error_type or run.status.value), severity).inc()
-
+        metrics.ERRORS.labels(
+            agent, metrics.bounded(error_type or run.status.value), severity
+        ).inc()

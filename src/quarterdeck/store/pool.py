@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import asyncpg
 import structlog
@@ -74,7 +74,7 @@ class Database:
     async def recycle(self) -> None:
         """Drop every pooled connection so the next use reconnects (after a database restart)."""
         if self._pool is not None:
-            self._pool.expire_connections()
+            await self._pool.expire_connections()
 
     @property
     def pool(self) -> asyncpg.Pool:
@@ -86,7 +86,7 @@ class Database:
     async def acquire(self) -> AsyncIterator[asyncpg.Connection]:
         try:
             async with self.pool.acquire() as conn:
-                yield conn
+                yield cast(asyncpg.Connection, conn)
         except CONNECTION_ERRORS as exc:
             raise Unavailable(f"database unavailable: {exc}") from exc
 
@@ -94,7 +94,7 @@ class Database:
     async def transaction(self) -> AsyncIterator[asyncpg.Connection]:
         try:
             async with self.pool.acquire() as conn, conn.transaction():
-                yield conn
+                yield cast(asyncpg.Connection, conn)
         except CONNECTION_ERRORS as exc:
             raise Unavailable(f"database unavailable: {exc}") from exc
 

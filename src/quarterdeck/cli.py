@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -68,12 +69,22 @@ def _serve(api: bool, workers: bool) -> None:
     from quarterdeck.server import serve
 
     try:
-        asyncio.run(serve(s, api=api, workers=workers))
+        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+            runner.run(serve(s, api=api, workers=workers))
     except ConfigError as exc:
         err_console.print(f"[bold red]error:[/] {exc.detail}", highlight=False)
         raise typer.Exit(2) from None
     except QuarterdeckError as exc:
         fail(exc.detail)
+
+
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop when installed: the event loop is on every hot path (HTTP, Postgres, workers)."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - not on every platform
+        return None
+    return uvloop.new_event_loop
 
 
 @app.command()

@@ -98,6 +98,11 @@ class Settings(BaseSettings):
     max_attempts: int = Field(default=3, ge=1, le=100)
 
     provider: Literal["auto", "anthropic", "openai", "simulated"] = "auto"
+    anthropic_base_url: str | None = None
+    openai_base_url: str | None = None
+    openai_api_key: SecretStr | None = None
+    provider_timeout: float = 600.0
+    pricing_overrides: dict[str, dict[str, Any]] = Field(default_factory=dict)
     default_model: str | None = None
     default_agent_type: str = "coder"
     run_timeout: float = 3600.0
@@ -114,6 +119,7 @@ class Settings(BaseSettings):
         "worker_dequeue_timeout",
         "drain_timeout",
         "run_timeout",
+        "provider_timeout",
         mode="before",
     )
     @classmethod

@@ -29,7 +29,7 @@ log = structlog.get_logger(__name__)
 
 
 def build_cost_fn(settings: Settings) -> CostFn:
-    table = PriceTable.load(None)
+    table = PriceTable.load(settings.pricing_overrides or None)
 
     def cost(model: str, usage: Usage) -> Decimal | None:
         return table.cost(model, usage)

@@ -6,14 +6,18 @@ SSE parsing and error classes are the SDK's own.
 
 from __future__ import annotations
 
+import anthropic
 import pytest
 
-from quarterdeck.exceptions import ProviderError
+from quarterdeck.config import load_settings
+from quarterdeck.exceptions import ConfigError, ProviderError
 from quarterdeck.providers.anthropic import AnthropicProvider
+from quarterdeck.providers.factory import build_provider
 from quarterdeck.providers.types import (
     Message,
     ModelRequest,
     ModelResponse,
+    Provider,
     StreamEvent,
     TextBlock,
     ThinkingBlock,
@@ -22,8 +26,9 @@ from quarterdeck.providers.types import (
     ToolUseBlock,
 )
 from tests.support import messages_api as api
-from tests.support.fixtures import messages_api  # noqa: F401  (fixture)
 from tests.support.messages_api import MessagesAPIServer
+
+pytest_plugins = ["tests.support.fixtures"]
 
 READ_FILE = ToolSpec(
     name="read_file",
@@ -46,7 +51,7 @@ def _request(*messages: Message, tools: list[ToolSpec] | None = None) -> ModelRe
 
 
 @pytest.fixture
-async def provider(messages_api: MessagesAPIServer):  # noqa: F811
+async def provider(messages_api: MessagesAPIServer):
     p = AnthropicProvider("test-key", base_url=messages_api.base_url, timeout=10.0)
     yield p
     await p.aclose()
@@ -56,7 +61,9 @@ async def _collect(p: AnthropicProvider, request: ModelRequest) -> list[StreamEv
     return [event async for event in p.stream(request)]
 
 
-async def _fails(p: AnthropicProvider, request: ModelRequest, stream: bool = False) -> ProviderError:
+async def _fails(
+    p: AnthropicProvider, request: ModelRequest, stream: bool = False
+) -> ProviderError:
     with pytest.raises(ProviderError) as info:
         if stream:
             await _collect(p, request)
@@ -131,6 +138,7 @@ async def test_stream_text_tool_use_and_cumulative_usage(
     provider: AnthropicProvider, messages_api: MessagesAPIServer
 ):
     messages_api.script([api.message(
+        api.thinking("the user wants app.py", signature="sig-stream"),
         api.text("Let me look at that file."),
         api.tool_use("read_file", {"path": "src/app.py", "lines": [1, 40]}, id="toolu_9"),
         usage=api.make_usage(input_tokens=40, output_tokens=61, cache_read=900, cache_1h=64),
@@ -141,11 +149,13 @@ async def test_stream_text_tool_use_and_cumulative_usage(
     assert "".join(texts) == "Let me look at that file."
     assert len(texts) > 1  # really streamed in pieces
     assert [e.text for e in events if e.type == "tool_use"] == ["read_file"]
+    assert "".join(e.text for e in events if e.type == "thinking") == "the user wants app.py"
     assert events[-1].type == "message" and [e.type for e in events].count("message") == 1
     response = events[-1].response
     assert isinstance(response, ModelResponse)
     assert response.stop_reason == "tool_use"
     assert response.message.text == "Let me look at that file."
+    assert response.message.content[0] == ThinkingBlock("the user wants app.py", "sig-stream")
     assert response.message.tool_uses == [
         ToolUseBlock("toolu_9", "read_file", {"path": "src/app.py", "lines": [1, 40]})
     ]
@@ -160,7 +170,9 @@ async def test_stream_text_tool_use_and_cumulative_usage(
     assert messages_api.requests[0].json["stream"] is True
 
 
-async def test_error_event_mid_stream(provider: AnthropicProvider, messages_api: MessagesAPIServer):
+async def test_error_event_mid_stream(
+    provider: AnthropicProvider, messages_api: MessagesAPIServer
+):
     messages_api.script([api.stream_error(api.message(api.text("partial answer here")), after=4)])
     seen: list[StreamEvent] = []
     with pytest.raises(ProviderError) as info:
@@ -257,3 +269,39 @@ async def test_connection_refused_is_retryable():
     finally:
         await provider.aclose()
     assert error.error_type == "connection_error" and error.retryable
+
+
+async def test_factory_builds_anthropic_against_configured_base_url(
+    messages_api: MessagesAPIServer, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.setenv("QUARTERDECK_ANTHROPIC_BASE_URL", messages_api.base_url)
+    provider = build_provider(load_settings(provider="anthropic", anthropic_api_key="sk-test"))
+    try:
+        assert isinstance(provider, AnthropicProvider) and isinstance(provider, Provider)
+        messages_api.script([api.message(api.text("from the factory"))])
+        response = await provider.complete(_request())
+    finally:
+        await provider.aclose()
+    assert response.message.text == "from the factory"
+
+
+def test_factory_requires_a_key_for_anthropic():
+    with pytest.raises(ConfigError) as info:
+        build_provider(load_settings(provider="anthropic", anthropic_api_key=None))
+    assert info.value.errors[0][0] == "ANTHROPIC_API_KEY"
+
+
+def test_factory_builds_simulated():
+    provider = build_provider(load_settings(provider="simulated", simulated_error_rate=0.1,
+                                       simulated_turns=3))
+    assert provider.name == "simulated" and isinstance(provider, Provider)
+
+
+async def test_fake_serves_models_list_to_the_sdk(messages_api: MessagesAPIServer):
+    client = anthropic.AsyncAnthropic(api_key="k", base_url=messages_api.base_url, max_retries=0)
+    try:
+        page = await client.models.list()
+    finally:
+        await client.close()
+    assert [m.id for m in page.data] == list(MessagesAPIServer.models)
+    assert messages_api.requests[0].path == "/v1/models"

@@ -1,10 +1,13 @@
-"""OpenAICompatProvider through the real ``openai`` SDK against a local fake chat completions API."""
+"""OpenAICompatProvider through the real ``openai`` SDK against a local fake chat completions
+API (the shape vLLM, Ollama and llama.cpp serve)."""
 
 from __future__ import annotations
 
 import pytest
 
-from quarterdeck.exceptions import ProviderError
+from quarterdeck.config import load_settings
+from quarterdeck.exceptions import ConfigError, ProviderError
+from quarterdeck.providers.factory import build_provider
 from quarterdeck.providers.openai_compat import OpenAICompatProvider
 from quarterdeck.providers.types import (
     Message,
@@ -16,8 +19,9 @@ from quarterdeck.providers.types import (
     ToolUseBlock,
 )
 from tests.support import openai_api as api
-from tests.support.fixtures import openai_api  # noqa: F401  (fixture)
 from tests.support.openai_api import OpenAIAPIServer
+
+pytest_plugins = ["tests.support.fixtures"]
 
 RUN_TESTS = ToolSpec(
     name="run_tests",
@@ -38,7 +42,7 @@ def _request(*messages: Message) -> ModelRequest:
 
 
 @pytest.fixture
-async def provider(openai_api: OpenAIAPIServer):  # noqa: F811
+async def provider(openai_api: OpenAIAPIServer):
     p = OpenAICompatProvider(f"{openai_api.base_url}/v1", timeout=10.0)
     yield p
     await p.aclose()
@@ -155,3 +159,23 @@ async def test_slow_response_times_out(openai_api: OpenAIAPIServer):
     finally:
         await provider.aclose()
     assert info.value.error_type == "timeout" and info.value.retryable
+
+
+async def test_factory_builds_openai_compat(
+    openai_api: OpenAIAPIServer, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.setenv("QUARTERDECK_OPENAI_BASE_URL", f"{openai_api.base_url}/v1")
+    provider = build_provider(load_settings(provider="openai"))
+    try:
+        assert isinstance(provider, OpenAICompatProvider)
+        response = await provider.complete(_request())
+    finally:
+        await provider.aclose()
+    assert response.message.text == "ok"
+
+
+def test_factory_requires_a_base_url_for_openai(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.delenv("QUARTERDECK_OPENAI_BASE_URL", raising=False)
+    with pytest.raises(ConfigError) as info:
+        build_provider(load_settings(provider="openai"))
+    assert info.value.errors[0][0] == "QUARTERDECK_OPENAI_BASE_URL"

@@ -20,6 +20,7 @@ import structlog
 from quarterdeck.exceptions import ProviderError
 from quarterdeck.kit.backoff import scheduled_delay
 from quarterdeck.monitoring import metrics
+from quarterdeck.providers import telemetry
 from quarterdeck.providers.types import (
     Message,
     ModelRequest,
@@ -100,8 +101,10 @@ class RunExecutor:
         self.config = config
 
     async def execute(self, run: Run) -> Outcome:
-        async with self.db.acquire() as conn:
-            checkpoint = await repo.last_checkpoint(conn, run.id)
+        checkpoint = None
+        if run.attempts > 1:  # only a resumed run can have a checkpoint
+            async with self.db.acquire() as conn:
+                checkpoint = await repo.last_checkpoint(conn, run.id)
         if checkpoint:
             turn, raw = checkpoint
             messages = [Message.from_dict(m) for m in raw]
@@ -175,7 +178,7 @@ class RunExecutor:
             try:
                 return await self.provider.complete(request)
             except ProviderError as exc:
-                metrics.ERRORS.labels(run.agent_type, exc.error_type, _severity(exc)).inc()
+                telemetry.record_error(run.agent_type, exc)
                 if not exc.retryable or attempt > self.config.call_retries:
                     raise
                 delay = scheduled_delay(attempt)
@@ -212,7 +215,7 @@ class RunExecutor:
         }
 
         async def write() -> None:
-            async with self.db.transaction() as conn:
+            async with self.db.acquire() as conn:
                 await repo.save_turn(
                     conn,
                     run.id,
@@ -222,26 +225,18 @@ class RunExecutor:
                     usage.to_dict(),
                     cost,
                     response.stop_reason,
+                    event,
                 )
-                await repo.append_events(conn, run.id, [("turn", turn, event)])
 
         # Shielded: a cancel arriving mid-write must not leave a half-recorded turn.
         await asyncio.shield(write())
-        model = metrics.bounded(response.model)
-        metrics.TURNS.labels(run.agent_type, model).inc()
-        metrics.TOKENS.labels(run.agent_type, model).inc(usage.total_tokens)
-        if cost is not None:
-            metrics.COST.labels(run.agent_type, model).inc(float(cost))
-        else:
-            metrics.UNPRICED_TOKENS.labels(run.agent_type, model).inc(usage.total_tokens)
-
-
-def _severity(exc: ProviderError) -> str:
-    code = exc.status_code or 0
-    if code in (401, 403):
-        return "critical"
-    if (code >= 500 and code != 529) or exc.error_type in ("timeout", "connection_error"):
-        return "high"
-    if code in (429, 529):
-        return "medium"
-    return "low"
+        metrics.TURNS.labels(run.agent_type, metrics.bounded(response.model)).inc()
+        telemetry.record_call(
+            run.agent_type,
+            self.provider.name,
+            response.model,
+            usage,
+            cost,
+            response.latency_s,
+            response.ttft_s,
+        )

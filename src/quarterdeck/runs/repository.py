@@ -18,14 +18,20 @@ EVENTS_CHANNEL = "quarterdeck_run_events"
 
 
 async def insert_run(conn: asyncpg.Connection, values: dict[str, Any]) -> Run | None:
-    """Insert a run; None when the idempotency key already exists for this tenant."""
+    """Insert a run with its first event in one statement; None if the idempotency key exists."""
     row = await conn.fetchrow(
         """
-        INSERT INTO runs (id, tenant, agent_type, operation, prompt, model, max_attempts,
-                          idempotency_key, request_hash, job_id, params)
-        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
-        ON CONFLICT (tenant, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
-        RETURNING *
+        WITH r AS (
+            INSERT INTO runs (id, tenant, agent_type, operation, prompt, model, max_attempts,
+                              idempotency_key, request_hash, job_id, params)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+            ON CONFLICT (tenant, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+            RETURNING *
+        ), e AS (
+            INSERT INTO run_events (run_id, type, data)
+            SELECT id, 'status', '{"status": "queued"}'::jsonb FROM r
+        )
+        SELECT r.*, pg_notify($12, r.id) FROM r
         """,
         values["id"],
         values["tenant"],
@@ -38,6 +44,7 @@ async def insert_run(conn: asyncpg.Connection, values: dict[str, Any]) -> Run | 
         values["request_hash"],
         values["job_id"],
         values["params"],
+        EVENTS_CHANNEL,
     )
     return Run.from_row(row) if row else None
 
@@ -92,13 +99,17 @@ async def append_event(
     turn: int | None = None,
 ) -> int:
     event_id: int = await conn.fetchval(
-        "INSERT INTO run_events (run_id, type, turn, data) VALUES ($1, $2, $3, $4) RETURNING id",
+        """
+        WITH e AS (INSERT INTO run_events (run_id, type, turn, data)
+                   VALUES ($1, $2, $3, $4) RETURNING id)
+        SELECT e.id FROM e, pg_notify($5, $1)
+        """,
         run_id,
         type_,
         turn,
         data,
+        EVENTS_CHANNEL,
     )
-    await conn.execute("SELECT pg_notify($1, $2)", EVENTS_CHANNEL, run_id)
     return event_id
 
 
@@ -129,20 +140,30 @@ async def list_events(
 async def start_attempt(
     conn: asyncpg.Connection, run_id: str, worker_id: str
 ) -> tuple[Run, bool] | None:
-    """Claim a run for execution: bump attempts, mark running. Returns (run, first_start).
+    """Claim a run for execution: bump attempts, mark running, record it. One statement.
 
-    None when the run is already terminal (a stale job for a finished or cancelled run).
+    Returns (run, first_start), or None when the run is already terminal (a stale or duplicate
+    job for a finished or cancelled run).
     """
     row = await conn.fetchrow(
         """
-        UPDATE runs
-           SET status = 'running', attempts = attempts + 1, worker_id = $2,
-               started_at = coalesce(started_at, now()), heartbeat_at = now()
-         WHERE id = $1 AND status IN ('queued', 'running')
-        RETURNING *, (attempts = 1) AS first_start
+        WITH u AS (
+            UPDATE runs
+               SET status = 'running', attempts = attempts + 1, worker_id = $2,
+                   started_at = coalesce(started_at, now()), heartbeat_at = now()
+             WHERE id = $1 AND status IN ('queued', 'running')
+            RETURNING *
+        ), e AS (
+            INSERT INTO run_events (run_id, type, data)
+            SELECT id, 'status', jsonb_build_object('status', 'running', 'attempt', attempts,
+                                                    'worker', $2::text, 'resumed', attempts > 1)
+              FROM u
+        )
+        SELECT u.*, (u.attempts = 1) AS first_start, pg_notify($3, u.id) FROM u
         """,
         run_id,
         worker_id,
+        EVENTS_CHANNEL,
     )
     if row is None:
         return None
@@ -165,13 +186,34 @@ async def save_turn(
     usage: dict[str, int],
     cost: Decimal | None,
     stop_reason: str,
+    event: dict[str, Any],
 ) -> None:
-    """Checkpoint one completed turn and add its usage to the run. Call inside a transaction."""
+    """Checkpoint one completed turn, add its usage to the run and record its event.
+
+    One statement, so it is atomic without an explicit transaction: either the turn is fully
+    recorded and billed, or not at all.
+    """
     await conn.execute(
         """
-        INSERT INTO run_turns (run_id, turn, messages, model, input_tokens, output_tokens,
-                               cache_creation_tokens, cache_read_tokens, cost_usd, stop_reason)
-        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+        WITH t AS (
+            INSERT INTO run_turns (run_id, turn, messages, model, input_tokens, output_tokens,
+                                   cache_creation_tokens, cache_read_tokens, cost_usd,
+                                   stop_reason)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+        ), u AS (
+            UPDATE runs
+               SET turns = $2,
+                   input_tokens = input_tokens + $5, output_tokens = output_tokens + $6,
+                   cache_creation_tokens = cache_creation_tokens + $7,
+                   cache_read_tokens = cache_read_tokens + $8,
+                   cost_usd = cost_usd + coalesce($9::numeric, 0),
+                   cost_known = cost_known AND $9::numeric IS NOT NULL,
+                   heartbeat_at = now()
+             WHERE id = $1
+        ), e AS (
+            INSERT INTO run_events (run_id, type, turn, data) VALUES ($1, 'turn', $2, $11)
+        )
+        SELECT pg_notify($12, $1)
         """,
         run_id,
         turn,
@@ -183,26 +225,8 @@ async def save_turn(
         usage["cache_read_input_tokens"],
         cost,
         stop_reason,
-    )
-    await conn.execute(
-        """
-        UPDATE runs
-           SET turns = $2,
-               input_tokens = input_tokens + $3, output_tokens = output_tokens + $4,
-               cache_creation_tokens = cache_creation_tokens + $5,
-               cache_read_tokens = cache_read_tokens + $6,
-               cost_usd = cost_usd + coalesce($7::numeric, 0),
-               cost_known = cost_known AND $7::numeric IS NOT NULL,
-               heartbeat_at = now()
-         WHERE id = $1
-        """,
-        run_id,
-        turn,
-        usage["input_tokens"],
-        usage["output_tokens"],
-        usage["cache_creation_input_tokens"],
-        usage["cache_read_input_tokens"],
-        cost,
+        event,
+        EVENTS_CHANNEL,
     )
 
 
@@ -212,19 +236,28 @@ async def finish(
     status: RunStatus,
     result: str | None = None,
     error: str | None = None,
+    event: dict[str, Any] | None = None,
 ) -> Run | None:
-    """Move a non-terminal run to a terminal status. None if it was already terminal."""
+    """Move a non-terminal run to a terminal status and record it; None if already terminal."""
+    data = {"status": status.value, "error": error, **(event or {})}
     row = await conn.fetchrow(
         """
-        UPDATE runs SET status = $2, result = $3, error = $4, finished_at = now(),
-                        started_at = coalesce(started_at, now())
-         WHERE id = $1 AND status IN ('queued', 'running')
-        RETURNING *
+        WITH u AS (
+            UPDATE runs SET status = $2, result = $3, error = $4, finished_at = now(),
+                            started_at = coalesce(started_at, now())
+             WHERE id = $1 AND status IN ('queued', 'running')
+            RETURNING *
+        ), e AS (
+            INSERT INTO run_events (run_id, type, data) SELECT id, 'status', $5 FROM u
+        )
+        SELECT u.*, pg_notify($6, u.id) FROM u
         """,
         run_id,
         status.value,
         result,
         error,
+        data,
+        EVENTS_CHANNEL,
     )
     return Run.from_row(row) if row else None
 

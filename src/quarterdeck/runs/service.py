@@ -25,6 +25,10 @@ from quarterdeck.store.pool import Database
 DEFAULT_TENANT = "default"
 
 
+class _KeyTaken(Exception):
+    """Another request inserted the same idempotency key first."""
+
+
 def request_hash(body: RunCreate) -> str:
     canonical = json.dumps(body.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
@@ -57,6 +61,23 @@ class RunService:
         if body.timeout_s:
             params["timeout_s"] = body.timeout_s
         run_id = new_id("run")
+        try:
+            return await self._insert(run_id, body, tenant, idempotency_key, digest, params)
+        except _KeyTaken:
+            existing = await self._replay(tenant, idempotency_key or "", digest)
+            if existing is None:  # pragma: no cover - the key holder was deleted meanwhile
+                raise
+            return existing, False
+
+    async def _insert(
+        self,
+        run_id: str,
+        body: RunCreate,
+        tenant: str,
+        idempotency_key: str | None,
+        digest: str,
+        params: dict[str, Any],
+    ) -> tuple[Run, bool]:
         async with self.db.transaction() as conn:
             job_id = await queue.enqueue_run(conn, run_id)
             run = await repo.insert_run(
@@ -75,12 +96,8 @@ class RunService:
                     "params": params,
                 },
             )
-            if run is not None:
-                await repo.append_event(conn, run.id, "status", {"status": "queued"})
-        if run is None:  # lost a race with the same key: the transaction above enqueued nothing
-            existing = await self._replay(tenant, idempotency_key or "", digest)
-            assert existing is not None
-            return existing, False
+            if run is None:  # lost a race for this key: roll back our job, answer with theirs
+                raise _KeyTaken
         return run, True
 
     async def _replay(self, tenant: str, key: str, digest: str) -> Run | None:
@@ -122,10 +139,6 @@ class RunService:
                 finished = await repo.finish(
                     conn, run_id, RunStatus.cancelled, error="cancelled before it started"
                 )
-                if finished:
-                    await repo.append_event(
-                        conn, run_id, "status", {"status": "cancelled", "error": finished.error}
-                    )
             else:
                 await repo.request_cancel(conn, run_id)
                 await repo.append_event(conn, run_id, "cancel_requested", {})

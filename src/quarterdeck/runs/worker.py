@@ -23,6 +23,7 @@ from typing import Any
 import structlog
 
 from quarterdeck.config import Settings
+from quarterdeck.exceptions import StoreError, Unavailable
 from quarterdeck.kit.ids import ulid
 from quarterdeck.monitoring import metrics
 from quarterdeck.runs import queue
@@ -51,6 +52,7 @@ class WorkerPool:
         self.inflight: dict[str, InFlight] = {}
         self._stop = asyncio.Event()
         self._accepting = True
+        self.repair_interval = 15.0
 
     # -- lifecycle ----------------------------------------------------------------------------
     async def run(self) -> None:
@@ -59,7 +61,10 @@ class WorkerPool:
 
         concurrency = max(2, self.settings.worker_concurrency)
         batch = max(1, min(self.settings.worker_batch_size, concurrency // 2))
-        heartbeat = asyncio.create_task(self._heartbeat_loop())
+        background = [
+            asyncio.create_task(self._heartbeat_loop()),
+            asyncio.create_task(self._repair_loop()),
+        ]
         try:
             await pgqueuer.run(
                 self._factory,
@@ -72,9 +77,11 @@ class WorkerPool:
                 shutdown=self._stop,
             )
         finally:
-            heartbeat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await heartbeat
+            for task in background:
+                task.cancel()
+            for task in background:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
 
     @contextlib.asynccontextmanager
     async def _factory(self) -> AsyncIterator[Any]:
@@ -118,24 +125,37 @@ class WorkerPool:
                     async with self.db.acquire() as conn:
                         await repo.heartbeat(conn, list(self.inflight))
 
+    async def _repair_loop(self) -> None:
+        """Safety net: requeue runs whose job vanished (e.g. a failure while Postgres restarted)."""
+        while True:
+            await asyncio.sleep(self.repair_interval)
+            try:
+                async with self.db.transaction() as conn:
+                    repaired = await queue.requeue_orphans(
+                        conn, stale_after=3 * self.settings.worker_heartbeat_timeout
+                    )
+                if repaired:
+                    log.warning("orphaned_runs_requeued", runs=repaired)
+            except Exception as exc:
+                log.warning("orphan_repair_failed", error=str(exc))
+
     # -- one job ------------------------------------------------------------------------------
     async def handle(self, run_id: str, ctx: Any) -> None:
-        async with self.db.transaction() as conn:
+        """Execute one run job. A database outage requeues the job instead of losing the run."""
+        from pgqueuer.errors import RetryRequested
+
+        try:
+            await self._handle(run_id, ctx)
+        except (Unavailable, StoreError) as exc:
+            log.warning("run_deferred", run_id=run_id, error=exc.detail)
+            raise RetryRequested(delay=timedelta(seconds=2), reason=exc.detail) from exc
+
+    async def _handle(self, run_id: str, ctx: Any) -> None:
+        async with self.db.acquire() as conn:
             claimed = await repo.start_attempt(conn, run_id, self.worker_id)
-            if claimed is None:
-                return  # already terminal: a stale or duplicate job
-            run, first = claimed
-            await repo.append_event(
-                conn,
-                run.id,
-                "status",
-                {
-                    "status": "running",
-                    "attempt": run.attempts,
-                    "worker": self.worker_id,
-                    "resumed": not first,
-                },
-            )
+        if claimed is None:
+            return  # already terminal: a stale or duplicate job
+        run, first = claimed
         agent = metrics.bounded(run.agent_type)
         metrics.RUN_ATTEMPTS.labels(agent, "first" if first else "resume").inc()
         if first:
@@ -165,7 +185,9 @@ class WorkerPool:
         try:
             with ctx.cancellation:
                 outcome = await self.executor.execute(run)
-        except Exception as exc:  # a bug or an unexpected dependency failure
+        except (Unavailable, StoreError):
+            raise
+        except Exception as exc:  # a bug: fail this run loudly rather than retry it forever
             log.exception("run_crashed", run_id=run.id)
             outcome = Outcome(
                 RunStatus.failed, error=f"internal error: {exc}", error_type="internal"
@@ -198,22 +220,15 @@ class WorkerPool:
 
     async def _finish(self, run: Run, outcome: Outcome) -> None:
         async def write() -> Run | None:
-            async with self.db.transaction() as conn:
-                done = await repo.finish(
-                    conn, run.id, outcome.status, outcome.result, outcome.error
+            async with self.db.acquire() as conn:
+                return await repo.finish(
+                    conn,
+                    run.id,
+                    outcome.status,
+                    outcome.result,
+                    outcome.error,
+                    {"error_type": outcome.error_type},
                 )
-                if done is not None:
-                    await repo.append_event(
-                        conn,
-                        run.id,
-                        "status",
-                        {
-                            "status": outcome.status.value,
-                            "error": outcome.error,
-                            "error_type": outcome.error_type,
-                        },
-                    )
-                return done
 
         done = await asyncio.shield(write())
         if done is None:

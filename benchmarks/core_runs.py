@@ -1,0 +1,140 @@
+"""Issue 2 benchmarks: end-to-end throughput, submit-to-start latency, and worker memory.
+
+All use the simulated provider. Figures come from Postgres timestamps (``created_at``,
+``started_at``, ``finished_at``), so client-side overhead does not flatter or penalise them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import asyncpg
+import httpx
+
+from benchmarks.harness import Bench, peak_rss_mib, percentile
+
+
+async def _submit_many(url: str, n: int, concurrency: int) -> float:
+    sem = asyncio.Semaphore(concurrency)
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
+        async def one(i: int) -> None:
+            async with sem:
+                r = await client.post("/v1/runs", json={"prompt": f"bench {i}"})
+                r.raise_for_status()
+
+        start = time.perf_counter()
+        await asyncio.gather(*(one(i) for i in range(n)))
+        return time.perf_counter() - start
+
+
+async def _wait_done(db_url: str, n: int, timeout: float) -> dict[str, Any]:
+    conn = await asyncpg.connect(db_url)
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            done = await conn.fetchval(
+                "SELECT count(*) FROM runs WHERE status NOT IN ('queued', 'running')")
+            if done >= n:
+                break
+            await asyncio.sleep(0.2)
+        row = await conn.fetchrow(
+            "SELECT count(*) FILTER (WHERE status = 'succeeded') AS ok, count(*) AS total,"
+            " extract(epoch FROM max(finished_at) - min(created_at)) AS span"
+            " FROM runs")
+        return dict(row)
+    finally:
+        await conn.close()
+
+
+def throughput(n: int = 3000) -> dict[str, Any]:
+    """End-to-end runs/s: HTTP submit through to succeeded, one turn per run, zero latency."""
+    bench = Bench("throughput")
+    try:
+        bench.start("up", QUARTERDECK_SIMULATED_LATENCY="0", QUARTERDECK_SIMULATED_TURNS="1",
+                    QUARTERDECK_WORKER_CONCURRENCY="200", QUARTERDECK_WORKER_BATCH_SIZE="50",
+                    QUARTERDECK_DB_POOL_MAX="40")
+        submit_s = asyncio.run(_submit_many(bench.url, n, 64))
+        result = asyncio.run(_wait_done(bench.database_url(), n, 600))
+        span = float(result["span"])
+        return {"runs": n, "succeeded": result["ok"], "submit_seconds": round(submit_s, 2),
+                "submit_per_s": round(n / submit_s, 1), "end_to_end_seconds": round(span, 2),
+                "end_to_end_runs_per_s": round(n / span, 1), "goal_runs_per_s": 1000}
+    finally:
+        bench.stop()
+
+
+async def _paced(url: str, rate: float, seconds: float) -> int:
+    async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+        n = int(rate * seconds)
+        start = time.perf_counter()
+        tasks = []
+        for i in range(n):
+            delay = start + i / rate - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(client.post("/v1/runs", json={"prompt": f"p{i}"})))
+        for r in await asyncio.gather(*tasks):
+            r.raise_for_status()
+        return n
+
+
+def submit_to_start(rate: float = 100, seconds: float = 20) -> dict[str, Any]:
+    """p50/p99 from submission (created_at) to start (started_at) at a steady 100 runs/s."""
+    bench = Bench("latency")
+    try:
+        bench.start("up", QUARTERDECK_SIMULATED_LATENCY="0", QUARTERDECK_SIMULATED_TURNS="1")
+        n = asyncio.run(_paced(bench.url, rate, seconds))
+
+        async def read() -> list[float]:
+            await _wait_done(bench.database_url(), n, 120)
+            conn = await asyncpg.connect(bench.database_url())
+            try:
+                rows = await conn.fetch(
+                    "SELECT extract(epoch FROM started_at - created_at) AS d FROM runs")
+            finally:
+                await conn.close()
+            return [float(r["d"]) * 1000 for r in rows]
+
+        lat = asyncio.run(read())
+        return {"rate_per_s": rate, "runs": n, "p50_ms": round(percentile(lat, 50), 2),
+                "p99_ms": round(percentile(lat, 99), 2), "max_ms": round(max(lat), 2),
+                "goal_p99_ms": 50}
+    finally:
+        bench.stop()
+
+
+def worker_memory(n: int = 5000) -> dict[str, Any]:
+    """Peak RSS of one worker process holding ``n`` in-flight runs at 30 s simulated latency."""
+    bench = Bench("memory")
+    try:
+        bench.start("serve")
+        worker = bench.start("worker", QUARTERDECK_SIMULATED_LATENCY="30s",
+                             QUARTERDECK_WORKER_CONCURRENCY=str(n),
+                             QUARTERDECK_WORKER_BATCH_SIZE="100", QUARTERDECK_DB_POOL_MAX="30",
+                             QUARTERDECK_METRICS_PORT="0")
+        asyncio.run(_submit_many(bench.url, n, 64))
+
+        async def in_flight() -> int:
+            conn = await asyncpg.connect(bench.database_url())
+            try:
+                peak, deadline = 0, time.monotonic() + 120
+                while time.monotonic() < deadline:
+                    running = await conn.fetchval(
+                        "SELECT count(*) FROM runs WHERE status = 'running'")
+                    peak = max(peak, running)
+                    if running >= n:
+                        break
+                    await asyncio.sleep(0.5)
+                return int(peak)
+            finally:
+                await conn.close()
+
+        peak = asyncio.run(in_flight())
+        time.sleep(2)
+        return {"in_flight_runs": peak, "target_in_flight": n,
+                "peak_rss_mib": round(peak_rss_mib(worker.pid), 1), "goal_mib": 1024}
+    finally:
+        bench.stop()

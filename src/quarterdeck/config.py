@@ -19,7 +19,6 @@ from pydantic import (
     SecretStr,
     ValidationError,
     field_validator,
-    model_validator,
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
@@ -108,6 +107,17 @@ class Settings(BaseSettings):
     run_timeout: float = 3600.0
     max_turns: int = Field(default=50, ge=1, le=10_000)
 
+    agent_types: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="Extra or overriding agent types (YAML)."
+    )
+    workspace_retention: Literal["keep", "delete_succeeded", "delete"] = "keep"
+    command_timeout: float = 120.0
+    tool_output_limit: int = Field(default=30_000, ge=1_000, le=10_000_000)
+    sandbox_network: bool = Field(
+        default=False, description="Allow run_command network access (off: new netns)."
+    )
+    http_fetch_allowlist: list[str] = Field(default_factory=list)
+
     simulated_latency: str = Field(default="0", description="0, 2s, or lognormal:1.5s:0.6")
     simulated_error_rate: float = Field(default=0.0, ge=0.0, le=1.0)
     simulated_turns: int = Field(
@@ -120,6 +130,7 @@ class Settings(BaseSettings):
         "drain_timeout",
         "run_timeout",
         "provider_timeout",
+        "command_timeout",
         mode="before",
     )
     @classmethod
@@ -152,23 +163,6 @@ class Settings(BaseSettings):
         ):
             raise ValueError("must start with redis://, rediss:// or unix://")
         return value
-
-    @model_validator(mode="after")
-    def _production_guards(self) -> Settings:
-        problems: list[str] = []
-        if self.db_pool_min > self.db_pool_max:
-            problems.append("QUARTERDECK_DB_POOL_MIN must not exceed QUARTERDECK_DB_POOL_MAX")
-        if self.env == "production":
-            key = self.admin_api_key.get_secret_value() if self.admin_api_key else ""
-            if len(key) < 32:
-                problems.append(
-                    "QUARTERDECK_ADMIN_API_KEY must be set to at least 32 characters in production"
-                )
-            if self.postgres_url is None:
-                problems.append("POSTGRES_URL must be set in production (no embedded database)")
-        if problems:
-            raise ValueError("; ".join(problems))
-        return self
 
     @classmethod
     def settings_customise_sources(
@@ -221,28 +215,68 @@ def resolve_config_path(explicit: str | Path | None) -> Path | None:
     return next((p for p in DEFAULT_CONFIG_PATHS if p.exists()), None)
 
 
+SECRET_FIELDS = frozenset(
+    {"postgres_url", "redis_url", "anthropic_api_key", "admin_api_key", "openai_api_key"}
+)
+
+
+def _field_of(loc: str) -> str:
+    """The field an error location names: pydantic reports env aliases (``POSTGRES_URL``)."""
+    if loc in Settings.model_fields:
+        return loc
+    for name in Settings.model_fields:
+        if loc in (env_name(name), f"QUARTERDECK_{name.upper()}"):
+            return name
+    return loc
+
+
+def cross_field_problems(settings: Settings) -> list[tuple[str, str]]:
+    """Rules that involve more than one setting, each reported under the setting to change."""
+    problems: list[tuple[str, str]] = []
+    if settings.db_pool_min > settings.db_pool_max:
+        problems.append(("QUARTERDECK_DB_POOL_MIN", "must not exceed QUARTERDECK_DB_POOL_MAX"))
+    if settings.env == "production":
+        key = settings.admin_api_key.get_secret_value() if settings.admin_api_key else ""
+        if len(key) < 32:
+            problems.append(
+                ("QUARTERDECK_ADMIN_API_KEY", "must be set to at least 32 characters in production")
+            )
+        if settings.postgres_url is None:
+            problems.append(
+                (
+                    "POSTGRES_URL",
+                    "must be set in production (the embedded database is for development)",
+                )
+            )
+    return problems
+
+
 def load_settings(config: str | Path | None = None, **overrides: Any) -> Settings:
-    """Build and validate settings, or raise ConfigError naming every bad field."""
+    """Build and validate settings, or raise ConfigError naming every bad field.
+
+    Values of secret settings are never echoed back in an error.
+    """
     path = resolve_config_path(config)
     if path is not None and not path.exists():
         raise ConfigError([("--config", f"{path} does not exist")])
     Settings._config_path = path
     try:
-        return Settings(**overrides)
+        settings = Settings(**overrides)
     except ValidationError as exc:
         errors: list[tuple[str, str]] = []
         for err in exc.errors():
             loc = [str(p) for p in err["loc"]]
-            field = loc[0] if loc else ""
+            field = _field_of(loc[0]) if loc else ""
             name = env_name(field) if field in Settings.model_fields else (field or "settings")
             msg = err["msg"].removeprefix("Value error, ")
             value = err.get("input")
-            shown = (
-                ""
-                if field in GUIDE_ENV_NAMES or "key" in field or value is None
-                else (f" (got {value!r})")
-            )
+            secret = field in SECRET_FIELDS or field not in Settings.model_fields
+            shown = "" if secret or value is None else f" (got {value!r})"
             errors.append((name, msg + shown))
         raise ConfigError(errors) from exc
     finally:
         Settings._config_path = None
+    problems = cross_field_problems(settings)
+    if problems:
+        raise ConfigError(problems)
+    return settings

@@ -29,5 +29,5 @@ def new_id(prefix: str) -> str:
 
 
 def is_id(value: str, prefix: str) -> bool:
-    head, sep, tail = value.partition("_")
-    return bool(sep) and head == prefix and bool(_ULID_RE.match(tail))
+    head, sep, tail = value.rpartition("_")
+    return bool(sep) and head == prefix and bool(_ULID_RE.fullmatch(tail))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any
 
+import httpx
 import typer
 from rich.table import Table
 
@@ -188,5 +189,12 @@ def logs(
                 typer.echo(json.dumps(event)) if as_json else console.print(
                     _line(event), highlight=False
                 )
+    except httpx.ConnectError:
+        fail(
+            f"cannot reach Quarterdeck at {api.base}. Is `quarterdeck up` running? "
+            "Set QUARTERDECK_URL or --url to point elsewhere."
+        )
+    except httpx.HTTPError as exc:
+        fail(f"the event stream from {api.base} broke off: {exc}")
     except KeyboardInterrupt:
         raise typer.Exit(130) from None

@@ -19,7 +19,7 @@ from quarterdeck.providers.pricing import PriceTable
 from quarterdeck.providers.types import Provider, Usage
 from quarterdeck.runs import repository as runs_repo
 from quarterdeck.runs.events import RunEventHub
-from quarterdeck.runs.executor import CostFn, ExecutorConfig, RunExecutor, SimulatedTools
+from quarterdeck.runs.executor import CostFn, DefaultPlanner, ExecutorConfig, RunExecutor
 from quarterdeck.runs.service import RunService
 from quarterdeck.runs.worker import WorkerPool
 from quarterdeck.store import migrations
@@ -64,14 +64,15 @@ class Runtime:
         self._tasks.append(asyncio.create_task(self._collect_gauges()))
         if self.with_workers:
             self.provider = build_provider(self.settings)
+            config = ExecutorConfig(
+                max_turns=self.settings.max_turns, timeout_s=self.settings.run_timeout
+            )
             executor = RunExecutor(
                 self.db,
                 self.provider,
-                SimulatedTools(),
+                DefaultPlanner(config),
                 build_cost_fn(self.settings),
-                ExecutorConfig(
-                    max_turns=self.settings.max_turns, timeout_s=self.settings.run_timeout
-                ),
+                config,
             )
             self.workers = WorkerPool(self.settings, self.db, executor)
             self._tasks.append(asyncio.create_task(self.workers.run()))

@@ -147,3 +147,20 @@ async def test_provider_errors_are_retried_and_counted(make_settings):
         assert errors() > before
     finally:
         await rt.stop()
+
+
+async def test_a_run_stops_before_a_call_that_could_exceed_its_budget(runtime):
+    from quarterdeck.runs.models import RunStatus
+
+    generous, _ = await runtime.runs.submit(RunCreate(prompt="plenty", budget_usd=100.0))
+    tight, _ = await runtime.runs.submit(RunCreate(prompt="tight", budget_usd=0.05))
+    tiny, _ = await runtime.runs.submit(RunCreate(prompt="tiny", budget_usd=0.0001))
+    done = await runtime.runs.wait(generous.id, 30)
+    assert done.status == RunStatus.succeeded and done.budget_usd == 100.0
+    stopped = await runtime.runs.wait(tight.id, 30)
+    assert stopped.status in (RunStatus.budget_exceeded, RunStatus.succeeded)
+    assert stopped.cost_usd is not None and stopped.cost_usd <= 0.05
+    none = await runtime.runs.wait(tiny.id, 30)
+    assert none.status == RunStatus.budget_exceeded
+    assert none.turns == 0 and none.cost_usd == 0
+    assert "budget" in (none.error or "") and "before turn 1" in (none.error or "")

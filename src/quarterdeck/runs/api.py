@@ -8,9 +8,9 @@ from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request, Response
-from fastapi.responses import StreamingResponse
+from fastapi.responses import PlainTextResponse, StreamingResponse
 
-from quarterdeck.exceptions import ValidationFailed
+from quarterdeck.exceptions import InvalidState, ValidationFailed
 from quarterdeck.kit.ids import is_id
 from quarterdeck.runs.models import Run, RunCreate, RunEvent, RunFilter, RunPage, RunStatus
 from quarterdeck.runs.service import RunService
@@ -73,6 +73,23 @@ async def list_runs(
 @router.get("/{run_id}", response_model=Run, summary="Get one run")
 async def get_run(run_id: str, request: Request) -> Run:
     return await _service(request).get(_check_id(run_id))
+
+
+@router.get(
+    "/{run_id}/diff",
+    summary="The unified diff of the run's workspace",
+    response_class=PlainTextResponse,
+    responses={200: {"content": {"text/x-diff": {}}}},
+)
+async def run_diff(run_id: str, request: Request) -> PlainTextResponse:
+    diff = await _service(request).diff(_check_id(run_id))
+    if diff is None:
+        run = await _service(request).get(run_id)
+        raise InvalidState(
+            f"run {run_id} has no diff yet (status {run.status.value}); diffs are produced when "
+            "a run that has a workspace finishes"
+        )
+    return PlainTextResponse(diff, media_type="text/x-diff")
 
 
 @router.post("/{run_id}/cancel", response_model=Run, summary="Cancel a queued or running run")

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import base64
+import fnmatch
+import io
 import json
+import tarfile
+from pathlib import Path
 from typing import Annotated, Any
 
 import httpx
@@ -16,6 +21,33 @@ app = typer.Typer(
 )
 UrlOpt = Annotated[str | None, typer.Option("--url", help="API base URL [env: QUARTERDECK_URL]")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+MAX_UPLOAD = 50 * 1024 * 1024
+
+
+def pack_directory(path: Path, exclude: list[str]) -> str:
+    """A base64 tar of ``path`` for upload, without .git, caches, and ``exclude`` globs."""
+    skip = {".git", "__pycache__", ".venv", "node_modules", ".mypy_cache", ".pytest_cache"}
+
+    def keep(info: tarfile.TarInfo) -> tarfile.TarInfo | None:
+        parts = Path(info.name).parts
+        if any(p in skip for p in parts) or any(fnmatch.fnmatch(info.name, g) for g in exclude):
+            return None
+        if not (info.isfile() or info.isdir()):
+            return None  # links and devices are not uploaded
+        return info
+
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        for child in sorted(path.iterdir()):
+            tar.add(child, arcname=child.name, filter=keep)
+    if buffer.tell() > MAX_UPLOAD:
+        fail(
+            f"{path} packs to {buffer.tell()} bytes; the upload limit is {MAX_UPLOAD}. "
+            "Use --exclude, or --git to let the server clone it."
+        )
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
 TERMINAL = {"succeeded", "failed", "cancelled", "timed_out", "max_turns", "budget_exceeded"}
 
 
@@ -52,6 +84,29 @@ def submit(
     operation: Annotated[str, typer.Option(help="Operation label for metrics.")] = "task",
     model: Annotated[str | None, typer.Option(help="Model; defaults to the server's.")] = None,
     idempotency_key: Annotated[str | None, typer.Option(help="Retry-safe submission key.")] = None,
+    workspace: Annotated[
+        Path | None,
+        typer.Option(
+            "--workspace",
+            "-w",
+            help="Local directory the agent works on (uploaded as a tar "
+            "archive; .git and files matched by --exclude are skipped).",
+            exists=True,
+            file_okay=False,
+            resolve_path=True,
+        ),
+    ] = None,
+    git: Annotated[
+        str | None, typer.Option("--git", help="Git URL the server clones instead.")
+    ] = None,
+    exclude: Annotated[
+        list[str] | None, typer.Option(help="Glob to leave out of the upload (repeatable).")
+    ] = None,
+    budget: Annotated[
+        float | None,
+        typer.Option("--budget", min=0.0001, help="Stop the run before it spends more USD."),
+    ] = None,
+    max_turns: Annotated[int | None, typer.Option(min=1, help="Turn limit for this run.")] = None,
     wait: Annotated[bool, typer.Option("--wait", help="Wait until the run finishes.")] = False,
     url: UrlOpt = None,
     as_json: JsonOpt = False,
@@ -63,6 +118,16 @@ def submit(
         body["agent_type"] = agent
     if model:
         body["model"] = model
+    if budget is not None:
+        body["budget_usd"] = budget
+    if max_turns is not None:
+        body["max_turns"] = max_turns
+    if workspace and git:
+        fail("use either --workspace or --git, not both")
+    if workspace:
+        body["workspace"] = {"type": "tar", "value": pack_directory(workspace, exclude or [])}
+    elif git:
+        body["workspace"] = {"type": "git", "value": git}
     headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
     run = api.json("POST", "/v1/runs", json=body, headers=headers)
     if wait:
@@ -76,6 +141,12 @@ def submit(
         console.print(f"[green]submitted[/] {run['id']} ({run['status']})")
     if wait and run["status"] != "succeeded":
         raise typer.Exit(1)
+
+
+@app.command("diff")
+def diff(run_id: str, url: UrlOpt = None) -> None:
+    """Print the unified diff of the run's workspace (what the agent changed)."""
+    typer.echo(Api(url).request("GET", f"/v1/runs/{run_id}/diff").text, nl=False)
 
 
 @app.command("list")

@@ -9,6 +9,7 @@ again.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -85,22 +86,80 @@ class ExecutorConfig:
     call_retries: int = 4
 
 
+@dataclass
+class RunPlan:
+    """How one run executes: decided per run from its agent type and request."""
+
+    system_prompt: str
+    tools: ToolRunner
+    max_turns: int
+    timeout_s: float
+    budget_usd: float | None = None
+    max_tokens: int = 4096
+
+
+class Planner(Protocol):
+    """Chooses a run's plan and does the work after it ends (diffs, quality, cleanup)."""
+
+    def plan(self, run: Run) -> RunPlan: ...
+
+    async def finalize(self, run: Run, outcome: Outcome) -> None: ...
+
+
+class DefaultPlanner:
+    """No agent runtime: stand-in tools and the configured limits (the simulated default)."""
+
+    def __init__(self, config: ExecutorConfig) -> None:
+        self.config = config
+        self.tools = SimulatedTools()
+
+    def plan(self, run: Run) -> RunPlan:
+        return RunPlan(
+            system_prompt=self.config.system_prompt,
+            tools=self.tools,
+            max_turns=int(run.params.get("max_turns") or self.config.max_turns),
+            timeout_s=float(run.params.get("timeout_s") or self.config.timeout_s),
+            budget_usd=run.budget_usd,
+            max_tokens=self.config.max_tokens,
+        )
+
+    async def finalize(self, run: Run, outcome: Outcome) -> None:
+        return None
+
+
+def worst_case_usage(messages: list[Message], system: str, max_tokens: int) -> Usage:
+    """A deliberately high estimate of one call's usage, for the budget check before it.
+
+    Three characters per token over-counts English and code for Claude's tokenizer, and the
+    output is assumed to use all of ``max_tokens``; so a run stops before a call that *could*
+    overspend, which keeps overspend to less than one call.
+    """
+    chars = len(system) + sum(len(json.dumps(m.to_dict())) for m in messages)
+    return Usage(input_tokens=chars // 3 + 1, output_tokens=max_tokens)
+
+
 class RunExecutor:
     def __init__(
         self,
         db: Database,
         provider: Provider,
-        tools: ToolRunner,
+        planner: Planner,
         cost_of: CostFn,
         config: ExecutorConfig,
     ) -> None:
         self.db = db
         self.provider = provider
-        self.tools = tools
+        self.planner = planner
         self.cost_of = cost_of
         self.config = config
 
     async def execute(self, run: Run) -> Outcome:
+        plan = self.planner.plan(run)
+        outcome = await self._loop(run, plan)
+        await self.planner.finalize(run, outcome)
+        return outcome
+
+    async def _loop(self, run: Run, plan: RunPlan) -> Outcome:
         checkpoint = None
         if run.attempts > 1:  # only a resumed run can have a checkpoint
             async with self.db.acquire() as conn:
@@ -110,8 +169,8 @@ class RunExecutor:
             messages = [Message.from_dict(m) for m in raw]
         else:
             turn, messages = 0, [Message(role="user", content=[TextBlock(run.prompt)])]
-        max_turns = int(run.params.get("max_turns") or self.config.max_turns)
-        timeout_s = float(run.params.get("timeout_s") or self.config.timeout_s)
+        max_turns, timeout_s = plan.max_turns, plan.timeout_s
+        spent = run.cost_usd or 0.0  # completed turns, including those before a resume
         started = run.started_at.timestamp() if run.started_at else time.time()
         deadline = started + timeout_s
         total = Usage()
@@ -121,7 +180,7 @@ class RunExecutor:
             # calls. Re-run the tools (the model call is paid for and is not repeated).
             if not messages[-1].tool_uses:
                 return Outcome(RunStatus.succeeded, result=last_text, usage=total)
-            messages = [*messages, await self._run_tools(run, turn, messages[-1])]
+            messages = [*messages, await self._run_tools(run, plan, turn, messages[-1])]
 
         while True:
             if turn >= max_turns:
@@ -139,12 +198,26 @@ class RunExecutor:
                     error_type="timeout",
                     usage=total,
                 )
+            if plan.budget_usd is not None:
+                estimate = self.cost_of(
+                    run.model, worst_case_usage(messages, plan.system_prompt, plan.max_tokens)
+                )
+                if estimate is not None and spent + float(estimate) > plan.budget_usd:
+                    return Outcome(
+                        RunStatus.budget_exceeded,
+                        result=last_text or None,
+                        error=f"stopped before turn {turn + 1}: ${spent:.4f} spent of a "
+                        f"${plan.budget_usd:.4f} budget, and the next call could cost up to "
+                        f"${float(estimate):.4f}",
+                        error_type="budget_exceeded",
+                        usage=total,
+                    )
             request = ModelRequest(
                 model=run.model,
                 messages=messages,
-                system=self.config.system_prompt,
-                tools=self.tools.specs(),
-                max_tokens=self.config.max_tokens,
+                system=plan.system_prompt,
+                tools=plan.tools.specs(),
+                max_tokens=plan.max_tokens,
                 metadata={"run_id": run.id, "turn": str(turn), "agent_type": run.agent_type},
             )
             try:
@@ -161,12 +234,13 @@ class RunExecutor:
                     usage=total,
                 )
             turn += 1
-            await self._complete_turn(run, turn, messages, response)
+            cost = await self._complete_turn(run, turn, messages, response)
+            spent += float(cost or 0)
             total = total + response.usage
             messages = [*messages, response.message]
             last_text = response.message.text
             if response.message.tool_uses and response.stop_reason == "tool_use":
-                messages = [*messages, await self._run_tools(run, turn, response.message)]
+                messages = [*messages, await self._run_tools(run, plan, turn, response.message)]
                 continue
             return Outcome(RunStatus.succeeded, result=last_text, usage=total)
 
@@ -187,11 +261,11 @@ class RunExecutor:
                 metrics.RETRIES.labels(self.provider.name, exc.error_type).inc()
                 await asyncio.sleep(delay)
 
-    async def _run_tools(self, run: Run, turn: int, assistant: Message) -> Message:
+    async def _run_tools(self, run: Run, plan: RunPlan, turn: int, assistant: Message) -> Message:
         results: list[ToolResultBlock] = []
         events: list[tuple[str, int | None, dict[str, Any]]] = []
         for call in assistant.tool_uses:
-            result, data = await self.tools.run(run, call)
+            result, data = await plan.tools.run(run, call)
             results.append(result)
             events.append(("tool_call", turn, data))
         async with self.db.transaction() as conn:
@@ -200,7 +274,7 @@ class RunExecutor:
 
     async def _complete_turn(
         self, run: Run, turn: int, before: list[Message], response: ModelResponse
-    ) -> None:
+    ) -> Decimal | None:
         usage = response.usage
         cost = self.cost_of(response.model, usage)
         messages = [m.to_dict() for m in before] + [response.message.to_dict()]
@@ -240,3 +314,4 @@ class RunExecutor:
             response.latency_s,
             response.ttft_s,
         )
+        return cost

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 _NAME = r"^[a-z][a-z0-9_\-]{0,62}$"
 
@@ -38,6 +38,26 @@ class RunStatus(StrEnum):
 TERMINAL = frozenset(s for s in RunStatus if s.terminal)
 
 
+class WorkspaceSpec(BaseModel):
+    """Where a run's workspace starts from.
+
+    ``empty``: an empty directory. ``path``: a directory on the server, copied. ``git``: a URL
+    cloned with ``git``. ``tar``: a base64-encoded tar archive (the CLI uploads local directories
+    this way).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["empty", "path", "git", "tar"] = "empty"
+    value: str | None = Field(default=None, max_length=70_000_000)
+
+    @model_validator(mode="after")
+    def _value_required(self) -> WorkspaceSpec:
+        if self.type != "empty" and not self.value:
+            raise ValueError(f"workspace of type {self.type!r} needs a value")
+        return self
+
+
 class RunCreate(BaseModel):
     """Body of ``POST /v1/runs``. Only ``prompt`` is required."""
 
@@ -50,6 +70,8 @@ class RunCreate(BaseModel):
     max_turns: int | None = Field(default=None, ge=1, le=10_000)
     timeout_s: float | None = Field(default=None, gt=0, le=7 * 86400)
     metadata: dict[str, str] = Field(default_factory=dict, max_length=50)
+    workspace: WorkspaceSpec | None = None
+    budget_usd: float | None = Field(default=None, gt=0, le=1_000_000)
 
     @field_validator("prompt")
     @classmethod
@@ -82,11 +104,19 @@ class Run(BaseModel):
     error: str | None
     idempotency_key: str | None
     params: dict[str, Any]
+    budget_usd: float | None = None
+    changed_files: list[str] = Field(default_factory=list)
+    quality_score: float | None = None
+    coverage_percent: float | None = None
+    quality: dict[str, Any] = Field(default_factory=dict)
 
     @classmethod
     def from_row(cls, row: Any) -> Run:
         data = dict(row)
         data["cost_usd"] = float(data["cost_usd"]) if data.get("cost_known", True) else None
+        if data.get("budget_usd") is not None:
+            data["budget_usd"] = float(data["budget_usd"])
+        data.pop("diff", None)  # served by GET /v1/runs/{id}/diff, not inlined
         return cls.model_validate(data)
 
 

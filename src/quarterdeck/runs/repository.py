@@ -23,8 +23,8 @@ async def insert_run(conn: asyncpg.Connection, values: dict[str, Any]) -> Run | 
         """
         WITH r AS (
             INSERT INTO runs (id, tenant, agent_type, operation, prompt, model, max_attempts,
-                              idempotency_key, request_hash, job_id, params)
-            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+                              idempotency_key, request_hash, job_id, params, budget_usd)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $13)
             ON CONFLICT (tenant, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
             RETURNING *
         ), e AS (
@@ -45,6 +45,7 @@ async def insert_run(conn: asyncpg.Connection, values: dict[str, Any]) -> Run | 
         values["job_id"],
         values["params"],
         EVENTS_CHANNEL,
+        values.get("budget_usd"),
     )
     return Run.from_row(row) if row else None
 
@@ -299,3 +300,50 @@ async def queue_stats(conn: asyncpg.Connection) -> tuple[dict[str, int], float]:
     )
     oldest = max((float(r["age"] or 0) for r in rows), default=0.0)
     return {r["agent_type"]: int(r["n"]) for r in rows}, oldest
+
+
+async def save_archive(conn: asyncpg.Connection, run_id: str, archive: bytes) -> None:
+    await conn.execute(
+        "INSERT INTO run_archives (run_id, archive) VALUES ($1, $2)", run_id, archive
+    )
+
+
+async def load_archive(conn: asyncpg.Connection, run_id: str) -> bytes | None:
+    data: bytes | None = await conn.fetchval(
+        "SELECT archive FROM run_archives WHERE run_id = $1", run_id
+    )
+    return data
+
+
+async def save_results(
+    conn: asyncpg.Connection,
+    run_id: str,
+    diff: str | None,
+    changed_files: list[str],
+    quality_score: float | None,
+    coverage_percent: float | None,
+    quality: dict[str, Any],
+) -> None:
+    await conn.execute(
+        """
+        UPDATE runs SET diff = $2, changed_files = $3, quality_score = $4,
+                        coverage_percent = $5, quality = $6
+         WHERE id = $1
+        """,
+        run_id,
+        diff,
+        changed_files,
+        quality_score,
+        coverage_percent,
+        quality,
+    )
+
+
+async def get_diff(conn: asyncpg.Connection, run_id: str, tenant: str | None) -> str | None:
+    row = await conn.fetchrow(
+        "SELECT diff FROM runs WHERE id = $1 AND ($2::text IS NULL OR tenant = $2)", run_id, tenant
+    )
+    if row is None:
+        raise LookupError(run_id)
+    diff: str | None = row["diff"]
+    return diff

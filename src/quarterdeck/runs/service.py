@@ -6,6 +6,8 @@ Endpoints and the CLI call these; they own transactions and error mapping, repos
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import hashlib
 import json
 import time
@@ -13,7 +15,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from quarterdeck.config import Settings
-from quarterdeck.exceptions import IdempotencyConflict, InvalidState, NotFound
+from quarterdeck.exceptions import IdempotencyConflict, InvalidState, NotFound, ValidationFailed
 from quarterdeck.kit.ids import new_id
 from quarterdeck.runs import queue
 from quarterdeck.runs import repository as repo
@@ -23,6 +25,25 @@ from quarterdeck.runs.worker import record_outcome
 from quarterdeck.store.pool import Database
 
 DEFAULT_TENANT = "default"
+
+
+MAX_ARCHIVE_BYTES = 50 * 1024 * 1024
+
+
+def _decode_archive(value: str) -> bytes:
+    try:
+        data = base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise ValidationFailed(
+            "workspace.value must be a base64-encoded tar archive",
+            errors=[{"field": "workspace.value", "message": "not valid base64"}],
+        ) from None
+    if len(data) > MAX_ARCHIVE_BYTES:
+        raise ValidationFailed(
+            f"workspace archive is {len(data)} bytes; the limit is {MAX_ARCHIVE_BYTES}",
+            errors=[{"field": "workspace.value", "message": "archive too large"}],
+        )
+    return data
 
 
 class _KeyTaken(Exception):
@@ -35,10 +56,17 @@ def request_hash(body: RunCreate) -> str:
 
 
 class RunService:
-    def __init__(self, settings: Settings, db: Database, hub: RunEventHub | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        db: Database,
+        hub: RunEventHub | None = None,
+        catalog: Any | None = None,
+    ) -> None:
         self.settings = settings
         self.db = db
         self.hub = hub
+        self.catalog = catalog  # AgentCatalog: validates agent types at submission
 
     def resolve_model(self, requested: str | None) -> str:
         model = requested or self.settings.model
@@ -60,9 +88,20 @@ class RunService:
             params["max_turns"] = body.max_turns
         if body.timeout_s:
             params["timeout_s"] = body.timeout_s
+        archive: bytes | None = None
+        if body.workspace is not None:
+            spec = body.workspace.model_dump()
+            if body.workspace.type == "tar":
+                archive = _decode_archive(body.workspace.value or "")
+                spec["value"] = None  # the archive is stored beside the run (run_archives)
+            params["workspace"] = spec
+        if self.catalog is not None:
+            self.catalog.get(body.agent_type or self.settings.default_agent_type)  # 422 if unknown
         run_id = new_id("run")
         try:
-            return await self._insert(run_id, body, tenant, idempotency_key, digest, params)
+            return await self._insert(
+                run_id, body, tenant, idempotency_key, digest, params, archive
+            )
         except _KeyTaken:
             existing = await self._replay(tenant, idempotency_key or "", digest)
             if existing is None:  # pragma: no cover - the key holder was deleted meanwhile
@@ -77,6 +116,7 @@ class RunService:
         idempotency_key: str | None,
         digest: str,
         params: dict[str, Any],
+        archive: bytes | None,
     ) -> tuple[Run, bool]:
         async with self.db.transaction() as conn:
             job_id = await queue.enqueue_run(conn, run_id)
@@ -94,10 +134,13 @@ class RunService:
                     "request_hash": digest,
                     "job_id": job_id,
                     "params": params,
+                    "budget_usd": body.budget_usd,
                 },
             )
             if run is None:  # lost a race for this key: roll back our job, answer with theirs
                 raise _KeyTaken
+            if archive is not None:
+                await repo.save_archive(conn, run_id, archive)
         return run, True
 
     async def _replay(self, tenant: str, key: str, digest: str) -> Run | None:
@@ -148,6 +191,14 @@ class RunService:
             record_outcome(finished)
             return finished
         return await self.get(run_id, tenant)
+
+    async def diff(self, run_id: str, tenant: str | None = DEFAULT_TENANT) -> str | None:
+        """The unified diff of the run's workspace; None until the run has produced one."""
+        async with self.db.acquire() as conn:
+            try:
+                return await repo.get_diff(conn, run_id, tenant)
+            except LookupError:
+                raise NotFound(f"run {run_id} not found") from None
 
     async def events(
         self, run_id: str, tenant: str | None = DEFAULT_TENANT, after: int = 0, limit: int = 1000

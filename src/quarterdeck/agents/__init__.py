@@ -1,0 +1,1 @@
+"""The agent runtime: per-run workspaces, sandboxed tools, run templates, quality accounting."""

@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from quarterdeck import __version__
+from quarterdeck.agents import api as agents_api
 from quarterdeck.config import Settings
 from quarterdeck.exceptions import QuarterdeckError, Unavailable
 from quarterdeck.monitoring import probes
@@ -104,4 +105,5 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(probes.router)
     app.include_router(runs_api.router)
+    app.include_router(agents_api.router)
     return app

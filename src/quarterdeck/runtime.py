@@ -12,6 +12,7 @@ from decimal import Decimal
 
 import structlog
 
+from quarterdeck.agents.templates import AgentCatalog
 from quarterdeck.config import Settings
 from quarterdeck.monitoring import metrics
 from quarterdeck.providers.factory import build_provider
@@ -45,6 +46,7 @@ class Runtime:
     db: Database = field(init=False)
     hub: RunEventHub = field(init=False)
     runs: RunService = field(init=False)
+    agent_catalog: AgentCatalog = field(init=False)
     provider: Provider | None = field(init=False, default=None)
     workers: WorkerPool | None = field(init=False, default=None)
     draining: bool = field(init=False, default=False)
@@ -59,7 +61,10 @@ class Runtime:
         self.hub = RunEventHub(self.db.url)
         if self.with_api:
             await self.hub.start()
-        self.runs = RunService(self.settings, self.db, self.hub if self.with_api else None)
+        self.agent_catalog = AgentCatalog.from_settings(self.settings)
+        self.runs = RunService(
+            self.settings, self.db, self.hub if self.with_api else None, self.agent_catalog
+        )
         metrics.BUILD_INFO.labels(version=_version(), provider=self.settings.provider_name).set(1)
         self._tasks.append(asyncio.create_task(self._collect_gauges()))
         if self.with_workers:

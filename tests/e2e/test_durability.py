@@ -123,4 +123,8 @@ def test_sigterm_drains_then_releases_in_flight_runs(deployment: Deployment):
         assert done["status"] == "succeeded"
         events = client.get(f"/v1/runs/{run_id}/events").json()
         assert any(e["data"].get("reason") == "released by a draining worker" for e in events)
-    second.stop()
+    assert second.stop() == 0
+    # The last process to exit stops the embedded Postgres cleanly; its data stays.
+    pgdata = deployment.root / "data" / "pg"
+    assert not (pgdata / "postmaster.pid").exists()
+    assert (pgdata / "PG_VERSION").exists()

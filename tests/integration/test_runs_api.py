@@ -216,3 +216,29 @@ async def test_cancel_queued_running_and_finished(make_settings: object):
             assert runs
     finally:
         await rt.stop()
+
+
+async def test_agent_types_are_listed_and_unknown_ones_refused(client: httpx.AsyncClient):
+    types = (await client.get("/v1/agent-types")).json()
+    names = {t["name"] for t in types}
+    assert {"coder", "reviewer", "test-writer"} <= names
+    reviewer = next(t for t in types if t["name"] == "reviewer")
+    assert "write_file" not in reviewer["tools"] and "read_file" in reviewer["tools"]
+    r = await client.post("/v1/runs", json={"prompt": "x", "agent_type": "wizard"})
+    assert r.status_code == 422
+    assert r.headers["content-type"].startswith("application/problem+json")
+    assert "coder" in r.json()["detail"] and r.json()["errors"][0]["field"] == "agent_type"
+
+
+async def test_workspace_and_budget_are_validated(client: httpx.AsyncClient):
+    bad = await client.post("/v1/runs", json={"prompt": "x", "workspace": {"type": "git"}})
+    assert bad.status_code == 422
+    bad = await client.post("/v1/runs", json={"prompt": "x",
+                                              "workspace": {"type": "tar", "value": "%%%"}})
+    assert bad.status_code == 422 and bad.json()["errors"][0]["field"] == "workspace.value"
+    bad = await client.post("/v1/runs", json={"prompt": "x", "budget_usd": -1})
+    assert bad.status_code == 422 and bad.json()["errors"][0]["field"] == "budget_usd"
+    ok = await client.post("/v1/runs", json={"prompt": "x", "budget_usd": 5})
+    assert ok.status_code == 202 and ok.json()["budget_usd"] == 5
+    no_diff = await client.get(f"/v1/runs/{ok.json()['id']}/diff")
+    assert no_diff.status_code in (404, 409)

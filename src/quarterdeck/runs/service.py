@@ -68,8 +68,11 @@ class RunService:
         self.hub = hub
         self.catalog = catalog  # AgentCatalog: validates agent types at submission
 
-    def resolve_model(self, requested: str | None) -> str:
-        model = requested or self.settings.model
+    def resolve_model(self, requested: str | None, agent_type: str | None = None) -> str:
+        model = requested
+        if model is None and self.catalog is not None and agent_type is not None:
+            model = self.catalog.get(agent_type).model
+        model = model or self.settings.model
         if self.settings.provider_name == "simulated" and not model.startswith("simulated-"):
             model = f"simulated-{model}"
         return model
@@ -128,7 +131,9 @@ class RunService:
                     "agent_type": body.agent_type or self.settings.default_agent_type,
                     "operation": body.operation,
                     "prompt": body.prompt,
-                    "model": self.resolve_model(body.model),
+                    "model": self.resolve_model(
+                        body.model, body.agent_type or self.settings.default_agent_type
+                    ),
                     "max_attempts": self.settings.max_attempts,
                     "idempotency_key": idempotency_key,
                     "request_hash": digest,

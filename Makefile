@@ -34,6 +34,11 @@ $(APT_STAMP):
 	  $$SUDO apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
+	@command -v kubectl >/dev/null 2>&1 || { \
+	  echo "installing kubectl (Debian kubernetes-client)"; \
+	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	  $$SUDO apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq kubernetes-client; }
 	@mkdir -p $(VENV) && touch $(APT_STAMP)
 
 deps: $(STAMP) $(APT_STAMP)

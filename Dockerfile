@@ -1,0 +1,40 @@
+# syntax=docker/dockerfile:1
+# Quarterdeck container image: `docker build -t your-registry/quarterdeck:0.1.0 .`
+#
+# Stage 1 builds wheels for Quarterdeck and all of its dependencies (compilers live only here);
+# stage 2 installs those wheels offline into a clean slim image and runs as a non-root user.
+
+ARG PYTHON_VERSION=3.11
+
+FROM python:${PYTHON_VERSION}-slim AS builder
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends build-essential \
+    && rm -rf /var/lib/apt/lists/*
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY src ./src
+RUN pip wheel --wheel-dir /wheels .
+
+FROM python:${PYTHON_VERSION}-slim AS runtime
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    QUARTERDECK_HTTP_HOST=0.0.0.0 \
+    QUARTERDECK_HTTP_PORT=8080 \
+    QUARTERDECK_METRICS_PORT=9090 \
+    QUARTERDECK_DATA_DIR=/app/data
+RUN groupadd --system --gid 10001 quarterdeck \
+    && useradd --system --uid 10001 --gid quarterdeck --home-dir /app --shell /usr/sbin/nologin quarterdeck \
+    && mkdir -p /app/config /app/data /app/logs \
+    && chown -R quarterdeck:quarterdeck /app
+RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
+    pip install --no-index --find-links /wheels quarterdeck
+WORKDIR /app
+USER 10001:10001
+EXPOSE 8080 9090
+HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 \
+    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/health' % os.environ.get('QUARTERDECK_HTTP_PORT', '8080'), timeout=4)"]
+ENTRYPOINT ["quarterdeck"]
+CMD ["up"]

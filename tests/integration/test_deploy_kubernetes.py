@@ -1,0 +1,385 @@
+"""Kubernetes packaging (deploy/kubernetes) and the container image (Dockerfile) match the code.
+
+Proves, with the real ``kubectl kustomize`` and the ``kubernetes-validate`` schemas:
+
+* every overlay (and the prometheus-adapter bundle) renders, and every rendered object is valid
+  for a recent Kubernetes release (CRD kinds the schemas do not know are listed explicitly);
+* the manifests agree with the code: ports and probe paths, every Quarterdeck/guide environment
+  variable is one ``Settings`` reads, the mounted quarterdeck.yaml holds only valid settings,
+  the grace period covers the drain timeout, and the HPA's custom metric is produced by the
+  adapter from a metric that exists in the registry;
+* the guide's defects stay fixed (Redis password, NetworkPolicy, RBAC scope, dev overlay);
+* the Dockerfile is multi-stage, runs as non-root with a python HEALTHCHECK on /health and
+  has no compilers in its final stage (Docker cannot run here, so this is a static check).
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from quarterdeck.config import DEFAULT_CONFIG_PATHS, GUIDE_ENV_NAMES, Settings, env_names
+from quarterdeck.monitoring.metrics import REGISTRY
+
+ROOT = Path(__file__).resolve().parents[2]
+KUBE = ROOT / "deploy" / "kubernetes"
+OVERLAYS = ["overlays/dev", "overlays/production"]
+BUNDLES = ["base", *OVERLAYS, "prometheus-adapter"]
+K8S_VERSION = "1.32.0"
+# Custom resources whose schemas kubernetes-validate does not ship (checked by hand below).
+CRD_KINDS = {("monitoring.coreos.com/v1", "ServiceMonitor")}
+# Environment variables in the manifests that are not settings, and why.
+NOT_SETTINGS = {"REDIS_PASSWORD"}  # only composes REDIS_URL (and Redis's own config)
+
+
+def kubectl() -> str:
+    path = shutil.which("kubectl")
+    if path is None:
+        pytest.fail("`kubectl` is not installed; `make test` installs it (kubectl kustomize).")
+    return path
+
+
+_rendered: dict[str, list[dict[str, Any]]] = {}
+
+
+def render(bundle: str) -> list[dict[str, Any]]:
+    if bundle not in _rendered:
+        result = subprocess.run(
+            [kubectl(), "kustomize", str(KUBE / bundle)], capture_output=True, text=True, timeout=120
+        )
+        assert result.returncode == 0, result.stderr
+        _rendered[bundle] = [d for d in yaml.safe_load_all(result.stdout) if d]
+    return _rendered[bundle]
+
+
+def find(docs: list[dict[str, Any]], kind: str, name: str | None = None) -> dict[str, Any]:
+    matches = [d for d in docs if d["kind"] == kind and name in (None, d["metadata"]["name"])]
+    assert len(matches) == 1, f"expected one {kind} {name or ''}, found {len(matches)}"
+    return matches[0]
+
+
+def coordinator(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    deployment = find(docs, "Deployment", "claude-agent-coordinator")
+    container: dict[str, Any] = deployment["spec"]["template"]["spec"]["containers"][0]
+    return container
+
+
+def env_of(container: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {e["name"]: e for e in container.get("env", [])}
+
+
+def registry_series() -> set[str]:
+    names: set[str] = set()
+    for family in REGISTRY.collect():
+        suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_count", "_sum"]}
+        names |= {family.name + s for s in suffixes.get(family.type, [""])}
+    return names
+
+
+# ------------------------------------------------------------------ rendering and schemas
+@pytest.mark.parametrize("bundle", BUNDLES)
+def test_kustomize_renders(bundle: str) -> None:
+    assert render(bundle)
+
+
+@pytest.mark.parametrize("bundle", BUNDLES)
+def test_rendered_objects_are_valid_kubernetes(bundle: str) -> None:
+    for doc in render(bundle):
+        if (doc["apiVersion"], doc["kind"]) in CRD_KINDS:
+            continue
+        try:
+            kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+        except kubernetes_validate.ValidationError as exc:
+            pytest.fail(f"{doc['kind']}/{doc['metadata']['name']}: {exc.message} at {exc.path}")
+
+
+def test_servicemonitor_is_well_formed_and_selects_the_metrics_port() -> None:
+    docs = render("overlays/production")
+    monitor = find(docs, "ServiceMonitor", "claude-agent")
+    service = find(docs, "Service", "claude-agent-service")
+    selector = monitor["spec"]["selector"]["matchLabels"]
+    assert selector.items() <= service["metadata"]["labels"].items()
+    assert service["spec"]["selector"].items() <= selector.items()
+    endpoint = monitor["spec"]["endpoints"][0]
+    assert endpoint["port"] in {p["name"] for p in service["spec"]["ports"]}
+    assert endpoint["path"] == "/metrics"
+    # Alerts and dashboards select job="claude-agents".
+    assert {"targetLabel": "job", "replacement": "claude-agents", "action": "replace"} in (
+        endpoint["relabelings"]
+    )
+
+
+# ---------------------------------------------------------------- manifests match the code
+@pytest.mark.parametrize("bundle", OVERLAYS)
+def test_ports_and_probes_match_settings_and_the_app(bundle: str) -> None:
+    docs = render(bundle)
+    container = coordinator(docs)
+    defaults = Settings.model_fields
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports == {"http": defaults["http_port"].default, "metrics": defaults["metrics_port"].default}
+    assert container["livenessProbe"]["httpGet"]["path"] == "/health"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/ready"
+    assert container["livenessProbe"]["httpGet"]["port"] == "http"
+    # The guide's timings
+    assert container["livenessProbe"]["initialDelaySeconds"] == 30
+    assert container["livenessProbe"]["periodSeconds"] == 10
+    assert container["readinessProbe"]["initialDelaySeconds"] == 5
+    assert container["readinessProbe"]["periodSeconds"] == 5
+    env = env_of(container)
+    for name, setting in (("QUARTERDECK_HTTP_PORT", "http_port"), ("QUARTERDECK_METRICS_PORT",
+                                                                    "metrics_port")):
+        if name in env:
+            assert int(env[name]["value"]) == defaults[setting].default
+    assert env["QUARTERDECK_HTTP_HOST"]["value"] == "0.0.0.0"
+    service = find(docs, "Service", "claude-agent-service")
+    assert {(p["port"], p["targetPort"]) for p in service["spec"]["ports"]} == {
+        (8080, "http"), (9090, "metrics")
+    }
+    ingress = find(docs, "Ingress", "claude-agent-ingress")
+    backend = ingress["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]
+    assert backend == {"name": "claude-agent-service", "port": {"number": 8080}}
+    assert ingress["spec"]["tls"]
+
+
+@pytest.mark.parametrize("bundle", OVERLAYS)
+def test_every_environment_variable_is_one_settings_reads(bundle: str) -> None:
+    readable = set(env_names().values())
+    container = coordinator(render(bundle))
+    for name, var in env_of(container).items():
+        if name in NOT_SETTINGS:
+            continue
+        assert name in readable, f"{name} is not read by quarterdeck.config.Settings"
+        if "valueFrom" in var:
+            assert "secretKeyRef" in var["valueFrom"] or "configMapKeyRef" in var["valueFrom"]
+    # Secrets never appear as literal values.
+    for name in ("ANTHROPIC_API_KEY", "POSTGRES_URL", "QUARTERDECK_ADMIN_API_KEY"):
+        if name in env_of(container):
+            assert "secretKeyRef" in env_of(container)[name]["valueFrom"], name
+
+
+@pytest.mark.parametrize("bundle", OVERLAYS)
+def test_dependent_environment_variables_are_defined_first(bundle: str) -> None:
+    """Kubernetes expands $(VAR) only from variables listed earlier; otherwise it stays literal."""
+    seen: set[str] = set()
+    for var in coordinator(render(bundle))["env"]:
+        for ref in re.findall(r"\$\(([A-Z_]+)\)", var.get("value", "")):
+            assert ref in seen, f"{var['name']} uses $({ref}) before it is defined"
+        seen.add(var["name"])
+
+
+def test_production_and_dev_overlays_differ_as_documented() -> None:
+    prod, dev = render("overlays/production"), render("overlays/dev")
+    prod_env, dev_env = env_of(coordinator(prod)), env_of(coordinator(dev))
+    assert prod_env["QUARTERDECK_ENV"]["value"] == "production"
+    assert prod_env["POSTGRES_URL"]["valueFrom"]["secretKeyRef"] == {
+        "name": "db-secrets", "key": "connection-url"
+    }
+    assert find(prod, "Deployment")["spec"]["replicas"] == 3
+    assert dev_env["QUARTERDECK_ENV"]["value"] == "development"
+    assert "POSTGRES_URL" not in dev_env, "dev uses the embedded Postgres"
+    assert find(dev, "Deployment")["spec"]["replicas"] == 1
+    assert not [d for d in dev if d["kind"] in {"HorizontalPodAutoscaler", "PodDisruptionBudget"}]
+    assert coordinator(prod)["image"].startswith("your-registry/quarterdeck:")
+
+
+def test_mounted_config_holds_only_valid_settings(tmp_path: Path, monkeypatch: Any) -> None:
+    docs = render("overlays/production")
+    deployment = find(docs, "Deployment", "claude-agent-coordinator")
+    container = coordinator(docs)
+    mount = next(m for m in container["volumeMounts"] if m["name"] == "config-volume")
+    assert Path(mount["mountPath"]) == DEFAULT_CONFIG_PATHS[0].parent
+    volume = next(v for v in deployment["spec"]["template"]["spec"]["volumes"]
+                  if v["name"] == "config-volume")
+    configmap = find(docs, "ConfigMap", volume["configMap"]["name"])
+    text = configmap["data"][DEFAULT_CONFIG_PATHS[0].name]
+    assert set(yaml.safe_load(text)) <= set(Settings.model_fields)
+    # And Settings really accepts it (unknown keys or bad values raise ConfigError).
+    for var in set(env_names().values()) | {"QUARTERDECK_CONFIG"}:
+        monkeypatch.delenv(var, raising=False)
+    path = tmp_path / "quarterdeck.yaml"
+    path.write_text(text)
+    from quarterdeck.config import load_settings
+
+    settings = load_settings(path)
+    assert settings.worker_concurrency == yaml.safe_load(text)["worker_concurrency"]
+
+
+def test_termination_grace_period_covers_the_drain_timeout() -> None:
+    docs = render("overlays/production")
+    deployment = find(docs, "Deployment", "claude-agent-coordinator")
+    spec = deployment["spec"]["template"]["spec"]
+    env = env_of(coordinator(docs))
+    drain = Settings.model_fields["drain_timeout"].default
+    if "QUARTERDECK_DRAIN_TIMEOUT" in env:
+        from quarterdeck.kit.durations import parse_duration
+
+        drain = parse_duration(env["QUARTERDECK_DRAIN_TIMEOUT"]["value"])
+    pre_stop = coordinator(docs)["lifecycle"]["preStop"]["exec"]["command"]
+    pre_stop_seconds = float(pre_stop[-1]) if pre_stop[0] == "sleep" else 0.0
+    assert spec["terminationGracePeriodSeconds"] > drain + pre_stop_seconds
+    strategy = deployment["spec"]["strategy"]
+    assert strategy == {"type": "RollingUpdate",
+                        "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
+    resources = coordinator(docs)["resources"]
+    assert resources == {"requests": {"memory": "512Mi", "cpu": "250m"},
+                         "limits": {"memory": "2Gi", "cpu": "1000m"}}
+
+
+def test_hpa_custom_metric_is_produced_by_the_adapter_from_a_real_metric() -> None:
+    hpa = find(render("overlays/production"), "HorizontalPodAutoscaler", "claude-agent-hpa")
+    assert hpa["spec"]["scaleTargetRef"]["name"] == "claude-agent-coordinator"
+    assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (3, 20)
+    pod_metrics = {m["pods"]["metric"]["name"] for m in hpa["spec"]["metrics"] if m["type"] == "Pods"}
+    assert pod_metrics == {"claude_agent_requests_per_second"}
+
+    adapter = find(render("prometheus-adapter"), "ConfigMap", "adapter-config")
+    rules = yaml.safe_load(adapter["data"]["config.yaml"])["rules"]
+    values = yaml.safe_load((KUBE / "prometheus-adapter" / "values.yaml").read_text())
+    assert values["rules"]["custom"] == rules, "Helm values and ConfigMap rules differ"
+    produced = {r["name"]["as"]: r for r in rules}
+    assert pod_metrics <= set(produced)
+    rule = produced["claude_agent_requests_per_second"]
+    series = re.match(r"([a-zA-Z_:][a-zA-Z0-9_:]*)", rule["seriesQuery"])
+    assert series is not None and series.group(1) in registry_series()
+    assert re.fullmatch(rule["name"]["matches"], series.group(1))
+    assert set(rule["resources"]["overrides"]) == {"namespace", "pod"}
+    assert "rate(" in rule["metricsQuery"], "a counter must be turned into a per-second rate"
+
+
+# ------------------------------------------------------------------- guide defects fixed
+def test_redis_password_comes_from_a_secret_and_not_from_the_conf() -> None:
+    docs = render("overlays/production")
+    conf = find(docs, "ConfigMap", "redis-config")["data"]["redis.conf"]
+    assert "$" not in conf, "redis.conf does not expand environment variables"
+    assert not re.search(r"^\s*requirepass", conf, flags=re.M)
+    maxmemory = re.search(r"^maxmemory (\d+)mb", conf, flags=re.M)
+    assert maxmemory is not None and int(maxmemory.group(1)) < 2048, "leave headroom under 2Gi"
+    statefulset = find(docs, "StatefulSet", "redis-cluster")
+    redis = statefulset["spec"]["template"]["spec"]["containers"][0]
+    assert env_of(redis)["REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == "redis-secrets"
+    script = "\n".join(redis["args"])
+    assert "requirepass" in script and "$REDIS_PASSWORD" in script
+    assert "$(REDIS_PASSWORD)" not in script, "password must not be on the command line"
+    # The headless Service the StatefulSet names exists.
+    service = find(docs, "Service", statefulset["spec"]["serviceName"])
+    assert service["spec"]["clusterIP"] == "None"
+    redis_url = env_of(coordinator(docs))["REDIS_URL"]["value"]
+    assert "$(REDIS_PASSWORD)@redis-cluster-0.redis-cluster" in redis_url
+
+
+def test_network_policy_allows_only_dns_postgres_redis_and_https() -> None:
+    policy = find(render("overlays/production"), "NetworkPolicy", "claude-agent-coordinator")
+    assert set(policy["spec"]["policyTypes"]) == {"Ingress", "Egress"}
+    ports = {(p["port"], p.get("protocol", "TCP")) for rule in policy["spec"]["egress"]
+             for p in rule["ports"]}
+    assert ports == {(53, "UDP"), (53, "TCP"), (5432, "TCP"), (6379, "TCP"), (443, "TCP")}
+    assert all(rule.get("ports") for rule in policy["spec"]["egress"]), "no all-ports egress"
+    ingress_ports = {p["port"] for rule in policy["spec"]["ingress"] for p in rule["ports"]}
+    assert ingress_ports == {8080, 9090}
+
+
+def test_rbac_is_least_privilege() -> None:
+    docs = render("overlays/production")
+    role = find(docs, "Role", "claude-agent")
+    grants = {(g, r, v) for rule in role["rules"] for g in rule["apiGroups"]
+              for r in rule["resources"] for v in rule["verbs"]}
+    assert ("apps", "deployments/scale", "patch") in grants
+    assert ("coordination.k8s.io", "leases", "update") in grants
+    assert ("networking.k8s.io", "ingresses", "patch") in grants
+    assert ("", "services", "patch") in grants
+    assert not {v for _, _, v in grants} & {"*", "delete", "deletecollection", "escalate", "bind"}
+    assert not {r for _, r, _ in grants} & {"*", "secrets", "pods/exec", "roles", "rolebindings"}
+    assert not [d for d in docs if d["kind"] in {"ClusterRole", "ClusterRoleBinding"}]
+    binding = find(docs, "RoleBinding", "claude-agent")
+    account = find(docs, "ServiceAccount", "claude-agent")
+    assert binding["subjects"][0]["name"] == account["metadata"]["name"]
+    deployment = find(docs, "Deployment", "claude-agent-coordinator")
+    assert deployment["spec"]["template"]["spec"]["serviceAccountName"] == "claude-agent"
+
+
+def test_pdb_and_namespace() -> None:
+    docs = render("overlays/production")
+    assert find(docs, "Namespace", "ai-agents")
+    pdb = find(docs, "PodDisruptionBudget", "claude-agent-coordinator")
+    deployment = find(docs, "Deployment", "claude-agent-coordinator")
+    assert pdb["spec"]["selector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]
+    assert {d["metadata"].get("namespace") for d in docs if d["kind"] != "Namespace"} == {
+        "ai-agents"
+    }
+
+
+def test_guide_env_names_are_still_what_settings_reads() -> None:
+    assert set(GUIDE_ENV_NAMES.values()) == {
+        "POSTGRES_URL", "REDIS_URL", "ANTHROPIC_API_KEY", "LOG_LEVEL"
+    }
+
+
+# ------------------------------------------------------------------------------- Dockerfile
+def dockerfile_stages() -> list[dict[str, Any]]:
+    """Split the Dockerfile into stages of (instruction, argument) pairs, joining continuations."""
+    text = re.sub(r"\\\n", " ", (ROOT / "Dockerfile").read_text())
+    stages: list[dict[str, Any]] = []
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        instruction, _, argument = line.partition(" ")
+        instruction = instruction.upper()
+        if instruction == "FROM":
+            parts = argument.split()
+            stages.append({"from": parts[0], "name": parts[2] if len(parts) > 2 else None,
+                           "lines": []})
+        elif stages:
+            stages[-1]["lines"].append((instruction, argument.strip()))
+    return stages
+
+
+def test_dockerfile_is_multi_stage_and_the_final_stage_is_lean() -> None:
+    stages = dockerfile_stages()
+    assert len(stages) >= 2
+    builder, final = stages[0], stages[-1]
+    assert re.fullmatch(r"python:\$\{PYTHON_VERSION\}-slim|python:3\.11(\.\d+)?-slim",
+                        final["from"]), final["from"]
+    assert "ARG PYTHON_VERSION=3.11" in (ROOT / "Dockerfile").read_text()
+    assert any(i == "RUN" and "pip wheel" in a for i, a in builder["lines"])
+    final_runs = " ".join(a for i, a in final["lines"] if i == "RUN")
+    for tool_name in ("gcc", "build-essential", "g++", "make ", "apt-get install"):
+        assert tool_name not in final_runs, f"final stage installs {tool_name}"
+    assert "--no-index" in final_runs, "final stage installs only the builder's wheels"
+
+
+def test_dockerfile_runtime_contract() -> None:
+    final = dockerfile_stages()[-1]
+    lines = final["lines"]
+    users = [a for i, a in lines if i == "USER"]
+    assert users and users[-1].split(":")[0] not in {"root", "0"}
+    healthchecks = [a for i, a in lines if i == "HEALTHCHECK"]
+    assert len(healthchecks) == 1
+    assert "python" in healthchecks[0] and "/health" in healthchecks[0]
+    assert "curl" not in healthchecks[0] and "wget" not in healthchecks[0]
+    exposed = {p for i, a in lines if i == "EXPOSE" for p in a.split()}
+    assert exposed == {"8080", "9090"}
+    env_text = " ".join(a for i, a in lines if i == "ENV")
+    assert "QUARTERDECK_HTTP_HOST=0.0.0.0" in env_text
+    for name in re.findall(r"(QUARTERDECK_[A-Z_]+)=", env_text):
+        assert name in set(env_names().values()), name
+    entry = [a for i, a in lines if i == "ENTRYPOINT"][-1]
+    cmd = [a for i, a in lines if i == "CMD"][-1]
+    assert entry == '["quarterdeck"]' and cmd in {'["up"]', '["serve"]'}
+
+
+def test_dockerignore_keeps_the_context_small_but_buildable() -> None:
+    patterns = {
+        line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    }
+    assert {".git", ".venv", ".env"} <= patterns
+    for needed in ("src", "pyproject.toml", "README.md"):
+        assert needed not in patterns

@@ -1,0 +1,196 @@
+"""A real Prometheus scrapes a running Quarterdeck and the error-rate alert goes pending, then firing.
+
+This is the end-to-end proof that the alert rule, the metric names and the exposition format fit
+together: Debian's ``prometheus`` binary scrapes ``quarterdeck up`` (simulated provider with
+injected errors) every second and evaluates a test copy of the real HighErrorRate rule, generated
+from rules/claude_agent_alerts.yml with a shorter window, a shorter ``for`` and a smaller
+traffic guard so the test finishes in a bounded time. Everything else in the expression is the
+production rule.
+
+Why the error rate is 0.8, not 0.5: the executor retries a provider error 4 times, so a run fails
+only when 5 calls in a row fail. At 0.5 that is 3% of runs, under the rule's 10% threshold; at
+0.8 it is 0.8**5 = 33%, so the alert must fire while most runs still succeed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
+
+ROOT = Path(__file__).resolve().parents[2]
+RULES = ROOT / "deploy" / "monitoring" / "rules" / "claude_agent_alerts.yml"
+ERROR_RATE = "0.8"
+WINDOW = "1m"  # production: 5m
+FOR = "5s"  # production: 2m
+MIN_RUNS = 3  # production: 10 finished runs in the window
+DEADLINE_S = 420.0  # a bound on waiting, not an assertion about speed
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_for(check: Any, what: str, proc: subprocess.Popen[bytes], log: Path,
+             deadline: float = 180.0) -> None:
+    """Poll ``check`` until true; fail with the process log if it dies or the bound passes."""
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        if proc.poll() is not None:
+            pytest.fail(f"{what}: process exited with {proc.returncode}:\n{log.read_text()[-4000:]}")
+        with contextlib.suppress(httpx.HTTPError):
+            if check():
+                return
+        time.sleep(0.5)
+    pytest.fail(f"{what}: not reached within {deadline:.0f}s:\n{log.read_text()[-4000:]}")
+
+
+@contextlib.contextmanager
+def started(args: list[str], env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    with log.open("wb") as out:
+        proc = subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            yield proc
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def test_rule(rule: dict[str, Any]) -> dict[str, Any]:
+    """The real HighErrorRate rule with the window, ``for`` and traffic guard shortened."""
+    expr = rule["expr"]
+    assert expr.count("[5m]") == 3 and re.search(r">= 10\s*$", expr), "rule changed: update test"
+    expr = re.sub(r">= 10\s*$", f">= {MIN_RUNS}\n", expr.replace("[5m]", f"[{WINDOW}]"))
+    return {**rule, "expr": expr, "for": FOR}
+
+
+test_rule.__test__ = False  # type: ignore[attr-defined]  # a helper, not a pytest test
+
+
+def test_error_rate_alert_goes_pending_then_firing(tmp_path: Path) -> None:
+    prometheus = shutil.which("prometheus")
+    if prometheus is None:
+        pytest.fail("`prometheus` is not installed; `make test` installs it "
+                    "(apt-get install -y prometheus).")
+    quarterdeck = Path(sys.executable).parent / "quarterdeck"
+    if not quarterdeck.exists():
+        pytest.fail(f"{quarterdeck} is missing: install the project (pip install -e .)")
+
+    http_port, metrics_port, prom_port = free_port(), free_port(), free_port()
+    rules = yaml.safe_load(RULES.read_text())
+    real = next(r for g in rules["groups"] for r in g["rules"] if r.get("alert") == "HighErrorRate")
+    (tmp_path / "rules.yml").write_text(
+        yaml.safe_dump({"groups": [{"name": "test", "interval": "1s", "rules": [test_rule(real)]}]})
+    )
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump({
+        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+        "rule_files": ["rules.yml"],
+        "scrape_configs": [{
+            "job_name": "claude-agents",
+            "metrics_path": "/metrics",
+            "static_configs": [{"targets": [f"127.0.0.1:{metrics_port}"]}],
+        }],
+    }))
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("QUARTERDECK_")}
+    for name in ("POSTGRES_URL", "REDIS_URL", "ANTHROPIC_API_KEY"):
+        env.pop(name, None)
+    env.update({
+        "QUARTERDECK_DATA_DIR": str(tmp_path / "data"),
+        "QUARTERDECK_HTTP_PORT": str(http_port),
+        "QUARTERDECK_METRICS_PORT": str(metrics_port),
+        "QUARTERDECK_SIMULATED_ERROR_RATE": ERROR_RATE,
+        "QUARTERDECK_SIMULATED_TURNS": "1",
+        "QUARTERDECK_PROVIDER": "simulated",
+    })
+    api = f"http://127.0.0.1:{http_port}"
+    prom = f"http://127.0.0.1:{prom_port}"
+    qd_log, prom_log = tmp_path / "quarterdeck.log", tmp_path / "prometheus.log"
+
+    with (
+        started([str(quarterdeck), "up"], env, qd_log) as qd,
+        started([prometheus, f"--config.file={tmp_path / 'prometheus.yml'}",
+                 f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+                 f"--web.listen-address=127.0.0.1:{prom_port}"],
+                dict(os.environ), prom_log) as prom_proc,
+        httpx.Client(timeout=10) as client,
+    ):
+        wait_for(lambda: client.get(f"{api}/ready").status_code == 200, "quarterdeck ready",
+                 qd, qd_log)
+        wait_for(lambda: client.get(f"{prom}/-/ready").status_code == 200, "prometheus ready",
+                 prom_proc, prom_log)
+
+        stop = threading.Event()
+        accepted: list[int] = []
+
+        def submit() -> None:
+            with httpx.Client(timeout=10) as sender:
+                while not stop.is_set():
+                    with contextlib.suppress(httpx.HTTPError):
+                        reply = sender.post(f"{api}/v1/runs", json={"prompt": "fix the bug"})
+                        accepted.append(reply.status_code)
+                    stop.wait(0.5)
+
+        sender = threading.Thread(target=submit, daemon=True)
+        sender.start()
+        states: list[str] = []
+        try:
+            end = time.monotonic() + DEADLINE_S
+            while time.monotonic() < end and "firing" not in states:
+                if qd.poll() is not None:
+                    pytest.fail(f"quarterdeck exited:\n{qd_log.read_text()[-4000:]}")
+                alerts = client.get(f"{prom}/api/v1/alerts").json()["data"]["alerts"]
+                states += [a["state"] for a in alerts if a["labels"]["alertname"] == "HighErrorRate"]
+                time.sleep(0.5)
+        finally:
+            stop.set()
+            sender.join(timeout=15)
+
+        assert accepted and set(accepted) == {202}, f"run submissions answered {set(accepted)}"
+        errors = client.get(
+            f"{prom}/api/v1/query",
+            params={"query": 'sum(claude_agent_requests_total{job="claude-agents",status="error"})'},
+        ).json()["data"]["result"]
+        assert errors and float(errors[0]["value"][1]) > 0, "no failed runs were scraped"
+        assert "firing" in states, (
+            f"HighErrorRate did not fire within {DEADLINE_S:.0f}s (states seen: {set(states)});"
+            f"\n{qd_log.read_text()[-2000:]}"
+        )
+        assert "pending" in states[: states.index("firing")] or _was_pending(client, prom), (
+            "the alert never went through pending"
+        )
+        labels = next(a["labels"] for a in client.get(f"{prom}/api/v1/alerts").json()["data"][
+            "alerts"] if a["labels"]["alertname"] == "HighErrorRate")
+        assert labels["severity"] == "warning" and labels["agent_type"]
+
+
+def _was_pending(client: httpx.Client, prom: str) -> bool:
+    """Prometheus records every pending/firing alert in the ALERTS series; look back for it."""
+    result = client.get(
+        f"{prom}/api/v1/query",
+        params={"query": f'max_over_time(ALERTS{{alertname="HighErrorRate",'
+                         f'alertstate="pending"}}[{int(DEADLINE_S)}s])'},
+    ).json()["data"]["result"]
+    return bool(result)

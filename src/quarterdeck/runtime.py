@@ -12,6 +12,7 @@ from decimal import Decimal
 
 import structlog
 
+from quarterdeck.agents.runtime import AgentPlanner
 from quarterdeck.agents.templates import AgentCatalog
 from quarterdeck.config import Settings
 from quarterdeck.monitoring import metrics
@@ -20,7 +21,7 @@ from quarterdeck.providers.pricing import PriceTable
 from quarterdeck.providers.types import Provider, Usage
 from quarterdeck.runs import repository as runs_repo
 from quarterdeck.runs.events import RunEventHub
-from quarterdeck.runs.executor import CostFn, DefaultPlanner, ExecutorConfig, RunExecutor
+from quarterdeck.runs.executor import CostFn, ExecutorConfig, RunExecutor
 from quarterdeck.runs.service import RunService
 from quarterdeck.runs.worker import WorkerPool
 from quarterdeck.store import migrations
@@ -75,7 +76,12 @@ class Runtime:
             executor = RunExecutor(
                 self.db,
                 self.provider,
-                DefaultPlanner(config),
+                AgentPlanner(
+                    self.settings,
+                    self.db,
+                    self.agent_catalog,
+                    simulated=self.provider.name == "simulated",
+                ),
                 build_cost_fn(self.settings),
                 config,
             )

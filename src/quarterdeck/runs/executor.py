@@ -101,7 +101,7 @@ class RunPlan:
 class Planner(Protocol):
     """Chooses a run's plan and does the work after it ends (diffs, quality, cleanup)."""
 
-    def plan(self, run: Run) -> RunPlan: ...
+    async def plan(self, run: Run) -> RunPlan: ...
 
     async def finalize(self, run: Run, outcome: Outcome) -> None: ...
 
@@ -113,7 +113,7 @@ class DefaultPlanner:
         self.config = config
         self.tools = SimulatedTools()
 
-    def plan(self, run: Run) -> RunPlan:
+    async def plan(self, run: Run) -> RunPlan:
         return RunPlan(
             system_prompt=self.config.system_prompt,
             tools=self.tools,
@@ -154,7 +154,7 @@ class RunExecutor:
         self.config = config
 
     async def execute(self, run: Run) -> Outcome:
-        plan = self.planner.plan(run)
+        plan = await self.planner.plan(run)
         outcome = await self._loop(run, plan)
         await self.planner.finalize(run, outcome)
         return outcome
@@ -176,11 +176,17 @@ class RunExecutor:
         total = Usage()
         last_text = messages[-1].text if messages[-1].role == "assistant" else ""
         if messages[-1].role == "assistant":
-            # The checkpoint holds the model's reply; the worker died before or during its tool
-            # calls. Re-run the tools (the model call is paid for and is not repeated).
+            # The checkpoint holds the model's reply. If its tool calls had finished, their
+            # results were recorded and are reused; only if the worker died during the tools do
+            # they run again. The model call itself is paid for and never repeated.
             if not messages[-1].tool_uses:
                 return Outcome(RunStatus.succeeded, result=last_text, usage=total)
-            messages = [*messages, await self._run_tools(run, plan, turn, messages[-1])]
+            async with self.db.acquire() as conn:
+                recorded = await repo.tool_results(conn, run.id, turn)
+            if recorded is not None:
+                messages = [*messages, Message.from_dict(recorded)]
+            else:
+                messages = [*messages, await self._run_tools(run, plan, turn, messages[-1])]
 
         while True:
             if turn >= max_turns:
@@ -268,9 +274,13 @@ class RunExecutor:
             result, data = await plan.tools.run(run, call)
             results.append(result)
             events.append(("tool_call", turn, data))
+        reply = Message(role="user", content=list(results))
+        # Recorded with the calls, so a resumed run reuses these results instead of re-running
+        # tools that already had their effect.
+        events.append(("tool_results", turn, {"message": reply.to_dict()}))
         async with self.db.transaction() as conn:
             await repo.append_events(conn, run.id, events)
-        return Message(role="user", content=list(results))
+        return reply
 
     async def _complete_turn(
         self, run: Run, turn: int, before: list[Message], response: ModelResponse

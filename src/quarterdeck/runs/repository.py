@@ -178,6 +178,17 @@ async def last_checkpoint(conn: asyncpg.Connection, run_id: str) -> tuple[int, l
     return (int(row["turn"]), list(row["messages"])) if row else None
 
 
+async def tool_results(conn: asyncpg.Connection, run_id: str, turn: int) -> dict[str, Any] | None:
+    """The recorded tool-result message of ``turn``, if its tools finished."""
+    data = await conn.fetchval(
+        "SELECT data FROM run_events WHERE run_id = $1 AND type = 'tool_results' AND turn = $2"
+        " ORDER BY id DESC LIMIT 1",
+        run_id,
+        turn,
+    )
+    return dict(data["message"]) if data else None
+
+
 async def save_turn(
     conn: asyncpg.Connection,
     run_id: str,

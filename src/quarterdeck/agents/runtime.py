@@ -1,0 +1,191 @@
+"""The agent runtime's planner: what a run may do, and what is measured when it ends.
+
+:class:`AgentPlanner` plugs into :class:`~quarterdeck.runs.executor.RunExecutor`. For each run it
+picks the agent type's system prompt, tools and limits, hands the model real workspace tools, and
+after the run ends records the workspace diff, the code-quality score and the test coverage on the
+run and in the guide's histograms, then applies the retention policy.
+
+Runs on the simulated provider without a workspace keep the stand-in tools: load tests and demos
+then cost no filesystem work per run. Give such a run a workspace and its scripted tool calls run
+for real.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import structlog
+
+from quarterdeck.agents.quality import (
+    QualityError,
+    diff_line_numbers,
+    measure_coverage,
+    record_coverage,
+    record_quality,
+    score_python,
+)
+from quarterdeck.agents.sandbox import SandboxLimits, run_identity, run_sandboxed
+from quarterdeck.agents.templates import AgentCatalog, AgentType
+from quarterdeck.agents.tools import WorkspaceTools
+from quarterdeck.agents.workspace import Workspace
+from quarterdeck.config import Settings
+from quarterdeck.exceptions import QuarterdeckError
+from quarterdeck.providers.types import ToolResultBlock, ToolSpec, ToolUseBlock
+from quarterdeck.runs import repository as repo
+from quarterdeck.runs.executor import Outcome, RunPlan, SimulatedTools, ToolRunner
+from quarterdeck.runs.models import Run, RunStatus
+from quarterdeck.store.pool import Database
+
+log = structlog.get_logger(__name__)
+
+
+class AllowedTools:
+    """The workspace tools an agent type may use; other calls become tool errors."""
+
+    def __init__(self, tools: WorkspaceTools, agent: AgentType, run: Run) -> None:
+        self.inner = tools
+        self.agent = agent
+        self.run_with_source = run  # carries an uploaded archive the first time
+
+    def specs(self) -> list[ToolSpec]:
+        return [s for s in self.inner.specs() if s.name in self.agent.tools]
+
+    async def run(self, run: Run, call: ToolUseBlock) -> tuple[ToolResultBlock, dict[str, Any]]:
+        if call.name not in self.agent.tools:
+            message = (
+                f"tool {call.name!r} is not available to agent type {self.agent.name!r}; "
+                f"available: {', '.join(self.agent.tools)}"
+            )
+            return ToolResultBlock(call.id, message, is_error=True), {
+                "tool": call.name,
+                "input": call.input,
+                "output": message,
+                "is_error": True,
+                "permissions": [],
+                "files_changed": [],
+                "network": [],
+            }
+        return await self.inner.run(self.run_with_source, call)
+
+
+def project_label(spec: dict[str, Any] | None) -> str:
+    """A bounded label for the coverage histogram: the repository or directory name."""
+    if not spec or spec.get("type") in (None, "empty"):
+        return "workspace"
+    if spec.get("type") == "tar":
+        return "upload"
+    value = str(spec.get("value") or "")
+    name = Path(urlparse(value).path if spec.get("type") == "git" else value).name
+    return name.removesuffix(".git") or "workspace"
+
+
+class AgentPlanner:
+    def __init__(
+        self, settings: Settings, db: Database, catalog: AgentCatalog, *, simulated: bool
+    ) -> None:
+        self.settings = settings
+        self.db = db
+        self.catalog = catalog
+        self.simulated = simulated
+        self.tools = WorkspaceTools(settings)
+        self.stand_in = SimulatedTools()
+
+    def uses_workspace(self, run: Run) -> bool:
+        return run.params.get("workspace") is not None or not self.simulated
+
+    def agent(self, run: Run) -> AgentType:
+        if run.agent_type in self.catalog:
+            return self.catalog.get(run.agent_type)
+        # Validated at submission; a type removed from config since then falls back loudly.
+        log.warning("agent_type_gone", run_id=run.id, agent_type=run.agent_type)
+        return self.catalog.get(self.settings.default_agent_type)
+
+    async def plan(self, run: Run) -> RunPlan:
+        agent = self.agent(run)
+        tools: ToolRunner = self.stand_in
+        if self.uses_workspace(run):
+            tools = AllowedTools(self.tools, agent, await self._with_archive(run))
+        requested_turns = int(run.params.get("max_turns") or agent.max_turns)
+        requested_timeout = float(run.params.get("timeout_s") or agent.timeout_s)
+        return RunPlan(
+            system_prompt=agent.system_prompt,
+            tools=tools,
+            max_turns=min(requested_turns, agent.max_turns),
+            timeout_s=min(requested_timeout, agent.timeout_s),
+            budget_usd=run.budget_usd if run.budget_usd is not None else agent.budget_usd,
+        )
+
+    async def _with_archive(self, run: Run) -> Run:
+        """Put an uploaded tar back into the run's workspace spec before the workspace exists."""
+        spec = run.params.get("workspace")
+        if not spec or spec.get("type") != "tar" or spec.get("value"):
+            return run
+        if Workspace(self.settings.data_dir, run.id).ready:
+            return run  # resumed: the tree is already there
+        async with self.db.acquire() as conn:
+            archive = await repo.load_archive(conn, run.id)
+        params = dict(run.params)
+        params["workspace"] = {**spec, "value": base64.b64encode(archive or b"").decode()}
+        return run.model_copy(update={"params": params})
+
+    async def finalize(self, run: Run, outcome: Outcome) -> None:
+        if not self.uses_workspace(run):
+            return
+        ws = Workspace(self.settings.data_dir, run.id, retention=self.settings.workspace_retention)
+        if not ws.ready:
+            return  # no tool ever touched it: nothing changed
+        try:
+            await self._measure(run, ws, outcome)
+        except (QuarterdeckError, OSError) as exc:
+            log.warning("run_results_failed", run_id=run.id, error=str(exc))
+        finally:
+            self.tools.cleanup(run, outcome.status.value)
+
+    async def _measure(self, run: Run, ws: Workspace, outcome: Outcome) -> None:
+        diff = await ws.diff()
+        changed = await ws.changed_files()
+        quality: dict[str, Any] = {}
+        score = coverage = None
+        runner = functools.partial(
+            run_sandboxed, run_as=run_identity(run.id), limits=SandboxLimits(cpu_s=300)
+        )
+        if changed and outcome.status is not RunStatus.cancelled:
+            try:
+                result = await score_python(
+                    ws.path,
+                    changed,
+                    runner=runner,
+                    changed_line_numbers=diff_line_numbers(diff),
+                )
+                if result is not None:
+                    score = result.score
+                    quality["python"] = result.model_dump(exclude={"details"})
+                    record_quality(run.agent_type, result)
+            except QualityError as exc:
+                quality["python_error"] = exc.detail
+            try:
+                cov = await measure_coverage(ws.path, runner=runner)
+                if cov is not None:
+                    coverage = cov.percent
+                    quality["coverage"] = cov.model_dump()
+                    record_coverage(run.agent_type, project_label(run.params.get("workspace")), cov)
+            except QualityError as exc:
+                quality["coverage_error"] = exc.detail
+        async with self.db.acquire() as conn:
+            await repo.save_results(conn, run.id, diff or None, changed, score, coverage, quality)
+            await repo.append_event(
+                conn,
+                run.id,
+                "result",
+                {
+                    "changed_files": changed,
+                    "diff_bytes": len(diff.encode()),
+                    "quality_score": score,
+                    "coverage_percent": coverage,
+                    **{k: v for k, v in quality.items() if k.endswith("_error")},
+                },
+            )

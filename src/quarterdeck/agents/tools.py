@@ -1,0 +1,485 @@
+"""The real tool runner: file, search, command and fetch tools confined to a run's workspace.
+
+Every call is validated against a pydantic model (the same model produces the JSON schema the
+model is shown), so a malformed call is refused before anything runs. Whatever goes wrong --
+bad input, unknown tool, a path escaping the workspace, a timeout, a denied URL -- becomes an
+``is_error`` tool result the model can read and react to; ``run()`` never raises, because one
+hostile call must not fail the whole run. Each call also returns an audit record (inputs,
+output, files touched with hashes, network decisions, permissions used) that the executor
+stores as the run's ``tool_call`` event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fnmatch
+import hashlib
+import ipaddress
+import os
+import socket
+import time
+from typing import Any, Literal
+
+import httpx
+import structlog
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from quarterdeck.agents.sandbox import TMP_DIRNAME, SandboxLimits, run_sandboxed
+from quarterdeck.agents.workspace import Workspace, WorkspaceError, parse_source
+from quarterdeck.config import Settings
+from quarterdeck.exceptions import QuarterdeckError
+from quarterdeck.providers.types import ToolResultBlock, ToolSpec, ToolUseBlock
+from quarterdeck.runs.models import Run
+
+log = structlog.get_logger(__name__)
+
+RECORD_INPUT_CHARS = 2_000
+RECORD_OUTPUT_CHARS = 4_000
+MAX_FETCH_BYTES = 1_000_000
+MAX_REDIRECTS = 5
+SEARCH_MAX_LINES = 500
+LIST_MAX_ENTRIES = 2_000
+_NOISE_DIRS = {".git", TMP_DIRNAME}
+
+
+class ToolError(QuarterdeckError):
+    """A refusal or failure to report to the model as an error result (never raised out)."""
+
+    status = 422
+    type_slug = "tool-error"
+    title = "Tool call failed"
+
+
+class _Input(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ReadFile(_Input):
+    """Read a UTF-8 text file from the workspace, optionally a range of lines."""
+
+    path: str = Field(min_length=1, description="Path relative to the workspace root.")
+    offset: int = Field(default=0, ge=0, description="First line to return (0-based).")
+    limit: int | None = Field(default=None, ge=1, description="Maximum number of lines.")
+
+
+class WriteFile(_Input):
+    """Create or overwrite a file in the workspace (parent directories are created)."""
+
+    path: str = Field(min_length=1)
+    content: str = Field(max_length=10_000_000)
+
+
+class EditFile(_Input):
+    """Replace one exact occurrence of ``old`` with ``new``; ``old`` must occur exactly once."""
+
+    path: str = Field(min_length=1)
+    old: str = Field(min_length=1)
+    new: str
+
+
+class ListFiles(_Input):
+    """List a directory of the workspace (directories end with '/')."""
+
+    path: str = "."
+    recursive: bool = False
+
+
+class Search(_Input):
+    """Search file contents with a Perl-compatible regex, like ``grep -rnP``."""
+
+    pattern: str = Field(min_length=1, max_length=2_000)
+    path: str = "."
+    glob: str | None = Field(default=None, description="Only files whose name matches, e.g. *.py")
+
+
+class RunCommand(_Input):
+    """Run a shell command in the workspace (sandboxed; no network unless enabled)."""
+
+    command: str = Field(min_length=1, max_length=100_000)
+    timeout_s: float | None = Field(default=None, gt=0, description="Capped by the server.")
+
+
+class HttpFetch(_Input):
+    """Fetch a public http(s) URL; private, loopback and metadata addresses are refused."""
+
+    url: str = Field(min_length=1, max_length=8_000)
+    method: Literal["GET", "HEAD"] = "GET"
+
+
+_TOOLS: dict[str, tuple[type[_Input], list[str]]] = {
+    "read_file": (ReadFile, ["fs.read"]),
+    "write_file": (WriteFile, ["fs.write"]),
+    "edit_file": (EditFile, ["fs.read", "fs.write"]),
+    "list_files": (ListFiles, ["fs.read"]),
+    "search": (Search, ["fs.read", "process.exec"]),
+    "run_command": (RunCommand, ["process.exec"]),
+    "http_fetch": (HttpFetch, ["net.connect"]),
+}
+"""Each tool's input model and the permissions it exercises (recorded per call)."""
+
+
+def _clip(text: str, limit: int, what: str = "characters") -> str:
+    if len(text) <= limit:
+        return text
+    return text[:limit] + f"\n[output truncated: {len(text) - limit} {what} omitted]"
+
+
+def _record(value: Any) -> Any:
+    """Inputs as recorded: long strings (file contents) clipped so events stay small."""
+    if isinstance(value, str) and len(value) > RECORD_INPUT_CHARS:
+        return value[:RECORD_INPUT_CHARS] + f"...[{len(value) - RECORD_INPUT_CHARS} chars]"
+    if isinstance(value, dict):
+        return {str(k): _record(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_record(v) for v in value[:100]]
+    return value
+
+
+def _sha(data: bytes | None) -> str | None:
+    return hashlib.sha256(data).hexdigest() if data is not None else None
+
+
+def _read_all(fd: int) -> bytes:
+    os.lseek(fd, 0, os.SEEK_SET)
+    chunks = []
+    while chunk := os.read(fd, 1 << 20):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def address_denied(ip: str) -> str | None:
+    """Why ``ip`` must not be fetched (None if it is a public unicast address)."""
+    addr = ipaddress.ip_address(ip.split("%", 1)[0])
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped:
+        addr = addr.ipv4_mapped
+    for attr in ("loopback", "link_local", "private", "multicast", "reserved", "unspecified"):
+        if getattr(addr, f"is_{attr}"):
+            return f"{attr.replace('_', '-')} address {addr}"
+    if not addr.is_global:
+        return f"non-global address {addr}"
+    return None
+
+
+def host_allowed(host: str, allowlist: list[str]) -> bool:
+    """Empty allowlist: any host. ``example.com`` also admits its subdomains; globs work."""
+    if not allowlist:
+        return True
+    host = host.lower().rstrip(".")
+    for pattern in (p.lower().rstrip(".") for p in allowlist):
+        if fnmatch.fnmatchcase(host, pattern) or host.endswith("." + pattern.lstrip("*.")):
+            return True
+    return False
+
+
+class WorkspaceTools:
+    """:class:`~quarterdeck.runs.executor.ToolRunner` backed by per-run workspaces."""
+
+    def __init__(self, settings: Settings, *, limits: SandboxLimits | None = None) -> None:
+        self.settings = settings
+        self.limits = limits or SandboxLimits()
+        self._workspaces: dict[str, Workspace] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    def specs(self) -> list[ToolSpec]:
+        return [
+            ToolSpec(name, " ".join((model.__doc__ or name).split()), model.model_json_schema())
+            for name, (model, _) in _TOOLS.items()
+        ]
+
+    async def workspace(self, run: Run) -> Workspace:
+        """The run's workspace: reopened if it exists (a resumed run), else created from
+        ``run.params["workspace"]``."""
+        async with self._locks.setdefault(run.id, asyncio.Lock()):
+            ws = self._workspaces.get(run.id)
+            if ws is None:
+                ws = Workspace(
+                    self.settings.data_dir, run.id, retention=self.settings.workspace_retention
+                )
+                if not ws.ready:
+                    await ws.create(parse_source(run.params.get("workspace")))
+                if len(self._workspaces) >= 1024:  # cheap to reopen; don't grow forever
+                    self._workspaces.pop(next(iter(self._workspaces)))
+                self._workspaces[run.id] = ws
+            return ws
+
+    def cleanup(self, run: Run, status: str) -> bool:
+        """Forget the run and apply the retention policy to its workspace."""
+        self._workspaces.pop(run.id, None)
+        self._locks.pop(run.id, None)
+        ws = Workspace(self.settings.data_dir, run.id, retention=self.settings.workspace_retention)
+        return ws.cleanup(status)
+
+    async def run(self, run: Run, call: ToolUseBlock) -> tuple[ToolResultBlock, dict[str, Any]]:
+        started = time.monotonic()
+        event: dict[str, Any] = {
+            "tool": call.name,
+            "input": _record(call.input),
+            "output": "",
+            "is_error": False,
+            "duration_ms": 0.0,
+            "exit_code": None,
+            "timed_out": False,
+            "isolation": None,
+            "files_changed": [],
+            "network": [],
+            "permissions": list(_TOOLS[call.name][1]) if call.name in _TOOLS else [],
+        }
+        try:
+            if call.name not in _TOOLS:
+                raise ToolError(f"unknown tool {call.name!r}; available: {', '.join(_TOOLS)}")
+            model = _TOOLS[call.name][0]
+            try:
+                args = model.model_validate(call.input)
+            except ValidationError as exc:
+                problems = "; ".join(
+                    f"{'.'.join(str(p) for p in e['loc']) or 'input'}: {e['msg']}"
+                    for e in exc.errors()
+                )
+                raise ToolError(f"invalid input for {call.name}: {problems}") from None
+            event["input"] = _record(args.model_dump())
+            ws = await self.workspace(run)
+            output = await getattr(self, f"_{call.name}")(ws, args, event)
+        except (ToolError, WorkspaceError) as exc:
+            output, event["is_error"] = str(exc), True
+        except Exception as exc:  # a bug or an OS error: still the model's result, not a crash
+            log.warning("tool_failed", tool=call.name, run_id=run.id, error=repr(exc))
+            output, event["is_error"] = f"{call.name} failed: {type(exc).__name__}: {exc}", True
+        output = _clip(output, self.settings.tool_output_limit)
+        event["output"] = _clip(output, RECORD_OUTPUT_CHARS)
+        event["duration_ms"] = round((time.monotonic() - started) * 1000, 3)
+        result = ToolResultBlock(tool_use_id=call.id, content=output, is_error=event["is_error"])
+        return result, event
+
+    # -- files -------------------------------------------------------------------------------
+    async def _read_file(self, ws: Workspace, args: ReadFile, event: dict[str, Any]) -> str:
+        return await asyncio.to_thread(self._read_sync, ws, args)
+
+    def _read_sync(self, ws: Workspace, args: ReadFile) -> str:
+        fd = ws.open_fd(args.path)
+        budget = self.settings.tool_output_limit
+        with os.fdopen(fd, "rb") as fh:
+            if b"\0" in fh.read(8192):
+                size = os.fstat(fd).st_size
+                raise ToolError(f"{args.path} looks binary ({size} bytes); not shown")
+            fh.seek(0)
+            lines: list[str] = []
+            used, lineno, more = 0, 0, False
+            for raw in fh:
+                if lineno >= args.offset:
+                    if (args.limit is not None and len(lines) >= args.limit) or used >= budget:
+                        more = True
+                        break
+                    text = raw.decode("utf-8", errors="replace")
+                    lines.append(text)
+                    used += len(text)
+                lineno += 1
+        out = "".join(lines)
+        if more:
+            out += f"\n[more lines follow; call read_file with offset={lineno}]"
+        return out if out or args.offset == 0 else f"[no lines at offset {args.offset}]"
+
+    def _store(self, ws: Workspace, path: str, data: bytes | None, edit: tuple[str, str] | None,
+               event: dict[str, Any]) -> str:  # fmt: skip
+        """Write (or edit) through a descriptor from :meth:`Workspace.open_fd`, hashing before and
+        after for the audit record."""
+        existed = os.path.lexists(ws.resolve(path))
+        fd = ws.open_fd(path, write=True)
+        try:
+            before = _read_all(fd) if existed else None
+            if edit is not None:
+                old, new = edit
+                try:
+                    text = (before or b"").decode("utf-8")
+                except UnicodeDecodeError:
+                    raise ToolError(f"{path} is not UTF-8 text; cannot edit") from None
+                count = text.count(old)
+                if count == 0:
+                    raise ToolError(f"`old` was not found in {path}; read the file and retry")
+                if count > 1:
+                    raise ToolError(
+                        f"`old` appears {count} times in {path}; include more surrounding "
+                        "context so it matches exactly once"
+                    )
+                data = text.replace(old, new, 1).encode("utf-8")
+            assert data is not None
+            os.ftruncate(fd, 0)
+            os.lseek(fd, 0, os.SEEK_SET)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+        finally:
+            os.close(fd)
+        rel = ws.relative(ws.resolve(path))
+        event["files_changed"].append(
+            {"path": rel, "bytes": len(data), "sha256_before": _sha(before),
+             "sha256_after": _sha(data)}
+        )  # fmt: skip
+        verb = "edited" if edit else ("overwrote" if existed else "created")
+        return f"{verb} {rel} ({len(data)} bytes)"
+
+    async def _write_file(self, ws: Workspace, args: WriteFile, event: dict[str, Any]) -> str:
+        data = args.content.encode("utf-8")
+        return await asyncio.to_thread(self._store, ws, args.path, data, None, event)
+
+    async def _edit_file(self, ws: Workspace, args: EditFile, event: dict[str, Any]) -> str:
+        return await asyncio.to_thread(
+            self._store, ws, args.path, None, (args.old, args.new), event
+        )
+
+    async def _list_files(self, ws: Workspace, args: ListFiles, event: dict[str, Any]) -> str:
+        return await asyncio.to_thread(self._list_sync, ws, args)
+
+    def _list_sync(self, ws: Workspace, args: ListFiles) -> str:
+        top = ws.resolve(args.path)
+        if not top.is_dir():
+            raise ToolError(f"{args.path} is not a directory")
+        entries: list[str] = []
+        for root, dirs, files in os.walk(top):  # never follows symlinked directories
+            dirs[:] = sorted(d for d in dirs if d not in _NOISE_DIRS)
+            for name in sorted(dirs + files):
+                full = os.path.join(root, name)
+                rel = os.path.relpath(full, top)
+                if os.path.islink(full):
+                    entries.append(f"{rel} -> {os.readlink(full)}")
+                elif name in dirs:
+                    entries.append(rel + "/")
+                else:
+                    entries.append(rel)
+            if not args.recursive or len(entries) > LIST_MAX_ENTRIES:
+                break
+        shown = entries[:LIST_MAX_ENTRIES]
+        if len(entries) > LIST_MAX_ENTRIES:
+            shown.append(f"[listing truncated at {LIST_MAX_ENTRIES} entries]")
+        return "\n".join(shown) if shown else "(empty directory)"
+
+    # -- processes ---------------------------------------------------------------------------
+    async def _search(self, ws: Workspace, args: Search, event: dict[str, Any]) -> str:
+        """grep in the sandbox: a pathological regex burns a sandboxed, time-limited process
+        instead of the worker's event loop (Python's ``re`` cannot be interrupted)."""
+        rel = ws.relative(ws.resolve(args.path))
+        argv = ["grep", "-rnIP", "--color=never", "-m", "100"]
+        argv += [f"--exclude-dir={d}" for d in sorted(_NOISE_DIRS)]
+        if args.glob:
+            argv.append(f"--include={args.glob}")
+        argv += ["-e", args.pattern, "--"] + ([rel] if rel != "." else [])  # no "./" prefix
+        result = await run_sandboxed(
+            argv, ws.path, timeout_s=min(30.0, self.settings.command_timeout),
+            output_limit=self.settings.tool_output_limit, limits=self.limits, run_as=ws.owner,
+        )  # fmt: skip
+        event["isolation"] = result.isolation
+        event["timed_out"] = result.timed_out
+        if result.timed_out:
+            raise ToolError("search timed out; use a simpler pattern or a narrower path")
+        if result.exit_code == 1:
+            return "no matches"
+        if result.exit_code not in (0, None):
+            raise ToolError(f"search failed: {result.stderr.strip()[:2000]}")
+        lines = result.stdout.splitlines()
+        if len(lines) > SEARCH_MAX_LINES:
+            lines = [*lines[:SEARCH_MAX_LINES], f"[{len(lines) - SEARCH_MAX_LINES} more matches]"]
+        return "\n".join(lines)
+
+    async def _run_command(self, ws: Workspace, args: RunCommand, event: dict[str, Any]) -> str:
+        ceiling = self.settings.command_timeout
+        timeout = min(args.timeout_s or ceiling, ceiling)
+        network = self.settings.sandbox_network
+        if network:
+            event["permissions"].append("net.connect")
+        result = await run_sandboxed(
+            args.command, ws.path, timeout_s=timeout, output_limit=self.settings.tool_output_limit,
+            network=network, limits=self.limits, run_as=ws.owner,
+        )  # fmt: skip
+        event.update(
+            exit_code=result.exit_code, timed_out=result.timed_out, isolation=result.isolation
+        )
+        head = (
+            f"timed out after {timeout:g}s; the whole process tree was killed"
+            if result.timed_out
+            else f"exit code: {result.exit_code}"
+        )
+        body = head
+        if result.stdout:
+            body += f"\n--- stdout ---\n{result.stdout}"
+        if result.stderr:
+            body += f"\n--- stderr ---\n{result.stderr}"
+        if result.timed_out:
+            raise ToolError(body)
+        return body
+
+    # -- network -----------------------------------------------------------------------------
+    async def _vet(self, url: httpx.URL, event: dict[str, Any]) -> str:
+        """Check one URL (every redirect hop too); return the IP to connect to. Connecting to
+        the vetted IP, not the name, stops a DNS answer changing between check and connect."""
+        host = url.host
+        port = url.port or (443 if url.scheme == "https" else 80)
+        record: dict[str, Any] = {"url": str(url), "host": host, "port": port, "allowed": False}
+        event["network"].append(record)
+
+        def deny(reason: str) -> ToolError:
+            record["reason"] = reason
+            return ToolError(f"http_fetch refused {url}: {reason}")
+
+        if url.scheme not in ("http", "https"):
+            raise deny(f"scheme {url.scheme!r} not allowed (http, https only)")
+        if not host:
+            raise deny("no host in URL")
+        if not host_allowed(host, self.settings.http_fetch_allowlist):
+            raise deny(f"host {host!r} is not in http_fetch_allowlist")
+        try:
+            infos = await asyncio.get_running_loop().getaddrinfo(
+                host, port, type=socket.SOCK_STREAM
+            )
+        except OSError as exc:
+            raise deny(f"cannot resolve {host!r}: {exc}") from None
+        addresses = sorted({str(info[4][0]) for info in infos}, key=lambda a: (":" in a, a))
+        for ip in addresses:  # one bad answer taints the name: refuse rather than pick
+            reason = address_denied(ip)
+            if reason:
+                raise deny(f"{host} resolves to {reason}")
+        record.update(allowed=True, reason="public address", address=addresses[0])
+        return addresses[0]
+
+    async def _http_fetch(self, ws: Workspace, args: HttpFetch, event: dict[str, Any]) -> str:
+        try:
+            url = httpx.URL(args.url)
+        except (httpx.InvalidURL, ValueError) as exc:
+            raise ToolError(f"invalid URL: {exc}") from None
+        timeout = httpx.Timeout(min(30.0, self.settings.command_timeout))
+        async with httpx.AsyncClient(trust_env=False, timeout=timeout) as client:
+            for _ in range(MAX_REDIRECTS + 1):
+                ip = await self._vet(url, event)
+                target = url.copy_with(host=ip if ":" not in ip else f"[{ip}]")
+                host_header = url.netloc.decode("ascii").rsplit("@", 1)[-1]
+                request = client.build_request(
+                    args.method, target, headers={"Host": host_header},
+                    extensions={"sni_hostname": url.host},
+                )  # fmt: skip
+                try:
+                    response = await client.send(request, stream=True)
+                except httpx.HTTPError as exc:
+                    raise ToolError(
+                        f"http_fetch {url} failed: {type(exc).__name__}: {exc}"
+                    ) from None
+                try:
+                    if response.is_redirect and "location" in response.headers:
+                        url = url.join(response.headers["location"])
+                        continue
+                    body, cut = bytearray(), 0
+                    async for chunk in response.aiter_bytes():
+                        room = MAX_FETCH_BYTES - len(body)
+                        body += chunk[: max(0, room)]
+                        cut += max(0, len(chunk) - room)
+                        if cut:
+                            break
+                finally:
+                    await response.aclose()
+                kind = response.headers.get("content-type", "")
+                head = f"HTTP {response.status_code} {response.reason_phrase}\n"
+                head += f"content-type: {kind}\n\n"
+                if b"\0" in body[:8192]:
+                    return head + f"[binary body, {len(body)} bytes not shown]"
+                text = body.decode(response.encoding or "utf-8", errors="replace")
+                if cut:
+                    text += f"\n[body truncated at {MAX_FETCH_BYTES} bytes]"
+                return head + text
+        raise ToolError(f"too many redirects (more than {MAX_REDIRECTS})")

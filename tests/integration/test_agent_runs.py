@@ -176,3 +176,34 @@ async def test_escape_attempts_are_contained_and_recorded(
         assert n == 3
     finally:
         await conn.close()
+
+
+async def test_an_agent_runs_on_an_openai_compatible_server(make_settings, openai_api):
+    """The same loop over a vLLM/Ollama-style server through the official openai SDK."""
+    from tests.support.openai_api import completion, tool_call
+
+    openai_api.script([
+        completion(None, [tool_call("write_file", {"path": "hello.py",
+                                                   "content": "print('hello')\n"})],
+                   prompt_tokens=300, completion_tokens=40),
+        completion(None, [tool_call("run_command", {"command": "python3 hello.py"})],
+                   prompt_tokens=400, completion_tokens=20),
+        completion("hello.py prints hello.", prompt_tokens=500, completion_tokens=10),
+    ])
+    rt = Runtime(make_settings(provider="openai", openai_base_url=f"{openai_api.base_url}/v1",
+                               default_model="qwen2.5-coder"))
+    await rt.start()
+    try:
+        run, _ = await rt.runs.submit(RunCreate(prompt="write hello.py",
+                                                workspace=WorkspaceSpec()))
+        done = await rt.runs.wait(run.id, 60)
+        assert done.status == RunStatus.succeeded, done.error
+        assert (done.turns, done.input_tokens, done.output_tokens) == (3, 1200, 70)
+        assert done.cost_usd is None  # a local model has no price: unknown, never zero
+        assert done.changed_files == ["hello.py"]
+        calls = [e.data for e in await rt.runs.events(run.id) if e.type == "tool_call"]
+        assert calls[1]["exit_code"] == 0 and "hello" in calls[1]["output"]
+        sent = [r.json for r in openai_api.requests if r.path.endswith("/chat/completions")]
+        assert sent[1]["messages"][-1]["role"] == "tool"
+    finally:
+        await rt.stop()

@@ -11,23 +11,18 @@ import time
 from typing import Any
 
 import asyncpg
-import httpx
 
 from benchmarks.harness import Bench, peak_rss_mib, percentile
+from benchmarks.loadgen import Connection, run_load
 
 
 async def _submit_many(url: str, n: int, concurrency: int) -> float:
-    sem = asyncio.Semaphore(concurrency)
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
-        async def one(i: int) -> None:
-            async with sem:
-                r = await client.post("/v1/runs", json={"prompt": f"bench {i}"})
-                r.raise_for_status()
-
-        start = time.perf_counter()
-        await asyncio.gather(*(one(i) for i in range(n)))
-        return time.perf_counter() - start
+    elapsed, _, errors = await run_load(
+        url, n, concurrency, lambda i: ("POST", "/v1/runs", {"prompt": f"bench {i}"})
+    )
+    if errors:
+        raise RuntimeError(f"{errors} of {n} submissions failed")
+    return elapsed
 
 
 async def _wait_done(db_url: str, n: int, timeout: float) -> dict[str, Any]:
@@ -67,18 +62,33 @@ def throughput(n: int = 3000) -> dict[str, Any]:
 
 
 async def _paced(url: str, rate: float, seconds: float) -> int:
-    async with httpx.AsyncClient(base_url=url, timeout=30) as client:
-        n = int(rate * seconds)
-        start = time.perf_counter()
-        tasks = []
-        for i in range(n):
-            delay = start + i / rate - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(client.post("/v1/runs", json={"prompt": f"p{i}"})))
-        for r in await asyncio.gather(*tasks):
-            r.raise_for_status()
-        return n
+    """Submit at a steady ``rate`` (open loop: a slow answer does not delay the next request)."""
+    n = int(rate * seconds)
+    conns = [await Connection.open(url) for _ in range(32)]
+    free: asyncio.Queue[Connection] = asyncio.Queue()
+    for c in conns:
+        free.put_nowait(c)
+
+    async def one(i: int) -> None:
+        conn = await free.get()
+        try:
+            status, _ = await conn.request("POST", "/v1/runs", {"prompt": f"p{i}"})
+            if status != 202:
+                raise RuntimeError(f"submission answered {status}")
+        finally:
+            free.put_nowait(conn)
+
+    start = time.perf_counter()
+    tasks = []
+    for i in range(n):
+        delay = start + i / rate - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(one(i)))
+    await asyncio.gather(*tasks)
+    for c in conns:
+        c.close()
+    return n
 
 
 def submit_to_start(rate: float = 100, seconds: float = 20) -> dict[str, Any]:

@@ -43,7 +43,7 @@ class Bench:
         return env
 
     def start(self, command: str, **extra: str) -> subprocess.Popen[bytes]:
-        log = open(self.root / f"{command}-{len(self.procs)}.log", "ab")  # noqa: SIM115
+        log = open(self.root / f"{command}-{len(self.procs)}.log", "ab")
         proc = subprocess.Popen([str(BIN), command], env=self.env(**extra), stdout=log,
                                 stderr=subprocess.STDOUT)
         self.procs.append(proc)

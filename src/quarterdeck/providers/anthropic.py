@@ -159,8 +159,9 @@ class AnthropicProvider:
         yield StreamEvent(type="message", response=response)
 
     def _remember_limits(self, headers: Mapping[str, str]) -> None:
-        limits = {k.lower(): v for k, v in headers.items()
-                  if k.lower().startswith("anthropic-ratelimit-")}
+        limits = {
+            k.lower(): v for k, v in headers.items() if k.lower().startswith("anthropic-ratelimit-")
+        }
         if limits:
             self.last_rate_limit_headers = limits
 
@@ -169,8 +170,12 @@ class AnthropicProvider:
             self._remember_limits(exc.response.headers)
         error = provider_error(exc)
         log.warning(
-            "provider.error", provider=self.name, status=error.status_code,
-            error_type=error.error_type, request_id=error.request_id, retryable=error.retryable,
+            "provider.error",
+            provider=self.name,
+            status=error.status_code,
+            error_type=error.error_type,
+            request_id=error.request_id,
+            retryable=error.retryable,
         )
         return error
 
@@ -185,8 +190,11 @@ def _warn_temperature_dropped() -> None:
     once rather than fail every call of a run that set it."""
     global _warned_temperature
     _warned_temperature = True
-    log.warning("provider.temperature_ignored", provider="anthropic",
-                reason="the Messages API no longer accepts sampling parameters")
+    log.warning(
+        "provider.temperature_ignored",
+        provider="anthropic",
+        reason="the Messages API no longer accepts sampling parameters",
+    )
 
 
 def _request_params(request: ModelRequest) -> dict[str, Any]:
@@ -227,7 +235,9 @@ def _block_param(block: ContentBlock) -> ContentBlockParam:
     if isinstance(block, ToolUseBlock):
         return ToolUseBlockParam(type="tool_use", id=block.id, name=block.name, input=block.input)
     return ToolResultBlockParam(
-        type="tool_result", tool_use_id=block.tool_use_id, content=block.content,
+        type="tool_result",
+        tool_use_id=block.tool_use_id,
+        content=block.content,
         is_error=block.is_error,
     )
 
@@ -262,9 +272,11 @@ def _blocks_from_sdk(content: list[Any]) -> list[ContentBlock]:
             blocks.append(ThinkingBlock(thinking=block.thinking, signature=block.signature or ""))
         elif block.type == "tool_use":
             raw = block.input
-            blocks.append(ToolUseBlock(
-                id=block.id, name=block.name, input=dict(raw) if isinstance(raw, dict) else {}
-            ))
+            blocks.append(
+                ToolUseBlock(
+                    id=block.id, name=block.name, input=dict(raw) if isinstance(raw, dict) else {}
+                )
+            )
         else:
             # Server-side tool blocks and redacted thinking have no neutral type yet.
             log.debug("provider.block_dropped", provider="anthropic", block_type=block.type)
@@ -297,7 +309,10 @@ _STATUS_FOR_TYPE = {
     "overloaded_error": 529,
 }
 _TYPE_FOR_STATUS = {v: k for k, v in _STATUS_FOR_TYPE.items()} | {
-    408: "timeout", 409: "conflict_error", 422: "invalid_request_error", 503: "api_error",
+    408: "timeout",
+    409: "conflict_error",
+    422: "invalid_request_error",
+    503: "api_error",
 }
 
 
@@ -342,11 +357,11 @@ def status_for_error_type(error_type: str) -> int | None:
 def provider_error(exc: Exception, provider: str = "anthropic") -> ProviderError:
     """Classify an SDK or transport exception; never raises."""
     if isinstance(exc, anthropic.APITimeoutError | httpx2.TimeoutException):
-        return ProviderError(f"{provider} request timed out", error_type="timeout",
-                             retryable=True)
+        return ProviderError(f"{provider} request timed out", error_type="timeout", retryable=True)
     if isinstance(exc, anthropic.APIConnectionError | httpx2.TransportError):
-        return ProviderError(f"{provider} connection failed: {exc}",
-                             error_type="connection_error", retryable=True)
+        return ProviderError(
+            f"{provider} connection failed: {exc}", error_type="connection_error", retryable=True
+        )
     if isinstance(exc, anthropic.APIStatusError):
         status = exc.status_code
         if exc.type:

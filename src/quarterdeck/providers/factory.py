@@ -54,8 +54,9 @@ def build_provider(settings: Settings) -> Provider:
         from quarterdeck.providers.anthropic import AnthropicProvider
 
         if settings.anthropic_api_key is None:
-            raise ConfigError([("ANTHROPIC_API_KEY",
-                                "must be set when QUARTERDECK_PROVIDER=anthropic")])
+            raise ConfigError(
+                [("ANTHROPIC_API_KEY", "must be set when QUARTERDECK_PROVIDER=anthropic")]
+            )
         return AnthropicProvider(
             settings.anthropic_api_key.get_secret_value(),
             base_url=_setting(settings, "anthropic_base_url"),
@@ -66,9 +67,15 @@ def build_provider(settings: Settings) -> Provider:
 
         base_url = _setting(settings, "openai_base_url")
         if base_url is None:
-            raise ConfigError([("QUARTERDECK_OPENAI_BASE_URL",
-                                "must be set when QUARTERDECK_PROVIDER=openai "
-                                "(e.g. http://localhost:8000/v1 for vLLM)")])
+            raise ConfigError(
+                [
+                    (
+                        "QUARTERDECK_OPENAI_BASE_URL",
+                        "must be set when QUARTERDECK_PROVIDER=openai "
+                        "(e.g. http://localhost:8000/v1 for vLLM)",
+                    )
+                ]
+            )
         return OpenAICompatProvider(
             base_url,
             api_key=_setting(settings, "openai_api_key") or "none",

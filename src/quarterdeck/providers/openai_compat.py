@@ -197,12 +197,17 @@ class _Accumulator:
             blocks.append(TextBlock(text="".join(self.text)))
         for index in sorted(self.calls):
             slot = self.calls[index]
-            blocks.append(_tool_use(slot["id"] or f"call_{index}", slot["name"],
-                                    "".join(slot["arguments"])))
+            blocks.append(
+                _tool_use(slot["id"] or f"call_{index}", slot["name"], "".join(slot["arguments"]))
+            )
         return ModelResponse(
-            id=self.id, model=self.model, message=Message(role="assistant", content=blocks),
-            stop_reason=_stop_reason(self.finish, blocks), usage=self.usage,
-            request_id=self.request_id, ttft_s=self.ttft,
+            id=self.id,
+            model=self.model,
+            message=Message(role="assistant", content=blocks),
+            stop_reason=_stop_reason(self.finish, blocks),
+            usage=self.usage,
+            request_id=self.request_id,
+            ttft_s=self.ttft,
         )
 
 
@@ -221,9 +226,14 @@ def _request_params(request: ModelRequest) -> dict[str, Any]:
     }
     if request.tools:
         params["tools"] = [
-            {"type": "function", "function": {
-                "name": t.name, "description": t.description, "parameters": t.input_schema,
-            }}
+            {
+                "type": "function",
+                "function": {
+                    "name": t.name,
+                    "description": t.description,
+                    "parameters": t.input_schema,
+                },
+            }
             for t in request.tools
         ]
     if request.temperature is not None:
@@ -236,17 +246,25 @@ def _message_params(message: Message) -> list[dict[str, Any]]:
     if message.role == "assistant":
         out: dict[str, Any] = {"role": "assistant", "content": text or None}
         calls = [
-            {"id": b.id, "type": "function",
-             "function": {"name": b.name, "arguments": json.dumps(b.input)}}
-            for b in message.content if isinstance(b, ToolUseBlock)
+            {
+                "id": b.id,
+                "type": "function",
+                "function": {"name": b.name, "arguments": json.dumps(b.input)},
+            }
+            for b in message.content
+            if isinstance(b, ToolUseBlock)
         ]
         if calls:
             out["tool_calls"] = calls
         return [out]
     params: list[dict[str, Any]] = [
-        {"role": "tool", "tool_call_id": b.tool_use_id,
-         "content": f"ERROR: {b.content}" if b.is_error else b.content}
-        for b in message.content if isinstance(b, ToolResultBlock)
+        {
+            "role": "tool",
+            "tool_call_id": b.tool_use_id,
+            "content": f"ERROR: {b.content}" if b.is_error else b.content,
+        }
+        for b in message.content
+        if isinstance(b, ToolResultBlock)
     ]
     if text or not params:
         params.append({"role": "user", "content": text})
@@ -297,7 +315,8 @@ def _error(exc: Exception) -> ProviderError:
         headers = exc.response.headers
         error = ProviderError(
             f"openai {status} {error_type}: {exc.message}",
-            status_code=status, error_type=error_type,
+            status_code=status,
+            error_type=error_type,
             retry_after=retry_after_seconds(headers),
             request_id=exc.request_id or headers.get("x-request-id"),
             retryable=is_retryable_status(status),
@@ -308,12 +327,18 @@ def _error(exc: Exception) -> ProviderError:
         code = str(exc.code or "")
         status = int(code) if code.isdigit() and 400 <= int(code) < 600 else 500
         error = ProviderError(
-            f"openai stream error: {exc.message}", status_code=status,
+            f"openai stream error: {exc.message}",
+            status_code=status,
             error_type=exc.type or default_error_type(status),
             retryable=is_retryable_status(status),
         )
     else:
         error = provider_error(exc, provider="openai")
-    log.warning("provider.error", provider="openai", status=error.status_code,
-                error_type=error.error_type, retryable=error.retryable)
+    log.warning(
+        "provider.error",
+        provider="openai",
+        status=error.status_code,
+        error_type=error.error_type,
+        retryable=error.retryable,
+    )
     return error

@@ -32,8 +32,11 @@ PRICE_FIELDS = ("input", "output", "cache_write_5m", "cache_write_1h", "cache_re
 _ROW_FIELDS = {*PRICE_FIELDS, "as_of", "source", "same_as"}
 # Anthropic's published multipliers of the input price, used to fill in cache prices for models
 # added by override with only input/output given.
-_DERIVED = {"cache_write_5m": Decimal("1.25"), "cache_write_1h": Decimal("2"),
-            "cache_read": Decimal("0.1")}
+_DERIVED = {
+    "cache_write_5m": Decimal("1.25"),
+    "cache_write_1h": Decimal("2"),
+    "cache_read": Decimal("0.1"),
+}
 # What may follow a known model name and still be the same model: a snapshot date, "latest", a
 # Vertex "@date", a Bedrock "-v1:0". A bare "-7" is a different model and must not match.
 _SUFFIX = re.compile(r"^(?:[-@](?:\d{8}|latest|v\d+(?::\d+)?))+$")
@@ -131,7 +134,7 @@ class PriceTable:
             return name
         best: str | None = None
         for known in self._prices:
-            if name.startswith(known) and _SUFFIX.match(name[len(known):]):
+            if name.startswith(known) and _SUFFIX.match(name[len(known) :]):
                 if best is None or len(known) > len(best):
                     best = known
         return best
@@ -146,8 +149,11 @@ class PriceTable:
         if price is None:
             if model not in self._warned:
                 self._warned.add(model)
-                log.warning("pricing.unknown_model", model=model,
-                            hint="add it to pricing overrides; its cost is reported as unknown")
+                log.warning(
+                    "pricing.unknown_model",
+                    model=model,
+                    hint="add it to pricing overrides; its cost is reported as unknown",
+                )
             return None
         return price.cost(usage)
 

@@ -58,7 +58,10 @@ def severity(error: ProviderError) -> str:
     if status in (429, 529) or error.overloaded or error.error_type == "rate_limit_error":
         return "medium"
     if (status is not None and status >= 500) or error.error_type in (
-        "timeout", "timeout_error", "connection_error", "api_error",
+        "timeout",
+        "timeout_error",
+        "connection_error",
+        "api_error",
     ):
         return "high"
     return "low"

@@ -107,6 +107,20 @@ class Settings(BaseSettings):
     run_timeout: float = 3600.0
     max_turns: int = Field(default=50, ge=1, le=10_000)
 
+    retry_schedule: list[float] = Field(
+        default_factory=lambda: [1.0, 5.0, 15.0, 30.0],
+        min_length=1,
+        description="Seconds before retry 1, 2, 3, ... (the guide's schedule); the last repeats.",
+    )
+    retry_max_attempts: int = Field(default=5, ge=1, le=100)
+    retry_budget: float = 120.0
+    breaker_failure_threshold: int = Field(default=5, ge=1, le=10_000)
+    breaker_open_for: float = 60.0
+    breaker_window: float = 30.0
+    provider_requests_per_minute: float | None = Field(default=None, gt=0)
+    provider_tokens_per_minute: float | None = Field(default=None, gt=0)
+    model_fallbacks: dict[str, list[str]] = Field(default_factory=dict)
+
     agent_types: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="Extra or overriding agent types (YAML)."
     )
@@ -131,6 +145,9 @@ class Settings(BaseSettings):
         "run_timeout",
         "provider_timeout",
         "command_timeout",
+        "retry_budget",
+        "breaker_open_for",
+        "breaker_window",
         mode="before",
     )
     @classmethod

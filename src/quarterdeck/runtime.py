@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
 
@@ -19,6 +20,8 @@ from quarterdeck.monitoring import metrics
 from quarterdeck.providers.factory import build_provider
 from quarterdeck.providers.pricing import PriceTable
 from quarterdeck.providers.types import Provider, Usage
+from quarterdeck.resilience import BreakerConfig, Breakers, ProviderLimiter, RetryPolicy
+from quarterdeck.resilience.calls import ResilientCaller
 from quarterdeck.runs import repository as runs_repo
 from quarterdeck.runs.events import RunEventHub
 from quarterdeck.runs.executor import CostFn, ExecutorConfig, RunExecutor
@@ -52,7 +55,9 @@ class Runtime:
     workers: WorkerPool | None = field(init=False, default=None)
     draining: bool = field(init=False, default=False)
     migrated: bool = field(init=False, default=False)
+    breakers: Breakers | None = field(init=False, default=None)
     _tasks: list[asyncio.Task[None]] = field(init=False, default_factory=list)
+    _closers: list[Callable[[], Awaitable[None]]] = field(init=False, default_factory=list)
 
     async def start(self) -> None:
         self.db = Database.from_settings(self.settings)
@@ -84,10 +89,46 @@ class Runtime:
                 ),
                 build_cost_fn(self.settings),
                 config,
+                self._build_caller(self.provider),
             )
             self.workers = WorkerPool(self.settings, self.db, executor)
             self._tasks.append(asyncio.create_task(self.workers.run()))
         metrics.READY.set(1)
+
+    def _build_caller(self, provider: Provider) -> ResilientCaller:
+        """Retries, breakers and rate limits, shared through Redis when REDIS_URL is set."""
+        s = self.settings
+        breaker_store = bucket_store = None
+        if s.redis_url is not None:
+            from quarterdeck.resilience import redis_stores
+
+            breaker_store, bucket_store = redis_stores(s.redis_url.get_secret_value())
+            self._closers.append(breaker_store.close)
+        breakers = Breakers(
+            breaker_store,
+            config=BreakerConfig(
+                failure_threshold=s.breaker_failure_threshold,
+                open_for_s=s.breaker_open_for,
+                window_s=s.breaker_window,
+            ),
+        )
+        limiter = None
+        if s.provider_requests_per_minute is not None:
+            limiter = ProviderLimiter(
+                provider.name,
+                requests_per_minute=s.provider_requests_per_minute,
+                tokens_per_minute=s.provider_tokens_per_minute,
+                store=bucket_store,
+            )
+        policy = RetryPolicy(
+            schedule=tuple(s.retry_schedule),
+            max_attempts=s.retry_max_attempts,
+            total_budget_s=s.retry_budget,
+        )
+        self.breakers = breakers
+        return ResilientCaller(
+            provider, policy=policy, breakers=breakers, limiter=limiter, fallbacks=s.model_fallbacks
+        )
 
     async def drain(self) -> None:
         """Turn /ready to 503 and stop new pickups; in-flight runs finish or are released."""
@@ -108,6 +149,9 @@ class Runtime:
             await self.hub.stop()
         if self.provider is not None:
             await self.provider.aclose()
+        for close in self._closers:
+            with contextlib.suppress(Exception):
+                await close()
         await self.db.close()
 
     async def _collect_gauges(self) -> None:

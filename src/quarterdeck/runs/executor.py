@@ -19,13 +19,11 @@ from typing import Any, Protocol
 import structlog
 
 from quarterdeck.exceptions import ProviderError
-from quarterdeck.kit.backoff import scheduled_delay
 from quarterdeck.monitoring import metrics
 from quarterdeck.providers import telemetry
 from quarterdeck.providers.types import (
     Message,
     ModelRequest,
-    ModelResponse,
     Provider,
     TextBlock,
     ToolResultBlock,
@@ -33,6 +31,7 @@ from quarterdeck.providers.types import (
     ToolUseBlock,
     Usage,
 )
+from quarterdeck.resilience.calls import CallResult, ResilientCaller
 from quarterdeck.runs import repository as repo
 from quarterdeck.runs.models import Run, RunStatus
 from quarterdeck.store.pool import Database
@@ -83,7 +82,6 @@ class ExecutorConfig:
     timeout_s: float = 3600.0
     system_prompt: str = "You are a careful software engineer working in a repository."
     max_tokens: int = 4096
-    call_retries: int = 4
 
 
 @dataclass
@@ -146,9 +144,11 @@ class RunExecutor:
         planner: Planner,
         cost_of: CostFn,
         config: ExecutorConfig,
+        caller: ResilientCaller | None = None,
     ) -> None:
         self.db = db
         self.provider = provider
+        self.caller = caller or ResilientCaller(provider)
         self.planner = planner
         self.cost_of = cost_of
         self.config = config
@@ -227,7 +227,7 @@ class RunExecutor:
                 metadata={"run_id": run.id, "turn": str(turn), "agent_type": run.agent_type},
             )
             try:
-                response = await asyncio.wait_for(
+                called = await asyncio.wait_for(
                     self._call(run, request), timeout=max(0.001, deadline - time.time())
                 )
             except TimeoutError:
@@ -239,8 +239,9 @@ class RunExecutor:
                     error_type=exc.error_type,
                     usage=total,
                 )
+            response = called.response
             turn += 1
-            cost = await self._complete_turn(run, turn, messages, response)
+            cost = await self._complete_turn(run, turn, messages, called)
             spent += float(cost or 0)
             total = total + response.usage
             messages = [*messages, response.message]
@@ -250,22 +251,9 @@ class RunExecutor:
                 continue
             return Outcome(RunStatus.succeeded, result=last_text, usage=total)
 
-    async def _call(self, run: Run, request: ModelRequest) -> ModelResponse:
-        """Call the model, retrying transient errors on the guide's schedule."""
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                return await self.provider.complete(request)
-            except ProviderError as exc:
-                telemetry.record_error(run.agent_type, exc)
-                if not exc.retryable or attempt > self.config.call_retries:
-                    raise
-                delay = scheduled_delay(attempt)
-                if exc.retry_after is not None:
-                    delay = min(max(delay, exc.retry_after), 60.0)
-                metrics.RETRIES.labels(self.provider.name, exc.error_type).inc()
-                await asyncio.sleep(delay)
+    async def _call(self, run: Run, request: ModelRequest) -> CallResult:
+        """One model call through the resilience layer (limits, breaker, retries, fallback)."""
+        return await self.caller.call(run.agent_type, request)
 
     async def _run_tools(self, run: Run, plan: RunPlan, turn: int, assistant: Message) -> Message:
         results: list[ToolResultBlock] = []
@@ -283,8 +271,9 @@ class RunExecutor:
         return reply
 
     async def _complete_turn(
-        self, run: Run, turn: int, before: list[Message], response: ModelResponse
+        self, run: Run, turn: int, before: list[Message], called: CallResult
     ) -> Decimal | None:
+        response = called.response
         usage = response.usage
         cost = self.cost_of(response.model, usage)
         messages = [m.to_dict() for m in before] + [response.message.to_dict()]
@@ -296,7 +285,11 @@ class RunExecutor:
             "latency_s": round(response.latency_s, 6),
             "request_id": response.request_id,
             "tool_calls": [t.name for t in response.message.tool_uses],
+            "attempts": called.attempts,
         }
+        if called.fallback_from:
+            event["fallback_from"] = called.fallback_from
+            event["fallback_reason"] = called.fallback_reason
 
         async def write() -> None:
             async with self.db.acquire() as conn:

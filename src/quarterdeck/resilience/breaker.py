@@ -1,0 +1,469 @@
+"""Circuit breakers: stop calling a dependency that is failing, then probe it back to health.
+
+The state machine is pure: :func:`step` maps (state, config, event, now) to (new state,
+allowed) and touches nothing else, so the same code runs in-process, inside a Redis
+WATCH/MULTI transaction (see :mod:`quarterdeck.resilience.redis_backend`), and in unit tests
+driven by a :class:`~quarterdeck.kit.clock.FakeClock`.
+
+The guide's numbers are the defaults: open after 5 failures within a 30 s window, stay open
+60 s, then let ``half_open_probes`` calls through; that many successes close the circuit, any
+failure re-opens it. A probe that never reports back (its process died) expires after
+``probe_timeout_s``, so a crashed replica cannot wedge a shared breaker half-open.
+
+``now`` is Unix seconds (``time.time()``) whenever state is shared between processes, because
+monotonic clocks of different processes do not agree. Replica clock skew of a second or two
+only shifts a 60 s open window by that much.
+
+:class:`Breakers` is the registry the executor uses: one breaker per name (``anthropic:<model>``
+per provider and model, ``database`` and ``redis`` per dependency), shared through a
+:class:`BreakerStore` when one is configured, with an in-process copy that keeps working when
+the store is down, and the ``claude_agent_circuit_state`` gauge kept current.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field, replace
+from enum import IntEnum
+from typing import Any, Literal, Protocol
+
+import structlog
+
+from quarterdeck.exceptions import Unavailable
+from quarterdeck.monitoring import metrics
+from quarterdeck.resilience.retry import classify
+
+log = structlog.get_logger(__name__)
+
+DATABASE = "database"
+REDIS = "redis"
+
+Event = Literal["allow", "success", "failure", "release", "observe"]
+"""``release`` ends a probe that proved nothing either way (e.g. a 400 or a cancelled call);
+``observe`` only applies the passage of time."""
+
+
+class CircuitStatus(IntEnum):
+    """Values match the ``claude_agent_circuit_state`` gauge: 0 closed, 1 half-open, 2 open."""
+
+    CLOSED = 0
+    HALF_OPEN = 1
+    OPEN = 2
+
+
+@dataclass(frozen=True)
+class BreakerConfig:
+    failure_threshold: int = 5
+    open_for_s: float = 60.0
+    window_s: float = 30.0
+    half_open_probes: int = 1
+    probe_timeout_s: float | None = None
+    """How long an unreported probe holds its slot; defaults to ``open_for_s``."""
+
+    def __post_init__(self) -> None:
+        if self.failure_threshold < 1 or self.half_open_probes < 1:
+            raise ValueError("failure_threshold and half_open_probes must be at least 1")
+        if self.open_for_s < 0 or self.window_s <= 0:
+            raise ValueError("open_for_s must be >= 0 and window_s > 0")
+
+    @property
+    def probe_timeout(self) -> float:
+        return self.open_for_s if self.probe_timeout_s is None else self.probe_timeout_s
+
+    @property
+    def ttl_s(self) -> float:
+        """After this long untouched, any state is equivalent to a fresh CLOSED one."""
+        return max(self.window_s, self.open_for_s + self.probe_timeout) + 60.0
+
+
+@dataclass(frozen=True)
+class BreakerState:
+    """Everything a breaker knows; small and JSON-serialisable so replicas can share it.
+
+    ``failures`` keeps at most ``failure_threshold`` recent timestamps: that is all the sliding
+    window needs, and it bounds the size of the shared value.
+    """
+
+    status: CircuitStatus = CircuitStatus.CLOSED
+    failures: tuple[float, ...] = ()
+    opened_at: float = 0.0
+    probes: tuple[float, ...] = ()
+    probe_successes: int = 0
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "status": int(self.status),
+                "failures": list(self.failures),
+                "opened_at": self.opened_at,
+                "probes": list(self.probes),
+                "probe_successes": self.probe_successes,
+            },
+            separators=(",", ":"),
+        )
+
+    @classmethod
+    def from_json(cls, raw: str | bytes | None) -> BreakerState:
+        """Parse a stored state; anything missing or unreadable is a fresh CLOSED breaker."""
+        if not raw:
+            return cls()
+        try:
+            data: dict[str, Any] = json.loads(raw)
+            return cls(
+                status=CircuitStatus(int(data["status"])),
+                failures=tuple(float(t) for t in data.get("failures", ())),
+                opened_at=float(data.get("opened_at", 0.0)),
+                probes=tuple(float(t) for t in data.get("probes", ())),
+                probe_successes=int(data.get("probe_successes", 0)),
+            )
+        except (ValueError, KeyError, TypeError):
+            return cls()
+
+
+def advance(state: BreakerState, cfg: BreakerConfig, now: float) -> BreakerState:
+    """Apply the passage of time: prune old failures and expired probes, OPEN -> HALF_OPEN."""
+    failures = tuple(t for t in state.failures if now - t < cfg.window_s)
+    if state.status is CircuitStatus.OPEN:
+        if now - state.opened_at >= cfg.open_for_s:
+            return BreakerState(CircuitStatus.HALF_OPEN, (), state.opened_at, (), 0)
+        return replace(state, failures=failures)
+    if state.status is CircuitStatus.HALF_OPEN:
+        probes = tuple(t for t in state.probes if now - t < cfg.probe_timeout)
+        return replace(state, failures=(), probes=probes)
+    return replace(state, failures=failures, probes=())
+
+
+def _open(state: BreakerState, now: float) -> BreakerState:
+    return BreakerState(CircuitStatus.OPEN, state.failures, now, (), 0)
+
+
+def step(
+    state: BreakerState, cfg: BreakerConfig, event: Event, now: float
+) -> tuple[BreakerState, bool]:
+    """The whole state machine. Returns the new state and, for ``allow``, whether to call.
+
+    For events other than ``allow`` the boolean is True (nothing to refuse).
+    """
+    s = advance(state, cfg, now)
+    if event == "observe":
+        return s, True
+    if event == "allow":
+        if s.status is CircuitStatus.CLOSED:
+            return s, True
+        if s.status is CircuitStatus.OPEN:
+            return s, False
+        if len(s.probes) < cfg.half_open_probes:
+            return replace(s, probes=(*s.probes, now)), True
+        return s, False
+    if event == "failure":
+        if s.status is CircuitStatus.HALF_OPEN:
+            return _open(replace(s, failures=(now,)), now), True
+        if s.status is CircuitStatus.OPEN:
+            return s, True  # a call that started before the circuit opened; already counted
+        failures = (*s.failures, now)[-cfg.failure_threshold :]
+        s = replace(s, failures=failures)
+        return (_open(s, now) if len(failures) >= cfg.failure_threshold else s), True
+    if event == "success":
+        if s.status is not CircuitStatus.HALF_OPEN:
+            return s, True
+        successes = s.probe_successes + 1
+        if successes >= cfg.half_open_probes:
+            return BreakerState(), True
+        return replace(s, probes=s.probes[1:], probe_successes=successes), True
+    # release
+    if s.status is CircuitStatus.HALF_OPEN and s.probes:
+        return replace(s, probes=s.probes[1:]), True
+    return s, True
+
+
+def merge(
+    shared: BreakerState, local: BreakerState, cfg: BreakerConfig, now: float
+) -> BreakerState:
+    """Combine a replica's local copy with the shared one after Redis comes back.
+
+    The more severe status wins (OPEN over HALF_OPEN over CLOSED; the later ``opened_at`` among
+    equals), and failure timestamps are unioned, so failures seen while partitioned still count.
+    """
+    a, b = advance(shared, cfg, now), advance(local, cfg, now)
+    if (a.status, a.opened_at) < (b.status, b.opened_at):
+        a, b = b, a
+    failures = tuple(sorted(set(a.failures) | set(b.failures)))[-cfg.failure_threshold :]
+    merged = replace(a, failures=failures)
+    if merged.status is CircuitStatus.CLOSED and len(failures) >= cfg.failure_threshold:
+        merged = _open(merged, now)
+    return merged
+
+
+@dataclass
+class CircuitBreaker:
+    """One in-process breaker. Not thread-safe; meant for one event loop."""
+
+    name: str
+    failure_threshold: int = 5
+    open_for_s: float = 60.0
+    window_s: float = 30.0
+    half_open_probes: int = 1
+    probe_timeout_s: float | None = None
+    current: BreakerState = field(default_factory=BreakerState)
+
+    @classmethod
+    def from_config(cls, name: str, cfg: BreakerConfig) -> CircuitBreaker:
+        return cls(
+            name,
+            cfg.failure_threshold,
+            cfg.open_for_s,
+            cfg.window_s,
+            cfg.half_open_probes,
+            cfg.probe_timeout_s,
+        )
+
+    @property
+    def config(self) -> BreakerConfig:
+        return BreakerConfig(
+            self.failure_threshold,
+            self.open_for_s,
+            self.window_s,
+            self.half_open_probes,
+            self.probe_timeout_s,
+        )
+
+    def apply(self, event: Event, now: float) -> bool:
+        self.current, allowed = step(self.current, self.config, event, now)
+        return allowed
+
+    def allow(self, now: float) -> bool:
+        """Whether a call may go ahead now; in HALF_OPEN this claims a probe slot."""
+        return self.apply("allow", now)
+
+    def record_success(self, now: float) -> None:
+        self.apply("success", now)
+
+    def record_failure(self, now: float) -> None:
+        self.apply("failure", now)
+
+    def release(self, now: float) -> None:
+        self.apply("release", now)
+
+    def state(self, now: float) -> CircuitStatus:
+        return advance(self.current, self.config, now).status
+
+    def retry_in(self, now: float) -> float:
+        """Seconds until an OPEN breaker will let a probe through (0 if it would now)."""
+        s = advance(self.current, self.config, now)
+        if s.status is CircuitStatus.OPEN:
+            return max(0.0, s.opened_at + self.open_for_s - now)
+        return 0.0
+
+
+@dataclass(frozen=True)
+class Step:
+    before: BreakerState
+    after: BreakerState
+    allowed: bool
+
+
+class SharedStateUnavailable(Exception):
+    """The shared store (Redis) cannot be reached; callers fall back to in-process state."""
+
+
+class BreakerStore(Protocol):
+    """Where breaker state lives so several replicas see one breaker per name.
+
+    ``apply`` must be an atomic read-modify-write of :func:`step`; both methods raise
+    :class:`SharedStateUnavailable` when the store cannot be reached.
+    """
+
+    @property
+    def available(self) -> bool: ...
+
+    async def apply(self, name: str, cfg: BreakerConfig, event: Event, now: float) -> Step: ...
+
+    async def merge(
+        self, name: str, cfg: BreakerConfig, local: BreakerState, now: float
+    ) -> BreakerState: ...
+
+    async def close(self) -> None: ...
+
+
+class InMemoryBreakerStore:
+    """A :class:`BreakerStore` in one process: the reference implementation, and the way unit
+    tests show two registries sharing a store without Redis."""
+
+    def __init__(self) -> None:
+        self.states: dict[str, BreakerState] = {}
+
+    @property
+    def available(self) -> bool:
+        return True
+
+    async def apply(self, name: str, cfg: BreakerConfig, event: Event, now: float) -> Step:
+        before = self.states.get(name, BreakerState())
+        after, allowed = step(before, cfg, event, now)
+        self.states[name] = after
+        return Step(before, after, allowed)
+
+    async def merge(
+        self, name: str, cfg: BreakerConfig, local: BreakerState, now: float
+    ) -> BreakerState:
+        merged = merge(self.states.get(name, BreakerState()), local, cfg, now)
+        self.states[name] = merged
+        return merged
+
+    async def close(self) -> None:
+        return None
+
+
+def breaker_name(provider: str, model: str) -> str:
+    """The breaker for one provider and model, e.g. ``anthropic:claude-sonnet-4-5``."""
+    return f"{provider}:{model}"
+
+
+class CircuitOpenError(Unavailable):
+    """Raised by :meth:`Breakers.guard` instead of calling a dependency whose circuit is open."""
+
+    type_slug = "circuit-open"
+    title = "Dependency circuit open"
+
+    def __init__(self, name: str, retry_in: float) -> None:
+        super().__init__(f"circuit {name!r} is open", retry_after=max(1, int(retry_in + 0.999)))
+        self.name = name
+        self.retry_in = retry_in
+
+
+class Breakers:
+    """All of a process's breakers, shared through ``store`` when it is reachable.
+
+    Every event is applied to the shared store when possible, and the result mirrored into the
+    local :class:`CircuitBreaker`; when the store is unavailable the event is applied to the
+    local breaker instead, so Redis never holds the only copy and an outage of Redis never stops
+    a call. When the store comes back, each local copy is merged into it (see :func:`merge`)
+    before the next shared event, so what a replica learned while cut off is not lost.
+
+    Names in ``local_only`` (by default ``redis``: its own breaker cannot live in Redis) never
+    use the store.
+    """
+
+    def __init__(
+        self,
+        store: BreakerStore | None = None,
+        *,
+        config: BreakerConfig | None = None,
+        configs: Mapping[str, BreakerConfig] | None = None,
+        local_only: Iterable[str] = (REDIS,),
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self._config = config or BreakerConfig()
+        self._configs = dict(configs or {})
+        self._local_only = frozenset(local_only)
+        self._clock = clock
+        self._breakers: dict[str, CircuitBreaker] = {}
+        self._degraded = False
+
+    def get(self, name: str) -> CircuitBreaker:
+        """The local breaker for ``name`` (created CLOSED on first use)."""
+        cb = self._breakers.get(name)
+        if cb is None:
+            cb = CircuitBreaker.from_config(name, self._configs.get(name, self._config))
+            self._breakers[name] = cb
+            metrics.CIRCUIT_STATE.labels(metrics.bounded(name)).set(0)
+        return cb
+
+    @property
+    def shared(self) -> bool:
+        """True while events go through the shared store."""
+        return self.store is not None and self.store.available and not self._degraded
+
+    async def allow(self, name: str) -> bool:
+        return await self._apply(name, "allow")
+
+    async def record_success(self, name: str) -> None:
+        await self._apply(name, "success")
+
+    async def record_failure(self, name: str) -> None:
+        await self._apply(name, "failure")
+
+    async def release(self, name: str) -> None:
+        await self._apply(name, "release")
+
+    async def state(self, name: str) -> CircuitStatus:
+        await self._apply(name, "observe")
+        return self.get(name).state(self._clock())
+
+    @asynccontextmanager
+    async def guard(
+        self, name: str, trips: Callable[[BaseException], bool] | None = None
+    ) -> AsyncIterator[None]:
+        """Run the body only if the circuit allows it, and record how it went.
+
+        Raises :class:`CircuitOpenError` without running the body when the circuit is open.
+        An exception for which ``trips`` is true (default: 5xx, overload, timeout, connection
+        errors; see :func:`quarterdeck.resilience.retry.classify`) counts as a failure; any
+        other exception (a 400, a 429, a cancellation) releases a probe slot without counting.
+        """
+        if not await self.allow(name):
+            raise CircuitOpenError(name, self.get(name).retry_in(self._clock()))
+        try:
+            yield
+        except BaseException as exc:
+            failed = trips(exc) if trips is not None else classify(exc).trips_breaker
+            await (self.record_failure(name) if failed else self.release(name))
+            raise
+        await self.record_success(name)
+
+    async def close(self) -> None:
+        if self.store is not None:
+            await self.store.close()
+
+    async def _apply(self, name: str, event: Event) -> bool:
+        cb = self.get(name)
+        now = self._clock()
+        before = cb.state(now)
+        if self.store is not None and name not in self._local_only and await self._ready(now):
+            try:
+                result = await self.store.apply(name, cb.config, event, now)
+            except SharedStateUnavailable as exc:
+                self._degrade(exc)
+                allowed = cb.apply(event, now)
+            else:
+                cb.current = result.after
+                allowed = result.allowed
+        else:
+            allowed = cb.apply(event, now)
+        after = cb.state(now)
+        metrics.CIRCUIT_STATE.labels(metrics.bounded(name)).set(int(after))
+        if after is not before:
+            log.warning(
+                "circuit.transition",
+                dependency=name,
+                before=before.name.lower(),
+                after=after.name.lower(),
+                shared=self.shared,
+            )
+        return allowed
+
+    async def _ready(self, now: float) -> bool:
+        """Whether to use the store now; after an outage, first merge local copies into it."""
+        assert self.store is not None
+        if not self.store.available:
+            self._degrade(None)
+            return False
+        if not self._degraded:
+            return True
+        try:
+            for name, cb in list(self._breakers.items()):
+                if name not in self._local_only:
+                    cb.current = await self.store.merge(name, cb.config, cb.current, now)
+        except SharedStateUnavailable:
+            return False
+        self._degraded = False
+        log.info("circuit.shared_state_restored", breakers=len(self._breakers))
+        return True
+
+    def _degrade(self, exc: BaseException | None) -> None:
+        if not self._degraded:
+            self._degraded = True
+            log.warning("circuit.shared_state_unavailable", error=str(exc) if exc else None)

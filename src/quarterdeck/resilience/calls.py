@@ -1,0 +1,142 @@
+"""Resilient model calls: rate limits, circuit breakers, retries and the fallback chain.
+
+This is the one place that decides what happens when a provider call fails, so the provider SDKs
+run with their own retries off. Per call:
+
+1. wait for rate-limit capacity (a run waiting for capacity is delayed, never failed);
+2. call through the breaker of ``provider:model`` (an open breaker fails fast);
+3. on failure ask :class:`~quarterdeck.resilience.retry.RetryPolicy` whether and when to retry
+   (the guide's 1/5/15/30 s schedule, ``retry-after`` honoured and capped, a total budget);
+4. when the primary's breaker stays open or its retries are spent, try the model's fallbacks in
+   order (configured per model; the guide's example is a smaller model).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import structlog
+
+from quarterdeck.exceptions import ProviderError
+from quarterdeck.monitoring import metrics
+from quarterdeck.providers import telemetry
+from quarterdeck.providers.types import ModelRequest, ModelResponse, Provider
+from quarterdeck.resilience.breaker import Breakers, CircuitOpenError, breaker_name
+from quarterdeck.resilience.ratelimit import ProviderLimiter
+from quarterdeck.resilience.retry import GiveUp, RetryPolicy
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass
+class CallResult:
+    response: ModelResponse
+    fallback_from: str | None = None
+    fallback_reason: str | None = None
+    attempts: int = 1
+
+
+class _GaveUp(Exception):
+    def __init__(self, error: ProviderError, exhausted: bool, attempts: int) -> None:
+        super().__init__(error.detail)
+        self.error = error
+        self.exhausted = exhausted
+        self.attempts = attempts
+
+
+class ResilientCaller:
+    def __init__(
+        self,
+        provider: Provider,
+        *,
+        policy: RetryPolicy | None = None,
+        breakers: Breakers | None = None,
+        limiter: ProviderLimiter | None = None,
+        fallbacks: Mapping[str, Sequence[str]] | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.provider = provider
+        self.policy = policy or RetryPolicy()
+        self.breakers = breakers or Breakers()
+        self.limiter = limiter
+        self.fallbacks = {k: list(v) for k, v in (fallbacks or {}).items()}
+        self.sleep = sleep
+        self.clock = clock
+
+    async def call(self, agent_type: str, request: ModelRequest) -> CallResult:
+        """The response of the first model in the chain that answers; raises the last error."""
+        chain = [request.model, *self.fallbacks.get(request.model, [])]
+        reason: str | None = None
+        for index, model in enumerate(chain):
+            attempt_request = request if index == 0 else dataclasses.replace(request, model=model)
+            has_fallback = index < len(chain) - 1
+            try:
+                response, attempts = await self._with_retries(
+                    agent_type, attempt_request, has_fallback
+                )
+            except _GaveUp as gave_up:
+                last = index == len(chain) - 1
+                if last or not gave_up.exhausted:
+                    raise gave_up.error from None
+                reason = gave_up.error.error_type
+                log.warning(
+                    "model_fallback",
+                    from_model=model,
+                    to_model=chain[index + 1],
+                    reason=reason,
+                    error=gave_up.error.detail,
+                )
+                continue
+            if index == 0:
+                return CallResult(response, attempts=attempts)
+            metrics.FALLBACKS.labels(
+                metrics.bounded(request.model),
+                metrics.bounded(model),
+                metrics.bounded(reason or ""),
+            ).inc()
+            return CallResult(response, request.model, reason, attempts)
+        raise AssertionError("unreachable: the chain is never empty")
+
+    async def _with_retries(
+        self, agent_type: str, request: ModelRequest, has_fallback: bool = False
+    ) -> tuple[ModelResponse, int]:
+        name = breaker_name(self.provider.name, request.model)
+        started = self.clock()
+        attempt = 0
+        while True:
+            attempt += 1
+            if self.limiter is not None:
+                await self.limiter.acquire()
+            try:
+                async with self.breakers.guard(name):
+                    response = await self.provider.complete(request)
+            except CircuitOpenError as exc:
+                error = ProviderError(
+                    f"circuit breaker for {request.model} is open: {exc.detail}",
+                    status_code=503,
+                    error_type="circuit_open",
+                    retry_after=exc.retry_in,
+                    retryable=True,
+                )
+                if has_fallback:  # do not wait for the breaker: the fallback can serve now
+                    raise _GaveUp(error, True, attempt) from None
+            except ProviderError as exc:
+                telemetry.record_error(agent_type, exc)
+                error = exc
+            else:
+                headers = getattr(self.provider, "last_rate_limit_headers", None)
+                if self.limiter is not None and headers:
+                    await self.limiter.update_from_headers(headers)
+                return response, attempt
+            decision = self.policy.decide(error, attempt, self.clock(), started)
+            if isinstance(decision, GiveUp):
+                raise _GaveUp(error, decision.exhausted, attempt)
+            metrics.RETRIES.labels(
+                metrics.bounded(self.provider.name), metrics.bounded(error.error_type)
+            ).inc()
+            await self.sleep(decision.delay)

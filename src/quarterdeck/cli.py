@@ -15,6 +15,7 @@ from quarterdeck.config import Settings, load_settings
 from quarterdeck.exceptions import ConfigError, QuarterdeckError
 from quarterdeck.kit.console import console, err_console, fail, print_json
 from quarterdeck.kit.logs import configure_logging
+from quarterdeck.monitoring.incidents.cli import app as incidents_app
 from quarterdeck.runs.cli import app as run_app
 
 app = typer.Typer(
@@ -32,6 +33,8 @@ try:
     app.add_typer(monitoring_app, name="monitoring")
 except ImportError:  # pragma: no cover
     pass
+
+app.add_typer(incidents_app, name="incidents")
 
 _config_path: Path | None = None
 

@@ -121,6 +121,24 @@ class Settings(BaseSettings):
     provider_tokens_per_minute: float | None = Field(default=None, gt=0)
     model_fallbacks: dict[str, list[str]] = Field(default_factory=dict)
 
+    notify_slack_webhook_url: SecretStr | None = None
+    notify_pagerduty_routing_key: SecretStr | None = None
+    notify_pagerduty_url: str = "https://events.pagerduty.com"
+    notify_webhook_url: str | None = None
+    notify_webhook_secret: SecretStr | None = None
+    notify_smtp_host: str | None = None
+    notify_smtp_port: int = Field(default=25, ge=1, le=65535)
+    notify_smtp_from: str = "quarterdeck@localhost"
+    notify_smtp_to: list[str] = Field(default_factory=list)
+    notify_smtp_username: str | None = None
+    notify_smtp_password: SecretStr | None = None
+    notify_smtp_starttls: bool = False
+    notify_min_severity: Literal["info", "low", "medium", "high", "critical"] = "medium"
+    notify_pagerduty_min_severity: Literal["info", "low", "medium", "high", "critical"] = "high"
+    notify_escalate_after_s: float = 14400.0
+    notify_rate_limits: dict[str, float] = Field(default_factory=dict)
+    notify_max_attempts: int = Field(default=3, ge=1, le=20)
+
     agent_types: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="Extra or overriding agent types (YAML)."
     )
@@ -148,6 +166,7 @@ class Settings(BaseSettings):
         "retry_budget",
         "breaker_open_for",
         "breaker_window",
+        "notify_escalate_after_s",
         mode="before",
     )
     @classmethod
@@ -233,7 +252,17 @@ def resolve_config_path(explicit: str | Path | None) -> Path | None:
 
 
 SECRET_FIELDS = frozenset(
-    {"postgres_url", "redis_url", "anthropic_api_key", "admin_api_key", "openai_api_key"}
+    {
+        "postgres_url",
+        "redis_url",
+        "anthropic_api_key",
+        "admin_api_key",
+        "openai_api_key",
+        "notify_slack_webhook_url",
+        "notify_pagerduty_routing_key",
+        "notify_webhook_secret",
+        "notify_smtp_password",
+    }
 )
 
 

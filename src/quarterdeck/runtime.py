@@ -17,6 +17,7 @@ from quarterdeck.agents.runtime import AgentPlanner
 from quarterdeck.agents.templates import AgentCatalog
 from quarterdeck.config import Settings
 from quarterdeck.monitoring import metrics
+from quarterdeck.monitoring.incidents import IncidentService, build_incident_service
 from quarterdeck.providers.factory import build_provider
 from quarterdeck.providers.pricing import PriceTable
 from quarterdeck.providers.types import Provider, Usage
@@ -51,6 +52,7 @@ class Runtime:
     hub: RunEventHub = field(init=False)
     runs: RunService = field(init=False)
     agent_catalog: AgentCatalog = field(init=False)
+    incidents: IncidentService = field(init=False)
     provider: Provider | None = field(init=False, default=None)
     workers: WorkerPool | None = field(init=False, default=None)
     draining: bool = field(init=False, default=False)
@@ -71,6 +73,8 @@ class Runtime:
         self.runs = RunService(
             self.settings, self.db, self.hub if self.with_api else None, self.agent_catalog
         )
+        self.incidents = build_incident_service(self.settings, self.db)
+        self._tasks.append(asyncio.create_task(self.incidents.run_forever(15.0)))
         metrics.BUILD_INFO.labels(version=_version(), provider=self.settings.provider_name).set(1)
         self._tasks.append(asyncio.create_task(self._collect_gauges()))
         if self.with_workers:
@@ -149,6 +153,8 @@ class Runtime:
             await self.hub.stop()
         if self.provider is not None:
             await self.provider.aclose()
+        with contextlib.suppress(Exception):
+            await self.incidents.aclose()
         for close in self._closers:
             with contextlib.suppress(Exception):
                 await close()

@@ -40,6 +40,7 @@ from quarterdeck.monitoring.incidents.channels import (
     verify_signature,
 )
 from quarterdeck.monitoring.incidents.cli import app as incidents_cli
+from quarterdeck.monitoring.incidents.notify import DEFAULT_RATE_LIMITS
 from quarterdeck.store.pool import Database
 from tests.conftest import free_port
 from tests.support.receivers import Receivers
@@ -441,17 +442,18 @@ async def test_webhook_hmac_signature_verifies_and_rejects_tampering_and_replay(
 async def test_slack_rate_limit_is_honoured(
     make_service: Callable[..., IncidentService], receivers: Receivers
 ):
-    # The receiver answers 429 to anything faster than 0.12 s after the last post; the limiter
-    # spaces posts 0.2 s apart at the sender, which leaves room for jitter on the wire.
-    receivers.slack_min_interval = 0.12
-    svc = make_service(rate_limits={"slack": 5.0})
+    # The receiver answers 429 to anything sooner than 0.1 s after the last post; the limiter
+    # spaces posts 0.25 s apart at the sender, which leaves room for jitter on the way there.
+    # Without the limiter all four would arrive within a few milliseconds.
+    receivers.slack_min_interval = 0.1
+    svc = make_service(rate_limits={"slack": 4.0})
     await asyncio.gather(
         *(svc.open_or_update("s", "critical", f"t{n}", "", f"rl{n}") for n in range(4))
     )
     hits = receivers.requests("slack")
     assert len(hits) == 4 and all(h.status == 200 for h in hits)
     gaps = [b.at - a.at for a, b in itertools.pairwise(hits)]
-    assert min(gaps) >= 0.12, gaps
+    assert min(gaps) >= 0.1, gaps
 
 
 async def test_email_over_smtp(service: IncidentService, receivers: Receivers):
@@ -467,16 +469,38 @@ async def test_email_over_smtp(service: IncidentService, receivers: Receivers):
     assert "lag 30s" in body and "check replica" in body and inc.id in body
 
 
-async def test_build_incident_service_reads_notify_settings(db: Database, receivers: Receivers):
+async def test_build_incident_service_reads_notify_settings_and_delivers_in_background(
+    db: Database, receivers: Receivers
+):
     settings = SimpleNamespace(
         notify_slack_webhook_url=receivers.url("slack"),
         notify_min_severity="critical",
         notify_escalate_after_s=60.0,
+        notify_rate_limits={"slack": 50.0},
     )
     svc = build_incident_service(settings, db)
-    assert svc.escalate_after_s == 60.0
+    assert svc.escalate_after_s == 60.0 and not svc.inline_notifications
     assert svc.notifier is not None and list(svc.notifier.channels) == ["slack"]
+    assert svc.notifier.settings.rate_limits == {**DEFAULT_RATE_LIMITS, "slack": 50.0}
+    high, _ = await svc.open_or_update("svc", "high", "below the gate", "", "bg1")
+    crit, _ = await svc.open_or_update("svc", "critical", "pages", "", "bg2")
+    await svc.notifier.drain()
+    assert len(delivered_for(receivers, "slack", crit.id)) == 1
+    assert delivered_for(receivers, "slack", high.id) == []
     await svc.aclose()
+
+
+async def test_unreachable_channel_fails_without_leaking_the_url(
+    make_service: Callable[..., IncidentService], db: Database
+):
+    secret_url = f"http://127.0.0.1:{free_port()}/services/T000/B000/XXXXSECRET"
+    svc = make_service(
+        slack_webhook_url=secret_url, pagerduty_routing_key=None, webhook_url=None, smtp_host=None
+    )
+    inc, _ = await svc.open_or_update("svc", "critical", "x", "", "unreachable")
+    row = (await notifications(db, inc.id))[("slack", "trigger")]
+    assert row["status"] == "failed" and row["attempts"] == 3
+    assert "unreachable" in row["last_error"] and "XXXXSECRET" not in row["last_error"]
 
 
 # --- HTTP API and the Alertmanager receiver -----------------------------------------------

@@ -1,0 +1,115 @@
+"""HTTP endpoints for incidents and the Alertmanager webhook receiver.
+
+Thin: parse, call :class:`IncidentService`, shape the response. The Alertmanager body is validated
+here by hand (not as a typed parameter) so a bad delivery gets the same 422 problem+json naming
+the field as every other endpoint, with field paths relative to the payload.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request
+from pydantic import ValidationError
+
+from quarterdeck.exceptions import ValidationFailed
+from quarterdeck.kit.ids import is_id
+from quarterdeck.monitoring.incidents.models import (
+    AckRequest,
+    AlertmanagerResult,
+    AlertmanagerWebhook,
+    Incident,
+    IncidentDetail,
+    IncidentFilter,
+    IncidentPage,
+    IncidentStatus,
+    ResolveRequest,
+    Severity,
+)
+from quarterdeck.monitoring.incidents.service import IncidentService
+
+router = APIRouter(tags=["incidents"])
+MAX_ALERT_BODY = 5 * 1024 * 1024
+
+
+def _service(request: Request) -> IncidentService:
+    service: IncidentService = request.app.state.runtime.incidents
+    return service
+
+
+@router.get("/v1/incidents", response_model=IncidentPage, summary="List incidents, newest first")
+async def list_incidents(
+    request: Request,
+    status: Annotated[list[IncidentStatus] | None, Query()] = None,
+    severity: Annotated[list[Severity] | None, Query()] = None,
+    service: Annotated[str | None, Query(max_length=200)] = None,
+    cursor: Annotated[str | None, Query(max_length=64)] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+) -> IncidentPage:
+    if cursor is not None and not is_id(cursor, "inc"):
+        raise ValidationFailed(
+            "cursor is malformed", errors=[{"field": "cursor", "message": "malformed"}]
+        )
+    f = IncidentFilter(
+        status=status, severity=severity, service=service, cursor=cursor, limit=limit
+    )
+    return await _service(request).list(f)
+
+
+@router.get(
+    "/v1/incidents/{incident_id}",
+    response_model=IncidentDetail,
+    summary="One incident with its timeline and notifications",
+)
+async def get_incident(incident_id: str, request: Request) -> IncidentDetail:
+    return await _service(request).get(incident_id)
+
+
+@router.post("/v1/incidents/{incident_id}/ack", response_model=Incident, summary="Acknowledge")
+async def ack_incident(
+    incident_id: str, request: Request, body: AckRequest | None = None
+) -> Incident:
+    return await _service(request).acknowledge(incident_id, (body or AckRequest()).actor)
+
+
+@router.post("/v1/incidents/{incident_id}/resolve", response_model=Incident, summary="Resolve")
+async def resolve_incident(
+    incident_id: str, request: Request, body: ResolveRequest | None = None
+) -> Incident:
+    b = body or ResolveRequest()
+    return await _service(request).resolve(incident_id, b.by, b.note)
+
+
+@router.post(
+    "/v1/alerts/alertmanager",
+    response_model=AlertmanagerResult,
+    summary="Alertmanager webhook receiver (payload version 4)",
+    description="Each alert opens or updates the incident keyed by its fingerprint; a resolved "
+    "alert resolves it. Repeat deliveries are idempotent.",
+)
+async def alertmanager_webhook(request: Request) -> AlertmanagerResult:
+    raw = await request.body()
+    if len(raw) > MAX_ALERT_BODY:
+        raise ValidationFailed(
+            "payload too large", errors=[{"field": "body", "message": "payload too large"}]
+        )
+    try:
+        data: Any = json.loads(raw)
+    except ValueError:
+        raise ValidationFailed(
+            "body is not valid JSON", errors=[{"field": "body", "message": "invalid JSON"}]
+        ) from None
+    try:
+        payload = AlertmanagerWebhook.model_validate(data)
+    except ValidationError as exc:
+        errors = [
+            {
+                "field": ".".join(str(p) for p in e["loc"]) or "body",
+                "message": e["msg"],
+            }
+            for e in exc.errors()
+        ]
+        detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
+        raise ValidationFailed(f"invalid Alertmanager payload: {detail}", errors=errors) from None
+    return await _service(request).ingest_alertmanager(payload)

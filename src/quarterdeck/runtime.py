@@ -131,7 +131,12 @@ class Runtime:
         )
         self.breakers = breakers
         return ResilientCaller(
-            provider, policy=policy, breakers=breakers, limiter=limiter, fallbacks=s.model_fallbacks
+            provider,
+            streaming=provider.name != "simulated",
+            policy=policy,
+            breakers=breakers,
+            limiter=limiter,
+            fallbacks=s.model_fallbacks,
         )
 
     async def drain(self) -> None:

@@ -207,3 +207,37 @@ async def test_an_agent_runs_on_an_openai_compatible_server(make_settings, opena
         assert sent[1]["messages"][-1]["role"] == "tool"
     finally:
         await rt.stop()
+
+
+async def test_a_runs_cost_matches_a_hand_calculation(anthropic_settings, messages_api):
+    """Cache writes (5 m and 1 h), cache reads and output, priced per class, billed once each."""
+    messages_api.script([
+        message(tool_use("list_files", {"path": "."}),
+                usage=make_usage(input_tokens=1_200, output_tokens=300, cache_5m=2_000,
+                                 cache_1h=1_000)),
+        message(text("done"),
+                usage=make_usage(input_tokens=150, output_tokens=500, cache_read=3_000)),
+    ])
+    rt = Runtime(anthropic_settings())
+    await rt.start()
+    try:
+        run, _ = await rt.runs.submit(RunCreate(prompt="x", workspace=WorkspaceSpec()))
+        done = await rt.runs.wait(run.id, 30)
+        assert done.status == RunStatus.succeeded
+        # claude-sonnet-4-5, USD per million tokens: input 3, output 15, 5-minute cache write
+        # 3.75 (1.25x input), 1-hour cache write 6 (2x input), cache read 0.30 (0.1x input).
+        turn1 = (1_200 * 3 + 300 * 15 + 2_000 * 3.75 + 1_000 * 6) / 1e6  # 0.0216
+        turn2 = (150 * 3 + 500 * 15 + 3_000 * 0.30) / 1e6  # 0.00885
+        assert done.cost_usd == pytest.approx(turn1 + turn2, abs=1e-9)
+        assert done.cost_usd == pytest.approx(0.03045, abs=1e-9)
+        assert done.cache_creation_tokens == 3_000 and done.cache_read_tokens == 3_000
+        # Streaming calls record time to first token.
+        from quarterdeck.monitoring.metrics import REGISTRY
+
+        ttft = REGISTRY.get_sample_value(
+            "claude_agent_provider_time_to_first_token_seconds_count",
+            {"provider": "anthropic", "model": "claude-sonnet-4-5-20250929"},
+        )
+        assert ttft is not None and ttft >= 2
+    finally:
+        await rt.stop()

@@ -59,8 +59,10 @@ class ResilientCaller:
         fallbacks: Mapping[str, Sequence[str]] | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         clock: Callable[[], float] = time.monotonic,
+        streaming: bool = False,
     ) -> None:
         self.provider = provider
+        self.streaming = streaming
         self.policy = policy or RetryPolicy()
         self.breakers = breakers or Breakers()
         self.limiter = limiter
@@ -102,6 +104,23 @@ class ResilientCaller:
             return CallResult(response, request.model, reason, attempts)
         raise AssertionError("unreachable: the chain is never empty")
 
+    async def _once(self, request: ModelRequest) -> ModelResponse:
+        """One call. Streaming (for real providers) is what gives time to first token."""
+        if not self.streaming:
+            return await self.provider.complete(request)
+        final: ModelResponse | None = None
+        async for event in self.provider.stream(request):
+            if event.type == "message":
+                final = event.response
+        if final is None:
+            raise ProviderError(
+                "the stream ended without a final message",
+                status_code=502,
+                error_type="api_error",
+                retryable=True,
+            )
+        return final
+
     async def _with_retries(
         self, agent_type: str, request: ModelRequest, has_fallback: bool = False
     ) -> tuple[ModelResponse, int]:
@@ -114,7 +133,7 @@ class ResilientCaller:
                 await self.limiter.acquire()
             try:
                 async with self.breakers.guard(name):
-                    response = await self.provider.complete(request)
+                    response = await self._once(request)
             except CircuitOpenError as exc:
                 error = ProviderError(
                     f"circuit breaker for {request.model} is open: {exc.detail}",

@@ -91,26 +91,36 @@ async def _paced(url: str, rate: float, seconds: float) -> int:
     return n
 
 
-def submit_to_start(rate: float = 100, seconds: float = 20) -> dict[str, Any]:
-    """p50/p99 from submission (created_at) to start (started_at) at a steady 100 runs/s."""
+def submit_to_start(rate: float = 100, seconds: float = 20, warmup_s: float = 3) -> dict[str, Any]:
+    """p50/p99 from submission (created_at) to start (started_at) at a steady 100 runs/s.
+
+    The first ``warmup_s`` seconds are reported separately: they include the pool growing from
+    its minimum and first-use statement preparation, which is a cold-start cost, not the
+    steady-state latency the goal is about.
+    """
     bench = Bench("latency")
     try:
         bench.start("up", QUARTERDECK_SIMULATED_LATENCY="0", QUARTERDECK_SIMULATED_TURNS="1")
-        n = asyncio.run(_paced(bench.url, rate, seconds))
+        n = asyncio.run(_paced(bench.url, rate, seconds + warmup_s))
 
-        async def read() -> list[float]:
+        async def read() -> list[tuple[float, float]]:
             await _wait_done(bench.database_url(), n, 120)
             conn = await asyncpg.connect(bench.database_url())
             try:
                 rows = await conn.fetch(
-                    "SELECT extract(epoch FROM started_at - created_at) AS d FROM runs")
+                    "SELECT extract(epoch FROM created_at - (SELECT min(created_at) FROM runs))"
+                    " AS at, extract(epoch FROM started_at - created_at) AS d FROM runs")
             finally:
                 await conn.close()
-            return [float(r["d"]) * 1000 for r in rows]
+            return [(float(r["at"]), float(r["d"]) * 1000) for r in rows]
 
-        lat = asyncio.run(read())
-        return {"rate_per_s": rate, "runs": n, "p50_ms": round(percentile(lat, 50), 2),
-                "p99_ms": round(percentile(lat, 99), 2), "max_ms": round(max(lat), 2),
+        samples = asyncio.run(read())
+        steady = [d for at, d in samples if at >= warmup_s]
+        cold = [d for at, d in samples if at < warmup_s]
+        return {"rate_per_s": rate, "runs_measured": len(steady),
+                "p50_ms": round(percentile(steady, 50), 2),
+                "p99_ms": round(percentile(steady, 99), 2), "max_ms": round(max(steady), 2),
+                "warmup_runs": len(cold), "warmup_p99_ms": round(percentile(cold, 99), 2),
                 "goal_p99_ms": 50}
     finally:
         bench.stop()

@@ -93,6 +93,10 @@ class Settings(BaseSettings):
     worker_batch_size: int = Field(default=10, ge=1, le=1000)
     worker_heartbeat_timeout: float = 10.0
     worker_dequeue_timeout: float = 5.0
+    worker_poll_interval: float = Field(
+        default=0.02, ge=0.001, le=5.0,
+        description="Re-poll delay when work arrived during a dispatch (seconds).",
+    )
     drain_timeout: float = 30.0
     max_attempts: int = Field(default=3, ge=1, le=100)
 

@@ -17,7 +17,9 @@ from quarterdeck.agents import api as agents_api
 from quarterdeck.config import Settings
 from quarterdeck.exceptions import QuarterdeckError, Unavailable
 from quarterdeck.monitoring import probes
+from quarterdeck.monitoring.health import api as health_api
 from quarterdeck.monitoring.incidents import api as incidents_api
+from quarterdeck.resilience import budgets_api
 from quarterdeck.runs import api as runs_api
 from quarterdeck.runtime import Runtime
 
@@ -108,4 +110,6 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
     app.include_router(runs_api.router)
     app.include_router(agents_api.router)
     app.include_router(incidents_api.router)
+    app.include_router(health_api.router)
+    app.include_router(budgets_api.router)
     return app

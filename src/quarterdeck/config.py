@@ -94,7 +94,9 @@ class Settings(BaseSettings):
     worker_heartbeat_timeout: float = 10.0
     worker_dequeue_timeout: float = 5.0
     worker_poll_interval: float = Field(
-        default=0.02, ge=0.001, le=5.0,
+        default=0.02,
+        ge=0.001,
+        le=5.0,
         description="Re-poll delay when work arrived during a dispatch (seconds).",
     )
     drain_timeout: float = 30.0
@@ -124,6 +126,15 @@ class Settings(BaseSettings):
     provider_requests_per_minute: float | None = Field(default=None, gt=0)
     provider_tokens_per_minute: float | None = Field(default=None, gt=0)
     model_fallbacks: dict[str, list[str]] = Field(default_factory=dict)
+
+    health_monitor_enabled: bool = True
+    health_check_interval: float = 10.0
+    health_leader_retry: float = 5.0
+    health_provider_window: float = 300.0
+    health_provider_max_error_rate: float = Field(default=0.5, gt=0, le=1)
+    health_min_free_bytes: int = Field(default=1024**3, ge=0)
+    health_min_free_ratio: float = Field(default=0.05, ge=0, lt=1)
+    health_max_loop_lag_ms: float = Field(default=500.0, gt=0)
 
     notify_slack_webhook_url: SecretStr | None = None
     notify_pagerduty_routing_key: SecretStr | None = None
@@ -171,6 +182,9 @@ class Settings(BaseSettings):
         "breaker_open_for",
         "breaker_window",
         "notify_escalate_after_s",
+        "health_check_interval",
+        "health_leader_retry",
+        "health_provider_window",
         mode="before",
     )
     @classmethod

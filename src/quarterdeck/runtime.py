@@ -17,11 +17,13 @@ from quarterdeck.agents.runtime import AgentPlanner
 from quarterdeck.agents.templates import AgentCatalog
 from quarterdeck.config import Settings
 from quarterdeck.monitoring import metrics
+from quarterdeck.monitoring.health import HealthMonitor, LeaderElector
 from quarterdeck.monitoring.incidents import IncidentService, build_incident_service
 from quarterdeck.providers.factory import build_provider
 from quarterdeck.providers.pricing import PriceTable
 from quarterdeck.providers.types import Provider, Usage
 from quarterdeck.resilience import BreakerConfig, Breakers, ProviderLimiter, RetryPolicy
+from quarterdeck.resilience.budgets import BudgetService
 from quarterdeck.resilience.calls import ResilientCaller
 from quarterdeck.runs import repository as runs_repo
 from quarterdeck.runs.events import RunEventHub
@@ -53,6 +55,9 @@ class Runtime:
     runs: RunService = field(init=False)
     agent_catalog: AgentCatalog = field(init=False)
     incidents: IncidentService = field(init=False)
+    budgets: BudgetService = field(init=False)
+    leader: LeaderElector | None = field(init=False, default=None)
+    health: HealthMonitor | None = field(init=False, default=None)
     provider: Provider | None = field(init=False, default=None)
     workers: WorkerPool | None = field(init=False, default=None)
     draining: bool = field(init=False, default=False)
@@ -75,6 +80,7 @@ class Runtime:
         )
         self.incidents = build_incident_service(self.settings, self.db)
         self._tasks.append(asyncio.create_task(self.incidents.run_forever(15.0)))
+        self.budgets = BudgetService(self.db)
         metrics.BUILD_INFO.labels(version=_version(), provider=self.settings.provider_name).set(1)
         self._tasks.append(asyncio.create_task(self._collect_gauges()))
         if self.with_workers:
@@ -94,9 +100,24 @@ class Runtime:
                 build_cost_fn(self.settings),
                 config,
                 self._build_caller(self.provider),
+                budgets=self.budgets,
             )
             self.workers = WorkerPool(self.settings, self.db, executor)
             self._tasks.append(asyncio.create_task(self.workers.run()))
+        if self.settings.health_monitor_enabled:
+            self.leader = LeaderElector(self.db.url, retry_s=self.settings.health_leader_retry)
+            self.health = HealthMonitor(
+                self.settings,
+                self.db,
+                self.incidents,
+                self.breakers,
+                elector=self.leader,
+                interval_s=self.settings.health_check_interval,
+            )
+            self._tasks.append(asyncio.create_task(self.leader.run()))
+            self._tasks.append(asyncio.create_task(self.health.run()))
+            self._closers.append(self.leader.stop)
+            self._closers.append(self.health.aclose)
         metrics.READY.set(1)
 
     def _build_caller(self, provider: Provider) -> ResilientCaller:
@@ -180,6 +201,7 @@ class Runtime:
                 metrics.QUEUE_OLDEST_AGE.set(oldest)
                 for status in ("queued", "running"):
                     metrics.RUNS_IN_STATE.labels(status).set(states.get(status, 0))
+                await self.budgets.refresh_metrics()
             await asyncio.sleep(5.0)
 
 

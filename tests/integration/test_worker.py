@@ -164,3 +164,18 @@ async def test_a_run_stops_before_a_call_that_could_exceed_its_budget(runtime):
     assert none.status == RunStatus.budget_exceeded
     assert none.turns == 0 and none.cost_usd == 0
     assert "budget" in (none.error or "") and "before turn 1" in (none.error or "")
+
+
+async def test_a_tenant_budget_stops_runs_before_they_overspend(runtime):
+    from quarterdeck.monitoring.metrics import REGISTRY
+    from quarterdeck.runs.models import RunStatus
+
+    await runtime.budgets.set("default", daily=0.0001, monthly=None)
+    run, _ = await runtime.runs.submit(RunCreate(prompt="over budget"))
+    done = await runtime.runs.wait(run.id, 30)
+    assert done.status == RunStatus.budget_exceeded
+    assert "tenant 'default' daily budget" in (done.error or "")
+    assert done.turns == 0
+    await runtime.budgets.refresh_metrics()
+    assert REGISTRY.get_sample_value(
+        "claude_agent_budget_limit_usd", {"tenant": "default", "period": "daily"}) == 0.0001

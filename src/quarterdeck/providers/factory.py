@@ -2,49 +2,15 @@
 
 Provider modules are imported lazily, so a deployment running only the simulated provider never
 imports an SDK it does not use, and an import problem in one provider cannot break the others.
-
-Settings this reads that ``Settings`` may not define yet are looked up with ``getattr``:
-``anthropic_base_url`` (``QUARTERDECK_ANTHROPIC_BASE_URL``), ``openai_base_url``
-(``QUARTERDECK_OPENAI_BASE_URL``), ``openai_api_key`` (``QUARTERDECK_OPENAI_API_KEY``) and
-``provider_timeout`` (``QUARTERDECK_PROVIDER_TIMEOUT``, seconds).
 """
 
 from __future__ import annotations
-
-import os
-from typing import Any
-
-from pydantic import SecretStr
 
 from quarterdeck.config import Settings
 from quarterdeck.exceptions import ConfigError
 from quarterdeck.providers.types import Provider
 
 DEFAULT_PROVIDER_TIMEOUT = 600.0
-
-
-def _setting(settings: Settings, name: str) -> str | None:
-    """An optional string setting; falls back to its ``QUARTERDECK_*`` variable until the
-    field exists on Settings (``extra="ignore"`` drops unknown variables today)."""
-    value: Any = getattr(settings, name, None)
-    if value is None:
-        value = os.environ.get(f"QUARTERDECK_{name.upper()}")
-    if isinstance(value, SecretStr):
-        value = value.get_secret_value()
-    return str(value) if value not in (None, "") else None
-
-
-def _timeout(settings: Settings) -> float:
-    raw = _setting(settings, "provider_timeout")
-    if raw is None:
-        return DEFAULT_PROVIDER_TIMEOUT
-    try:
-        seconds = float(raw)
-    except ValueError:
-        raise ConfigError([("QUARTERDECK_PROVIDER_TIMEOUT", f"not a number: {raw!r}")]) from None
-    if seconds <= 0:
-        raise ConfigError([("QUARTERDECK_PROVIDER_TIMEOUT", "must be greater than zero")])
-    return seconds
 
 
 def build_provider(settings: Settings) -> Provider:
@@ -59,13 +25,13 @@ def build_provider(settings: Settings) -> Provider:
             )
         return AnthropicProvider(
             settings.anthropic_api_key.get_secret_value(),
-            base_url=_setting(settings, "anthropic_base_url"),
-            timeout=_timeout(settings),
+            base_url=settings.anthropic_base_url,
+            timeout=settings.provider_timeout,
         )
     if name == "openai":
         from quarterdeck.providers.openai_compat import OpenAICompatProvider
 
-        base_url = _setting(settings, "openai_base_url")
+        base_url = settings.openai_base_url
         if base_url is None:
             raise ConfigError(
                 [
@@ -78,8 +44,10 @@ def build_provider(settings: Settings) -> Provider:
             )
         return OpenAICompatProvider(
             base_url,
-            api_key=_setting(settings, "openai_api_key") or "none",
-            timeout=_timeout(settings),
+            api_key=(
+                settings.openai_api_key.get_secret_value() if settings.openai_api_key else "none"
+            ),
+            timeout=settings.provider_timeout,
         )
     if name == "simulated":
         from quarterdeck.providers.simulated import SimulatedProvider

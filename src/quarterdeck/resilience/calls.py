@@ -23,6 +23,7 @@ import structlog
 
 from quarterdeck.exceptions import ProviderError
 from quarterdeck.monitoring import metrics
+from quarterdeck.monitoring.health.provider import observe_provider_call
 from quarterdeck.providers import telemetry
 from quarterdeck.providers.types import ModelRequest, ModelResponse, Provider
 from quarterdeck.resilience.breaker import Breakers, CircuitOpenError, breaker_name
@@ -146,8 +147,10 @@ class ResilientCaller:
                     raise _GaveUp(error, True, attempt) from None
             except ProviderError as exc:
                 telemetry.record_error(agent_type, exc)
+                observe_provider_call(False, exc.status_code)
                 error = exc
             else:
+                observe_provider_call(True, 200)
                 headers = getattr(self.provider, "last_rate_limit_headers", None)
                 if self.limiter is not None and headers:
                     await self.limiter.update_from_headers(headers)

@@ -31,6 +31,7 @@ from quarterdeck.providers.types import (
     ToolUseBlock,
     Usage,
 )
+from quarterdeck.resilience.budgets import BudgetExceeded, BudgetService
 from quarterdeck.resilience.calls import CallResult, ResilientCaller
 from quarterdeck.runs import repository as repo
 from quarterdeck.runs.models import Run, RunStatus
@@ -104,27 +105,6 @@ class Planner(Protocol):
     async def finalize(self, run: Run, outcome: Outcome) -> None: ...
 
 
-class DefaultPlanner:
-    """No agent runtime: stand-in tools and the configured limits (the simulated default)."""
-
-    def __init__(self, config: ExecutorConfig) -> None:
-        self.config = config
-        self.tools = SimulatedTools()
-
-    async def plan(self, run: Run) -> RunPlan:
-        return RunPlan(
-            system_prompt=self.config.system_prompt,
-            tools=self.tools,
-            max_turns=int(run.params.get("max_turns") or self.config.max_turns),
-            timeout_s=float(run.params.get("timeout_s") or self.config.timeout_s),
-            budget_usd=run.budget_usd,
-            max_tokens=self.config.max_tokens,
-        )
-
-    async def finalize(self, run: Run, outcome: Outcome) -> None:
-        return None
-
-
 def worst_case_usage(messages: list[Message], system: str, max_tokens: int) -> Usage:
     """A deliberately high estimate of one call's usage, for the budget check before it.
 
@@ -145,7 +125,9 @@ class RunExecutor:
         cost_of: CostFn,
         config: ExecutorConfig,
         caller: ResilientCaller | None = None,
+        budgets: BudgetService | None = None,
     ) -> None:
+        self.budgets = budgets
         self.db = db
         self.provider = provider
         self.caller = caller or ResilientCaller(provider)
@@ -216,6 +198,20 @@ class RunExecutor:
                         f"${plan.budget_usd:.4f} budget, and the next call could cost up to "
                         f"${float(estimate):.4f}",
                         error_type="budget_exceeded",
+                        usage=total,
+                    )
+            if self.budgets is not None:
+                worst = self.cost_of(
+                    run.model, worst_case_usage(messages, plan.system_prompt, plan.max_tokens)
+                )
+                try:
+                    await self.budgets.check(run.tenant, float(worst or 0))
+                except BudgetExceeded as exc:
+                    return Outcome(
+                        RunStatus.budget_exceeded,
+                        result=last_text or None,
+                        error=f"stopped before turn {turn + 1}: {exc.detail}",
+                        error_type="tenant_budget_exceeded",
                         usage=total,
                     )
             request = ModelRequest(

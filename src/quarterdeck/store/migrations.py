@@ -51,6 +51,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(2, "runs, events and checkpoints", sql_file="0002_runs.sql"),
     Migration(3, "agent runtime results", sql_file="0003_agent_runtime.sql"),
     Migration(4, "incidents, timeline and notification outbox", sql_file="0004_incidents.sql"),
+    Migration(5, "tenant budgets", sql_file="0005_budgets.sql"),
 )
 
 HEAD = MIGRATIONS[-1].version

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, TypeVar, cast
+from typing import TypeVar, cast
 
 import asyncpg
 import structlog
@@ -122,10 +122,3 @@ async def connect_once(url: str) -> asyncpg.Connection:
         raise Unavailable(f"cannot connect to Postgres: {exc}") from exc
     await _init_connection(conn)
     return conn
-
-
-def wrap_db_errors(exc: BaseException) -> Any:
-    """Translate a driver error into our tree (used with ``raise ... from``)."""
-    if isinstance(exc, CONNECTION_ERRORS):
-        return Unavailable(f"database unavailable: {exc}")
-    return StoreError(f"database error: {exc}")

@@ -1,0 +1,50 @@
+"""Health checks, auto-recovery and the leader election that keeps one monitor per deployment.
+
+The guide's ``AutoRecoverySystem``, made safe: checks cost nothing (no paid API call), recovery
+re-checks before claiming success, and every failure is a deduplicated incident that resolves
+itself (``by="auto"``) when the check passes again or escalates when recovery fails.
+"""
+
+from __future__ import annotations
+
+from quarterdeck.monitoring.health.checks import (
+    AgentResponsivenessCheck,
+    CheckResult,
+    DatabaseCheck,
+    FilesystemCheck,
+    HealthCheck,
+    RedisCheck,
+)
+from quarterdeck.monitoring.health.leader import HEALTH_MONITOR_KEY, LeaderElector
+from quarterdeck.monitoring.health.monitor import HealthMonitor, default_checks
+from quarterdeck.monitoring.health.provider import (
+    PROVIDER_CALLS,
+    ProviderCheck,
+    observe_provider_call,
+)
+from quarterdeck.monitoring.health.recovery import (
+    LoggingScaleRequester,
+    RecoveryResult,
+    RecoveryStrategy,
+    ScaleRequester,
+)
+
+__all__ = [
+    "HEALTH_MONITOR_KEY",
+    "PROVIDER_CALLS",
+    "AgentResponsivenessCheck",
+    "CheckResult",
+    "DatabaseCheck",
+    "FilesystemCheck",
+    "HealthCheck",
+    "HealthMonitor",
+    "LeaderElector",
+    "LoggingScaleRequester",
+    "ProviderCheck",
+    "RecoveryResult",
+    "RecoveryStrategy",
+    "RedisCheck",
+    "ScaleRequester",
+    "default_checks",
+    "observe_provider_call",
+]

@@ -1,0 +1,25 @@
+"""``GET /v1/health/checks``: the monitor's last result per check, leadership and breakers.
+
+Not a probe (``/health`` and ``/ready`` are): it runs nothing, so calling it is free. Results are
+the last ones this process computed; only the leader runs checks, so a non-leader answers with
+``leader: false`` and whatever it saw when it last led.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+
+from quarterdeck.exceptions import Unavailable
+from quarterdeck.monitoring.health.monitor import HealthMonitor
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/v1/health/checks", summary="Last health check results, leader and breaker states")
+async def health_checks(request: Request) -> dict[str, Any]:
+    monitor: HealthMonitor | None = getattr(request.app.state.runtime, "health", None)
+    if monitor is None:
+        raise Unavailable("the health monitor is not running in this process")
+    return await monitor.snapshot()

@@ -1,0 +1,166 @@
+"""The Anthropic API check, passive first, with a free probe; and the traffic window feeding it.
+
+The guide's check POSTed a 10-token message every 10 s: ~260k paid calls a month per replica, and
+a healthy result that said nothing about the calls real runs make. This one judges the provider
+calls runs actually made (recorded by :func:`observe_provider_call` from the resilient caller)
+and the provider's breaker states, and probes with ``GET /v1/models``, which costs nothing, at
+most once per ``probe_interval_s``. It never sends a message.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from typing import Any
+
+import httpx
+
+from quarterdeck.monitoring.health.checks import (
+    ANTHROPIC_API,
+    CheckResult,
+    breaker_states,
+    describe_error,
+    timed,
+)
+from quarterdeck.monitoring.incidents.models import Severity
+from quarterdeck.resilience.breaker import Breakers
+
+DEFAULT_ANTHROPIC_BASE = "https://api.anthropic.com"
+
+
+class ProviderCallWindow:
+    """Outcomes of recent provider calls in this process (the passive half of the API check).
+
+    Only failures that say the provider is unwell count as errors: no answer at all, 408, 5xx
+    and 529. A 400 is our request's fault and a 429 our quota's; both are counted separately.
+    """
+
+    def __init__(self, horizon_s: float = 900.0, max_items: int = 50_000) -> None:
+        self.horizon_s = horizon_s
+        self._calls: deque[tuple[float, bool, int | None]] = deque(maxlen=max_items)
+
+    def observe(self, ok: bool, status: int | None, now: float | None = None) -> None:
+        self._calls.append((time.monotonic() if now is None else now, ok, status))
+
+    def stats(self, window_s: float, now: float | None = None) -> dict[str, Any]:
+        now = time.monotonic() if now is None else now
+        while self._calls and now - self._calls[0][0] > self.horizon_s:
+            self._calls.popleft()
+        recent = [c for c in self._calls if now - c[0] <= window_s]
+        errors = sum(1 for _, ok, s in recent if not ok and (s is None or s >= 500 or s == 408))
+        limited = sum(1 for _, ok, s in recent if not ok and s == 429)
+        total = len(recent)
+        return {
+            "calls": total,
+            "errors": errors,
+            "rate_limited": limited,
+            "error_rate": round(errors / total, 4) if total else 0.0,
+            "window_s": window_s,
+        }
+
+    def clear(self) -> None:
+        self._calls.clear()
+
+
+PROVIDER_CALLS = ProviderCallWindow()
+
+
+def observe_provider_call(ok: bool, status: int | None) -> None:
+    """Record one provider call's outcome (call it once per attempt, from the executor path)."""
+    PROVIDER_CALLS.observe(ok, status)
+
+
+class ProviderCheck:
+    """Anthropic (or any provider) health without paid calls; see the module docstring."""
+
+    name = ANTHROPIC_API
+    severity = Severity.high
+
+    def __init__(
+        self,
+        provider: str,
+        *,
+        api_key: str | None = None,
+        base_url: str | None = None,
+        breakers: Breakers | None = None,
+        window: ProviderCallWindow = PROVIDER_CALLS,
+        window_s: float = 300.0,
+        max_error_rate: float = 0.5,
+        min_calls: int = 5,
+        probe_interval_s: float = 30.0,
+        timeout_s: float = 5.0,
+        client: httpx.AsyncClient | None = None,
+    ) -> None:
+        self.provider = provider
+        self.api_key = api_key
+        self.base_url = (base_url or DEFAULT_ANTHROPIC_BASE).rstrip("/")
+        self.breakers = breakers
+        self.window = window
+        self.window_s = window_s
+        self.max_error_rate = max_error_rate
+        self.min_calls = min_calls
+        self.probe_interval_s = probe_interval_s
+        self.timeout_s = timeout_s
+        self._client = client
+        self._last_probe: tuple[float, dict[str, Any]] | None = None
+
+    @property
+    def probes(self) -> bool:
+        return self.provider == "anthropic" and bool(self.api_key)
+
+    async def check(self) -> CheckResult:
+        return await timed(self.name, self._check(), self.timeout_s + 1.0)
+
+    async def _check(self) -> tuple[bool, str, dict[str, Any]]:
+        stats = self.window.stats(self.window_s)
+        details: dict[str, Any] = {"provider": self.provider, "traffic": stats}
+        problems: list[str] = []
+        if stats["calls"] >= self.min_calls and stats["error_rate"] >= self.max_error_rate:
+            problems.append(
+                f"{stats['errors']} of {stats['calls']} provider calls failed in the last "
+                f"{int(self.window_s)}s"
+            )
+        states = await breaker_states(self.breakers, prefix=f"{self.provider}:")
+        details["breakers"] = states
+        open_ = sorted(n for n, s in states.items() if s == "open")
+        if open_:
+            problems.append(f"circuit open for {', '.join(open_)}")
+        if self.probes:
+            probe = await self._probe()
+            details["probe"] = probe
+            if not probe["ok"]:
+                problems.append(f"GET /v1/models: {probe['error']}")
+        else:
+            details["probe"] = {"skipped": f"no free probe for provider {self.provider!r}"}
+        return (not problems), "; ".join(problems), details
+
+    async def _probe(self) -> dict[str, Any]:
+        """``GET /v1/models?limit=1``: authenticated, free, and served by the same API edge."""
+        now = time.monotonic()
+        if self._last_probe is not None and now - self._last_probe[0] < self.probe_interval_s:
+            return {**self._last_probe[1], "cached": True}
+        headers = {"x-api-key": self.api_key or "", "anthropic-version": "2023-06-01"}
+        started = time.perf_counter()
+        client = self._client or httpx.AsyncClient(timeout=self.timeout_s)
+        try:
+            response = await client.get(
+                f"{self.base_url}/v1/models", params={"limit": 1}, headers=headers
+            )
+            status: int | None = response.status_code
+            ok = response.status_code < 500 and response.status_code not in (401, 403, 408)
+            error = None if response.is_success else f"HTTP {response.status_code}"
+            if response.status_code in (401, 403):
+                error = f"HTTP {response.status_code}: the API key was rejected"
+        except httpx.HTTPError as exc:
+            status, ok, error = None, False, describe_error(exc)
+        finally:
+            if self._client is None:
+                await client.aclose()
+        result = {
+            "ok": ok,
+            "status": status,
+            "error": error,
+            "latency_ms": round((time.perf_counter() - started) * 1e3, 2),
+        }
+        self._last_probe = (now, result)
+        return result

@@ -1,0 +1,216 @@
+"""What the monitor does about a failing check, one strategy per check.
+
+Most dependencies already heal themselves in the request path (retries with backoff, breakers,
+model fallbacks, the Redis fallback to in-process state), so a strategy does the little that is
+left and then *re-checks*: success means the check passes again, not that an action ran. A
+failed recovery is what escalates an incident to a human.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import structlog
+
+from quarterdeck.monitoring.health import repository as health_repo
+from quarterdeck.monitoring.health.checks import (
+    AgentResponsivenessCheck,
+    CheckResult,
+    DatabaseCheck,
+    HealthCheck,
+    RedisCheck,
+    breaker_states,
+)
+from quarterdeck.monitoring.health.provider import ProviderCheck
+from quarterdeck.resilience.breaker import Breakers
+from quarterdeck.runs import queue
+from quarterdeck.store.pool import Database
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class RecoveryResult:
+    success: bool
+    message: str
+    duration_s: float
+    recheck: CheckResult | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "success": self.success,
+            "message": self.message,
+            "duration_s": round(self.duration_s, 3),
+            "recheck_healthy": None if self.recheck is None else self.recheck.healthy,
+            **({"details": self.details} if self.details else {}),
+        }
+
+
+class RecoveryStrategy(Protocol):
+    async def recover(self, failed: CheckResult, failing_for_s: float) -> RecoveryResult: ...
+
+
+class ScaleRequester(Protocol):
+    """Asks for more workers. The autoscaler implements it; the default only logs."""
+
+    async def request_scale_up(self, reason: str, details: dict[str, Any]) -> bool: ...
+
+
+class LoggingScaleRequester:
+    """Records the request (log + a list for the API) without scaling anything."""
+
+    def __init__(self) -> None:
+        self.requests: list[dict[str, Any]] = []
+
+    async def request_scale_up(self, reason: str, details: dict[str, Any]) -> bool:
+        self.requests.append({"reason": reason, "details": details, "at": time.time()})
+        log.warning("health.emergency_scale_up_requested", reason=reason, **details)
+        return False
+
+
+def _result(started: float, recheck: CheckResult, done: str, **details: Any) -> RecoveryResult:
+    message = done if recheck.healthy else f"{done}; still unhealthy: {recheck.reason}"
+    return RecoveryResult(
+        recheck.healthy, message, time.perf_counter() - started, recheck, dict(details)
+    )
+
+
+class RecheckOnly:
+    """For checks with nothing safe to do automatically (a full or read-only disk)."""
+
+    def __init__(self, check: HealthCheck, action: str = "no automatic action") -> None:
+        self.check = check
+        self.action = action
+
+    async def recover(self, failed: CheckResult, failing_for_s: float) -> RecoveryResult:
+        started = time.perf_counter()
+        return _result(started, await self.check.check(), self.action)
+
+
+class ProviderRecovery:
+    """Retries, breakers and fallbacks act on every call already; note them, and give the
+    provider ``give_up_after_s`` before calling it a failed recovery (which pages a human)."""
+
+    def __init__(
+        self, check: ProviderCheck, breakers: Breakers | None, give_up_after_s: float = 300.0
+    ) -> None:
+        self.check = check
+        self.breakers = breakers
+        self.give_up_after_s = give_up_after_s
+
+    async def recover(self, failed: CheckResult, failing_for_s: float) -> RecoveryResult:
+        started = time.perf_counter()
+        states = await breaker_states(self.breakers, prefix=f"{self.check.provider}:")
+        recheck = await self.check.check()
+        action = (
+            "provider calls are protected by retries with backoff, breakers and fallbacks "
+            f"(breakers: {states or 'none yet'})"
+        )
+        if recheck.healthy or failing_for_s < self.give_up_after_s:
+            message = action if recheck.healthy else f"{action}; waiting for the provider"
+            return RecoveryResult(
+                True, message, time.perf_counter() - started, recheck, {"breakers": states}
+            )
+        return RecoveryResult(
+            False,
+            f"provider unhealthy for {failing_for_s:.0f}s despite {action}: {recheck.reason}",
+            time.perf_counter() - started,
+            recheck,
+            {"breakers": states},
+        )
+
+
+class DatabaseRecovery:
+    """Expire every pooled connection (stale after a failover or restart), then re-check."""
+
+    def __init__(self, db: Database, check: DatabaseCheck) -> None:
+        self.db = db
+        self.check = check
+
+    async def recover(self, failed: CheckResult, failing_for_s: float) -> RecoveryResult:
+        started = time.perf_counter()
+        await self.db.recycle()
+        return _result(started, await self.check.check(), "recycled the connection pool")
+
+
+class RedisRecovery:
+    """Breakers and rate limits already fell back to in-process state; try to reconnect.
+
+    Redis is an optimisation (see :mod:`quarterdeck.resilience.redis_backend`), so a Redis
+    outage is degraded service, not an outage: recovery counts as working while the fallback
+    carries the load, and fails (escalates) only after ``give_up_after_s`` without Redis.
+    """
+
+    def __init__(
+        self, check: RedisCheck, breakers: Breakers | None = None, give_up_after_s: float = 300.0
+    ) -> None:
+        self.check = check
+        self.breakers = breakers
+        self.give_up_after_s = give_up_after_s
+
+    async def recover(self, failed: CheckResult, failing_for_s: float) -> RecoveryResult:
+        started = time.perf_counter()
+        await self.check.reconnect()
+        shared = self.breakers.shared if self.breakers is not None else None
+        recheck = await self.check.check()
+        if recheck.healthy:
+            return _result(started, recheck, "reconnected to Redis", breakers_shared=shared)
+        fallback = "breakers and rate limits use in-process state while Redis is away"
+        within = failing_for_s < self.give_up_after_s
+        return RecoveryResult(
+            within,
+            f"reconnect failed ({recheck.reason}); {fallback}"
+            + ("" if within else f"; Redis unreachable for {failing_for_s:.0f}s"),
+            time.perf_counter() - started,
+            recheck,
+            {"breakers_shared": shared},
+        )
+
+
+class AgentRecovery:
+    """Requeue runs nobody drives, end runs far past their timeout, ask for more workers."""
+
+    def __init__(
+        self,
+        db: Database,
+        check: AgentResponsivenessCheck,
+        scaler: ScaleRequester | None = None,
+    ) -> None:
+        self.db = db
+        self.check = check
+        self.scaler = scaler or LoggingScaleRequester()
+
+    async def recover(self, failed: CheckResult, failing_for_s: float) -> RecoveryResult:
+        started = time.perf_counter()
+        stale = self.check.stale_after_s
+        async with self.db.transaction() as conn:
+            requeued = await health_repo.requeue_lapsed(conn, stale)
+        async with self.db.transaction() as conn:
+            orphans = await queue.requeue_orphans(conn, stale_after=stale)
+        overdue = [r for r in failed.details.get("overdue_runs", []) if r not in requeued]
+        async with self.db.transaction() as conn:
+            ended = await health_repo.time_out_overdue(conn, overdue, self.check.default_timeout_s)
+        actions = []
+        if requeued or orphans:
+            actions.append(f"requeued {len(requeued) + len(orphans)} stuck run(s)")
+        if ended:
+            actions.append(f"timed out {len(ended)} overdue run(s)")
+        scaled = None
+        if requeued or orphans or failed.details.get("loop_lag_ms", 0) > self.check.max_loop_lag_ms:
+            scaled = await self.scaler.request_scale_up(
+                "agent_responsiveness", {"requeued": len(requeued) + len(orphans)}
+            )
+            actions.append("requested an emergency scale-up")
+        if requeued or orphans or ended:
+            log.warning("health.runs_recovered", requeued=requeued, orphans=orphans, ended=ended)
+        return _result(
+            started,
+            await self.check.check(),
+            "; ".join(actions) or "nothing to repair",
+            requeued=requeued + orphans,
+            timed_out=ended,
+            scale_up_accepted=scaled,
+        )

@@ -4,19 +4,26 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, NoReturn
+from typing import Annotated, Any, NoReturn
 
 import httpx
 import typer
 from rich.console import Console
 
 console = Console()
+UrlOpt = Annotated[str | None, typer.Option("--url", help="API base URL [env: QUARTERDECK_URL]")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
 err_console = Console(stderr=True)
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
     err_console.print(f"[bold red]error:[/] {message}", highlight=False)
     raise typer.Exit(code)
+
+
+def query(**values: Any) -> dict[str, Any]:
+    """Query parameters for the API, leaving out options the user did not give."""
+    return {k: v for k, v in values.items() if v not in (None, [], "")}
 
 
 def print_json(data: Any) -> None:

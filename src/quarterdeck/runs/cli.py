@@ -14,13 +14,11 @@ import httpx
 import typer
 from rich.table import Table
 
-from quarterdeck.kit.console import Api, console, fail, print_json
+from quarterdeck.kit.console import Api, JsonOpt, UrlOpt, console, fail, print_json, query
 
 app = typer.Typer(
     help="Submit, inspect, follow and cancel agent runs (talks to the API).", no_args_is_help=True
 )
-UrlOpt = Annotated[str | None, typer.Option("--url", help="API base URL [env: QUARTERDECK_URL]")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
 MAX_UPLOAD = 50 * 1024 * 1024
 
 
@@ -159,13 +157,7 @@ def list_runs(
     as_json: JsonOpt = False,
 ) -> None:
     """List runs, newest first."""
-    params: dict[str, Any] = {"limit": limit}
-    if status:
-        params["status"] = status
-    if agent:
-        params["agent_type"] = agent
-    if cursor:
-        params["cursor"] = cursor
+    params = query(limit=limit, status=status, agent_type=agent, cursor=cursor)
     page = Api(url).json("GET", "/v1/runs", params=params)
     if as_json:
         print_json(page)

@@ -8,14 +8,12 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from quarterdeck.kit.console import Api, console, print_json
+from quarterdeck.kit.console import Api, JsonOpt, UrlOpt, console, print_json, query
 
 app = typer.Typer(
     help="List, inspect, acknowledge and resolve incidents (talks to the API).",
     invoke_without_command=True,
 )
-UrlOpt = Annotated[str | None, typer.Option("--url", help="API base URL [env: QUARTERDECK_URL]")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
 SEVERITY_COLOUR = {
     "critical": "bold red",
     "high": "red",
@@ -84,15 +82,7 @@ def list_incidents(
     as_json: JsonOpt = False,
 ) -> None:
     """List incidents, newest first."""
-    params: dict[str, Any] = {"limit": limit}
-    if status:
-        params["status"] = status
-    if severity:
-        params["severity"] = severity
-    if service:
-        params["service"] = service
-    if cursor:
-        params["cursor"] = cursor
+    params = query(limit=limit, status=status, severity=severity, service=service, cursor=cursor)
     page = Api(url).json("GET", "/v1/incidents", params=params)
     if as_json:
         print_json(page)

@@ -23,12 +23,12 @@ import structlog
 
 from quarterdeck.exceptions import ProviderError
 from quarterdeck.monitoring import metrics
-from quarterdeck.monitoring.health.provider import observe_provider_call
 from quarterdeck.providers import telemetry
 from quarterdeck.providers.types import ModelRequest, ModelResponse, Provider
 from quarterdeck.resilience.breaker import Breakers, CircuitOpenError, breaker_name
 from quarterdeck.resilience.ratelimit import ProviderLimiter
 from quarterdeck.resilience.retry import GiveUp, RetryPolicy
+from quarterdeck.resilience.traffic import observe_provider_call
 
 log = structlog.get_logger(__name__)
 

@@ -11,6 +11,7 @@ import typer
 from rich.table import Table
 
 from quarterdeck import __version__
+from quarterdeck.chaos.cli import app as chaos_app
 from quarterdeck.config import Settings, load_settings
 from quarterdeck.exceptions import ConfigError, QuarterdeckError
 from quarterdeck.kit.console import console, err_console, fail, print_json
@@ -35,6 +36,7 @@ except ImportError:  # pragma: no cover
     pass
 
 app.add_typer(incidents_app, name="incidents")
+app.add_typer(chaos_app, name="chaos")
 
 _config_path: Path | None = None
 

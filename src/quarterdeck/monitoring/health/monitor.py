@@ -134,6 +134,10 @@ class HealthMonitor:
         self.last_tick_at: datetime | None = None
         self._state: dict[str, _State] = {}
         self._was_leader = False
+        # Set when this replica lost its term: if Postgres itself went away, no replica can be
+        # leader to see it, so the one that lost the term watches and records the outage.
+        self._outage_since: datetime | None = None
+        self._outage_confirmed = False
 
     @property
     def is_leader(self) -> bool:
@@ -144,6 +148,10 @@ class HealthMonitor:
         """Tick every ``interval_s`` while leader; idle (and forget per-term state) otherwise."""
         while True:
             leader = self.is_leader
+            if self._was_leader and not leader:
+                self._outage_since, self._outage_confirmed = self.clock(), False
+            if self._outage_since is not None:
+                await self._watch_database_outage()
             if leader != self._was_leader:
                 self._state.clear()  # a new term re-reads open incidents from Postgres
                 self._was_leader = leader
@@ -158,6 +166,50 @@ class HealthMonitor:
                 await asyncio.sleep(max(0.0, self.interval_s - (time.monotonic() - started)))
             else:
                 await asyncio.sleep(min(self.interval_s, 1.0))
+
+    async def _watch_database_outage(self) -> None:
+        """After losing the term: was it the database? If so, record the outage once it is back.
+
+        A plain hand-over (stop(), a network blip to this replica only) sees a healthy database
+        at once and records nothing.
+        """
+        check = next((c for c in self.checks if c.name == "database"), None)
+        if check is None or self._outage_since is None:
+            self._outage_since = None
+            return
+        result = await check.check()
+        if not result.healthy:
+            self._outage_confirmed = True
+            return
+        started, self._outage_since = self._outage_since, None
+        if not self._outage_confirmed:
+            return
+        now = self.clock()
+        try:
+            incident, _ = await self.incidents.open_or_update(
+                check.name,
+                check.severity,
+                f"{check.name} health check failing",
+                "Postgres was unreachable; no replica could hold leadership until it returned",
+                dedup_key(check.name),
+                source=Source.health_check,
+                affected_components=[check.name],
+                suggested_actions=SUGGESTED_ACTIONS.get(check.name, []),
+                details={
+                    "check": check.name,
+                    "first_failed_at": started.isoformat(),
+                    "detected_after_s": 0.0,
+                    "recorded_after_outage": True,
+                    "recovered_at": now.isoformat(),
+                    "recovery_time_s": round((now - started).total_seconds(), 3),
+                },
+                opened_at=started,
+            )
+            await self.incidents.resolve(
+                incident.id, by=ResolvedBy.auto, note="the database answered again"
+            )
+        except Exception as exc:
+            log.warning("health.outage_unrecorded", error=str(exc))
 
     async def tick(self) -> dict[str, CheckResult]:
         """Run every check once (concurrently), then act on each result in turn."""

@@ -13,13 +13,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from benchmarks import core_runs
+from benchmarks import core_runs, resilience
 
 RESULTS = Path(__file__).parent / "results"
 SUITES: dict[str, Callable[[], dict[str, Any]]] = {
     "core.throughput": core_runs.throughput,
     "core.submit_to_start": core_runs.submit_to_start,
     "core.worker_memory": core_runs.worker_memory,
+    "resilience.overhead": resilience.overhead,
 }
 
 

@@ -23,6 +23,8 @@ from quarterdeck.config import Settings, load_settings
 from quarterdeck.store import migrations
 from quarterdeck.store.embedded import start_embedded
 
+pytest_plugins = ["tests.support.receivers"]
+
 _counter = itertools.count()
 
 
@@ -78,6 +80,17 @@ async def db_url(pg_base_url: str, template_url: str) -> AsyncIterator[str]:
         await conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
     finally:
         await conn.close()
+
+
+@pytest.fixture
+async def db(db_url: str) -> AsyncIterator[object]:
+    """An open pool on the test's own database."""
+    from quarterdeck.store.pool import Database
+
+    database = Database(db_url, min_size=1, max_size=10)
+    await database.open()
+    yield database
+    await database.close()
 
 
 @pytest.fixture

@@ -3,10 +3,8 @@ the gauges and the HTTP endpoints."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from decimal import Decimal
-from importlib import resources
 from types import SimpleNamespace
 
 import httpx
@@ -21,17 +19,6 @@ from quarterdeck.store.pool import Database
 NOW = datetime(2025, 3, 15, 12, 0, tzinfo=UTC)
 
 
-@pytest.fixture
-async def db(db_url: str) -> AsyncIterator[Database]:
-    database = Database(db_url, min_size=1, max_size=5)
-    await database.open()
-    async with database.acquire() as conn:
-        if not await conn.fetchval("SELECT to_regclass('tenant_budgets') IS NOT NULL"):
-            # Until migrations.py lists 0005, install the schema the way the migration would.
-            sql = resources.files("quarterdeck.store").joinpath("sql", "0005_budgets.sql")
-            await conn.execute(sql.read_text())
-    yield database
-    await database.close()
 
 
 async def add_turn(

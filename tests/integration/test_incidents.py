@@ -8,14 +8,11 @@ notifications were sent (or given up on), which keeps the exactly-once assertion
 from __future__ import annotations
 
 import asyncio
-import atexit
 import itertools
 import json
-import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
-from importlib import resources
 from types import SimpleNamespace
 from typing import Any
 
@@ -49,34 +46,10 @@ pytestmark = pytest.mark.asyncio
 SECRET = "s3cret-for-tests"
 HTTP_CHANNELS = ("slack", "pagerduty", "webhook")
 
-_receivers: Receivers | None = None
-_lock = threading.Lock()
 
 
-@pytest.fixture
-def receivers() -> Iterator[Receivers]:
-    global _receivers
-    with _lock:
-        if _receivers is None:
-            _receivers = Receivers()
-            _receivers.start()
-            atexit.register(_receivers.stop)
-    _receivers.reset()
-    yield _receivers
-    _receivers.reset()
 
 
-@pytest.fixture
-async def db(db_url: str) -> AsyncIterator[Database]:
-    database = Database(db_url, min_size=1, max_size=10)
-    await database.open()
-    async with database.acquire() as conn:
-        if not await conn.fetchval("SELECT to_regclass('incidents') IS NOT NULL"):
-            # Until migrations.py lists 0004, install the schema the way the migration would.
-            sql = resources.files("quarterdeck.store").joinpath("sql", "0004_incidents.sql")
-            await conn.execute(sql.read_text())
-    yield database
-    await database.close()
 
 
 def notification_settings(receivers: Receivers, **overrides: Any) -> NotificationSettings:

@@ -10,16 +10,19 @@ installed): EHLO/HELO, MAIL, RCPT, DATA with dot-unstuffing, RSET, NOOP, QUIT.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import email
 import email.policy
 import json
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from typing import Any
 
+import pytest
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -304,3 +307,27 @@ def _pagerduty(body: bytes) -> Response:
         {"status": "success", "message": "Event processed", "dedup_key": event.get("dedup_key")},
         202,
     )
+
+
+_shared: Receivers | None = None
+_shared_lock = threading.Lock()
+
+
+def shared_receivers() -> Receivers:
+    """One set of receivers per test process, started on first use (they bind real ports)."""
+    global _shared
+    with _shared_lock:
+        if _shared is None:
+            _shared = Receivers()
+            _shared.start()
+            atexit.register(_shared.stop)
+    return _shared
+
+
+@pytest.fixture
+def receivers() -> Iterator[Receivers]:
+    """The shared receivers, emptied before and after each test."""
+    rec = shared_receivers()
+    rec.reset()
+    yield rec
+    rec.reset()

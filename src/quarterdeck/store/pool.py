@@ -25,6 +25,9 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.InterfaceError,
     asyncpg.exceptions.ConnectionFailureError,
     asyncpg.exceptions.TooManyConnectionsError,
+    # The protocol state machine of a connection whose server went away mid-operation (seen
+    # when Postgres restarts under load): the connection is unusable, the database may be back.
+    asyncpg.exceptions.InternalClientError,
 )
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -13,13 +12,9 @@ from pathlib import Path
 
 import httpx
 
+from quarterdeck.chaos.deploy import free_port
+
 BIN = Path(sys.executable).parent / "quarterdeck"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class Bench:

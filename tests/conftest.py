@@ -10,7 +10,6 @@ import asyncio
 import itertools
 import os
 import re
-import socket
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -19,6 +18,7 @@ import asyncpg
 import httpx
 import pytest
 
+from quarterdeck.chaos.deploy import free_port as free_port  # re-exported for tests
 from quarterdeck.config import Settings, load_settings
 from quarterdeck.store import migrations
 from quarterdeck.store.embedded import start_embedded
@@ -26,12 +26,6 @@ from quarterdeck.store.embedded import start_embedded
 pytest_plugins = ["tests.support.receivers"]
 
 _counter = itertools.count()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def world_readable_tmpdir(prefix: str) -> Path:

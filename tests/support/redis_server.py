@@ -18,7 +18,6 @@ cache-only production Redis. Tests are skipped when ``redis-server`` is not inst
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -27,11 +26,7 @@ from pathlib import Path
 
 import pytest
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from quarterdeck.chaos.deploy import free_port, redis_ping
 
 
 def redis_server_binary() -> str | None:
@@ -90,13 +85,7 @@ class RedisServer:
         raise TimeoutError(f"redis-server did not answer on port {self.port} in {timeout}s")
 
     def ping(self) -> bool:
-        """A raw RESP PING, so this helper needs no client library."""
-        try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as sock:
-                sock.sendall(b"*1\r\n$4\r\nPING\r\n")
-                return sock.recv(16).startswith(b"+PONG")
-        except OSError:
-            return False
+        return redis_ping(self.port)
 
     def kill(self) -> None:
         """SIGKILL: what a crashed or OOM-killed Redis looks like to clients."""

@@ -27,9 +27,20 @@ STRIPPED = ("POSTGRES_URL", "REDIS_URL", "ANTHROPIC_API_KEY")
 
 
 def free_port() -> int:
+    """A TCP port free on loopback right now (tests and benchmarks use this one too)."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def redis_ping(port: int) -> bool:
+    """A raw RESP PING on loopback, so process control needs no Redis client library."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.2) as sock:
+            sock.sendall(b"*1\r\n$4\r\nPING\r\n")
+            return sock.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
 
 
 def quarterdeck_binary() -> list[str]:
@@ -106,12 +117,7 @@ class RedisProcess:
         raise TimeoutError(f"redis-server did not answer on port {self.port}")
 
     def ping(self) -> bool:
-        try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as sock:
-                sock.sendall(b"*1\r\n$4\r\nPING\r\n")
-                return sock.recv(16).startswith(b"+PONG")
-        except OSError:
-            return False
+        return redis_ping(self.port)
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

@@ -171,6 +171,22 @@ class Settings(BaseSettings):
         default=0, ge=0, le=1000, description="Turns per simulated run; 0 lets the script choose."
     )
 
+    auth_enabled: bool | None = Field(
+        default=None,
+        description="Require API keys; unset means on in production, off in development.",
+    )
+    rate_limit_key_per_minute: float = Field(default=600.0, ge=0)
+    rate_limit_tenant_per_minute: float = Field(default=3000.0, ge=0)
+    audit_master_key: SecretStr | None = None
+    audit_master_key_file: Path | None = None
+    audit_signing_key_file: Path | None = None
+    audit_checkpoint_interval: float = 60.0
+    audit_retention: float = 7 * 31_536_000.0
+    policy_rules_file: Path | None = None
+    policy_egress_mode: Literal["blocklist", "allowlist"] = "blocklist"
+    policy_egress_allowlist: list[str] = Field(default_factory=list)
+    policy_approval_timeout: float = 3600.0
+
     @field_validator(
         "worker_heartbeat_timeout",
         "worker_dequeue_timeout",
@@ -185,6 +201,9 @@ class Settings(BaseSettings):
         "health_check_interval",
         "health_leader_retry",
         "health_provider_window",
+        "audit_checkpoint_interval",
+        "audit_retention",
+        "policy_approval_timeout",
         mode="before",
     )
     @classmethod
@@ -250,6 +269,13 @@ class Settings(BaseSettings):
     def embedded_postgres(self) -> bool:
         return self.postgres_url is None
 
+    @property
+    def auth_required(self) -> bool:
+        """Auth is on unless explicitly turned off; development turns it off by default."""
+        if self.auth_enabled is None:
+            return self.env == "production"
+        return self.auth_enabled
+
 
 def env_name(field: str) -> str:
     """The environment variable a user sets for ``field``."""
@@ -280,6 +306,7 @@ SECRET_FIELDS = frozenset(
         "notify_pagerduty_routing_key",
         "notify_webhook_secret",
         "notify_smtp_password",
+        "audit_master_key",
     }
 )
 
@@ -304,6 +331,16 @@ def cross_field_problems(settings: Settings) -> list[tuple[str, str]]:
         if len(key) < 32:
             problems.append(
                 ("QUARTERDECK_ADMIN_API_KEY", "must be set to at least 32 characters in production")
+            )
+        if settings.auth_enabled is False:
+            problems.append(("QUARTERDECK_AUTH_ENABLED", "must not be false in production"))
+        if settings.audit_master_key is None and settings.audit_master_key_file is None:
+            problems.append(
+                (
+                    "QUARTERDECK_AUDIT_MASTER_KEY",
+                    "set it (or QUARTERDECK_AUDIT_MASTER_KEY_FILE) in production; development"
+                    " generates one in the data directory",
+                )
             )
         if settings.postgres_url is None:
             problems.append(

@@ -370,8 +370,26 @@ def test_production_starts_with_admin_key_and_postgres(clean_env: pytest.MonkeyP
     clean_env.setenv("QUARTERDECK_ENV", "production")
     clean_env.setenv("QUARTERDECK_ADMIN_API_KEY", ADMIN_KEY)
     clean_env.setenv("POSTGRES_URL", PG_URL)
+    clean_env.setenv("QUARTERDECK_AUDIT_MASTER_KEY", "A" * 43 + "=")
     s = load_settings()
-    assert s.env == "production" and not s.embedded_postgres
+    assert s.env == "production" and not s.embedded_postgres and s.auth_required
+
+
+def test_production_refuses_auth_off_and_a_missing_audit_key(clean_env: pytest.MonkeyPatch):
+    clean_env.setenv("QUARTERDECK_ENV", "production")
+    clean_env.setenv("QUARTERDECK_ADMIN_API_KEY", ADMIN_KEY)
+    clean_env.setenv("POSTGRES_URL", PG_URL)
+    clean_env.setenv("QUARTERDECK_AUTH_ENABLED", "false")
+    with pytest.raises(ConfigError) as info:
+        load_settings()
+    assert "QUARTERDECK_AUTH_ENABLED" in info.value.detail
+    assert "QUARTERDECK_AUDIT_MASTER_KEY" in info.value.detail
+
+
+def test_auth_defaults_off_in_development_and_can_be_turned_on(clean_env: pytest.MonkeyPatch):
+    assert load_settings().auth_required is False
+    clean_env.setenv("QUARTERDECK_AUTH_ENABLED", "true")
+    assert load_settings().auth_required is True
 
 
 def test_development_needs_neither_admin_key_nor_postgres():

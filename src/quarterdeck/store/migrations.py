@@ -52,6 +52,8 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(3, "agent runtime results", sql_file="0003_agent_runtime.sql"),
     Migration(4, "incidents, timeline and notification outbox", sql_file="0004_incidents.sql"),
     Migration(5, "tenant budgets", sql_file="0005_budgets.sql"),
+    Migration(6, "audit log, chains and checkpoints", sql_file="0006_audit.sql"),
+    Migration(7, "API keys, roles and tenants", sql_file="0007_auth.sql"),
 )
 
 HEAD = MIGRATIONS[-1].version

@@ -1,0 +1,1 @@
+"""Security: API keys and roles (auth), the audit log (audit), and the policy gate (policy)."""

@@ -1,0 +1,2 @@
+-- Audit log (security/audit). Written by the audit work.
+SELECT 1;

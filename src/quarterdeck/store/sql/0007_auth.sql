@@ -1,0 +1,2 @@
+-- API keys (security/auth). Written by the auth work.
+SELECT 1;

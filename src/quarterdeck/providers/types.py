@@ -8,7 +8,7 @@ dataclasses with ``to_dict``/``from_dict`` so a conversation can be checkpointed
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal, Protocol, runtime_checkable
 
 Role = Literal["user", "assistant"]
@@ -114,15 +114,19 @@ class Usage:
             + self.cache_read_input_tokens
         )
 
+    # Field names spelled out: these run on every turn, and dataclasses.asdict is slow.
     def __add__(self, other: Usage) -> Usage:
-        return Usage(**{k: getattr(self, k) + getattr(other, k) for k in asdict(self)})
+        return Usage(*(getattr(self, k) + getattr(other, k) for k in _USAGE_FIELDS))
 
     def to_dict(self) -> dict[str, int]:
-        return asdict(self)
+        return {k: getattr(self, k) for k in _USAGE_FIELDS}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Usage:
-        return cls(**{k: int(data.get(k, 0) or 0) for k in asdict(cls())})
+        return cls(*(int(data.get(k, 0) or 0) for k in _USAGE_FIELDS))
+
+
+_USAGE_FIELDS = tuple(f.name for f in fields(Usage))
 
 
 @dataclass

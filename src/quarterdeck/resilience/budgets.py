@@ -13,6 +13,8 @@ cross the line rather than after it. Periods are UTC calendar days and months.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Annotated, Any
@@ -119,8 +121,33 @@ async def spend(conn: asyncpg.Connection, tenant: str, now: datetime) -> tuple[D
 
 
 class BudgetService:
-    def __init__(self, db: Database) -> None:
+    """Budget use-cases.
+
+    :meth:`check` runs before every provider call, so the tenant's *limits* are cached for
+    ``limits_ttl_s`` (spend never is): a tenant without a budget then costs no query at all. A
+    limit set through this service applies at once in this process, and within the TTL on other
+    replicas.
+    """
+
+    def __init__(self, db: Database, *, limits_ttl_s: float = 2.0) -> None:
         self.db = db
+        self.limits_ttl_s = limits_ttl_s
+        self._limits: dict[str, tuple[float, tuple[Any, Any] | None]] = {}
+
+    async def _limits_of(self, conn: asyncpg.Connection, tenant: str) -> tuple[Any, Any] | None:
+        cached = self._limits.get(tenant)
+        if cached is not None and time.monotonic() - cached[0] < self.limits_ttl_s:
+            return cached[1]
+        row = await conn.fetchrow(
+            "SELECT daily_usd, monthly_usd FROM tenant_budgets WHERE tenant = $1", tenant
+        )
+        limits = None if row is None else (row["daily_usd"], row["monthly_usd"])
+        if limits == (None, None):
+            limits = None
+        if len(self._limits) > 10_000:
+            self._limits.clear()
+        self._limits[tenant] = (time.monotonic(), limits)
+        return limits
 
     async def set(
         self,
@@ -143,6 +170,7 @@ class BudgetService:
             )
         )
         assert row is not None  # INSERT ... RETURNING always returns the row
+        self._limits.pop(tenant, None)
         budget = TenantBudget.model_validate(dict(row))
         async with self.db.acquire() as conn:
             self._publish(budget, await spend(conn, tenant, utcnow()))
@@ -182,24 +210,31 @@ class BudgetService:
         return s.daily_remaining_usd, s.monthly_remaining_usd
 
     async def check(
-        self, tenant: str, estimate_usd: Decimal | float, now: datetime | None = None
+        self,
+        tenant: str,
+        estimate_usd: Decimal | float | Callable[[], Decimal | float],
+        now: datetime | None = None,
     ) -> None:
         """Raise :class:`BudgetExceeded` if ``spent + estimate`` would pass either limit.
 
-        A tenant without a budget row costs one indexed lookup and passes.
+        A tenant without a budget passes without a query while its (absent) limits are cached.
+        ``estimate_usd`` may be a callable, evaluated only when the tenant has a limit.
         """
         now = now or utcnow()
-        estimate = _money(estimate_usd) or Decimal(0)
+        cached = self._limits.get(tenant)
+        if cached is not None and cached[1] is None:
+            if time.monotonic() - cached[0] < self.limits_ttl_s:
+                return
         async with self.db.acquire() as conn:
-            row = await conn.fetchrow(
-                "SELECT daily_usd, monthly_usd FROM tenant_budgets WHERE tenant = $1", tenant
-            )
-            if row is None or (row["daily_usd"] is None and row["monthly_usd"] is None):
+            limits = await self._limits_of(conn, tenant)
+            if limits is None:
                 return
             day, month = await spend(conn, tenant, now)
+        raw = estimate_usd() if callable(estimate_usd) else estimate_usd
+        estimate = _money(raw) or Decimal(0)
         for period, limit, spent in (
-            ("daily", row["daily_usd"], day),
-            ("monthly", row["monthly_usd"], month),
+            ("daily", limits[0], day),
+            ("monthly", limits[1], month),
         ):
             if limit is not None and spent + estimate > limit:
                 raise BudgetExceeded(tenant, period, Decimal(limit), spent, estimate)

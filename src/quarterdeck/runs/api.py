@@ -12,7 +12,17 @@ from fastapi.responses import PlainTextResponse, StreamingResponse
 
 from quarterdeck.exceptions import InvalidState, ValidationFailed
 from quarterdeck.kit.ids import is_id
-from quarterdeck.runs.models import Run, RunCreate, RunEvent, RunFilter, RunPage, RunStatus
+from quarterdeck.runs.models import (
+    AcceptedRun,
+    Run,
+    RunBatchAccepted,
+    RunBatchCreate,
+    RunCreate,
+    RunEvent,
+    RunFilter,
+    RunPage,
+    RunStatus,
+)
 from quarterdeck.runs.service import RunService
 
 router = APIRouter(prefix="/v1/runs", tags=["runs"])
@@ -43,6 +53,30 @@ async def submit_run(
     if not created:
         response.headers["Idempotent-Replayed"] = "true"
     return run
+
+
+@router.post(
+    "/batch",
+    status_code=202,
+    response_model=RunBatchAccepted,
+    summary="Submit up to 1,000 runs at once",
+    description="All runs are accepted in one transaction, or none is. With `Idempotency-Key`, "
+    "a retried batch returns the same run ids (`Idempotent-Replayed: true`).",
+)
+async def submit_batch(
+    body: RunBatchCreate,
+    request: Request,
+    response: Response,
+    idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
+) -> RunBatchAccepted:
+    ids, created = await _service(request).submit_batch(
+        body.runs, idempotency_key=idempotency_key
+    )
+    if not created:
+        response.headers["Idempotent-Replayed"] = "true"
+    return RunBatchAccepted(
+        count=len(ids), runs=[AcceptedRun(id=i, location=f"/v1/runs/{i}") for i in ids]
+    )
 
 
 @router.get("", response_model=RunPage, summary="List runs, newest first")

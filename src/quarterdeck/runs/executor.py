@@ -35,6 +35,7 @@ from quarterdeck.resilience.budgets import BudgetExceeded, BudgetService
 from quarterdeck.resilience.calls import CallResult, ResilientCaller
 from quarterdeck.runs import repository as repo
 from quarterdeck.runs.models import Run, RunStatus
+from quarterdeck.runs.writes import RunWriter
 from quarterdeck.store.pool import Database
 
 log = structlog.get_logger(__name__)
@@ -126,8 +127,10 @@ class RunExecutor:
         config: ExecutorConfig,
         caller: ResilientCaller | None = None,
         budgets: BudgetService | None = None,
+        writer: RunWriter | None = None,
     ) -> None:
         self.budgets = budgets
+        self.writer = writer or RunWriter(db)
         self.db = db
         self.provider = provider
         self.caller = caller or ResilientCaller(provider)
@@ -201,11 +204,13 @@ class RunExecutor:
                         usage=total,
                     )
             if self.budgets is not None:
-                worst = self.cost_of(
-                    run.model, worst_case_usage(messages, plan.system_prompt, plan.max_tokens)
-                )
+
+                def worst(messages: list[Message] = messages) -> float:
+                    usage = worst_case_usage(messages, plan.system_prompt, plan.max_tokens)
+                    return float(self.cost_of(run.model, usage) or 0)
+
                 try:
-                    await self.budgets.check(run.tenant, float(worst or 0))
+                    await self.budgets.check(run.tenant, worst)
                 except BudgetExceeded as exc:
                     return Outcome(
                         RunStatus.budget_exceeded,
@@ -223,9 +228,9 @@ class RunExecutor:
                 metadata={"run_id": run.id, "turn": str(turn), "agent_type": run.agent_type},
             )
             try:
-                called = await asyncio.wait_for(
-                    self._call(run, request), timeout=max(0.001, deadline - time.time())
-                )
+                # asyncio.timeout, not wait_for: no extra task per call on the hot path.
+                async with asyncio.timeout(max(0.001, deadline - time.time())):
+                    called = await self._call(run, request)
             except TimeoutError:
                 continue  # the deadline check above ends the run
             except ProviderError as exc:
@@ -287,22 +292,19 @@ class RunExecutor:
             event["fallback_from"] = called.fallback_from
             event["fallback_reason"] = called.fallback_reason
 
-        async def write() -> None:
-            async with self.db.acquire() as conn:
-                await repo.save_turn(
-                    conn,
-                    run.id,
-                    turn,
-                    messages,
-                    response.model,
-                    usage.to_dict(),
-                    cost,
-                    response.stop_reason,
-                    event,
-                )
-
-        # Shielded: a cancel arriving mid-write must not leave a half-recorded turn.
-        await asyncio.shield(write())
+        record = repo.TurnRecord(
+            run.id,
+            turn,
+            messages,
+            response.model,
+            usage.to_dict(),
+            cost,
+            response.stop_reason,
+            event,
+        )
+        # Group-committed with other runs' turns; the write completes even if this run is
+        # cancelled while it waits, so a cancel never leaves a half-recorded turn.
+        await self.writer.save_turn(record)
         metrics.TURNS.labels(run.agent_type, metrics.bounded(response.model)).inc()
         telemetry.record_call(
             run.agent_type,

@@ -81,6 +81,25 @@ class RunCreate(BaseModel):
         return value
 
 
+class RunBatchCreate(BaseModel):
+    """Body of ``POST /v1/runs/batch``: up to 1,000 submissions, accepted all together or not."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    runs: list[RunCreate] = Field(min_length=1, max_length=1000)
+
+
+class AcceptedRun(BaseModel):
+    id: str
+    status: str = "queued"
+    location: str
+
+
+class RunBatchAccepted(BaseModel):
+    count: int
+    runs: list[AcceptedRun]
+
+
 class Run(BaseModel):
     id: str
     tenant: str

@@ -18,6 +18,14 @@ async def enqueue_run(conn: asyncpg.Connection, run_id: str, priority: int = 0) 
     return int(ids[0])
 
 
+async def enqueue_runs(conn: asyncpg.Connection, run_ids: list[str]) -> list[int]:
+    """One pgqueuer enqueue statement for a whole batch of runs."""
+    ids = await Queries(AsyncpgDriver(conn)).enqueue(
+        [ENTRYPOINT] * len(run_ids), [r.encode() for r in run_ids], [0] * len(run_ids)
+    )
+    return [int(i) for i in ids]
+
+
 async def cancel_jobs(conn: asyncpg.Connection, job_ids: list[int]) -> None:
     """Mark jobs cancelled; pgqueuer NOTIFYs the worker holding them to cancel their scope."""
     from pgqueuer.models import JobId

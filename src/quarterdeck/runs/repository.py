@@ -7,14 +7,14 @@ turn impossible to bill twice.
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
 import asyncpg
 
 from quarterdeck.runs.models import Run, RunEvent, RunFilter, RunStatus
-
-EVENTS_CHANNEL = "quarterdeck_run_events"
 
 
 async def insert_run(conn: asyncpg.Connection, values: dict[str, Any]) -> Run | None:
@@ -24,14 +24,14 @@ async def insert_run(conn: asyncpg.Connection, values: dict[str, Any]) -> Run | 
         WITH r AS (
             INSERT INTO runs (id, tenant, agent_type, operation, prompt, model, max_attempts,
                               idempotency_key, request_hash, job_id, params, budget_usd)
-            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $13)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
             ON CONFLICT (tenant, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
             RETURNING *
         ), e AS (
             INSERT INTO run_events (run_id, type, data)
             SELECT id, 'status', '{"status": "queued"}'::jsonb FROM r
         )
-        SELECT r.*, pg_notify($12, r.id) FROM r
+        SELECT r.* FROM r
         """,
         values["id"],
         values["tenant"],
@@ -44,10 +44,65 @@ async def insert_run(conn: asyncpg.Connection, values: dict[str, Any]) -> Run | 
         values["request_hash"],
         values["job_id"],
         values["params"],
-        EVENTS_CHANNEL,
         values.get("budget_usd"),
     )
     return Run.from_row(row) if row else None
+
+
+_RUN_COLUMNS = (
+    "id",
+    "tenant",
+    "agent_type",
+    "operation",
+    "prompt",
+    "model",
+    "max_attempts",
+    "idempotency_key",
+    "request_hash",
+    "job_id",
+    "params",
+    "budget_usd",
+)
+
+
+async def insert_runs(conn: asyncpg.Connection, rows: list[dict[str, Any]]) -> int:
+    """Insert many runs and their first events in one statement; returns how many were new.
+
+    Rows whose idempotency key already exists are skipped, so a short count means a race lost.
+    """
+    columns = [[row[c] for row in rows] for c in _RUN_COLUMNS]
+    inserted: int = await conn.fetchval(
+        """
+        WITH r AS (
+            INSERT INTO runs (id, tenant, agent_type, operation, prompt, model, max_attempts,
+                              idempotency_key, request_hash, job_id, params, budget_usd)
+            SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
+                                 $6::text[], $7::int[], $8::text[], $9::text[], $10::bigint[],
+                                 $11::jsonb[], $12::numeric[])
+            ON CONFLICT (tenant, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+            RETURNING id
+        ), e AS (
+            INSERT INTO run_events (run_id, type, data)
+            SELECT id, 'status', '{"status": "queued"}'::jsonb FROM r
+        )
+        SELECT count(*) FROM r
+        """,
+        *columns,
+    )
+    return inserted
+
+
+async def find_by_idempotency_keys(
+    conn: asyncpg.Connection, tenant: str, keys: list[str]
+) -> dict[str, tuple[str, str | None]]:
+    """{idempotency key: (run id, request hash)} for the keys that exist."""
+    rows = await conn.fetch(
+        "SELECT idempotency_key, id, request_hash FROM runs"
+        " WHERE tenant = $1 AND idempotency_key = ANY($2::text[])",
+        tenant,
+        keys,
+    )
+    return {r["idempotency_key"]: (r["id"], r["request_hash"]) for r in rows}
 
 
 async def find_by_idempotency_key(
@@ -101,15 +156,12 @@ async def append_event(
 ) -> int:
     event_id: int = await conn.fetchval(
         """
-        WITH e AS (INSERT INTO run_events (run_id, type, turn, data)
-                   VALUES ($1, $2, $3, $4) RETURNING id)
-        SELECT e.id FROM e, pg_notify($5, $1)
+        INSERT INTO run_events (run_id, type, turn, data) VALUES ($1, $2, $3, $4) RETURNING id
         """,
         run_id,
         type_,
         turn,
         data,
-        EVENTS_CHANNEL,
     )
     return event_id
 
@@ -123,7 +175,6 @@ async def append_events(
         "INSERT INTO run_events (run_id, type, turn, data) VALUES ($1, $2, $3, $4)",
         [(run_id, t, turn, d) for t, turn, d in events],
     )
-    await conn.execute("SELECT pg_notify($1, $2)", EVENTS_CHANNEL, run_id)
 
 
 async def list_events(
@@ -141,18 +192,25 @@ async def list_events(
 async def start_attempt(
     conn: asyncpg.Connection, run_id: str, worker_id: str
 ) -> tuple[Run, bool] | None:
-    """Claim a run for execution: bump attempts, mark running, record it. One statement.
+    """Claim one run for execution; see :func:`start_attempts`."""
+    return (await start_attempts(conn, [run_id], worker_id)).get(run_id)
 
-    Returns (run, first_start), or None when the run is already terminal (a stale or duplicate
-    job for a finished or cancelled run).
+
+async def start_attempts(
+    conn: asyncpg.Connection, run_ids: list[str], worker_id: str
+) -> dict[str, tuple[Run, bool]]:
+    """Claim runs for execution: bump attempts, mark running, record it. One statement.
+
+    Returns {run id: (run, first_start)}; a run missing from it is already terminal (a stale or
+    duplicate job for a finished or cancelled run).
     """
-    row = await conn.fetchrow(
+    rows = await conn.fetch(
         """
         WITH u AS (
             UPDATE runs
                SET status = 'running', attempts = attempts + 1, worker_id = $2,
                    started_at = coalesce(started_at, now()), heartbeat_at = now()
-             WHERE id = $1 AND status IN ('queued', 'running')
+             WHERE id = ANY($1::text[]) AND status IN ('queued', 'running')
             RETURNING *
         ), e AS (
             INSERT INTO run_events (run_id, type, data)
@@ -160,15 +218,22 @@ async def start_attempt(
                                                     'worker', $2::text, 'resumed', attempts > 1)
               FROM u
         )
-        SELECT u.*, (u.attempts = 1) AS first_start, pg_notify($3, u.id) FROM u
+        SELECT u.*, (u.attempts = 1) AS first_start FROM u
         """,
-        run_id,
+        sorted(run_ids),
         worker_id,
-        EVENTS_CHANNEL,
     )
-    if row is None:
-        return None
-    return Run.from_row(row), bool(row["first_start"])
+    return {r["id"]: (Run.from_row(r), bool(r["first_start"])) for r in rows}
+
+
+async def latest_event_ids(conn: asyncpg.Connection, run_ids: list[str]) -> dict[str, int]:
+    """The newest event id of each run (one index probe per run): what live followers poll."""
+    rows = await conn.fetch(
+        "SELECT r.id, (SELECT max(e.id) FROM run_events e WHERE e.run_id = r.id) AS last"
+        " FROM unnest($1::text[]) AS r(id)",
+        run_ids,
+    )
+    return {r["id"]: int(r["last"]) for r in rows if r["last"] is not None}
 
 
 async def last_checkpoint(conn: asyncpg.Connection, run_id: str) -> tuple[int, list[Any]] | None:
@@ -189,57 +254,76 @@ async def tool_results(conn: asyncpg.Connection, run_id: str, turn: int) -> dict
     return dict(data["message"]) if data else None
 
 
-async def save_turn(
-    conn: asyncpg.Connection,
-    run_id: str,
-    turn: int,
-    messages: list[Any],
-    model: str,
-    usage: dict[str, int],
-    cost: Decimal | None,
-    stop_reason: str,
-    event: dict[str, Any],
-) -> None:
-    """Checkpoint one completed turn, add its usage to the run and record its event.
+@dataclass(frozen=True)
+class TurnRecord:
+    """One completed turn to checkpoint: conversation so far, usage, cost and its event."""
 
-    One statement, so it is atomic without an explicit transaction: either the turn is fully
-    recorded and billed, or not at all.
+    run_id: str
+    turn: int
+    messages: list[Any]
+    model: str
+    usage: dict[str, int]
+    cost: Decimal | None
+    stop_reason: str
+    event: dict[str, Any]
+
+
+async def save_turns(conn: asyncpg.Connection, turns: list[TurnRecord]) -> None:
+    """Checkpoint completed turns, add their usage to their runs and record their events.
+
+    One statement, so each turn is atomic without an explicit transaction: either it is fully
+    recorded and billed, or not at all. A batch holds at most one turn per run.
     """
     await conn.execute(
         """
-        WITH t AS (
+        WITH v AS (
+            SELECT * FROM unnest($1::text[], $2::int[], $3::text[], $4::text[], $5::bigint[],
+                                 $6::bigint[], $7::bigint[], $8::bigint[], $9::numeric[],
+                                 $10::text[], $11::jsonb[])
+                AS v(run_id, turn, messages, model, input_tokens, output_tokens,
+                     cache_creation_tokens, cache_read_tokens, cost_usd, stop_reason, event)
+        ), t AS (
             INSERT INTO run_turns (run_id, turn, messages, model, input_tokens, output_tokens,
                                    cache_creation_tokens, cache_read_tokens, cost_usd,
                                    stop_reason)
-            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+            SELECT run_id, turn, messages::jsonb, model, input_tokens, output_tokens,
+                   cache_creation_tokens, cache_read_tokens, cost_usd, stop_reason FROM v
         ), u AS (
-            UPDATE runs
-               SET turns = $2,
-                   input_tokens = input_tokens + $5, output_tokens = output_tokens + $6,
-                   cache_creation_tokens = cache_creation_tokens + $7,
-                   cache_read_tokens = cache_read_tokens + $8,
-                   cost_usd = cost_usd + coalesce($9::numeric, 0),
-                   cost_known = cost_known AND $9::numeric IS NOT NULL,
+            UPDATE runs r
+               SET turns = v.turn,
+                   input_tokens = r.input_tokens + v.input_tokens,
+                   output_tokens = r.output_tokens + v.output_tokens,
+                   cache_creation_tokens = r.cache_creation_tokens + v.cache_creation_tokens,
+                   cache_read_tokens = r.cache_read_tokens + v.cache_read_tokens,
+                   cost_usd = r.cost_usd + coalesce(v.cost_usd, 0),
+                   cost_known = r.cost_known AND v.cost_usd IS NOT NULL,
                    heartbeat_at = now()
-             WHERE id = $1
-        ), e AS (
-            INSERT INTO run_events (run_id, type, turn, data) VALUES ($1, 'turn', $2, $11)
+              FROM v WHERE r.id = v.run_id
         )
-        SELECT pg_notify($12, $1)
+        INSERT INTO run_events (run_id, type, turn, data) SELECT run_id, 'turn', turn, event FROM v
         """,
-        run_id,
-        turn,
-        messages,
-        model,
-        usage["input_tokens"],
-        usage["output_tokens"],
-        usage["cache_creation_input_tokens"],
-        usage["cache_read_input_tokens"],
-        cost,
-        stop_reason,
-        event,
-        EVENTS_CHANNEL,
+        [t.run_id for t in turns],
+        [t.turn for t in turns],
+        # JSON text, not jsonb values: the driver would read a list as an array dimension.
+        [json.dumps(t.messages) for t in turns],
+        [t.model for t in turns],
+        [t.usage["input_tokens"] for t in turns],
+        [t.usage["output_tokens"] for t in turns],
+        [t.usage["cache_creation_input_tokens"] for t in turns],
+        [t.usage["cache_read_input_tokens"] for t in turns],
+        [t.cost for t in turns],
+        [t.stop_reason for t in turns],
+        [t.event for t in turns],
     )
+
+
+@dataclass(frozen=True)
+class Finish:
+    run_id: str
+    status: RunStatus
+    result: str | None = None
+    error: str | None = None
+    event: dict[str, Any] | None = None
 
 
 async def finish(
@@ -251,27 +335,39 @@ async def finish(
     event: dict[str, Any] | None = None,
 ) -> Run | None:
     """Move a non-terminal run to a terminal status and record it; None if already terminal."""
-    data = {"status": status.value, "error": error, **(event or {})}
-    row = await conn.fetchrow(
+    done = await finish_many(conn, [Finish(run_id, status, result, error, event)])
+    return done.get(run_id)
+
+
+async def finish_many(conn: asyncpg.Connection, items: list[Finish]) -> dict[str, Run]:
+    """Move non-terminal runs to terminal statuses and record it, in one statement.
+
+    Returns the runs that were moved; one already terminal is left alone and missing.
+    """
+    rows = await conn.fetch(
         """
-        WITH u AS (
-            UPDATE runs SET status = $2, result = $3, error = $4, finished_at = now(),
-                            started_at = coalesce(started_at, now())
-             WHERE id = $1 AND status IN ('queued', 'running')
-            RETURNING *
+        WITH v AS (
+            SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::jsonb[])
+                AS v(id, status, result, error, data)
+        ), u AS (
+            UPDATE runs r SET status = v.status, result = v.result, error = v.error,
+                              finished_at = now(), started_at = coalesce(r.started_at, now())
+              FROM v
+             WHERE r.id = v.id AND r.status IN ('queued', 'running')
+            RETURNING r.*
         ), e AS (
-            INSERT INTO run_events (run_id, type, data) SELECT id, 'status', $5 FROM u
+            INSERT INTO run_events (run_id, type, data)
+            SELECT u.id, 'status', v.data FROM u JOIN v ON v.id = u.id
         )
-        SELECT u.*, pg_notify($6, u.id) FROM u
+        SELECT u.* FROM u
         """,
-        run_id,
-        status.value,
-        result,
-        error,
-        data,
-        EVENTS_CHANNEL,
+        [i.run_id for i in items],
+        [i.status.value for i in items],
+        [i.result for i in items],
+        [i.error for i in items],
+        [{"status": i.status.value, "error": i.error, **(i.event or {})} for i in items],
     )
-    return Run.from_row(row) if row else None
+    return {r["id"]: Run.from_row(r) for r in rows}
 
 
 async def request_cancel(conn: asyncpg.Connection, run_id: str) -> None:

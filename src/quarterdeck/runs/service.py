@@ -86,6 +86,20 @@ class RunService:
             existing = await self._replay(tenant, idempotency_key, digest)
             if existing:
                 return existing, False
+        params, archive = self._prepare(body)
+        run_id = new_id("run")
+        try:
+            return await self._insert(
+                run_id, body, tenant, idempotency_key, digest, params, archive
+            )
+        except _KeyTaken:
+            existing = await self._replay(tenant, idempotency_key or "", digest)
+            if existing is None:  # pragma: no cover - the key holder was deleted meanwhile
+                raise
+            return existing, False
+
+    def _prepare(self, body: RunCreate) -> tuple[dict[str, Any], bytes | None]:
+        """Validate a submission against the catalog; return (params, tar archive or None)."""
         params: dict[str, Any] = {"metadata": body.metadata}
         if body.max_turns:
             params["max_turns"] = body.max_turns
@@ -100,16 +114,114 @@ class RunService:
             params["workspace"] = spec
         if self.catalog is not None:
             self.catalog.get(body.agent_type or self.settings.default_agent_type)  # 422 if unknown
-        run_id = new_id("run")
+        return params, archive
+
+    def _row(
+        self,
+        run_id: str,
+        body: RunCreate,
+        tenant: str,
+        idempotency_key: str | None,
+        digest: str,
+        params: dict[str, Any],
+        job_id: int,
+    ) -> dict[str, Any]:
+        agent_type = body.agent_type or self.settings.default_agent_type
+        return {
+            "id": run_id,
+            "tenant": tenant,
+            "agent_type": agent_type,
+            "operation": body.operation,
+            "prompt": body.prompt,
+            "model": self.resolve_model(body.model, agent_type),
+            "max_attempts": self.settings.max_attempts,
+            "idempotency_key": idempotency_key,
+            "request_hash": digest,
+            "job_id": job_id,
+            "params": params,
+            "budget_usd": body.budget_usd,
+        }
+
+    async def submit_batch(
+        self,
+        bodies: list[RunCreate],
+        *,
+        tenant: str = DEFAULT_TENANT,
+        idempotency_key: str | None = None,
+    ) -> tuple[list[str], bool]:
+        """Create and enqueue many runs in one transaction: all of them or none.
+
+        One multi-row INSERT and one pgqueuer enqueue for the whole batch, so a batch costs about
+        as much as a single submission. With an ``Idempotency-Key`` each run is keyed
+        ``KEY#index``; a replay of the same batch returns the same ids (created False), and a
+        replay with a different body is a 409. Tar workspaces must go through ``POST /v1/runs``.
+        """
+        digests = [request_hash(b) for b in bodies]
+        keys = [f"{idempotency_key}#{i}" for i in range(len(bodies))] if idempotency_key else None
+        if keys is not None:
+            replayed = await self._replay_batch(tenant, keys, digests)
+            if replayed is not None:
+                return replayed, False
+        prepared = []
+        for i, body in enumerate(bodies):
+            if body.workspace is not None and body.workspace.type == "tar":
+                raise ValidationFailed(
+                    "tar workspaces cannot be uploaded in a batch; submit that run alone",
+                    errors=[{"field": f"runs.{i}.workspace", "message": "tar not allowed here"}],
+                )
+            try:
+                prepared.append(self._prepare(body)[0])
+            except ValidationFailed as exc:  # name the item: runs.3.agent_type
+                errors = [
+                    {**e, "field": f"runs.{i}.{e['field']}"} for e in exc.extra.get("errors", [])
+                ]
+                raise ValidationFailed(f"runs.{i}: {exc.detail}", errors=errors) from None
+        run_ids = [new_id("run") for _ in bodies]
         try:
-            return await self._insert(
-                run_id, body, tenant, idempotency_key, digest, params, archive
-            )
+            return await self._insert_batch(run_ids, bodies, tenant, keys, digests, prepared)
         except _KeyTaken:
-            existing = await self._replay(tenant, idempotency_key or "", digest)
-            if existing is None:  # pragma: no cover - the key holder was deleted meanwhile
-                raise
-            return existing, False
+            replayed = await self._replay_batch(tenant, keys or [], digests)
+            if replayed is None:  # pragma: no cover - the key holders were deleted meanwhile
+                raise IdempotencyConflict("a concurrent batch holds this Idempotency-Key") from None
+            return replayed, False
+
+    async def _insert_batch(
+        self,
+        run_ids: list[str],
+        bodies: list[RunCreate],
+        tenant: str,
+        keys: list[str] | None,
+        digests: list[str],
+        prepared: list[dict[str, Any]],
+    ) -> tuple[list[str], bool]:
+        async with self.db.transaction() as conn:
+            job_ids = await queue.enqueue_runs(conn, run_ids)
+            rows = [
+                self._row(rid, b, tenant, keys[i] if keys else None, digests[i], params, job)
+                for i, (rid, b, params, job) in enumerate(
+                    zip(run_ids, bodies, prepared, job_ids, strict=True)
+                )
+            ]
+            inserted = await repo.insert_runs(conn, rows)
+            if inserted != len(rows):
+                raise _KeyTaken  # rolls back; another request holds these keys
+        return run_ids, True
+
+    async def _replay_batch(
+        self, tenant: str, keys: list[str], digests: list[str]
+    ) -> list[str] | None:
+        async with self.db.acquire() as conn:
+            found = await repo.find_by_idempotency_keys(conn, tenant, keys)
+        if not found:
+            return None
+        if len(found) != len(keys) or any(
+            found.get(k, ("", ""))[1] != d for k, d in zip(keys, digests, strict=True)
+        ):
+            raise IdempotencyConflict(
+                f"Idempotency-Key {keys[0].rsplit('#', 1)[0]!r} was already used for a different"
+                " batch"
+            )
+        return [found[k][0] for k in keys]
 
     async def _insert(
         self,
@@ -124,23 +236,7 @@ class RunService:
         async with self.db.transaction() as conn:
             job_id = await queue.enqueue_run(conn, run_id)
             run = await repo.insert_run(
-                conn,
-                {
-                    "id": run_id,
-                    "tenant": tenant,
-                    "agent_type": body.agent_type or self.settings.default_agent_type,
-                    "operation": body.operation,
-                    "prompt": body.prompt,
-                    "model": self.resolve_model(
-                        body.model, body.agent_type or self.settings.default_agent_type
-                    ),
-                    "max_attempts": self.settings.max_attempts,
-                    "idempotency_key": idempotency_key,
-                    "request_hash": digest,
-                    "job_id": job_id,
-                    "params": params,
-                    "budget_usd": body.budget_usd,
-                },
+                conn, self._row(run_id, body, tenant, idempotency_key, digest, params, job_id)
             )
             if run is None:  # lost a race for this key: roll back our job, answer with theirs
                 raise _KeyTaken

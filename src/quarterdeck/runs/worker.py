@@ -77,6 +77,7 @@ class WorkerPool:
                 shutdown=self._stop,
             )
         finally:
+            await self.executor.writer.aclose()
             for task in background:
                 task.cancel()
             for task in background:
@@ -155,8 +156,7 @@ class WorkerPool:
             raise RetryRequested(delay=timedelta(seconds=2), reason=exc.detail) from exc
 
     async def _handle(self, run_id: str, ctx: Any) -> None:
-        async with self.db.acquire() as conn:
-            claimed = await repo.start_attempt(conn, run_id, self.worker_id)
+        claimed = await self.executor.writer.start(run_id, self.worker_id)
         if claimed is None:
             return  # already terminal: a stale or duplicate job
         run, first = claimed
@@ -223,18 +223,15 @@ class WorkerPool:
         log.info("run_released", run_id=run.id)
 
     async def _finish(self, run: Run, outcome: Outcome) -> None:
-        async def write() -> Run | None:
-            async with self.db.acquire() as conn:
-                return await repo.finish(
-                    conn,
-                    run.id,
-                    outcome.status,
-                    outcome.result,
-                    outcome.error,
-                    {"error_type": outcome.error_type},
-                )
-
-        done = await asyncio.shield(write())
+        done = await self.executor.writer.finish(
+            repo.Finish(
+                run.id,
+                outcome.status,
+                outcome.result,
+                outcome.error,
+                {"error_type": outcome.error_type},
+            )
+        )
         if done is None:
             return
         record_outcome(done, outcome.error_type)

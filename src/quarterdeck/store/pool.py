@@ -31,6 +31,19 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+class _PooledConnection(asyncpg.Connection):
+    """A pool connection released without asyncpg's reset query.
+
+    The default reset (``UNLISTEN *``, ``RESET ALL``, advisory unlock, ``CLOSE ALL``) is a round
+    trip on every release, and a run takes several connections from the pool. Pooled connections
+    never carry session state here: LISTEN, session advisory locks and migrations use dedicated
+    connections, so there is nothing to reset. An open transaction is still rolled back.
+    """
+
+    def get_reset_query(self) -> str:
+        return ""
+
+
 def database_url(settings: Settings) -> str:
     if settings.postgres_url is not None:
         return settings.postgres_url.get_secret_value()
@@ -63,6 +76,7 @@ class Database:
                 command_timeout=60,
                 max_inactive_connection_lifetime=300,
                 init=_init_connection,
+                connection_class=_PooledConnection,
             )
         except CONNECTION_ERRORS as exc:
             raise Unavailable(f"cannot connect to Postgres: {exc}") from exc

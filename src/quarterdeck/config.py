@@ -126,6 +126,7 @@ class Settings(BaseSettings):
     provider_requests_per_minute: float | None = Field(default=None, gt=0)
     provider_tokens_per_minute: float | None = Field(default=None, gt=0)
     model_fallbacks: dict[str, list[str]] = Field(default_factory=dict)
+    context_fallbacks: dict[str, list[str]] = Field(default_factory=dict)
 
     health_monitor_enabled: bool = True
     health_check_interval: float = 10.0

@@ -94,3 +94,45 @@ async def test_the_fallback_serves_when_the_primary_keeps_failing_and_its_breake
         assert len(_models(messages_api)) == 5  # the open primary was not called
     finally:
         await rt.stop()
+
+
+async def test_a_context_window_error_moves_to_the_larger_context_model(
+    fast_retry_settings, messages_api
+):
+    messages_api.script([
+        error(400, "invalid_request_error", "prompt is too long: 215000 tokens > 200000 maximum"),
+        message(text("fits now")),
+    ])
+    rt = Runtime(fast_retry_settings(
+        model_fallbacks={"claude-opus-4-1": ["claude-haiku-4-5"]},
+        context_fallbacks={"claude-opus-4-1": ["claude-sonnet-4-5-1m"]},
+    ))
+    await rt.start()
+    try:
+        run, _ = await rt.runs.submit(RunCreate(prompt="a very long conversation"))
+        done = await rt.runs.wait(run.id, 30)
+        assert done.status == RunStatus.succeeded and done.result == "fits now"
+        # not retried on the same model, and not sent to the smaller fallback
+        assert _models(messages_api) == ["claude-opus-4-1", "claude-sonnet-4-5-1m"]
+        turn = next(e for e in await rt.runs.events(run.id) if e.type == "turn")
+        assert turn.data["fallback_from"] == "claude-opus-4-1"
+        assert turn.data["fallback_reason"] == "context_window"
+    finally:
+        await rt.stop()
+
+
+async def test_a_context_window_error_without_a_larger_model_fails_clearly(
+    fast_retry_settings, messages_api
+):
+    messages_api.script([
+        error(400, "invalid_request_error", "prompt is too long: 215000 tokens > 200000 maximum"),
+    ])
+    rt = Runtime(fast_retry_settings())
+    await rt.start()
+    try:
+        run, _ = await rt.runs.submit(RunCreate(prompt="x"))
+        done = await rt.runs.wait(run.id, 30)
+        assert done.status == RunStatus.failed and "prompt is too long" in (done.error or "")
+        assert len(_models(messages_api)) == 1
+    finally:
+        await rt.stop()

@@ -193,3 +193,20 @@ def test_invalid_arguments() -> None:
         NO_JITTER.decide(status(500), 0, 0.0, 0.0)
     with pytest.raises(ValueError):
         RetryPolicy(max_attempts=0)
+
+
+@pytest.mark.parametrize(
+    ("status", "error_type", "detail", "expected"),
+    [
+        (400, "invalid_request_error", "prompt is too long: 215000 tokens > 200000 maximum", True),
+        (400, "invalid_request_error", "This model's maximum context length is 128000", True),
+        (400, "context_length_exceeded", "too long", True),
+        (400, "invalid_request_error", "messages: field required", False),
+        (529, "overloaded_error", "prompt is too long", False),
+    ],
+)
+def test_context_overflow_is_recognised_by_its_message(status, error_type, detail, expected):
+    from quarterdeck.resilience.retry import is_context_overflow
+
+    err = ProviderError(detail, status_code=status, error_type=error_type)
+    assert is_context_overflow(err) is expected

@@ -8,7 +8,8 @@ run with their own retries off. Per call:
 3. on failure ask :class:`~quarterdeck.resilience.retry.RetryPolicy` whether and when to retry
    (the guide's 1/5/15/30 s schedule, ``retry-after`` honoured and capped, a total budget);
 4. when the primary's breaker stays open or its retries are spent, try the model's fallbacks in
-   order (configured per model; the guide's example is a smaller model).
+   order (configured per model; the guide's example is a smaller model);
+5. a context-window error moves to a larger-context model when one is configured.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from quarterdeck.providers import telemetry
 from quarterdeck.providers.types import ModelRequest, ModelResponse, Provider
 from quarterdeck.resilience.breaker import Breakers, CircuitOpenError, breaker_name
 from quarterdeck.resilience.ratelimit import ProviderLimiter
-from quarterdeck.resilience.retry import GiveUp, RetryPolicy
+from quarterdeck.resilience.retry import GiveUp, RetryPolicy, is_context_overflow
 from quarterdeck.resilience.traffic import observe_provider_call
 
 log = structlog.get_logger(__name__)
@@ -58,6 +59,7 @@ class ResilientCaller:
         breakers: Breakers | None = None,
         limiter: ProviderLimiter | None = None,
         fallbacks: Mapping[str, Sequence[str]] | None = None,
+        context_fallbacks: Mapping[str, Sequence[str]] | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         clock: Callable[[], float] = time.monotonic,
         streaming: bool = False,
@@ -68,14 +70,22 @@ class ResilientCaller:
         self.breakers = breakers or Breakers()
         self.limiter = limiter
         self.fallbacks = {k: list(v) for k, v in (fallbacks or {}).items()}
+        self.context_fallbacks = {k: list(v) for k, v in (context_fallbacks or {}).items()}
         self.sleep = sleep
         self.clock = clock
 
     async def call(self, agent_type: str, request: ModelRequest) -> CallResult:
-        """The response of the first model in the chain that answers; raises the last error."""
+        """The response of the first model in the chain that answers; raises the last error.
+
+        The chain is the model and its fallbacks. A context-window error (the conversation no
+        longer fits) is not retried; it switches to the model's larger-context fallbacks, if
+        any are configured, because a smaller fallback could not take it either.
+        """
         chain = [request.model, *self.fallbacks.get(request.model, [])]
         reason: str | None = None
-        for index, model in enumerate(chain):
+        index = 0
+        while index < len(chain):
+            model = chain[index]
             attempt_request = request if index == 0 else dataclasses.replace(request, model=model)
             has_fallback = index < len(chain) - 1
             try:
@@ -83,10 +93,14 @@ class ResilientCaller:
                     agent_type, attempt_request, has_fallback
                 )
             except _GaveUp as gave_up:
-                last = index == len(chain) - 1
-                if last or not gave_up.exhausted:
+                larger = self.context_fallbacks.get(model, [])
+                if is_context_overflow(gave_up.error) and larger:
+                    chain = [*chain[: index + 1], *larger]
+                    reason = "context_window"
+                elif index == len(chain) - 1 or not gave_up.exhausted:
                     raise gave_up.error from None
-                reason = gave_up.error.error_type
+                else:
+                    reason = gave_up.error.error_type
                 log.warning(
                     "model_fallback",
                     from_model=model,
@@ -94,6 +108,7 @@ class ResilientCaller:
                     reason=reason,
                     error=gave_up.error.detail,
                 )
+                index += 1
                 continue
             if index == 0:
                 return CallResult(response, attempts=attempts)

@@ -49,10 +49,33 @@ SPEND_LIMIT_MARKERS: tuple[str, ...] = (
 )
 """Lower-case substrings that mark a spend/billing limit rather than a rate limit."""
 
+CONTEXT_OVERFLOW_MARKERS: tuple[str, ...] = (
+    "prompt is too long",
+    "context window",
+    "context_length_exceeded",
+    "maximum context length",
+    "input is too long",
+    "too many input tokens",
+)
+"""Lower-case substrings of the errors Anthropic and OpenAI-compatible servers return when the
+conversation does not fit the model's context window."""
+
 RETRYABLE_STATUSES = frozenset({408, 409, 429})
 TRANSIENT_ERROR_TYPES = frozenset(
     {"connection_error", "timeout", "timeout_error", "overloaded_error"}
 )
+
+
+def is_context_overflow(error: ProviderError) -> bool:
+    """Whether ``error`` says the request does not fit the model's context window.
+
+    Such a call fails the same way on every retry and on any model with the same window, so it
+    is never retried; only a larger-context model can serve it.
+    """
+    if error.status_code not in (None, 400, 413):
+        return False
+    text = f"{error.error_type} {error.detail}".lower()
+    return any(marker in text for marker in CONTEXT_OVERFLOW_MARKERS)
 
 
 @dataclass(frozen=True)

@@ -136,6 +136,7 @@ class Settings(BaseSettings):
     health_min_free_bytes: int = Field(default=1024**3, ge=0)
     health_min_free_ratio: float = Field(default=0.05, ge=0, lt=1)
     health_max_loop_lag_ms: float = Field(default=500.0, gt=0)
+    health_escalate_after_failed_recoveries: int = Field(default=3, ge=1, le=1000)
 
     notify_slack_webhook_url: SecretStr | None = None
     notify_pagerduty_routing_key: SecretStr | None = None

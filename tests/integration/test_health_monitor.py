@@ -435,7 +435,7 @@ async def test_monitor_escalates_when_recovery_fails_then_resolves(
 ) -> None:
     check = DatabaseCheck(stopped_db, timeout_s=2)
     monitor = HealthMonitor(
-        make_settings(),
+        make_settings(health_escalate_after_failed_recoveries=2),
         db,
         incidents,
         checks=[check],
@@ -444,12 +444,16 @@ async def test_monitor_escalates_when_recovery_fails_then_resolves(
     await monitor.tick()
     inc = await incident_row(db, "health:database")
     assert inc is not None and inc["status"] == "open" and inc["severity"] == "critical"
-    assert inc["escalated_at"] is not None
+    assert inc["escalated_at"] is None, "one failed recovery is not yet a reason to page"
+    assert [e["event"] for e in webhook_events(receivers, inc["id"])] == ["trigger"]
+    await monitor.tick()
+    inc = await incident_row(db, "health:database")
+    assert inc is not None and inc["escalated_at"] is not None
     assert not inc["details"]["last_recovery"]["success"]
     await monitor.tick()  # still failing: same incident, escalated once
     again = await incident_row(db, "health:database")
     assert again is not None and again["id"] == inc["id"]
-    assert again["details"]["consecutive_failures"] == 2
+    assert again["details"]["consecutive_failures"] == 3
     kinds = [e["event"] for e in webhook_events(receivers, inc["id"])]
     assert kinds == ["trigger", "escalation"], kinds
 
@@ -497,7 +501,7 @@ async def test_filesystem_failure_escalates(
     with unwritable_dir() as path:
         check = FilesystemCheck(path, min_free_bytes=1, min_free_ratio=0)
         monitor = HealthMonitor(
-            make_settings(),
+            make_settings(health_escalate_after_failed_recoveries=1),
             db,
             incidents,
             checks=[check],

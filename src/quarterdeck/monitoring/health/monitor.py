@@ -99,6 +99,7 @@ class _State:
     failures: int = 0
     reason: str | None = None
     last_recovery: RecoveryResult | None = None
+    failed_recoveries: int = 0
 
 
 class HealthMonitor:
@@ -123,6 +124,7 @@ class HealthMonitor:
         self.elector = elector
         self.interval_s = interval_s
         self.clock = clock
+        self.escalate_after = settings.health_escalate_after_failed_recoveries
         if checks is None:
             built_checks, built_strategies = default_checks(settings, db, breakers, scaler)
             self.checks: list[HealthCheck] = built_checks
@@ -253,9 +255,14 @@ class HealthMonitor:
                 await health_repo.merge_incident_details(
                     conn, state.incident_id, {"last_recovery": recovery.to_dict()}
                 )
-        if not recovery.success:
+        state.failed_recoveries = 0 if recovery.success else state.failed_recoveries + 1
+        if state.failed_recoveries >= self.escalate_after:
+            # Not on the first failed attempt: a blip that the next tick repairs should not
+            # page anyone. The incident service escalates an incident once, however often asked.
             await self.incidents.escalate(
-                state.incident_id, f"auto-recovery failed for {check.name}: {recovery.message}"
+                state.incident_id,
+                f"auto-recovery failed {state.failed_recoveries} times in a row for "
+                f"{check.name}: {recovery.message}",
             )
         elif recovery.recheck is not None and recovery.recheck.healthy:
             self.last[check.name] = recovery.recheck

@@ -131,6 +131,10 @@ class Settings(BaseSettings):
     health_monitor_enabled: bool = True
     health_check_interval: float = 10.0
     health_leader_retry: float = 5.0
+    health_leader_backend: Literal["postgres", "kubernetes"] = "postgres"
+    health_lease_duration: float = 15.0
+    kubernetes_api_url: str | None = None
+    kubernetes_namespace: str | None = None
     health_provider_window: float = 300.0
     health_provider_max_error_rate: float = Field(default=0.5, gt=0, le=1)
     health_min_free_bytes: int = Field(default=1024**3, ge=0)
@@ -202,6 +206,7 @@ class Settings(BaseSettings):
         "notify_escalate_after_s",
         "health_check_interval",
         "health_leader_retry",
+        "health_lease_duration",
         "health_provider_window",
         "audit_checkpoint_interval",
         "audit_retention",

@@ -13,9 +13,9 @@ gives the properties we need without another moving part (no Redis, no Kubernete
   against the same database at the same time for longer than one ping timeout.
 
 The error is always on the safe side: for a moment there may be no leader, never two that both
-believe it for long. A Kubernetes ``Lease`` elector would serve deployments without Postgres
-session affinity (e.g. behind PgBouncer in transaction mode, where session locks do not work:
-point ``url`` at Postgres directly); it is not implemented here.
+believe it for long. Deployments without Postgres session affinity (e.g. behind PgBouncer in
+transaction mode, where session locks do not work) use the Kubernetes ``Lease`` elector in
+:mod:`quarterdeck.monitoring.health.lease` instead (``QUARTERDECK_HEALTH_LEADER_BACKEND``).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable
+from typing import Protocol
 
 import asyncpg
 import structlog
@@ -54,6 +55,17 @@ _KEEPALIVES = {
     "tcp_keepalives_count": "3",
     "application_name": "quarterdeck-leader",
 }
+
+
+class Elector(Protocol):
+    """What the health monitor needs from an elector (advisory lock or Kubernetes Lease)."""
+
+    @property
+    def is_leader(self) -> bool: ...
+
+    async def run(self) -> None: ...
+
+    async def stop(self) -> None: ...
 
 
 class LeaderElector:

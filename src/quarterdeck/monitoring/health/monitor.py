@@ -42,7 +42,7 @@ from quarterdeck.monitoring.health.checks import (
     RedisCheck,
     breaker_states,
 )
-from quarterdeck.monitoring.health.leader import LeaderElector
+from quarterdeck.monitoring.health.leader import Elector
 from quarterdeck.monitoring.health.provider import ProviderCheck
 from quarterdeck.monitoring.health.recovery import (
     AgentRecovery,
@@ -110,7 +110,7 @@ class HealthMonitor:
         incidents: IncidentService,
         breakers: Breakers | None = None,
         *,
-        elector: LeaderElector | None = None,
+        elector: Elector | None = None,
         checks: Sequence[HealthCheck] | None = None,
         strategies: Mapping[str, RecoveryStrategy] | None = None,
         scaler: ScaleRequester | None = None,

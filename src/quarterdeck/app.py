@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -22,19 +22,28 @@ from quarterdeck.monitoring.incidents import api as incidents_api
 from quarterdeck.resilience import budgets_api
 from quarterdeck.runs import api as runs_api
 from quarterdeck.runtime import Runtime
+from quarterdeck.security.auth import api as auth_api
+from quarterdeck.security.auth.dependencies import AUTH_REQUIRED_STATE
+from quarterdeck.security.auth.middleware import RateLimitHeaders
 
 log = structlog.get_logger(__name__)
 PROBLEM = "application/problem+json"
 
 
 def problem(
-    status: int, title: str, detail: str, type_: str = "about:blank", **extra: Any
+    status: int,
+    title: str,
+    detail: str,
+    type_: str = "about:blank",
+    *,
+    headers: Mapping[str, str] | None = None,
+    **extra: Any,
 ) -> JSONResponse:
     body = {"type": type_, "title": title, "status": status, "detail": detail, **extra}
-    headers = {}
+    out = dict(headers or {})
     if "retry_after" in extra:
-        headers["Retry-After"] = str(int(extra["retry_after"]))
-    return JSONResponse(body, status_code=status, media_type=PROBLEM, headers=headers)
+        out["Retry-After"] = str(int(extra["retry_after"]))
+    return JSONResponse(body, status_code=status, media_type=PROBLEM, headers=out)
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -47,6 +56,7 @@ def install_error_handlers(app: FastAPI) -> None:
             exc.title,
             exc.detail,
             exc.problem_type,
+            headers=getattr(exc, "headers", None),  # WWW-Authenticate, RateLimit-* (auth errors)
             instance=request.url.path,
             **exc.extra,
         )
@@ -105,11 +115,14 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.runtime = rt
+    setattr(app.state, AUTH_REQUIRED_STATE, settings.auth_required)  # fail closed if unset
     install_error_handlers(app)
+    app.add_middleware(RateLimitHeaders)
     app.include_router(probes.router)
     app.include_router(runs_api.router)
     app.include_router(agents_api.router)
     app.include_router(incidents_api.router)
     app.include_router(health_api.router)
     app.include_router(budgets_api.router)
+    app.include_router(auth_api.router)
     return app

@@ -18,6 +18,7 @@ from quarterdeck.kit.console import console, err_console, fail, print_json
 from quarterdeck.kit.logs import configure_logging
 from quarterdeck.monitoring.incidents.cli import app as incidents_app
 from quarterdeck.runs.cli import app as run_app
+from quarterdeck.security.auth.cli import app as keys_app
 
 app = typer.Typer(
     help="Quarterdeck: a durable control plane for AI coding agents.\n\n"
@@ -36,6 +37,7 @@ except ImportError:  # pragma: no cover
     pass
 
 app.add_typer(incidents_app, name="incidents")
+app.add_typer(keys_app, name="keys")
 app.add_typer(chaos_app, name="chaos")
 
 _config_path: Path | None = None
@@ -69,8 +71,11 @@ def settings() -> Settings:
 def _serve(api: bool, workers: bool) -> None:
     s = settings()
     configure_logging(s.log_level)
-    if s.env == "development" and not s.admin_api_key:
-        err_console.print("[yellow]warning:[/] development mode: the API has no authentication.")
+    if not s.auth_required:
+        err_console.print(
+            "[bold yellow]WARNING:[/] authentication is OFF (development mode): every caller is"
+            " an admin. Set QUARTERDECK_AUTH_ENABLED=true, or use production mode."
+        )
     from quarterdeck.server import serve
 
     try:

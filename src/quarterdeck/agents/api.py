@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 
 from quarterdeck.agents.templates import AgentCatalog, AgentType
+from quarterdeck.security.auth import Permission, require
 
 router = APIRouter(prefix="/v1/agent-types", tags=["agents"])
 
@@ -14,6 +15,11 @@ def _catalog(request: Request) -> AgentCatalog:
     return catalog
 
 
-@router.get("", response_model=list[AgentType], summary="List the available agent types")
+@router.get(
+    "",
+    response_model=list[AgentType],
+    summary="List the available agent types",
+    dependencies=[Depends(require(Permission.AGENTS_READ))],
+)
 async def list_agent_types(request: Request) -> list[AgentType]:
     return _catalog(request).list()

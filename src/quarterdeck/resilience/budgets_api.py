@@ -1,10 +1,14 @@
-"""``GET``/``PUT /v1/tenants/{tenant}/budget``: a tenant's limits, spend and what is left."""
+"""``GET``/``PUT /v1/tenants/{tenant}/budget``: a tenant's limits, spend and what is left.
+
+A tenant's keys may read their own tenant's budget (another tenant's is a 404); setting a budget
+is a platform decision (``budgets:write``, keys of tenant ``*``: admin and operator).
+"""
 
 from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Request
+from fastapi import APIRouter, Depends, Path, Request
 
 from quarterdeck.resilience.budgets import (
     TENANT_PATTERN,
@@ -12,6 +16,7 @@ from quarterdeck.resilience.budgets import (
     BudgetStatus,
     BudgetUpdate,
 )
+from quarterdeck.security.auth import Permission, Principal, require
 
 router = APIRouter(tags=["budgets"])
 Tenant = Annotated[str, Path(pattern=TENANT_PATTERN)]
@@ -28,7 +33,12 @@ def _service(request: Request) -> BudgetService:
     response_model=BudgetStatus,
     summary="A tenant's daily and monthly limits, spend so far and remaining USD (UTC periods)",
 )
-async def get_budget(request: Request, tenant: Tenant) -> BudgetStatus:
+async def get_budget(
+    request: Request,
+    tenant: Tenant,
+    principal: Annotated[Principal, Depends(require(Permission.BUDGETS_READ))],
+) -> BudgetStatus:
+    principal.ensure_tenant(tenant, "tenant", tenant)
     return await _service(request).status(tenant)
 
 
@@ -37,7 +47,13 @@ async def get_budget(request: Request, tenant: Tenant) -> BudgetStatus:
     response_model=BudgetStatus,
     summary="Set a tenant's limits; null means no limit for that period",
 )
-async def put_budget(request: Request, tenant: Tenant, body: BudgetUpdate) -> BudgetStatus:
+async def put_budget(
+    request: Request,
+    tenant: Tenant,
+    body: BudgetUpdate,
+    principal: Annotated[Principal, Depends(require(Permission.BUDGETS_WRITE))],
+) -> BudgetStatus:
+    principal.ensure_tenant(tenant, "tenant", tenant)
     service = _service(request)
     await service.set(tenant, body.daily_usd, body.monthly_usd)
     return await service.status(tenant)

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.responses import PlainTextResponse, StreamingResponse
 
 from quarterdeck.exceptions import InvalidState, ValidationFailed
@@ -24,8 +24,11 @@ from quarterdeck.runs.models import (
     RunStatus,
 )
 from quarterdeck.runs.service import RunService
+from quarterdeck.security.auth import Permission, Principal, require
 
 router = APIRouter(prefix="/v1/runs", tags=["runs"])
+CanRead = Annotated[Principal, Depends(require(Permission.RUNS_READ))]
+CanWrite = Annotated[Principal, Depends(require(Permission.RUNS_WRITE))]
 
 
 def _service(request: Request) -> RunService:
@@ -46,9 +49,12 @@ async def submit_run(
     body: RunCreate,
     request: Request,
     response: Response,
+    principal: CanWrite,
     idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
 ) -> Run:
-    run, created = await _service(request).submit(body, idempotency_key=idempotency_key)
+    run, created = await _service(request).submit(
+        body, tenant=principal.tenant_for_new(), idempotency_key=idempotency_key
+    )
     response.headers["Location"] = f"/v1/runs/{run.id}"
     if not created:
         response.headers["Idempotent-Replayed"] = "true"
@@ -67,10 +73,11 @@ async def submit_batch(
     body: RunBatchCreate,
     request: Request,
     response: Response,
+    principal: CanWrite,
     idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
 ) -> RunBatchAccepted:
     ids, created = await _service(request).submit_batch(
-        body.runs, idempotency_key=idempotency_key
+        body.runs, tenant=principal.tenant_for_new(), idempotency_key=idempotency_key
     )
     if not created:
         response.headers["Idempotent-Replayed"] = "true"
@@ -82,6 +89,7 @@ async def submit_batch(
 @router.get("", response_model=RunPage, summary="List runs, newest first")
 async def list_runs(
     request: Request,
+    principal: CanRead,
     status: Annotated[list[RunStatus] | None, Query()] = None,
     agent_type: Annotated[str | None, Query(max_length=64)] = None,
     created_after: datetime | None = None,
@@ -101,12 +109,22 @@ async def list_runs(
         cursor=cursor,
         limit=limit,
     )
-    return await _service(request).list_page(f)
+    return await _service(request).list_page(f, principal.tenant_filter())
 
 
-@router.get("/{run_id}", response_model=Run, summary="Get one run")
-async def get_run(run_id: str, request: Request) -> Run:
-    return await _service(request).get(_check_id(run_id))
+@router.get(
+    "/{run_id}",
+    response_model=Run,
+    summary="Get one run",
+    description="While the database is down, answers with this server's last copy of the run, "
+    "marked `Cache-Status: quarterdeck; hit; detail=database-unavailable` with an `Age`.",
+)
+async def get_run(run_id: str, request: Request, response: Response, principal: CanRead) -> Run:
+    run, age = await _service(request).get_or_cached(_check_id(run_id), principal.tenant_filter())
+    if age is not None:
+        response.headers["Cache-Status"] = "quarterdeck; hit; detail=database-unavailable"
+        response.headers["Age"] = str(int(age))
+    return run
 
 
 @router.get(
@@ -115,10 +133,10 @@ async def get_run(run_id: str, request: Request) -> Run:
     response_class=PlainTextResponse,
     responses={200: {"content": {"text/x-diff": {}}}},
 )
-async def run_diff(run_id: str, request: Request) -> PlainTextResponse:
-    diff = await _service(request).diff(_check_id(run_id))
+async def run_diff(run_id: str, request: Request, principal: CanRead) -> PlainTextResponse:
+    diff = await _service(request).diff(_check_id(run_id), principal.tenant_filter())
     if diff is None:
-        run = await _service(request).get(run_id)
+        run = await _service(request).get(run_id, principal.tenant_filter())
         raise InvalidState(
             f"run {run_id} has no diff yet (status {run.status.value}); diffs are produced when "
             "a run that has a workspace finishes"
@@ -127,8 +145,8 @@ async def run_diff(run_id: str, request: Request) -> PlainTextResponse:
 
 
 @router.post("/{run_id}/cancel", response_model=Run, summary="Cancel a queued or running run")
-async def cancel_run(run_id: str, request: Request) -> Run:
-    return await _service(request).cancel(_check_id(run_id))
+async def cancel_run(run_id: str, request: Request, principal: CanWrite) -> Run:
+    return await _service(request).cancel(_check_id(run_id), principal.tenant_filter())
 
 
 @router.get(
@@ -137,9 +155,12 @@ async def cancel_run(run_id: str, request: Request) -> Run:
     summary="Wait until the run is terminal or the timeout passes",
 )
 async def wait_run(
-    run_id: str, request: Request, timeout: Annotated[float, Query(ge=0, le=300)] = 30.0
+    run_id: str,
+    request: Request,
+    principal: CanRead,
+    timeout: Annotated[float, Query(ge=0, le=300)] = 30.0,
 ) -> Run:
-    return await _service(request).wait(_check_id(run_id), timeout)
+    return await _service(request).wait(_check_id(run_id), timeout, principal.tenant_filter())
 
 
 @router.get(
@@ -152,6 +173,7 @@ async def wait_run(
 async def run_events(
     run_id: str,
     request: Request,
+    principal: CanRead,
     after: Annotated[int, Query(ge=0)] = 0,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
     stream: bool = False,
@@ -161,7 +183,7 @@ async def run_events(
     _check_id(run_id)
     wants_sse = stream or "text/event-stream" in request.headers.get("accept", "")
     if not wants_sse:
-        events = await service.events(run_id, after=after, limit=limit)
+        events = await service.events(run_id, principal.tenant_filter(), after=after, limit=limit)
         return Response(
             content=json.dumps([e.model_dump(mode="json") for e in events]),
             media_type="application/json",
@@ -174,11 +196,11 @@ async def run_events(
                 errors=[{"field": "Last-Event-ID", "message": "not an integer"}],
             )
         start = int(last_event_id)
-    await service.get(run_id)  # 404 before the stream starts
+    await service.get(run_id, principal.tenant_filter())  # 404 before the stream starts
 
     async def sse() -> AsyncIterator[str]:
         yield "retry: 1000\n\n"
-        async for event in service.follow(run_id, after=start):
+        async for event in service.follow(run_id, after=start, tenant=principal.tenant_filter()):
             payload = json.dumps(event.model_dump(mode="json"))
             yield f"id: {event.id}\nevent: {event.type}\ndata: {payload}\n\n"
         yield "event: end\ndata: {}\n\n"

@@ -11,11 +11,18 @@ import binascii
 import hashlib
 import json
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator
 from typing import Any
 
 from quarterdeck.config import Settings
-from quarterdeck.exceptions import IdempotencyConflict, InvalidState, NotFound, ValidationFailed
+from quarterdeck.exceptions import (
+    IdempotencyConflict,
+    InvalidState,
+    NotFound,
+    Unavailable,
+    ValidationFailed,
+)
 from quarterdeck.kit.ids import new_id
 from quarterdeck.runs import queue
 from quarterdeck.runs import repository as repo
@@ -28,6 +35,8 @@ DEFAULT_TENANT = "default"
 
 
 MAX_ARCHIVE_BYTES = 50 * 1024 * 1024
+RECENT_RUNS = 10_000
+"""Runs kept in memory to answer reads while the database is down."""
 
 
 def _decode_archive(value: str) -> bytes:
@@ -67,6 +76,7 @@ class RunService:
         self.db = db
         self.hub = hub
         self.catalog = catalog  # AgentCatalog: validates agent types at submission
+        self._recent: OrderedDict[str, tuple[Run, float]] = OrderedDict()
 
     def resolve_model(self, requested: str | None, agent_type: str | None = None) -> str:
         model = requested
@@ -261,7 +271,30 @@ class RunService:
             run = await repo.get_run(conn, run_id, tenant)
         if run is None:
             raise NotFound(f"run {run_id} not found")
+        self._remember(run)
         return run
+
+    async def get_or_cached(
+        self, run_id: str, tenant: str | None = DEFAULT_TENANT
+    ) -> tuple[Run, float | None]:
+        """(run, None) from Postgres; while the database is down, (last copy read, its age).
+
+        Reads keep answering through a database outage with what this process last saw; the
+        age lets the caller say so (``Cache-Status``, ``Age``). Writes still get 503.
+        """
+        try:
+            return await self.get(run_id, tenant), None
+        except Unavailable:
+            cached = self._recent.get(run_id)
+            if cached is None or (tenant is not None and cached[0].tenant != tenant):
+                raise
+            return cached[0], time.monotonic() - cached[1]
+
+    def _remember(self, run: Run) -> None:
+        self._recent[run.id] = (run, time.monotonic())
+        self._recent.move_to_end(run.id)
+        while len(self._recent) > RECENT_RUNS:
+            self._recent.popitem(last=False)
 
     async def list_page(self, f: RunFilter, tenant: str | None = DEFAULT_TENANT) -> RunPage:
         async with self.db.acquire() as conn:

@@ -9,15 +9,20 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 
 from quarterdeck.exceptions import Unavailable
 from quarterdeck.monitoring.health.monitor import HealthMonitor
+from quarterdeck.security.auth import Permission, require
 
 router = APIRouter(tags=["health"])
 
 
-@router.get("/v1/health/checks", summary="Last health check results, leader and breaker states")
+@router.get(
+    "/v1/health/checks",
+    summary="Last health check results, leader and breaker states",
+    dependencies=[Depends(require(Permission.HEALTH_READ))],
+)
 async def health_checks(request: Request) -> dict[str, Any]:
     monitor: HealthMonitor | None = getattr(request.app.state.runtime, "health", None)
     if monitor is None:

@@ -1,8 +1,10 @@
 """HTTP endpoints for incidents and the Alertmanager webhook receiver.
 
-Thin: parse, call :class:`IncidentService`, shape the response. The Alertmanager body is validated
-here by hand (not as a typed parameter) so a bad delivery gets the same 422 problem+json naming
-the field as every other endpoint, with field paths relative to the payload.
+Thin: parse, call :class:`IncidentService`, shape the response. Incidents describe the
+platform, not a tenant, so every route needs a platform-only permission (a key of tenant ``*``).
+The Alertmanager body is validated here by hand (not as a typed parameter) so a bad delivery
+gets the same 422 problem+json naming the field as every other endpoint, with field paths
+relative to the payload.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from pydantic import ValidationError
 
 from quarterdeck.exceptions import ValidationFailed
@@ -28,6 +30,7 @@ from quarterdeck.monitoring.incidents.models import (
     Severity,
 )
 from quarterdeck.monitoring.incidents.service import IncidentService
+from quarterdeck.security.auth import Permission, require
 
 router = APIRouter(tags=["incidents"])
 MAX_ALERT_BODY = 5 * 1024 * 1024
@@ -38,7 +41,12 @@ def _service(request: Request) -> IncidentService:
     return service
 
 
-@router.get("/v1/incidents", response_model=IncidentPage, summary="List incidents, newest first")
+@router.get(
+    "/v1/incidents",
+    response_model=IncidentPage,
+    summary="List incidents, newest first",
+    dependencies=[Depends(require(Permission.INCIDENTS_READ))],
+)
 async def list_incidents(
     request: Request,
     status: Annotated[list[IncidentStatus] | None, Query()] = None,
@@ -61,19 +69,30 @@ async def list_incidents(
     "/v1/incidents/{incident_id}",
     response_model=IncidentDetail,
     summary="One incident with its timeline and notifications",
+    dependencies=[Depends(require(Permission.INCIDENTS_READ))],
 )
 async def get_incident(incident_id: str, request: Request) -> IncidentDetail:
     return await _service(request).get(incident_id)
 
 
-@router.post("/v1/incidents/{incident_id}/ack", response_model=Incident, summary="Acknowledge")
+@router.post(
+    "/v1/incidents/{incident_id}/ack",
+    response_model=Incident,
+    summary="Acknowledge",
+    dependencies=[Depends(require(Permission.INCIDENTS_WRITE))],
+)
 async def ack_incident(
     incident_id: str, request: Request, body: AckRequest | None = None
 ) -> Incident:
     return await _service(request).acknowledge(incident_id, (body or AckRequest()).actor)
 
 
-@router.post("/v1/incidents/{incident_id}/resolve", response_model=Incident, summary="Resolve")
+@router.post(
+    "/v1/incidents/{incident_id}/resolve",
+    response_model=Incident,
+    summary="Resolve",
+    dependencies=[Depends(require(Permission.INCIDENTS_WRITE))],
+)
 async def resolve_incident(
     incident_id: str, request: Request, body: ResolveRequest | None = None
 ) -> Incident:
@@ -86,7 +105,9 @@ async def resolve_incident(
     response_model=AlertmanagerResult,
     summary="Alertmanager webhook receiver (payload version 4)",
     description="Each alert opens or updates the incident keyed by its fingerprint; a resolved "
-    "alert resolves it. Repeat deliveries are idempotent.",
+    "alert resolves it. Repeat deliveries are idempotent. Alertmanager authenticates with an "
+    "operator key for all tenants (`http_config.authorization.credentials`).",
+    dependencies=[Depends(require(Permission.ALERTS_WRITE))],
 )
 async def alertmanager_webhook(request: Request) -> AlertmanagerResult:
     raw = await request.body()

@@ -1,0 +1,97 @@
+"""HTTP endpoints: ``/v1/admin/keys`` (key management, admin only) and ``/v1/me``.
+
+Thin: parse, call :class:`AuthService`, shape the response. The acting key's id is recorded as
+``created_by``/``revoked_by`` so the audit trail can say which key made which key.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Path, Query, Request
+
+from quarterdeck.exceptions import Unavailable
+from quarterdeck.security.auth.dependencies import auth_service, require
+from quarterdeck.security.auth.keys import KEY_ID_RE
+from quarterdeck.security.auth.models import ApiKey, CreatedKey, KeyCreate, KeyList, Me
+from quarterdeck.security.auth.permissions import Permission
+from quarterdeck.security.auth.principal import Principal
+from quarterdeck.security.auth.service import AuthService
+
+router = APIRouter(tags=["access control"])
+KeyId = Annotated[str, Path(pattern=KEY_ID_RE.pattern, description="The public key id.")]
+
+
+def _service(request: Request) -> AuthService:
+    service = auth_service(request)
+    if service is None:
+        raise Unavailable("API keys are not available in this process")
+    return service
+
+
+def actor(principal: Principal) -> str:
+    return f"key:{principal.key_id}"
+
+
+@router.post(
+    "/v1/admin/keys",
+    status_code=201,
+    response_model=CreatedKey,
+    summary="Create an API key (the key is in the response, once)",
+)
+async def create_key(
+    body: KeyCreate,
+    request: Request,
+    principal: Annotated[Principal, Depends(require(Permission.KEYS_WRITE))],
+) -> CreatedKey:
+    return await _service(request).create(
+        body.name, body.role, body.tenant, expires_at=body.expires_at, actor=actor(principal)
+    )
+
+
+@router.get("/v1/admin/keys", response_model=KeyList, summary="List API keys, newest first")
+async def list_keys(
+    request: Request,
+    _: Annotated[Principal, Depends(require(Permission.KEYS_READ))],
+    tenant: Annotated[str | None, Query(max_length=64)] = None,
+    include_inactive: Annotated[bool, Query(description="Also revoked and expired keys.")] = False,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 1000,
+) -> KeyList:
+    items = await _service(request).list_keys(
+        tenant, include_inactive=include_inactive, limit=limit
+    )
+    return KeyList(items=items)
+
+
+@router.get("/v1/admin/keys/{key_id}", response_model=ApiKey, summary="One API key")
+async def get_key(
+    key_id: KeyId,
+    request: Request,
+    _: Annotated[Principal, Depends(require(Permission.KEYS_READ))],
+) -> ApiKey:
+    return await _service(request).get(key_id)
+
+
+@router.delete(
+    "/v1/admin/keys/{key_id}",
+    response_model=ApiKey,
+    summary="Revoke an API key (stops working within seconds on every replica)",
+)
+async def revoke_key(
+    key_id: KeyId,
+    request: Request,
+    principal: Annotated[Principal, Depends(require(Permission.KEYS_WRITE))],
+) -> ApiKey:
+    return await _service(request).revoke(key_id, actor=actor(principal))
+
+
+@router.get("/v1/me", response_model=Me, summary="The calling key: role, tenant, permissions")
+async def me(principal: Annotated[Principal, Depends(require(Permission.SELF_READ))]) -> Me:
+    return Me(
+        key_id=principal.key_id,
+        name=principal.name,
+        role=principal.role,
+        tenant=principal.tenant,
+        method=principal.method.value,
+        permissions=sorted(principal.permissions),
+    )

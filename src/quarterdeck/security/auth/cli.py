@@ -1,0 +1,179 @@
+"""``quarterdeck keys create|list|revoke``: manage API keys straight in Postgres.
+
+Unlike the other client commands this one does not go through the API: it connects to the
+database with the same settings as ``quarterdeck db upgrade``, so an administrator with access
+to the deployment's configuration can make the first keys before any key exists (and revoke a
+leaked one even when the API is down).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import getpass
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.table import Table
+
+from quarterdeck.config import Settings, load_settings
+from quarterdeck.exceptions import ConfigError, QuarterdeckError
+from quarterdeck.kit.clock import utcnow
+from quarterdeck.kit.console import JsonOpt, console, err_console, fail, print_json
+from quarterdeck.kit.durations import parse_duration
+from quarterdeck.security.auth.permissions import Role
+from quarterdeck.security.auth.service import AuthService, build_auth_service
+
+T = TypeVar("T")
+app = typer.Typer(
+    help="Create, list and revoke API keys (connects to Postgres directly).",
+    no_args_is_help=True,
+)
+STATUS_COLOUR = {"active": "green", "expired": "yellow", "revoked": "red"}
+
+
+def _actor() -> str:
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):  # no passwd entry in a minimal container
+        return "cli"
+
+
+def _settings(ctx: typer.Context) -> Settings:
+    """Settings as the root command loaded them: ``quarterdeck --config FILE keys ...``."""
+    config: Path | None = ctx.find_root().params.get("config")
+    try:
+        return load_settings(config)
+    except ConfigError as exc:
+        err_console.print(f"[bold red]error:[/] {exc.detail}", highlight=False)
+        raise typer.Exit(2) from None
+
+
+def _run(ctx: typer.Context, use: Callable[[AuthService], Awaitable[T]]) -> T:
+    settings = _settings(ctx)
+
+    async def go() -> T:
+        from quarterdeck.kit.logs import configure_logging
+        from quarterdeck.store import migrations
+        from quarterdeck.store.pool import Database, connect_once, database_url
+
+        configure_logging("warning")
+        url = database_url(settings)
+        conn = await connect_once(url)
+        try:
+            version = await migrations.current_version(conn)
+        finally:
+            await conn.close()
+        if version < migrations.HEAD:
+            fail(
+                f"the database schema is at version {version}, not {migrations.HEAD}: run "
+                "`quarterdeck db upgrade` first"
+            )
+        db = Database(url, min_size=1, max_size=2)
+        await db.open()
+        service = build_auth_service(settings, db, warn_if_disabled=False)
+        try:
+            return await use(service)
+        finally:
+            await service.aclose()
+            await db.close()
+
+    try:
+        return asyncio.run(go())
+    except QuarterdeckError as exc:
+        fail(exc.detail)
+
+
+def _expiry(text: str | None) -> timedelta | None:
+    if text is None:
+        return None
+    try:
+        return timedelta(seconds=parse_duration(text))
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--expires-in") from None
+
+
+@app.command("create")
+def create(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Option(help="What the key is for, e.g. 'ci-acme'.")],
+    role: Annotated[Role, typer.Option(help="What the key may do (see the role matrix).")],
+    tenant: Annotated[
+        str, typer.Option(help="The tenant it acts for; '*' for all (admin/operator/auditor).")
+    ],
+    expires_in: Annotated[
+        str | None, typer.Option(help="Lifetime, e.g. 90d or 12h [default: never expires].")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Create a key and print it. It is shown only this once: store it now."""
+    lifetime = _expiry(expires_in)
+    expires_at = utcnow() + lifetime if lifetime is not None else None
+    created = _run(
+        ctx,
+        lambda s: s.create(name, role, tenant, expires_at=expires_at, actor=_actor()),
+    )
+    if as_json:
+        print_json(created.model_dump(mode="json"))
+        return
+    console.print(
+        f"created key [bold]{created.id}[/] ({created.role.value}, tenant {created.tenant})"
+    )
+    console.print("the key is shown only now; store it somewhere safe:", style="yellow")
+    typer.echo(created.api_key)
+
+
+@app.command("list")
+def list_keys(
+    ctx: typer.Context,
+    tenant: Annotated[str | None, typer.Option(help="Only this tenant's keys.")] = None,
+    show_all: Annotated[
+        bool, typer.Option("--all", help="Include revoked and expired keys.")
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """List keys, newest first (never the keys themselves)."""
+    items = _run(ctx, lambda s: s.list_keys(tenant, include_inactive=show_all))
+    if as_json:
+        print_json([k.model_dump(mode="json") for k in items])
+        return
+    table = Table()
+    table.add_column("id", no_wrap=True)  # what `keys revoke` takes
+    table.add_column("prefix", no_wrap=True)  # what the holder sees at the start of the key
+    for column in ("name", "role", "tenant", "status", "expires", "created"):
+        table.add_column(column)
+    for key in items:
+        colour = STATUS_COLOUR[key.status.value]
+        table.add_row(
+            key.id,
+            key.prefix,
+            key.name,
+            key.role.value,
+            key.tenant,
+            f"[{colour}]{key.status.value}[/]",
+            _when(key.expires_at),
+            _when(key.created_at),
+        )
+    console.print(table)
+    if not items:
+        console.print("no keys")
+
+
+@app.command("revoke")
+def revoke(
+    ctx: typer.Context,
+    key_id: Annotated[str, typer.Argument(help="The key id (from `keys list`).")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Revoke a key. It stops working within seconds on every replica."""
+    key = _run(ctx, lambda s: s.revoke(key_id, actor=_actor()))
+    if as_json:
+        print_json(key.model_dump(mode="json"))
+    else:
+        console.print(f"{key.id}: {key.status.value}")
+
+
+def _when(value: Any) -> str:
+    return value.strftime("%Y-%m-%d %H:%M") if value is not None else ""

@@ -1,0 +1,124 @@
+"""API key records, and the shapes the admin API and CLI show them in.
+
+:class:`KeyRecord` is the stored row including the digest and never leaves the package;
+:class:`ApiKey` is the public view (no digest, with a computed ``status``); the full key exists
+only in :class:`CreatedKey`, returned once by the call that made it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from quarterdeck.security.auth.permissions import Permission, Role
+
+
+class KeyStatus(StrEnum):
+    active = "active"
+    expired = "expired"
+    revoked = "revoked"
+
+
+@dataclass(frozen=True)
+class KeyRecord:
+    id: str
+    prefix: str
+    digest: bytes
+    name: str
+    tenant: str
+    role: Role
+    created_at: datetime
+    created_by: str | None
+    expires_at: datetime | None
+    revoked_at: datetime | None
+    revoked_by: str | None
+
+    @classmethod
+    def from_row(cls, row: Any) -> KeyRecord:
+        return cls(
+            id=row["id"],
+            prefix=row["prefix"],
+            digest=bytes(row["digest"]),
+            name=row["name"],
+            tenant=row["tenant"],
+            role=Role(row["role"]),
+            created_at=row["created_at"],
+            created_by=row["created_by"],
+            expires_at=row["expires_at"],
+            revoked_at=row["revoked_at"],
+            revoked_by=row["revoked_by"],
+        )
+
+    def status(self, now: datetime) -> KeyStatus:
+        if self.revoked_at is not None:
+            return KeyStatus.revoked
+        if self.expires_at is not None and self.expires_at <= now:
+            return KeyStatus.expired
+        return KeyStatus.active
+
+    def public(self, now: datetime) -> ApiKey:
+        return ApiKey(
+            id=self.id,
+            prefix=f"{self.prefix}{self.id}",
+            name=self.name,
+            tenant=self.tenant,
+            role=self.role,
+            status=self.status(now),
+            created_at=self.created_at,
+            created_by=self.created_by,
+            expires_at=self.expires_at,
+            revoked_at=self.revoked_at,
+            revoked_by=self.revoked_by,
+        )
+
+
+class ApiKey(BaseModel):
+    id: str = Field(description="Public key id: safe to log; used to revoke.")
+    prefix: str = Field(description="The non-secret start of the key, to recognise it by.")
+    name: str
+    tenant: str = Field(description="The tenant the key acts for; '*' for all tenants.")
+    role: Role
+    status: KeyStatus
+    created_at: datetime
+    created_by: str | None
+    expires_at: datetime | None
+    revoked_at: datetime | None
+    revoked_by: str | None
+
+
+class CreatedKey(ApiKey):
+    api_key: str = Field(description="The key itself. Shown once: it is stored only hashed.")
+
+
+class KeyList(BaseModel):
+    items: list[ApiKey]
+
+
+class KeyCreate(BaseModel):
+    """Body of ``POST /v1/admin/keys``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=200, description="What the key is for.")
+    role: Role
+    tenant: str = Field(
+        min_length=1, max_length=64, description="A tenant, or '*' (admin, operator, auditor)."
+    )
+    expires_at: datetime | None = Field(
+        default=None, description="When the key stops working (must be in the future)."
+    )
+
+
+class Me(BaseModel):
+    """``GET /v1/me``: who the caller's key says it is, and what it may do."""
+
+    key_id: str
+    name: str
+    role: Role
+    tenant: str
+    method: str
+    permissions: list[Permission]

@@ -1,0 +1,226 @@
+"""API key use-cases: create, list, show, revoke, and authenticate a presented key.
+
+Every change (``key.created``, ``key.revoked``) is reported to the optional ``on_change``
+hook *inside* the transaction that makes it, before the commit: if recording it fails, the
+change is rolled back. A change that was recorded but then failed to commit is the lesser
+evil next to a key that exists but was never recorded.
+
+:meth:`AuthService.authenticate` is on every request's path, so it reads key records through
+:class:`~quarterdeck.security.auth.cache.KeyCache` (see there for how fresh they are).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import Any
+
+import structlog
+
+from quarterdeck.exceptions import NotFound, ValidationFailed
+from quarterdeck.kit.clock import utcnow
+from quarterdeck.security.auth import keys
+from quarterdeck.security.auth import repository as repo
+from quarterdeck.security.auth.cache import KeyCache
+from quarterdeck.security.auth.errors import Unauthenticated
+from quarterdeck.security.auth.limiter import RequestLimiter
+from quarterdeck.security.auth.models import ApiKey, CreatedKey, KeyRecord, KeyStatus
+from quarterdeck.security.auth.permissions import ALL_TENANTS, Role, assignment_problem
+from quarterdeck.security.auth.principal import AuthMethod, Principal
+from quarterdeck.store.pool import Database
+
+log = structlog.get_logger(__name__)
+
+OnChange = Callable[[str, dict[str, Any]], Awaitable[None]]
+BOOTSTRAP_KEY_ID = "bootstrap"
+_ID_ATTEMPTS = 5
+
+
+class AuthService:
+    def __init__(
+        self,
+        db: Database,
+        *,
+        required: bool,
+        env: str = "development",
+        bootstrap_key: str | None = None,
+        limiter: RequestLimiter | None = None,
+        cache: KeyCache | None = None,
+        on_change: OnChange | None = None,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.db = db
+        self.required = required
+        """False only in development with auth off: every request is the dev principal."""
+        self.env = env
+        self._bootstrap = bootstrap_key or None
+        self.limiter = limiter if limiter is not None else RequestLimiter(0, 0)
+        self.cache = cache if cache is not None else KeyCache()  # (an empty one is falsy)
+        self.on_change = on_change
+        """Async ``(action, details)``; set it to feed the audit log. Never given secrets."""
+        self.clock = clock
+
+    # -- managing keys ---------------------------------------------------------------------
+    async def create(
+        self,
+        name: str,
+        role: Role | str,
+        tenant: str,
+        *,
+        expires_at: datetime | None = None,
+        actor: str | None = None,
+    ) -> CreatedKey:
+        """Make a key; the returned ``api_key`` is the only time the key itself is seen."""
+        role = Role(role)
+        now = self.clock()
+        errors = []
+        problem = assignment_problem(role, tenant)
+        if problem is not None:
+            errors.append({"field": "tenant", "message": problem})
+        if expires_at is not None and expires_at <= now:
+            errors.append({"field": "expires_at", "message": "must be in the future"})
+        if errors:
+            detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
+            raise ValidationFailed(detail, errors=errors)
+        for _ in range(_ID_ATTEMPTS):
+            new = keys.generate(self.env)
+            async with self.db.transaction() as conn:
+                record = await repo.insert_key(
+                    conn,
+                    key_id=new.parsed.key_id,
+                    prefix=new.parsed.prefix,
+                    digest=new.digest,
+                    name=name,
+                    tenant=tenant,
+                    role=role,
+                    created_by=actor,
+                    expires_at=expires_at,
+                )
+                if record is None:
+                    continue  # 40-bit id collision: draw again
+                await self._changed("key.created", record, actor)
+            self.cache.invalidate(record.id)  # drop a cached "no such key" for this id
+            log.info("auth.key_created", key_id=record.id, tenant=tenant, role=role.value)
+            return CreatedKey(**record.public(now).model_dump(), api_key=new.token)
+        raise RuntimeError(f"no free key id after {_ID_ATTEMPTS} attempts")  # pragma: no cover
+
+    async def list_keys(
+        self,
+        tenant: str | None = None,
+        *,
+        include_inactive: bool = False,
+        limit: int = 1000,
+    ) -> list[ApiKey]:
+        """Keys newest first; ``tenant`` None lists every tenant's (``*`` keys included)."""
+        now = self.clock()
+        async with self.db.acquire() as conn:
+            records = await repo.list_keys(
+                conn, tenant=tenant, include_inactive=include_inactive, now=now, limit=limit
+            )
+        return [r.public(now) for r in records]
+
+    async def get(self, key_id: str) -> ApiKey:
+        async with self.db.acquire() as conn:
+            record = await repo.get_key(conn, key_id)
+        if record is None:
+            raise NotFound(f"API key {key_id} not found")
+        return record.public(self.clock())
+
+    async def revoke(self, key_id: str, *, actor: str | None = None) -> ApiKey:
+        """Revoke a key; it stops working at once here and within the cache TTL elsewhere.
+
+        Revoking a revoked key returns it unchanged (and reports nothing new).
+        """
+        now = self.clock()
+        async with self.db.transaction() as conn:
+            record = await repo.revoke_key(conn, key_id, actor, now)
+            if record is None:
+                existing = await repo.get_key(conn, key_id)
+                if existing is None:
+                    raise NotFound(f"API key {key_id} not found")
+                return existing.public(now)
+            await self._changed("key.revoked", record, actor)
+        self.cache.invalidate(key_id)
+        log.info("auth.key_revoked", key_id=key_id, tenant=record.tenant, by=actor)
+        return record.public(now)
+
+    async def _changed(self, action: str, record: KeyRecord, actor: str | None) -> None:
+        if self.on_change is None:
+            return
+        details: dict[str, Any] = {
+            "key_id": record.id,
+            "name": record.name,
+            "tenant": record.tenant,
+            "role": record.role.value,
+            "expires_at": record.expires_at.isoformat() if record.expires_at else None,
+            "actor": actor,
+        }
+        await self.on_change(action, details)
+
+    # -- authenticating ----------------------------------------------------------------------
+    async def authenticate(self, token: str | None) -> Principal:
+        """The principal a presented key stands for, or :class:`Unauthenticated`."""
+        if not token:
+            raise Unauthenticated(
+                "an API key is required: send 'Authorization: Bearer <key>' (or 'x-api-key')",
+                invalid_token=False,
+            )
+        if self._bootstrap is not None and keys.same_secret(token, self._bootstrap):
+            return Principal(
+                BOOTSTRAP_KEY_ID, "bootstrap admin key", Role.admin, ALL_TENANTS,
+                AuthMethod.bootstrap,
+            )  # fmt: skip
+        parsed = keys.parse(token)
+        if parsed is None:
+            raise Unauthenticated("the API key is malformed")
+        record = await self.cache.get(parsed.key_id, self._load)
+        if record is None or not keys.verify(token, record.digest):
+            log.info("auth.rejected", key_id=parsed.key_id, reason="unknown key or wrong secret")
+            raise Unauthenticated("the API key is not valid")
+        # Only a caller holding the real key learns that it was revoked or expired.
+        status = record.status(self.clock())
+        if status is not KeyStatus.active:
+            log.info("auth.rejected", key_id=record.id, reason=status.value)
+            raise Unauthenticated(f"the API key is {status.value}")
+        return Principal(record.id, record.name, record.role, record.tenant)
+
+    async def _load(self, key_id: str) -> KeyRecord | None:
+        async with self.db.acquire() as conn:
+            return await repo.get_key(conn, key_id)
+
+    async def aclose(self) -> None:
+        await self.limiter.aclose()
+
+
+def build_auth_service(
+    settings: Any,
+    db: Database,
+    *,
+    on_change: OnChange | None = None,
+    warn_if_disabled: bool = True,
+) -> AuthService:
+    """The service a process runs, from settings: the bootstrap key, limits shared through
+    ``REDIS_URL`` when set, and a loud warning when a server runs with authentication off."""
+    store = None
+    if settings.redis_url is not None:
+        from quarterdeck.security.auth.shared_quota import SharedQuotaStore
+
+        store = SharedQuotaStore(settings.redis_url.get_secret_value())
+    limiter = RequestLimiter(
+        settings.rate_limit_key_per_minute, settings.rate_limit_tenant_per_minute, store=store
+    )
+    bootstrap = settings.admin_api_key.get_secret_value() if settings.admin_api_key else None
+    if warn_if_disabled and not settings.auth_required:
+        log.warning(
+            "auth.disabled",
+            detail="authentication is OFF: every request acts as an admin. Development only; "
+            "set QUARTERDECK_AUTH_ENABLED=true to require API keys.",
+        )
+    return AuthService(
+        db,
+        required=settings.auth_required,
+        env=settings.env,
+        bootstrap_key=bootstrap,
+        limiter=limiter,
+        on_change=on_change,
+    )

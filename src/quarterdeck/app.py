@@ -21,6 +21,7 @@ from quarterdeck.monitoring.health import api as health_api
 from quarterdeck.monitoring.incidents import api as incidents_api
 from quarterdeck.resilience import budgets_api
 from quarterdeck.runs import api as runs_api
+from quarterdeck.runs import approvals_api
 from quarterdeck.runtime import Runtime
 from quarterdeck.security.auth import api as auth_api
 from quarterdeck.security.auth.dependencies import AUTH_REQUIRED_STATE
@@ -120,6 +121,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
     app.add_middleware(RateLimitHeaders)
     app.include_router(probes.router)
     app.include_router(runs_api.router)
+    app.include_router(approvals_api.router)
     app.include_router(agents_api.router)
     app.include_router(incidents_api.router)
     app.include_router(health_api.router)

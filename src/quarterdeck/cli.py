@@ -17,6 +17,7 @@ from quarterdeck.exceptions import ConfigError, QuarterdeckError
 from quarterdeck.kit.console import console, err_console, fail, print_json
 from quarterdeck.kit.logs import configure_logging
 from quarterdeck.monitoring.incidents.cli import app as incidents_app
+from quarterdeck.runs.approvals_cli import app as approvals_app
 from quarterdeck.runs.cli import app as run_app
 from quarterdeck.security.auth.cli import app as keys_app
 
@@ -38,6 +39,7 @@ except ImportError:  # pragma: no cover
 
 app.add_typer(incidents_app, name="incidents")
 app.add_typer(keys_app, name="keys")
+app.add_typer(approvals_app, name="approvals")
 app.add_typer(chaos_app, name="chaos")
 
 _config_path: Path | None = None

@@ -27,11 +27,14 @@ from quarterdeck.resilience import BreakerConfig, Breakers, ProviderLimiter, Ret
 from quarterdeck.resilience.budgets import BudgetService
 from quarterdeck.resilience.calls import ResilientCaller
 from quarterdeck.runs import repository as runs_repo
+from quarterdeck.runs.approvals import ApprovalService
 from quarterdeck.runs.events import RunEventHub
 from quarterdeck.runs.executor import CostFn, ExecutorConfig, RunExecutor
 from quarterdeck.runs.service import RunService
 from quarterdeck.runs.worker import WorkerPool
+from quarterdeck.security.anomalies import AnomalySink
 from quarterdeck.security.auth import AuthService, build_auth_service
+from quarterdeck.security.policy import PolicyGate
 from quarterdeck.store import migrations
 from quarterdeck.store.pool import Database
 
@@ -58,6 +61,8 @@ class Runtime:
     agent_catalog: AgentCatalog = field(init=False)
     incidents: IncidentService = field(init=False)
     budgets: BudgetService = field(init=False)
+    approvals: ApprovalService = field(init=False)
+    anomalies: AnomalySink = field(init=False)
     auth: AuthService = field(init=False)
     leader: Elector | None = field(init=False, default=None)
     health: HealthMonitor | None = field(init=False, default=None)
@@ -84,6 +89,8 @@ class Runtime:
         self.incidents = build_incident_service(self.settings, self.db)
         self._tasks.append(asyncio.create_task(self.incidents.run_forever(15.0)))
         self.budgets = BudgetService(self.db)
+        self.approvals = ApprovalService(self.db, timeout_s=self.settings.policy_approval_timeout)
+        self.anomalies = AnomalySink(self.incidents)
         self.auth = build_auth_service(self.settings, self.db, warn_if_disabled=self.with_api)
         self._closers.append(self.auth.aclose)
         metrics.BUILD_INFO.labels(version=_version(), provider=self.settings.provider_name).set(1)
@@ -101,6 +108,9 @@ class Runtime:
                     self.db,
                     self.agent_catalog,
                     simulated=self.provider.name == "simulated",
+                    gate=PolicyGate.from_settings(self.settings),
+                    approvals=self.approvals,
+                    anomalies=self.anomalies,
                 ),
                 build_cost_fn(self.settings),
                 config,

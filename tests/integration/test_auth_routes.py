@@ -80,6 +80,15 @@ class Walk:
                 "route-walk", "low", "route walk", "", "route-walk"
             )
             value = incident.id
+        elif name == "approval_id":
+            run_id = await self.make_param("run_id")
+            assert run_id is not None
+            approval = await self.rt.approvals.request(
+                run_id=run_id, tenant=OWNER, tool_use_id="toolu_walk", tool="run_command",
+                tool_input={"command": "sudo true"}, rule_id="walk", severity="high",
+                reason="route walk",
+            )  # fmt: skip
+            value = approval.id
         elif name == "key_id":
             value = (await self.rt.auth.create("walk-target", Role.submitter, OWNER)).id
         else:

@@ -20,6 +20,7 @@ from urllib.parse import urlparse
 
 import structlog
 
+from quarterdeck.agents.guard import GuardedTools
 from quarterdeck.agents.quality import (
     QualityError,
     diff_line_numbers,
@@ -36,8 +37,11 @@ from quarterdeck.config import Settings
 from quarterdeck.exceptions import QuarterdeckError
 from quarterdeck.providers.types import ToolResultBlock, ToolSpec, ToolUseBlock
 from quarterdeck.runs import repository as repo
+from quarterdeck.runs.approvals import ApprovalService
 from quarterdeck.runs.executor import Outcome, RunPlan, SimulatedTools, ToolRunner
 from quarterdeck.runs.models import Run, RunStatus
+from quarterdeck.security.anomalies import AnomalySink
+from quarterdeck.security.policy import PolicyGate
 from quarterdeck.store.pool import Database
 
 log = structlog.get_logger(__name__)
@@ -85,8 +89,19 @@ def project_label(spec: dict[str, Any] | None) -> str:
 
 class AgentPlanner:
     def __init__(
-        self, settings: Settings, db: Database, catalog: AgentCatalog, *, simulated: bool
+        self,
+        settings: Settings,
+        db: Database,
+        catalog: AgentCatalog,
+        *,
+        simulated: bool,
+        gate: PolicyGate | None = None,
+        approvals: ApprovalService | None = None,
+        anomalies: AnomalySink | None = None,
     ) -> None:
+        self.gate = gate
+        self.approvals = approvals
+        self.anomalies = anomalies
         self.settings = settings
         self.db = db
         self.catalog = catalog
@@ -107,8 +122,13 @@ class AgentPlanner:
     async def plan(self, run: Run) -> RunPlan:
         agent = self.agent(run)
         tools: ToolRunner = self.stand_in
+        workspace: Path | None = None
         if self.uses_workspace(run):
             tools = AllowedTools(self.tools, agent, await self._with_archive(run))
+            workspace = Workspace(self.settings.data_dir, run.id).path
+        if self.gate is not None:
+            tools = GuardedTools(tools, self.gate, workspace=workspace,
+                                 approvals=self.approvals, anomalies=self.anomalies)
         requested_turns = int(run.params.get("max_turns") or agent.max_turns)
         requested_timeout = float(run.params.get("timeout_s") or agent.timeout_s)
         return RunPlan(

@@ -120,6 +120,13 @@ SUBMIT_TO_START = Histogram(
     buckets=[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60],
     registry=REGISTRY,
 )
+POLICY_DECISIONS = Counter(
+    "claude_agent_policy_decisions_total",
+    "Policy gate decisions on tool calls, by action and deciding rule",
+    ["action", "rule"],
+    registry=REGISTRY,
+)
+
 TURNS = Counter(
     "claude_agent_turns_total",
     "Completed (checkpointed) agent turns",

@@ -36,6 +36,7 @@ from quarterdeck.resilience.calls import CallResult, ResilientCaller
 from quarterdeck.runs import repository as repo
 from quarterdeck.runs.models import Run, RunStatus
 from quarterdeck.runs.writes import RunWriter
+from quarterdeck.security.redaction import redact_message
 from quarterdeck.store.pool import Database
 
 log = structlog.get_logger(__name__)
@@ -242,11 +243,12 @@ class RunExecutor:
                 )
             response = called.response
             turn += 1
-            cost = await self._complete_turn(run, turn, messages, called)
+            stored, secrets = redact_message(response.message)
+            cost = await self._complete_turn(run, turn, messages, called, stored, secrets)
             spent += float(cost or 0)
             total = total + response.usage
-            messages = [*messages, response.message]
-            last_text = response.message.text
+            messages = [*messages, stored]
+            last_text = stored.text
             if response.message.tool_uses and response.stop_reason == "tool_use":
                 messages = [*messages, await self._run_tools(run, plan, turn, response.message)]
                 continue
@@ -272,12 +274,19 @@ class RunExecutor:
         return reply
 
     async def _complete_turn(
-        self, run: Run, turn: int, before: list[Message], called: CallResult
+        self,
+        run: Run,
+        turn: int,
+        before: list[Message],
+        called: CallResult,
+        stored: Message,
+        secrets: list[str],
     ) -> Decimal | None:
+        """Checkpoint the turn; ``stored`` is the model's reply with secrets redacted."""
         response = called.response
         usage = response.usage
         cost = self.cost_of(response.model, usage)
-        messages = [m.to_dict() for m in before] + [response.message.to_dict()]
+        messages = [m.to_dict() for m in before] + [stored.to_dict()]
         event = {
             "model": response.model,
             "stop_reason": response.stop_reason,
@@ -288,6 +297,8 @@ class RunExecutor:
             "tool_calls": [t.name for t in response.message.tool_uses],
             "attempts": called.attempts,
         }
+        if secrets:
+            event["secrets_redacted"] = secrets
         if called.fallback_from:
             event["fallback_from"] = called.fallback_from
             event["fallback_reason"] = called.fallback_reason

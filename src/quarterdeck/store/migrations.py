@@ -54,6 +54,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(5, "tenant budgets", sql_file="0005_budgets.sql"),
     Migration(6, "audit log, chains and checkpoints", sql_file="0006_audit.sql"),
     Migration(7, "API keys, roles and tenants", sql_file="0007_auth.sql"),
+    Migration(8, "tool calls held for approval", sql_file="0008_approvals.sql"),
 )
 
 HEAD = MIGRATIONS[-1].version

@@ -30,6 +30,7 @@ class Role(StrEnum):
 class Permission(StrEnum):
     RUNS_READ = "runs:read"
     RUNS_WRITE = "runs:write"
+    APPROVALS_WRITE = "approvals:write"
     AGENTS_READ = "agents:read"
     BUDGETS_READ = "budgets:read"
     BUDGETS_WRITE = "budgets:write"
@@ -77,6 +78,7 @@ ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
     Role.operator: frozenset(
         {
             P.RUNS_READ,
+            P.APPROVALS_WRITE,
             P.AGENTS_READ,
             P.BUDGETS_READ,
             P.BUDGETS_WRITE,

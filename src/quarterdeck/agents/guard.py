@@ -1,0 +1,117 @@
+"""The policy gate in front of every tool call, and secret redaction behind it.
+
+Every tool call the model makes passes :class:`~quarterdeck.security.policy.PolicyGate` *before*
+it runs (the guide's audit system only noticed afterwards):
+
+- ``allow`` runs it; ``flag`` runs it and records an anomaly;
+- ``deny`` does not run it: the model gets a tool error naming the rule and the reason, so it can
+  choose another way; an anomaly is recorded;
+- ``require_approval`` holds the run until an operator approves (then it runs) or rejects it or
+  the request expires (then the model gets a tool error).
+
+Whatever a tool returns is passed through secret redaction before the model sees it or it is
+stored, so a key that a test prints never reaches a checkpoint, an event or the provider.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from quarterdeck.monitoring import metrics
+from quarterdeck.providers.types import ToolResultBlock, ToolSpec, ToolUseBlock
+from quarterdeck.runs.approvals import ApprovalService
+from quarterdeck.runs.executor import ToolRunner
+from quarterdeck.runs.models import Run
+from quarterdeck.security.anomalies import AnomalySink
+from quarterdeck.security.policy import PolicyGate, redact
+from quarterdeck.security.redaction import redact_arguments
+
+
+class GuardedTools:
+    def __init__(
+        self,
+        inner: ToolRunner,
+        gate: PolicyGate,
+        *,
+        workspace: Path | None,
+        approvals: ApprovalService | None = None,
+        anomalies: AnomalySink | None = None,
+    ) -> None:
+        self.inner = inner
+        self.gate = gate
+        self.workspace = workspace
+        self.approvals = approvals
+        self.anomalies = anomalies
+
+    def specs(self) -> list[ToolSpec]:
+        return self.inner.specs()
+
+    async def run(self, run: Run, call: ToolUseBlock) -> tuple[ToolResultBlock, dict[str, Any]]:
+        decision = self.gate.check(call.name, call.input, workspace=self.workspace)
+        record = decision.to_dict()
+        metrics.POLICY_DECISIONS.labels(
+            decision.action, metrics.bounded(decision.rule_id or "none")
+        ).inc()
+        if decision.action in ("flag", "deny") and self.anomalies is not None:
+            await self.anomalies.record(run_id=run.id, tenant=run.tenant,
+                                        agent_type=run.agent_type, tool=call.name,
+                                        decision=record)  # fmt: skip
+        if decision.action == "deny":
+            return self._refused(call, f"blocked by policy rule {decision.rule_id}: "
+                                 f"{decision.reason}", record)  # fmt: skip
+        if decision.action == "require_approval":
+            if self.approvals is None:
+                return self._refused(
+                    call,
+                    f"policy rule {decision.rule_id} requires an "
+                    "operator's approval, and none can be asked here",
+                    record,
+                )
+            approval = await self.approvals.request(
+                run_id=run.id, tenant=run.tenant, tool_use_id=call.id, tool=call.name,
+                tool_input=call.input, rule_id=decision.rule_id or "", severity=decision.severity,
+                reason=decision.reason,
+            )  # fmt: skip
+            ended = await self.approvals.wait(approval)
+            record["approval"] = {
+                "id": ended.id,
+                "status": ended.status,
+                "decided_by": ended.decided_by,
+                "note": ended.note,
+            }
+            if ended.status != "approved":
+                why = f"{ended.status} by {ended.decided_by}" if ended.decided_by else ended.status
+                note = f" ({ended.note})" if ended.note else ""
+                return self._refused(
+                    call,
+                    f"an operator's approval was required by policy rule "
+                    f"{decision.rule_id} and the call was {why}{note}",
+                    record,
+                )
+        result, event = await self.inner.run(run, call)
+        cleaned = redact(result.content)
+        arguments, in_input = redact_arguments(call.input)
+        if cleaned.findings or in_input:
+            result = dataclasses.replace(result, content=cleaned.text)
+            event["output"] = redact(str(event.get("output", ""))).text
+            event["input"] = arguments
+            event["secrets_redacted"] = sorted({f.type for f in cleaned.findings} | set(in_input))
+        event["policy"] = record
+        return result, event
+
+    @staticmethod
+    def _refused(
+        call: ToolUseBlock, message: str, record: dict[str, Any]
+    ) -> tuple[ToolResultBlock, dict[str, Any]]:
+        return ToolResultBlock(call.id, message, is_error=True), {
+            "tool": call.name,
+            "input": call.input,
+            "output": message,
+            "is_error": True,
+            "permissions": [],
+            "files_changed": [],
+            "network": [],
+            "policy": record,
+        }

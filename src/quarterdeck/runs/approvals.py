@@ -1,0 +1,120 @@
+"""Tool calls held for an operator: the ``require_approval`` decision of the policy gate.
+
+The run keeps its worker slot and waits (polling Postgres once a second, which costs nothing
+measurable: approvals are rare) until an operator approves or rejects the call through the API
+or CLI, the run is cancelled, or ``QUARTERDECK_POLICY_APPROVAL_TIMEOUT`` passes (then the call is
+rejected as expired). The request is keyed by the tool call, so a run resumed on another worker
+waits on the same request rather than asking twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime, timedelta
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from quarterdeck.exceptions import InvalidState, NotFound
+from quarterdeck.kit.clock import utcnow
+from quarterdeck.kit.ids import new_id
+from quarterdeck.runs import approvals_repository as repo
+from quarterdeck.store.pool import Database
+
+ApprovalStatus = Literal["pending", "approved", "rejected", "expired"]
+
+
+class Approval(BaseModel):
+    id: str
+    run_id: str
+    tenant: str
+    tool_use_id: str
+    tool: str
+    input: dict[str, Any]
+    rule_id: str
+    severity: str
+    reason: str
+    status: ApprovalStatus
+    requested_at: datetime
+    expires_at: datetime
+    decided_at: datetime | None
+    decided_by: str | None
+    note: str | None
+
+
+class Decision(BaseModel):
+    """Body of ``POST /v1/approvals/{id}/approve|reject``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    note: str | None = Field(default=None, max_length=2000)
+
+
+class ApprovalService:
+    def __init__(self, db: Database, *, timeout_s: float = 3600.0, poll_s: float = 1.0) -> None:
+        self.db = db
+        self.timeout_s = timeout_s
+        self.poll_s = poll_s
+
+    async def request(
+        self,
+        *,
+        run_id: str,
+        tenant: str,
+        tool_use_id: str,
+        tool: str,
+        tool_input: dict[str, Any],
+        rule_id: str,
+        severity: str,
+        reason: str,
+    ) -> Approval:
+        values = {
+            "id": new_id("apr"), "run_id": run_id, "tenant": tenant, "tool_use_id": tool_use_id,
+            "tool": tool, "input": tool_input, "rule_id": rule_id, "severity": severity,
+            "reason": reason, "expires_at": utcnow() + timedelta(seconds=self.timeout_s),
+        }  # fmt: skip
+        async with self.db.acquire() as conn:
+            return Approval.model_validate(dict(await repo.request(conn, values)))
+
+    async def wait(self, approval: Approval) -> Approval:
+        """Block until the request is decided or expires; returns it as it ended."""
+        while True:
+            async with self.db.acquire() as conn:
+                row = await repo.status_of(conn, approval.id)
+                if row is not None and row["status"] == "pending" and utcnow() >= row["expires_at"]:
+                    await repo.expire(conn, approval.id, utcnow())
+                    row = await repo.status_of(conn, approval.id)
+            if row is None or row["status"] != "pending":
+                return await self.get(approval.id, None)
+            await asyncio.sleep(self.poll_s)
+
+    async def get(self, approval_id: str, tenant: str | None) -> Approval:
+        async with self.db.acquire() as conn:
+            row = await repo.get(conn, approval_id, tenant)
+        if row is None:
+            raise NotFound(f"approval {approval_id} not found")
+        return Approval.model_validate(dict(row))
+
+    async def list(
+        self, tenant: str | None, status: ApprovalStatus | None = None, limit: int = 100
+    ) -> list[Approval]:
+        async with self.db.acquire() as conn:
+            rows = await repo.listing(conn, tenant, status, limit)
+        return [Approval.model_validate(dict(r)) for r in rows]
+
+    async def decide(
+        self,
+        approval_id: str,
+        approve: bool,
+        *,
+        tenant: str | None,
+        by: str,
+        note: str | None = None,
+    ) -> Approval:
+        status = "approved" if approve else "rejected"
+        async with self.db.acquire() as conn:
+            row = await repo.decide(conn, approval_id, tenant, status, by, note)
+        if row is None:
+            current = await self.get(approval_id, tenant)  # 404 when not visible
+            raise InvalidState(f"approval {approval_id} is already {current.status}")
+        return Approval.model_validate(dict(row))

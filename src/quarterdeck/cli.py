@@ -20,6 +20,7 @@ from quarterdeck.monitoring.incidents.cli import app as incidents_app
 from quarterdeck.runs.approvals_cli import app as approvals_app
 from quarterdeck.runs.cli import app as run_app
 from quarterdeck.security.auth.cli import app as keys_app
+from quarterdeck.security.compliance.cli import app as compliance_app
 
 app = typer.Typer(
     help="Quarterdeck: a durable control plane for AI coding agents.\n\n"
@@ -40,6 +41,7 @@ except ImportError:  # pragma: no cover
 app.add_typer(incidents_app, name="incidents")
 app.add_typer(keys_app, name="keys")
 app.add_typer(approvals_app, name="approvals")
+app.add_typer(compliance_app, name="compliance")
 app.add_typer(chaos_app, name="chaos")
 
 _config_path: Path | None = None

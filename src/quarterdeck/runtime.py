@@ -33,8 +33,10 @@ from quarterdeck.runs.executor import CostFn, ExecutorConfig, RunExecutor
 from quarterdeck.runs.service import RunService
 from quarterdeck.runs.worker import WorkerPool
 from quarterdeck.security.anomalies import AnomalySink
+from quarterdeck.security.audit import AuditLog
 from quarterdeck.security.auth import AuthService, build_auth_service
 from quarterdeck.security.policy import PolicyGate
+from quarterdeck.security.trail import AuditTrail
 from quarterdeck.store import migrations
 from quarterdeck.store.pool import Database
 
@@ -62,6 +64,8 @@ class Runtime:
     incidents: IncidentService = field(init=False)
     budgets: BudgetService = field(init=False)
     approvals: ApprovalService = field(init=False)
+    audit: AuditLog = field(init=False)
+    trail: AuditTrail = field(init=False)
     anomalies: AnomalySink = field(init=False)
     auth: AuthService = field(init=False)
     leader: Elector | None = field(init=False, default=None)
@@ -91,7 +95,12 @@ class Runtime:
         self.budgets = BudgetService(self.db)
         self.approvals = ApprovalService(self.db, timeout_s=self.settings.policy_approval_timeout)
         self.anomalies = AnomalySink(self.incidents)
+        self.audit = AuditLog.from_settings(self.settings, self.db)
+        await self.audit.start()
+        self.trail = AuditTrail(self.audit)
+        self.runs.trail = self.trail
         self.auth = build_auth_service(self.settings, self.db, warn_if_disabled=self.with_api)
+        self.auth.on_change = self.trail.key_changed
         self._closers.append(self.auth.aclose)
         metrics.BUILD_INFO.labels(version=_version(), provider=self.settings.provider_name).set(1)
         self._tasks.append(asyncio.create_task(self._collect_gauges()))
@@ -111,6 +120,7 @@ class Runtime:
                     gate=PolicyGate.from_settings(self.settings),
                     approvals=self.approvals,
                     anomalies=self.anomalies,
+                    trail=self.trail,
                 ),
                 build_cost_fn(self.settings),
                 config,
@@ -118,6 +128,7 @@ class Runtime:
                 budgets=self.budgets,
             )
             self.workers = WorkerPool(self.settings, self.db, executor)
+            self.workers.trail = self.trail
             self._tasks.append(asyncio.create_task(self.workers.run()))
         if self.settings.health_monitor_enabled:
             self.leader = self._build_elector()
@@ -218,6 +229,8 @@ class Runtime:
         for close in self._closers:
             with contextlib.suppress(Exception):
                 await close()
+        with contextlib.suppress(Exception):  # last: everything above may still have audited
+            await self.audit.aclose()
         await self.db.close()
 
     async def _collect_gauges(self) -> None:

@@ -27,6 +27,7 @@ from quarterdeck.runs.models import Run
 from quarterdeck.security.anomalies import AnomalySink
 from quarterdeck.security.policy import PolicyGate, redact
 from quarterdeck.security.redaction import redact_arguments
+from quarterdeck.security.trail import AuditTrail
 
 
 class GuardedTools:
@@ -38,7 +39,9 @@ class GuardedTools:
         workspace: Path | None,
         approvals: ApprovalService | None = None,
         anomalies: AnomalySink | None = None,
+        trail: AuditTrail | None = None,
     ) -> None:
+        self.trail = trail
         self.inner = inner
         self.gate = gate
         self.workspace = workspace
@@ -49,6 +52,12 @@ class GuardedTools:
         return self.inner.specs()
 
     async def run(self, run: Run, call: ToolUseBlock) -> tuple[ToolResultBlock, dict[str, Any]]:
+        result, event = await self._run(run, call)
+        if self.trail is not None:  # every tool call, run or refused, with its decision
+            self.trail.tool_call(run, event)
+        return result, event
+
+    async def _run(self, run: Run, call: ToolUseBlock) -> tuple[ToolResultBlock, dict[str, Any]]:
         decision = self.gate.check(call.name, call.input, workspace=self.workspace)
         record = decision.to_dict()
         metrics.POLICY_DECISIONS.labels(

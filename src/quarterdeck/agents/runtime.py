@@ -42,6 +42,7 @@ from quarterdeck.runs.executor import Outcome, RunPlan, SimulatedTools, ToolRunn
 from quarterdeck.runs.models import Run, RunStatus
 from quarterdeck.security.anomalies import AnomalySink
 from quarterdeck.security.policy import PolicyGate
+from quarterdeck.security.trail import AuditTrail
 from quarterdeck.store.pool import Database
 
 log = structlog.get_logger(__name__)
@@ -98,7 +99,9 @@ class AgentPlanner:
         gate: PolicyGate | None = None,
         approvals: ApprovalService | None = None,
         anomalies: AnomalySink | None = None,
+        trail: AuditTrail | None = None,
     ) -> None:
+        self.trail = trail
         self.gate = gate
         self.approvals = approvals
         self.anomalies = anomalies
@@ -128,7 +131,8 @@ class AgentPlanner:
             workspace = Workspace(self.settings.data_dir, run.id).path
         if self.gate is not None:
             tools = GuardedTools(tools, self.gate, workspace=workspace,
-                                 approvals=self.approvals, anomalies=self.anomalies)
+                                 approvals=self.approvals, anomalies=self.anomalies,
+                                 trail=self.trail)
         requested_turns = int(run.params.get("max_turns") or agent.max_turns)
         requested_timeout = float(run.params.get("timeout_s") or agent.timeout_s)
         return RunPlan(

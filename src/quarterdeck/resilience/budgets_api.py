@@ -17,6 +17,7 @@ from quarterdeck.resilience.budgets import (
     BudgetUpdate,
 )
 from quarterdeck.security.auth import Permission, Principal, require
+from quarterdeck.security.trail import record_change
 
 router = APIRouter(tags=["budgets"])
 Tenant = Annotated[str, Path(pattern=TENANT_PATTERN)]
@@ -56,4 +57,10 @@ async def put_budget(
     principal.ensure_tenant(tenant, "tenant", tenant)
     service = _service(request)
     await service.set(tenant, body.daily_usd, body.monthly_usd)
+    await record_change(
+        request, principal.key_id, "config.changed", tenant,
+        {"setting": "budget",
+         "daily_usd": None if body.daily_usd is None else str(body.daily_usd),
+         "monthly_usd": None if body.monthly_usd is None else str(body.monthly_usd)},
+    )  # fmt: skip
     return await service.status(tenant)

@@ -25,6 +25,7 @@ from quarterdeck.runs.models import (
 )
 from quarterdeck.runs.service import RunService
 from quarterdeck.security.auth import Permission, Principal, require
+from quarterdeck.security.trail import RequestContext
 
 router = APIRouter(prefix="/v1/runs", tags=["runs"])
 CanRead = Annotated[Principal, Depends(require(Permission.RUNS_READ))]
@@ -34,6 +35,11 @@ CanWrite = Annotated[Principal, Depends(require(Permission.RUNS_WRITE))]
 def _service(request: Request) -> RunService:
     service: RunService = request.app.state.runtime.runs
     return service
+
+
+def context(request: Request, principal: Principal) -> RequestContext:
+    """Who asked and from where, for the audit log."""
+    return RequestContext.of(request, principal.key_id)
 
 
 def _check_id(run_id: str) -> str:
@@ -53,7 +59,10 @@ async def submit_run(
     idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
 ) -> Run:
     run, created = await _service(request).submit(
-        body, tenant=principal.tenant_for_new(), idempotency_key=idempotency_key
+        body,
+        tenant=principal.tenant_for_new(),
+        idempotency_key=idempotency_key,
+        context=context(request, principal),
     )
     response.headers["Location"] = f"/v1/runs/{run.id}"
     if not created:
@@ -77,7 +86,10 @@ async def submit_batch(
     idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
 ) -> RunBatchAccepted:
     ids, created = await _service(request).submit_batch(
-        body.runs, tenant=principal.tenant_for_new(), idempotency_key=idempotency_key
+        body.runs,
+        tenant=principal.tenant_for_new(),
+        idempotency_key=idempotency_key,
+        context=context(request, principal),
     )
     if not created:
         response.headers["Idempotent-Replayed"] = "true"
@@ -146,7 +158,9 @@ async def run_diff(run_id: str, request: Request, principal: CanRead) -> PlainTe
 
 @router.post("/{run_id}/cancel", response_model=Run, summary="Cancel a queued or running run")
 async def cancel_run(run_id: str, request: Request, principal: CanWrite) -> Run:
-    return await _service(request).cancel(_check_id(run_id), principal.tenant_filter())
+    return await _service(request).cancel(
+        _check_id(run_id), principal.tenant_filter(), context(request, principal)
+    )
 
 
 @router.get(

@@ -10,6 +10,7 @@ from quarterdeck.exceptions import ValidationFailed
 from quarterdeck.kit.ids import is_id
 from quarterdeck.runs.approvals import Approval, ApprovalService, ApprovalStatus, Decision
 from quarterdeck.security.auth import Permission, Principal, require
+from quarterdeck.security.trail import record_change
 
 router = APIRouter(prefix="/v1/approvals", tags=["approvals"])
 CanRead = Annotated[Principal, Depends(require(Permission.RUNS_READ))]
@@ -45,21 +46,30 @@ async def get_approval(approval_id: str, request: Request, principal: CanRead) -
     return await _service(request).get(_check(approval_id), principal.tenant_filter())
 
 
+async def _decide(
+    request: Request, principal: Principal, approval_id: str, approve: bool, note: str | None
+) -> Approval:
+    done = await _service(request).decide(
+        _check(approval_id), approve, tenant=principal.tenant_filter(),
+        by=f"key:{principal.key_id}", note=note,
+    )  # fmt: skip
+    await record_change(
+        request, principal.key_id, f"approval.{done.status}", done.tenant,
+        {"approval_id": done.id, "run_id": done.run_id, "tool": done.tool,
+         "rule_id": done.rule_id, "note": note},
+    )  # fmt: skip
+    return done
+
+
 @router.post("/{approval_id}/approve", response_model=Approval, summary="Let the tool call run")
 async def approve(
     approval_id: str, request: Request, principal: CanDecide, body: Decision | None = None
 ) -> Approval:
-    return await _service(request).decide(
-        _check(approval_id), True, tenant=principal.tenant_filter(),
-        by=f"key:{principal.key_id}", note=body.note if body else None,
-    )  # fmt: skip
+    return await _decide(request, principal, approval_id, True, body.note if body else None)
 
 
 @router.post("/{approval_id}/reject", response_model=Approval, summary="Refuse the tool call")
 async def reject(
     approval_id: str, request: Request, principal: CanDecide, body: Decision | None = None
 ) -> Approval:
-    return await _service(request).decide(
-        _check(approval_id), False, tenant=principal.tenant_filter(),
-        by=f"key:{principal.key_id}", note=body.note if body else None,
-    )  # fmt: skip
+    return await _decide(request, principal, approval_id, False, body.note if body else None)

@@ -29,6 +29,7 @@ from quarterdeck.runs import repository as repo
 from quarterdeck.runs.events import RunEventHub
 from quarterdeck.runs.models import Run, RunCreate, RunEvent, RunFilter, RunPage, RunStatus
 from quarterdeck.runs.worker import record_outcome
+from quarterdeck.security.trail import AuditTrail, RequestContext
 from quarterdeck.store.pool import Database
 
 DEFAULT_TENANT = "default"
@@ -77,6 +78,7 @@ class RunService:
         self.hub = hub
         self.catalog = catalog  # AgentCatalog: validates agent types at submission
         self._recent: OrderedDict[str, tuple[Run, float]] = OrderedDict()
+        self.trail: AuditTrail | None = None  # set by the runtime when the audit log runs
 
     def resolve_model(self, requested: str | None, agent_type: str | None = None) -> str:
         model = requested
@@ -88,7 +90,12 @@ class RunService:
         return model
 
     async def submit(
-        self, body: RunCreate, *, tenant: str = DEFAULT_TENANT, idempotency_key: str | None = None
+        self,
+        body: RunCreate,
+        *,
+        tenant: str = DEFAULT_TENANT,
+        idempotency_key: str | None = None,
+        context: RequestContext | None = None,
     ) -> tuple[Run, bool]:
         """Create and enqueue a run. Returns (run, created); created is False on an idempotent replay."""
         digest = request_hash(body)
@@ -100,7 +107,7 @@ class RunService:
         run_id = new_id("run")
         try:
             return await self._insert(
-                run_id, body, tenant, idempotency_key, digest, params, archive
+                run_id, body, tenant, idempotency_key, digest, params, archive, context
             )
         except _KeyTaken:
             existing = await self._replay(tenant, idempotency_key or "", digest)
@@ -158,6 +165,7 @@ class RunService:
         *,
         tenant: str = DEFAULT_TENANT,
         idempotency_key: str | None = None,
+        context: RequestContext | None = None,
     ) -> tuple[list[str], bool]:
         """Create and enqueue many runs in one transaction: all of them or none.
 
@@ -188,7 +196,9 @@ class RunService:
                 raise ValidationFailed(f"runs.{i}: {exc.detail}", errors=errors) from None
         run_ids = [new_id("run") for _ in bodies]
         try:
-            return await self._insert_batch(run_ids, bodies, tenant, keys, digests, prepared)
+            return await self._insert_batch(
+                run_ids, bodies, tenant, keys, digests, prepared, context
+            )
         except _KeyTaken:
             replayed = await self._replay_batch(tenant, keys or [], digests)
             if replayed is None:  # pragma: no cover - the key holders were deleted meanwhile
@@ -203,6 +213,7 @@ class RunService:
         keys: list[str] | None,
         digests: list[str],
         prepared: list[dict[str, Any]],
+        context: RequestContext | None = None,
     ) -> tuple[list[str], bool]:
         async with self.db.transaction() as conn:
             job_ids = await queue.enqueue_runs(conn, run_ids)
@@ -215,6 +226,10 @@ class RunService:
             inserted = await repo.insert_runs(conn, rows)
             if inserted != len(rows):
                 raise _KeyTaken  # rolls back; another request holds these keys
+        if self.trail is not None:
+            ctx = context or RequestContext()
+            for row in rows:
+                self.trail.run_created(row, ctx)
         return run_ids, True
 
     async def _replay_batch(
@@ -242,16 +257,18 @@ class RunService:
         digest: str,
         params: dict[str, Any],
         archive: bytes | None,
+        context: RequestContext | None = None,
     ) -> tuple[Run, bool]:
         async with self.db.transaction() as conn:
             job_id = await queue.enqueue_run(conn, run_id)
-            run = await repo.insert_run(
-                conn, self._row(run_id, body, tenant, idempotency_key, digest, params, job_id)
-            )
+            row = self._row(run_id, body, tenant, idempotency_key, digest, params, job_id)
+            run = await repo.insert_run(conn, row)
             if run is None:  # lost a race for this key: roll back our job, answer with theirs
                 raise _KeyTaken
             if archive is not None:
                 await repo.save_archive(conn, run_id, archive)
+        if self.trail is not None:
+            self.trail.run_created(row, context or RequestContext())
         return run, True
 
     async def _replay(self, tenant: str, key: str, digest: str) -> Run | None:
@@ -302,7 +319,12 @@ class RunService:
         cursor = items[-1].id if len(items) == f.limit else None
         return RunPage(items=items, next_cursor=cursor)
 
-    async def cancel(self, run_id: str, tenant: str | None = DEFAULT_TENANT) -> Run:
+    async def cancel(
+        self,
+        run_id: str,
+        tenant: str | None = DEFAULT_TENANT,
+        context: RequestContext | None = None,
+    ) -> Run:
         """Cancel a queued run at once; ask the worker holding a running run to stop."""
         async with self.db.transaction() as conn:
             run = await repo.get_run(conn, run_id, tenant)
@@ -323,8 +345,10 @@ class RunService:
                 await queue.cancel_jobs(conn, [int(job_id)])
         if finished is not None:
             record_outcome(finished)
-            return finished
-        return await self.get(run_id, tenant)
+        result = finished or await self.get(run_id, tenant)
+        if self.trail is not None:
+            self.trail.run_cancelled(result, context or RequestContext())
+        return result
 
     async def diff(self, run_id: str, tenant: str | None = DEFAULT_TENANT) -> str | None:
         """The unified diff of the run's workspace; None until the run has produced one."""

@@ -30,6 +30,7 @@ from quarterdeck.runs import queue
 from quarterdeck.runs import repository as repo
 from quarterdeck.runs.executor import Outcome, RunExecutor
 from quarterdeck.runs.models import Run, RunStatus
+from quarterdeck.security.trail import AuditTrail
 from quarterdeck.store.pool import Database, connect_once
 
 log = structlog.get_logger(__name__)
@@ -53,6 +54,7 @@ class WorkerPool:
         self._stop = asyncio.Event()
         self._accepting = True
         self.repair_interval = 15.0
+        self.trail: AuditTrail | None = None  # set by the runtime when the audit log runs
 
     # -- lifecycle ----------------------------------------------------------------------------
     async def run(self) -> None:
@@ -160,6 +162,8 @@ class WorkerPool:
         if claimed is None:
             return  # already terminal: a stale or duplicate job
         run, first = claimed
+        if self.trail is not None:
+            self.trail.run_started(run, self.worker_id)
         agent = metrics.bounded(run.agent_type)
         metrics.RUN_ATTEMPTS.labels(agent, "first" if first else "resume").inc()
         if first:
@@ -235,6 +239,8 @@ class WorkerPool:
         if done is None:
             return
         record_outcome(done, outcome.error_type)
+        if self.trail is not None:
+            self.trail.run_finished(done, outcome.error_type)
 
 
 def record_outcome(run: Run, error_type: str | None = None) -> None:

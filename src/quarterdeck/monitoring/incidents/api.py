@@ -30,7 +30,8 @@ from quarterdeck.monitoring.incidents.models import (
     Severity,
 )
 from quarterdeck.monitoring.incidents.service import IncidentService
-from quarterdeck.security.auth import Permission, require
+from quarterdeck.security.auth import Permission, Principal, require
+from quarterdeck.security.trail import record_change
 
 router = APIRouter(tags=["incidents"])
 MAX_ALERT_BODY = 5 * 1024 * 1024
@@ -75,29 +76,39 @@ async def get_incident(incident_id: str, request: Request) -> IncidentDetail:
     return await _service(request).get(incident_id)
 
 
-@router.post(
-    "/v1/incidents/{incident_id}/ack",
-    response_model=Incident,
-    summary="Acknowledge",
-    dependencies=[Depends(require(Permission.INCIDENTS_WRITE))],
-)
+CanWrite = Annotated[Principal, Depends(require(Permission.INCIDENTS_WRITE))]
+
+
+@router.post("/v1/incidents/{incident_id}/ack", response_model=Incident, summary="Acknowledge")
 async def ack_incident(
-    incident_id: str, request: Request, body: AckRequest | None = None
+    incident_id: str, request: Request, principal: CanWrite, body: AckRequest | None = None
 ) -> Incident:
-    return await _service(request).acknowledge(incident_id, (body or AckRequest()).actor)
+    actor = (body or AckRequest()).actor
+    done = await _service(request).acknowledge(incident_id, actor)
+    await record_change(
+        request,
+        principal.key_id,
+        "incident.acknowledged",
+        "platform",
+        {"incident_id": incident_id, "actor": actor},
+    )
+    return done
 
 
-@router.post(
-    "/v1/incidents/{incident_id}/resolve",
-    response_model=Incident,
-    summary="Resolve",
-    dependencies=[Depends(require(Permission.INCIDENTS_WRITE))],
-)
+@router.post("/v1/incidents/{incident_id}/resolve", response_model=Incident, summary="Resolve")
 async def resolve_incident(
-    incident_id: str, request: Request, body: ResolveRequest | None = None
+    incident_id: str, request: Request, principal: CanWrite, body: ResolveRequest | None = None
 ) -> Incident:
     b = body or ResolveRequest()
-    return await _service(request).resolve(incident_id, b.by, b.note)
+    done = await _service(request).resolve(incident_id, b.by, b.note)
+    await record_change(
+        request,
+        principal.key_id,
+        "incident.resolved",
+        "platform",
+        {"incident_id": incident_id, "by": b.by, "note": b.note},
+    )
+    return done
 
 
 @router.post(

@@ -1,0 +1,1 @@
+"""Compliance evidence: controls mapped to what the stored data shows (``quarterdeck compliance``)."""

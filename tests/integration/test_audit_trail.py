@@ -1,0 +1,82 @@
+"""What the running system writes to the audit log: run lifecycle, tool calls with their policy
+decisions, key changes, approvals and config changes; and the chain still verifies."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+import pytest
+
+from quarterdeck.app import create_app
+from quarterdeck.runtime import Runtime
+from quarterdeck.security.audit.models import EventFilter
+from tests.support.messages_api import MessagesAPIServer, message, text, tool_use
+
+pytest_plugins = ["tests.support.fixtures"]
+pytestmark = pytest.mark.asyncio
+ADMIN = "qd-admin-" + "x" * 40
+
+
+async def _events(rt: Runtime, **f) -> list:
+    await rt.audit.flush()
+    return (await rt.audit.search(EventFilter(limit=500, **f))).items
+
+
+async def test_the_system_audits_what_it_does_and_the_chain_verifies(
+    make_settings, messages_api: MessagesAPIServer
+):
+    messages_api.script([
+        message(tool_use("write_file", {"path": "a.py", "content": "print(1)\n"}),
+                tool_use("run_command", {"command": "cat /etc/shadow"})),
+        message(text("done")),
+    ])
+    settings = make_settings(provider="anthropic", anthropic_api_key="sk-ant-test",
+                             anthropic_base_url=messages_api.base_url,
+                             default_model="claude-sonnet-4-5", auth_enabled=True,
+                             admin_api_key=ADMIN)
+    rt = Runtime(settings)
+    await rt.start()
+    app = create_app(settings, rt)
+    admin = {"Authorization": f"Bearer {ADMIN}"}
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                     base_url="http://qd") as client:
+            created = (await client.post("/v1/admin/keys", headers=admin, json={
+                "name": "ci", "role": "submitter", "tenant": "acme"})).json()
+            key = {"Authorization": f"Bearer {created['api_key']}", "X-Request-Id": "req-42"}
+            run = (await client.post("/v1/runs", headers=key, json={
+                "prompt": "secret plan", "workspace": {"type": "empty"}})).json()
+            done = (await client.get(f"/v1/runs/{run['id']}/wait", headers=key,
+                                     params={"timeout": 60})).json()
+            assert done["status"] == "succeeded"
+            r = await client.put("/v1/tenants/acme/budget", headers=admin,
+                                 json={"daily_usd": 5})
+            assert r.status_code == 200
+            await client.delete(f"/v1/admin/keys/{created['id']}", headers=admin)
+        await asyncio.sleep(0)
+
+        acme = await _events(rt, tenant="acme")
+        kinds = [e.event_type for e in acme]
+        for expected in ("key.created", "run.created", "run.started", "tool.call",
+                         "run.completed", "config.changed", "key.revoked"):
+            assert expected in kinds, (expected, kinds)
+        created_ev = next(e for e in acme if e.event_type == "run.created")
+        assert created_ev.session_id == run["id"] and created_ev.request_id == "req-42"
+        assert created_ev.actor == f"key:{created['id']}"
+        assert created_ev.sensitive == {"prompt": "secret plan"}, "decrypted on read"
+        tools = [e for e in acme if e.event_type == "tool.call"]
+        write = next(e for e in tools if e.operations == ["write_file"])
+        assert write.files_modified and write.anomaly is None
+        shadow = next(e for e in tools if e.operations == ["run_command"])
+        assert shadow.outcome == "error"
+        assert shadow.anomaly["decision"] == "deny" and shadow.anomaly["severity"] in (
+            "high", "critical")
+        flagged = await _events(rt, tenant="acme", anomalies=True)
+        assert [e.seq for e in flagged] == [shadow.seq]
+
+        report = await rt.audit.verify()
+        assert report.ok, report.problems
+        assert report.events_checked >= len(acme)
+    finally:
+        await rt.stop()

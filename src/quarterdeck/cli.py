@@ -20,7 +20,9 @@ from quarterdeck.monitoring.incidents.cli import app as incidents_app
 from quarterdeck.runs.approvals_cli import app as approvals_app
 from quarterdeck.runs.cli import app as run_app
 from quarterdeck.security.auth.cli import app as keys_app
+from quarterdeck.security.audit.cli import app as audit_app
 from quarterdeck.security.compliance.cli import app as compliance_app
+from quarterdeck.security.policy.cli import app as policy_app
 
 app = typer.Typer(
     help="Quarterdeck: a durable control plane for AI coding agents.\n\n"
@@ -42,6 +44,8 @@ app.add_typer(incidents_app, name="incidents")
 app.add_typer(keys_app, name="keys")
 app.add_typer(approvals_app, name="approvals")
 app.add_typer(compliance_app, name="compliance")
+app.add_typer(audit_app, name="audit")
+app.add_typer(policy_app, name="policy")
 app.add_typer(chaos_app, name="chaos")
 
 _config_path: Path | None = None

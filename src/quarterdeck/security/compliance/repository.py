@@ -61,7 +61,7 @@ async def policy_decisions(
     rows = await conn.fetch(
         """
         SELECT coalesce(data->'policy'->>'action', 'allow') AS action, count(*) AS n
-          FROM run_events WHERE type = 'tool_call' AND created_at >= $1 AND created_at < $2
+          FROM run_events WHERE type = 'tool_call' AND ts >= $1 AND ts < $2
          GROUP BY 1 ORDER BY 1
         """,
         start,

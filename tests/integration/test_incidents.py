@@ -679,3 +679,24 @@ async def test_cli_against_a_live_server(service: IncidentService):
     finally:
         server.should_exit = True
         await task
+
+
+async def test_channel_rate_limits_are_shared_by_every_replica(db: Any) -> None:
+    from quarterdeck.monitoring.incidents.notify import RateLimited, RateLimiter
+    from quarterdeck.store.pool import Database
+
+    other = Database(db.url, min_size=1, max_size=2)  # a second replica's pool
+    await other.open()
+    try:
+        first, second = RateLimiter(db, "slack", 0.1), RateLimiter(other, "slack", 0.1)
+        await first.acquire(max_wait=1)  # slot now: no wait
+        with pytest.raises(RateLimited):  # the other replica sees the same schedule: ~10 s away
+            await second.acquire(max_wait=5)
+        async with db.acquire() as conn:
+            from quarterdeck.monitoring.incidents import repository as incidents_repo
+
+            wait = await incidents_repo.reserve_slot(conn, "slack", 10.0, 60)
+        assert wait is not None and 5 < wait <= 10
+        assert await RateLimiter(db, "webhook", 0.1).acquire(max_wait=0) is None, "own schedule"
+    finally:
+        await other.close()

@@ -55,6 +55,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(6, "audit log, chains and checkpoints", sql_file="0006_audit.sql"),
     Migration(7, "API keys, roles and tenants", sql_file="0007_auth.sql"),
     Migration(8, "tool calls held for approval", sql_file="0008_approvals.sql"),
+    Migration(9, "shared notification rate limits", sql_file="0009_notification_slots.sql"),
 )
 
 HEAD = MIGRATIONS[-1].version

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
-from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -86,37 +84,24 @@ class RateLimited(Exception):
 
 
 class RateLimiter:
-    """A token bucket per channel, in process. Waits rather than drops: a page must not be lost.
+    """A channel's send rate, shared by every replica through Postgres.
 
-    Per process, not global: with N replicas sweeping, a channel can see N times the rate, which
-    is why the default leaves headroom under each provider's documented limit.
+    Waits rather than drops (a page must not be lost), up to ``max_wait``; the schedule lives in
+    ``notification_slots``, so the rate holds for the fleet, not per process.
     """
 
-    def __init__(
-        self, rate_per_s: float, burst: int = 1, clock: Callable[[], float] = time.monotonic
-    ) -> None:
-        self.rate, self.burst, self.clock = rate_per_s, burst, clock
-        self._tokens = float(burst)
-        self._last = clock()
-        self._lock = asyncio.Lock()
-
-    def _refill(self) -> None:
-        now = self.clock()
-        self._tokens = min(float(self.burst), self._tokens + (now - self._last) * self.rate)
-        self._last = now
+    def __init__(self, db: Database, channel: str, rate_per_s: float) -> None:
+        self.db, self.channel, self.rate = db, channel, rate_per_s
 
     async def acquire(self, max_wait: float = float("inf")) -> None:
         if self.rate <= 0:
             return
-        async with self._lock:
-            self._refill()
-            if self._tokens < 1:
-                wait = (1 - self._tokens) / self.rate
-                if wait > max_wait:
-                    raise RateLimited(f"rate limited for {wait:.1f}s")
-                await asyncio.sleep(wait)
-                self._refill()
-            self._tokens -= 1
+        async with self.db.acquire() as conn:
+            wait = await repo.reserve_slot(conn, self.channel, 1.0 / self.rate, max_wait)
+        if wait is None:
+            raise RateLimited(f"{self.channel} is rate limited for more than {max_wait:.0f}s")
+        if wait > 0:
+            await asyncio.sleep(wait)
 
 
 def build_channels(s: NotificationSettings, client: httpx.AsyncClient) -> list[Channel]:
@@ -166,7 +151,8 @@ class Notifier:
         chosen = channels if channels is not None else build_channels(settings, self.client)
         self.channels: dict[str, Channel] = {c.name: c for c in chosen}
         self.limiters = {
-            name: RateLimiter(settings.rate_limits.get(name, 0.0)) for name in self.channels
+            name: RateLimiter(db, name, settings.rate_limits.get(name, 0.0))
+            for name in self.channels
         }
         self._tasks: set[asyncio.Task[Any]] = set()
 

@@ -327,3 +327,35 @@ async def list_notifications(conn: asyncpg.Connection, incident_id: str) -> list
         "SELECT * FROM notifications WHERE incident_id = $1 ORDER BY id", incident_id
     )
     return [Notification.model_validate(dict(r)) for r in rows]
+
+
+async def reserve_slot(
+    conn: asyncpg.Connection, channel: str, interval_s: float, max_wait_s: float
+) -> float | None:
+    """Reserve the channel's next send slot: seconds to wait before sending, or None when the
+    next free slot is more than ``max_wait_s`` away (nothing is reserved then).
+
+    The row lock makes the schedule global: N replicas sweeping the outbox still send at the
+    configured rate between them.
+    """
+    async with conn.transaction():
+        await conn.execute(
+            "INSERT INTO notification_slots (channel, next_at) VALUES ($1, now())"
+            " ON CONFLICT (channel) DO NOTHING",
+            channel,
+        )
+        wait = await conn.fetchval(
+            "SELECT greatest(extract(epoch FROM next_at - clock_timestamp()), 0)::float8"
+            " FROM notification_slots WHERE channel = $1 FOR UPDATE",
+            channel,
+        )
+        if wait > max_wait_s:
+            return None
+        await conn.execute(
+            "UPDATE notification_slots"
+            " SET next_at = greatest(next_at, clock_timestamp()) + make_interval(secs => $2)"
+            " WHERE channel = $1",
+            channel,
+            interval_s,
+        )
+    return float(wait)

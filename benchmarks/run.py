@@ -21,6 +21,7 @@ SUITES: dict[str, Callable[[], dict[str, Any]]] = {
     "core.submit_to_start": core_runs.submit_to_start,
     "core.worker_memory": core_runs.worker_memory,
     "resilience.overhead": resilience.overhead,
+    "resilience.chaos": resilience.chaos,
 }
 
 

@@ -243,7 +243,18 @@ class Runner:
         self._settle_notifications(items)
         result.notifications = _notification_counts(self.received()[self._baseline :])
         result.incidents = [
-            {k: i[k] for k in ("id", "service", "severity", "status", "opened_at", "resolved_at")}
+            {
+                k: i[k]
+                for k in (
+                    "id",
+                    "service",
+                    "severity",
+                    "status",
+                    "resolved_by",
+                    "opened_at",
+                    "resolved_at",
+                )
+            }
             for i in items
         ]
         if scenario.expect_incident is None:

@@ -58,9 +58,12 @@ async def test_the_system_audits_what_it_does_and_the_chain_verifies(
 
         acme = await _events(rt, tenant="acme")
         kinds = [e.event_type for e in acme]
-        for expected in ("key.created", "run.created", "run.started", "tool.call",
+        for expected in ("key.created", "run.created", "tool.call",
                          "run.completed", "config.changed", "key.revoked"):
             assert expected in kinds, (expected, kinds)
+        completed = next(e for e in acme if e.event_type == "run.completed")
+        assert completed.actor.startswith("worker:") and completed.outcome == "succeeded"
+        assert completed.data_accessed[1]["attempts"] == 1
         created_ev = next(e for e in acme if e.event_type == "run.created")
         assert created_ev.session_id == run["id"] and created_ev.request_id == "req-42"
         assert created_ev.actor == f"key:{created['id']}"

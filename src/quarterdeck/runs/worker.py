@@ -240,7 +240,7 @@ class WorkerPool:
             return
         record_outcome(done, outcome.error_type)
         if self.trail is not None:
-            self.trail.run_finished(done, outcome.error_type)
+            self.trail.run_finished(done, outcome.error_type, self.worker_id)
 
 
 def record_outcome(run: Run, error_type: str | None = None) -> None:

@@ -69,19 +69,26 @@ class AuditTrail:
         ))  # fmt: skip
 
     def run_started(self, run: Any, worker_id: str) -> None:
+        """Recorded for resumed attempts only: a first start is in ``run.completed`` (worker,
+        attempts, start time), which keeps the hot path to two audit events per run."""
+        if run.attempts <= 1:
+            return
         self._nowait(AuditEvent(
             event_type="run.started", tenant=run.tenant, actor=f"worker:{worker_id}",
             agent_id=run.agent_type, session_id=run.id, operations=[run.operation],
-            outcome="resumed" if run.attempts > 1 else "success",
+            outcome="resumed",
         ))  # fmt: skip
 
-    def run_finished(self, run: Any, error_type: str | None) -> None:
+    def run_finished(self, run: Any, error_type: str | None, worker_id: str = "worker") -> None:
         duration = None
         if run.started_at and run.finished_at:
             duration = int((run.finished_at - run.started_at).total_seconds() * 1000)
         self._nowait(AuditEvent(
-            event_type="run.completed", tenant=run.tenant, actor="worker", agent_id=run.agent_type,
-            session_id=run.id, operations=[run.operation], data_accessed=[run.model],
+            event_type="run.completed", tenant=run.tenant, actor=f"worker:{worker_id}",
+            agent_id=run.agent_type, session_id=run.id, operations=[run.operation],
+            data_accessed=[run.model, {"attempts": run.attempts, "turns": run.turns,
+                                       "started_at": _iso(run.started_at),
+                                       "cost_usd": run.cost_usd}],
             duration_ms=duration, outcome=run.status.value,
             sensitive={"error": run.error, "error_type": error_type} if run.error else None,
         ))  # fmt: skip
@@ -133,6 +140,10 @@ class AuditTrail:
             actor=details.get("actor"),
             details=details,
         )
+
+
+def _iso(value: Any) -> str | None:
+    return value.isoformat() if value is not None else None
 
 
 def _ms(value: Any) -> int | None:

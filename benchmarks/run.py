@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from benchmarks import core_runs, resilience
+from benchmarks import core_runs, policy, resilience
 
 RESULTS = Path(__file__).parent / "results"
 SUITES: dict[str, Callable[[], dict[str, Any]]] = {
@@ -22,6 +22,7 @@ SUITES: dict[str, Callable[[], dict[str, Any]]] = {
     "core.worker_memory": core_runs.worker_memory,
     "resilience.overhead": resilience.overhead,
     "resilience.chaos": resilience.chaos,
+    "security.policy_gate": policy.gate_latency,
 }
 
 

@@ -1,0 +1,38 @@
+"""The policy gate: every tool call an agent makes is judged here before it runs.
+
+::
+
+    from quarterdeck.security.policy import PolicyGate, Decision, redact
+
+    gate = PolicyGate.from_settings(settings)      # built-ins + settings.policy_rules_file
+    decision = gate.check("run_command", {"command": "cat ~/.ssh/id_rsa"}, workspace=ws)
+    decision.action        # "allow" | "deny" | "flag" | "require_approval"
+    redact(tool_output)    # Redaction(text with [REDACTED:<type>], findings)
+
+Rules are data (``rules.yaml``, format in ``RULES.md``); users extend or override them with a
+Falco-style file. Modules: :mod:`.shell` / :mod:`.argv` / :mod:`.programs` /
+:mod:`.commands` parse commands, :mod:`.paths` and :mod:`.hosts` normalise paths and
+destinations, :mod:`.facts` reduces a call to facts, :mod:`.rules` loads and merges rule files,
+:mod:`.matchers` and :mod:`.combinators` compile them, :mod:`.prefilter` skips rules that
+cannot match, :mod:`.gate` decides, :mod:`.decision` is its answer, :mod:`.secrets` finds and
+redacts secrets, :mod:`.corpus` and :mod:`.cli` evaluate the gate against a labelled corpus.
+"""
+
+from __future__ import annotations
+
+from quarterdeck.security.policy.decision import Action, Decision, RuleMatch, Severity
+from quarterdeck.security.policy.gate import PolicyGate, Rule
+from quarterdeck.security.policy.secrets import Finding, Redaction, find_secrets, redact
+
+__all__ = [
+    "Action",
+    "Decision",
+    "Finding",
+    "PolicyGate",
+    "Redaction",
+    "Rule",
+    "RuleMatch",
+    "Severity",
+    "find_secrets",
+    "redact",
+]

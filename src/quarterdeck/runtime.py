@@ -13,6 +13,7 @@ from decimal import Decimal
 
 import structlog
 
+from quarterdeck.agents.guard import Guard
 from quarterdeck.agents.runtime import AgentPlanner
 from quarterdeck.agents.templates import AgentCatalog
 from quarterdeck.config import Settings
@@ -117,10 +118,12 @@ class Runtime:
                     self.db,
                     self.agent_catalog,
                     simulated=self.provider.name == "simulated",
-                    gate=PolicyGate.from_settings(self.settings),
-                    approvals=self.approvals,
-                    anomalies=self.anomalies,
-                    trail=self.trail,
+                    guard=Guard(
+                        PolicyGate.from_settings(self.settings),
+                        approvals=self.approvals,
+                        anomalies=self.anomalies,
+                        trail=self.trail,
+                    ),
                 ),
                 build_cost_fn(self.settings),
                 config,

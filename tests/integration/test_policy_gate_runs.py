@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 
 import httpx
@@ -28,6 +29,18 @@ def agent_settings(make_settings, messages_api: MessagesAPIServer):
     return make
 
 
+@contextlib.asynccontextmanager
+async def scripted(settings, messages_api: MessagesAPIServer, replies: list):
+    """A started runtime whose model plays ``replies``; stopped on exit."""
+    messages_api.script(replies)
+    rt = Runtime(settings)
+    await rt.start()
+    try:
+        yield rt
+    finally:
+        await rt.stop()
+
+
 def _tool_results(messages_api: MessagesAPIServer) -> list[dict]:
     """The tool_result blocks the model received, in order."""
     out = []
@@ -43,17 +56,14 @@ def _tool_results(messages_api: MessagesAPIServer) -> list[dict]:
 async def test_a_denied_call_never_runs_the_model_sees_why_and_a_security_incident_opens(
     agent_settings, messages_api: MessagesAPIServer
 ):
-    messages_api.script([
-        message(tool_use("run_command", {"command": "cat ~/.ssh/id_rsa > key.txt"})),
-        message(text("I will not read that key.")),
-    ])
     before = REGISTRY.get_sample_value(
         "claude_agent_errors_total",
         {"agent_type": "coder", "error_type": "security_anomaly", "severity": "critical"},
     ) or 0.0
-    rt = Runtime(agent_settings())
-    await rt.start()
-    try:
+    async with scripted(agent_settings(), messages_api, [
+        message(tool_use("run_command", {"command": "cat ~/.ssh/id_rsa > key.txt"})),
+        message(text("I will not read that key.")),
+    ]) as rt:
         run, _ = await rt.runs.submit(RunCreate(prompt="x", workspace={"type": "empty"}))
         done = await rt.runs.wait(run.id, 60)
         assert done.status == RunStatus.succeeded
@@ -75,21 +85,16 @@ async def test_a_denied_call_never_runs_the_model_sees_why_and_a_security_incide
         from quarterdeck.agents.workspace import Workspace
 
         assert not (Workspace(rt.settings.data_dir, run.id).path / "key.txt").exists()
-    finally:
-        await rt.stop()
 
 
 async def test_a_held_call_runs_after_an_operator_approves_it_over_the_api(
     agent_settings, messages_api: MessagesAPIServer
 ):
-    messages_api.script([
+    async with scripted(agent_settings(), messages_api, [
         message(tool_use("run_command", {"command": "sudo true; echo ran > proof.txt"})),
         message(text("done")),
-    ])
-    rt = Runtime(agent_settings())
-    await rt.start()
-    app = create_app(rt.settings, rt)
-    try:
+    ]) as rt:
+        app = create_app(rt.settings, rt)
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
                                      base_url="http://qd") as client:
             run = (await client.post("/v1/runs", json={"prompt": "x",
@@ -116,20 +121,15 @@ async def test_a_held_call_runs_after_an_operator_approves_it_over_the_api(
             call = next(e for e in events if e["type"] == "tool_call")
             assert call["data"]["policy"]["approval"]["status"] == "approved"
             assert not call["data"].get("is_error"), call["data"]
-    finally:
-        await rt.stop()
 
 
 async def test_a_rejected_call_is_a_tool_error_and_never_runs(
     agent_settings, messages_api: MessagesAPIServer
 ):
-    messages_api.script([
+    async with scripted(agent_settings(), messages_api, [
         message(tool_use("run_command", {"command": "sudo apt-get install -y cowsay"})),
         message(text("understood")),
-    ])
-    rt = Runtime(agent_settings())
-    await rt.start()
-    try:
+    ]) as rt:
         run, _ = await rt.runs.submit(RunCreate(prompt="x", workspace={"type": "empty"}))
         pending = []
         for _ in range(200):
@@ -143,21 +143,16 @@ async def test_a_rejected_call_is_a_tool_error_and_never_runs(
         assert done.status == RunStatus.succeeded
         result = _tool_results(messages_api)[0]
         assert result["is_error"] is True and "rejected by key:ops (no)" in json.dumps(result)
-    finally:
-        await rt.stop()
 
 
 async def test_secrets_are_redacted_before_the_model_or_storage_see_them(
     agent_settings, messages_api: MessagesAPIServer, db_url: str
 ):
-    messages_api.script([
+    async with scripted(agent_settings(), messages_api, [
         message(text(f"Checking the key {AWS_KEY} first."),
                 tool_use("run_command", {"command": f"echo aws_access_key_id={AWS_KEY}"})),
         message(text("done")),
-    ])
-    rt = Runtime(agent_settings())
-    await rt.start()
-    try:
+    ]) as rt:
         run, _ = await rt.runs.submit(RunCreate(prompt="x", workspace={"type": "empty"}))
         done = await rt.runs.wait(run.id, 60)
         assert done.status == RunStatus.succeeded
@@ -180,5 +175,3 @@ async def test_secrets_are_redacted_before_the_model_or_storage_see_them(
         assert call.data["secrets_redacted"]
         turn = next(e for e in await rt.runs.events(run.id) if e.type == "turn")
         assert turn.data["secrets_redacted"]
-    finally:
-        await rt.stop()

@@ -16,6 +16,7 @@ stored, so a key that a test prints never reaches a checkpoint, an event or the 
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,23 +31,25 @@ from quarterdeck.security.redaction import redact_arguments
 from quarterdeck.security.trail import AuditTrail
 
 
+@dataclass(frozen=True)
+class Guard:
+    """What stands in front of tool calls: the gate, and where its decisions go."""
+
+    gate: PolicyGate
+    approvals: ApprovalService | None = None
+    anomalies: AnomalySink | None = None
+    trail: AuditTrail | None = None
+
+
 class GuardedTools:
-    def __init__(
-        self,
-        inner: ToolRunner,
-        gate: PolicyGate,
-        *,
-        workspace: Path | None,
-        approvals: ApprovalService | None = None,
-        anomalies: AnomalySink | None = None,
-        trail: AuditTrail | None = None,
-    ) -> None:
-        self.trail = trail
+    def __init__(self, inner: ToolRunner, guard: Guard, *, workspace: Path | None) -> None:
         self.inner = inner
-        self.gate = gate
+        self.guard = guard
+        self.gate = guard.gate
+        self.approvals = guard.approvals
+        self.anomalies = guard.anomalies
+        self.trail = guard.trail
         self.workspace = workspace
-        self.approvals = approvals
-        self.anomalies = anomalies
 
     def specs(self) -> list[ToolSpec]:
         return self.inner.specs()
@@ -114,13 +117,20 @@ class GuardedTools:
     def _refused(
         call: ToolUseBlock, message: str, record: dict[str, Any]
     ) -> tuple[ToolResultBlock, dict[str, Any]]:
-        return ToolResultBlock(call.id, message, is_error=True), {
-            "tool": call.name,
-            "input": call.input,
-            "output": message,
-            "is_error": True,
-            "permissions": [],
-            "files_changed": [],
-            "network": [],
-            "policy": record,
-        }
+        return refused(call, message, policy=record)
+
+
+def refused(
+    call: ToolUseBlock, message: str, **extra: Any
+) -> tuple[ToolResultBlock, dict[str, Any]]:
+    """A tool call that did not run: the error the model sees, and the event recorded for it."""
+    return ToolResultBlock(call.id, message, is_error=True), {
+        "tool": call.name,
+        "input": call.input,
+        "output": message,
+        "is_error": True,
+        "permissions": [],
+        "files_changed": [],
+        "network": [],
+        **extra,
+    }

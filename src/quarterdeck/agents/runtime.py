@@ -20,7 +20,7 @@ from urllib.parse import urlparse
 
 import structlog
 
-from quarterdeck.agents.guard import GuardedTools
+from quarterdeck.agents.guard import Guard, GuardedTools, refused
 from quarterdeck.agents.quality import (
     QualityError,
     diff_line_numbers,
@@ -37,12 +37,8 @@ from quarterdeck.config import Settings
 from quarterdeck.exceptions import QuarterdeckError
 from quarterdeck.providers.types import ToolResultBlock, ToolSpec, ToolUseBlock
 from quarterdeck.runs import repository as repo
-from quarterdeck.runs.approvals import ApprovalService
 from quarterdeck.runs.executor import Outcome, RunPlan, SimulatedTools, ToolRunner
 from quarterdeck.runs.models import Run, RunStatus
-from quarterdeck.security.anomalies import AnomalySink
-from quarterdeck.security.policy import PolicyGate
-from quarterdeck.security.trail import AuditTrail
 from quarterdeck.store.pool import Database
 
 log = structlog.get_logger(__name__)
@@ -65,15 +61,7 @@ class AllowedTools:
                 f"tool {call.name!r} is not available to agent type {self.agent.name!r}; "
                 f"available: {', '.join(self.agent.tools)}"
             )
-            return ToolResultBlock(call.id, message, is_error=True), {
-                "tool": call.name,
-                "input": call.input,
-                "output": message,
-                "is_error": True,
-                "permissions": [],
-                "files_changed": [],
-                "network": [],
-            }
+            return refused(call, message)
         return await self.inner.run(self.run_with_source, call)
 
 
@@ -96,15 +84,9 @@ class AgentPlanner:
         catalog: AgentCatalog,
         *,
         simulated: bool,
-        gate: PolicyGate | None = None,
-        approvals: ApprovalService | None = None,
-        anomalies: AnomalySink | None = None,
-        trail: AuditTrail | None = None,
+        guard: Guard | None = None,
     ) -> None:
-        self.trail = trail
-        self.gate = gate
-        self.approvals = approvals
-        self.anomalies = anomalies
+        self.guard = guard
         self.settings = settings
         self.db = db
         self.catalog = catalog
@@ -129,10 +111,8 @@ class AgentPlanner:
         if self.uses_workspace(run):
             tools = AllowedTools(self.tools, agent, await self._with_archive(run))
             workspace = Workspace(self.settings.data_dir, run.id).path
-        if self.gate is not None:
-            tools = GuardedTools(tools, self.gate, workspace=workspace,
-                                 approvals=self.approvals, anomalies=self.anomalies,
-                                 trail=self.trail)
+        if self.guard is not None:
+            tools = GuardedTools(tools, self.guard, workspace=workspace)
         requested_turns = int(run.params.get("max_turns") or agent.max_turns)
         requested_timeout = float(run.params.get("timeout_s") or agent.timeout_s)
         return RunPlan(

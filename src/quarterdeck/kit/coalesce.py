@@ -55,7 +55,9 @@ class Coalescer(Generic[In, Out]):
         if not self._scheduled:
             self._scheduled = True
             loop.call_soon(self._start)
-        return await asyncio.shield(future)
+        # Not shielded: a cancelled caller cancels only its own future; the batch it is in
+        # still runs (flushes are tasks of their own) and skips settling it.
+        return await future
 
     def _start(self) -> None:
         self._scheduled = False

@@ -22,6 +22,7 @@ the store is down, and the ``claude_agent_circuit_state`` gauge kept current.
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
@@ -125,6 +126,8 @@ class BreakerState:
 
 def advance(state: BreakerState, cfg: BreakerConfig, now: float) -> BreakerState:
     """Apply the passage of time: prune old failures and expired probes, OPEN -> HALF_OPEN."""
+    if state.status is CircuitStatus.CLOSED and not state.failures and not state.probes:
+        return state  # the healthy steady state: nothing to prune (and no allocation per call)
     failures = tuple(t for t in state.failures if now - t < cfg.window_s)
     if state.status is CircuitStatus.OPEN:
         if now - state.opened_at >= cfg.open_for_s:
@@ -220,8 +223,9 @@ class CircuitBreaker:
             cfg.probe_timeout_s,
         )
 
-    @property
+    @functools.cached_property
     def config(self) -> BreakerConfig:
+        """Built once: it is read on every call through the breaker."""
         return BreakerConfig(
             self.failure_threshold,
             self.open_for_s,

@@ -23,6 +23,7 @@ from quarterdeck.resilience import budgets_api
 from quarterdeck.runs import api as runs_api
 from quarterdeck.runs import approvals_api
 from quarterdeck.runtime import Runtime
+from quarterdeck.security.audit import api as audit_api
 from quarterdeck.security.auth import api as auth_api
 from quarterdeck.security.auth.dependencies import AUTH_REQUIRED_STATE
 from quarterdeck.security.auth.middleware import RateLimitHeaders
@@ -122,6 +123,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
     app.include_router(probes.router)
     app.include_router(runs_api.router)
     app.include_router(approvals_api.router)
+    app.include_router(audit_api.router)
     app.include_router(agents_api.router)
     app.include_router(incidents_api.router)
     app.include_router(health_api.router)

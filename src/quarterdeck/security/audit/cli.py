@@ -1,0 +1,251 @@
+"""``quarterdeck audit ...``: verify, export, checkpoints, purge, shred, retention.
+
+Unlike most commands these connect to Postgres directly (with the same settings as the server):
+verification must not depend on the API process whose records it checks, and an auditor may run
+it from a machine that only has database access and the keys.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import sys
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Annotated, Any, TypeVar
+
+import typer
+from rich.markup import escape
+
+from quarterdeck.exceptions import QuarterdeckError
+from quarterdeck.kit.console import JsonOpt, console, fail, print_json
+from quarterdeck.security.audit.checkpoints import Checkpoint
+from quarterdeck.security.audit.service import AuditLog
+
+T = TypeVar("T")
+app = typer.Typer(
+    help="Verify, export and manage the tamper-evident audit log (connects to Postgres).",
+    no_args_is_help=True,
+)
+checkpoints_app = typer.Typer(help="Signed checkpoints.", no_args_is_help=True)
+app.add_typer(checkpoints_app, name="checkpoints")
+TenantOpt = Annotated[str | None, typer.Option("--tenant", help="Only this tenant.")]
+OutputOpt = Annotated[
+    Path | None, typer.Option("--output", "-o", help="Write here instead of standard output.")
+]
+
+
+def _run(fn: Callable[[AuditLog], Awaitable[T]]) -> T:
+    """Open the database and the audit log from settings, run ``fn``, close everything."""
+    from quarterdeck.cli import settings
+    from quarterdeck.kit.logs import configure_logging
+    from quarterdeck.store.pool import Database, database_url
+
+    s = settings()
+    configure_logging("warning")
+
+    async def main() -> T:
+        db = Database(database_url(s), min_size=1, max_size=4)
+        await db.open()
+        try:
+            log = AuditLog.from_settings(s, db)
+            await log.start(loops=False)
+            try:
+                return await fn(log)
+            finally:
+                await log.aclose()
+        finally:
+            await db.close()
+
+    try:
+        return asyncio.run(main())
+    except QuarterdeckError as exc:
+        fail(exc.detail)
+    except ValueError as exc:  # invalid input found by the audit log (e.g. a tenant name)
+        fail(str(exc), 2)
+
+
+@contextmanager
+def _output(path: Path | None) -> Iterator[IO[str]]:
+    if path is None:
+        yield sys.stdout
+        return
+    with path.open("w", encoding="utf-8") as f:
+        yield f
+
+
+def _when(value: str | None, name: str) -> datetime | None:
+    """RFC 3339 / ISO 8601; a time without an offset is taken as UTC."""
+    if value is None:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        fail(f"{name}: {value!r} is not a date or time (use e.g. 2026-01-31T00:00:00Z)", 2)
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
+
+
+def _load_checkpoints(path: Path) -> list[Checkpoint]:
+    found: list[Checkpoint] = []
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+        for line in filter(None, (raw.strip() for raw in lines)):
+            d: dict[str, Any] = json.loads(line)
+            found.append(
+                Checkpoint(
+                    id=int(d["id"]),
+                    tenant=str(d["tenant"]),
+                    seq=int(d["seq"]),
+                    head_hash=bytes.fromhex(d["head_hash"]),
+                    count=int(d["count"]),
+                    created_at=datetime.fromisoformat(d["created_at"]),
+                    prev=bytes.fromhex(d["prev"]),
+                    key_fingerprint=str(d["key_fingerprint"]),
+                    signature=base64.b64decode(d["signature"]),
+                )
+            )
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        fail(f"cannot read checkpoints from {path}: {exc}", 2)
+    return found
+
+
+@app.command()
+def verify(
+    tenant: TenantOpt = None,
+    against: Annotated[
+        Path | None,
+        typer.Option(
+            help="Also check against checkpoints exported earlier (JSON Lines from "
+            "`audit checkpoints export`): catches a truncation that deleted recent "
+            "checkpoints along with the events."
+        ),
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Verify the hash chains and signed checkpoints; exit 1 when tampering is found."""
+    external = _load_checkpoints(against) if against is not None else []
+    report = _run(lambda log: log.verify(tenant, external))
+    if as_json:
+        print_json(report.model_dump(mode="json"))
+    else:
+        for problem in report.problems:
+            console.print(f"[red]PROBLEM[/] {escape(str(problem))}", highlight=False)
+        verdict = "[green]OK[/]" if report.ok else f"[red]BROKEN[/] ({len(report.problems)})"
+        console.print(
+            f"{verdict}: {report.tenants_checked} tenant(s), {report.events_checked} event(s), "
+            f"{report.checkpoints_checked} checkpoint(s) in {report.duration_s:.2f}s"
+        )
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+@app.command()
+def export(
+    tenant: TenantOpt = None,
+    from_: Annotated[str | None, typer.Option("--from", help="Events at or after (UTC).")] = None,
+    to: Annotated[str | None, typer.Option("--to", help="Events before (UTC).")] = None,
+    output: OutputOpt = None,
+) -> None:
+    """Export events as JSON Lines, decrypted where the key exists, each with its record."""
+    since, until = _when(from_, "--from"), _when(to, "--to")
+
+    async def write(log: AuditLog) -> int:
+        n = 0
+        with _output(output) as out:
+            async for line in log.export(tenant, since, until):
+                out.write(json.dumps(line, ensure_ascii=False, separators=(",", ":")) + "\n")
+                n += 1
+        return n
+
+    n = _run(write)
+    if output is not None:
+        console.print(f"exported {n} event(s) to {output}")
+
+
+@checkpoints_app.command("export")
+def checkpoints_export(tenant: TenantOpt = None, output: OutputOpt = None) -> None:
+    """Export signed checkpoints as JSON Lines, to keep off-site (see `verify --against`)."""
+
+    async def write(log: AuditLog) -> int:
+        n = 0
+        with _output(output) as out:
+            async for cp in log.export_checkpoints(tenant):
+                out.write(cp.model_dump_json() + "\n")
+                n += 1
+        return n
+
+    n = _run(write)
+    if output is not None:
+        console.print(f"exported {n} checkpoint(s) to {output}")
+
+
+@app.command()
+def purge(tenant: TenantOpt = None, as_json: JsonOpt = False) -> None:
+    """Delete events older than their tenant's retention, in whole checkpointed segments."""
+    outcome = _run(lambda log: log.purge(tenant=tenant))
+    if as_json:
+        print_json(
+            {
+                "purged": [r.model_dump() for r in outcome.purged],
+                "problems": [p.model_dump(mode="json") for p in outcome.problems],
+            }
+        )
+    else:
+        for r in outcome.purged:
+            console.print(f"{r.tenant}: purged {r.events_purged} event(s) up to seq {r.anchor_seq}")
+        for problem in outcome.problems:
+            console.print(f"[red]PROBLEM[/] {escape(str(problem))}", highlight=False)
+        if not outcome.purged and not outcome.problems:
+            console.print("nothing to purge")
+    if outcome.problems:
+        raise typer.Exit(1)
+
+
+@app.command()
+def shred(
+    tenant: str,
+    yes: Annotated[bool, typer.Option("--yes", help="Confirm: this cannot be undone.")] = False,
+) -> None:
+    """Crypto-shred TENANT: its audit payloads become unreadable forever; the chain stays."""
+    if not yes:
+        fail(f"shredding {tenant!r} cannot be undone; repeat with --yes to confirm", 2)
+    count = _run(lambda log: log.shred_tenant(tenant, actor=_cli_actor()))
+    console.print(f"{tenant}: destroyed {count} data key(s)")
+
+
+@app.command()
+def retention(
+    tenant: str,
+    value: Annotated[
+        str | None, typer.Argument(help="New retention, e.g. 90d or 7y; omit to show.")
+    ] = None,
+) -> None:
+    """Show or set TENANT's audit retention."""
+    from quarterdeck.kit.durations import parse_duration
+
+    if value is None:
+        seconds = _run(lambda log: log.get_retention(tenant))
+    else:
+        try:
+            seconds = parse_duration(value)
+        except ValueError as exc:
+            fail(str(exc), 2)
+
+        async def apply(log: AuditLog) -> float:
+            await log.set_retention(tenant, seconds, actor=_cli_actor())
+            return seconds
+
+        _run(apply)
+    console.print(f"{tenant}: {seconds:g} s ({seconds / 86400:g} days)")
+
+
+def _cli_actor() -> str:
+    import getpass
+
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):
+        return "cli"

@@ -68,3 +68,26 @@ async def test_a_bad_item_rejects_the_whole_batch_naming_it(
     problem = r.json()
     assert any(e["field"] == field for e in problem["errors"]), problem
     assert (await client.get("/v1/runs")).json()["items"] == []
+
+
+async def test_concurrent_single_submissions_share_a_commit_and_a_conflict_fails_alone(
+    client: httpx.AsyncClient, runtime: object
+):
+    import asyncio
+
+    bodies = [({"prompt": f"p{i}"}, {}) for i in range(20)]
+    bodies += [({"prompt": "first"}, {"Idempotency-Key": "k1"}),
+               ({"prompt": "second"}, {"Idempotency-Key": "k1"})]
+    answers = await asyncio.gather(*(client.post("/v1/runs", json=b, headers=h)
+                                     for b, h in bodies))
+    codes = sorted(r.status_code for r in answers)
+    assert codes.count(202) == 21 and codes.count(409) == 1, codes
+    submits = runtime.runs._submits  # type: ignore[attr-defined]
+    assert submits.batches < submits.items, "some submissions shared a transaction"
+    ids = {r.json()["id"] for r in answers if r.status_code == 202}
+    assert len(ids) == 21
+    for run_id in ids:
+        done = (await client.get(f"/v1/runs/{run_id}/wait", params={"timeout": 30})).json()
+        assert done["status"] == "succeeded"
+    listing = (await client.get("/v1/runs", params={"limit": 100})).json()
+    assert len(listing["items"]) == 21

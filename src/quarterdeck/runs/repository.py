@@ -16,39 +16,6 @@ import asyncpg
 
 from quarterdeck.runs.models import Run, RunEvent, RunFilter, RunStatus
 
-
-async def insert_run(conn: asyncpg.Connection, values: dict[str, Any]) -> Run | None:
-    """Insert a run with its first event in one statement; None if the idempotency key exists."""
-    row = await conn.fetchrow(
-        """
-        WITH r AS (
-            INSERT INTO runs (id, tenant, agent_type, operation, prompt, model, max_attempts,
-                              idempotency_key, request_hash, job_id, params, budget_usd)
-            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
-            ON CONFLICT (tenant, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
-            RETURNING *
-        ), e AS (
-            INSERT INTO run_events (run_id, type, data)
-            SELECT id, 'status', '{"status": "queued"}'::jsonb FROM r
-        )
-        SELECT r.* FROM r
-        """,
-        values["id"],
-        values["tenant"],
-        values["agent_type"],
-        values["operation"],
-        values["prompt"],
-        values["model"],
-        values["max_attempts"],
-        values["idempotency_key"],
-        values["request_hash"],
-        values["job_id"],
-        values["params"],
-        values.get("budget_usd"),
-    )
-    return Run.from_row(row) if row else None
-
-
 _RUN_COLUMNS = (
     "id",
     "tenant",
@@ -65,13 +32,13 @@ _RUN_COLUMNS = (
 )
 
 
-async def insert_runs(conn: asyncpg.Connection, rows: list[dict[str, Any]]) -> int:
-    """Insert many runs and their first events in one statement; returns how many were new.
+async def insert_runs(conn: asyncpg.Connection, rows: list[dict[str, Any]]) -> list[Run]:
+    """Insert runs and their first events in one statement; returns the runs inserted.
 
-    Rows whose idempotency key already exists are skipped, so a short count means a race lost.
+    Rows whose idempotency key already exists are skipped, so a short list means a race lost.
     """
     columns = [[row[c] for row in rows] for c in _RUN_COLUMNS]
-    inserted: int = await conn.fetchval(
+    inserted = await conn.fetch(
         """
         WITH r AS (
             INSERT INTO runs (id, tenant, agent_type, operation, prompt, model, max_attempts,
@@ -80,16 +47,16 @@ async def insert_runs(conn: asyncpg.Connection, rows: list[dict[str, Any]]) -> i
                                  $6::text[], $7::int[], $8::text[], $9::text[], $10::bigint[],
                                  $11::jsonb[], $12::numeric[])
             ON CONFLICT (tenant, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
-            RETURNING id
+            RETURNING *
         ), e AS (
             INSERT INTO run_events (run_id, type, data)
             SELECT id, 'status', '{"status": "queued"}'::jsonb FROM r
         )
-        SELECT count(*) FROM r
+        SELECT * FROM r
         """,
         *columns,
     )
-    return inserted
+    return [Run.from_row(r) for r in inserted]
 
 
 async def find_by_idempotency_keys(

@@ -6,10 +6,6 @@ Endpoints and the CLI call these; they own transactions and error mapping, repos
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
-import hashlib
-import json
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator
@@ -17,55 +13,26 @@ from typing import Any
 
 from quarterdeck.config import Settings
 from quarterdeck.exceptions import (
-    IdempotencyConflict,
     InvalidState,
     NotFound,
     Unavailable,
-    ValidationFailed,
 )
-from quarterdeck.kit.ids import new_id
 from quarterdeck.runs import queue
 from quarterdeck.runs import repository as repo
 from quarterdeck.runs.events import RunEventHub
-from quarterdeck.runs.models import Run, RunCreate, RunEvent, RunFilter, RunPage, RunStatus
+from quarterdeck.runs.models import Run, RunEvent, RunFilter, RunPage, RunStatus
+from quarterdeck.runs.submission import DEFAULT_TENANT, Submissions
 from quarterdeck.runs.worker import record_outcome
-from quarterdeck.security.trail import AuditTrail, RequestContext
+from quarterdeck.security.trail import RequestContext
 from quarterdeck.store.pool import Database
 
-DEFAULT_TENANT = "default"
-
-
-MAX_ARCHIVE_BYTES = 50 * 1024 * 1024
 RECENT_RUNS = 10_000
 """Runs kept in memory to answer reads while the database is down."""
 
 
-def _decode_archive(value: str) -> bytes:
-    try:
-        data = base64.b64decode(value, validate=True)
-    except (binascii.Error, ValueError):
-        raise ValidationFailed(
-            "workspace.value must be a base64-encoded tar archive",
-            errors=[{"field": "workspace.value", "message": "not valid base64"}],
-        ) from None
-    if len(data) > MAX_ARCHIVE_BYTES:
-        raise ValidationFailed(
-            f"workspace archive is {len(data)} bytes; the limit is {MAX_ARCHIVE_BYTES}",
-            errors=[{"field": "workspace.value", "message": "archive too large"}],
-        )
-    return data
+class RunService(Submissions):
+    """Run use-cases: submit (see :class:`Submissions`), read, list, cancel, wait, follow."""
 
-
-class _KeyTaken(Exception):
-    """Another request inserted the same idempotency key first."""
-
-
-def request_hash(body: RunCreate) -> str:
-    canonical = json.dumps(body.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).hexdigest()
-
-
-class RunService:
     def __init__(
         self,
         settings: Settings,
@@ -73,215 +40,9 @@ class RunService:
         hub: RunEventHub | None = None,
         catalog: Any | None = None,
     ) -> None:
-        self.settings = settings
-        self.db = db
+        super().__init__(settings, db, catalog)
         self.hub = hub
-        self.catalog = catalog  # AgentCatalog: validates agent types at submission
         self._recent: OrderedDict[str, tuple[Run, float]] = OrderedDict()
-        self.trail: AuditTrail | None = None  # set by the runtime when the audit log runs
-
-    def resolve_model(self, requested: str | None, agent_type: str | None = None) -> str:
-        model = requested
-        if model is None and self.catalog is not None and agent_type is not None:
-            model = self.catalog.get(agent_type).model
-        model = model or self.settings.model
-        if self.settings.provider_name == "simulated" and not model.startswith("simulated-"):
-            model = f"simulated-{model}"
-        return model
-
-    async def submit(
-        self,
-        body: RunCreate,
-        *,
-        tenant: str = DEFAULT_TENANT,
-        idempotency_key: str | None = None,
-        context: RequestContext | None = None,
-    ) -> tuple[Run, bool]:
-        """Create and enqueue a run. Returns (run, created); created is False on an idempotent replay."""
-        digest = request_hash(body)
-        if idempotency_key:
-            existing = await self._replay(tenant, idempotency_key, digest)
-            if existing:
-                return existing, False
-        params, archive = self._prepare(body)
-        run_id = new_id("run")
-        try:
-            return await self._insert(
-                run_id, body, tenant, idempotency_key, digest, params, archive, context
-            )
-        except _KeyTaken:
-            existing = await self._replay(tenant, idempotency_key or "", digest)
-            if existing is None:  # pragma: no cover - the key holder was deleted meanwhile
-                raise
-            return existing, False
-
-    def _prepare(self, body: RunCreate) -> tuple[dict[str, Any], bytes | None]:
-        """Validate a submission against the catalog; return (params, tar archive or None)."""
-        params: dict[str, Any] = {"metadata": body.metadata}
-        if body.max_turns:
-            params["max_turns"] = body.max_turns
-        if body.timeout_s:
-            params["timeout_s"] = body.timeout_s
-        archive: bytes | None = None
-        if body.workspace is not None:
-            spec = body.workspace.model_dump()
-            if body.workspace.type == "tar":
-                archive = _decode_archive(body.workspace.value or "")
-                spec["value"] = None  # the archive is stored beside the run (run_archives)
-            params["workspace"] = spec
-        if self.catalog is not None:
-            self.catalog.get(body.agent_type or self.settings.default_agent_type)  # 422 if unknown
-        return params, archive
-
-    def _row(
-        self,
-        run_id: str,
-        body: RunCreate,
-        tenant: str,
-        idempotency_key: str | None,
-        digest: str,
-        params: dict[str, Any],
-        job_id: int,
-    ) -> dict[str, Any]:
-        agent_type = body.agent_type or self.settings.default_agent_type
-        return {
-            "id": run_id,
-            "tenant": tenant,
-            "agent_type": agent_type,
-            "operation": body.operation,
-            "prompt": body.prompt,
-            "model": self.resolve_model(body.model, agent_type),
-            "max_attempts": self.settings.max_attempts,
-            "idempotency_key": idempotency_key,
-            "request_hash": digest,
-            "job_id": job_id,
-            "params": params,
-            "budget_usd": body.budget_usd,
-        }
-
-    async def submit_batch(
-        self,
-        bodies: list[RunCreate],
-        *,
-        tenant: str = DEFAULT_TENANT,
-        idempotency_key: str | None = None,
-        context: RequestContext | None = None,
-    ) -> tuple[list[str], bool]:
-        """Create and enqueue many runs in one transaction: all of them or none.
-
-        One multi-row INSERT and one pgqueuer enqueue for the whole batch, so a batch costs about
-        as much as a single submission. With an ``Idempotency-Key`` each run is keyed
-        ``KEY#index``; a replay of the same batch returns the same ids (created False), and a
-        replay with a different body is a 409. Tar workspaces must go through ``POST /v1/runs``.
-        """
-        digests = [request_hash(b) for b in bodies]
-        keys = [f"{idempotency_key}#{i}" for i in range(len(bodies))] if idempotency_key else None
-        if keys is not None:
-            replayed = await self._replay_batch(tenant, keys, digests)
-            if replayed is not None:
-                return replayed, False
-        prepared = []
-        for i, body in enumerate(bodies):
-            if body.workspace is not None and body.workspace.type == "tar":
-                raise ValidationFailed(
-                    "tar workspaces cannot be uploaded in a batch; submit that run alone",
-                    errors=[{"field": f"runs.{i}.workspace", "message": "tar not allowed here"}],
-                )
-            try:
-                prepared.append(self._prepare(body)[0])
-            except ValidationFailed as exc:  # name the item: runs.3.agent_type
-                errors = [
-                    {**e, "field": f"runs.{i}.{e['field']}"} for e in exc.extra.get("errors", [])
-                ]
-                raise ValidationFailed(f"runs.{i}: {exc.detail}", errors=errors) from None
-        run_ids = [new_id("run") for _ in bodies]
-        try:
-            return await self._insert_batch(
-                run_ids, bodies, tenant, keys, digests, prepared, context
-            )
-        except _KeyTaken:
-            replayed = await self._replay_batch(tenant, keys or [], digests)
-            if replayed is None:  # pragma: no cover - the key holders were deleted meanwhile
-                raise IdempotencyConflict("a concurrent batch holds this Idempotency-Key") from None
-            return replayed, False
-
-    async def _insert_batch(
-        self,
-        run_ids: list[str],
-        bodies: list[RunCreate],
-        tenant: str,
-        keys: list[str] | None,
-        digests: list[str],
-        prepared: list[dict[str, Any]],
-        context: RequestContext | None = None,
-    ) -> tuple[list[str], bool]:
-        async with self.db.transaction() as conn:
-            job_ids = await queue.enqueue_runs(conn, run_ids)
-            rows = [
-                self._row(rid, b, tenant, keys[i] if keys else None, digests[i], params, job)
-                for i, (rid, b, params, job) in enumerate(
-                    zip(run_ids, bodies, prepared, job_ids, strict=True)
-                )
-            ]
-            inserted = await repo.insert_runs(conn, rows)
-            if inserted != len(rows):
-                raise _KeyTaken  # rolls back; another request holds these keys
-        if self.trail is not None:
-            ctx = context or RequestContext()
-            for row in rows:
-                self.trail.run_created(row, ctx)
-        return run_ids, True
-
-    async def _replay_batch(
-        self, tenant: str, keys: list[str], digests: list[str]
-    ) -> list[str] | None:
-        async with self.db.acquire() as conn:
-            found = await repo.find_by_idempotency_keys(conn, tenant, keys)
-        if not found:
-            return None
-        if len(found) != len(keys) or any(
-            found.get(k, ("", ""))[1] != d for k, d in zip(keys, digests, strict=True)
-        ):
-            raise IdempotencyConflict(
-                f"Idempotency-Key {keys[0].rsplit('#', 1)[0]!r} was already used for a different"
-                " batch"
-            )
-        return [found[k][0] for k in keys]
-
-    async def _insert(
-        self,
-        run_id: str,
-        body: RunCreate,
-        tenant: str,
-        idempotency_key: str | None,
-        digest: str,
-        params: dict[str, Any],
-        archive: bytes | None,
-        context: RequestContext | None = None,
-    ) -> tuple[Run, bool]:
-        async with self.db.transaction() as conn:
-            job_id = await queue.enqueue_run(conn, run_id)
-            row = self._row(run_id, body, tenant, idempotency_key, digest, params, job_id)
-            run = await repo.insert_run(conn, row)
-            if run is None:  # lost a race for this key: roll back our job, answer with theirs
-                raise _KeyTaken
-            if archive is not None:
-                await repo.save_archive(conn, run_id, archive)
-        if self.trail is not None:
-            self.trail.run_created(row, context or RequestContext())
-        return run, True
-
-    async def _replay(self, tenant: str, key: str, digest: str) -> Run | None:
-        async with self.db.acquire() as conn:
-            found = await repo.find_by_idempotency_key(conn, tenant, key)
-        if found is None:
-            return None
-        run, stored = found
-        if stored != digest:
-            raise IdempotencyConflict(
-                f"Idempotency-Key {key!r} was already used for run {run.id} with a different body"
-            )
-        return run
 
     async def get(self, run_id: str, tenant: str | None = DEFAULT_TENANT) -> Run:
         async with self.db.acquire() as conn:

@@ -19,8 +19,8 @@ from quarterdeck.kit.logs import configure_logging
 from quarterdeck.monitoring.incidents.cli import app as incidents_app
 from quarterdeck.runs.approvals_cli import app as approvals_app
 from quarterdeck.runs.cli import app as run_app
-from quarterdeck.security.auth.cli import app as keys_app
 from quarterdeck.security.audit.cli import app as audit_app
+from quarterdeck.security.auth.cli import app as keys_app
 from quarterdeck.security.compliance.cli import app as compliance_app
 from quarterdeck.security.policy.cli import app as policy_app
 

@@ -349,6 +349,14 @@ def cross_field_problems(settings: Settings) -> list[tuple[str, str]]:
                     " generates one in the data directory",
                 )
             )
+        if settings.audit_signing_key_file is None:
+            problems.append(
+                (
+                    "QUARTERDECK_AUDIT_SIGNING_KEY_FILE",
+                    "set it in production: every replica must sign audit checkpoints with the"
+                    " same Ed25519 key, or they flag each other's checkpoints as forged",
+                )
+            )
         if settings.postgres_url is None:
             problems.append(
                 (

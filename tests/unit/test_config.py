@@ -371,6 +371,7 @@ def test_production_starts_with_admin_key_and_postgres(clean_env: pytest.MonkeyP
     clean_env.setenv("QUARTERDECK_ADMIN_API_KEY", ADMIN_KEY)
     clean_env.setenv("POSTGRES_URL", PG_URL)
     clean_env.setenv("QUARTERDECK_AUDIT_MASTER_KEY", "A" * 43 + "=")
+    clean_env.setenv("QUARTERDECK_AUDIT_SIGNING_KEY_FILE", "/run/secrets/audit-signing.pem")
     s = load_settings()
     assert s.env == "production" and not s.embedded_postgres and s.auth_required
 
@@ -384,6 +385,7 @@ def test_production_refuses_auth_off_and_a_missing_audit_key(clean_env: pytest.M
         load_settings()
     assert "QUARTERDECK_AUTH_ENABLED" in info.value.detail
     assert "QUARTERDECK_AUDIT_MASTER_KEY" in info.value.detail
+    assert "QUARTERDECK_AUDIT_SIGNING_KEY_FILE" in info.value.detail
 
 
 def test_auth_defaults_off_in_development_and_can_be_turned_on(clean_env: pytest.MonkeyPatch):

@@ -85,6 +85,11 @@ async def test_reads_answer_from_cache_and_writes_get_503_while_postgres_is_down
             assert done["status"] == "succeeded"
             fresh = await client.get(f"/v1/runs/{run['id']}")
             assert "cache-status" not in fresh.headers
+            # Restart with the server's own options (socket dir, no TCP): a bare `start` would
+            # fall back to /tmp and port 5432, which another server may hold.
+            import shlex
+
+            opts = shlex.split((data_dir / "pg" / "postmaster.opts").read_text())[3:]
             await asyncio.to_thread(_pg_ctl, data_dir, "stop", "-m", "fast")
             try:
                 await rt.db.recycle()
@@ -99,6 +104,6 @@ async def test_reads_answer_from_cache_and_writes_get_503_while_postgres_is_down
                 assert write.status_code == 503 and "retry-after" in write.headers
                 assert write.headers["content-type"].startswith("application/problem+json")
             finally:
-                await asyncio.to_thread(_pg_ctl, data_dir, "start")
+                await asyncio.to_thread(_pg_ctl, data_dir, "start", "-o", shlex.join(opts))
     finally:
         await rt.stop()

@@ -91,9 +91,9 @@ def test_signatures_only_verify_under_our_own_key(tmp_path: Path) -> None:
 
 def test_production_refuses_to_generate_keys(tmp_path: Path) -> None:
     master = base64.b64encode(os.urandom(32)).decode()
-    prod = settings(tmp_path, env="production", audit_master_key=master,
-                    admin_api_key="a" * 40, postgres_url="postgresql://db/qd")  # fmt: skip
-    with pytest.raises(ConfigError) as info:
+    with pytest.raises(ConfigError) as info:  # refused already when the settings load
+        prod = settings(tmp_path, env="production", audit_master_key=master,
+                        admin_api_key="a" * 40, postgres_url="postgresql://db/qd")  # fmt: skip
         AuditKeys.from_settings(prod)
     assert info.value.errors[0][0] == "QUARTERDECK_AUDIT_SIGNING_KEY_FILE"
     assert not (tmp_path / "keys").exists()

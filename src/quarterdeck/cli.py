@@ -12,7 +12,7 @@ from rich.table import Table
 
 from quarterdeck import __version__
 from quarterdeck.chaos.cli import app as chaos_app
-from quarterdeck.config import Settings, load_settings
+from quarterdeck.config import cli_settings, set_cli_config
 from quarterdeck.exceptions import ConfigError, QuarterdeckError
 from quarterdeck.kit.console import console, err_console, fail, print_json
 from quarterdeck.kit.logs import configure_logging
@@ -48,9 +48,6 @@ app.add_typer(audit_app, name="audit")
 app.add_typer(policy_app, name="policy")
 app.add_typer(chaos_app, name="chaos")
 
-_config_path: Path | None = None
-
-
 @app.callback()
 def _root(
     config: Annotated[
@@ -63,17 +60,10 @@ def _root(
         ),
     ] = None,
 ) -> None:
-    global _config_path
-    _config_path = config
+    set_cli_config(config)
 
 
-def settings() -> Settings:
-    """Load settings or exit 2 with every bad field listed."""
-    try:
-        return load_settings(_config_path)
-    except ConfigError as exc:
-        err_console.print(f"[bold red]error:[/] {exc.detail}", highlight=False)
-        raise typer.Exit(2) from None
+settings = cli_settings
 
 
 def _serve(api: bool, workers: bool) -> None:

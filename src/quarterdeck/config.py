@@ -396,3 +396,25 @@ def load_settings(config: str | Path | None = None, **overrides: Any) -> Setting
     if problems:
         raise ConfigError(problems)
     return settings
+
+
+_cli_config: Path | None = None
+
+
+def set_cli_config(path: Path | None) -> None:
+    """The root command's ``--config``: every subcommand's :func:`cli_settings` reads it."""
+    global _cli_config
+    _cli_config = path
+
+
+def cli_settings() -> Settings:
+    """Settings for a CLI command, or exit 2 with every bad field listed (never a traceback)."""
+    import typer
+
+    from quarterdeck.kit.console import err_console
+
+    try:
+        return load_settings(_cli_config)
+    except ConfigError as exc:
+        err_console.print(f"[bold red]error:[/] {exc.detail}", highlight=False)
+        raise typer.Exit(2) from None

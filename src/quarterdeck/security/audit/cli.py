@@ -40,7 +40,7 @@ OutputOpt = Annotated[
 
 def _run(fn: Callable[[AuditLog], Awaitable[T]]) -> T:
     """Open the database and the audit log from settings, run ``fn``, close everything."""
-    from quarterdeck.cli import settings
+    from quarterdeck.config import cli_settings as settings
     from quarterdeck.kit.logs import configure_logging
     from quarterdeck.store.pool import Database, database_url
 

@@ -32,7 +32,7 @@ def report(
 ) -> None:
     """Map SOC 2 CC6.1/CC6.3 and CC7.2, ISO 27001 A.8.15, HIPAA 164.312(b) and GDPR Art. 30/17
     to evidence from Postgres for the period, and say what Quarterdeck does not cover."""
-    from quarterdeck.cli import settings
+    from quarterdeck.config import cli_settings as settings
     from quarterdeck.security.compliance.report import build_report, to_markdown
 
     if fmt not in ("markdown", "json"):

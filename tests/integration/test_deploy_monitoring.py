@@ -26,6 +26,7 @@ from typing import Any
 import pytest
 import yaml
 
+import quarterdeck.runtime  # noqa: F401  (registers every metric a server process exports)
 from quarterdeck.monitoring.metrics import REGISTRY
 
 ROOT = Path(__file__).resolve().parents[2]

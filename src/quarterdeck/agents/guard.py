@@ -45,10 +45,6 @@ class GuardedTools:
     def __init__(self, inner: ToolRunner, guard: Guard, *, workspace: Path | None) -> None:
         self.inner = inner
         self.guard = guard
-        self.gate = guard.gate
-        self.approvals = guard.approvals
-        self.anomalies = guard.anomalies
-        self.trail = guard.trail
         self.workspace = workspace
 
     def specs(self) -> list[ToolSpec]:
@@ -56,37 +52,37 @@ class GuardedTools:
 
     async def run(self, run: Run, call: ToolUseBlock) -> tuple[ToolResultBlock, dict[str, Any]]:
         result, event = await self._run(run, call)
-        if self.trail is not None:  # every tool call, run or refused, with its decision
-            self.trail.tool_call(run, event)
+        if self.guard.trail is not None:  # every tool call, run or refused, with its decision
+            self.guard.trail.tool_call(run, event)
         return result, event
 
     async def _run(self, run: Run, call: ToolUseBlock) -> tuple[ToolResultBlock, dict[str, Any]]:
-        decision = self.gate.check(call.name, call.input, workspace=self.workspace)
+        decision = self.guard.gate.check(call.name, call.input, workspace=self.workspace)
         record = decision.to_dict()
         metrics.POLICY_DECISIONS.labels(
             decision.action, metrics.bounded(decision.rule_id or "none")
         ).inc()
-        if decision.action in ("flag", "deny") and self.anomalies is not None:
-            await self.anomalies.record(run_id=run.id, tenant=run.tenant,
+        if decision.action in ("flag", "deny") and self.guard.anomalies is not None:
+            await self.guard.anomalies.record(run_id=run.id, tenant=run.tenant,
                                         agent_type=run.agent_type, tool=call.name,
                                         decision=record)  # fmt: skip
         if decision.action == "deny":
             return self._refused(call, f"blocked by policy rule {decision.rule_id}: "
                                  f"{decision.reason}", record)  # fmt: skip
         if decision.action == "require_approval":
-            if self.approvals is None:
+            if self.guard.approvals is None:
                 return self._refused(
                     call,
                     f"policy rule {decision.rule_id} requires an "
                     "operator's approval, and none can be asked here",
                     record,
                 )
-            approval = await self.approvals.request(
+            approval = await self.guard.approvals.request(
                 run_id=run.id, tenant=run.tenant, tool_use_id=call.id, tool=call.name,
                 tool_input=call.input, rule_id=decision.rule_id or "", severity=decision.severity,
                 reason=decision.reason,
             )  # fmt: skip
-            ended = await self.approvals.wait(approval)
+            ended = await self.guard.approvals.wait(approval)
             record["approval"] = {
                 "id": ended.id,
                 "status": ended.status,

@@ -59,8 +59,6 @@ async def put_budget(
     await service.set(tenant, body.daily_usd, body.monthly_usd)
     await record_change(
         request, principal.key_id, "config.changed", tenant,
-        {"setting": "budget",
-         "daily_usd": None if body.daily_usd is None else str(body.daily_usd),
-         "monthly_usd": None if body.monthly_usd is None else str(body.monthly_usd)},
+        {"setting": "budget", "daily_usd": body.daily_usd, "monthly_usd": body.monthly_usd},
     )  # fmt: skip
     return await service.status(tenant)

@@ -156,13 +156,6 @@ async def list_events(
     return [RunEvent.model_validate(dict(r)) for r in rows]
 
 
-async def start_attempt(
-    conn: asyncpg.Connection, run_id: str, worker_id: str
-) -> tuple[Run, bool] | None:
-    """Claim one run for execution; see :func:`start_attempts`."""
-    return (await start_attempts(conn, [run_id], worker_id)).get(run_id)
-
-
 async def start_attempts(
     conn: asyncpg.Connection, run_ids: list[str], worker_id: str
 ) -> dict[str, tuple[Run, bool]]:

@@ -2,13 +2,12 @@
 
 ``flag`` and ``deny`` decisions are anomalies. Each is counted in
 ``claude_agent_errors_total{error_type="security_anomaly",severity}`` and recorded with its audit
-event; high and critical ones also open (or update) a security incident through the incidents
+event (the tool call's, written by :mod:`quarterdeck.agents.guard`); high and critical ones also open (or update) a security incident through the incidents
 machinery, deduplicated per rule and run so one misbehaving run pages once, not per tool call.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import structlog
@@ -19,14 +18,12 @@ from quarterdeck.monitoring.incidents.models import Source
 
 log = structlog.get_logger(__name__)
 
-AuditHook = Callable[[dict[str, Any]], Awaitable[None]]
 INCIDENT_SEVERITIES = frozenset({"high", "critical"})
 
 
 class AnomalySink:
-    def __init__(self, incidents: IncidentService | None, audit: AuditHook | None = None) -> None:
+    def __init__(self, incidents: IncidentService | None) -> None:
         self.incidents = incidents
-        self.audit = audit
 
     async def record(
         self,
@@ -42,19 +39,6 @@ class AnomalySink:
         log.warning("security.anomaly", run_id=run_id, tenant=tenant, tool=tool,
                     rule=decision.get("rule_id"), action=decision.get("action"),
                     severity=severity)  # fmt: skip
-        if self.audit is not None:
-            try:
-                await self.audit(
-                    {
-                        "event_type": "security.anomaly",
-                        "tenant": tenant,
-                        "run_id": run_id,
-                        "tool": tool,
-                        "anomaly": decision,
-                    }
-                )
-            except Exception as exc:  # never let the audit sink stop the run; it is logged
-                log.error("security.anomaly_unaudited", run_id=run_id, error=str(exc))
         if self.incidents is None or severity not in INCIDENT_SEVERITIES:
             return
         rule = decision.get("rule_id") or "unknown"

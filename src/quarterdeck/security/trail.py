@@ -10,6 +10,7 @@ Prompts and tool output go in the encrypted ``sensitive`` part; everything else 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 import structlog
@@ -129,7 +130,7 @@ class AuditTrail:
         await self.audit.record(AuditEvent(
             event_type=event_type, tenant=_tenant(tenant), actor=actor or ctx.actor,
             request_id=ctx.request_id, source_ip=ctx.source_ip,
-            operations=[event_type], data_accessed=[details],
+            operations=[event_type], data_accessed=[_plain(details)],
         ))  # fmt: skip
 
     async def key_changed(self, action: str, details: dict[str, Any]) -> None:
@@ -140,6 +141,11 @@ class AuditTrail:
             actor=details.get("actor"),
             details=details,
         )
+
+
+def _plain(details: dict[str, Any]) -> dict[str, Any]:
+    """Money (Decimal) as its exact decimal text: canonical JSON has no Decimal form."""
+    return {k: str(v) if isinstance(v, Decimal) else v for k, v in details.items()}
 
 
 def _iso(value: Any) -> str | None:

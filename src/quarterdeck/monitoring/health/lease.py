@@ -88,10 +88,6 @@ class LeaseElector:
     def is_leader(self) -> bool:
         return self._valid_until is not None and self.clock() < self._valid_until
 
-    @property
-    def backend_pid(self) -> int | None:
-        return None
-
     async def run(self) -> None:
         while not self._stopped.is_set():
             try:

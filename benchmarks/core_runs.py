@@ -7,6 +7,7 @@ All use the simulated provider. Figures come from Postgres timestamps (``created
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from typing import Any
 
@@ -63,29 +64,46 @@ def _measure(bench: Bench, n: int, concurrency: int, batch: int) -> dict[str, An
             "end_to_end_s": round(span, 2), "runs_per_s": round(n / span, 1)}
 
 
-def throughput(n_batched: int = 10_000, n_single: int = 3000) -> dict[str, Any]:
-    """End-to-end runs/s: HTTP submit through to succeeded, one turn per run, zero latency.
-
-    One ``quarterdeck up`` process. After a warm-up (the pool grows and every connection
-    prepares its statements), two measurements: submissions in batches of 100 through
-    ``POST /v1/runs/batch``, and one run per ``POST /v1/runs``. The span is Postgres time from
-    the first run's ``created_at`` to the last one's ``finished_at``.
-    """
+def _throughput_of(processes: int, n_batched: int, n_single: int) -> dict[str, Any]:
     bench = Bench("throughput")
     try:
         bench.start("up", QUARTERDECK_SIMULATED_LATENCY="0", QUARTERDECK_SIMULATED_TURNS="1",
                     QUARTERDECK_WORKER_CONCURRENCY="200", QUARTERDECK_WORKER_BATCH_SIZE="50",
-                    QUARTERDECK_DB_POOL_MAX="20")
+                    QUARTERDECK_DB_POOL_MAX="20", QUARTERDECK_WORKER_PROCESSES=str(processes))
+        if processes > 1:
+            time.sleep(5)  # the children start after the parent is ready: let them connect
         _measure(bench, 2000, 4, 100)  # warm-up, not reported
-        batched = _measure(bench, n_batched, 4, 100)
-        single = _measure(bench, n_single, 64, 1)
-        return {"batched_runs": batched["runs"], "batched_succeeded": batched["succeeded"],
-                "batched_runs_per_s": batched["runs_per_s"],
-                "single_runs": single["runs"], "single_succeeded": single["succeeded"],
-                "single_submit_per_s": single["submit_per_s"],
-                "single_runs_per_s": single["runs_per_s"], "goal_runs_per_s": 1000}
+        out = {"batched": _measure(bench, n_batched, 4, 100)}
+        if n_single:
+            out["single"] = _measure(bench, n_single, 64, 1)
+        return out
     finally:
         bench.stop()
+
+
+def throughput(n_batched: int = 10_000, n_single: int = 3000) -> dict[str, Any]:
+    """End-to-end runs/s: HTTP submit through to succeeded, one turn per run, zero latency.
+
+    ``quarterdeck up --worker-processes <cores>``: the API and one worker pool in the parent
+    plus one child worker per remaining core (one event loop uses one core; at zero model
+    latency the loop is the bottleneck). After a warm-up (the pool grows and every connection
+    prepares its statements), two measurements: submissions in batches of 100 through
+    ``POST /v1/runs/batch``, and one run per ``POST /v1/runs``. For comparison, the batched
+    figure for a single process. The span is Postgres time from the first run's
+    ``created_at`` to the last one's ``finished_at``.
+    """
+    cores = os.cpu_count() or 1
+    full = _throughput_of(cores, n_batched, n_single)
+    alone = _throughput_of(1, n_batched, 0) if cores > 1 else full
+    batched, single = full["batched"], full["single"]
+    return {"worker_processes": cores,
+            "batched_runs": batched["runs"], "batched_succeeded": batched["succeeded"],
+            "batched_runs_per_s": batched["runs_per_s"],
+            "single_runs": single["runs"], "single_succeeded": single["succeeded"],
+            "single_submit_per_s": single["submit_per_s"],
+            "single_runs_per_s": single["runs_per_s"],
+            "one_process_batched_runs_per_s": alone["batched"]["runs_per_s"],
+            "goal_runs_per_s": 1000}
 
 
 async def _paced(url: str, rate: float, seconds: float) -> int:

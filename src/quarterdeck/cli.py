@@ -48,6 +48,7 @@ app.add_typer(audit_app, name="audit")
 app.add_typer(policy_app, name="policy")
 app.add_typer(chaos_app, name="chaos")
 
+
 @app.callback()
 def _root(
     config: Annotated[
@@ -66,8 +67,12 @@ def _root(
 settings = cli_settings
 
 
-def _serve(api: bool, workers: bool) -> None:
+def _serve(
+    api: bool, workers: bool, processes: int | None = None, supervised: bool = False
+) -> None:
     s = settings()
+    if processes is not None:
+        s = s.model_copy(update={"worker_processes": processes})
     configure_logging(s.log_level)
     if not s.auth_required:
         err_console.print(
@@ -78,7 +83,7 @@ def _serve(api: bool, workers: bool) -> None:
 
     try:
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-            runner.run(serve(s, api=api, workers=workers))
+            runner.run(serve(s, api=api, workers=workers, supervised=supervised))
     except ConfigError as exc:
         err_console.print(f"[bold red]error:[/] {exc.detail}", highlight=False)
         raise typer.Exit(2) from None
@@ -95,13 +100,29 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     return uvloop.new_event_loop
 
 
+ProcessesOption = Annotated[
+    int | None,
+    typer.Option(
+        "--worker-processes",
+        "-w",
+        min=1,
+        max=64,
+        help="Worker processes in all, this one included (each extra one is a child `worker`, "
+        "metrics on the metrics port + i). One event loop uses one core: raise this to the "
+        "core count when runs are CPU-bound. Default: QUARTERDECK_WORKER_PROCESSES, else 1.",
+        show_default=False,
+    ),
+]
+
+
 @app.command()
-def up() -> None:
-    """Run everything in one process: API (:8080), metrics (:9090) and a worker pool.
+def up(processes: ProcessesOption = None) -> None:
+    """Run everything: API (:8080), metrics (:9090) and a worker pool, in one process unless
+    --worker-processes asks for more.
 
     With POSTGRES_URL unset, an embedded Postgres is started in the data directory.
     """
-    _serve(api=True, workers=True)
+    _serve(api=True, workers=True, processes=processes)
 
 
 @app.command()
@@ -111,9 +132,12 @@ def serve() -> None:
 
 
 @app.command()
-def worker() -> None:
+def worker(
+    processes: ProcessesOption = None,
+    supervised: Annotated[bool, typer.Option("--supervised", hidden=True)] = False,
+) -> None:
     """Run a worker pool only (no HTTP API; metrics are still served)."""
-    _serve(api=False, workers=True)
+    _serve(api=False, workers=True, processes=processes, supervised=supervised)
 
 
 @db_app.command("upgrade")

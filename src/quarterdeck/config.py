@@ -91,6 +91,13 @@ class Settings(BaseSettings):
 
     worker_concurrency: int = Field(default=50, ge=1, le=100_000)
     worker_batch_size: int = Field(default=10, ge=1, le=1000)
+    worker_processes: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="Worker processes per `up`/`worker` (this one plus N-1 children); one "
+        "event loop uses one core, so raise it to the core count for CPU-bound load.",
+    )
     worker_heartbeat_timeout: float = 10.0
     worker_dequeue_timeout: float = 5.0
     worker_poll_interval: float = Field(
@@ -405,6 +412,11 @@ def set_cli_config(path: Path | None) -> None:
     """The root command's ``--config``: every subcommand's :func:`cli_settings` reads it."""
     global _cli_config
     _cli_config = path
+
+
+def cli_config_path() -> str | None:
+    """The ``--config`` this process was started with, to hand on to processes it starts."""
+    return str(_cli_config) if _cli_config is not None else None
 
 
 def cli_settings() -> Settings:

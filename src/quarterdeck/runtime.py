@@ -191,6 +191,7 @@ class Runtime:
                 requests_per_minute=s.provider_requests_per_minute,
                 tokens_per_minute=s.provider_tokens_per_minute,
                 store=bucket_store,
+                local_share=1.0 / s.worker_processes,
             )
         policy = RetryPolicy(
             schedule=tuple(s.retry_schedule),

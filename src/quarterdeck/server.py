@@ -17,6 +17,7 @@ import uvicorn
 from quarterdeck.app import create_app
 from quarterdeck.config import Settings
 from quarterdeck.monitoring.metrics import REGISTRY
+from quarterdeck.runs.processes import WorkerProcesses, exit_with_parent
 from quarterdeck.runtime import Runtime
 
 log = structlog.get_logger(__name__)
@@ -49,7 +50,11 @@ def start_metrics_server(settings: Settings) -> None:
         ) from exc
 
 
-async def serve(settings: Settings, *, api: bool = True, workers: bool = True) -> None:
+async def serve(
+    settings: Settings, *, api: bool = True, workers: bool = True, supervised: bool = False
+) -> None:
+    """Run until SIGTERM/SIGINT. ``supervised``: this is a child of another process's
+    :class:`WorkerProcesses` (it starts none itself and stops when its parent is gone)."""
     runtime = Runtime(settings, with_workers=workers, with_api=api)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -57,6 +62,10 @@ async def serve(settings: Settings, *, api: bool = True, workers: bool = True) -
         loop.add_signal_handler(sig, stop.set)
     await runtime.start()
     start_metrics_server(settings)
+    # Children start after this process has started Postgres and applied migrations.
+    children = WorkerProcesses(settings if workers and not supervised else None)
+    await children.start()
+    orphan_watch = asyncio.create_task(exit_with_parent(stop)) if supervised else None
     server: _Server | None = None
     server_task: asyncio.Task[None] | None = None
     if api:
@@ -86,7 +95,9 @@ async def serve(settings: Settings, *, api: bool = True, workers: bool = True) -
         waiters.append(server_task)  # type: ignore[arg-type]
     await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
     log.info("quarterdeck_draining", grace_s=settings.drain_timeout)
-    await runtime.drain()
+    if orphan_watch is not None:
+        orphan_watch.cancel()
+    await asyncio.gather(runtime.drain(), children.stop())
     if server is not None and server_task is not None:
         server.should_exit = True
         with contextlib.suppress(Exception):

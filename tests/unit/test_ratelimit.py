@@ -233,3 +233,15 @@ async def test_provider_limiter_acquires_requests_and_tokens_and_reads_headers()
     )
     assert limiter.buckets["requests"].bucket.capacity == 6
     assert await limiter.acquire() == pytest.approx(10.0)  # 6/min: one every 10 s
+
+
+async def test_without_a_store_each_process_takes_its_share_of_the_limit() -> None:
+    """``up --worker-processes 2`` without Redis: each process may use half the limit."""
+    clock = FakeClock(start=T0)
+    bucket = SharedBucket(
+        "k", TokenBucket(capacity=10, refill_per_s=1), local_share=0.5, clock=clock.now
+    )
+    granted = 0
+    while await bucket.take(1) == 0.0:
+        granted += 1
+    assert granted == 5

@@ -203,9 +203,10 @@ Sleep = Callable[[float], Awaitable[None]]
 class SharedBucket:
     """One bucket, in ``store`` when reachable, else in-process.
 
-    While the store is down each replica uses its own bucket, charged ``n / local_share``: set
-    ``local_share`` to 1/replicas to keep the fleet inside the limit during an outage (the
-    default 1.0 lets each replica use the whole limit, which the provider's 429s then correct).
+    Without a reachable store each process uses its own bucket, charged ``n / local_share``:
+    set ``local_share`` to 1/processes to keep them inside the limit together (the runtime uses
+    1/``worker_processes``, the processes one ``up`` starts; the default 1.0 lets each use the
+    whole limit, which the provider's 429s then correct).
     """
 
     def __init__(
@@ -259,8 +260,7 @@ class SharedBucket:
                     log.info("ratelimit.shared_state_restored", key=self.key)
                 self._degraded = False
                 return wait
-        share = self.local_share if self.store is not None else 1.0
-        return self.bucket.take(n / share, now)
+        return self.bucket.take(n / self.local_share, now)
 
     async def acquire(self, n: float = 1.0) -> float:
         """Wait until ``n`` tokens are granted; returns the seconds spent waiting.

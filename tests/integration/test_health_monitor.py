@@ -24,6 +24,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
+from quarterdeck.kit.clock import FakeClock
 from quarterdeck.kit.ids import new_id
 from quarterdeck.monitoring import metrics
 from quarterdeck.monitoring.health import api as health_api
@@ -41,6 +42,7 @@ from quarterdeck.monitoring.health.recovery import (
     AgentRecovery,
     DatabaseRecovery,
     LoggingScaleRequester,
+    ProviderRecovery,
     RecheckOnly,
     RedisRecovery,
 )
@@ -424,6 +426,69 @@ async def test_monitor_opens_an_incident_and_auto_resolves_it(
     assert "Auto-recovery completed" in events[0]["text"]
     slack = [r.json for r in receivers.delivered("slack") if inc["id"] in json.dumps(r.json)]
     assert len(slack) == 2, "slack had the trigger, then the all-clear"
+
+
+async def test_a_dead_primary_with_a_serving_fallback_resolves_as_degraded_without_flapping(
+    db: Database, incidents: IncidentService, receivers: Receivers, make_settings: Any
+) -> None:
+    clock = FakeClock(1_000.0)
+    breakers = Breakers(config=BreakerConfig(failure_threshold=1, open_for_s=60), clock=clock.now)
+    check = ProviderCheck(
+        "anthropic",
+        breakers=breakers,
+        window=ProviderCallWindow(),
+        fallbacks={"claude-dead-t": ["claude-alive-t"]},
+    )
+    monitor = HealthMonitor(
+        make_settings(),
+        db,
+        incidents,
+        checks=[check],
+        strategies={check.name: ProviderRecovery(check, breakers)},
+    )
+
+    async def fail(model: str) -> None:
+        await breakers.allow(f"anthropic:{model}")
+        await breakers.record_failure(f"anthropic:{model}")
+
+    async def count() -> int:
+        async with db.acquire() as conn:
+            n = await conn.fetchval(
+                "SELECT count(*) FROM incidents WHERE dedup_key = 'health:anthropic_api'"
+            )
+        return int(n)
+
+    await fail("claude-dead-t")
+    await monitor.tick()  # detected, then accepted as degraded: resolved in the same tick
+    inc = await incident_row(db, "health:anthropic_api")
+    assert inc is not None and inc["status"] == "resolved" and inc["resolved_by"] == "auto"
+    assert "circuit open for anthropic:claude-dead-t" in inc["description"]
+    note = inc["resolution_note"]
+    assert note.startswith("anthropic_api serving degraded after: "), note
+    assert "claude-dead-t circuit open; fallback claude-alive-t serving" in note
+    assert "CircuitBreakerOpen" in note
+    assert inc["details"]["last_recovery"]["details"]["degraded"] == {
+        "claude-dead-t": "claude-alive-t"
+    }
+    assert monitor.last[check.name].healthy
+    assert monitor.last[check.name].details["degraded"] == {"claude-dead-t": "claude-alive-t"}
+
+    for _ in range(3):  # the primary stays dead through half-open probes: no new incident
+        clock.advance(60)
+        await monitor.tick()
+        await fail("claude-dead-t")
+        await monitor.tick()
+    assert await count() == 1
+    assert [e["event"] for e in webhook_events(receivers, inc["id"])] == ["info"]
+    slack = [r.json for r in receivers.delivered("slack") if inc["id"] in json.dumps(r.json)]
+    assert len(slack) == 2, "slack had the trigger, then the all-clear, once each"
+
+    await fail("claude-alive-t")  # now nothing serves: a new incident, which stays open
+    await monitor.tick()
+    await monitor.tick()
+    assert await count() == 2
+    second = await incident_row(db, "health:anthropic_api")
+    assert second is not None and second["id"] != inc["id"] and second["status"] == "open"
 
 
 async def test_monitor_escalates_when_recovery_fails_then_resolves(

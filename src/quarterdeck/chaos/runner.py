@@ -8,10 +8,15 @@ when the fault hits, some are submitted during it and some after it; the tail al
 half-open probes that close breakers again.
 
 Figures: *detection* is the incident's ``opened_at`` (the monitor's first failed check) minus the
-fault's start; *recovery* is its ``resolved_at`` minus the fault's end. A scenario that opens no
-incident by design (a worker or leader SIGKILL, handled by pgqueuer re-pick or leader election)
-reports detection ``n/a`` and a recovery measured from the runs (last orphaned run re-picked) or
-from leadership (a new leader reports itself), labelled so nobody mistakes one for the other.
+fault's start; *recovery* is its ``resolved_at`` minus the fault's end. A *permanent* fault (the
+primary model dies for good, ``primary-down``) has no end: it is not healed while measured (the
+fake provider is healed only in cleanup, before the next scenario's fresh deployment), the
+incident must resolve while it still holds (the fallback serving, accepted as degraded), and its
+recovery is ``resolved_at`` minus the fault's *start*, labelled ``incident (permanent fault: from
+fault start)``. A scenario that opens no incident by design (a worker or leader SIGKILL, handled
+by pgqueuer re-pick or leader election) reports detection ``n/a`` and a recovery measured from the
+runs (last orphaned run re-picked) or from leadership (a new leader reports itself), labelled so
+nobody mistakes one for the other.
 """
 
 from __future__ import annotations
@@ -38,7 +43,7 @@ from quarterdeck.chaos.measure import (
     ts,
     wait_terminal,
 )
-from quarterdeck.chaos.scenarios import PRIMARY, Scenario
+from quarterdeck.chaos.scenarios import FALLBACK, PRIMARY, Scenario
 
 FAST_ENV = {
     "QUARTERDECK_HEALTH_CHECK_INTERVAL": "1s",
@@ -184,9 +189,13 @@ class Runner:
             if time.time() - fault_start >= fault_s:
                 break
             time.sleep(1.0)
-        result.faults += scenario.heal(self)  # type: ignore[arg-type]
+        if scenario.permanent:  # nothing to heal: it holds until cleanup, after the audit
+            result.faults.append("not healed while measured (permanent)")
+        else:
+            result.faults += scenario.heal(self)  # type: ignore[arg-type]
         fault_end = time.time()
         result.observed["primary_breaker_peak"] = int(peak_breaker)
+        primary_500s = self.provider.answered[(PRIMARY, 500)]
         if scenario.name == "leader-kill":
             self._leader_recovery(dep, fault_end, result)
         sub.join()
@@ -199,6 +208,10 @@ class Runner:
         self._incidents(scenario, urls, fault_start, fault_end, result)
         if scenario.expect_incident is None and result.recovery_basis == "n/a":
             self._run_recovery(found, runs, fault_start, fault_end, scenario, result)
+        if scenario.permanent:  # the primary kept failing (half-open probes) after the hold
+            result.observed["primary_500s_after_hold"] = (
+                self.provider.answered[(PRIMARY, 500)] - primary_500s
+            )
         self._metrics(dep, found, scenario, result)
 
     def _breaker_peak(self, dep: LocalDeployment) -> float:
@@ -253,6 +266,7 @@ class Runner:
                     "resolved_by",
                     "opened_at",
                     "resolved_at",
+                    "resolution_note",
                 )
             }
             for i in items
@@ -271,7 +285,10 @@ class Runner:
             opened, resolved = ts(mine[0]["opened_at"]), ts(mine[-1]["resolved_at"])
             if opened is not None:
                 result.detection_s = round(opened - fault_start, 2)
-            if resolved is not None:
+            if resolved is not None and scenario.permanent:  # no fault end to measure from
+                result.recovery_s = round(resolved - fault_start, 2)
+                result.recovery_basis = "incident (permanent fault: from fault start)"
+            elif resolved is not None:
                 result.recovery_s = round(resolved - fault_end, 2)
                 result.recovery_basis = "incident"
             counts = result.notifications
@@ -335,6 +352,11 @@ class Runner:
             fallbacks = sum(metric(s, "claude_agent_model_fallbacks_total") for s in samples)
             result.observed["fallbacks_counted"] = int(fallbacks)
             result.checks["fallback served"] = fallbacks > 0
+            notes = [i.get("resolution_note") or "" for i in result.incidents
+                     if i["service"] == "anthropic_api" and i["status"] == "resolved"]  # fmt: skip
+            result.checks["resolved as degraded: fallback serving"] = bool(notes) and all(
+                f"fallback {FALLBACK} serving" in note for note in notes
+            )
         dup = [f"{i}:{k}x{n}" for i, kinds in result.notifications.items()
                for k, n in kinds.items() if n > 1]  # fmt: skip
         result.checks["no notification delivered twice"] = not dup

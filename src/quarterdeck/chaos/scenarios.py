@@ -2,8 +2,11 @@
 
 A scenario only says *what* to break and *how* to mend it; :mod:`.runner` owns the load, the
 timing and the audit, so every scenario is measured the same way. Faults with a duration
-(provider errors, a dead Redis, a stopped Postgres) hold for ``fault_s``; kills are instant and
-the runner then measures how the deployment routes around the dead process.
+(provider errors, a dead Redis, a stopped Postgres) hold for ``fault_s``, then heal; kills are
+instant and the runner then measures how the deployment routes around the dead process. A
+*permanent* fault (the primary model dies for good) is never healed while the runner measures:
+the deployment has to recover around it (the fallback serves), and only the runner's cleanup
+heals the shared fake provider before the next scenario's fresh deployment.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ class Scenario:
     heal: Callable[[Context], list[str]] = lambda ctx: []
     expect_incident: str | None = None  # the health check whose incident must open and resolve
     timed: bool = True  # holds for fault_s (False: an instant kill)
+    permanent: bool = False  # never healed while measured: recovery counts from the fault's start
     env: dict[str, str] = field(default_factory=dict)
 
 
@@ -50,7 +54,7 @@ def _provider_up(ctx: Context) -> list[str]:
 
 def _primary_down(ctx: Context) -> list[str]:
     ctx.provider.set_fault("500", PRIMARY)
-    return [f"{PRIMARY} answers 500 on every call; {FALLBACK} healthy"]
+    return [f"{PRIMARY} answers 500 on every call, for good; {FALLBACK} healthy"]
 
 
 def _redis_kill(ctx: Context) -> list[str]:
@@ -101,8 +105,8 @@ SCENARIOS: dict[str, Scenario] = {
     for s in (
         Scenario("provider-errors", "provider 429/529, then recovers", _provider_down,
                  _provider_up, expect_incident="anthropic_api"),
-        Scenario("primary-down", "primary model fails, fallback serves", _primary_down,
-                 _provider_up, expect_incident="anthropic_api",
+        Scenario("primary-down", "primary model fails for good, fallback serves",
+                 _primary_down, expect_incident="anthropic_api", permanent=True,
                  env={"QUARTERDECK_MODEL_FALLBACKS": f'{{"{PRIMARY}": ["{FALLBACK}"]}}'}),
         Scenario("redis-kill", "Redis killed, then restarted", _redis_kill, _redis_start,
                  expect_incident="redis"),

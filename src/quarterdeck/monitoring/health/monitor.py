@@ -346,7 +346,9 @@ class HealthMonitor:
             await self._record_failure(check, result, state)
         if state.incident_id is not None:
             incident_id = state.incident_id
-            note = f"{check.name} healthy again"
+            # A check passing on a fallback (see ProviderRecovery) says so in the note.
+            degraded = bool(result.details.get("degraded"))
+            note = f"{check.name} {'serving degraded' if degraded else 'healthy again'}"
             if state.last_recovery is not None:
                 note += f" after: {state.last_recovery.message}"
             resolved = await self.incidents.resolve(incident_id, ResolvedBy.auto, note)
@@ -406,6 +408,7 @@ def default_checks(
         breakers=breakers,
         window_s=getattr(settings, "health_provider_window", 300.0),
         max_error_rate=getattr(settings, "health_provider_max_error_rate", 0.5),
+        fallbacks=settings.model_fallbacks,
     )
     database = DatabaseCheck(db)
     redis_url = settings.redis_url.get_secret_value() if settings.redis_url else None

@@ -23,7 +23,7 @@ from quarterdeck.monitoring.health.checks import (
     RedisCheck,
     breaker_states,
 )
-from quarterdeck.monitoring.health.provider import ProviderCheck
+from quarterdeck.monitoring.health.provider import ProviderCheck, describe_degraded
 from quarterdeck.resilience.breaker import Breakers
 from quarterdeck.runs import queue
 from quarterdeck.store.pool import Database
@@ -91,8 +91,19 @@ class RecheckOnly:
 
 
 class ProviderRecovery:
-    """Retries, breakers and fallbacks act on every call already; note them, and give the
-    provider ``give_up_after_s`` before calling it a failed recovery (which pages a human)."""
+    """Retries, breakers and fallbacks act on every call already; note them, accept a dead model
+    as degraded while a fallback serves it, and otherwise give the provider ``give_up_after_s``
+    before calling it a failed recovery (which pages a human).
+
+    A model whose breaker is open but whose configured fallback has a closed breaker is not an
+    outage any more: the caller sends its calls to the fallback without waiting (see
+    :mod:`quarterdeck.resilience.calls`). That is the guide's successful auto-recovery ("switched
+    to the fallback model and it works"), so the check is told to accept the model as degraded
+    and the re-check passes: the incident resolves in the same tick, its note naming the dead
+    model and the serving fallback. Operators still learn that the primary is down from the
+    ``CircuitBreakerOpen`` alert, which fires on the breaker itself. A model without a fallback,
+    or whose fallbacks' breakers are open too, is not covered and keeps the check failing.
+    """
 
     def __init__(
         self, check: ProviderCheck, breakers: Breakers | None, give_up_after_s: float = 300.0
@@ -103,24 +114,56 @@ class ProviderRecovery:
 
     async def recover(self, failed: CheckResult, failing_for_s: float) -> RecoveryResult:
         started = time.perf_counter()
-        states = await breaker_states(self.breakers, prefix=f"{self.check.provider}:")
+        prefix = f"{self.check.provider}:"
+        states = await breaker_states(self.breakers, prefix=prefix)
+        covered, uncovered = await self._coverage(states)
+        for model, fallback in covered.items():
+            self.check.accept_degraded(model, fallback)
         recheck = await self.check.check()
+        details: dict[str, Any] = {"breakers": states}
+        degraded = recheck.details.get("degraded") or {}
+        if degraded:
+            details["degraded"] = degraded
+        if uncovered:
+            details["uncovered"] = uncovered
         action = (
             "provider calls are protected by retries with backoff, breakers and fallbacks "
             f"(breakers: {states or 'none yet'})"
         )
+        accepted = self.check.degraded  # this tick's and earlier ticks' (still valid) entries
+        if accepted:
+            action = (
+                f"{describe_degraded(accepted, states, self.check.provider)}: accepted as "
+                "degraded (the CircuitBreakerOpen alert keeps reporting the dead model)"
+                + (f"; no fallback serves {', '.join(uncovered)}" if uncovered else "")
+            )
         if recheck.healthy or failing_for_s < self.give_up_after_s:
             message = action if recheck.healthy else f"{action}; waiting for the provider"
-            return RecoveryResult(
-                True, message, time.perf_counter() - started, recheck, {"breakers": states}
-            )
+            return RecoveryResult(True, message, time.perf_counter() - started, recheck, details)
         return RecoveryResult(
             False,
             f"provider unhealthy for {failing_for_s:.0f}s despite {action}: {recheck.reason}",
             time.perf_counter() - started,
             recheck,
-            {"breakers": states},
+            details,
         )
+
+    async def _coverage(self, states: dict[str, str]) -> tuple[dict[str, str], list[str]]:
+        """Open breakers' models split into those a fallback serves (model -> fallback) and
+        those nothing serves."""
+        prefix = f"{self.check.provider}:"
+        covered: dict[str, str] = {}
+        uncovered: list[str] = []
+        for name, state in sorted(states.items()):
+            model = name.removeprefix(prefix)
+            if state != "open" or model in self.check.degraded:
+                continue
+            fallback = await self.check.serving_fallback(model)
+            if fallback is None:
+                uncovered.append(model)
+            else:
+                covered[model] = fallback
+        return covered, uncovered
 
 
 class DatabaseRecovery:

@@ -32,31 +32,40 @@ _RUN_COLUMNS = (
 )
 
 
+_INSERT_RUNS = """
+    WITH r AS (
+        INSERT INTO runs (id, tenant, agent_type, operation, prompt, model, max_attempts,
+                          idempotency_key, request_hash, job_id, params, budget_usd)
+        SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
+                             $6::text[], $7::int[], $8::text[], $9::text[], $10::bigint[],
+                             $11::jsonb[], $12::numeric[])
+        ON CONFLICT (tenant, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+        RETURNING *
+    ), e AS (
+        INSERT INTO run_events (run_id, type, data)
+        SELECT id, 'status', '{"status": "queued"}'::jsonb FROM r
+    )
+    SELECT {returning} FROM r
+"""
+_INSERT_RUNS_RETURNING = _INSERT_RUNS.replace("{returning}", "*")
+_INSERT_RUNS_COUNTING = _INSERT_RUNS.replace("{returning}", "count(*)")
+
+
 async def insert_runs(conn: asyncpg.Connection, rows: list[dict[str, Any]]) -> list[Run]:
     """Insert runs and their first events in one statement; returns the runs inserted.
 
     Rows whose idempotency key already exists are skipped, so a short list means a race lost.
     """
     columns = [[row[c] for row in rows] for c in _RUN_COLUMNS]
-    inserted = await conn.fetch(
-        """
-        WITH r AS (
-            INSERT INTO runs (id, tenant, agent_type, operation, prompt, model, max_attempts,
-                              idempotency_key, request_hash, job_id, params, budget_usd)
-            SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
-                                 $6::text[], $7::int[], $8::text[], $9::text[], $10::bigint[],
-                                 $11::jsonb[], $12::numeric[])
-            ON CONFLICT (tenant, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
-            RETURNING *
-        ), e AS (
-            INSERT INTO run_events (run_id, type, data)
-            SELECT id, 'status', '{"status": "queued"}'::jsonb FROM r
-        )
-        SELECT * FROM r
-        """,
-        *columns,
-    )
+    inserted = await conn.fetch(_INSERT_RUNS_RETURNING, *columns)
     return [Run.from_row(r) for r in inserted]
+
+
+async def insert_runs_counted(conn: asyncpg.Connection, rows: list[dict[str, Any]]) -> int:
+    """:func:`insert_runs` for callers that only need how many went in (a batch of 1,000
+    would otherwise read every row back and build a model per run)."""
+    columns = [[row[c] for row in rows] for c in _RUN_COLUMNS]
+    return int(await conn.fetchval(_INSERT_RUNS_COUNTING, *columns))
 
 
 async def find_by_idempotency_keys(

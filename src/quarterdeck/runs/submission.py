@@ -215,8 +215,7 @@ class Submissions:
                     zip(run_ids, bodies, prepared, job_ids, strict=True)
                 )
             ]
-            inserted = await repo.insert_runs(conn, rows)
-            if len(inserted) != len(rows):
+            if await repo.insert_runs_counted(conn, rows) != len(rows):
                 raise _KeyTaken  # rolls back; another request holds these keys
         if self.trail is not None:
             ctx = context or RequestContext()

@@ -101,6 +101,29 @@ async def test_check_raises_when_spend_plus_estimate_passes_a_limit(spent: Budge
     await spent.check("other", 0, NOW)
 
 
+async def test_expired_limits_are_read_once_for_concurrent_checks(spent: BudgetService) -> None:
+    """Hundreds of runs checking when the cached limits expire share one read of them."""
+    import asyncio
+
+    await spent.set("acme", 10, 20)
+    reads = 0
+    read = spent._read_limits
+
+    async def counting(tenant: str):  # type: ignore[no-untyped-def]
+        nonlocal reads
+        reads += 1
+        return await read(tenant)
+
+    spent._read_limits = counting  # type: ignore[method-assign]
+    await asyncio.gather(*(spent.check("acme", 1, NOW) for _ in range(50)))
+    assert reads == 1
+    with pytest.raises(BudgetExceeded):  # the shared read carried the real limits
+        await spent.check("acme", 7, NOW)
+    await spent.set("acme", None, None)  # applies at once, even with a read in flight
+    await spent.check("acme", 1000, NOW)
+    assert reads == 2
+
+
 async def test_refresh_metrics_sets_limit_and_remaining(spent: BudgetService) -> None:
     await spent.set("acme", 10, 20)
     await spent.set("other", None, 60)

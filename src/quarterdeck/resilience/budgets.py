@@ -13,6 +13,7 @@ cross the line rather than after it. Periods are UTC calendar days and months.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -133,17 +134,36 @@ class BudgetService:
         self.db = db
         self.limits_ttl_s = limits_ttl_s
         self._limits: dict[str, tuple[float, tuple[Any, Any] | None]] = {}
+        self._reading: dict[str, asyncio.Future[tuple[Any, Any] | None]] = {}
 
-    async def _limits_of(self, conn: asyncpg.Connection, tenant: str) -> tuple[Any, Any] | None:
+    async def _limits_of(self, tenant: str) -> tuple[Any, Any] | None:
+        """The tenant's limits, cached for ``limits_ttl_s``. When they expire, one caller reads
+        them again and concurrent callers wait for that read: hundreds of runs checking at the
+        same moment must not each take a pooled connection for the same row."""
         cached = self._limits.get(tenant)
         if cached is not None and time.monotonic() - cached[0] < self.limits_ttl_s:
             return cached[1]
-        row = await conn.fetchrow(
-            "SELECT daily_usd, monthly_usd FROM tenant_budgets WHERE tenant = $1", tenant
-        )
+        pending = self._reading.get(tenant)
+        if pending is None:
+            pending = asyncio.ensure_future(self._read_limits(tenant))
+            self._reading[tenant] = pending
+            pending.add_done_callback(lambda done: self._forget_read(tenant, done))
+        return await asyncio.shield(pending)
+
+    def _forget_read(self, tenant: str, done: object) -> None:
+        if self._reading.get(tenant) is done:
+            del self._reading[tenant]
+
+    async def _read_limits(self, tenant: str) -> tuple[Any, Any] | None:
+        async with self.db.acquire() as conn:
+            row = await conn.fetchrow(
+                "SELECT daily_usd, monthly_usd FROM tenant_budgets WHERE tenant = $1", tenant
+            )
         limits = None if row is None else (row["daily_usd"], row["monthly_usd"])
         if limits == (None, None):
             limits = None
+        if self._reading.get(tenant) is not asyncio.current_task():
+            return limits  # set() changed the limits meanwhile: do not cache this older read
         if len(self._limits) > 10_000:
             self._limits.clear()
         self._limits[tenant] = (time.monotonic(), limits)
@@ -171,6 +191,7 @@ class BudgetService:
         )
         assert row is not None  # INSERT ... RETURNING always returns the row
         self._limits.pop(tenant, None)
+        self._reading.pop(tenant, None)
         budget = TenantBudget.model_validate(dict(row))
         async with self.db.acquire() as conn:
             self._publish(budget, await spend(conn, tenant, utcnow()))
@@ -221,14 +242,10 @@ class BudgetService:
         ``estimate_usd`` may be a callable, evaluated only when the tenant has a limit.
         """
         now = now or utcnow()
-        cached = self._limits.get(tenant)
-        if cached is not None and cached[1] is None:
-            if time.monotonic() - cached[0] < self.limits_ttl_s:
-                return
+        limits = await self._limits_of(tenant)
+        if limits is None:
+            return
         async with self.db.acquire() as conn:
-            limits = await self._limits_of(conn, tenant)
-            if limits is None:
-                return
             day, month = await spend(conn, tenant, now)
         raw = estimate_usd() if callable(estimate_usd) else estimate_usd
         estimate = _money(raw) or Decimal(0)

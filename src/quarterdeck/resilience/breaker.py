@@ -25,8 +25,7 @@ from __future__ import annotations
 import functools
 import json
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from enum import IntEnum
 from typing import Any, Literal, Protocol
@@ -365,6 +364,7 @@ class Breakers:
         self._local_only = frozenset(local_only)
         self._clock = clock
         self._breakers: dict[str, CircuitBreaker] = {}
+        self._gauges: dict[str, Any] = {}  # name -> its claude_agent_circuit_state child
         self._degraded = False
 
     def get(self, name: str) -> CircuitBreaker:
@@ -373,7 +373,8 @@ class Breakers:
         if cb is None:
             cb = CircuitBreaker.from_config(name, self._configs.get(name, self._config))
             self._breakers[name] = cb
-            metrics.CIRCUIT_STATE.labels(metrics.bounded(name)).set(0)
+            self._gauges[name] = metrics.CIRCUIT_STATE.labels(metrics.bounded(name))
+            self._gauges[name].set(0)
         return cb
 
     @property
@@ -397,26 +398,16 @@ class Breakers:
         await self._apply(name, "observe")
         return self.get(name).state(self._clock())
 
-    @asynccontextmanager
-    async def guard(
-        self, name: str, trips: Callable[[BaseException], bool] | None = None
-    ) -> AsyncIterator[None]:
-        """Run the body only if the circuit allows it, and record how it went.
+    def guard(self, name: str, trips: Callable[[BaseException], bool] | None = None) -> _Guard:
+        """``async with breakers.guard(name):`` runs the body only if the circuit allows it,
+        and records how it went.
 
         Raises :class:`CircuitOpenError` without running the body when the circuit is open.
         An exception for which ``trips`` is true (default: 5xx, overload, timeout, connection
         errors; see :func:`quarterdeck.resilience.retry.classify`) counts as a failure; any
         other exception (a 400, a 429, a cancellation) releases a probe slot without counting.
         """
-        if not await self.allow(name):
-            raise CircuitOpenError(name, self.get(name).retry_in(self._clock()))
-        try:
-            yield
-        except BaseException as exc:
-            failed = trips(exc) if trips is not None else classify(exc).trips_breaker
-            await (self.record_failure(name) if failed else self.release(name))
-            raise
-        await self.record_success(name)
+        return _Guard(self, name, trips)
 
     async def close(self) -> None:
         if self.store is not None:
@@ -438,7 +429,7 @@ class Breakers:
         else:
             allowed = cb.apply(event, now)
         after = cb.state(now)
-        metrics.CIRCUIT_STATE.labels(metrics.bounded(name)).set(int(after))
+        self._gauges[name].set(int(after))
         if after is not before:
             log.warning(
                 "circuit.transition",
@@ -471,3 +462,32 @@ class Breakers:
         if not self._degraded:
             self._degraded = True
             log.warning("circuit.shared_state_unavailable", error=str(exc) if exc else None)
+
+
+class _Guard:
+    """:meth:`Breakers.guard` as a plain class: it wraps every provider call, and a
+    generator-based context manager cost a few microseconds more per call."""
+
+    __slots__ = ("breakers", "name", "trips")
+
+    def __init__(
+        self, breakers: Breakers, name: str, trips: Callable[[BaseException], bool] | None
+    ) -> None:
+        self.breakers, self.name, self.trips = breakers, name, trips
+
+    async def __aenter__(self) -> None:
+        if not await self.breakers.allow(self.name):
+            cb = self.breakers.get(self.name)
+            raise CircuitOpenError(self.name, cb.retry_in(self.breakers._clock()))
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: object
+    ) -> bool:
+        if exc is None:
+            await self.breakers.record_success(self.name)
+            return False
+        failed = self.trips(exc) if self.trips is not None else classify(exc).trips_breaker
+        await (
+            self.breakers.record_failure(self.name) if failed else self.breakers.release(self.name)
+        )
+        return False

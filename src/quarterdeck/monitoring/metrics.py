@@ -13,6 +13,7 @@ with ``max`` rather than ``sum``.
 from __future__ import annotations
 
 import re
+from typing import Any
 
 from prometheus_client import (
     CollectorRegistry,
@@ -234,6 +235,25 @@ def bounded(value: str, allowed: frozenset[str] | set[str] | None = None) -> str
     if allowed is not None:
         return value if value in allowed else "other"
     return value if _SAFE.match(value) else "other"
+
+
+_CHILDREN: dict[tuple[object, tuple[str, ...]], Any] = {}
+
+
+def child(metric: Any, *values: str) -> Any:
+    """``metric.labels(*map(bounded, values))``, remembered.
+
+    Every run touches a dozen labelled series, and ``labels()`` validates and locks on each
+    call; the children of a metric stay valid as long as nobody clears or removes its series,
+    so use this only for metrics that never are (counters and histograms of runs and calls).
+    """
+    key = (metric, values)
+    found = _CHILDREN.get(key)
+    if found is None:
+        if len(_CHILDREN) > 10_000:  # label values come from users: bound the memory too
+            _CHILDREN.clear()
+        found = _CHILDREN[key] = metric.labels(*(bounded(v) for v in values))
+    return found
 
 
 def render() -> bytes:

@@ -28,24 +28,17 @@ def record_call(
 ) -> None:
     """Count tokens, cost (only when known; unknown-cost tokens go to UNPRICED_TOKENS so the gap
     is visible rather than a silent zero), latency and, for streamed calls, time to first token."""
-    agent = metrics.bounded(agent_type)
-    model_label = metrics.bounded(model)
-    provider_label = metrics.bounded(provider)
     tokens = usage.total_tokens
     if tokens:
-        metrics.TOKENS.labels(agent_type=agent, model=model_label).inc(tokens)
+        metrics.child(metrics.TOKENS, agent_type, model).inc(tokens)
     if cost is None:
         if tokens:
-            metrics.UNPRICED_TOKENS.labels(agent_type=agent, model=model_label).inc(tokens)
+            metrics.child(metrics.UNPRICED_TOKENS, agent_type, model).inc(tokens)
     elif cost > 0:
-        metrics.COST.labels(agent_type=agent, model=model_label).inc(float(cost))
-    metrics.PROVIDER_LATENCY.labels(provider=provider_label, model=model_label).observe(
-        max(0.0, latency_s)
-    )
+        metrics.child(metrics.COST, agent_type, model).inc(float(cost))
+    metrics.child(metrics.PROVIDER_LATENCY, provider, model).observe(max(0.0, latency_s))
     if ttft_s is not None:
-        metrics.PROVIDER_TTFT.labels(provider=provider_label, model=model_label).observe(
-            max(0.0, ttft_s)
-        )
+        metrics.child(metrics.PROVIDER_TTFT, provider, model).observe(max(0.0, ttft_s))
 
 
 def severity(error: ProviderError) -> str:

@@ -164,10 +164,10 @@ class WorkerPool:
         run, first = claimed
         if self.trail is not None:
             self.trail.run_started(run, self.worker_id)
-        agent = metrics.bounded(run.agent_type)
-        metrics.RUN_ATTEMPTS.labels(agent, "first" if first else "resume").inc()
+        agent = run.agent_type
+        metrics.child(metrics.RUN_ATTEMPTS, agent, "first" if first else "resume").inc()
         if first:
-            metrics.SUBMIT_TO_START.labels(agent).observe(
+            metrics.child(metrics.SUBMIT_TO_START, agent).observe(
                 max(
                     0.0, (run.started_at or run.created_at).timestamp() - run.created_at.timestamp()
                 )
@@ -188,7 +188,7 @@ class WorkerPool:
             return
         item = InFlight(run=run, scope=ctx.cancellation)
         self.inflight[run.id] = item
-        metrics.ACTIVE.labels(agent).inc()
+        metrics.child(metrics.ACTIVE, agent).inc()
         outcome: Outcome | None = None
         try:
             with ctx.cancellation:
@@ -201,7 +201,7 @@ class WorkerPool:
                 RunStatus.failed, error=f"internal error: {exc}", error_type="internal"
             )
         finally:
-            metrics.ACTIVE.labels(agent).dec()
+            metrics.child(metrics.ACTIVE, agent).dec()
             self.inflight.pop(run.id, None)
         if outcome is None:  # the cancel scope fired
             if item.release:
@@ -244,16 +244,13 @@ class WorkerPool:
 
 
 def record_outcome(run: Run, error_type: str | None = None) -> None:
-    agent = metrics.bounded(run.agent_type)
-    op = metrics.bounded(run.operation)
-    metrics.REQUESTS.labels(agent, run.status.outcome, op).inc()
-    metrics.RUN_OUTCOMES.labels(agent, run.status.value).inc()
+    agent, op = run.agent_type, run.operation
+    metrics.child(metrics.REQUESTS, agent, run.status.outcome, op).inc()
+    metrics.child(metrics.RUN_OUTCOMES, agent, run.status.value).inc()
     if run.started_at and run.finished_at:
-        metrics.REQUEST_DURATION.labels(agent, op).observe(
+        metrics.child(metrics.REQUEST_DURATION, agent, op).observe(
             max(0.0, (run.finished_at - run.started_at).total_seconds())
         )
     if run.status.outcome == "error":
         severity = "high" if run.status is RunStatus.failed else "medium"
-        metrics.ERRORS.labels(
-            agent, metrics.bounded(error_type or run.status.value), severity
-        ).inc()
+        metrics.child(metrics.ERRORS, agent, error_type or run.status.value, severity).inc()

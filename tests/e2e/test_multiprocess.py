@@ -25,6 +25,16 @@ def _counter(text: str, name: str, **labels: str) -> float:
     return total
 
 
+def _submit(client: httpx.Client, prompt: str) -> str:
+    return str(client.post("/v1/runs", json={"prompt": prompt}).json()["id"])
+
+
+def _all_succeed(client: httpx.Client, ids: list[str], timeout: float = 60) -> None:
+    for run_id in ids:
+        run = client.get(f"/v1/runs/{run_id}/wait", params={"timeout": timeout}).json()
+        assert run["status"] == "succeeded", run
+
+
 def test_request_counters_sum_to_the_runs_done_across_worker_processes(deployment: Deployment):
     deployment.start("serve")
     ports = [free_port(), free_port()]
@@ -32,10 +42,7 @@ def test_request_counters_sum_to_the_runs_done_across_worker_processes(deploymen
         deployment.start("worker", QUARTERDECK_METRICS_PORT=str(port),
                          QUARTERDECK_SIMULATED_LATENCY="20ms", QUARTERDECK_SIMULATED_TURNS="2")
     client = httpx.Client(base_url=deployment.url, timeout=30)
-    ids = [client.post("/v1/runs", json={"prompt": f"p{i}"}).json()["id"] for i in range(40)]
-    for run_id in ids:
-        assert client.get(f"/v1/runs/{run_id}/wait", params={"timeout": 60}).json()["status"] \
-            == "succeeded"
+    _all_succeed(client, [_submit(client, f"p{i}") for i in range(40)])
     time.sleep(0.5)
     scraped = [httpx.get(f"http://127.0.0.1:{p}/metrics", timeout=10).text for p in ports]
     per_worker = [_counter(t, "claude_agent_requests_total", status="success") for t in scraped]
@@ -76,10 +83,7 @@ def test_up_with_two_worker_processes_shares_runs_restarts_a_dead_child_and_stop
     child = _wait_for(lambda: _children(up.popen.pid))[0]
     _wait_for(lambda: _answers(f"http://127.0.0.1:{metrics + 1}/metrics"))  # the child is up
     client = httpx.Client(base_url=deployment.url, timeout=30)
-    ids = [client.post("/v1/runs", json={"prompt": f"p{i}"}).json()["id"] for i in range(40)]
-    for run_id in ids:
-        assert client.get(f"/v1/runs/{run_id}/wait", params={"timeout": 60}).json()["status"] \
-            == "succeeded"
+    _all_succeed(client, [_submit(client, f"p{i}") for i in range(40)])
     time.sleep(0.5)
     # The child serves its own metrics on the next port; both processes ran some of the runs.
     scraped = [httpx.get(f"http://127.0.0.1:{p}/metrics", timeout=10).text
@@ -88,12 +92,10 @@ def test_up_with_two_worker_processes_shares_runs_restarts_a_dead_child_and_stop
     assert sum(done) == 40 and min(done) > 0, done
 
     # A child that dies is started again; the runs it held are not lost.
-    ids = [client.post("/v1/runs", json={"prompt": f"q{i}"}).json()["id"] for i in range(20)]
+    ids = [_submit(client, f"q{i}") for i in range(20)]
     os.kill(child, signal.SIGKILL)
     replacement = _wait_for(lambda: [p for p in _children(up.popen.pid) if p != child])[0]
-    for run_id in ids:
-        assert client.get(f"/v1/runs/{run_id}/wait", params={"timeout": 90}).json()["status"] \
-            == "succeeded"
+    _all_succeed(client, ids, timeout=90)
 
     # SIGTERM on the parent drains and stops the children too.
     assert up.stop() == 0

@@ -56,6 +56,8 @@ class _KeyTaken(Exception):
 
 
 def request_hash(body: RunCreate) -> str:
+    """What an idempotent replay compares: the same key with another body is a 409. Only
+    computed (and stored) for keyed submissions; nothing else reads it."""
     canonical = json.dumps(body.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
 
@@ -90,7 +92,7 @@ class Submissions:
         context: RequestContext | None = None,
     ) -> tuple[Run, bool]:
         """Create and enqueue a run. Returns (run, created); created is False on an idempotent replay."""
-        digest = request_hash(body)
+        digest = request_hash(body) if idempotency_key else None
         if idempotency_key:
             existing = await self._replay(tenant, idempotency_key, digest)
             if existing:
@@ -131,7 +133,7 @@ class Submissions:
         body: RunCreate,
         tenant: str,
         idempotency_key: str | None,
-        digest: str,
+        digest: str | None,
         params: dict[str, Any],
         job_id: int,
     ) -> dict[str, Any]:
@@ -166,8 +168,8 @@ class Submissions:
         ``KEY#index``; a replay of the same batch returns the same ids (created False), and a
         replay with a different body is a 409. Tar workspaces must go through ``POST /v1/runs``.
         """
-        digests = [request_hash(b) for b in bodies]
         keys = [f"{idempotency_key}#{i}" for i in range(len(bodies))] if idempotency_key else None
+        digests: list[str | None] = [request_hash(b) if keys else None for b in bodies]
         if keys is not None:
             replayed = await self._replay_batch(tenant, keys, digests)
             if replayed is not None:
@@ -203,7 +205,7 @@ class Submissions:
         bodies: list[RunCreate],
         tenant: str,
         keys: list[str] | None,
-        digests: list[str],
+        digests: list[str | None],
         prepared: list[dict[str, Any]],
         context: RequestContext | None = None,
     ) -> tuple[list[str], bool]:
@@ -224,7 +226,7 @@ class Submissions:
         return run_ids, True
 
     async def _replay_batch(
-        self, tenant: str, keys: list[str], digests: list[str]
+        self, tenant: str, keys: list[str], digests: list[str | None]
     ) -> list[str] | None:
         async with self.db.acquire() as conn:
             found = await repo.find_by_idempotency_keys(conn, tenant, keys)
@@ -245,7 +247,7 @@ class Submissions:
         body: RunCreate,
         tenant: str,
         idempotency_key: str | None,
-        digest: str,
+        digest: str | None,
         params: dict[str, Any],
         archive: bytes | None,
         context: RequestContext | None = None,
@@ -275,7 +277,7 @@ class Submissions:
         by_id = {r.id: r for r in runs}
         return [by_id[row["id"]] for row, _ in items]
 
-    async def _replay(self, tenant: str, key: str, digest: str) -> Run | None:
+    async def _replay(self, tenant: str, key: str, digest: str | None) -> Run | None:
         async with self.db.acquire() as conn:
             found = await repo.find_by_idempotency_key(conn, tenant, key)
         if found is None:
@@ -286,4 +288,3 @@ class Submissions:
                 f"Idempotency-Key {key!r} was already used for run {run.id} with a different body"
             )
         return run
-

@@ -145,7 +145,6 @@ class Runtime:
             )
             self._tasks.append(asyncio.create_task(self.leader.run()))
             self._tasks.append(asyncio.create_task(self.health.run()))
-            self._closers.append(self.leader.stop)
             self._closers.append(self.health.aclose)
         metrics.READY.set(1)
 
@@ -219,11 +218,21 @@ class Runtime:
     async def stop(self) -> None:
         if not self.draining:
             await self.drain()
+        if self.leader is not None:
+            # Before the cancel below: on Python 3.11 ``asyncio.wait_for`` can swallow a
+            # cancellation that lands as its inner call completes (the lock query, say), and the
+            # elector's loop then only ends when told to stop. Awaiting it would hang for ever.
+            with contextlib.suppress(Exception):
+                await self.leader.stop()
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        if self._tasks:  # bounded: a loop that swallowed its cancellation must not hang stop()
+            done, pending = await asyncio.wait(self._tasks, timeout=10.0)
+            for task in done:
+                if not task.cancelled():
+                    task.exception()  # retrieved: failures were logged by the loops themselves
+            for task in pending:
+                log.error("runtime.task_did_not_stop", task=task.get_name())
         if self.with_api:
             await self.hub.stop()
         if self.provider is not None:

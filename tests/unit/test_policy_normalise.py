@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from quarterdeck.security.policy import PolicyGate
+from quarterdeck.security.policy import rules as rules_module
 from quarterdeck.security.policy.commands import Segment, analyse, decode_payloads
 from quarterdeck.security.policy.corpus import load
 from quarterdeck.security.policy.facts import normalise
@@ -139,6 +140,31 @@ def test_globs(glob: str, path: str, expected: bool) -> None:
 def test_bad_glob_is_rejected() -> None:
     with pytest.raises(ValueError, match="unclosed"):
         GlobSet(["[abc"])
+
+
+def test_routed_globs_agree_with_the_plain_regexes() -> None:
+    """Glob sets try only the globs a path's components can match (globs.py); on paths built
+    from the built-in globs' own components -- any case, non-ASCII look-alikes, newlines,
+    trailing slashes -- the answer is that of the unrouted regexes."""
+    gate = PolicyGate.load()
+    sets = [gate._hot, *(GlobSet(globs) for globs in ([g] for g in ("~", "/", "*", "**/*.py",
+                                                                  "{a,b}/c", "[ab]c")))]  # fmt: skip
+    routed = [s._globs for s in sets]
+    lists = rules_module.build(None, []).lists
+    words = sorted({part.replace("*", "x").replace("?", "q") for items in lists.values()
+                    for item in items for part in item.split("/")})  # fmt: skip
+    words += ["", ".", "..", "~", "ETC", "Root", "HOME", "users", "srv", ".ssh", "ID_RSA",
+              "x.PEM", ".env.local", "\u017fys", "\u212a", "a\nb", "\u00e9"]  # fmt: skip
+    rng = random.Random(5)
+    for _ in range(20_000):
+        parts = [rng.choice(words) for _ in range(rng.randrange(6))]
+        parts = [p.upper() if rng.random() < 0.2 else p for p in parts]
+        path = ("/" if rng.random() < 0.9 else "") + "/".join(parts)
+        path += rng.choice(["", "", "", "/", "\n"])
+        for globs, r in zip(sets, routed, strict=True):
+            plain = bool((r.anchored_all and r.anchored_all.match(path))
+                         or (r.searched_all and r.searched_all.search(path)))  # fmt: skip
+            assert globs.match(path) is plain, (path, sets.index(globs))
 
 
 # -- hosts ------------------------------------------------------------------------------------

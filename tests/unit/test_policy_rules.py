@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import builtins
 import os
+import posixpath
+import random
+import re
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +14,12 @@ import pytest
 
 from quarterdeck.security.policy import Decision, PolicyGate
 from quarterdeck.security.policy import gate as gate_module
+from quarterdeck.security.policy import rules as rules_module
+from quarterdeck.security.policy.corpus import load
+from quarterdeck.security.policy.decision import RuleMatch, combine
+from quarterdeck.security.policy.facts import normalise
+from quarterdeck.security.policy.literals import finder, required
+from quarterdeck.security.policy.matchers import Compiler
 
 WS = Path("/srv/quarterdeck/workspaces/run_1")
 
@@ -270,3 +279,80 @@ def test_commands_too_complex_to_read_in_full_are_denied(gate: PolicyGate) -> No
     padded = "; ".join(["true"] * 300) + "; cat ~/.ssh/id_rsa"
     expect(run(gate, padded), "deny", "gate.too-complex")
     assert run(gate, "; ".join(["true"] * 50)).action == "allow"
+
+
+# -- the shortcuts decide exactly as evaluating every rule would ----------------------------
+CORPUS = Path(__file__).resolve().parents[1] / "policy_corpus"
+
+
+def every_rule(gate: PolicyGate, tool: str, data: dict[str, Any], workspace: Path) -> Decision:
+    """The gate without its shortcuts: no index, no prefilter, no per-tool variant, no hot
+    paths (every glob set is tried in full): each rule that applies to the tool, evaluated."""
+    facts = normalise(tool, data, posixpath.normpath(str(workspace)), gate._allow,
+                      gate.egress_mode)  # fmt: skip
+    matches = []
+    for rule in gate.rules:
+        if rule.tools is not None and tool not in rule.tools:
+            continue
+        evidence = rule.predicate(facts)
+        if evidence is None or any(u(facts) is not None for u in rule.unless):
+            continue
+        matches.append(RuleMatch(rule.id, rule.action, rule.severity, rule.description,
+                                 rule.tags, evidence, rule.order))  # fmt: skip
+    return combine(matches)
+
+
+def test_indexes_and_prefilters_decide_as_evaluating_every_rule() -> None:
+    """The rule index, the prefilter (program names, path access and location, hot globs,
+    host scopes, segment flags), the per-tool predicates and the glob heat only skip work:
+    on the whole corpus, dressed up a few ways, decisions equal the exhaustive evaluation's."""
+    cases = [(c.tool, c.input) for c in load([CORPUS])]
+    commands = [d["command"] for t, d in cases if t == "run_command"]
+    rng = random.Random(7)
+    for command in rng.sample(commands, 150):
+        for dressed in (f"sudo {command}", f"cd /etc && {command}", f"echo $({command}) | sh",
+                        f"bash -c '{command}'", f"X=1 timeout 5 {command}"):  # fmt: skip
+            cases.append(("run_command", {"command": dressed}))
+    cases += [("mystery_tool", {"path": "~/.ssh/id_rsa"}), ("read_file", {"path": "  "})]
+    strict = PolicyGate.load(egress_mode="allowlist", egress_allowlist=["pypi.org", "*.github.com"])
+    for checked in (PolicyGate.load(), strict):
+        for tool, data in cases:
+            expected = every_rule(checked, tool, data, WS).to_dict()
+            assert checked.check(tool, data, workspace=WS).to_dict() == expected, (tool, data)
+
+
+def test_regex_prefilters_never_change_an_answer() -> None:
+    """Rule regexes run behind a test for literals they cannot match without (literals.py):
+    on texts built from those literals, matches are exactly the regex's own."""
+    errors: list[tuple[str, str]] = []
+    ruleset = rules_module.build(None, errors)
+    compiler = Compiler(ruleset.lists, ruleset.macros)
+    regexes: set[str] = set()
+
+    def collect(node: Any) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key in ("args_match", "not_args_match", "line_matches"):
+                    regexes.add(compiler.regex(value, key).pattern)
+                elif key == "input_matches":
+                    regexes.update(compiler.regex(v, key).pattern for v in value.values())
+                else:
+                    collect(value)
+        elif isinstance(node, list):
+            for item in node:
+                collect(item)
+
+    for spec in ruleset.rules.values():
+        collect([spec.match, *spec.unless])
+    assert len(regexes) > 20
+    rng = random.Random(3)
+    for text in sorted(regexes):
+        pattern = re.compile(text)
+        find = finder(pattern)
+        needed = sorted({n for clause in required(pattern) for n in clause})
+        pieces = [*needed, *(n.upper() for n in needed), *(n[: len(n) // 2] for n in needed),
+                  *"aZ \u00e9\n/_-.:()$'\"\u017f\u212a", *re.findall(r"[A-Za-z]{2,}", text)]  # fmt: skip
+        for _ in range(500):
+            sample = "".join(rng.choice(pieces) for _ in range(rng.randrange(7)))
+            plain, filtered = pattern.search(sample), find(sample)
+            assert (plain and plain.span()) == (filtered and filtered.span()), (text, sample)

@@ -6,9 +6,13 @@ real, the credentials are not.
 
 from __future__ import annotations
 
+import random
+import string
+
 import pytest
 
 from quarterdeck.security.policy import PolicyGate, find_secrets, redact
+from quarterdeck.security.policy import secrets as secrets_module
 
 AWS_ID, AWS_SECRET = "AKIAIOSFODNN7EXAMPLE", "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
 GH = "ghp_EXAMPLE0123456789abcdefEXAMPLE012345"
@@ -124,3 +128,19 @@ def test_reading_a_file_that_mentions_a_key_is_not_an_input_secret() -> None:
     decision = PolicyGate.load().check("edit_file", {"path": "a.py", "old": f"K='{AWS_ID}'",
                                                      "new": "K=os.environ['K']"})  # fmt: skip
     assert decision.action == "allow"
+
+
+def test_needle_scan_and_entropy_shortcuts_agree_with_the_plain_forms() -> None:
+    """The scan tests a needle only when its rarest character occurs, and the entropy counts
+    only the characters a value holds: both must give the plain forms' answers, bit for bit
+    (the entropy decides, at a threshold, what is redacted)."""
+    needles = secrets_module._needles()
+    pieces = [*needles, *(n[:-1] for n in needles), *(n[1:] for n in needles), *"aB9 =:'\"-_/."]
+    b64 = secrets_module._entropy()[0]
+    rng = random.Random(9)
+    for _ in range(5000):
+        text = "".join(rng.choice(pieces) for _ in range(rng.randrange(12)))
+        assert secrets_module._present(text) == {n for n in needles if n in text}, text
+        value = "".join(rng.choice(string.ascii_letters + string.digits + "+/=_-é")
+                        for _ in range(rng.randrange(80)))  # fmt: skip
+        assert secrets_module._shannon(b64, value) == b64.calculate_shannon_entropy(value)

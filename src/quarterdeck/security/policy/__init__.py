@@ -12,9 +12,10 @@
 Rules are data (``rules.yaml``, format in ``RULES.md``); users extend or override them with a
 Falco-style file. Modules: :mod:`.shell` / :mod:`.argv` / :mod:`.programs` /
 :mod:`.commands` parse commands, :mod:`.paths` and :mod:`.hosts` normalise paths and
-destinations, :mod:`.facts` reduces a call to facts, :mod:`.rules` loads and merges rule files,
-:mod:`.matchers` and :mod:`.combinators` compile them, :mod:`.prefilter` skips rules that
-cannot match, :mod:`.gate` decides, :mod:`.decision` is its answer, :mod:`.secrets` finds and
+destinations (:mod:`.globs` matches paths against globs), :mod:`.facts` reduces a call to
+facts, :mod:`.rules` loads and merges rule files, :mod:`.matchers`, :mod:`.conditions` and
+:mod:`.combinators` compile them (:mod:`.literals` puts costly regexes behind a literal test),
+:mod:`.prefilter` skips rules that cannot match, :mod:`.gate` decides, :mod:`.decision` is its answer, :mod:`.secrets` finds and
 redacts secrets, :mod:`.corpus` and :mod:`.cli` evaluate the gate against a labelled corpus.
 """
 

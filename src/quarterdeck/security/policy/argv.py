@@ -95,19 +95,27 @@ class Unwrapped:
 def program_name(word: str) -> str:
     if word.startswith(("$(", "`", "<(")):
         return "<substitution>"
-    return posixpath.basename(word.lstrip("\\").rstrip("/")) or word
+    base = word.lstrip("\\").rstrip("/")
+    return base[base.rfind("/") + 1 :] or word  # posixpath.basename, without its overhead
+
+
+# Programs that ``unwrap`` looks inside; any other name ends unwrapping at once (bar python -m).
+_UNWRAPS = P.SHELLS | P.WRAPPERS | {"su", "runuser", "watch", "script", "sshpass"}
 
 
 def unwrap(words: list[str], elevated: bool) -> Unwrapped:
-    out = Unwrapped(list(words), elevated=elevated)
+    out = Unwrapped(list(words), {}, elevated)
     for _ in range(12):  # wrappers nest (sudo env X=1 nohup timeout 5 cmd) but not forever
-        while out.argv and _ASSIGNMENT.match(out.argv[0]):
-            key, _, value = out.argv.pop(0).partition("=")
+        argv = out.argv
+        while argv and "=" in argv[0] and _ASSIGNMENT.match(argv[0]):
+            key, _, value = argv.pop(0).partition("=")
             out.env[key] = value
-        if not out.argv:
+        if not argv:
             return out
-        name = program_name(out.argv[0])
-        args = out.argv[1:]
+        name = program_name(argv[0])
+        if name not in _UNWRAPS and not (name[:6] == "python" and "-m" in argv):
+            return out  # the common case: a plain program
+        args = argv[1:]
         if name in P.SHELLS or name == "su" or name == "runuser":
             code = _shell_code(name, args)
             if code is not None:
@@ -121,7 +129,7 @@ def unwrap(words: list[str], elevated: bool) -> Unwrapped:
             parsed = parse_options(name, args)
             out.nested = " ".join(parsed.positionals)
             return out
-        if P.is_python(name) and "-m" in args:
+        if "-m" in args and P.is_python(name):
             at = args.index("-m")
             if at + 1 < len(args):
                 out.argv = [args[at + 1], *args[at + 2 :]]
@@ -200,14 +208,28 @@ def code_of(name: str, args: list[str]) -> tuple[str | None, str | None, bool]:
     return None, None, True
 
 
-def hosts_of(name: str, args: list[str], parsed: Parsed, allow: HostList) -> list[HostFact]:
-    """Every destination the command would connect to (see :mod:`.hosts`)."""
+_HOST_PROGRAMS = (P.DOWNLOADERS | P.SOCKET_TOOLS | P.DNS_TOOLS | P.REMOTE_SHELLS | P.REMOTE_COPIES
+                  | {"git"})  # fmt: skip
+
+
+def hosts_of(name: str, args: list[str], parsed: Parsed, allow: HostList,
+             urls: dict[str, HostFact | None] | None = None) -> list[HostFact]:  # fmt: skip
+    """Every destination the command would connect to (see :mod:`.hosts`). ``urls``: hosts of
+    the URLs already read in this call (nested commands repeat them; a HostFact is frozen)."""
     found: list[HostFact | None] = []
     for arg in args:
         if "://" in arg:
-            found.extend(from_url(u, allow) for u in urls_in(arg))
+            for url in urls_in(arg):
+                if urls is None:
+                    found.append(from_url(url, allow))
+                elif url in urls:
+                    found.append(urls[url])
+                else:
+                    found.append(urls.setdefault(url, from_url(url, allow)))
         if "/dev/" in arg:
             found.extend(dev_tcp_hosts(arg, allow))
+    if name not in _HOST_PROGRAMS:  # most programs name no hosts but in URLs
+        return [h for h in found if h is not None] if found else []
     pos = [p for p in parsed.positionals if "://" not in p]
     if name in P.DOWNLOADERS:
         found.extend(from_hostish(p, allow) for p in pos)
@@ -259,25 +281,27 @@ def paths_of(name: str, args: list[str], parsed: Parsed, frame: Frame, code: str
         positionals = []
     if P.is_interpreter(name) and code is not None:
         positionals = positionals[1:] if positionals[:1] == [code] else positionals
-    last = len(positionals) - 1
+    last = len(positionals) - 1 if name in P.WRITE_LAST else -1  # its index is written to
+    is_dd, remote = name == "dd", name in P.REMOTE_COPIES
     for index, arg in enumerate(positionals):
-        role: Access = "write" if (name in P.WRITE_LAST and index == last and index > 0) else access
-        if name == "dd" and "=" in arg:
+        role: Access = "write" if (index == last and index > 0) else access
+        if is_dd and "=" in arg:
             key, _, value = arg.partition("=")
             if key in ("of", "if") and _path_like(value):
                 out.append(frame.fact(value, "write" if key == "of" else "read"))
             continue
-        if name in P.REMOTE_COPIES and _REMOTE_SPEC.match(arg):
+        if remote and _REMOTE_SPEC.match(arg):
             continue
         target = arg[1:] if arg.startswith("@") else arg
-        if _ASSIGNMENT.match(target):
+        if "=" in target and _ASSIGNMENT.match(target):
             target = target.split("=", 1)[1]
         if "=@" in target:
             target = target.split("=@", 1)[1]
         if target[:7].lower() == "file://":
             out.append(frame.fact(target, "read"))
-        elif _path_like(target) and not target.startswith(("$(", "`", "<(", ">(")):
-            out.append(frame.fact(target, role))
+        elif (target and "\n" not in target and "://" not in target and len(target) < 4096
+              and not target.startswith(("$(", "`", "<(", ">("))):  # fmt: skip
+            out.append(frame.fact(target, role))  # (that is: _path_like, and not substituted)
     for key, values in parsed.values.items():
         if key in _TEXT_OPTIONS and not any(v.startswith("@") or "=@" in v for v in values):
             continue
@@ -292,6 +316,12 @@ def paths_of(name: str, args: list[str], parsed: Parsed, frame: Frame, code: str
             if literal.startswith("/."):  # HOME + '/.npmrc': a dotfile at / means one in ~
                 out.append(frame.fact("~" + literal, "read"))
     return out
+
+
+UPLOADERS = frozenset({"curl", "http", "https", "xh", "httpie", "wget"}) | P.SOCKET_TOOLS | P.REMOTE_COPIES
+"""The only programs :func:`uploads` can say yes for."""
+SAVERS = frozenset({"curl", "wget", "fetch", "aria2c"})
+"""The only programs :func:`downloads` can name files for."""
 
 
 def uploads(name: str, parsed: Parsed, piped_in: bool, reads_stdin_file: bool) -> bool:
@@ -313,7 +343,7 @@ def uploads(name: str, parsed: Parsed, piped_in: bool, reads_stdin_file: bool) -
 
 def downloads(name: str, parsed: Parsed) -> list[str]:
     """Base names of files a downloader saves (for ``curl -o x.sh && sh x.sh``)."""
-    if name not in ("curl", "wget", "fetch", "aria2c"):
+    if name not in SAVERS:
         return []
     names = [v for k in ("-o", "--output", "-O", "--output-document") for v in
              parsed.values.get(k, []) if v != "-"]  # fmt: skip

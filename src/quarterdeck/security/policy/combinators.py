@@ -26,6 +26,12 @@ def clip(text: str) -> str:
 
 
 def every(tests: list[Callable[[Item], bool]]) -> Callable[[Item], bool]:
+    if len(tests) == 1:
+        return tests[0]
+    if len(tests) == 2:
+        first_test, second_test = tests
+        return lambda item: first_test(item) and second_test(item)
+
     def test(item: Item) -> bool:
         for t in tests:
             if not t(item):
@@ -36,8 +42,12 @@ def every(tests: list[Callable[[Item], bool]]) -> Callable[[Item], bool]:
 
 
 def all_of(preds: list[Pred]) -> Pred:
+    """Predicates are called per rule per call: the one- and two-part cases (most rules) get
+    their own closures, with the same evidence as the general loop."""
     if len(preds) == 1:
         return preds[0]
+    if len(preds) == 2:
+        return _both(*preds)
 
     def test(f: Facts) -> str | None:
         evidence: list[str] = []
@@ -48,6 +58,21 @@ def all_of(preds: list[Pred]) -> Pred:
             if found and found not in evidence:
                 evidence.append(found)
         return "; ".join(evidence)
+
+    return test
+
+
+def _both(a: Pred, b: Pred) -> Pred:
+    def test(f: Facts) -> str | None:
+        x = a(f)
+        if x is None:
+            return None
+        y = b(f)
+        if y is None:
+            return None
+        if not x:
+            return y
+        return x if not y or y == x else f"{x}; {y}"
 
     return test
 

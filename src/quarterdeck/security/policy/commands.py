@@ -79,6 +79,12 @@ class _Ctx:
     allow: HostList
     out: list[Segment] = field(default_factory=list)
     truncated: bool = False
+    scripts: dict[str, Script] = field(default_factory=dict)
+    """Lines parsed so far in this call: the same text is often read twice (the body of
+    ``$(printf 'cmd')`` is both the substitution and the code of ``sh -c``), and a parsed
+    :class:`Script` is only read, never changed."""
+    urls: dict[str, HostFact | None] = field(default_factory=dict)
+    """Hosts of the URLs read so far in this call (the same reasoning)."""
 
 
 def analyse_line(line: str, root: str, allow: HostList) -> tuple[list[Segment], bool]:
@@ -102,9 +108,13 @@ def _printable(data: bytes) -> str | None:
             text = data.decode("utf-16-le")
         except UnicodeDecodeError:
             return None
-    if not text or sum(c.isprintable() or c in "\n\t\r" for c in text) < 0.9 * len(text):
+    if not text:
         return None
-    return text
+    if text.isprintable():  # the usual payload: no need to count
+        return text
+    # printable characters or \n \t \r (which are not printable): counted by C loops
+    readable = sum(map(str.isprintable, text)) + sum(map(text.count, "\n\t\r"))
+    return None if readable < 0.9 * len(text) else text
 
 
 def decode_payloads(text: str, min_len: int = 16) -> list[str]:
@@ -131,7 +141,9 @@ def _script(line: str, ctx: _Ctx, depth: int, elevated: bool, decoded: bool) -> 
     if depth > MAX_DEPTH or len(ctx.out) >= MAX_SEGMENTS:
         ctx.truncated = True
         return []
-    script = parse(line)
+    script = ctx.scripts.get(line)
+    if script is None:
+        script = ctx.scripts[line] = parse(line)
     sub_segments = [
         _script(sub.body, ctx, depth + 1, elevated, decoded) for sub in script.subs
     ]
@@ -143,7 +155,8 @@ def _script(line: str, ctx: _Ctx, depth: int, elevated: bool, decoded: bool) -> 
             ctx.truncated = True
             break
         before = pipeline_members.setdefault(command.pipeline, [])
-        feeding = [s for i in command.subs if script.subs[i].kind in "$<" for s in sub_segments[i]]
+        feeding = [s for i in command.subs if script.subs[i].kind in "$<"
+                   for s in sub_segments[i]] if command.subs else []  # fmt: skip
         segments = _command(command, script, sub_segments, ctx, depth, elevated, decoded)
         for segment in segments:
             segment.upstream = [*before, *feeding]
@@ -159,11 +172,14 @@ def _script(line: str, ctx: _Ctx, depth: int, elevated: bool, decoded: bool) -> 
             if script.subs[i].kind == ">":
                 for inner in sub_segments[i]:
                     inner.upstream.extend(segments)
+        decoder = False
         for segment in segments:
-            downloaded.update(segment.downloads)
+            if segment.downloads:
+                downloaded.update(segment.downloads)
+            decoder = decoder or segment.name in P.DECODERS
         before.extend(segments)
         mine.extend(segments)
-        if any(s.name in P.DECODERS for s in segments):
+        if decoder:
             _decoded_pipeline(command, before, ctx, depth, elevated)
     return mine
 
@@ -200,7 +216,7 @@ def _decoded_pipeline(command: SimpleCommand, members: list[Segment], ctx: _Ctx,
 def _command(command: SimpleCommand, script: Script, sub_segments: list[list[Segment]],
              ctx: _Ctx, depth: int, elevated: bool, decoded: bool) -> list[Segment]:  # fmt: skip
     words = command.words
-    found = A.unwrap(words, elevated) if words else A.Unwrapped([], elevated=elevated)
+    found = A.unwrap(words, elevated) if words else A.Unwrapped([], {}, elevated)
     results: list[Segment] = []
     if found.nested is not None:
         nested = _script(found.nested, ctx, depth + 1, found.elevated, decoded)
@@ -211,13 +227,14 @@ def _command(command: SimpleCommand, script: Script, sub_segments: list[list[Seg
         argv, exec_words = _split_find(argv)
     name = A.program_name(argv[0]) if argv else ""
     args = argv[1:]
-    segment = _segment(name, args, found, command, ctx, decoded)
+    interpreter = P.is_interpreter(name)
+    code, script_arg, from_stdin = A.code_of(name, args) if interpreter else (None, None, False)
+    segment = _segment(name, args, found, command, ctx, decoded, code)
     if name == "<substitution>":
         segment.code_sources = [s for i in command.subs for s in sub_segments[i]
                                 if script.subs[i].original in argv[0]]  # fmt: skip
         _piped_script(segment.code_sources, ctx, depth, found.elevated, decoded)
-    elif P.is_interpreter(name):
-        code, script_arg, from_stdin = A.code_of(name, args)
+    elif interpreter:
         segment.stdin_script = from_stdin and found.nested is None
         code_words = [w for w in (code, script_arg) if w]
         segment.code_sources = [s for i in command.subs for s in sub_segments[i]
@@ -239,7 +256,9 @@ def _command(command: SimpleCommand, script: Script, sub_segments: list[list[Seg
     if exec_words:
         inner = A.unwrap(exec_words, found.elevated)
         inner_name = A.program_name(inner.argv[0]) if inner.argv else ""
-        extra = _segment(inner_name, inner.argv[1:], inner, SimpleCommand(), ctx, decoded)
+        inner_args = inner.argv[1:]
+        inner_code = A.code_of(inner_name, inner_args)[0] if P.is_interpreter(inner_name) else None
+        extra = _segment(inner_name, inner_args, inner, SimpleCommand(), ctx, decoded, inner_code)
         ctx.out.append(extra)
         results.append(extra)
     return results
@@ -248,6 +267,8 @@ def _command(command: SimpleCommand, script: Script, sub_segments: list[list[Seg
 def _configured_commands(name: str, args: list[str], env: dict[str, str]) -> list[str]:
     """Commands hidden in configuration: ``git -c core.sshCommand='...'``, and environment
     variables whose value git or ssh runs (``GIT_SSH_COMMAND=...``)."""
+    if not env and name != "git":
+        return []
     found = [v for k, v in env.items() if k in _COMMAND_VARS]
     if name == "git":
         for i, arg in enumerate(args[:-1]):
@@ -276,9 +297,9 @@ def _split_find(argv: list[str]) -> tuple[list[str], list[str]]:
 
 
 def _segment(name: str, args: list[str], found: A.Unwrapped, command: SimpleCommand,
-             ctx: _Ctx, decoded: bool) -> Segment:  # fmt: skip
+             ctx: _Ctx, decoded: bool, code: str | None) -> Segment:  # fmt: skip
+    """``code``: the inline code of an interpreter (``A.code_of``), which the caller has."""
     parsed = A.parse_options(name, args)
-    code = A.code_of(name, args)[0] if P.is_interpreter(name) else None
     extra = decode_payloads(code) if code and len(code) >= 16 else []
     if name in ("powershell", "pwsh"):
         extra += decode_payloads(" ".join(args))
@@ -286,8 +307,9 @@ def _segment(name: str, args: list[str], found: A.Unwrapped, command: SimpleComm
     if extra:
         text += "\n" + "\n".join(extra)
     paths = A.paths_of(name, args, parsed, ctx.frame, code)
-    hosts = A.hosts_of(name, args, parsed, ctx.allow)
-    for op, target in command.redirects:
+    hosts = A.hosts_of(name, args, parsed, ctx.allow, ctx.urls)
+    redirects = command.redirects
+    for op, target in redirects:
         if target.startswith("/dev/tcp/") or target.startswith("/dev/udp/"):
             hosts.extend(dev_tcp_hosts(target, ctx.allow))
         elif not target.startswith(("$(", "`")):
@@ -302,20 +324,15 @@ def _segment(name: str, args: list[str], found: A.Unwrapped, command: SimpleComm
         text += "\n" + command.stdin
     if name in ("cd", "pushd"):
         ctx.frame.cd(parsed.positionals[0] if parsed.positionals else None)
-    reads_file = any(op == "<" for op, _ in command.redirects)
+    reads_file = bool(redirects) and any(op == "<" for op, _ in redirects)
     subcommand = parsed.positionals[0] if parsed.positionals else ""
+    # positional, in field order (upstream and code_sources start empty; stdin_script and
+    # runs_downloaded False): keywords cost twice as much, once per segment of every call
     return Segment(
-        name=name,
-        args=args,
-        text=text,
-        flags=frozenset(parsed.flags),
-        subcommand=subcommand,
-        elevated=found.elevated,
-        env=found.env,
-        paths=paths,
-        hosts=hosts,
-        uploads=A.uploads(name, parsed, False, reads_file),
-        decoded=decoded,
-        downloads=tuple(A.downloads(name, parsed)),
-        stdin=command.stdin,
-    )
+        name, args, text, frozenset(parsed.flags), subcommand, found.elevated, found.env, paths,
+        hosts, [], [], False, False,
+        name in A.UPLOADERS and A.uploads(name, parsed, False, reads_file),
+        decoded,
+        tuple(A.downloads(name, parsed)) if name in A.SAVERS else (),
+        command.stdin,
+    )  # fmt: skip

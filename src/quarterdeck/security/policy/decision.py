@@ -97,15 +97,10 @@ def combine(matches: list[RuleMatch]) -> Decision:
         reason += f" (matched: {top.evidence})"
     if len(ordered) > 1:
         reason += f"; {len(ordered) - 1} other rule(s) also matched"
-    return Decision(
-        action=top.action,
-        rule_id=top.rule_id,
-        description=top.description,
-        severity=top.severity,
-        tags=top.tags,
-        reason=reason,
-        matches=ordered,
-    )
+    # positional, in field order (action, rule_id, description, severity, tags, reason,
+    # matches): this runs for every call that matched a rule
+    return Decision(top.action, top.rule_id, top.description, top.severity, top.tags, reason,
+                    ordered)  # fmt: skip
 
 
 def internal_error(exc: BaseException) -> Decision:

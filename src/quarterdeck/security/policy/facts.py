@@ -46,6 +46,8 @@ class Facts:
     segments: list[Segment] = field(default_factory=list)
     hosts: list[HostFact] = field(default_factory=list)
     truncated: bool = False
+    listed: bool = True
+    """Some host is on some rule's ``host.in`` list (the gate works it out; True: maybe)."""
     _secrets: list[tuple[str, Finding]] | None = None
 
     @property

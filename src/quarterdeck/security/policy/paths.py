@@ -27,8 +27,10 @@ from __future__ import annotations
 
 import posixpath
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
+
+from quarterdeck.security.policy.globs import Route, Routed, route_of
 
 Location = Literal["workspace", "outside", "unknown"]
 Access = Literal["read", "write", "list"]
@@ -57,20 +59,35 @@ class PathFact:
     wildcard: bool
     hot_anchored: bool = True
     hot_searched: bool = True
+    _route: Route | bool | None = field(default=False, repr=False, compare=False)
+
+    @property
+    def route(self) -> Route | None:
+        """How glob sets route ``resolved`` (:func:`~.globs.route_of`), computed once."""
+        route = self._route
+        if isinstance(route, bool):  # not computed yet
+            route = self._route = route_of(self.resolved)
+        return route
 
 
 def resolve(raw: str, root: str, cwd: str | None = None) -> tuple[str, Location]:
     """``raw`` as an absolute normalised path (relative paths taken from ``cwd``, by default
     the workspace ``root``), and where it is relative to ``root``."""
     text = raw.strip()
-    if text[:7].lower() == "file://":
+    head = text[:1]
+    if head in "fF" and text[:7].lower() == "file://":
         text = text[7:] or "/"
-    if text == "~" or text.startswith("~/"):
+        head = text[:1]
+    if head == "/":  # the common cases first: absolute, or plain relative
+        pass
+    elif head != "~" and head != "$":  # ("" too: an empty path is the directory itself)
+        text = f"{cwd or root}/{text}"
+    elif text == "~" or text.startswith("~/"):
         text = HOME + text[1:]
-    elif text.startswith("~"):
+    elif head == "~":
         user, _, rest = text[1:].partition("/")
         text = f"/home/{user}/{rest}" if user != "root" else f"/root/{rest}"
-    elif text.startswith("$"):
+    else:  # "$"
         found = _VAR.match(text)
         name = (found.group(1) or found.group(2)) if found else None
         if found and name in ("PWD", "OLDPWD"):
@@ -79,8 +96,8 @@ def resolve(raw: str, root: str, cwd: str | None = None) -> tuple[str, Location]
             text = _KNOWN_VARS[name] + text[found.end() :]
         else:  # unknown variable: keep it as the first component, location unknown
             return "/" + posixpath.normpath(text).lstrip("/"), "unknown"
-    if not text.startswith("/"):
-        text = f"{cwd or root}/{text}"
+        if not text.startswith("/"):
+            text = f"{cwd or root}/{text}"
     if "/." in text or "//" in text or text.endswith("/"):
         resolved = posixpath.normpath(text)
         if resolved.startswith("//"):
@@ -102,7 +119,8 @@ class Frame:
 
     def fact(self, raw: str, access: Access) -> PathFact:
         resolved, location = resolve(raw, self.root, self.cwd)
-        return PathFact(raw, resolved, location, access, bool(WILDCARDS.search(raw)))
+        wildcard = "*" in raw or "?" in raw or "[" in raw  # WILDCARDS, without a regex call
+        return PathFact(raw, resolved, location, access, wildcard)
 
     def cd(self, target: str | None) -> None:
         if target == "-":
@@ -172,37 +190,41 @@ def glob_regex(glob: str) -> tuple[bool, str]:
 
 
 class GlobSet:
-    """Several globs, compiled into (at most) two regexes; ``match`` is one call per path."""
+    """Several globs, compiled once and routed by path component (:mod:`.globs`)."""
 
     def __init__(self, globs: list[str]) -> None:
-        anchored: list[str] = []
-        searched: list[str] = []
-        for glob in globs:
-            is_anchored, regex = glob_regex(glob)
-            (anchored if is_anchored else searched).append(f"(?:{regex})")
-        self._anchored = re.compile("|".join(anchored), re.I) if anchored else None
-        self._searched = re.compile("|".join(searched), re.I) if searched else None
+        self._globs = Routed([(glob, *glob_regex(glob)) for glob in globs])
+        self._anchored = self._globs.anchored_all is not None  # has anchored globs at all
+        self._searched = self._globs.searched_all is not None
 
     def match(self, path: str) -> bool:
-        if self._anchored is not None and self._anchored.match(path):
-            return True
-        return self._searched is not None and self._searched.search(path) is not None
+        route = route_of(path)
+        return self._globs.anchored(path, route) or self._globs.searched(path, route)
+
+    def matches(self, fact: PathFact) -> bool:
+        """:meth:`match` on the fact's resolved path (its route computed once per fact)."""
+        route = fact.route
+        return self._globs.anchored(fact.resolved, route) or self._globs.searched(
+            fact.resolved, route
+        )
 
     def match_fact(self, fact: PathFact) -> bool:
-        """:meth:`match`, skipping the halves the fact is known to be cold for."""
-        if fact.hot_anchored and self._anchored is not None and self._anchored.match(
-            fact.resolved
-        ):
+        """:meth:`matches`, skipping the halves the fact is known to be cold for (or that
+        this set does not have): the usual answer costs no further call."""
+        anchored = fact.hot_anchored and self._anchored
+        searched = fact.hot_searched and self._searched
+        if not (anchored or searched):
+            return False
+        route = fact.route
+        if anchored and self._globs.anchored(fact.resolved, route):
             return True
-        return (fact.hot_searched and self._searched is not None
-                and self._searched.search(fact.resolved) is not None)  # fmt: skip
+        return searched and self._globs.searched(fact.resolved, route)
 
     def heat(self, fact: PathFact) -> None:
         """Used on the union of all globs: mark which halves can match ``fact`` at all."""
-        fact.hot_anchored = self._anchored is not None and bool(self._anchored.match(fact.resolved))
-        fact.hot_searched = self._searched is not None and bool(
-            self._searched.search(fact.resolved)
-        )
+        route = fact.route
+        fact.hot_anchored = self._globs.anchored(fact.resolved, route)
+        fact.hot_searched = self._globs.searched(fact.resolved, route)
 
 
 def compile_globs(globs: list[str]) -> GlobSet:

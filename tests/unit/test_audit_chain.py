@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-from datetime import UTC, datetime
+import random
+from datetime import UTC, datetime, timedelta, timezone
 
 from quarterdeck.security.audit import AuditEvent, canonical
 from quarterdeck.security.audit.chain import (
+    EPOCH,
     GENESIS,
     Position,
     SegmentVerifier,
@@ -124,3 +126,50 @@ def test_problems_are_capped() -> None:
     problems = seg.finish()
     assert len(problems) == 6 and problems[-1].kind is ProblemKind.too_many
     assert problems[-1].detail == "25 more problem(s) not listed"
+
+
+def test_prepared_records_are_the_canonical_encoding_of_varied_events() -> None:
+    """The writer's shortcuts (head built by hand, body in two halves, timestamps as integer
+    microseconds) give exactly ``canonical.dumps`` of the record's fields, whatever the event:
+    existing chains and the verifier depend on these bytes."""
+    rng = random.Random(11)
+    texts = [None, "", "key:k_1", 'q"b\\s\n\t\x01', "é漢🚀", "x" * 256]
+    zones = [UTC, timezone(timedelta(hours=5, minutes=30)), timezone(timedelta(hours=-8))]
+    for i in range(400):
+        ts = datetime(rng.randrange(1700, 2250), rng.randrange(1, 13), rng.randrange(1, 29),
+                      rng.randrange(24), rng.randrange(60), rng.randrange(60),
+                      rng.randrange(10**6), tzinfo=rng.choice(zones))  # fmt: skip
+        anomaly = rng.choice([None, {"rule_id": "r.x", "severity": "high", "tags": ["a", "é"]}])
+        event = AuditEvent(
+            event_type=rng.choice(["tool.call", "run.created", "policy.decision"]),
+            tenant=rng.choice(["acme", "t.1:x-y"]), timestamp=ts,
+            actor=rng.choice(texts), session_id=rng.choice(texts), agent_id=rng.choice(texts),
+            user_id=rng.choice(texts), request_id=rng.choice(texts), source_ip=rng.choice(texts),
+            operations=[rng.choice(texts[1:]) for _ in range(rng.randrange(3))],
+            files_modified=[f"src/m{i}.py"] * rng.randrange(3),
+            network_connections=[{"port": 443, "host": "pypi.org", "allowed": True}][: i % 2],
+            permissions=[["fs.write", 7, None, 2.5]][: i % 2], duration_ms=rng.choice([None, 0, i]),
+            anomaly=anomaly, sensitive=rng.choice([None, {"prompt": "p" * i, "output": "ok"}]),
+        )  # fmt: skip
+        p = prepare(event)
+        utc = ts.astimezone(UTC)
+        head = {"actor": event.actor, "event_type": event.event_type,
+                "session_id": event.session_id, "severity": anomaly and anomaly["severity"],
+                "timestamp_us": (utc - EPOCH) // timedelta(microseconds=1)}  # fmt: skip
+        assert p.head == b',"head":' + canonical.dumps(head)
+        body = {
+            "agent_id": event.agent_id,
+            "anomaly": event.anomaly_info.public() if event.anomaly_info else None,
+            "data_accessed": [], "duration_ms": event.duration_ms,
+            "files_modified": event.files_modified,
+            "network_connections": event.network_connections, "operations": event.operations,
+            "outcome": "success", "permissions": event.permissions,
+            "request_id": event.request_id, "sensitive": None, "source_ip": event.source_ip,
+            "user_id": event.user_id,
+        }  # fmt: skip
+        assert p.body_lo + b"null" + p.body_hi == canonical.dumps(body)
+        assert p.secret == (canonical.dumps(event.sensitive) if event.sensitive else None)
+        assert timestamp_us(utc) == head["timestamp_us"]
+    for year in (1, 999, 1969, 1970, 2038, 9999):  # the integer form, over the whole range
+        ts = datetime(year, 12, 31, 23, 59, 59, 999_999, tzinfo=UTC)
+        assert timestamp_us(ts) == (ts - EPOCH) // timedelta(microseconds=1)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable, Sequence
+from typing import TypeAlias
 
 import structlog
 
@@ -27,9 +28,11 @@ from quarterdeck.security.audit.writer import Prepared
 
 log = structlog.get_logger(__name__)
 Write = Callable[[Sequence[Prepared]], Awaitable[None]]
-# (event, future): a future for ``append`` (durable), none for ``append_nowait``; an item
-# without an event is a flush marker.
-_Item = tuple["Prepared | None", "asyncio.Future[None] | None"]
+# A buffered entry: a bare event from ``append_nowait``; (event, future) from ``append``
+# (durable); (None, future) is a flush marker. Fire-and-forget events, the bulk, are stored bare:
+# a pair per event would double the objects that outlive young-generation GC passes while they
+# wait, and with them the cost of full collections (tens of thousands buffered).
+_Item: TypeAlias = "Prepared | tuple[Prepared | None, asyncio.Future[None]]"
 
 
 class BatchAppender:
@@ -71,12 +74,16 @@ class BatchAppender:
         await future
 
     def append_nowait(self, item: Prepared) -> None:
-        if len(self._buffer) >= self.max_buffer:
+        buffer = self._buffer  # once per event: _push, inlined
+        size = len(buffer)
+        if size >= self.max_buffer:
             metrics.DROPPED.labels(reason="overflow").inc()
             log.error("audit_buffer_full", dropped=item.event_type, tenant=item.tenant)
             return
-        self._push((item, None))
-        if len(self._buffer) >= self.max_batch:
+        if not size:
+            self._oldest = asyncio.get_running_loop().time()
+        buffer.append(item)
+        if size + 1 >= self.max_batch and not self._wake.is_set():
             self._wake.set()
 
     async def flush(self) -> None:
@@ -107,14 +114,14 @@ class BatchAppender:
                 self._task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await self._task
-        lost = sum(1 for p, _ in self._buffer if p is not None)
+        lost = sum(1 for e in self._buffer if not isinstance(e, tuple) or e[0] is not None)
         if self._buffer:
             if lost:
                 metrics.DROPPED.labels(reason="shutdown").inc(lost)
                 log.error("audit_events_lost_at_shutdown", count=lost)
-            for _, future in self._buffer:
-                if future is not None and not future.done():
-                    future.set_exception(Unavailable("audit log closed before the write"))
+            for entry in self._buffer:
+                if isinstance(entry, tuple) and not entry[1].done():
+                    entry[1].set_exception(Unavailable("audit log closed before the write"))
             self._buffer.clear()
         metrics.BUFFERED.set(0)
         self._task = None
@@ -144,7 +151,7 @@ class BatchAppender:
             batch = self._buffer[: self.max_batch]
             del self._buffer[: self.max_batch]
             metrics.BUFFERED.set(len(self._buffer) + len(batch))
-            self._waiters -= sum(1 for _, f in batch if f is not None)
+            self._waiters -= sum(1 for entry in batch if isinstance(entry, tuple))
             self._idle = False
             try:
                 ok = await self._write_batch(batch)
@@ -159,40 +166,49 @@ class BatchAppender:
 
     async def _write_batch(self, batch: list[_Item]) -> bool:
         """Write one batch; False when it must be retried later (database unavailable)."""
-        events = [item for item in batch if item[0] is not None]
-        markers = [item for item in batch if item[0] is None]
+        prepared: list[Prepared] = []
+        durable: list[asyncio.Future[None]] = []
+        markers: list[_Item] = []
+        for entry in batch:
+            if not isinstance(entry, tuple):
+                prepared.append(entry)
+            elif entry[0] is None:
+                markers.append(entry)
+            else:
+                prepared.append(entry[0])
+                durable.append(entry[1])
         try:
-            if events:
-                await self._write([p for p, _ in events if p is not None])
+            if prepared:
+                await self._write(prepared)
         except Exception as exc:
-            for _, future in events:
-                if future is not None and not future.done():
+            for future in durable:
+                if not future.done():
                     future.set_exception(exc)  # an awaiting caller decides for itself
-            retry = [item for item in events if item[1] is None]
+            retry: list[_Item] = [entry for entry in batch if not isinstance(entry, tuple)]
             if isinstance(exc, Unavailable | OSError):
                 log.warning("audit_write_deferred", error=str(exc), events=len(retry))
                 self._requeue(retry + markers)
                 return False
-            log.error("audit_batch_rejected", error=str(exc), events=len(events))
+            log.error("audit_batch_rejected", error=str(exc), events=len(prepared))
             if len(retry) > 1:  # find the unstorable event(s): write the others one by one
                 for index, item in enumerate(retry):
                     if not await self._write_batch([item]):  # unavailable: requeued itself
                         self._buffer[1:1] = retry[index + 1 :] + markers
                         return False
             else:
-                for p, _ in retry:
-                    assert p is not None
+                for p in retry:
+                    assert not isinstance(p, tuple)
                     metrics.DROPPED.labels(reason="rejected").inc()
                     log.error("audit_event_dropped", tenant=p.tenant, event_type=p.event_type,
                               error=str(exc))  # fmt: skip
         else:
-            for _, future in events:
-                if future is not None and not future.done():
+            for future in durable:
+                if not future.done():
                     future.set_result(None)
-            _count([p for p, _ in events if p is not None])
-        for _, future in markers:
-            if future is not None and not future.done():
-                future.set_result(None)
+            _count(prepared)
+        for entry in markers:
+            if isinstance(entry, tuple) and not entry[1].done():
+                entry[1].set_result(None)
         return True
 
     def _requeue(self, items: list[_Item]) -> None:

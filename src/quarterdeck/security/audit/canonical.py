@@ -28,8 +28,11 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
+
 MAX_SAFE_INT = 2**53 - 1
 _STR_ENCODER = json.encoder.encode_basestring  # the C implementation of the string rule above
+_ORJSON_OPTIONS = orjson.OPT_SORT_KEYS | orjson.OPT_STRICT_INTEGER
 
 
 def timestamp(value: datetime) -> str:
@@ -102,6 +105,15 @@ def check(value: Any) -> bool:
             continue
         if kind is int and -MAX_SAFE_INT <= item <= MAX_SAFE_INT:
             continue
+        if kind is list:  # a list inside: scan its scalars here rather than in a call
+            for sub in item:
+                kind = type(sub)
+                if kind is str or sub is None or kind is bool:
+                    continue
+                if kind is int and -MAX_SAFE_INT <= sub <= MAX_SAFE_INT:
+                    continue
+                ok = check(sub) and ok
+            continue
         ok = check(item) and ok
     return ok
 
@@ -124,24 +136,48 @@ def normalize(value: Any) -> Any:
     return value
 
 
-def _flat(value: dict[Any, Any]) -> str | None:
-    """A small dict of strings (the usual sensitive payload) without the encoder's set-up cost."""
-    if len(value) > 8:
-        return None
-    for key, item in value.items():
-        if type(key) is not str or type(item) is not str:
-            return None
-    enc = _STR_ENCODER
-    return "{" + ",".join([enc(k) + ":" + enc(v) for k, v in sorted(value.items())]) + "}"
+def _plain(value: Any, depth: int = 0) -> bool:
+    """Whether ``value`` holds only exact ``str``, ``None``, ``bool``, safe ``int``, ``list``,
+    ``tuple`` and ``dict`` with string keys -- the shapes nearly every event has. For those
+    orjson writes exactly the canonical bytes (string escapes, key order by code point and
+    integers agree with the rules above; the tests compare it with the stdlib encoder), in a
+    tenth of the time. Anything else goes the stdlib way: floats (orjson writes ``1e-7`` where
+    the rule says ``1e-07``, and NaN as ``null``), datetimes, other mappings, subclasses, and
+    nesting deeper than orjson allows."""
+    if depth > 64:
+        return False
+    kind = type(value)
+    if kind is dict:
+        for key in value:
+            if type(key) is not str:
+                return False
+        items: Any = value.values()
+    elif kind is list or kind is tuple:
+        items = value
+    else:
+        return kind is str or value is None or kind is bool or (
+            kind is int and -MAX_SAFE_INT <= value <= MAX_SAFE_INT
+        )
+    for item in items:  # scalars inline: a call per value would cost more than the encoding
+        kind = type(item)
+        if kind is str or item is None or kind is bool:
+            continue
+        if kind is int and -MAX_SAFE_INT <= item <= MAX_SAFE_INT:
+            continue
+        if (kind is dict or kind is list or kind is tuple) and _plain(item, depth + 1):
+            continue
+        return False
+    return True
 
 
 def dumps(value: Any) -> bytes:
     """Canonical bytes of ``value``. Raises ValueError when it has no canonical form."""
     try:
-        if type(value) is dict:
-            flat = _flat(value)
-            if flat is not None:
-                return flat.encode("utf-8")
+        if _plain(value):
+            try:
+                return orjson.dumps(value, option=_ORJSON_OPTIONS)
+            except orjson.JSONEncodeError:
+                pass  # a lone surrogate: the stdlib route below names the problem
         if not check(value):
             value = normalize(value)
         return _encode(value).encode("utf-8")

@@ -80,7 +80,7 @@ class PayloadCipher:
         ``salt``: 4 random bytes, new for every batch (see the module docstring).
         """
         nonce = salt + seq.to_bytes(8, "big")
-        sealed = nonce + self._aead.encrypt(nonce, plaintext, self._aad + b"%d" % seq)
+        sealed = nonce + self._aead.encrypt(nonce, plaintext, b"%s%d" % (self._aad, seq))
         return self._envelope % binascii.b2a_base64(sealed, newline=False)
 
     def open(self, seq: int, envelope: dict[str, Any]) -> dict[str, Any]:

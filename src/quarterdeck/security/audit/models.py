@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
+from functools import partial
 from typing import Any
 
 from pydantic import BaseModel, Field
@@ -106,7 +107,7 @@ class AuditEvent:
     event_type: str
     tenant: str = "default"
     actor: str | None = None
-    timestamp: datetime = field(default_factory=lambda: datetime.now(UTC))
+    timestamp: datetime = field(default_factory=partial(datetime.now, UTC))
     agent_id: str | None = None
     user_id: str | None = None
     session_id: str | None = None
@@ -123,7 +124,11 @@ class AuditEvent:
     sensitive: Mapping[str, Any] | None = None
 
     def __post_init__(self) -> None:
-        check_tenant(self.tenant)
+        # Every event passes here (tool calls, at tens of thousands per second): each check
+        # takes its fast path for the usual value first and falls back to the full test.
+        tenant = self.tenant
+        if type(tenant) is not str or tenant not in _TENANTS:
+            check_tenant(tenant)
         if type(self.event_type) is not str or self.event_type not in _EVENT_TYPES:
             if not isinstance(self.event_type, str) or len(self.event_type) > 64:
                 raise ValueError("event_type must be a string of at most 64 characters")
@@ -144,9 +149,12 @@ class AuditEvent:
                     "source_ip",
                 ):
                     _check_id(name, getattr(self, name))  # raises, naming the field
-        _check_id("outcome", self.outcome, 32)
-        if not isinstance(self.timestamp, datetime) or (
-            self.timestamp.tzinfo is not UTC and self.timestamp.utcoffset() is None
+        outcome = self.outcome
+        if type(outcome) is not str or len(outcome) > 32 or "\x00" in outcome:
+            _check_id("outcome", outcome, 32)
+        ts = self.timestamp
+        if (type(ts) is not datetime or ts.tzinfo is not UTC) and (
+            not isinstance(ts, datetime) or (ts.tzinfo is not UTC and ts.utcoffset() is None)
         ):
             raise ValueError("timestamp must be a timezone-aware datetime")
         if self.duration_ms is not None:
@@ -154,8 +162,12 @@ class AuditEvent:
                 self.duration_ms = round(self.duration_ms)
             if not isinstance(self.duration_ms, int) or self.duration_ms < 0:
                 raise ValueError("duration_ms must be a non-negative number")
-        self.anomaly = Anomaly.coerce(self.anomaly)
-        if self.sensitive is not None and not isinstance(self.sensitive, Mapping):
+        if self.anomaly is not None:
+            self.anomaly = Anomaly.coerce(self.anomaly)
+        sensitive = self.sensitive
+        if sensitive is not None and type(sensitive) is not dict and not isinstance(
+            sensitive, Mapping
+        ):
             raise ValueError("sensitive must be a mapping")
 
     @property

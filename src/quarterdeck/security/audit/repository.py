@@ -14,7 +14,7 @@ agree on hostile strings.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -66,7 +66,8 @@ async def lock_heads(conn: asyncpg.Connection, tenants: list[str]) -> dict[str, 
     return {r["tenant"]: r for r in rows}
 
 
-async def insert_events(conn: asyncpg.Connection, rows: list[tuple[Any, ...]]) -> None:
+async def insert_events(conn: asyncpg.Connection, rows: Iterable[tuple[Any, ...]]) -> None:
+    """One binary ``COPY``; ``rows`` may be a generator, consumed as the data is sent."""
     with errors("writing audit events"):
         await conn.copy_records_to_table("audit_events", records=rows, columns=EVENT_COLUMNS)
 

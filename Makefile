@@ -47,8 +47,11 @@ deps: $(STAMP) $(APT_STAMP)
 up: $(STAMP)
 	$(BIN)/quarterdeck up
 
+# Lint, formatting, and the floors of ARCHITECTURE.md (import-linter; see pyproject.toml).
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/lint-imports
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

@@ -20,13 +20,17 @@ from benchmarks.loadgen import Connection, run_load
 async def _submit_many(url: str, n: int, concurrency: int, batch: int = 1) -> float:
     """Submit ``n`` runs over HTTP: one per request, or ``batch`` per ``POST /v1/runs/batch``."""
     if batch <= 1:
+
         def request(i: int) -> tuple[str, str, Any]:
             return "POST", "/v1/runs", {"prompt": f"bench {i}"}
+
         calls = n
     else:
+
         def request(i: int) -> tuple[str, str, Any]:
             runs = [{"prompt": f"bench {i * batch + j}"} for j in range(batch)]
             return "POST", "/v1/runs/batch", {"runs": runs}
+
         calls = -(-n // batch)
     elapsed, _, errors = await run_load(url, calls, concurrency, request)
     if errors:
@@ -42,14 +46,18 @@ async def _wait_done(db_url: str, n: int, timeout: float, since: float = 0.0) ->
         while time.monotonic() < deadline:
             done = await conn.fetchval(
                 "SELECT count(*) FROM runs WHERE status NOT IN ('queued', 'running')"
-                " AND created_at >= to_timestamp($1)", since)
+                " AND created_at >= to_timestamp($1)",
+                since,
+            )
             if done >= n:
                 break
             await asyncio.sleep(0.2)
         row = await conn.fetchrow(
             "SELECT count(*) FILTER (WHERE status = 'succeeded') AS ok, count(*) AS total,"
             " extract(epoch FROM max(finished_at) - min(created_at)) AS span"
-            " FROM runs WHERE created_at >= to_timestamp($1)", since)
+            " FROM runs WHERE created_at >= to_timestamp($1)",
+            since,
+        )
         return dict(row)
     finally:
         await conn.close()
@@ -60,16 +68,27 @@ def _measure(bench: Bench, n: int, concurrency: int, batch: int) -> dict[str, An
     submit_s = asyncio.run(_submit_many(bench.url, n, concurrency, batch))
     result = asyncio.run(_wait_done(bench.database_url(), n, 600, since))
     span = float(result["span"])
-    return {"runs": n, "succeeded": result["ok"], "submit_per_s": round(n / submit_s, 1),
-            "end_to_end_s": round(span, 2), "runs_per_s": round(n / span, 1)}
+    return {
+        "runs": n,
+        "succeeded": result["ok"],
+        "submit_per_s": round(n / submit_s, 1),
+        "end_to_end_s": round(span, 2),
+        "runs_per_s": round(n / span, 1),
+    }
 
 
 def _throughput_of(processes: int, n_batched: int, n_single: int) -> dict[str, Any]:
     bench = Bench("throughput")
     try:
-        bench.start("up", QUARTERDECK_SIMULATED_LATENCY="0", QUARTERDECK_SIMULATED_TURNS="1",
-                    QUARTERDECK_WORKER_CONCURRENCY="200", QUARTERDECK_WORKER_BATCH_SIZE="50",
-                    QUARTERDECK_DB_POOL_MAX="20", QUARTERDECK_WORKER_PROCESSES=str(processes))
+        bench.start(
+            "up",
+            QUARTERDECK_SIMULATED_LATENCY="0",
+            QUARTERDECK_SIMULATED_TURNS="1",
+            QUARTERDECK_WORKER_CONCURRENCY="200",
+            QUARTERDECK_WORKER_BATCH_SIZE="50",
+            QUARTERDECK_DB_POOL_MAX="20",
+            QUARTERDECK_WORKER_PROCESSES=str(processes),
+        )
         if processes > 1:
             time.sleep(5)  # the children start after the parent is ready: let them connect
         _measure(bench, 2000, 4, 100)  # warm-up, not reported
@@ -96,14 +115,18 @@ def throughput(n_batched: int = 10_000, n_single: int = 3000) -> dict[str, Any]:
     full = _throughput_of(cores, n_batched, n_single)
     alone = _throughput_of(1, n_batched, 0) if cores > 1 else full
     batched, single = full["batched"], full["single"]
-    return {"worker_processes": cores,
-            "batched_runs": batched["runs"], "batched_succeeded": batched["succeeded"],
-            "batched_runs_per_s": batched["runs_per_s"],
-            "single_runs": single["runs"], "single_succeeded": single["succeeded"],
-            "single_submit_per_s": single["submit_per_s"],
-            "single_runs_per_s": single["runs_per_s"],
-            "one_process_batched_runs_per_s": alone["batched"]["runs_per_s"],
-            "goal_runs_per_s": 1000}
+    return {
+        "worker_processes": cores,
+        "batched_runs": batched["runs"],
+        "batched_succeeded": batched["succeeded"],
+        "batched_runs_per_s": batched["runs_per_s"],
+        "single_runs": single["runs"],
+        "single_succeeded": single["succeeded"],
+        "single_submit_per_s": single["submit_per_s"],
+        "single_runs_per_s": single["runs_per_s"],
+        "one_process_batched_runs_per_s": alone["batched"]["runs_per_s"],
+        "goal_runs_per_s": 1000,
+    }
 
 
 async def _paced(url: str, rate: float, seconds: float) -> int:
@@ -154,7 +177,8 @@ def submit_to_start(rate: float = 100, seconds: float = 20, warmup_s: float = 3)
             try:
                 rows = await conn.fetch(
                     "SELECT extract(epoch FROM created_at - (SELECT min(created_at) FROM runs))"
-                    " AS at, extract(epoch FROM started_at - created_at) AS d FROM runs")
+                    " AS at, extract(epoch FROM started_at - created_at) AS d FROM runs"
+                )
             finally:
                 await conn.close()
             return [(float(r["at"]), float(r["d"]) * 1000) for r in rows]
@@ -162,11 +186,16 @@ def submit_to_start(rate: float = 100, seconds: float = 20, warmup_s: float = 3)
         samples = asyncio.run(read())
         steady = [d for at, d in samples if at >= warmup_s]
         cold = [d for at, d in samples if at < warmup_s]
-        return {"rate_per_s": rate, "runs_measured": len(steady),
-                "p50_ms": round(percentile(steady, 50), 2),
-                "p99_ms": round(percentile(steady, 99), 2), "max_ms": round(max(steady), 2),
-                "warmup_runs": len(cold), "warmup_p99_ms": round(percentile(cold, 99), 2),
-                "goal_p99_ms": 50}
+        return {
+            "rate_per_s": rate,
+            "runs_measured": len(steady),
+            "p50_ms": round(percentile(steady, 50), 2),
+            "p99_ms": round(percentile(steady, 99), 2),
+            "max_ms": round(max(steady), 2),
+            "warmup_runs": len(cold),
+            "warmup_p99_ms": round(percentile(cold, 99), 2),
+            "goal_p99_ms": 50,
+        }
     finally:
         bench.stop()
 
@@ -176,10 +205,14 @@ def worker_memory(n: int = 5000) -> dict[str, Any]:
     bench = Bench("memory")
     try:
         bench.start("serve")
-        worker = bench.start("worker", QUARTERDECK_SIMULATED_LATENCY="30s",
-                             QUARTERDECK_WORKER_CONCURRENCY=str(n),
-                             QUARTERDECK_WORKER_BATCH_SIZE="100", QUARTERDECK_DB_POOL_MAX="30",
-                             QUARTERDECK_METRICS_PORT="0")
+        worker = bench.start(
+            "worker",
+            QUARTERDECK_SIMULATED_LATENCY="30s",
+            QUARTERDECK_WORKER_CONCURRENCY=str(n),
+            QUARTERDECK_WORKER_BATCH_SIZE="100",
+            QUARTERDECK_DB_POOL_MAX="30",
+            QUARTERDECK_METRICS_PORT="0",
+        )
         asyncio.run(_submit_many(bench.url, n, 64))
 
         async def in_flight() -> int:
@@ -188,7 +221,8 @@ def worker_memory(n: int = 5000) -> dict[str, Any]:
                 peak, deadline = 0, time.monotonic() + 120
                 while time.monotonic() < deadline:
                     running = await conn.fetchval(
-                        "SELECT count(*) FROM runs WHERE status = 'running'")
+                        "SELECT count(*) FROM runs WHERE status = 'running'"
+                    )
                     peak = max(peak, running)
                     if running >= n:
                         break
@@ -199,7 +233,11 @@ def worker_memory(n: int = 5000) -> dict[str, Any]:
 
         peak = asyncio.run(in_flight())
         time.sleep(2)
-        return {"in_flight_runs": peak, "target_in_flight": n,
-                "peak_rss_mib": round(peak_rss_mib(worker.pid), 1), "goal_mib": 1024}
+        return {
+            "in_flight_runs": peak,
+            "target_in_flight": n,
+            "peak_rss_mib": round(peak_rss_mib(worker.pid), 1),
+            "goal_mib": 1024,
+        }
     finally:
         bench.stop()

@@ -29,18 +29,28 @@ class Bench:
         return f"http://127.0.0.1:{self.http_port}"
 
     def env(self, **extra: str) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("QUARTERDECK_")
-               and k not in ("POSTGRES_URL", "REDIS_URL", "ANTHROPIC_API_KEY")}
-        env.update({"QUARTERDECK_DATA_DIR": str(self.root / "data"),
-                    "QUARTERDECK_HTTP_PORT": str(self.http_port),
-                    "QUARTERDECK_METRICS_PORT": str(free_port()), "LOG_LEVEL": "warning"})
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith("QUARTERDECK_")
+            and k not in ("POSTGRES_URL", "REDIS_URL", "ANTHROPIC_API_KEY")
+        }
+        env.update(
+            {
+                "QUARTERDECK_DATA_DIR": str(self.root / "data"),
+                "QUARTERDECK_HTTP_PORT": str(self.http_port),
+                "QUARTERDECK_METRICS_PORT": str(free_port()),
+                "LOG_LEVEL": "warning",
+            }
+        )
         env.update(extra)
         return env
 
     def start(self, command: str, **extra: str) -> subprocess.Popen[bytes]:
         log = open(self.root / f"{command}-{len(self.procs)}.log", "ab")
-        proc = subprocess.Popen([str(BIN), command], env=self.env(**extra), stdout=log,
-                                stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [str(BIN), command], env=self.env(**extra), stdout=log, stderr=subprocess.STDOUT
+        )
         self.procs.append(proc)
         if command != "worker":
             deadline = time.monotonic() + 60

@@ -31,16 +31,21 @@ def _outputs() -> list[str]:
         [f"tests/unit/test_mod{i}.py::test_case_{j} PASSED" for i in range(8) for j in range(6)]
         + ["", "============ 48 passed in 1.93s ============"]
     )
-    changes = [f"-    return secrets.token_urlsafe({n})\n+    return secrets.token_urlsafe({n * 2})"
-               for n in range(40)]  # fmt: skip
+    changes = [
+        f"-    return secrets.token_urlsafe({n})\n+    return secrets.token_urlsafe({n * 2})"
+        for n in range(40)
+    ]
     header = ["diff --git a/src/app/tokens.py b/src/app/tokens.py", "index 3f78685..9fceb02 100644"]
     diff = "\n".join([*header, *changes])
-    listing = "\n".join(f"-rw-r--r-- 1 agent agent {1000 + i} Nov 24 01:00 module_{i}.py"
-                        for i in range(60))  # fmt: skip
-    source = (CORPUS.parent.parent / "src" / "quarterdeck" / "security" / "policy" / "gate.py")
+    listing = "\n".join(
+        f"-rw-r--r-- 1 agent agent {1000 + i} Nov 24 01:00 module_{i}.py" for i in range(60)
+    )
+    source = CORPUS.parent.parent / "src" / "quarterdeck" / "security" / "policy" / "gate.py"
     lockfile = "\n".join(f'"pkg{i}": {{"integrity": "sha512-{"Ab9+" * 21}=="}}' for i in range(30))
-    log = "\n".join(f"2026-11-24T01:00:{i:02d}Z INFO request id={i} status=200 path=/api/items"
-                    for i in range(60))  # fmt: skip
+    log = "\n".join(
+        f"2026-11-24T01:00:{i:02d}Z INFO request id={i} status=200 path=/api/items"
+        for i in range(60)
+    )
     secret = log + "\nexport AWS_SECRET_ACCESS_KEY=wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY\n"
     return [pytest_out, diff, listing, source.read_text(), lockfile, log, secret, "ok\n"]
 

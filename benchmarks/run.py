@@ -41,9 +41,12 @@ def main(selected: list[str]) -> None:
         except Exception as exc:  # report and go on: one broken bench must not hide the rest
             results[name] = {"error": f"{type(exc).__name__}: {exc}"}
         results[name]["wall_seconds"] = round(time.time() - started, 1)
-    meta = {"when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "machine": platform.machine(), "python": platform.python_version(),
-            "cpus": __import__("os").cpu_count()}
+    meta = {
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": platform.machine(),
+        "python": platform.python_version(),
+        "cpus": __import__("os").cpu_count(),
+    }
     out = RESULTS / f"bench-{time.strftime('%Y%m%d-%H%M%S')}.json"
     out.write_text(json.dumps({"meta": meta, "results": results}, indent=2))
     (RESULTS / "latest.json").write_text(out.read_text())

@@ -14,14 +14,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from quarterdeck import __version__
 from quarterdeck.agents import api as agents_api
+from quarterdeck.approvals import api as approvals_api
+from quarterdeck.budgets import api as budgets_api
 from quarterdeck.config import Settings
 from quarterdeck.exceptions import QuarterdeckError, Unavailable
-from quarterdeck.monitoring import probes
-from quarterdeck.monitoring.health import api as health_api
-from quarterdeck.monitoring.incidents import api as incidents_api
-from quarterdeck.resilience import budgets_api
+from quarterdeck.health import api as health_api
+from quarterdeck.health import probes
+from quarterdeck.incidents import api as incidents_api
 from quarterdeck.runs import api as runs_api
-from quarterdeck.runs import approvals_api
 from quarterdeck.runtime import Runtime
 from quarterdeck.security.audit import api as audit_api
 from quarterdeck.security.auth import api as auth_api

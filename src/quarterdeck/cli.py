@@ -11,13 +11,13 @@ import typer
 from rich.table import Table
 
 from quarterdeck import __version__
+from quarterdeck.approvals.cli import app as approvals_app
 from quarterdeck.chaos.cli import app as chaos_app
 from quarterdeck.config import cli_settings, set_cli_config
 from quarterdeck.exceptions import ConfigError, QuarterdeckError
+from quarterdeck.incidents.cli import app as incidents_app
 from quarterdeck.kit.console import console, err_console, fail, print_json
 from quarterdeck.kit.logs import configure_logging
-from quarterdeck.monitoring.incidents.cli import app as incidents_app
-from quarterdeck.runs.approvals_cli import app as approvals_app
 from quarterdeck.runs.cli import app as run_app
 from quarterdeck.security.audit.cli import app as audit_app
 from quarterdeck.security.auth.cli import app as keys_app

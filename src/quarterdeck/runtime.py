@@ -13,27 +13,27 @@ from decimal import Decimal
 
 import structlog
 
+from quarterdeck import metrics
 from quarterdeck.agents.guard import Guard
-from quarterdeck.agents.runtime import AgentPlanner
+from quarterdeck.agents.planner import AgentPlanner
 from quarterdeck.agents.templates import AgentCatalog
+from quarterdeck.approvals.service import ApprovalService
+from quarterdeck.budgets.service import BudgetService
 from quarterdeck.config import Settings
-from quarterdeck.monitoring import metrics
-from quarterdeck.monitoring.health import HealthMonitor, LeaderElector
-from quarterdeck.monitoring.health.leader import Elector
-from quarterdeck.monitoring.incidents import IncidentService, build_incident_service
+from quarterdeck.health import HealthMonitor, LeaderElector
+from quarterdeck.health.leader import Elector
+from quarterdeck.incidents import IncidentService, build_incident_service
+from quarterdeck.incidents.anomalies import AnomalySink
 from quarterdeck.providers.factory import build_provider
 from quarterdeck.providers.pricing import PriceTable
 from quarterdeck.providers.types import Provider, Usage
 from quarterdeck.resilience import BreakerConfig, Breakers, ProviderLimiter, RetryPolicy
-from quarterdeck.resilience.budgets import BudgetService
 from quarterdeck.resilience.calls import ResilientCaller
 from quarterdeck.runs import repository as runs_repo
-from quarterdeck.runs.approvals import ApprovalService
 from quarterdeck.runs.events import RunEventHub
 from quarterdeck.runs.executor import CostFn, ExecutorConfig, RunExecutor
 from quarterdeck.runs.service import RunService
 from quarterdeck.runs.worker import WorkerPool
-from quarterdeck.security.anomalies import AnomalySink
 from quarterdeck.security.audit import AuditLog
 from quarterdeck.security.auth import AuthService, build_auth_service
 from quarterdeck.security.policy import PolicyGate
@@ -152,7 +152,7 @@ class Runtime:
         """The health monitor's leader election: a Postgres advisory lock or a Kubernetes Lease."""
         s = self.settings
         if s.health_leader_backend == "kubernetes":
-            from quarterdeck.monitoring.health.lease import (
+            from quarterdeck.health.lease import (
                 LeaseElector,
                 kubernetes_api,
                 pod_namespace,

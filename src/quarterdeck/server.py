@@ -16,8 +16,8 @@ import uvicorn
 
 from quarterdeck.app import create_app
 from quarterdeck.config import Settings
-from quarterdeck.monitoring.metrics import REGISTRY
-from quarterdeck.runs.processes import WorkerProcesses, exit_with_parent
+from quarterdeck.metrics import REGISTRY
+from quarterdeck.processes import WorkerProcesses, exit_with_parent
 from quarterdeck.runtime import Runtime
 
 log = structlog.get_logger(__name__)

@@ -19,9 +19,12 @@ def test_a_killed_agent_run_resumes_at_the_next_turn_without_rebilling(
     deployment: Deployment, messages_api: MessagesAPIServer
 ):
     messages_api.script(six_turn_script(slow_turn=4))
-    real = {"QUARTERDECK_PROVIDER": "anthropic", "ANTHROPIC_API_KEY": "sk-ant-test",
-            "QUARTERDECK_ANTHROPIC_BASE_URL": messages_api.base_url,
-            "QUARTERDECK_DEFAULT_MODEL": "claude-sonnet-4-5"}
+    real = {
+        "QUARTERDECK_PROVIDER": "anthropic",
+        "ANTHROPIC_API_KEY": "sk-ant-test",
+        "QUARTERDECK_ANTHROPIC_BASE_URL": messages_api.base_url,
+        "QUARTERDECK_DEFAULT_MODEL": "claude-sonnet-4-5",
+    }
     first = deployment.start("up", **real)
     client = httpx.Client(base_url=deployment.url, timeout=30)
     run = client.post("/v1/runs", json={"prompt": "add calc", "workspace": {"type": "empty"}})
@@ -44,8 +47,9 @@ def test_a_killed_agent_run_resumes_at_the_next_turn_without_rebilling(
     assert (done["input_tokens"], done["output_tokens"]) == scripted_total()
     events = client.get(f"/v1/runs/{run_id}/events").json()
     assert [e["turn"] for e in events if e["type"] == "turn"] == [1, 2, 3, 4, 5, 6]
-    starts = [e["data"] for e in events if e["type"] == "status" and
-              e["data"]["status"] == "running"]
+    starts = [
+        e["data"] for e in events if e["type"] == "status" and e["data"]["status"] == "running"
+    ]
     assert [s["resumed"] for s in starts] == [False, True]
     # The resumed turn 4 continued from the checkpoint: same conversation prefix as before.
     sent = [r.json for r in messages_api.requests if r.path == "/v1/messages"]

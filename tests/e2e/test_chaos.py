@@ -45,9 +45,14 @@ def runner(receivers: Receivers) -> Iterator[Runner]:
             body = r.json
             incident = body.get("incident") or {}
             out.append(
-                Notification(body["event"], incident["id"], incident["service"],
-                             int(body["delivery_id"]), r.at)
-            )  # fmt: skip
+                Notification(
+                    body["event"],
+                    incident["id"],
+                    incident["service"],
+                    int(body["delivery_id"]),
+                    r.at,
+                )
+            )
         return out
 
     chaos = Runner(runs=RUNS, fast=True, notifications=(receivers.url("webhook"), received))

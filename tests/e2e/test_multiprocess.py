@@ -39,8 +39,12 @@ def test_request_counters_sum_to_the_runs_done_across_worker_processes(deploymen
     deployment.start("serve")
     ports = [free_port(), free_port()]
     for port in ports:
-        deployment.start("worker", QUARTERDECK_METRICS_PORT=str(port),
-                         QUARTERDECK_SIMULATED_LATENCY="20ms", QUARTERDECK_SIMULATED_TURNS="2")
+        deployment.start(
+            "worker",
+            QUARTERDECK_METRICS_PORT=str(port),
+            QUARTERDECK_SIMULATED_LATENCY="20ms",
+            QUARTERDECK_SIMULATED_TURNS="2",
+        )
     client = httpx.Client(base_url=deployment.url, timeout=30)
     _all_succeed(client, [_submit(client, f"p{i}") for i in range(40)])
     time.sleep(0.5)
@@ -77,17 +81,23 @@ def test_up_with_two_worker_processes_shares_runs_restarts_a_dead_child_and_stop
     deployment: Deployment,
 ):
     metrics = free_port()
-    up = deployment.start("up", QUARTERDECK_WORKER_PROCESSES="2",
-                          QUARTERDECK_METRICS_PORT=str(metrics), QUARTERDECK_WORKER_CONCURRENCY="4",
-                          QUARTERDECK_SIMULATED_LATENCY="50ms", QUARTERDECK_SIMULATED_TURNS="2")
+    up = deployment.start(
+        "up",
+        QUARTERDECK_WORKER_PROCESSES="2",
+        QUARTERDECK_METRICS_PORT=str(metrics),
+        QUARTERDECK_WORKER_CONCURRENCY="4",
+        QUARTERDECK_SIMULATED_LATENCY="50ms",
+        QUARTERDECK_SIMULATED_TURNS="2",
+    )
     child = _wait_for(lambda: _children(up.popen.pid))[0]
     _wait_for(lambda: _answers(f"http://127.0.0.1:{metrics + 1}/metrics"))  # the child is up
     client = httpx.Client(base_url=deployment.url, timeout=30)
     _all_succeed(client, [_submit(client, f"p{i}") for i in range(40)])
     time.sleep(0.5)
     # The child serves its own metrics on the next port; both processes ran some of the runs.
-    scraped = [httpx.get(f"http://127.0.0.1:{p}/metrics", timeout=10).text
-               for p in (metrics, metrics + 1)]
+    scraped = [
+        httpx.get(f"http://127.0.0.1:{p}/metrics", timeout=10).text for p in (metrics, metrics + 1)
+    ]
     done = [_counter(t, "claude_agent_requests_total", status="success") for t in scraped]
     assert sum(done) == 40 and min(done) > 0, done
 
@@ -99,5 +109,7 @@ def test_up_with_two_worker_processes_shares_runs_restarts_a_dead_child_and_stop
 
     # SIGTERM on the parent drains and stops the children too.
     assert up.stop() == 0
-    assert not os.path.exists(f"/proc/{replacement}") or \
-        "Z" in open(f"/proc/{replacement}/stat").read().split()[2]
+    assert (
+        not os.path.exists(f"/proc/{replacement}")
+        or "Z" in open(f"/proc/{replacement}/stat").read().split()[2]
+    )

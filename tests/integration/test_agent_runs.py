@@ -21,8 +21,9 @@ pytest_plugins = ["tests.support.fixtures"]
 pytestmark = pytest.mark.asyncio
 
 CALC = "def add(a, b):\n    return a + b\n\n\ndef sub(a, b):\n    return a - b\n"
-TEST = ("from calc import add, sub\n\nassert add(2, 3) == 5\nassert sub(5, 3) == 2\n"
-        "print('2 passed')\n")
+TEST = (
+    "from calc import add, sub\n\nassert add(2, 3) == 5\nassert sub(5, 3) == 2\nprint('2 passed')\n"
+)
 
 
 def six_turn_script(slow_turn: int | None = None) -> list:
@@ -32,8 +33,12 @@ def six_turn_script(slow_turn: int | None = None) -> list:
         [tool_use("write_file", {"path": "calc.py", "content": CALC})],
         [tool_use("write_file", {"path": "test_calc.py", "content": TEST})],
         [tool_use("run_command", {"command": "python3 test_calc.py"})],
-        [tool_use("edit_file", {"path": "calc.py", "old": "return a - b",
-                                "new": "return a - b  # subtraction"})],
+        [
+            tool_use(
+                "edit_file",
+                {"path": "calc.py", "old": "return a - b", "new": "return a - b  # subtraction"},
+            )
+        ],
         [text("Added calc.add and calc.sub with a test; `python3 test_calc.py` passes.")],
     ]
     replies = []
@@ -52,9 +57,14 @@ def scripted_total() -> tuple[int, int]:
 @pytest.fixture
 def anthropic_settings(make_settings, messages_api: MessagesAPIServer):
     def make(**extra):
-        return make_settings(provider="anthropic", anthropic_api_key="sk-ant-test",
-                             anthropic_base_url=messages_api.base_url,
-                             default_model="claude-sonnet-4-5", **extra)
+        return make_settings(
+            provider="anthropic",
+            anthropic_api_key="sk-ant-test",
+            anthropic_base_url=messages_api.base_url,
+            default_model="claude-sonnet-4-5",
+            **extra,
+        )
+
     return make
 
 
@@ -76,10 +86,12 @@ async def test_an_agent_edits_files_runs_tests_and_finishes_with_a_diff(
     rt = Runtime(anthropic_settings())
     await rt.start()
     try:
-        run, _ = await rt.runs.submit(RunCreate(
-            prompt="add calc.add and calc.sub with a test",
-            workspace=WorkspaceSpec(type="tar", value=_tar({"README.md": "# calc\n"})),
-        ))
+        run, _ = await rt.runs.submit(
+            RunCreate(
+                prompt="add calc.add and calc.sub with a test",
+                workspace=WorkspaceSpec(type="tar", value=_tar({"README.md": "# calc\n"})),
+            )
+        )
         done = await rt.runs.wait(run.id, 60)
         assert done.status == RunStatus.succeeded, done.error
         assert done.turns == 6 and done.result.startswith("Added calc.add")
@@ -94,8 +106,13 @@ async def test_an_agent_edits_files_runs_tests_and_finishes_with_a_diff(
 
         events = await rt.runs.events(run.id)
         calls = [e.data for e in events if e.type == "tool_call"]
-        assert [c["tool"] for c in calls] == ["list_files", "write_file", "write_file",
-                                              "run_command", "edit_file"]
+        assert [c["tool"] for c in calls] == [
+            "list_files",
+            "write_file",
+            "write_file",
+            "run_command",
+            "edit_file",
+        ]
         write = calls[1]
         assert write["files_changed"][0]["path"] == "calc.py"
         assert write["files_changed"][0]["sha256_before"] is None
@@ -114,15 +131,18 @@ async def test_an_agent_edits_files_runs_tests_and_finishes_with_a_diff(
 
 
 async def test_a_reviewer_cannot_write(anthropic_settings, messages_api: MessagesAPIServer):
-    messages_api.script([
-        message(tool_use("write_file", {"path": "x.py", "content": "x = 1\n"})),
-        message(text("I may not write; here is my review.")),
-    ])
+    messages_api.script(
+        [
+            message(tool_use("write_file", {"path": "x.py", "content": "x = 1\n"})),
+            message(text("I may not write; here is my review.")),
+        ]
+    )
     rt = Runtime(anthropic_settings())
     await rt.start()
     try:
-        run, _ = await rt.runs.submit(RunCreate(prompt="review", agent_type="reviewer",
-                                                workspace=WorkspaceSpec(type="empty")))
+        run, _ = await rt.runs.submit(
+            RunCreate(prompt="review", agent_type="reviewer", workspace=WorkspaceSpec(type="empty"))
+        )
         done = await rt.runs.wait(run.id, 60)
         assert done.status == RunStatus.succeeded
         call = next(e.data for e in await rt.runs.events(run.id) if e.type == "tool_call")
@@ -152,12 +172,14 @@ async def test_provider_errors_fail_the_run_with_the_reason(
 async def test_escape_attempts_are_contained_and_recorded(
     anthropic_settings, messages_api: MessagesAPIServer, db_url: str
 ):
-    messages_api.script([
-        message(tool_use("read_file", {"path": "../../etc/passwd"})),
-        message(tool_use("run_command", {"command": "sleep 1000", "timeout_s": 1})),
-        message(tool_use("run_command", {"command": "env"})),
-        message(text("done")),
-    ])
+    messages_api.script(
+        [
+            message(tool_use("read_file", {"path": "../../etc/passwd"})),
+            message(tool_use("run_command", {"command": "sleep 1000", "timeout_s": 1})),
+            message(tool_use("run_command", {"command": "env"})),
+            message(text("done")),
+        ]
+    )
     rt = Runtime(anthropic_settings())
     await rt.start()
     try:
@@ -182,20 +204,33 @@ async def test_an_agent_runs_on_an_openai_compatible_server(make_settings, opena
     """The same loop over a vLLM/Ollama-style server through the official openai SDK."""
     from tests.support.openai_api import completion, tool_call
 
-    openai_api.script([
-        completion(None, [tool_call("write_file", {"path": "hello.py",
-                                                   "content": "print('hello')\n"})],
-                   prompt_tokens=300, completion_tokens=40),
-        completion(None, [tool_call("run_command", {"command": "python3 hello.py"})],
-                   prompt_tokens=400, completion_tokens=20),
-        completion("hello.py prints hello.", prompt_tokens=500, completion_tokens=10),
-    ])
-    rt = Runtime(make_settings(provider="openai", openai_base_url=f"{openai_api.base_url}/v1",
-                               default_model="qwen2.5-coder"))
+    openai_api.script(
+        [
+            completion(
+                None,
+                [tool_call("write_file", {"path": "hello.py", "content": "print('hello')\n"})],
+                prompt_tokens=300,
+                completion_tokens=40,
+            ),
+            completion(
+                None,
+                [tool_call("run_command", {"command": "python3 hello.py"})],
+                prompt_tokens=400,
+                completion_tokens=20,
+            ),
+            completion("hello.py prints hello.", prompt_tokens=500, completion_tokens=10),
+        ]
+    )
+    rt = Runtime(
+        make_settings(
+            provider="openai",
+            openai_base_url=f"{openai_api.base_url}/v1",
+            default_model="qwen2.5-coder",
+        )
+    )
     await rt.start()
     try:
-        run, _ = await rt.runs.submit(RunCreate(prompt="write hello.py",
-                                                workspace=WorkspaceSpec()))
+        run, _ = await rt.runs.submit(RunCreate(prompt="write hello.py", workspace=WorkspaceSpec()))
         done = await rt.runs.wait(run.id, 60)
         assert done.status == RunStatus.succeeded, done.error
         assert (done.turns, done.input_tokens, done.output_tokens) == (3, 1200, 70)
@@ -211,13 +246,20 @@ async def test_an_agent_runs_on_an_openai_compatible_server(make_settings, opena
 
 async def test_a_runs_cost_matches_a_hand_calculation(anthropic_settings, messages_api):
     """Cache writes (5 m and 1 h), cache reads and output, priced per class, billed once each."""
-    messages_api.script([
-        message(tool_use("list_files", {"path": "."}),
-                usage=make_usage(input_tokens=1_200, output_tokens=300, cache_5m=2_000,
-                                 cache_1h=1_000)),
-        message(text("done"),
-                usage=make_usage(input_tokens=150, output_tokens=500, cache_read=3_000)),
-    ])
+    messages_api.script(
+        [
+            message(
+                tool_use("list_files", {"path": "."}),
+                usage=make_usage(
+                    input_tokens=1_200, output_tokens=300, cache_5m=2_000, cache_1h=1_000
+                ),
+            ),
+            message(
+                text("done"),
+                usage=make_usage(input_tokens=150, output_tokens=500, cache_read=3_000),
+            ),
+        ]
+    )
     rt = Runtime(anthropic_settings())
     await rt.start()
     try:
@@ -232,7 +274,7 @@ async def test_a_runs_cost_matches_a_hand_calculation(anthropic_settings, messag
         assert done.cost_usd == pytest.approx(0.03045, abs=1e-9)
         assert done.cache_creation_tokens == 3_000 and done.cache_read_tokens == 3_000
         # Streaming calls record time to first token.
-        from quarterdeck.monitoring.metrics import REGISTRY
+        from quarterdeck.metrics import REGISTRY
 
         ttft = REGISTRY.get_sample_value(
             "claude_agent_provider_time_to_first_token_seconds_count",

@@ -90,19 +90,31 @@ async def test_search_filters_anomalies_and_pagination(audit: AuditLog) -> None:
     for n in range(7):
         await audit.record(event(n))
     await audit.record(
-        event(20, event_type="policy.decision", actor="key:zzz", anomaly={
-            "rule_id": "egress.block", "severity": "high", "decision": "deny",
-            "tags": ["network"], "description": "blocked egress to paste site"})
-    )  # fmt: skip
+        event(
+            20,
+            event_type="policy.decision",
+            actor="key:zzz",
+            anomaly={
+                "rule_id": "egress.block",
+                "severity": "high",
+                "decision": "deny",
+                "tags": ["network"],
+                "description": "blocked egress to paste site",
+            },
+        )
+    )
     await audit.record(
         event(21, anomaly={"rule_id": "secrets", "severity": "low", "decision": "flag"})
     )
     high = await audit.search(EventFilter(anomalies=True, severities=["high"]))
     assert [e.event_type for e in high.items] == ["policy.decision"]
     assert high.items[0].anomaly == {
-        "rule_id": "egress.block", "severity": "high", "decision": "deny",
-        "tags": ["network"], "description": "blocked egress to paste site",
-    }  # fmt: skip
+        "rule_id": "egress.block",
+        "severity": "high",
+        "decision": "deny",
+        "tags": ["network"],
+        "description": "blocked egress to paste site",
+    }
     assert len((await audit.search(EventFilter(anomalies=True))).items) == 2
     assert [e.seq for e in (await audit.search(EventFilter(actor="key:zzz"))).items] == [8]
     by_run = await audit.search(EventFilter(session_id="run_1"))

@@ -17,7 +17,7 @@ import pytest
 from fastapi import FastAPI
 
 from quarterdeck.app import install_error_handlers
-from quarterdeck.monitoring.metrics import REGISTRY
+from quarterdeck.metrics import REGISTRY
 from quarterdeck.security.audit import AuditEvent, AuditLog, ProblemKind
 from quarterdeck.security.audit import api as audit_api
 from quarterdeck.store.pool import Database
@@ -143,8 +143,9 @@ async def test_the_checkpoint_loop_seals_events_and_stays_small_when_idle(
             rows = await conn.fetch("SELECT seq, count FROM audit_checkpoints ORDER BY id")
         assert [(r["seq"], r["count"]) for r in rows] == [(3, 3), (3, 0)]
         assert REGISTRY.get_sample_value("claude_agent_audit_chain_valid", {"tenant": "all"}) == 1
-        assert (REGISTRY.get_sample_value("claude_agent_audit_last_checkpoint_timestamp_seconds")
-                or 0) > 0  # fmt: skip
+        assert (
+            REGISTRY.get_sample_value("claude_agent_audit_last_checkpoint_timestamp_seconds") or 0
+        ) > 0
     finally:
         await log.aclose()
     assert (await log.verify()).ok
@@ -163,9 +164,13 @@ async def client(audit: AuditLog) -> AsyncIterator[httpx.AsyncClient]:
 async def test_http_api(audit: AuditLog, client: httpx.AsyncClient) -> None:
     await record(audit, 2)
     await audit.record(
-        AuditEvent(event_type="policy.decision", tenant="acme", actor="key:a",
-                   anomaly={"rule_id": "r1", "severity": "high", "decision": "deny"})
-    )  # fmt: skip
+        AuditEvent(
+            event_type="policy.decision",
+            tenant="acme",
+            actor="key:a",
+            anomaly={"rule_id": "r1", "severity": "high", "decision": "deny"},
+        )
+    )
     r = await client.get("/v1/audit/events", params={"anomalies": "true", "severity": "high"})
     assert r.status_code == 200
     assert [(e["seq"], e["anomaly"]["rule_id"]) for e in r.json()["items"]] == [(3, "r1")]
@@ -211,16 +216,23 @@ async def test_cli_export_purge_and_shred(audit: AuditLog, db_url: str, data_dir
     code = "from quarterdeck.security.audit.cli import app; app(prog_name='quarterdeck audit')"
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-c", code, *args], env=env,
-                              capture_output=True, text=True, timeout=120)  # fmt: skip
+        return subprocess.run(
+            [sys.executable, "-c", code, *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
 
     out = data_dir / "events.jsonl"
     result = await asyncio.to_thread(cli, "export", "--tenant", "acme", "--output", str(out))
     assert result.returncode == 0, result.stderr
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     assert [(x["tenant"], x["seq"], x["sensitive"]) for x in lines] == [
-        ("acme", 1, {"i": 0}), ("acme", 2, {"i": 1}), ("acme", 3, {"i": 2})
-    ]  # fmt: skip
+        ("acme", 1, {"i": 0}),
+        ("acme", 2, {"i": 1}),
+        ("acme", 3, {"i": 2}),
+    ]
     stdout = await asyncio.to_thread(cli, "export", "--from", "2000-01-01", "--to", "2999-01-01")
     assert len(stdout.stdout.splitlines()) == 4
 

@@ -24,7 +24,7 @@ import pytest
 from fastapi import FastAPI
 
 from quarterdeck.app import install_error_handlers
-from quarterdeck.monitoring.metrics import REGISTRY
+from quarterdeck.metrics import REGISTRY
 from quarterdeck.security.audit import AuditEvent, AuditLog, ProblemKind, VerifyReport
 from quarterdeck.security.audit import api as audit_api
 from quarterdeck.security.audit.chain import link, tenant_json
@@ -41,11 +41,15 @@ async def audit(db: Database, make_settings: object) -> AsyncIterator[AuditLog]:
     for n in range(1, 11):
         await log.record(
             AuditEvent(
-                event_type="tool.call", tenant="acme", actor=f"key:k{n}", session_id="run_1",
-                timestamp=T0 + timedelta(seconds=n), files_modified=[f"src/{n}.py"],
+                event_type="tool.call",
+                tenant="acme",
+                actor=f"key:k{n}",
+                session_id="run_1",
+                timestamp=T0 + timedelta(seconds=n),
+                files_modified=[f"src/{n}.py"],
                 sensitive={"output": f"out {n}"},
             )
-        )  # fmt: skip
+        )
     await log.record(AuditEvent(event_type="run.created", tenant="globex", timestamp=T0))
     tick = await log.checkpoint()
     assert tick.ran and tick.written == 2 and not tick.problems

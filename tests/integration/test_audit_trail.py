@@ -26,40 +26,65 @@ async def _events(rt: Runtime, **f) -> list:
 async def test_the_system_audits_what_it_does_and_the_chain_verifies(
     make_settings, messages_api: MessagesAPIServer
 ):
-    messages_api.script([
-        message(tool_use("write_file", {"path": "a.py", "content": "print(1)\n"}),
-                tool_use("run_command", {"command": "cat /etc/shadow"})),
-        message(text("done")),
-    ])
-    settings = make_settings(provider="anthropic", anthropic_api_key="sk-ant-test",
-                             anthropic_base_url=messages_api.base_url,
-                             default_model="claude-sonnet-4-5", auth_enabled=True,
-                             admin_api_key=ADMIN)
+    messages_api.script(
+        [
+            message(
+                tool_use("write_file", {"path": "a.py", "content": "print(1)\n"}),
+                tool_use("run_command", {"command": "cat /etc/shadow"}),
+            ),
+            message(text("done")),
+        ]
+    )
+    settings = make_settings(
+        provider="anthropic",
+        anthropic_api_key="sk-ant-test",
+        anthropic_base_url=messages_api.base_url,
+        default_model="claude-sonnet-4-5",
+        auth_enabled=True,
+        admin_api_key=ADMIN,
+    )
     rt = Runtime(settings)
     await rt.start()
     app = create_app(settings, rt)
     admin = {"Authorization": f"Bearer {ADMIN}"}
     try:
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
-                                     base_url="http://qd") as client:
-            created = (await client.post("/v1/admin/keys", headers=admin, json={
-                "name": "ci", "role": "submitter", "tenant": "acme"})).json()
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://qd"
+        ) as client:
+            created = (
+                await client.post(
+                    "/v1/admin/keys",
+                    headers=admin,
+                    json={"name": "ci", "role": "submitter", "tenant": "acme"},
+                )
+            ).json()
             key = {"Authorization": f"Bearer {created['api_key']}", "X-Request-Id": "req-42"}
-            run = (await client.post("/v1/runs", headers=key, json={
-                "prompt": "secret plan", "workspace": {"type": "empty"}})).json()
-            done = (await client.get(f"/v1/runs/{run['id']}/wait", headers=key,
-                                     params={"timeout": 60})).json()
+            run = (
+                await client.post(
+                    "/v1/runs",
+                    headers=key,
+                    json={"prompt": "secret plan", "workspace": {"type": "empty"}},
+                )
+            ).json()
+            done = (
+                await client.get(f"/v1/runs/{run['id']}/wait", headers=key, params={"timeout": 60})
+            ).json()
             assert done["status"] == "succeeded"
-            r = await client.put("/v1/tenants/acme/budget", headers=admin,
-                                 json={"daily_usd": 5})
+            r = await client.put("/v1/tenants/acme/budget", headers=admin, json={"daily_usd": 5})
             assert r.status_code == 200
             await client.delete(f"/v1/admin/keys/{created['id']}", headers=admin)
         await asyncio.sleep(0)
 
         acme = await _events(rt, tenant="acme")
         kinds = [e.event_type for e in acme]
-        for expected in ("key.created", "run.created", "tool.call",
-                         "run.completed", "config.changed", "key.revoked"):
+        for expected in (
+            "key.created",
+            "run.created",
+            "tool.call",
+            "run.completed",
+            "config.changed",
+            "key.revoked",
+        ):
             assert expected in kinds, (expected, kinds)
         completed = next(e for e in acme if e.event_type == "run.completed")
         assert completed.actor.startswith("worker:") and completed.outcome == "succeeded"
@@ -74,7 +99,9 @@ async def test_the_system_audits_what_it_does_and_the_chain_verifies(
         shadow = next(e for e in tools if e.operations == ["run_command"])
         assert shadow.outcome == "error"
         assert shadow.anomaly["decision"] == "deny" and shadow.anomaly["severity"] in (
-            "high", "critical")
+            "high",
+            "critical",
+        )
         flagged = await _events(rt, tenant="acme", anomalies=True)
         assert [e.seq for e in flagged] == [shadow.seq]
 

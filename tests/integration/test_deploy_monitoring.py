@@ -27,7 +27,7 @@ import pytest
 import yaml
 
 import quarterdeck.runtime  # noqa: F401  (registers every metric a server process exports)
-from quarterdeck.monitoring.metrics import REGISTRY
+from quarterdeck.metrics import REGISTRY
 
 ROOT = Path(__file__).resolve().parents[2]
 MON = ROOT / "deploy" / "monitoring"
@@ -38,9 +38,32 @@ DASHBOARDS = sorted((MON / "grafana" / "dashboards").glob("*.json"))
 # Metrics alerts may use that Quarterdeck does not export: Prometheus's own and cAdvisor's.
 EXTERNAL_METRICS = {"up", "container_memory_working_set_bytes", "container_spec_memory_limit_bytes"}
 PROMQL_WORDS = {
-    "sum", "min", "max", "avg", "count", "stddev", "stdvar", "topk", "bottomk", "quantile",
-    "count_values", "group", "by", "without", "on", "ignoring", "group_left", "group_right",
-    "and", "or", "unless", "bool", "offset", "inf", "nan", "le",
+    "sum",
+    "min",
+    "max",
+    "avg",
+    "count",
+    "stddev",
+    "stdvar",
+    "topk",
+    "bottomk",
+    "quantile",
+    "count_values",
+    "group",
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+    "and",
+    "or",
+    "unless",
+    "bool",
+    "offset",
+    "inf",
+    "nan",
+    "le",
 }
 
 
@@ -141,11 +164,21 @@ def test_every_alert_has_a_firing_and_a_not_firing_unit_test() -> None:
 
 def test_the_guides_five_alerts_are_present() -> None:
     alerts = {r["alert"] for r in load_rules() if "alert" in r}
-    assert {"HighErrorRate", "HighLatency", "HighAPIUsage", "AgentDown", "HighMemoryUsage"} <= alerts
     assert {
-        "CircuitBreakerOpen", "QueueBacklogGrowing", "TenantBudgetNearlyExhausted",
-        "IncidentOpenTooLong", "AuditChainVerificationFailed",
-        "AvailabilityErrorBudgetBurn", "LatencyErrorBudgetBurn",
+        "HighErrorRate",
+        "HighLatency",
+        "HighAPIUsage",
+        "AgentDown",
+        "HighMemoryUsage",
+    } <= alerts
+    assert {
+        "CircuitBreakerOpen",
+        "QueueBacklogGrowing",
+        "TenantBudgetNearlyExhausted",
+        "IncidentOpenTooLong",
+        "AuditChainVerificationFailed",
+        "AvailabilityErrorBudgetBurn",
+        "LatencyErrorBudgetBurn",
     } <= alerts
 
 
@@ -190,15 +223,33 @@ def test_promtool_check_config_accepts_prometheus_yml(tmp_path: Path) -> None:
     promtool = tool("promtool")
     config = yaml.safe_load((MON / "prometheus.yml").read_text())
     assert {j["job_name"] for j in config["scrape_configs"]} >= {
-        "claude-agents", "redis-exporter", "postgres-exporter", "kubernetes-nodes"
+        "claude-agents",
+        "redis-exporter",
+        "postgres-exporter",
+        "kubernetes-nodes",
     }
     result = run(promtool, "check", "config", "prometheus.yml")
-    if result.returncode != 0 and "kubernetes_sd_configs not found" in result.stdout + result.stderr:
+    if (
+        result.returncode != 0
+        and "kubernetes_sd_configs not found" in result.stdout + result.stderr
+    ):
         for job in config["scrape_configs"]:
             for sd in job.pop("kubernetes_sd_configs", []):
-                assert set(sd) <= {"role", "namespaces", "selectors", "api_server", "attach_metadata"}
-                assert sd["role"] in {"node", "pod", "service", "endpoints", "endpointslice",
-                                      "ingress"}
+                assert set(sd) <= {
+                    "role",
+                    "namespaces",
+                    "selectors",
+                    "api_server",
+                    "attach_metadata",
+                }
+                assert sd["role"] in {
+                    "node",
+                    "pod",
+                    "service",
+                    "endpoints",
+                    "endpointslice",
+                    "ingress",
+                }
                 job["file_sd_configs"] = [{"files": ["targets.json"]}]
         shutil.copytree(MON / "rules", tmp_path / "rules")
         (tmp_path / "targets.json").write_text("[]")
@@ -219,8 +270,12 @@ def test_quarterdeck_job_scrapes_each_pod_on_the_metrics_port() -> None:
     assert "static_configs" not in job, "a static Service target mixes replicas' counters"
     keep = job["relabel_configs"][0]
     assert keep["action"] == "keep" and keep["regex"] == "claude-agent-service;metrics"
-    targets = {t for j in config["scrape_configs"] for s in j.get("static_configs", [])
-               for t in s["targets"]}
+    targets = {
+        t
+        for j in config["scrape_configs"]
+        for s in j.get("static_configs", [])
+        for t in s["targets"]
+    }
     assert {"redis-exporter:9121", "postgres-exporter:9187"} <= targets
     assert config["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"] == [
         "alertmanager:9093"
@@ -237,7 +292,10 @@ def test_amtool_check_config_accepts_alertmanager_yml() -> None:
 @pytest.mark.parametrize(
     ("labels", "receivers"),
     [
-        (["severity=critical", "alertname=AgentDown"], {"quarterdeck-webhook", "pagerduty-critical"}),
+        (
+            ["severity=critical", "alertname=AgentDown"],
+            {"quarterdeck-webhook", "pagerduty-critical"},
+        ),
         (["severity=warning", "alertname=HighLatency"], {"quarterdeck-webhook", "slack-warnings"}),
     ],
 )
@@ -259,8 +317,10 @@ def test_alertmanager_webhook_points_at_quarterdeck() -> None:
 def test_dashboards_cover_the_four_areas() -> None:
     titles = {json.loads(p.read_text())["title"] for p in DASHBOARDS}
     assert titles == {
-        "Quarterdeck / Fleet overview", "Quarterdeck / Cost and tokens",
-        "Quarterdeck / Reliability", "Quarterdeck / Quality",
+        "Quarterdeck / Fleet overview",
+        "Quarterdeck / Cost and tokens",
+        "Quarterdeck / Reliability",
+        "Quarterdeck / Quality",
     }
 
 
@@ -290,8 +350,11 @@ def test_dashboard_metrics_exist_in_the_registry_or_recording_rules() -> None:
 def test_dashboard_queries_parse_as_promql(tmp_path: Path) -> None:
     """promtool parses every panel query (Grafana variables replaced by sample values)."""
     substitutions = {
-        "$__rate_interval": "1m", "$__range": "6h", "$__interval": "1m",
-        "$namespace": ".*", "$agent_type": ".*",
+        "$__rate_interval": "1m",
+        "$__range": "6h",
+        "$__interval": "1m",
+        "$namespace": ".*",
+        "$agent_type": ".*",
     }
     rules = []
     for i, (_, _, expr) in enumerate(dashboard_targets()):

@@ -24,21 +24,19 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from quarterdeck.kit.clock import FakeClock
-from quarterdeck.kit.ids import new_id
-from quarterdeck.monitoring import metrics
-from quarterdeck.monitoring.health import api as health_api
-from quarterdeck.monitoring.health.checks import (
+from quarterdeck import metrics
+from quarterdeck.health import api as health_api
+from quarterdeck.health.checks import (
     AgentResponsivenessCheck,
     DatabaseCheck,
     FilesystemCheck,
     RedisCheck,
     loop_lag_ms,
 )
-from quarterdeck.monitoring.health.leader import LeaderElector
-from quarterdeck.monitoring.health.monitor import HealthMonitor
-from quarterdeck.monitoring.health.provider import ProviderCallWindow, ProviderCheck
-from quarterdeck.monitoring.health.recovery import (
+from quarterdeck.health.leader import LeaderElector
+from quarterdeck.health.monitor import HealthMonitor
+from quarterdeck.health.provider import ProviderCallWindow, ProviderCheck
+from quarterdeck.health.recovery import (
     AgentRecovery,
     DatabaseRecovery,
     LoggingScaleRequester,
@@ -46,12 +44,14 @@ from quarterdeck.monitoring.health.recovery import (
     RecheckOnly,
     RedisRecovery,
 )
-from quarterdeck.monitoring.incidents import (
+from quarterdeck.incidents import (
     IncidentService,
     NotificationSettings,
     Notifier,
     Severity,
 )
+from quarterdeck.kit.clock import FakeClock
+from quarterdeck.kit.ids import new_id
 from quarterdeck.resilience.breaker import BreakerConfig, Breakers
 from quarterdeck.runs import queue
 from quarterdeck.store.pool import Database
@@ -61,8 +61,6 @@ from tests.support.receivers import Receivers
 from tests.support.redis_server import RedisServer, redis_server  # noqa: F401
 
 # --- fixtures ----------------------------------------------------------------------------------
-
-
 
 
 @pytest.fixture
@@ -197,8 +195,10 @@ async def test_exactly_one_leader_and_hand_over_when_its_session_dies(db_url: st
         # Leadership moves to a live session: either replica may win the race for the lock
         # (the old one reconnects too), but never both, and never on the dead session.
         await eventually(
-            lambda: [a.is_leader, b.is_leader].count(True) == 1
-            and next(e for e in (a, b) if e.is_leader).backend_pid != killed,
+            lambda: (
+                [a.is_leader, b.is_leader].count(True) == 1
+                and next(e for e in (a, b) if e.is_leader).backend_pid != killed
+            ),
             timeout=15,
         )
         await asyncio.sleep(0.6)  # several retry rounds: still exactly one leader

@@ -22,22 +22,22 @@ import uvicorn
 from fastapi import FastAPI
 from typer.testing import CliRunner
 
+from quarterdeck import metrics
 from quarterdeck.exceptions import InvalidState, NotFound
-from quarterdeck.monitoring import metrics
-from quarterdeck.monitoring.incidents import (
+from quarterdeck.incidents import (
     IncidentService,
     NotificationSettings,
     Notifier,
     build_incident_service,
 )
-from quarterdeck.monitoring.incidents import api as incidents_api
-from quarterdeck.monitoring.incidents.channels import (
+from quarterdeck.incidents import api as incidents_api
+from quarterdeck.incidents.channels import (
     SIGNATURE_HEADER,
     TIMESTAMP_HEADER,
     verify_signature,
 )
-from quarterdeck.monitoring.incidents.cli import app as incidents_cli
-from quarterdeck.monitoring.incidents.notify import DEFAULT_RATE_LIMITS
+from quarterdeck.incidents.cli import app as incidents_cli
+from quarterdeck.incidents.notify import DEFAULT_RATE_LIMITS
 from quarterdeck.store.pool import Database
 from tests.conftest import free_port
 from tests.support.receivers import Receivers
@@ -45,11 +45,6 @@ from tests.support.receivers import Receivers
 pytestmark = pytest.mark.asyncio
 SECRET = "s3cret-for-tests"
 HTTP_CHANNELS = ("slack", "pagerduty", "webhook")
-
-
-
-
-
 
 
 def notification_settings(receivers: Receivers, **overrides: Any) -> NotificationSettings:
@@ -682,7 +677,7 @@ async def test_cli_against_a_live_server(service: IncidentService):
 
 
 async def test_channel_rate_limits_are_shared_by_every_replica(db: Any) -> None:
-    from quarterdeck.monitoring.incidents.notify import RateLimited, RateLimiter
+    from quarterdeck.incidents.notify import RateLimited, RateLimiter
     from quarterdeck.store.pool import Database
 
     other = Database(db.url, min_size=1, max_size=2)  # a second replica's pool
@@ -693,7 +688,7 @@ async def test_channel_rate_limits_are_shared_by_every_replica(db: Any) -> None:
         with pytest.raises(RateLimited):  # the other replica sees the same schedule: ~10 s away
             await second.acquire(max_wait=5)
         async with db.acquire() as conn:
-            from quarterdeck.monitoring.incidents import repository as incidents_repo
+            from quarterdeck.incidents import repository as incidents_repo
 
             wait = await incidents_repo.reserve_slot(conn, "slack", 10.0, 60)
         assert wait is not None and 5 < wait <= 10

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from quarterdeck.monitoring.health.lease import LeaseElector, kubernetes_api
+from quarterdeck.health.lease import LeaseElector, kubernetes_api
 from tests.support.fake_kubernetes import FakeKubernetes
 
 pytestmark = pytest.mark.asyncio
@@ -40,8 +40,9 @@ class Clock:
 
 
 def elector(k8s: FakeKubernetes, who: str, clock: Clock) -> LeaseElector:
-    return LeaseElector(kubernetes_api(k8s.base_url), "qd", identity=who, duration_s=15,
-                        clock=clock)
+    return LeaseElector(
+        kubernetes_api(k8s.base_url), "qd", identity=who, duration_s=15, clock=clock
+    )
 
 
 async def test_one_replica_leads_and_the_other_follows(k8s: FakeKubernetes):
@@ -105,8 +106,13 @@ async def test_the_runtime_elects_through_the_lease_when_configured(
 ):
     from quarterdeck.runtime import Runtime
 
-    rt = Runtime(make_settings(health_leader_backend="kubernetes",
-                               kubernetes_api_url=k8s.base_url, kubernetes_namespace="qd"))
+    rt = Runtime(
+        make_settings(
+            health_leader_backend="kubernetes",
+            kubernetes_api_url=k8s.base_url,
+            kubernetes_namespace="qd",
+        )
+    )
     await rt.start()
     try:
         assert await rt.leader.wait_until(True, 10)

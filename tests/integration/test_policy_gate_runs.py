@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from quarterdeck.app import create_app
-from quarterdeck.monitoring.metrics import REGISTRY
+from quarterdeck.metrics import REGISTRY
 from quarterdeck.runs.models import RunCreate, RunStatus
 from quarterdeck.runtime import Runtime
 from tests.support.messages_api import MessagesAPIServer, message, text, tool_use
@@ -23,9 +23,14 @@ AWS_KEY = "AKIAZ7Q4LMN2PXR3TKVW"
 @pytest.fixture
 def agent_settings(make_settings, messages_api: MessagesAPIServer):
     def make(**extra):
-        return make_settings(provider="anthropic", anthropic_api_key="sk-ant-test",
-                             anthropic_base_url=messages_api.base_url,
-                             default_model="claude-sonnet-4-5", **extra)
+        return make_settings(
+            provider="anthropic",
+            anthropic_api_key="sk-ant-test",
+            anthropic_base_url=messages_api.base_url,
+            default_model="claude-sonnet-4-5",
+            **extra,
+        )
+
     return make
 
 
@@ -56,14 +61,21 @@ def _tool_results(messages_api: MessagesAPIServer) -> list[dict]:
 async def test_a_denied_call_never_runs_the_model_sees_why_and_a_security_incident_opens(
     agent_settings, messages_api: MessagesAPIServer
 ):
-    before = REGISTRY.get_sample_value(
-        "claude_agent_errors_total",
-        {"agent_type": "coder", "error_type": "security_anomaly", "severity": "critical"},
-    ) or 0.0
-    async with scripted(agent_settings(), messages_api, [
-        message(tool_use("run_command", {"command": "cat ~/.ssh/id_rsa > key.txt"})),
-        message(text("I will not read that key.")),
-    ]) as rt:
+    before = (
+        REGISTRY.get_sample_value(
+            "claude_agent_errors_total",
+            {"agent_type": "coder", "error_type": "security_anomaly", "severity": "critical"},
+        )
+        or 0.0
+    )
+    async with scripted(
+        agent_settings(),
+        messages_api,
+        [
+            message(tool_use("run_command", {"command": "cat ~/.ssh/id_rsa > key.txt"})),
+            message(text("I will not read that key.")),
+        ],
+    ) as rt:
         run, _ = await rt.runs.submit(RunCreate(prompt="x", workspace={"type": "empty"}))
         done = await rt.runs.wait(run.id, 60)
         assert done.status == RunStatus.succeeded
@@ -90,15 +102,21 @@ async def test_a_denied_call_never_runs_the_model_sees_why_and_a_security_incide
 async def test_a_held_call_runs_after_an_operator_approves_it_over_the_api(
     agent_settings, messages_api: MessagesAPIServer
 ):
-    async with scripted(agent_settings(), messages_api, [
-        message(tool_use("run_command", {"command": "sudo true; echo ran > proof.txt"})),
-        message(text("done")),
-    ]) as rt:
+    async with scripted(
+        agent_settings(),
+        messages_api,
+        [
+            message(tool_use("run_command", {"command": "sudo true; echo ran > proof.txt"})),
+            message(text("done")),
+        ],
+    ) as rt:
         app = create_app(rt.settings, rt)
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
-                                     base_url="http://qd") as client:
-            run = (await client.post("/v1/runs", json={"prompt": "x",
-                                                       "workspace": {"type": "empty"}})).json()
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://qd"
+        ) as client:
+            run = (
+                await client.post("/v1/runs", json={"prompt": "x", "workspace": {"type": "empty"}})
+            ).json()
             pending: list = []
             for _ in range(200):
                 pending = (await client.get("/v1/approvals")).json()
@@ -109,13 +127,13 @@ async def test_a_held_call_runs_after_an_operator_approves_it_over_the_api(
             assert pending[0]["tool"] == "run_command" and pending[0]["status"] == "pending"
             still = (await client.get(f"/v1/runs/{run['id']}")).json()
             assert still["status"] == "running", "the run waits for the decision"
-            decided = await client.post(f"/v1/approvals/{pending[0]['id']}/approve",
-                                        json={"note": "ok for this repo"})
+            decided = await client.post(
+                f"/v1/approvals/{pending[0]['id']}/approve", json={"note": "ok for this repo"}
+            )
             assert decided.status_code == 200 and decided.json()["status"] == "approved"
             again = await client.post(f"/v1/approvals/{pending[0]['id']}/reject", json={})
             assert again.status_code == 409
-            done = (await client.get(f"/v1/runs/{run['id']}/wait",
-                                     params={"timeout": 60})).json()
+            done = (await client.get(f"/v1/runs/{run['id']}/wait", params={"timeout": 60})).json()
             assert done["status"] == "succeeded"
             events = (await client.get(f"/v1/runs/{run['id']}/events")).json()
             call = next(e for e in events if e["type"] == "tool_call")
@@ -126,10 +144,14 @@ async def test_a_held_call_runs_after_an_operator_approves_it_over_the_api(
 async def test_a_rejected_call_is_a_tool_error_and_never_runs(
     agent_settings, messages_api: MessagesAPIServer
 ):
-    async with scripted(agent_settings(), messages_api, [
-        message(tool_use("run_command", {"command": "sudo apt-get install -y cowsay"})),
-        message(text("understood")),
-    ]) as rt:
+    async with scripted(
+        agent_settings(),
+        messages_api,
+        [
+            message(tool_use("run_command", {"command": "sudo apt-get install -y cowsay"})),
+            message(text("understood")),
+        ],
+    ) as rt:
         run, _ = await rt.runs.submit(RunCreate(prompt="x", workspace={"type": "empty"}))
         pending = []
         for _ in range(200):
@@ -148,11 +170,17 @@ async def test_a_rejected_call_is_a_tool_error_and_never_runs(
 async def test_secrets_are_redacted_before_the_model_or_storage_see_them(
     agent_settings, messages_api: MessagesAPIServer, db_url: str
 ):
-    async with scripted(agent_settings(), messages_api, [
-        message(text(f"Checking the key {AWS_KEY} first."),
-                tool_use("run_command", {"command": f"echo aws_access_key_id={AWS_KEY}"})),
-        message(text("done")),
-    ]) as rt:
+    async with scripted(
+        agent_settings(),
+        messages_api,
+        [
+            message(
+                text(f"Checking the key {AWS_KEY} first."),
+                tool_use("run_command", {"command": f"echo aws_access_key_id={AWS_KEY}"}),
+            ),
+            message(text("done")),
+        ],
+    ) as rt:
         run, _ = await rt.runs.submit(RunCreate(prompt="x", workspace={"type": "empty"}))
         done = await rt.runs.wait(run.id, 60)
         assert done.status == RunStatus.succeeded
@@ -165,9 +193,11 @@ async def test_secrets_are_redacted_before_the_model_or_storage_see_them(
         conn = await asyncpg.connect(db_url)
         try:
             stored = await conn.fetchval(
-                "SELECT string_agg(data::text, ' ') FROM run_events WHERE run_id = $1", run.id)
+                "SELECT string_agg(data::text, ' ') FROM run_events WHERE run_id = $1", run.id
+            )
             turns = await conn.fetchval(
-                "SELECT string_agg(messages::text, ' ') FROM run_turns WHERE run_id = $1", run.id)
+                "SELECT string_agg(messages::text, ' ') FROM run_turns WHERE run_id = $1", run.id
+            )
         finally:
             await conn.close()
         assert AWS_KEY not in stored and AWS_KEY not in turns

@@ -49,13 +49,16 @@ def free_port() -> int:
         return port
 
 
-def wait_for(check: Any, what: str, proc: subprocess.Popen[bytes], log: Path,
-             deadline: float = 180.0) -> None:
+def wait_for(
+    check: Any, what: str, proc: subprocess.Popen[bytes], log: Path, deadline: float = 180.0
+) -> None:
     """Poll ``check`` until true; fail with the process log if it dies or the bound passes."""
     end = time.monotonic() + deadline
     while time.monotonic() < end:
         if proc.poll() is not None:
-            pytest.fail(f"{what}: process exited with {proc.returncode}:\n{log.read_text()[-4000:]}")
+            pytest.fail(
+                f"{what}: process exited with {proc.returncode}:\n{log.read_text()[-4000:]}"
+            )
         with contextlib.suppress(httpx.HTTPError):
             if check():
                 return
@@ -92,8 +95,10 @@ test_rule.__test__ = False  # type: ignore[attr-defined]  # a helper, not a pyte
 def test_error_rate_alert_goes_pending_then_firing(tmp_path: Path) -> None:
     prometheus = shutil.which("prometheus")
     if prometheus is None:
-        pytest.fail("`prometheus` is not installed; `make test` installs it "
-                    "(apt-get install -y prometheus).")
+        pytest.fail(
+            "`prometheus` is not installed; `make test` installs it "
+            "(apt-get install -y prometheus)."
+        )
     quarterdeck = Path(sys.executable).parent / "quarterdeck"
     if not quarterdeck.exists():
         pytest.fail(f"{quarterdeck} is missing: install the project (pip install -e .)")
@@ -104,46 +109,65 @@ def test_error_rate_alert_goes_pending_then_firing(tmp_path: Path) -> None:
     (tmp_path / "rules.yml").write_text(
         yaml.safe_dump({"groups": [{"name": "test", "interval": "1s", "rules": [test_rule(real)]}]})
     )
-    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump({
-        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-        "rule_files": ["rules.yml"],
-        "scrape_configs": [{
-            "job_name": "claude-agents",
-            "metrics_path": "/metrics",
-            "static_configs": [{"targets": [f"127.0.0.1:{metrics_port}"]}],
-        }],
-    }))
+    (tmp_path / "prometheus.yml").write_text(
+        yaml.safe_dump(
+            {
+                "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+                "rule_files": ["rules.yml"],
+                "scrape_configs": [
+                    {
+                        "job_name": "claude-agents",
+                        "metrics_path": "/metrics",
+                        "static_configs": [{"targets": [f"127.0.0.1:{metrics_port}"]}],
+                    }
+                ],
+            }
+        )
+    )
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("QUARTERDECK_")}
     for name in ("POSTGRES_URL", "REDIS_URL", "ANTHROPIC_API_KEY"):
         env.pop(name, None)
-    env.update({
-        "QUARTERDECK_DATA_DIR": str(tmp_path / "data"),
-        "QUARTERDECK_HTTP_PORT": str(http_port),
-        "QUARTERDECK_METRICS_PORT": str(metrics_port),
-        "QUARTERDECK_SIMULATED_ERROR_RATE": ERROR_RATE,
-        "QUARTERDECK_SIMULATED_TURNS": "1",
-        "QUARTERDECK_PROVIDER": "simulated",
-        # Runs are still failing and retrying when the test stops it: a short drain lets it exit
-        # within started()'s wait, so it stops its embedded Postgres instead of being killed.
-        "QUARTERDECK_DRAIN_TIMEOUT": "5s",
-    })
+    env.update(
+        {
+            "QUARTERDECK_DATA_DIR": str(tmp_path / "data"),
+            "QUARTERDECK_HTTP_PORT": str(http_port),
+            "QUARTERDECK_METRICS_PORT": str(metrics_port),
+            "QUARTERDECK_SIMULATED_ERROR_RATE": ERROR_RATE,
+            "QUARTERDECK_SIMULATED_TURNS": "1",
+            "QUARTERDECK_PROVIDER": "simulated",
+            # Runs are still failing and retrying when the test stops it: a short drain lets it exit
+            # within started()'s wait, so it stops its embedded Postgres instead of being killed.
+            "QUARTERDECK_DRAIN_TIMEOUT": "5s",
+        }
+    )
     api = f"http://127.0.0.1:{http_port}"
     prom = f"http://127.0.0.1:{prom_port}"
     qd_log, prom_log = tmp_path / "quarterdeck.log", tmp_path / "prometheus.log"
 
     with (
         started([str(quarterdeck), "up"], env, qd_log) as qd,
-        started([prometheus, f"--config.file={tmp_path / 'prometheus.yml'}",
-                 f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-                 f"--web.listen-address=127.0.0.1:{prom_port}"],
-                dict(os.environ), prom_log) as prom_proc,
+        started(
+            [
+                prometheus,
+                f"--config.file={tmp_path / 'prometheus.yml'}",
+                f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+                f"--web.listen-address=127.0.0.1:{prom_port}",
+            ],
+            dict(os.environ),
+            prom_log,
+        ) as prom_proc,
         httpx.Client(timeout=10) as client,
     ):
-        wait_for(lambda: client.get(f"{api}/ready").status_code == 200, "quarterdeck ready",
-                 qd, qd_log)
-        wait_for(lambda: client.get(f"{prom}/-/ready").status_code == 200, "prometheus ready",
-                 prom_proc, prom_log)
+        wait_for(
+            lambda: client.get(f"{api}/ready").status_code == 200, "quarterdeck ready", qd, qd_log
+        )
+        wait_for(
+            lambda: client.get(f"{prom}/-/ready").status_code == 200,
+            "prometheus ready",
+            prom_proc,
+            prom_log,
+        )
 
         stop = threading.Event()
         accepted: list[int] = []
@@ -165,7 +189,9 @@ def test_error_rate_alert_goes_pending_then_firing(tmp_path: Path) -> None:
                 if qd.poll() is not None:
                     pytest.fail(f"quarterdeck exited:\n{qd_log.read_text()[-4000:]}")
                 alerts = client.get(f"{prom}/api/v1/alerts").json()["data"]["alerts"]
-                states += [a["state"] for a in alerts if a["labels"]["alertname"] == "HighErrorRate"]
+                states += [
+                    a["state"] for a in alerts if a["labels"]["alertname"] == "HighErrorRate"
+                ]
                 time.sleep(0.5)
         finally:
             stop.set()
@@ -174,7 +200,9 @@ def test_error_rate_alert_goes_pending_then_firing(tmp_path: Path) -> None:
         assert accepted and set(accepted) == {202}, f"run submissions answered {set(accepted)}"
         errors = client.get(
             f"{prom}/api/v1/query",
-            params={"query": 'sum(claude_agent_requests_total{job="claude-agents",status="error"})'},
+            params={
+                "query": 'sum(claude_agent_requests_total{job="claude-agents",status="error"})'
+            },
         ).json()["data"]["result"]
         assert errors and float(errors[0]["value"][1]) > 0, "no failed runs were scraped"
         assert "firing" in states, (
@@ -184,8 +212,11 @@ def test_error_rate_alert_goes_pending_then_firing(tmp_path: Path) -> None:
         assert "pending" in states[: states.index("firing")] or _was_pending(client, prom), (
             "the alert never went through pending"
         )
-        labels = next(a["labels"] for a in client.get(f"{prom}/api/v1/alerts").json()["data"][
-            "alerts"] if a["labels"]["alertname"] == "HighErrorRate")
+        labels = next(
+            a["labels"]
+            for a in client.get(f"{prom}/api/v1/alerts").json()["data"]["alerts"]
+            if a["labels"]["alertname"] == "HighErrorRate"
+        )
         assert labels["severity"] == "warning" and labels["agent_type"]
 
 
@@ -193,7 +224,9 @@ def _was_pending(client: httpx.Client, prom: str) -> bool:
     """Prometheus records every pending/firing alert in the ALERTS series; look back for it."""
     result = client.get(
         f"{prom}/api/v1/query",
-        params={"query": f'max_over_time(ALERTS{{alertname="HighErrorRate",'
-                         f'alertstate="pending"}}[{int(DEADLINE_S)}s])'},
+        params={
+            "query": f'max_over_time(ALERTS{{alertname="HighErrorRate",'
+            f'alertstate="pending"}}[{int(DEADLINE_S)}s])'
+        },
     ).json()["data"]["result"]
     return bool(result)

@@ -33,8 +33,11 @@ pytest_plugins = ["tests.support.fixtures"]
 READ_FILE = ToolSpec(
     name="read_file",
     description="Read a file from the workspace",
-    input_schema={"type": "object", "properties": {"path": {"type": "string"}},
-                  "required": ["path"]},
+    input_schema={
+        "type": "object",
+        "properties": {"path": {"type": "string"}},
+        "required": ["path"],
+    },
 )
 
 
@@ -73,13 +76,19 @@ async def _fails(
 
 
 async def test_tool_use_round_trip(provider: AnthropicProvider, messages_api: MessagesAPIServer):
-    messages_api.script([
-        api.message(api.thinking("need the file", signature="sig-1"),
-                    api.tool_use("read_file", {"path": "src/app.py"}, id="toolu_1"),
-                    usage=api.make_usage(input_tokens=100, output_tokens=20)),
-        api.message(api.text("The app starts a server."),
-                    usage=api.make_usage(input_tokens=150, output_tokens=8)),
-    ])
+    messages_api.script(
+        [
+            api.message(
+                api.thinking("need the file", signature="sig-1"),
+                api.tool_use("read_file", {"path": "src/app.py"}, id="toolu_1"),
+                usage=api.make_usage(input_tokens=100, output_tokens=20),
+            ),
+            api.message(
+                api.text("The app starts a server."),
+                usage=api.make_usage(input_tokens=150, output_tokens=8),
+            ),
+        ]
+    )
     user = Message("user", [TextBlock("What does src/app.py do?")])
     first = await provider.complete(_request(user, tools=[READ_FILE]))
 
@@ -99,15 +108,32 @@ async def test_tool_use_round_trip(provider: AnthropicProvider, messages_api: Me
     assert sent["max_tokens"] == 512
     assert "temperature" not in sent  # API 2026-10-21 rejects sampling parameters
     assert "metadata" not in sent  # our hints are not the API's metadata
-    assert sent["tools"] == [{"name": "read_file", "description": READ_FILE.description,
-                              "input_schema": READ_FILE.input_schema}]
-    assert sent["messages"][1] == {"role": "assistant", "content": [
-        {"type": "thinking", "thinking": "need the file", "signature": "sig-1"},
-        {"type": "tool_use", "id": "toolu_1", "name": "read_file", "input": {"path": "src/app.py"}},
-    ]}
+    assert sent["tools"] == [
+        {
+            "name": "read_file",
+            "description": READ_FILE.description,
+            "input_schema": READ_FILE.input_schema,
+        }
+    ]
+    assert sent["messages"][1] == {
+        "role": "assistant",
+        "content": [
+            {"type": "thinking", "thinking": "need the file", "signature": "sig-1"},
+            {
+                "type": "tool_use",
+                "id": "toolu_1",
+                "name": "read_file",
+                "input": {"path": "src/app.py"},
+            },
+        ],
+    }
     assert sent["messages"][2]["content"] == [
-        {"type": "tool_result", "tool_use_id": "toolu_1", "content": "import uvicorn ...",
-         "is_error": False},
+        {
+            "type": "tool_result",
+            "tool_use_id": "toolu_1",
+            "content": "import uvicorn ...",
+            "is_error": False,
+        },
     ]
     assert messages_api.requests[0].headers["authorization"].endswith("test-key") or (
         messages_api.requests[0].headers.get("x-api-key") == "test-key"
@@ -118,12 +144,20 @@ async def test_tool_use_round_trip(provider: AnthropicProvider, messages_api: Me
 async def test_usage_records_every_token_class(
     provider: AnthropicProvider, messages_api: MessagesAPIServer
 ):
-    messages_api.script([
-        api.message(api.text("hi"), usage=api.make_usage(
-            input_tokens=12, output_tokens=34, cache_read=500, cache_5m=70, cache_1h=30)),
-        api.message(api.text("hi"), usage=api.make_usage(
-            input_tokens=12, output_tokens=34, cache_5m=70, split=False)),
-    ])
+    messages_api.script(
+        [
+            api.message(
+                api.text("hi"),
+                usage=api.make_usage(
+                    input_tokens=12, output_tokens=34, cache_read=500, cache_5m=70, cache_1h=30
+                ),
+            ),
+            api.message(
+                api.text("hi"),
+                usage=api.make_usage(input_tokens=12, output_tokens=34, cache_5m=70, split=False),
+            ),
+        ]
+    )
     split = (await provider.complete(_request())).usage
     assert (split.input_tokens, split.output_tokens, split.cache_read_input_tokens) == (12, 34, 500)
     assert split.cache_creation_input_tokens == 100
@@ -137,12 +171,18 @@ async def test_usage_records_every_token_class(
 async def test_stream_text_tool_use_and_cumulative_usage(
     provider: AnthropicProvider, messages_api: MessagesAPIServer
 ):
-    messages_api.script([api.message(
-        api.thinking("the user wants app.py", signature="sig-stream"),
-        api.text("Let me look at that file."),
-        api.tool_use("read_file", {"path": "src/app.py", "lines": [1, 40]}, id="toolu_9"),
-        usage=api.make_usage(input_tokens=40, output_tokens=61, cache_read=900, cache_1h=64),
-    )])
+    messages_api.script(
+        [
+            api.message(
+                api.thinking("the user wants app.py", signature="sig-stream"),
+                api.text("Let me look at that file."),
+                api.tool_use("read_file", {"path": "src/app.py", "lines": [1, 40]}, id="toolu_9"),
+                usage=api.make_usage(
+                    input_tokens=40, output_tokens=61, cache_read=900, cache_1h=64
+                ),
+            )
+        ]
+    )
     events = await _collect(provider, _request(tools=[READ_FILE]))
 
     texts = [e.text for e in events if e.type == "text"]
@@ -170,9 +210,7 @@ async def test_stream_text_tool_use_and_cumulative_usage(
     assert messages_api.requests[0].json["stream"] is True
 
 
-async def test_error_event_mid_stream(
-    provider: AnthropicProvider, messages_api: MessagesAPIServer
-):
+async def test_error_event_mid_stream(provider: AnthropicProvider, messages_api: MessagesAPIServer):
     messages_api.script([api.stream_error(api.message(api.text("partial answer here")), after=4)])
     seen: list[StreamEvent] = []
     with pytest.raises(ProviderError) as info:
@@ -188,10 +226,16 @@ async def test_error_event_mid_stream(
 async def test_rate_limited_with_retry_after(
     provider: AnthropicProvider, messages_api: MessagesAPIServer
 ):
-    messages_api.script([
-        api.error(429, "rate_limit_error", headers={"retry-after": "7", "request-id": "req_rl"}),
-        api.error(429, "rate_limit_error", headers={"retry-after-ms": "1500", "retry-after": "2"}),
-    ])
+    messages_api.script(
+        [
+            api.error(
+                429, "rate_limit_error", headers={"retry-after": "7", "request-id": "req_rl"}
+            ),
+            api.error(
+                429, "rate_limit_error", headers={"retry-after-ms": "1500", "retry-after": "2"}
+            ),
+        ]
+    )
     error = await _fails(provider, _request())
     assert (error.status_code, error.error_type, error.retryable) == (429, "rate_limit_error", True)
     assert error.retry_after == 7.0
@@ -218,8 +262,11 @@ async def test_rate_limited_with_retry_after(
     ],
 )
 async def test_status_errors(
-    provider: AnthropicProvider, messages_api: MessagesAPIServer,
-    status: int, error_type: str, retryable: bool,
+    provider: AnthropicProvider,
+    messages_api: MessagesAPIServer,
+    status: int,
+    error_type: str,
+    retryable: bool,
 ):
     messages_api.script([api.error(status, error_type, message="nope")])
     error = await _fails(provider, _request())
@@ -292,8 +339,9 @@ def test_factory_requires_a_key_for_anthropic():
 
 
 def test_factory_builds_simulated():
-    provider = build_provider(load_settings(provider="simulated", simulated_error_rate=0.1,
-                                       simulated_turns=3))
+    provider = build_provider(
+        load_settings(provider="simulated", simulated_error_rate=0.1, simulated_turns=3)
+    )
     assert provider.name == "simulated" and isinstance(provider, Provider)
 
 

@@ -53,11 +53,18 @@ async def _collect(p: OpenAICompatProvider, request: ModelRequest) -> list[Strea
 
 
 async def test_tool_call_round_trip(provider: OpenAICompatProvider, openai_api: OpenAIAPIServer):
-    openai_api.script([
-        api.completion(None, tool_calls=[api.tool_call("run_tests", {"path": "tests/"}, "call_1")],
-                       prompt_tokens=300, completion_tokens=20, cached_tokens=256),
-        api.completion("All green.", prompt_tokens=340, completion_tokens=4),
-    ])
+    openai_api.script(
+        [
+            api.completion(
+                None,
+                tool_calls=[api.tool_call("run_tests", {"path": "tests/"}, "call_1")],
+                prompt_tokens=300,
+                completion_tokens=20,
+                cached_tokens=256,
+            ),
+            api.completion("All green.", prompt_tokens=340, completion_tokens=4),
+        ]
+    )
     user = Message("user", [TextBlock("Run the tests")])
     first = await provider.complete(_request(user))
     assert first.stop_reason == "tool_use"
@@ -73,13 +80,26 @@ async def test_tool_call_round_trip(provider: OpenAICompatProvider, openai_api: 
 
     sent = openai_api.requests[1].json
     assert sent["max_tokens"] == 256 and sent["temperature"] == 0.0
-    assert sent["tools"][0] == {"type": "function", "function": {
-        "name": "run_tests", "description": "Run the test suite",
-        "parameters": RUN_TESTS.input_schema}}
+    assert sent["tools"][0] == {
+        "type": "function",
+        "function": {
+            "name": "run_tests",
+            "description": "Run the test suite",
+            "parameters": RUN_TESTS.input_schema,
+        },
+    }
     assert sent["messages"][0] == {"role": "system", "content": "Be brief."}
-    assert sent["messages"][2] == {"role": "assistant", "content": None, "tool_calls": [
-        {"id": "call_1", "type": "function",
-         "function": {"name": "run_tests", "arguments": '{"path": "tests/"}'}}]}
+    assert sent["messages"][2] == {
+        "role": "assistant",
+        "content": None,
+        "tool_calls": [
+            {
+                "id": "call_1",
+                "type": "function",
+                "function": {"name": "run_tests", "arguments": '{"path": "tests/"}'},
+            }
+        ],
+    }
     assert sent["messages"][3] == {"role": "tool", "tool_call_id": "call_1", "content": "3 passed"}
     assert sent["messages"][4] == {"role": "user", "content": "Summarise."}
     assert openai_api.requests[0].headers["authorization"] == "Bearer none"
@@ -88,11 +108,19 @@ async def test_tool_call_round_trip(provider: OpenAICompatProvider, openai_api: 
 async def test_stream_text_and_tool_calls_with_usage(
     provider: OpenAICompatProvider, openai_api: OpenAIAPIServer
 ):
-    openai_api.script([api.completion(
-        "Running them now.",
-        tool_calls=[api.tool_call("run_tests", {"path": "tests/unit", "verbose": True}, "call_7")],
-        prompt_tokens=120, completion_tokens=33, cached_tokens=100,
-    )])
+    openai_api.script(
+        [
+            api.completion(
+                "Running them now.",
+                tool_calls=[
+                    api.tool_call("run_tests", {"path": "tests/unit", "verbose": True}, "call_7")
+                ],
+                prompt_tokens=120,
+                completion_tokens=33,
+                cached_tokens=100,
+            )
+        ]
+    )
     events = await _collect(provider, _request())
     texts = [e.text for e in events if e.type == "text"]
     assert "".join(texts) == "Running them now." and len(texts) > 1
@@ -130,8 +158,9 @@ async def test_error_chunk_mid_stream(provider: OpenAICompatProvider, openai_api
 
 
 async def test_rate_limited(provider: OpenAICompatProvider, openai_api: OpenAIAPIServer):
-    openai_api.script([api.error(429, "rate_limit_error", headers={"retry-after": "3",
-                                                                   "x-request-id": "req_x"})])
+    openai_api.script(
+        [api.error(429, "rate_limit_error", headers={"retry-after": "3", "x-request-id": "req_x"})]
+    )
     with pytest.raises(ProviderError) as info:
         await provider.complete(_request())
     error = info.value
@@ -139,8 +168,9 @@ async def test_rate_limited(provider: OpenAICompatProvider, openai_api: OpenAIAP
     assert error.request_id == "req_x" and error.error_type == "rate_limit_error"
 
 
-@pytest.mark.parametrize(("status", "retryable"), [(500, True), (503, True), (400, False),
-                                                   (401, False), (404, False)])
+@pytest.mark.parametrize(
+    ("status", "retryable"), [(500, True), (503, True), (400, False), (401, False), (404, False)]
+)
 async def test_status_errors(
     provider: OpenAICompatProvider, openai_api: OpenAIAPIServer, status: int, retryable: bool
 ):

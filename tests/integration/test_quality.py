@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from quarterdeck import metrics
 from quarterdeck.agents import quality, sandbox
-from quarterdeck.monitoring import metrics
 
 
 @dataclass

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import pytest
 import redis.asyncio as aioredis
 
-from quarterdeck.monitoring import metrics
+from quarterdeck import metrics
 from quarterdeck.resilience import (
     BreakerConfig,
     Breakers,

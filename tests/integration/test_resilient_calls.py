@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from quarterdeck.monitoring.metrics import REGISTRY
+from quarterdeck.metrics import REGISTRY
 from quarterdeck.runs.models import RunCreate, RunStatus
 from quarterdeck.runtime import Runtime
 from tests.support.messages_api import MessagesAPIServer, error, message, text
@@ -21,11 +21,18 @@ def _sample(name: str, **labels: str) -> float:
 @pytest.fixture
 def fast_retry_settings(make_settings, messages_api: MessagesAPIServer):
     def make(**extra):
-        base = dict(provider="anthropic", anthropic_api_key="sk-ant-test",
-                    anthropic_base_url=messages_api.base_url, default_model="claude-opus-4-1",
-                    retry_schedule=[0.05], retry_max_attempts=3, retry_budget=30.0)
+        base = dict(
+            provider="anthropic",
+            anthropic_api_key="sk-ant-test",
+            anthropic_base_url=messages_api.base_url,
+            default_model="claude-opus-4-1",
+            retry_schedule=[0.05],
+            retry_max_attempts=3,
+            retry_budget=30.0,
+        )
         base.update(extra)
         return make_settings(**base)
+
     return make
 
 
@@ -34,8 +41,9 @@ def _models(server: MessagesAPIServer) -> list[str]:
 
 
 async def test_a_429_is_retried_after_its_retry_after(fast_retry_settings, messages_api):
-    messages_api.script([error(429, "rate_limit_error", headers={"retry-after": "1"}),
-                         message(text("done"))])
+    messages_api.script(
+        [error(429, "rate_limit_error", headers={"retry-after": "1"}), message(text("done"))]
+    )
     rt = Runtime(fast_retry_settings())
     await rt.start()
     try:
@@ -66,8 +74,12 @@ async def test_the_fallback_serves_when_the_primary_keeps_failing_and_its_breake
     fast_retry_settings, messages_api
 ):
     fallbacks = {"claude-opus-4-1": ["claude-sonnet-4-5"]}
-    before = _sample("claude_agent_model_fallbacks_total", from_model="claude-opus-4-1",
-                     to_model="claude-sonnet-4-5", reason="overloaded_error")
+    before = _sample(
+        "claude_agent_model_fallbacks_total",
+        from_model="claude-opus-4-1",
+        to_model="claude-sonnet-4-5",
+        reason="overloaded_error",
+    )
     # Primary: three 529s spend its retries; then the fallback answers.
     messages_api.script([error(529, "overloaded_error")] * 3 + [message(text("served"))])
     rt = Runtime(fast_retry_settings(model_fallbacks=fallbacks, breaker_failure_threshold=3))
@@ -80,12 +92,15 @@ async def test_the_fallback_serves_when_the_primary_keeps_failing_and_its_breake
         turn = next(e for e in await rt.runs.events(run.id) if e.type == "turn")
         assert turn.data["fallback_from"] == "claude-opus-4-1"
         assert turn.data["model"].startswith("claude-sonnet-4-5")
-        after = _sample("claude_agent_model_fallbacks_total", from_model="claude-opus-4-1",
-                        to_model="claude-sonnet-4-5", reason="overloaded_error")
+        after = _sample(
+            "claude_agent_model_fallbacks_total",
+            from_model="claude-opus-4-1",
+            to_model="claude-sonnet-4-5",
+            reason="overloaded_error",
+        )
         assert after == before + 1
         # The primary's breaker is now open: the next run goes straight to the fallback.
-        assert _sample("claude_agent_circuit_state",
-                       dependency="anthropic:claude-opus-4-1") == 2
+        assert _sample("claude_agent_circuit_state", dependency="anthropic:claude-opus-4-1") == 2
         messages_api.script([message(text("served again"))])
         run2, _ = await rt.runs.submit(RunCreate(prompt="y"))
         done2 = await rt.runs.wait(run2.id, 30)
@@ -99,14 +114,20 @@ async def test_the_fallback_serves_when_the_primary_keeps_failing_and_its_breake
 async def test_a_context_window_error_moves_to_the_larger_context_model(
     fast_retry_settings, messages_api
 ):
-    messages_api.script([
-        error(400, "invalid_request_error", "prompt is too long: 215000 tokens > 200000 maximum"),
-        message(text("fits now")),
-    ])
-    rt = Runtime(fast_retry_settings(
-        model_fallbacks={"claude-opus-4-1": ["claude-haiku-4-5"]},
-        context_fallbacks={"claude-opus-4-1": ["claude-sonnet-4-5-1m"]},
-    ))
+    messages_api.script(
+        [
+            error(
+                400, "invalid_request_error", "prompt is too long: 215000 tokens > 200000 maximum"
+            ),
+            message(text("fits now")),
+        ]
+    )
+    rt = Runtime(
+        fast_retry_settings(
+            model_fallbacks={"claude-opus-4-1": ["claude-haiku-4-5"]},
+            context_fallbacks={"claude-opus-4-1": ["claude-sonnet-4-5-1m"]},
+        )
+    )
     await rt.start()
     try:
         run, _ = await rt.runs.submit(RunCreate(prompt="a very long conversation"))
@@ -124,9 +145,13 @@ async def test_a_context_window_error_moves_to_the_larger_context_model(
 async def test_a_context_window_error_without_a_larger_model_fails_clearly(
     fast_retry_settings, messages_api
 ):
-    messages_api.script([
-        error(400, "invalid_request_error", "prompt is too long: 215000 tokens > 200000 maximum"),
-    ])
+    messages_api.script(
+        [
+            error(
+                400, "invalid_request_error", "prompt is too long: 215000 tokens > 200000 maximum"
+            ),
+        ]
+    )
     rt = Runtime(fast_retry_settings())
     await rt.start()
     try:

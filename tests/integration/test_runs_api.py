@@ -233,8 +233,9 @@ async def test_agent_types_are_listed_and_unknown_ones_refused(client: httpx.Asy
 async def test_workspace_and_budget_are_validated(client: httpx.AsyncClient):
     bad = await client.post("/v1/runs", json={"prompt": "x", "workspace": {"type": "git"}})
     assert bad.status_code == 422
-    bad = await client.post("/v1/runs", json={"prompt": "x",
-                                              "workspace": {"type": "tar", "value": "%%%"}})
+    bad = await client.post(
+        "/v1/runs", json={"prompt": "x", "workspace": {"type": "tar", "value": "%%%"}}
+    )
     assert bad.status_code == 422 and bad.json()["errors"][0]["field"] == "workspace.value"
     bad = await client.post("/v1/runs", json={"prompt": "x", "budget_usd": -1})
     assert bad.status_code == 422 and bad.json()["errors"][0]["field"] == "budget_usd"

@@ -76,10 +76,11 @@ async def test_concurrent_single_submissions_share_a_commit_and_a_conflict_fails
     import asyncio
 
     bodies = [({"prompt": f"p{i}"}, {}) for i in range(20)]
-    bodies += [({"prompt": "first"}, {"Idempotency-Key": "k1"}),
-               ({"prompt": "second"}, {"Idempotency-Key": "k1"})]
-    answers = await asyncio.gather(*(client.post("/v1/runs", json=b, headers=h)
-                                     for b, h in bodies))
+    bodies += [
+        ({"prompt": "first"}, {"Idempotency-Key": "k1"}),
+        ({"prompt": "second"}, {"Idempotency-Key": "k1"}),
+    ]
+    answers = await asyncio.gather(*(client.post("/v1/runs", json=b, headers=h) for b, h in bodies))
     codes = sorted(r.status_code for r in answers)
     assert codes.count(202) == 21 and codes.count(409) == 1, codes
     submits = runtime.runs._submits  # type: ignore[attr-defined]

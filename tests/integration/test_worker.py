@@ -127,7 +127,7 @@ async def test_run_events_are_append_only(runtime, db_url):
 
 
 async def test_provider_errors_are_retried_and_counted(make_settings):
-    from quarterdeck.monitoring.metrics import REGISTRY
+    from quarterdeck.metrics import REGISTRY
 
     def errors() -> float:
         total = 0.0
@@ -167,7 +167,7 @@ async def test_a_run_stops_before_a_call_that_could_exceed_its_budget(runtime):
 
 
 async def test_a_tenant_budget_stops_runs_before_they_overspend(runtime):
-    from quarterdeck.monitoring.metrics import REGISTRY
+    from quarterdeck.metrics import REGISTRY
     from quarterdeck.runs.models import RunStatus
 
     await runtime.budgets.set("default", daily=0.0001, monthly=None)
@@ -177,5 +177,9 @@ async def test_a_tenant_budget_stops_runs_before_they_overspend(runtime):
     assert "tenant 'default' daily budget" in (done.error or "")
     assert done.turns == 0
     await runtime.budgets.refresh_metrics()
-    assert REGISTRY.get_sample_value(
-        "claude_agent_budget_limit_usd", {"tenant": "default", "period": "daily"}) == 0.0001
+    assert (
+        REGISTRY.get_sample_value(
+            "claude_agent_budget_limit_usd", {"tenant": "default", "period": "daily"}
+        )
+        == 0.0001
+    )

@@ -247,15 +247,22 @@ async def test_bad_calls_become_error_results(tools: WorkspaceTools) -> None:
 def test_specs_come_from_the_input_models(tools: WorkspaceTools) -> None:
     specs = {s.name: s for s in tools.specs()}
     assert set(specs) == {
-        "read_file", "write_file", "edit_file", "list_files", "search", "run_command",
+        "read_file",
+        "write_file",
+        "edit_file",
+        "list_files",
+        "search",
+        "run_command",
         "http_fetch",
-    }  # fmt: skip
+    }
     for spec in specs.values():
         assert spec.input_schema["additionalProperties"] is False
         assert spec.description
     assert specs["edit_file"].input_schema["required"] == [
-        "path", "old", "new",
-    ]  # fmt: skip
+        "path",
+        "old",
+        "new",
+    ]
 
 
 # -- commands -------------------------------------------------------------------------------
@@ -320,8 +327,13 @@ async def test_tar_sources(tools: WorkspaceTools, data_dir: Path) -> None:
 @pytest.fixture
 def bare_repo(data_dir: Path) -> Path:
     work, bare = data_dir / "work", data_dir / "bare.git"
-    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
-           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}  # fmt: skip
+    env = {
+        **os.environ,
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@t",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@t",
+    }
     subprocess.run(["git", "init", "-q", str(work)], check=True)
     (work / "README").write_text("from git\n")
     subprocess.run(["git", "-C", str(work), "add", "."], check=True)

@@ -65,9 +65,7 @@ class FakeKubernetes(ScriptedServer):
         meta["namespace"] = namespace
         meta["resourceVersion"] = str(next(self._versions))
         meta.setdefault("uid", str(uuid.uuid4()))
-        meta.setdefault(
-            "creationTimestamp", datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        )
+        meta.setdefault("creationTimestamp", datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
         obj["apiVersion"], obj["kind"] = "coordination.k8s.io/v1", "Lease"
         return obj
 
@@ -77,12 +75,20 @@ class FakeKubernetes(ScriptedServer):
         body = copy.deepcopy(recorded.json or {})
         name = body.get("metadata", {}).get("name")
         if not name:
-            return status(422, "Invalid", "Lease.coordination.k8s.io is invalid: metadata.name:"
-                          " Required value", "")
+            return status(
+                422,
+                "Invalid",
+                "Lease.coordination.k8s.io is invalid: metadata.name: Required value",
+                "",
+            )
         with self._lock:
             if (namespace, name) in self.leases:
-                return status(409, "AlreadyExists",
-                              f'leases.coordination.k8s.io "{name}" already exists', name)
+                return status(
+                    409,
+                    "AlreadyExists",
+                    f'leases.coordination.k8s.io "{name}" already exists',
+                    name,
+                )
             body["metadata"].pop("resourceVersion", None)
             self.leases[(namespace, name)] = self._stamp(body, namespace)
             return JSONResponse(copy.deepcopy(self.leases[(namespace, name)]), status_code=201)
@@ -94,21 +100,33 @@ class FakeKubernetes(ScriptedServer):
         with self._lock:
             current = self.leases.get(key)
             if current is None:
-                return status(404, "NotFound",
-                              f'leases.coordination.k8s.io "{name}" not found', name)
+                return status(
+                    404, "NotFound", f'leases.coordination.k8s.io "{name}" not found', name
+                )
             if request.method == "GET":
                 return JSONResponse(copy.deepcopy(current))
             if request.method == "DELETE":
                 del self.leases[key]
-                return JSONResponse({"kind": "Status", "apiVersion": "v1", "status": "Success",
-                                     "code": 200, "metadata": {}})
+                return JSONResponse(
+                    {
+                        "kind": "Status",
+                        "apiVersion": "v1",
+                        "status": "Success",
+                        "code": 200,
+                        "metadata": {},
+                    }
+                )
             body = copy.deepcopy(recorded.json or {})
             sent = body.get("metadata", {}).get("resourceVersion")
             if sent != current["metadata"]["resourceVersion"]:
-                return status(409, "Conflict",
-                              f'Operation cannot be fulfilled on leases.coordination.k8s.io '
-                              f'"{name}": the object has been modified; please apply your '
-                              'changes to the latest version and try again', name)
+                return status(
+                    409,
+                    "Conflict",
+                    f"Operation cannot be fulfilled on leases.coordination.k8s.io "
+                    f'"{name}": the object has been modified; please apply your '
+                    "changes to the latest version and try again",
+                    name,
+                )
             body["metadata"]["uid"] = current["metadata"]["uid"]
             body["metadata"]["creationTimestamp"] = current["metadata"]["creationTimestamp"]
             self.leases[key] = self._stamp(body, namespace)

@@ -134,7 +134,9 @@ class ScriptedServer:
         sock.bind(("127.0.0.1", 0))
         self.port = sock.getsockname()[1]
         config = uvicorn.Config(
-            Starlette(routes=self.routes()), log_level="warning", lifespan="off",
+            Starlette(routes=self.routes()),
+            log_level="warning",
+            lifespan="off",
             timeout_graceful_shutdown=1,
         )
         self._server = uvicorn.Server(config)
@@ -179,7 +181,8 @@ class ScriptedServer:
             return JSONResponse(reply.body, status_code=reply.status, headers=headers)
         events = reply.events if reply.events is not None else to_events(reply.body)
         return StreamingResponse(
-            self.sse_body(events, reply.event_delay), media_type="text/event-stream",
+            self.sse_body(events, reply.event_delay),
+            media_type="text/event-stream",
             headers={**headers, "cache-control": "no-cache"},
         )
 
@@ -269,36 +272,52 @@ def message_events(body: dict[str, Any], chunk: int = 4) -> list[tuple[str | Non
     u = body["usage"]
     start_usage = {**u, "output_tokens": 1}
     start = {**body, "content": [], "stop_reason": None, "usage": start_usage}
-    events: list[tuple[str | None, Any]] = [("message_start", {"type": "message_start",
-                                                                "message": start})]
+    events: list[tuple[str | None, Any]] = [
+        ("message_start", {"type": "message_start", "message": start})
+    ]
     for index, block in enumerate(body["content"]):
         if block["type"] == "text":
             empty: dict[str, Any] = {"type": "text", "text": ""}
             deltas = [{"type": "text_delta", "text": c} for c in _chunks(block["text"], chunk)]
         elif block["type"] == "thinking":
             empty = {"type": "thinking", "thinking": "", "signature": ""}
-            deltas = [{"type": "thinking_delta", "thinking": c}
-                      for c in _chunks(block["thinking"], chunk)]
+            deltas = [
+                {"type": "thinking_delta", "thinking": c} for c in _chunks(block["thinking"], chunk)
+            ]
             deltas.append({"type": "signature_delta", "signature": block["signature"]})
         else:
             empty = {**block, "input": {}}
             raw = json.dumps(block["input"])
-            deltas = [{"type": "input_json_delta", "partial_json": c}
-                      for c in _chunks(raw, chunk * 2)]
-        events.append(("content_block_start", {"type": "content_block_start", "index": index,
-                                               "content_block": empty}))
+            deltas = [
+                {"type": "input_json_delta", "partial_json": c} for c in _chunks(raw, chunk * 2)
+            ]
+        events.append(
+            (
+                "content_block_start",
+                {"type": "content_block_start", "index": index, "content_block": empty},
+            )
+        )
         if index == 0:
             events.append(("ping", {"type": "ping"}))
         for delta in deltas:
-            events.append(("content_block_delta", {"type": "content_block_delta", "index": index,
-                                                   "delta": delta}))
+            events.append(
+                (
+                    "content_block_delta",
+                    {"type": "content_block_delta", "index": index, "delta": delta},
+                )
+            )
         events.append(("content_block_stop", {"type": "content_block_stop", "index": index}))
     cumulative = {k: v for k, v in u.items() if k != "cache_creation"}
-    events.append(("message_delta", {
-        "type": "message_delta",
-        "delta": {"stop_reason": body["stop_reason"], "stop_sequence": None},
-        "usage": cumulative,
-    }))
+    events.append(
+        (
+            "message_delta",
+            {
+                "type": "message_delta",
+                "delta": {"stop_reason": body["stop_reason"], "stop_sequence": None},
+                "usage": cumulative,
+            },
+        )
+    )
     events.append(("message_stop", {"type": "message_stop"}))
     return events
 
@@ -345,5 +364,6 @@ class MessagesAPIServer(ScriptedServer):
             {"type": "model", "id": m, "display_name": m, "created_at": "2025-01-01T00:00:00Z"}
             for m in self.models
         ]
-        return JSONResponse({"data": data, "has_more": False, "first_id": data[0]["id"],
-                             "last_id": data[-1]["id"]})
+        return JSONResponse(
+            {"data": data, "has_more": False, "first_id": data[0]["id"], "last_id": data[-1]["id"]}
+        )

@@ -20,8 +20,11 @@ from tests.support.messages_api import Reply, ScriptedServer, _chunks, _next_id
 
 def tool_call(name: str, arguments: dict[str, Any] | str, id: str | None = None) -> dict[str, Any]:
     args = arguments if isinstance(arguments, str) else json.dumps(arguments)
-    return {"id": id or _next_id("call"), "type": "function",
-            "function": {"name": name, "arguments": args}}
+    return {
+        "id": id or _next_id("call"),
+        "type": "function",
+        "function": {"name": name, "arguments": args},
+    }
 
 
 def completion(
@@ -52,42 +55,71 @@ def completion(
         "object": "chat.completion",
         "created": 1_700_000_000,
         "model": model,
-        "choices": [{"index": 0, "message": message, "finish_reason": finish_reason,
-                     "logprobs": None}],
+        "choices": [
+            {"index": 0, "message": message, "finish_reason": finish_reason, "logprobs": None}
+        ],
         "usage": usage,
     }
     return Reply(body=body, headers=headers or {}, delay=delay)
 
 
-def error(status: int, error_type: str, message: str = "scripted failure",
-          headers: dict[str, str] | None = None, code: Any = None) -> Reply:
+def error(
+    status: int,
+    error_type: str,
+    message: str = "scripted failure",
+    headers: dict[str, str] | None = None,
+    code: Any = None,
+) -> Reply:
     body = {"error": {"message": message, "type": error_type, "param": None, "code": code}}
     return Reply(status=status, body=body, headers=headers or {})
 
 
-def completion_events(body: dict[str, Any], include_usage: bool = True,
-                      chunk: int = 4) -> list[tuple[str | None, Any]]:
+def completion_events(
+    body: dict[str, Any], include_usage: bool = True, chunk: int = 4
+) -> list[tuple[str | None, Any]]:
     """Split a completion into chunks the way vLLM does: role, content, tool-call fragments."""
-    base = {"id": body["id"], "object": "chat.completion.chunk", "created": body["created"],
-            "model": body["model"]}
+    base = {
+        "id": body["id"],
+        "object": "chat.completion.chunk",
+        "created": body["created"],
+        "model": body["model"],
+    }
     choice = body["choices"][0]
     msg = choice["message"]
 
     def chunk_of(delta: dict[str, Any], finish: str | None = None) -> tuple[None, Any]:
-        return (None, {**base, "choices": [{"index": 0, "delta": delta,
-                                            "finish_reason": finish, "logprobs": None}]})
+        return (
+            None,
+            {
+                **base,
+                "choices": [
+                    {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}
+                ],
+            },
+        )
 
     events: list[tuple[str | None, Any]] = [chunk_of({"role": "assistant", "content": ""})]
     if msg.get("content"):
         events += [chunk_of({"content": c}) for c in _chunks(msg["content"], chunk)]
     for index, call in enumerate(msg.get("tool_calls") or []):
-        events.append(chunk_of({"tool_calls": [{
-            "index": index, "id": call["id"], "type": "function",
-            "function": {"name": call["function"]["name"], "arguments": ""},
-        }]}))
+        events.append(
+            chunk_of(
+                {
+                    "tool_calls": [
+                        {
+                            "index": index,
+                            "id": call["id"],
+                            "type": "function",
+                            "function": {"name": call["function"]["name"], "arguments": ""},
+                        }
+                    ]
+                }
+            )
+        )
         for piece in _chunks(call["function"]["arguments"], chunk * 2):
-            events.append(chunk_of({"tool_calls": [{"index": index,
-                                                    "function": {"arguments": piece}}]}))
+            events.append(
+                chunk_of({"tool_calls": [{"index": index, "function": {"arguments": piece}}]})
+            )
     events.append(chunk_of({}, choice["finish_reason"]))
     if include_usage:
         events.append((None, {**base, "choices": [], "usage": body["usage"]}))
@@ -95,8 +127,13 @@ def completion_events(body: dict[str, Any], include_usage: bool = True,
     return events
 
 
-def stream_error(reply: Reply, after: int, message: str = "engine overloaded",
-                 error_type: str = "server_error", code: Any = 503) -> Reply:
+def stream_error(
+    reply: Reply,
+    after: int,
+    message: str = "engine overloaded",
+    error_type: str = "server_error",
+    code: Any = 503,
+) -> Reply:
     """``reply`` streamed, then an in-band ``{"error": ...}`` chunk after ``after`` chunks."""
     events = completion_events(reply.body)[:after]
     events.append((None, {"error": {"message": message, "type": error_type, "code": code}}))
@@ -128,6 +165,11 @@ class OpenAIAPIServer(ScriptedServer):
 
     async def _models(self, request: Request) -> Response:
         await self._record(request)
-        return JSONResponse({"object": "list", "data": [
-            {"id": "qwen2.5-coder", "object": "model", "created": 0, "owned_by": "local"},
-        ]})
+        return JSONResponse(
+            {
+                "object": "list",
+                "data": [
+                    {"id": "qwen2.5-coder", "object": "model", "created": 0, "owned_by": "local"},
+                ],
+            }
+        )

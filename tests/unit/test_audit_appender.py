@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import pytest
 
 from quarterdeck.exceptions import StoreError, Unavailable
-from quarterdeck.monitoring.metrics import REGISTRY
+from quarterdeck.metrics import REGISTRY
 from quarterdeck.security.audit import AuditEvent
 from quarterdeck.security.audit.appender import BatchAppender
 from quarterdeck.security.audit.writer import Prepared, prepare

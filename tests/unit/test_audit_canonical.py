@@ -96,8 +96,9 @@ def _reference(value: Any) -> bytes:
             return [plain(x) for x in v]
         return v
 
-    text = json.dumps(plain(value), ensure_ascii=False, sort_keys=True, separators=(",", ":"),
-                      allow_nan=False)  # fmt: skip
+    text = json.dumps(
+        plain(value), ensure_ascii=False, sort_keys=True, separators=(",", ":"), allow_nan=False
+    )
     return text.encode("utf-8")
 
 
@@ -105,17 +106,50 @@ def _varied(rng: random.Random, depth: int = 0) -> Any:
     strings = ["", "a", "tool.call", "é漢🚀", 'q"b\\s\n\t\x01\x7f', "x" * 200, "key:k_1", "Z"]
     roll = rng.random()
     if depth > 3 or roll < 0.45:
-        return rng.choice([*strings, None, True, False, 0, -7, 2**53 - 1, -(2**53 - 1), 0.5,
-                           1e-07, 1e16, -0.0, 5e-324,
-                           Colour.red, Level.high,
-                           datetime(2026, 1, 2, 3, 4, 5, 6, tzinfo=UTC)])  # fmt: skip
+        return rng.choice(
+            [
+                *strings,
+                None,
+                True,
+                False,
+                0,
+                -7,
+                2**53 - 1,
+                -(2**53 - 1),
+                0.5,
+                1e-07,
+                1e16,
+                -0.0,
+                5e-324,
+                Colour.red,
+                Level.high,
+                datetime(2026, 1, 2, 3, 4, 5, 6, tzinfo=UTC),
+            ]
+        )
     if roll < 0.65:
         return [_varied(rng, depth + 1) for _ in range(rng.randrange(4))]
     if roll < 0.7:
         return tuple(_varied(rng, depth + 1) for _ in range(rng.randrange(3)))
-    keys = rng.sample(["a", "B", "b", "é", "host", "port", "prompt", "output", "_", "z9",
-                       "\x00k", "\ue000", "\uffff", "\U00010000", "k\x7f"],
-                      rng.randrange(6))  # fmt: skip
+    keys = rng.sample(
+        [
+            "a",
+            "B",
+            "b",
+            "é",
+            "host",
+            "port",
+            "prompt",
+            "output",
+            "_",
+            "z9",
+            "\x00k",
+            "\ue000",
+            "\uffff",
+            "\U00010000",
+            "k\x7f",
+        ],
+        rng.randrange(6),
+    )
     if rng.random() < 0.4:  # the small all-strings dicts the fast path takes
         return {k: rng.choice(strings) for k in keys}
     made = {k: _varied(rng, depth + 1) for k in keys}

@@ -51,20 +51,27 @@ def verify(
 
 def test_the_record_is_canonical_json_with_the_chain_fields() -> None:
     event = AuditEvent(
-        event_type="tool.call", tenant="acme", actor='k"ey', session_id="run_1",
+        event_type="tool.call",
+        tenant="acme",
+        actor='k"ey',
+        session_id="run_1",
         timestamp=datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC),
-        files_modified=["a.py"], anomaly={"rule_id": "r", "severity": "high", "decision": "deny"},
+        files_modified=["a.py"],
+        anomaly={"rule_id": "r", "severity": "high", "decision": "deny"},
         sensitive=None,
-    )  # fmt: skip
+    )
     p = prepare(event)
     body = p.body_lo + b"null" + p.body_hi
     record, digest = link(b'{"body":' + body + p.head, GENESIS, 1, TJS)
     parsed = json.loads(record)
     assert canonical.dumps(parsed) == record  # the bytes are exactly the canonical form
     assert parsed["head"] == {
-        "actor": 'k"ey', "event_type": "tool.call", "session_id": "run_1", "severity": "high",
+        "actor": 'k"ey',
+        "event_type": "tool.call",
+        "session_id": "run_1",
+        "severity": "high",
         "timestamp_us": timestamp_us(event.timestamp),
-    }  # fmt: skip
+    }
     assert parsed["prev_hash"] == "00" * 32 and parsed["seq"] == 1 and parsed["tenant"] == "acme"
     assert parsed["body"]["anomaly"]["rule_id"] == "r" and parsed["body"]["sensitive"] is None
     assert digest == hashlib.sha256(record).digest()
@@ -136,37 +143,60 @@ def test_prepared_records_are_the_canonical_encoding_of_varied_events() -> None:
     texts = [None, "", "key:k_1", 'q"b\\s\n\t\x01', "é漢🚀", "x" * 256]
     zones = [UTC, timezone(timedelta(hours=5, minutes=30)), timezone(timedelta(hours=-8))]
     for i in range(400):
-        ts = datetime(rng.randrange(1700, 2250), rng.randrange(1, 13), rng.randrange(1, 29),
-                      rng.randrange(24), rng.randrange(60), rng.randrange(60),
-                      rng.randrange(10**6), tzinfo=rng.choice(zones))  # fmt: skip
+        ts = datetime(
+            rng.randrange(1700, 2250),
+            rng.randrange(1, 13),
+            rng.randrange(1, 29),
+            rng.randrange(24),
+            rng.randrange(60),
+            rng.randrange(60),
+            rng.randrange(10**6),
+            tzinfo=rng.choice(zones),
+        )
         anomaly = rng.choice([None, {"rule_id": "r.x", "severity": "high", "tags": ["a", "é"]}])
         event = AuditEvent(
             event_type=rng.choice(["tool.call", "run.created", "policy.decision"]),
-            tenant=rng.choice(["acme", "t.1:x-y"]), timestamp=ts,
-            actor=rng.choice(texts), session_id=rng.choice(texts), agent_id=rng.choice(texts),
-            user_id=rng.choice(texts), request_id=rng.choice(texts), source_ip=rng.choice(texts),
+            tenant=rng.choice(["acme", "t.1:x-y"]),
+            timestamp=ts,
+            actor=rng.choice(texts),
+            session_id=rng.choice(texts),
+            agent_id=rng.choice(texts),
+            user_id=rng.choice(texts),
+            request_id=rng.choice(texts),
+            source_ip=rng.choice(texts),
             operations=[rng.choice(texts[1:]) for _ in range(rng.randrange(3))],
             files_modified=[f"src/m{i}.py"] * rng.randrange(3),
             network_connections=[{"port": 443, "host": "pypi.org", "allowed": True}][: i % 2],
-            permissions=[["fs.write", 7, None, 2.5]][: i % 2], duration_ms=rng.choice([None, 0, i]),
-            anomaly=anomaly, sensitive=rng.choice([None, {"prompt": "p" * i, "output": "ok"}]),
-        )  # fmt: skip
+            permissions=[["fs.write", 7, None, 2.5]][: i % 2],
+            duration_ms=rng.choice([None, 0, i]),
+            anomaly=anomaly,
+            sensitive=rng.choice([None, {"prompt": "p" * i, "output": "ok"}]),
+        )
         p = prepare(event)
         utc = ts.astimezone(UTC)
-        head = {"actor": event.actor, "event_type": event.event_type,
-                "session_id": event.session_id, "severity": anomaly and anomaly["severity"],
-                "timestamp_us": (utc - EPOCH) // timedelta(microseconds=1)}  # fmt: skip
+        head = {
+            "actor": event.actor,
+            "event_type": event.event_type,
+            "session_id": event.session_id,
+            "severity": anomaly and anomaly["severity"],
+            "timestamp_us": (utc - EPOCH) // timedelta(microseconds=1),
+        }
         assert p.head == b',"head":' + canonical.dumps(head)
         body = {
             "agent_id": event.agent_id,
             "anomaly": event.anomaly_info.public() if event.anomaly_info else None,
-            "data_accessed": [], "duration_ms": event.duration_ms,
+            "data_accessed": [],
+            "duration_ms": event.duration_ms,
             "files_modified": event.files_modified,
-            "network_connections": event.network_connections, "operations": event.operations,
-            "outcome": "success", "permissions": event.permissions,
-            "request_id": event.request_id, "sensitive": None, "source_ip": event.source_ip,
+            "network_connections": event.network_connections,
+            "operations": event.operations,
+            "outcome": "success",
+            "permissions": event.permissions,
+            "request_id": event.request_id,
+            "sensitive": None,
+            "source_ip": event.source_ip,
             "user_id": event.user_id,
-        }  # fmt: skip
+        }
         assert p.body_lo + b"null" + p.body_hi == canonical.dumps(body)
         assert p.secret == (canonical.dumps(event.sensitive) if event.sensitive else None)
         assert timestamp_us(utc) == head["timestamp_us"]

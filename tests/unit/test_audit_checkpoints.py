@@ -20,8 +20,9 @@ def signed(cp_id: int, seq: int, count: int, prev: bytes, keys: AuditKeys = KEYS
     head = hashlib.sha256(b"%d" % seq).digest()
     at = T0 + timedelta(minutes=cp_id)
     payload = Checkpoint.payload_of("acme", seq, head, count, at, prev, keys.key_fingerprint)
-    return Checkpoint(cp_id, "acme", seq, head, count, at, prev, keys.key_fingerprint,
-                      keys.sign(payload))  # fmt: skip
+    return Checkpoint(
+        cp_id, "acme", seq, head, count, at, prev, keys.key_fingerprint, keys.sign(payload)
+    )
 
 
 def chain_of(n: int, idle_last: bool = False) -> list[Checkpoint]:

@@ -54,7 +54,10 @@ def test_data_keys_unwrap_only_for_their_tenant_and_id() -> None:
     key = crypto.new_data_key()
     wrapped = crypto.wrap(MASTER, "acme", 2, key)
     assert crypto.unwrap(MASTER, "acme", 2, wrapped) == key
-    for tenant, key_id, master in (("globex", 2, MASTER), ("acme", 1, MASTER),
-                                   ("acme", 2, os.urandom(32))):  # fmt: skip
+    for tenant, key_id, master in (
+        ("globex", 2, MASTER),
+        ("acme", 1, MASTER),
+        ("acme", 2, os.urandom(32)),
+    ):
         with pytest.raises(crypto.DecryptError):
             crypto.unwrap(master, tenant, key_id, wrapped)

@@ -47,21 +47,31 @@ def test_unstorable_events_are_refused_at_construction(
 
 def test_prepare_splits_public_and_sensitive_parts() -> None:
     e = AuditEvent(
-        event_type="tool.call", tenant="acme", actor="key:k", session_id="run_1",
+        event_type="tool.call",
+        tenant="acme",
+        actor="key:k",
+        session_id="run_1",
         timestamp=datetime(2026, 2, 1, 12, tzinfo=timezone(timedelta(hours=1))),
-        operations=["write_file"], files_modified=["a.py"], source_ip="10.0.0.1",
-        network_connections=[{"port": 443, "host": "pypi.org"}], user_id="u1",
+        operations=["write_file"],
+        files_modified=["a.py"],
+        source_ip="10.0.0.1",
+        network_connections=[{"port": 443, "host": "pypi.org"}],
+        user_id="u1",
         anomaly={"rule_id": "egress", "severity": "medium", "decision": "deny", "tags": ["net"]},
         sensitive={"prompt": "secret"},
-    )  # fmt: skip
+    )
     p = prepare(e)
     assert p.ts == datetime(2026, 2, 1, 11, tzinfo=UTC) and p.severity == "medium"
     body = p.body_lo + b"null" + p.body_hi
     parsed = json.loads(body)
     assert canonical.dumps(parsed) == body
     assert parsed["network_connections"] == [{"host": "pypi.org", "port": 443}]
-    assert parsed["anomaly"] == {"decision": "deny", "description": "", "rule_id": "egress",
-                                 "tags": ["net"]}  # fmt: skip
+    assert parsed["anomaly"] == {
+        "decision": "deny",
+        "description": "",
+        "rule_id": "egress",
+        "tags": ["net"],
+    }
     assert parsed["user_id"] == "u1" and parsed["source_ip"] == "10.0.0.1"
     assert b"secret" not in body and p.secret == b'{"prompt":"secret"}'
     assert json.loads(p.head[len(b',"head":') :])["timestamp_us"] == 1_769_943_600_000_000

@@ -62,9 +62,10 @@ def test_configured_keys_are_used(tmp_path: Path) -> None:
         )
     )
     keys = AuditKeys.from_settings(
-        settings(tmp_path, audit_master_key=base64.b64encode(master).decode(),
-                 audit_signing_key_file=pem)
-    )  # fmt: skip
+        settings(
+            tmp_path, audit_master_key=base64.b64encode(master).decode(), audit_signing_key_file=pem
+        )
+    )
     assert keys.master == master
     assert keys.verify(keys.key_fingerprint, b"x", signing.sign(b"x"))
     assert not (tmp_path / "keys").exists()  # nothing generated
@@ -92,8 +93,13 @@ def test_signatures_only_verify_under_our_own_key(tmp_path: Path) -> None:
 def test_production_refuses_to_generate_keys(tmp_path: Path) -> None:
     master = base64.b64encode(os.urandom(32)).decode()
     with pytest.raises(ConfigError) as info:  # refused already when the settings load
-        prod = settings(tmp_path, env="production", audit_master_key=master,
-                        admin_api_key="a" * 40, postgres_url="postgresql://db/qd")  # fmt: skip
+        prod = settings(
+            tmp_path,
+            env="production",
+            audit_master_key=master,
+            admin_api_key="a" * 40,
+            postgres_url="postgresql://db/qd",
+        )
         AuditKeys.from_settings(prod)
     assert info.value.errors[0][0] == "QUARTERDECK_AUDIT_SIGNING_KEY_FILE"
     assert not (tmp_path / "keys").exists()

@@ -22,10 +22,18 @@ class FakeClock:
 
 def record(key_id: str, name: str = "k") -> KeyRecord:
     return KeyRecord(
-        id=key_id, prefix="qd_dev_", digest=b"\0" * 32, name=name, tenant="acme",
-        role=Role.submitter, created_at=datetime(2026, 1, 1, tzinfo=UTC), created_by=None,
-        expires_at=None, revoked_at=None, revoked_by=None,
-    )  # fmt: skip
+        id=key_id,
+        prefix="qd_dev_",
+        digest=b"\0" * 32,
+        name=name,
+        tenant="acme",
+        role=Role.submitter,
+        created_at=datetime(2026, 1, 1, tzinfo=UTC),
+        created_by=None,
+        expires_at=None,
+        revoked_at=None,
+        revoked_by=None,
+    )
 
 
 class Store:

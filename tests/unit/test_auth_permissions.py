@@ -23,14 +23,25 @@ README = Path(__file__).parents[2] / "src/quarterdeck/security/auth/README.md"
 
 EXPECTED = {
     Role.operator: {
-        P.RUNS_READ, P.APPROVALS_WRITE, P.AGENTS_READ, P.BUDGETS_READ, P.BUDGETS_WRITE,
+        P.RUNS_READ,
+        P.APPROVALS_WRITE,
+        P.AGENTS_READ,
+        P.BUDGETS_READ,
+        P.BUDGETS_WRITE,
         P.INCIDENTS_READ,
-        P.INCIDENTS_WRITE, P.ALERTS_WRITE, P.HEALTH_READ, P.SCALING_READ, P.SCALING_WRITE,
-        P.ROLLOUTS_READ, P.ROLLOUTS_WRITE, P.REPORTS_READ, P.SELF_READ,
+        P.INCIDENTS_WRITE,
+        P.ALERTS_WRITE,
+        P.HEALTH_READ,
+        P.SCALING_READ,
+        P.SCALING_WRITE,
+        P.ROLLOUTS_READ,
+        P.ROLLOUTS_WRITE,
+        P.REPORTS_READ,
+        P.SELF_READ,
     },
     Role.submitter: {P.RUNS_READ, P.RUNS_WRITE, P.AGENTS_READ, P.BUDGETS_READ, P.SELF_READ},
     Role.auditor: {P.AUDIT_READ, P.REPORTS_READ, P.BUDGETS_READ, P.SELF_READ},
-}  # fmt: skip
+}
 
 
 def test_admin_has_every_permission():
@@ -110,9 +121,13 @@ def test_an_all_tenant_principal_sees_every_tenant_and_creates_where_asked():
 def test_effective_permissions_leave_out_what_the_tenant_cannot_reach():
     local = Principal("abcdefgh", "ops", Role.operator, "acme")
     assert local.permissions == {
-        P.RUNS_READ, P.APPROVALS_WRITE, P.AGENTS_READ, P.BUDGETS_READ, P.REPORTS_READ,
+        P.RUNS_READ,
+        P.APPROVALS_WRITE,
+        P.AGENTS_READ,
+        P.BUDGETS_READ,
+        P.REPORTS_READ,
         P.SELF_READ,
-    }  # fmt: skip
+    }
     assert Principal("x", "ops", Role.operator, "*").permissions == EXPECTED[Role.operator]
 
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from quarterdeck import metrics
 from quarterdeck.exceptions import ProviderError
 from quarterdeck.kit.clock import FakeClock
-from quarterdeck.monitoring import metrics
 from quarterdeck.resilience.breaker import (
     BreakerConfig,
     Breakers,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from quarterdeck.monitoring.health.lease import LeaseView, decide
+from quarterdeck.health.lease import LeaseView, decide
 
 T0 = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
 

@@ -52,8 +52,11 @@ def test_eval_json_has_the_same_numbers(tmp_path: Path) -> None:
 
 
 def test_thresholds_exit_1(tmp_path: Path) -> None:
-    corpus = write(tmp_path, SMALL + '- {tool: run_command, input: {command: "ls"}, '
-                                     "label: malicious, note: not really}\n")  # fmt: skip
+    corpus = write(
+        tmp_path,
+        SMALL + '- {tool: run_command, input: {command: "ls"}, '
+        "label: malicious, note: not really}\n",
+    )
     result = runner.invoke(app, ["eval", str(corpus), "--fail-under-recall", "90"])
     assert result.exit_code == 1 and "recall 66.7% is under 90.0%" in result.output
     result = runner.invoke(app, ["eval", str(corpus), "--max-fp-rate", "10", "--json"])
@@ -61,14 +64,26 @@ def test_thresholds_exit_1(tmp_path: Path) -> None:
 
 
 def test_rules_file_and_allowlist_mode(tmp_path: Path) -> None:
-    corpus = write(tmp_path, """
+    corpus = write(
+        tmp_path,
+        """
 - {tool: http_fetch, input: {url: "https://pypi.org/simple/"}, label: benign}
 - {tool: http_fetch, input: {url: "https://example.com/"}, label: malicious}
 - {tool: run_command, input: {command: "sudo make install"}, label: benign}
-""")
+""",
+    )
     rules = write(tmp_path, "rules:\n  - {id: elevated.sudo, enabled: false}\n", "rules.yaml")
-    args = ["eval", str(corpus), "--rules", str(rules), "--egress-mode", "allowlist",
-            "--allow", "pypi.org", "--json"]  # fmt: skip
+    args = [
+        "eval",
+        str(corpus),
+        "--rules",
+        str(rules),
+        "--egress-mode",
+        "allowlist",
+        "--allow",
+        "pypi.org",
+        "--json",
+    ]
     data = json.loads(runner.invoke(app, args).output)
     assert data["recall"] == 1.0 and data["false_positive_rate"] == 0.0
 
@@ -84,16 +99,25 @@ def test_rules_file_and_allowlist_mode(tmp_path: Path) -> None:
         ("- {tool: read_file, label: benign}", "missing field 'input'"),
         ("- {tool: rm_rf, input: {}, label: benign}", "unknown tool 'rm_rf'"),
         ("- {tool: read_file, input: {path: x}, label: evil}", "label 'evil' is not one of"),
-        ("- {tool: read_file, input: {file: x}, label: benign}", "input is not valid for read_file"),
-        ("- {tool: run_command, input: {command: ls, timeout: 5}, label: benign}",
-         "timeout: Extra inputs are not permitted"),
+        (
+            "- {tool: read_file, input: {file: x}, label: benign}",
+            "input is not valid for read_file",
+        ),
+        (
+            "- {tool: run_command, input: {command: ls, timeout: 5}, label: benign}",
+            "timeout: Extra inputs are not permitted",
+        ),
         ("- {tool: read_file, input: [x], label: benign}", "input must be a mapping"),
         ("- {tool: read_file, input: {path: x}, label: benign, why: z}", "unknown field(s)"),
-        ("- {tool: read_file, input: {path: x}, label: benign, note: [1]}", "note must be a string"),
+        (
+            "- {tool: read_file, input: {path: x}, label: benign, note: [1]}",
+            "note must be a string",
+        ),
     ],
 )
-def test_bad_corpus_exits_2_with_a_clear_message(tmp_path: Path, text: str | None,
-                                                 message: str) -> None:  # fmt: skip
+def test_bad_corpus_exits_2_with_a_clear_message(
+    tmp_path: Path, text: str | None, message: str
+) -> None:
     path = tmp_path / "missing.yaml" if text is None else write(tmp_path, text)
     result = runner.invoke(app, ["eval", str(path)], env={"COLUMNS": "300"})
     assert result.exit_code == 2, result.output
@@ -101,8 +125,11 @@ def test_bad_corpus_exits_2_with_a_clear_message(tmp_path: Path, text: str | Non
 
 
 def test_every_bad_case_is_listed(tmp_path: Path) -> None:
-    path = write(tmp_path, "- {tool: nope, input: {}, label: benign}\n"
-                           "- {tool: read_file, input: {path: x}, label: meh}\n")  # fmt: skip
+    path = write(
+        tmp_path,
+        "- {tool: nope, input: {}, label: benign}\n"
+        "- {tool: read_file, input: {path: x}, label: meh}\n",
+    )
     result = runner.invoke(app, ["eval", str(path)], env={"COLUMNS": "300"})
     assert result.exit_code == 2 and "2 problem(s)" in result.output
     assert "corpus.yaml[0]" in result.output and "corpus.yaml[1]" in result.output
@@ -110,20 +137,22 @@ def test_every_bad_case_is_listed(tmp_path: Path) -> None:
 
 def test_bad_options_and_rules_exit_2(tmp_path: Path) -> None:
     corpus = write(tmp_path, SMALL)
-    result = runner.invoke(app, ["eval", str(corpus), "--egress-mode", "open"],
-                           env={"COLUMNS": "300"})  # fmt: skip
+    result = runner.invoke(
+        app, ["eval", str(corpus), "--egress-mode", "open"], env={"COLUMNS": "300"}
+    )
     assert result.exit_code == 2 and "--egress-mode must be blocklist or allowlist" in result.output
-    result = runner.invoke(app, ["eval", str(corpus), "--rules", str(tmp_path / "none.yaml")],
-                           env={"COLUMNS": "300"})  # fmt: skip
+    result = runner.invoke(
+        app, ["eval", str(corpus), "--rules", str(tmp_path / "none.yaml")], env={"COLUMNS": "300"}
+    )
     assert result.exit_code == 2 and "no such file" in result.output
     bad = write(tmp_path, "rules: [{id: elevated.sudo, decision: maybe}]", "bad.yaml")
-    result = runner.invoke(app, ["eval", str(corpus), "--rules", str(bad)],
-                           env={"COLUMNS": "300"})  # fmt: skip
+    result = runner.invoke(app, ["eval", str(corpus), "--rules", str(bad)], env={"COLUMNS": "300"})
     assert result.exit_code == 2 and "rule elevated.sudo.decision" in result.output
 
 
 def test_the_shipped_corpus_passes(tmp_path: Path) -> None:
-    result = runner.invoke(app, ["eval", str(CORPUS), "--fail-under-recall", "100",
-                                 "--max-fp-rate", "1", "--json"])  # fmt: skip
+    result = runner.invoke(
+        app, ["eval", str(CORPUS), "--fail-under-recall", "100", "--max-fp-rate", "1", "--json"]
+    )
     assert result.exit_code == 0, result.output[-2000:]
     assert json.loads(result.output)["recall"] == 1.0

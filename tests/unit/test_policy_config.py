@@ -99,8 +99,11 @@ macros:
 
 def test_from_settings(tmp_path: Path) -> None:
     rules = write(tmp_path, "rules:\n  - {id: elevated.sudo, decision: flag}\n")
-    settings = Settings.model_construct(policy_rules_file=rules, policy_egress_mode="allowlist",
-                                        policy_egress_allowlist=["pypi.org"])  # fmt: skip
+    settings = Settings.model_construct(
+        policy_rules_file=rules,
+        policy_egress_mode="allowlist",
+        policy_egress_allowlist=["pypi.org"],
+    )
     gate = PolicyGate.from_settings(settings)
     assert gate.egress_mode == "allowlist" and gate.sources[-1] == str(rules)
     assert action(gate, "sudo true") == "flag"
@@ -111,36 +114,89 @@ def test_from_settings(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("text", "where", "why"),
     [
-        ("rules: [{id: x.y, description: d, match: {tool: read_file}, decision: block, "
-         "severity: high}]", "rule x.y.decision", "'block' is not one of"),
-        ("rules: [{id: x.y, description: d, match: {tool: read_file}, decision: deny, "
-         "severity: huge}]", "rule x.y.severity", "'huge' is not one of"),
-        ("rules: [{id: x.y, description: d, match: {tool: read_fil}, decision: deny, "
-         "severity: low}]", "rule x.y.match.tool", "unknown tool(s) ['read_fil']"),
-        ("rules: [{id: x.y, description: d, match: {comand: {name: rm}}, decision: deny, "
-         "severity: low}]", "rule x.y.match", "unknown condition(s) ['comand']"),
-        ("rules: [{id: x.y, description: d, match: {command: {args_match: '(['}}, "
-         "decision: deny, severity: low}]", "rule x.y.match.command.args_match",
-         "bad regular expression"),
-        ("rules: [{id: x.y, description: d, match: {path: {matches: $nope}}, decision: deny, "
-         "severity: low}]", "rule x.y.match.path.matches", "unknown list $nope"),
-        ("rules: [{id: x.y, description: d, match: {macro: nope}, decision: deny, "
-         "severity: low}]", "rule x.y.match.macro", "unknown macro 'nope'"),
-        ("rules: [{id: x.y, description: d, match: {path: {matches: '[ab'}}, decision: deny, "
-         "severity: low}]", "rule x.y.match.path.matches", "bad glob"),
-        ("rules: [{id: x.y, description: d, match: {host: {scope: [moon]}}, decision: deny, "
-         "severity: low}]", "rule x.y.match.host.scope", "expected some of"),
-        ("rules: [{id: x.y, description: d, match: {tool: read_file}, decision: deny, "
-         "severity: low, tags: [T1552.1]}]", "rule x.y.tags", "is not an ATT&CK id"),
-        ("rules: [{id: x.y, match: {tool: read_file}, decision: deny}]", "rule x.y",
-         "new rule is missing ['description', 'severity']"),
-        ("rules: [{id: x.y, description: d, match: {tool: read_file}, decision: deny, "
-         "severity: low, when: now}]", "rule x.y", "unknown key(s) ['when']"),
-        ("rules: [{id: elevated.sudo, enabled: maybe}]", "rule elevated.sudo.enabled",
-         "must be true or false"),
+        (
+            "rules: [{id: x.y, description: d, match: {tool: read_file}, decision: block, "
+            "severity: high}]",
+            "rule x.y.decision",
+            "'block' is not one of",
+        ),
+        (
+            "rules: [{id: x.y, description: d, match: {tool: read_file}, decision: deny, "
+            "severity: huge}]",
+            "rule x.y.severity",
+            "'huge' is not one of",
+        ),
+        (
+            "rules: [{id: x.y, description: d, match: {tool: read_fil}, decision: deny, "
+            "severity: low}]",
+            "rule x.y.match.tool",
+            "unknown tool(s) ['read_fil']",
+        ),
+        (
+            "rules: [{id: x.y, description: d, match: {comand: {name: rm}}, decision: deny, "
+            "severity: low}]",
+            "rule x.y.match",
+            "unknown condition(s) ['comand']",
+        ),
+        (
+            "rules: [{id: x.y, description: d, match: {command: {args_match: '(['}}, "
+            "decision: deny, severity: low}]",
+            "rule x.y.match.command.args_match",
+            "bad regular expression",
+        ),
+        (
+            "rules: [{id: x.y, description: d, match: {path: {matches: $nope}}, decision: deny, "
+            "severity: low}]",
+            "rule x.y.match.path.matches",
+            "unknown list $nope",
+        ),
+        (
+            "rules: [{id: x.y, description: d, match: {macro: nope}, decision: deny, "
+            "severity: low}]",
+            "rule x.y.match.macro",
+            "unknown macro 'nope'",
+        ),
+        (
+            "rules: [{id: x.y, description: d, match: {path: {matches: '[ab'}}, decision: deny, "
+            "severity: low}]",
+            "rule x.y.match.path.matches",
+            "bad glob",
+        ),
+        (
+            "rules: [{id: x.y, description: d, match: {host: {scope: [moon]}}, decision: deny, "
+            "severity: low}]",
+            "rule x.y.match.host.scope",
+            "expected some of",
+        ),
+        (
+            "rules: [{id: x.y, description: d, match: {tool: read_file}, decision: deny, "
+            "severity: low, tags: [T1552.1]}]",
+            "rule x.y.tags",
+            "is not an ATT&CK id",
+        ),
+        (
+            "rules: [{id: x.y, match: {tool: read_file}, decision: deny}]",
+            "rule x.y",
+            "new rule is missing ['description', 'severity']",
+        ),
+        (
+            "rules: [{id: x.y, description: d, match: {tool: read_file}, decision: deny, "
+            "severity: low, when: now}]",
+            "rule x.y",
+            "unknown key(s) ['when']",
+        ),
+        (
+            "rules: [{id: elevated.sudo, enabled: maybe}]",
+            "rule elevated.sudo.enabled",
+            "must be true or false",
+        ),
         ("rules: [{description: no id}]", "rules[0]", "missing or malformed id"),
-        ("rules:\n  - {id: elevated.sudo, decision: flag}\n  - {id: elevated.sudo, "
-         "decision: deny}", "rule elevated.sudo", "defined twice"),
+        (
+            "rules:\n  - {id: elevated.sudo, decision: flag}\n  - {id: elevated.sudo, "
+            "decision: deny}",
+            "rule elevated.sudo",
+            "defined twice",
+        ),
         ("lists: {nope: {items: [a], append: true}}", "list nope", "no list of that name"),
         ("lists: {Bad-Name: [a]}", "list Bad-Name", "lower_snake_case"),
         ("lists: {paste_sites: [1, [2]]}", "list paste_sites", "list of strings"),
@@ -152,8 +208,12 @@ def test_from_settings(tmp_path: Path) -> None:
         ("rules: [\n", "rules.yaml", "not valid YAML"),
     ],
 )
-def test_bad_rule_files_name_the_problem(tmp_path: Path, text: str, where: str, why: str,
-                                         ) -> None:  # fmt: skip
+def test_bad_rule_files_name_the_problem(
+    tmp_path: Path,
+    text: str,
+    where: str,
+    why: str,
+) -> None:
     errors = errors_of(tmp_path, text)
     assert any(where in w and why in y for w, y in errors), errors
     assert all(w.startswith(str(tmp_path / "rules.yaml")) for w, _ in errors), errors
@@ -190,8 +250,14 @@ def test_empty_file_is_fine(tmp_path: Path) -> None:
 
 
 def test_rules_md_documents_every_built_in_rule() -> None:
-    doc = (Path(__file__).resolve().parents[2] / "src" / "quarterdeck" / "security" / "policy"
-           / "RULES.md").read_text()  # fmt: skip
+    doc = (
+        Path(__file__).resolve().parents[2]
+        / "src"
+        / "quarterdeck"
+        / "security"
+        / "policy"
+        / "RULES.md"
+    ).read_text()
     for rule in PolicyGate.load().rules:
         row = f"| `{rule.id}` | {rule.action} | {rule.severity} | {', '.join(rule.tags)} |"
         assert row in doc, row

@@ -38,7 +38,7 @@ def seg(command: str, name: str) -> Segment:
 def test_fast_tokeniser_agrees_with_shlex_on_every_corpus_command() -> None:
     """The regex tokeniser replaces shlex for speed; it must give identical tokens."""
     commands = [c.input["command"] for c in load([CORPUS]) if c.tool == "run_command"]
-    commands += ["a\"b c\"d", "echo '' \"\" x", 'echo "x\\"y\\\\z\\$w"', "a\\ b", "x='1 2'y"]
+    commands += ['a"b c"d', "echo '' \"\" x", 'echo "x\\"y\\\\z\\$w"', "a\\ b", "x='1 2'y"]
     assert len(commands) > 300
     for command in commands:
         masked = _Prepass(command).run()
@@ -53,8 +53,14 @@ def test_fast_tokeniser_agrees_with_shlex_on_every_corpus_command() -> None:
 def test_operators_split_commands_and_pipelines() -> None:
     script = parse("a && b || c; d | e |& f & g")
     assert [(c.words[0], c.pipeline) for c in script.commands] == [
-        ("a", 0), ("b", 1), ("c", 2), ("d", 3), ("e", 3), ("f", 3), ("g", 4),
-    ]  # fmt: skip
+        ("a", 0),
+        ("b", 1),
+        ("c", 2),
+        ("d", 3),
+        ("e", 3),
+        ("f", 3),
+        ("g", 4),
+    ]
 
 
 def test_quoted_operators_and_comments_are_words() -> None:
@@ -63,7 +69,7 @@ def test_quoted_operators_and_comments_are_words() -> None:
 
 
 def test_substitutions_heredocs_and_redirects() -> None:
-    script = parse('x=$(id -u) cat <<EOF > out.txt\nhello $HOME\nEOF\necho `whoami` <(ls)')
+    script = parse("x=$(id -u) cat <<EOF > out.txt\nhello $HOME\nEOF\necho `whoami` <(ls)")
     first, second = script.commands
     assert first.stdin == "hello $HOME" and first.redirects == [(">", "out.txt")]
     assert [s.body for s in script.subs] == ["id -u", "whoami", "ls"]
@@ -77,8 +83,10 @@ def test_unbalanced_quotes_are_judged_not_skipped() -> None:
 
 def test_shell_grammar_words_are_stripped() -> None:
     assert names("if [ -f x ]; then rm -rf build; fi; for f in *.py; do cat $f; done") == [
-        "[", "rm", "cat",
-    ]  # fmt: skip
+        "[",
+        "rm",
+        "cat",
+    ]
 
 
 # -- paths ------------------------------------------------------------------------------------
@@ -147,14 +155,42 @@ def test_routed_globs_agree_with_the_plain_regexes() -> None:
     from the built-in globs' own components -- any case, non-ASCII look-alikes, newlines,
     trailing slashes -- the answer is that of the unrouted regexes."""
     gate = PolicyGate.load()
-    sets = [gate._hot, *(GlobSet(globs) for globs in ([g] for g in ("~", "/", "*", "**/*.py",
-                                                                  "{a,b}/c", "[ab]c")))]  # fmt: skip
+    sets = [
+        gate._hot,
+        *(
+            GlobSet(globs)
+            for globs in ([g] for g in ("~", "/", "*", "**/*.py", "{a,b}/c", "[ab]c"))
+        ),
+    ]
     routed = [s._globs for s in sets]
     lists = rules_module.build(None, []).lists
-    words = sorted({part.replace("*", "x").replace("?", "q") for items in lists.values()
-                    for item in items for part in item.split("/")})  # fmt: skip
-    words += ["", ".", "..", "~", "ETC", "Root", "HOME", "users", "srv", ".ssh", "ID_RSA",
-              "x.PEM", ".env.local", "\u017fys", "\u212a", "a\nb", "\u00e9"]  # fmt: skip
+    words = sorted(
+        {
+            part.replace("*", "x").replace("?", "q")
+            for items in lists.values()
+            for item in items
+            for part in item.split("/")
+        }
+    )
+    words += [
+        "",
+        ".",
+        "..",
+        "~",
+        "ETC",
+        "Root",
+        "HOME",
+        "users",
+        "srv",
+        ".ssh",
+        "ID_RSA",
+        "x.PEM",
+        ".env.local",
+        "\u017fys",
+        "\u212a",
+        "a\nb",
+        "\u00e9",
+    ]
     rng = random.Random(5)
     for _ in range(20_000):
         parts = [rng.choice(words) for _ in range(rng.randrange(6))]
@@ -162,8 +198,10 @@ def test_routed_globs_agree_with_the_plain_regexes() -> None:
         path = ("/" if rng.random() < 0.9 else "") + "/".join(parts)
         path += rng.choice(["", "", "", "/", "\n"])
         for globs, r in zip(sets, routed, strict=True):
-            plain = bool((r.anchored_all and r.anchored_all.match(path))
-                         or (r.searched_all and r.searched_all.search(path)))  # fmt: skip
+            plain = bool(
+                (r.anchored_all and r.anchored_all.match(path))
+                or (r.searched_all and r.searched_all.search(path))
+            )
             assert globs.match(path) is plain, (path, sets.index(globs))
 
 
@@ -201,8 +239,11 @@ def test_names_are_not_ips() -> None:
         ("https://169.254.169.254.nip.io/", "169.254.169.254.nip.io", "link_local"),
         ("https://user:pw@Example.COM./p?q=1", "example.com", "name"),
         ("http://169.254.169.254@evil.example.com/", "evil.example.com", "name"),
-        ("http://169.254.170.2$AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", "169.254.170.2",
-         "link_local"),
+        (
+            "http://169.254.170.2$AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+            "169.254.170.2",
+            "link_local",
+        ),
     ],
 )
 def test_url_hosts(url: str, host: str, scope: str) -> None:
@@ -311,8 +352,9 @@ def test_uploads_and_paths_of_a_command() -> None:
 
 
 def test_file_tool_and_fetch_facts() -> None:
-    facts = normalise("write_file", {"path": "~/.bashrc", "content": "x"}, ROOT, NO_ALLOW,
-                      "blocklist")  # fmt: skip
+    facts = normalise(
+        "write_file", {"path": "~/.bashrc", "content": "x"}, ROOT, NO_ALLOW, "blocklist"
+    )
     assert [(p.resolved, p.access) for p in facts.paths] == [("/~/.bashrc", "write")]
     fetch = normalise("http_fetch", {"url": "file:///etc/shadow"}, ROOT, NO_ALLOW, "blocklist")
     assert [p.resolved for p in fetch.paths] == ["/etc/shadow"] and fetch.hosts == []
@@ -325,12 +367,62 @@ def test_random_shell_soup_never_crashes_the_gate() -> None:
     would surface as gate.internal-error, which denies but hides a parser bug)."""
     gate = PolicyGate.load()
     rnd = random.Random(20261124)
-    atoms = ["cat", "~/.ssh/id_rsa", "|", "||", "&&", ";", "$(", ")", "`", "'", '"', "<<EOF",
-             "EOF", "\n", "<(", ">(", "bash", "-c", "curl", "http://1.2.3.4/x", "base64", "-d",
-             "Y2F0IC9ldGMvc2hhZG93", "\\", "#", "$((1+2))", "${HOME}", "sudo", "env", "X=1",
-             "find", "-exec", "{}", "\\;", "python", "os.system('id')", "rm", "-rf", "/", "*",
-             "<", ">>", "2>&1", "&", "cd", "..", "xargs", "nc", "/dev/tcp/h/1", "git",
-             "core.sshCommand=x", "'open", "\x00", "é"]  # fmt: skip
+    atoms = [
+        "cat",
+        "~/.ssh/id_rsa",
+        "|",
+        "||",
+        "&&",
+        ";",
+        "$(",
+        ")",
+        "`",
+        "'",
+        '"',
+        "<<EOF",
+        "EOF",
+        "\n",
+        "<(",
+        ">(",
+        "bash",
+        "-c",
+        "curl",
+        "http://1.2.3.4/x",
+        "base64",
+        "-d",
+        "Y2F0IC9ldGMvc2hhZG93",
+        "\\",
+        "#",
+        "$((1+2))",
+        "${HOME}",
+        "sudo",
+        "env",
+        "X=1",
+        "find",
+        "-exec",
+        "{}",
+        "\\;",
+        "python",
+        "os.system('id')",
+        "rm",
+        "-rf",
+        "/",
+        "*",
+        "<",
+        ">>",
+        "2>&1",
+        "&",
+        "cd",
+        "..",
+        "xargs",
+        "nc",
+        "/dev/tcp/h/1",
+        "git",
+        "core.sshCommand=x",
+        "'open",
+        "\x00",
+        "é",
+    ]
     for n in range(2000):
         if n % 2:
             command = " ".join(rnd.choice(atoms) for _ in range(rnd.randint(1, 25)))

@@ -16,12 +16,20 @@ from quarterdeck.security.policy import secrets as secrets_module
 
 AWS_ID, AWS_SECRET = "AKIAIOSFODNN7EXAMPLE", "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
 GH = "ghp_EXAMPLE0123456789abcdefEXAMPLE012345"
-GH_PAT = "github_pat_11EXAMPLE0123456789abcd_" + "EXAMPLEexampleEXAMPLEexample0123456789EXAMPLEexample0123"
-ANT = "sk-ant-api03-" + "EXAMPLEexampleEXAMPLEexample0123456789-EXAMPLEexample_EXAMPLEexample0123456789-AA"
+GH_PAT = (
+    "github_pat_11EXAMPLE0123456789abcd_"
+    + "EXAMPLEexampleEXAMPLEexample0123456789EXAMPLEexample0123"
+)
+ANT = (
+    "sk-ant-api03-"
+    + "EXAMPLEexampleEXAMPLEexample0123456789-EXAMPLEexample_EXAMPLEexample0123456789-AA"
+)
 OAI = "sk-proj-EXAMPLEexampleEXAMPLEexample0123456789ab"
 OAI_LEGACY = "sk-" + "EXAMPLEexampleEXAMPLEexample0123456789abcdefgh"
-KEY_BLOCK = ("-----BEGIN RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEAexampleEXAMPLEexampleEXAMPLE\n"
-             "bm90IGEgcmVhbCBrZXkgYXQgYWxs\n-----END RSA PRIVATE KEY-----")  # fmt: skip
+KEY_BLOCK = (
+    "-----BEGIN RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEAexampleEXAMPLEexampleEXAMPLE\n"
+    "bm90IGEgcmVhbCBrZXkgYXQgYWxs\n-----END RSA PRIVATE KEY-----"
+)
 
 
 @pytest.mark.parametrize(
@@ -36,20 +44,36 @@ KEY_BLOCK = ("-----BEGIN RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEAexampleEXAMPLEexa
         (f'client = OpenAI(api_key="{OAI}")', "openai_api_key", OAI),
         (f"OPENAI_API_KEY={OAI_LEGACY}", "openai_api_key", OAI_LEGACY),
         (f"key:\n{KEY_BLOCK}\nafter", "private_key", KEY_BLOCK),
-        ("slack: xoxb-123456789012-1234567890123-EXAMPLEexampleEXAMPLEexa", "slack_token",
-         "xoxb-123456789012-1234567890123-EXAMPLEexampleEXAMPLEexa"),
-        ("STRIPE=sk_live_EXAMPLE0123456789abcdefXYZ", "stripe_key",
-         "sk_live_EXAMPLE0123456789abcdefXYZ"),
+        (
+            "slack: xoxb-123456789012-1234567890123-EXAMPLEexampleEXAMPLEexa",
+            "slack_token",
+            "xoxb-123456789012-1234567890123-EXAMPLEexampleEXAMPLEexa",
+        ),
+        (
+            "STRIPE=sk_live_EXAMPLE0123456789abcdefXYZ",
+            "stripe_key",
+            "sk_live_EXAMPLE0123456789abcdefXYZ",
+        ),
         ("url = postgres://app:Zq8vXk2LmP9wRt4N@db:5432/app", "url_password", "Zq8vXk2LmP9wRt4N"),
         ('DB_PASSWORD = "Tr0ub4dor-3xQz9-Lm"', "generic_secret", "Tr0ub4dor-3xQz9-Lm"),
         ("secretKey: 'Zk93mQ4xT7pL2vN8bR6wY1cH'", "generic_secret", "Zk93mQ4xT7pL2vN8bR6wY1cH"),
-        ("session_token = 0a1b2c3d4e5f60718293a4b5c6d7e8f9", "generic_secret",
-         "0a1b2c3d4e5f60718293a4b5c6d7e8f9"),
-        ('const k = "Zk93mQ4xT7pL2vN8bR6wY1cH5jD0fG3sA9"', "high_entropy_string",
-         "Zk93mQ4xT7pL2vN8bR6wY1cH5jD0fG3sA9"),
-        ("Authorization: Bearer eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jV"
-         "mNHl0w5N_XgL0n3I9PlFUP0THsR8U", "jwt", "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkw"
-         "In0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U"),
+        (
+            "session_token = 0a1b2c3d4e5f60718293a4b5c6d7e8f9",
+            "generic_secret",
+            "0a1b2c3d4e5f60718293a4b5c6d7e8f9",
+        ),
+        (
+            'const k = "Zk93mQ4xT7pL2vN8bR6wY1cH5jD0fG3sA9"',
+            "high_entropy_string",
+            "Zk93mQ4xT7pL2vN8bR6wY1cH5jD0fG3sA9",
+        ),
+        (
+            "Authorization: Bearer eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jV"
+            "mNHl0w5N_XgL0n3I9PlFUP0THsR8U",
+            "jwt",
+            "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkw"
+            "In0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U",
+        ),
     ],
 )
 def test_secrets_are_found_and_redacted(text: str, kind: str, secret: str) -> None:
@@ -125,8 +149,9 @@ def test_secrets_in_tool_input_are_flagged(tool: str, data: dict[str, str]) -> N
 
 
 def test_reading_a_file_that_mentions_a_key_is_not_an_input_secret() -> None:
-    decision = PolicyGate.load().check("edit_file", {"path": "a.py", "old": f"K='{AWS_ID}'",
-                                                     "new": "K=os.environ['K']"})  # fmt: skip
+    decision = PolicyGate.load().check(
+        "edit_file", {"path": "a.py", "old": f"K='{AWS_ID}'", "new": "K=os.environ['K']"}
+    )
     assert decision.action == "allow"
 
 
@@ -141,6 +166,8 @@ def test_needle_scan_and_entropy_shortcuts_agree_with_the_plain_forms() -> None:
     for _ in range(5000):
         text = "".join(rng.choice(pieces) for _ in range(rng.randrange(12)))
         assert secrets_module._present(text) == {n for n in needles if n in text}, text
-        value = "".join(rng.choice(string.ascii_letters + string.digits + "+/=_-é")
-                        for _ in range(rng.randrange(80)))  # fmt: skip
+        value = "".join(
+            rng.choice(string.ascii_letters + string.digits + "+/=_-é")
+            for _ in range(rng.randrange(80))
+        )
         assert secrets_module._shannon(b64, value) == b64.calculate_shannon_entropy(value)

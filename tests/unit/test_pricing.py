@@ -69,8 +69,13 @@ def test_haiku_and_opus_prices(table: PriceTable):
 
 
 def test_simulated_models_cost_like_their_namesakes(table: PriceTable):
-    usage = Usage(input_tokens=123, output_tokens=456, cache_read_input_tokens=7_890,
-                  cache_creation_input_tokens=100, cache_creation_1h_tokens=100)
+    usage = Usage(
+        input_tokens=123,
+        output_tokens=456,
+        cache_read_input_tokens=7_890,
+        cache_creation_input_tokens=100,
+        cache_creation_1h_tokens=100,
+    )
     assert table.cost("simulated-sonnet", usage) == table.cost("claude-sonnet-4-5", usage)
     assert table.cost("simulated-haiku", usage) == table.cost("claude-haiku-4-5", usage)
     assert table.cost("simulated-opus", usage) == table.cost("claude-opus-4-1", usage)
@@ -112,11 +117,13 @@ def test_unknown_model_costs_none_and_warns_once(table: PriceTable, monkeypatch)
 
 
 def test_overrides_merge_field_by_field():
-    table = PriceTable.load({
-        "claude-sonnet-4-5": {"input": "2.50"},
-        "qwen2.5-coder": {"input": "0.10", "output": "0.30", "source": "our GPU bill"},
-        "simulated-sonnet": {"same_as": "claude-haiku-4-5"},
-    })
+    table = PriceTable.load(
+        {
+            "claude-sonnet-4-5": {"input": "2.50"},
+            "qwen2.5-coder": {"input": "0.10", "output": "0.30", "source": "our GPU bill"},
+            "simulated-sonnet": {"same_as": "claude-haiku-4-5"},
+        }
+    )
     sonnet = table.price_for("claude-sonnet-4-5-20250929")
     assert sonnet is not None
     assert sonnet.input == Decimal("2.50") and sonnet.output == Decimal("15.00")
@@ -126,20 +133,26 @@ def test_overrides_merge_field_by_field():
     assert qwen is not None and qwen.source == "our GPU bill"
     # Unspecified cache prices follow Anthropic's multipliers: 1.25x, 2x, 0.1x of input.
     assert (qwen.cache_write_5m, qwen.cache_write_1h, qwen.cache_read) == (
-        Decimal("0.125"), Decimal("0.20"), Decimal("0.010"))
+        Decimal("0.125"),
+        Decimal("0.20"),
+        Decimal("0.010"),
+    )
     # 1M input x 0.10 + 1M output x 0.30 = $0.40
     assert table.cost("qwen2.5-coder", Usage(input_tokens=10**6, output_tokens=10**6)) == (
-        Decimal("0.40"))
+        Decimal("0.40")
+    )
     assert table.price_for("simulated-sonnet") == table.price_for("claude-haiku-4-5")
 
 
 def test_bad_overrides_name_every_problem():
     with pytest.raises(ConfigError) as info:
-        PriceTable.load({
-            "claude-sonnet-4-5": {"input": "cheap"},
-            "mystery": {"output": "-1", "colour": "red"},
-            "alias": {"same_as": "nonexistent"},
-        })
+        PriceTable.load(
+            {
+                "claude-sonnet-4-5": {"input": "cheap"},
+                "mystery": {"output": "-1", "colour": "red"},
+                "alias": {"same_as": "nonexistent"},
+            }
+        )
     fields = {name for name, _ in info.value.errors}
     assert fields == {
         "pricing.claude-sonnet-4-5.input",

@@ -3,10 +3,10 @@ serves, failing when nothing does. Pure: in-process breakers on a FakeClock, no 
 
 from __future__ import annotations
 
+from quarterdeck.health.checks import CheckResult
+from quarterdeck.health.provider import ProviderCallWindow, ProviderCheck
+from quarterdeck.health.recovery import ProviderRecovery
 from quarterdeck.kit.clock import FakeClock
-from quarterdeck.monitoring.health.checks import CheckResult
-from quarterdeck.monitoring.health.provider import ProviderCallWindow, ProviderCheck
-from quarterdeck.monitoring.health.recovery import ProviderRecovery
 from quarterdeck.resilience.breaker import BreakerConfig, Breakers
 
 PRIMARY, FALLBACK, SPARE = "claude-primary-t", "claude-fallback-t", "claude-spare-t"

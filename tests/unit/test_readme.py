@@ -19,8 +19,14 @@ def test_every_setting_is_documented_in_the_readme():
 
 
 def test_every_documented_setting_exists():
-    documented = set(re.findall(r"`((?:QUARTERDECK|POSTGRES|REDIS|ANTHROPIC|LOG)_[A-Z_]+)`", README))
-    known = set(env_names().values()) | {"QUARTERDECK_CONFIG", "QUARTERDECK_URL", "QUARTERDECK_API_KEY"}
+    documented = set(
+        re.findall(r"`((?:QUARTERDECK|POSTGRES|REDIS|ANTHROPIC|LOG)_[A-Z_]+)`", README)
+    )
+    known = set(env_names().values()) | {
+        "QUARTERDECK_CONFIG",
+        "QUARTERDECK_URL",
+        "QUARTERDECK_API_KEY",
+    }
     assert documented - known == set()
 
 

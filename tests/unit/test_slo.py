@@ -15,7 +15,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from quarterdeck.monitoring import metrics
+from quarterdeck import metrics
 from quarterdeck.monitoring.cli import app
 from quarterdeck.monitoring.slo import (
     SLODefinitionError,
@@ -134,14 +134,19 @@ def test_custom_windows_override_the_defaults(definition: dict[str, Any]) -> Non
         (lambda d: d["slos"][0].update(objective="99.9"), "objective"),
         (lambda d: d["slos"].append(dict(d["slos"][0])), "defined twice"),
         (lambda d: d["slos"][0].update(sli={"errors": "x"}), "sli"),
-        (lambda d: d["slos"][0].update(sli={"errors": "not a selector!", "total": "y"}), "selector"),
+        (
+            lambda d: d["slos"][0].update(sli={"errors": "not a selector!", "total": "y"}),
+            "selector",
+        ),
         (lambda d: d["slos"][1]["sli"].update(threshold_seconds=0), "threshold_seconds"),
         (lambda d: d.update(service="Has Spaces"), "service"),
         (lambda d: d.update(slos=[]), "slos"),
         (lambda d: d.update(min_events_per_hour=-1), "min_events_per_hour"),
         (lambda d: d.update(period="a month"), "duration"),
         (
-            lambda d: d.update(windows=[{"long": "5m", "short": "1h", "factor": 1, "severity": "x"}]),
+            lambda d: d.update(
+                windows=[{"long": "5m", "short": "1h", "factor": 1, "severity": "x"}]
+            ),
             "shorter",
         ),
     ],

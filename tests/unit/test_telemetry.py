@@ -7,7 +7,7 @@ from decimal import Decimal
 import pytest
 
 from quarterdeck.exceptions import ProviderError
-from quarterdeck.monitoring.metrics import REGISTRY
+from quarterdeck.metrics import REGISTRY
 from quarterdeck.providers.telemetry import record_call, record_error, severity
 from quarterdeck.providers.types import Usage
 
@@ -18,22 +18,49 @@ def value(name: str, **labels: str) -> float:
 
 def test_priced_call_counts_tokens_cost_latency_and_ttft():
     labels = {"agent_type": "tele-coder", "model": "claude-sonnet-4-5"}
-    before = (value("claude_agent_tokens_used_total", **labels),
-              value("claude_agent_api_cost_total", **labels),
-              value("claude_agent_provider_request_duration_seconds_count",
-                    provider="anthropic", model="claude-sonnet-4-5"),
-              value("claude_agent_provider_time_to_first_token_seconds_count",
-                    provider="anthropic", model="claude-sonnet-4-5"))
-    usage = Usage(input_tokens=100, output_tokens=50, cache_creation_input_tokens=20,
-                  cache_read_input_tokens=30)
-    record_call("tele-coder", "anthropic", "claude-sonnet-4-5", usage, Decimal("0.0125"),
-                latency_s=1.5, ttft_s=0.4)
-    after = (value("claude_agent_tokens_used_total", **labels),
-             value("claude_agent_api_cost_total", **labels),
-             value("claude_agent_provider_request_duration_seconds_count",
-                   provider="anthropic", model="claude-sonnet-4-5"),
-             value("claude_agent_provider_time_to_first_token_seconds_count",
-                   provider="anthropic", model="claude-sonnet-4-5"))
+    before = (
+        value("claude_agent_tokens_used_total", **labels),
+        value("claude_agent_api_cost_total", **labels),
+        value(
+            "claude_agent_provider_request_duration_seconds_count",
+            provider="anthropic",
+            model="claude-sonnet-4-5",
+        ),
+        value(
+            "claude_agent_provider_time_to_first_token_seconds_count",
+            provider="anthropic",
+            model="claude-sonnet-4-5",
+        ),
+    )
+    usage = Usage(
+        input_tokens=100,
+        output_tokens=50,
+        cache_creation_input_tokens=20,
+        cache_read_input_tokens=30,
+    )
+    record_call(
+        "tele-coder",
+        "anthropic",
+        "claude-sonnet-4-5",
+        usage,
+        Decimal("0.0125"),
+        latency_s=1.5,
+        ttft_s=0.4,
+    )
+    after = (
+        value("claude_agent_tokens_used_total", **labels),
+        value("claude_agent_api_cost_total", **labels),
+        value(
+            "claude_agent_provider_request_duration_seconds_count",
+            provider="anthropic",
+            model="claude-sonnet-4-5",
+        ),
+        value(
+            "claude_agent_provider_time_to_first_token_seconds_count",
+            provider="anthropic",
+            model="claude-sonnet-4-5",
+        ),
+    )
     assert after[0] - before[0] == 200
     assert after[1] - before[1] == pytest.approx(0.0125)
     assert after[2] - before[2] == 1 and after[3] - before[3] == 1
@@ -44,8 +71,14 @@ def test_unpriced_call_adds_no_cost_but_counts_unpriced_tokens():
     labels = {"agent_type": "tele-local", "model": "qwen2.5-coder"}
     ttft = {"provider": "openai", "model": "qwen2.5-coder"}
     ttft_before = value("claude_agent_provider_time_to_first_token_seconds_count", **ttft)
-    record_call("tele-local", "openai", "qwen2.5-coder", Usage(input_tokens=7, output_tokens=3),
-                None, latency_s=0.2)
+    record_call(
+        "tele-local",
+        "openai",
+        "qwen2.5-coder",
+        Usage(input_tokens=7, output_tokens=3),
+        None,
+        latency_s=0.2,
+    )
     assert value("claude_agent_unpriced_tokens_total", **labels) == 10
     assert value("claude_agent_tokens_used_total", **labels) == 10
     assert REGISTRY.get_sample_value("claude_agent_api_cost_total", labels) is None
@@ -55,8 +88,14 @@ def test_unpriced_call_adds_no_cost_but_counts_unpriced_tokens():
 
 
 def test_unbounded_label_values_are_collapsed():
-    record_call("agent with spaces/and junk", "anthropic", "x" * 200, Usage(input_tokens=1),
-                None, latency_s=0.1)
+    record_call(
+        "agent with spaces/and junk",
+        "anthropic",
+        "x" * 200,
+        Usage(input_tokens=1),
+        None,
+        latency_s=0.1,
+    )
     assert value("claude_agent_unpriced_tokens_total", agent_type="other", model="other") >= 1
 
 

@@ -20,12 +20,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from quarterdeck.monitoring import metrics
+from quarterdeck import metrics
+from quarterdeck.approvals.service import ApprovalService
+from quarterdeck.incidents.anomalies import AnomalySink
 from quarterdeck.providers.types import ToolResultBlock, ToolSpec, ToolUseBlock
-from quarterdeck.runs.approvals import ApprovalService
 from quarterdeck.runs.executor import ToolRunner
 from quarterdeck.runs.models import Run
-from quarterdeck.security.anomalies import AnomalySink
 from quarterdeck.security.policy import PolicyGate, redact
 from quarterdeck.security.redaction import redact_arguments
 from quarterdeck.security.trail import AuditTrail
@@ -63,12 +63,17 @@ class GuardedTools:
             decision.action, metrics.bounded(decision.rule_id or "none")
         ).inc()
         if decision.action in ("flag", "deny") and self.guard.anomalies is not None:
-            await self.guard.anomalies.record(run_id=run.id, tenant=run.tenant,
-                                        agent_type=run.agent_type, tool=call.name,
-                                        decision=record)  # fmt: skip
+            await self.guard.anomalies.record(
+                run_id=run.id,
+                tenant=run.tenant,
+                agent_type=run.agent_type,
+                tool=call.name,
+                decision=record,
+            )
         if decision.action == "deny":
-            return self._refused(call, f"blocked by policy rule {decision.rule_id}: "
-                                 f"{decision.reason}", record)  # fmt: skip
+            return self._refused(
+                call, f"blocked by policy rule {decision.rule_id}: {decision.reason}", record
+            )
         if decision.action == "require_approval":
             if self.guard.approvals is None:
                 return self._refused(
@@ -78,10 +83,15 @@ class GuardedTools:
                     record,
                 )
             approval = await self.guard.approvals.request(
-                run_id=run.id, tenant=run.tenant, tool_use_id=call.id, tool=call.name,
-                tool_input=call.input, rule_id=decision.rule_id or "", severity=decision.severity,
+                run_id=run.id,
+                tenant=run.tenant,
+                tool_use_id=call.id,
+                tool=call.name,
+                tool_input=call.input,
+                rule_id=decision.rule_id or "",
+                severity=decision.severity,
                 reason=decision.reason,
-            )  # fmt: skip
+            )
             ended = await self.guard.approvals.wait(approval)
             record["approval"] = {
                 "id": ended.id,

@@ -45,8 +45,8 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel, Field
 
+from quarterdeck import metrics
 from quarterdeck.exceptions import QuarterdeckError
-from quarterdeck.monitoring import metrics
 
 FORMULA = (
     "score = 1 / (1 + 10 * density); density = (3*F + 2*B + 1*other ruff findings) / "

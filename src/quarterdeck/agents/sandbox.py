@@ -109,10 +109,21 @@ def shared_identity() -> tuple[int, int] | None:
             if attempt or useradd is None:
                 break
             subprocess.run(
-                [useradd, "--system", "--user-group", "--no-create-home", "--home-dir",
-                 "/nonexistent", "--shell", "/usr/sbin/nologin", SANDBOX_USER],
-                capture_output=True, timeout=30, check=False,
-            )  # fmt: skip
+                [
+                    useradd,
+                    "--system",
+                    "--user-group",
+                    "--no-create-home",
+                    "--home-dir",
+                    "/nonexistent",
+                    "--shell",
+                    "/usr/sbin/nologin",
+                    SANDBOX_USER,
+                ],
+                capture_output=True,
+                timeout=30,
+                check=False,
+            )
     entry = pwd.getpwnam("nobody")
     return entry.pw_uid, entry.pw_gid
 
@@ -339,8 +350,13 @@ async def run_sandboxed(
     tmp.mkdir(exist_ok=True)
     if ident:
         os.chown(tmp, *ident, follow_symlinks=False)
-    env = {"PATH": SAFE_PATH, "HOME": str(cwd), "LANG": "C.UTF-8", "TERM": "dumb",
-           "TMPDIR": str(tmp)}  # fmt: skip
+    env = {
+        "PATH": SAFE_PATH,
+        "HOME": str(cwd),
+        "LANG": "C.UTF-8",
+        "TERM": "dumb",
+        "TMPDIR": str(tmp),
+    }
     env.update(extra_env or {})
     started = time.monotonic()
     proc = await asyncio.create_subprocess_exec(

@@ -18,11 +18,11 @@ import ipaddress
 import os
 import socket
 import time
-from typing import Any, Literal
+from typing import Any
 
 import httpx
 import structlog
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ValidationError
 
 from quarterdeck.agents.sandbox import TMP_DIRNAME, SandboxLimits, run_sandboxed
 from quarterdeck.agents.workspace import Workspace, WorkspaceError, parse_source
@@ -30,6 +30,18 @@ from quarterdeck.config import Settings
 from quarterdeck.exceptions import QuarterdeckError
 from quarterdeck.providers.types import ToolResultBlock, ToolSpec, ToolUseBlock
 from quarterdeck.runs.models import Run
+from quarterdeck.toolcalls import (
+    TOOLS as _TOOLS,
+)
+from quarterdeck.toolcalls import (
+    EditFile,
+    HttpFetch,
+    ListFiles,
+    ReadFile,
+    RunCommand,
+    Search,
+    WriteFile,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -48,74 +60,6 @@ class ToolError(QuarterdeckError):
     status = 422
     type_slug = "tool-error"
     title = "Tool call failed"
-
-
-class _Input(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class ReadFile(_Input):
-    """Read a UTF-8 text file from the workspace, optionally a range of lines."""
-
-    path: str = Field(min_length=1, description="Path relative to the workspace root.")
-    offset: int = Field(default=0, ge=0, description="First line to return (0-based).")
-    limit: int | None = Field(default=None, ge=1, description="Maximum number of lines.")
-
-
-class WriteFile(_Input):
-    """Create or overwrite a file in the workspace (parent directories are created)."""
-
-    path: str = Field(min_length=1)
-    content: str = Field(max_length=10_000_000)
-
-
-class EditFile(_Input):
-    """Replace one exact occurrence of ``old`` with ``new``; ``old`` must occur exactly once."""
-
-    path: str = Field(min_length=1)
-    old: str = Field(min_length=1)
-    new: str
-
-
-class ListFiles(_Input):
-    """List a directory of the workspace (directories end with '/')."""
-
-    path: str = "."
-    recursive: bool = False
-
-
-class Search(_Input):
-    """Search file contents with a Perl-compatible regex, like ``grep -rnP``."""
-
-    pattern: str = Field(min_length=1, max_length=2_000)
-    path: str = "."
-    glob: str | None = Field(default=None, description="Only files whose name matches, e.g. *.py")
-
-
-class RunCommand(_Input):
-    """Run a shell command in the workspace (sandboxed; no network unless enabled)."""
-
-    command: str = Field(min_length=1, max_length=100_000)
-    timeout_s: float | None = Field(default=None, gt=0, description="Capped by the server.")
-
-
-class HttpFetch(_Input):
-    """Fetch a public http(s) URL; private, loopback and metadata addresses are refused."""
-
-    url: str = Field(min_length=1, max_length=8_000)
-    method: Literal["GET", "HEAD"] = "GET"
-
-
-_TOOLS: dict[str, tuple[type[_Input], list[str]]] = {
-    "read_file": (ReadFile, ["fs.read"]),
-    "write_file": (WriteFile, ["fs.write"]),
-    "edit_file": (EditFile, ["fs.read", "fs.write"]),
-    "list_files": (ListFiles, ["fs.read"]),
-    "search": (Search, ["fs.read", "process.exec"]),
-    "run_command": (RunCommand, ["process.exec"]),
-    "http_fetch": (HttpFetch, ["net.connect"]),
-}
-"""Each tool's input model and the permissions it exercises (recorded per call)."""
 
 
 def _clip(text: str, limit: int, what: str = "characters") -> str:
@@ -278,8 +222,14 @@ class WorkspaceTools:
             out += f"\n[more lines follow; call read_file with offset={lineno}]"
         return out if out or args.offset == 0 else f"[no lines at offset {args.offset}]"
 
-    def _store(self, ws: Workspace, path: str, data: bytes | None, edit: tuple[str, str] | None,
-               event: dict[str, Any]) -> str:  # fmt: skip
+    def _store(
+        self,
+        ws: Workspace,
+        path: str,
+        data: bytes | None,
+        edit: tuple[str, str] | None,
+        event: dict[str, Any],
+    ) -> str:
         """Write (or edit) through a descriptor from :meth:`Workspace.open_fd`, hashing before and
         after for the audit record."""
         existed = os.path.lexists(ws.resolve(path))
@@ -311,9 +261,13 @@ class WorkspaceTools:
             os.close(fd)
         rel = ws.relative(ws.resolve(path))
         event["files_changed"].append(
-            {"path": rel, "bytes": len(data), "sha256_before": _sha(before),
-             "sha256_after": _sha(data)}
-        )  # fmt: skip
+            {
+                "path": rel,
+                "bytes": len(data),
+                "sha256_before": _sha(before),
+                "sha256_after": _sha(data),
+            }
+        )
         verb = "edited" if edit else ("overwrote" if existed else "created")
         return f"{verb} {rel} ({len(data)} bytes)"
 
@@ -363,9 +317,13 @@ class WorkspaceTools:
             argv.append(f"--include={args.glob}")
         argv += ["-e", args.pattern, "--"] + ([rel] if rel != "." else [])  # no "./" prefix
         result = await run_sandboxed(
-            argv, ws.path, timeout_s=min(30.0, self.settings.command_timeout),
-            output_limit=self.settings.tool_output_limit, limits=self.limits, run_as=ws.owner,
-        )  # fmt: skip
+            argv,
+            ws.path,
+            timeout_s=min(30.0, self.settings.command_timeout),
+            output_limit=self.settings.tool_output_limit,
+            limits=self.limits,
+            run_as=ws.owner,
+        )
         event["isolation"] = result.isolation
         event["timed_out"] = result.timed_out
         if result.timed_out:
@@ -386,9 +344,14 @@ class WorkspaceTools:
         if network:
             event["permissions"].append("net.connect")
         result = await run_sandboxed(
-            args.command, ws.path, timeout_s=timeout, output_limit=self.settings.tool_output_limit,
-            network=network, limits=self.limits, run_as=ws.owner,
-        )  # fmt: skip
+            args.command,
+            ws.path,
+            timeout_s=timeout,
+            output_limit=self.settings.tool_output_limit,
+            network=network,
+            limits=self.limits,
+            run_as=ws.owner,
+        )
         event.update(
             exit_code=result.exit_code, timed_out=result.timed_out, isolation=result.isolation
         )
@@ -451,9 +414,11 @@ class WorkspaceTools:
                 target = url.copy_with(host=ip if ":" not in ip else f"[{ip}]")
                 host_header = url.netloc.decode("ascii").rsplit("@", 1)[-1]
                 request = client.build_request(
-                    args.method, target, headers={"Host": host_header},
+                    args.method,
+                    target,
+                    headers={"Host": host_header},
                     extensions={"sni_hostname": url.host},
-                )  # fmt: skip
+                )
                 try:
                     response = await client.send(request, stream=True)
                 except httpx.HTTPError as exc:

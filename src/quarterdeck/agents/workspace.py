@@ -33,7 +33,12 @@ _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 _READY = "quarterdeck-ready"
 # Byproducts of running code, not changes an agent made: kept out of diffs and changed files.
 CACHE_PATTERNS = (
-    "__pycache__/", "*.py[co]", ".pytest_cache/", ".mypy_cache/", ".ruff_cache/", ".coverage",
+    "__pycache__/",
+    "*.py[co]",
+    ".pytest_cache/",
+    ".mypy_cache/",
+    ".ruff_cache/",
+    ".coverage",
     ".coverage.*",
 )
 _SCP_LIKE = re.compile(r"^[A-Za-z0-9_.-]+@[A-Za-z0-9_.-]+:[^/]")
@@ -46,10 +51,21 @@ _GIT_ENV = {
     "GIT_TERMINAL_PROMPT": "0",
 }
 _GIT_OPTS = [
-    "-c", "safe.directory=*", "-c", "core.hooksPath=/dev/null", "-c", "core.bigFileThreshold=2m",
-    "-c", "user.name=quarterdeck", "-c", "user.email=quarterdeck@localhost",
-    "-c", "commit.gpgsign=false", "-c", "core.quotePath=false",
-]  # fmt: skip
+    "-c",
+    "safe.directory=*",
+    "-c",
+    "core.hooksPath=/dev/null",
+    "-c",
+    "core.bigFileThreshold=2m",
+    "-c",
+    "user.name=quarterdeck",
+    "-c",
+    "user.email=quarterdeck@localhost",
+    "-c",
+    "commit.gpgsign=false",
+    "-c",
+    "core.quotePath=false",
+]
 
 
 class WorkspaceError(ValidationFailed):
@@ -267,10 +283,27 @@ class Workspace:
         env = {**_GIT_ENV, "HOME": os.environ.get("HOME", "/nonexistent")}
         env.pop("GIT_CONFIG_GLOBAL")  # operator credentials/helpers may live in ~/.gitconfig
         env["GIT_SSH_COMMAND"] = "ssh -o BatchMode=yes"
-        argv = ["git", "-c", "protocol.allow=never", "-c", "protocol.https.allow=always",
-                "-c", "protocol.ssh.allow=always", "-c", "protocol.file.allow=always",
-                "-c", "safe.directory=*", "clone", "--quiet", "--depth", "1",
-                "--no-recurse-submodules", "--", url, str(self.path)]  # fmt: skip
+        argv = [
+            "git",
+            "-c",
+            "protocol.allow=never",
+            "-c",
+            "protocol.https.allow=always",
+            "-c",
+            "protocol.ssh.allow=always",
+            "-c",
+            "protocol.file.allow=always",
+            "-c",
+            "safe.directory=*",
+            "clone",
+            "--quiet",
+            "--depth",
+            "1",
+            "--no-recurse-submodules",
+            "--",
+            url,
+            str(self.path),
+        ]
         rc, _, err = await _exec(argv, env=env, timeout_s=timeout_s)
         if rc != 0:
             raise WorkspaceError(f"git clone failed: {err.strip()[-2000:]}")

@@ -32,8 +32,16 @@ def _secs(value: float | None, basis: str = "") -> str:
 
 
 def table(results: list[Result]) -> Table:
-    out = Table("scenario", "faults injected", "runs", "runs lost", "runs duplicated",
-                "detection time", "recovery time", "verdict")  # fmt: skip
+    out = Table(
+        "scenario",
+        "faults injected",
+        "runs",
+        "runs lost",
+        "runs duplicated",
+        "detection time",
+        "recovery time",
+        "verdict",
+    )
     for r in results:
         outcomes = ", ".join(f"{n} {s}" for s, n in sorted(r.outcomes.items()))
         failed = [name for name, ok in r.checks.items() if not ok]

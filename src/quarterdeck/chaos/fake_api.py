@@ -224,12 +224,16 @@ async def _sse(message: dict[str, Any]) -> AsyncIterator[bytes]:
             empty = {**block, "input": {}}
             delta = {"type": "input_json_delta", "partial_json": json.dumps(block["input"])}
         events += [
-            ("content_block_start", {"type": "content_block_start", "index": index,
-                                     "content_block": empty}),
-            ("content_block_delta", {"type": "content_block_delta", "index": index,
-                                     "delta": delta}),
+            (
+                "content_block_start",
+                {"type": "content_block_start", "index": index, "content_block": empty},
+            ),
+            (
+                "content_block_delta",
+                {"type": "content_block_delta", "index": index, "delta": delta},
+            ),
             ("content_block_stop", {"type": "content_block_stop", "index": index}),
-        ]  # fmt: skip
+        ]
     events.append(
         (
             "message_delta",

@@ -23,8 +23,9 @@ from typing import Any
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-TERMINAL = frozenset({"succeeded", "failed", "cancelled", "timed_out", "max_turns",
-                      "budget_exceeded"})  # fmt: skip
+TERMINAL = frozenset(
+    {"succeeded", "failed", "cancelled", "timed_out", "max_turns", "budget_exceeded"}
+)
 
 
 def ts(value: str | None) -> float | None:
@@ -70,8 +71,11 @@ class Submitter(threading.Thread):
             if urls:
                 url = urls[(i + attempt) % len(urls)]
                 try:
-                    r = client.post(f"{url}/v1/runs", json={"prompt": f"chaos task {key}"},
-                                    headers={"Idempotency-Key": key})  # fmt: skip
+                    r = client.post(
+                        f"{url}/v1/runs",
+                        json={"prompt": f"chaos task {key}"},
+                        headers={"Idempotency-Key": key},
+                    )
                     if r.status_code in (200, 201, 202):
                         self.submitted_at[key] = time.time()
                         return str(r.json()["id"])

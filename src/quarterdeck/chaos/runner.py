@@ -216,9 +216,17 @@ class Runner:
 
     def _breaker_peak(self, dep: LocalDeployment) -> float:
         return max(
-            [metric(scrape(r.metrics_url), "claude_agent_circuit_state",
-                    dependency=f"anthropic:{PRIMARY}") for r in dep.replicas if r.alive] or [0.0]
-        )  # fmt: skip
+            [
+                metric(
+                    scrape(r.metrics_url),
+                    "claude_agent_circuit_state",
+                    dependency=f"anthropic:{PRIMARY}",
+                )
+                for r in dep.replicas
+                if r.alive
+            ]
+            or [0.0]
+        )
 
     def _leader_recovery(self, dep: LocalDeployment, fault_end: float, result: Result) -> None:
         deadline = time.monotonic() + 60
@@ -322,8 +330,11 @@ class Runner:
         for run_id, events in found.events.items():
             if runs[run_id]["attempts"] < 2:
                 continue
-            starts = [ts(e["ts"]) or 0.0 for e in events
-                      if e["type"] == "status" and e["data"].get("status") == "running"]  # fmt: skip
+            starts = [
+                ts(e["ts"]) or 0.0
+                for e in events
+                if e["type"] == "status" and e["data"].get("status") == "running"
+            ]
             after = [s for s in starts if s > fault_start]
             if after:
                 repicked.append(min(after))
@@ -352,13 +363,20 @@ class Runner:
             fallbacks = sum(metric(s, "claude_agent_model_fallbacks_total") for s in samples)
             result.observed["fallbacks_counted"] = int(fallbacks)
             result.checks["fallback served"] = fallbacks > 0
-            notes = [i.get("resolution_note") or "" for i in result.incidents
-                     if i["service"] == "anthropic_api" and i["status"] == "resolved"]  # fmt: skip
+            notes = [
+                i.get("resolution_note") or ""
+                for i in result.incidents
+                if i["service"] == "anthropic_api" and i["status"] == "resolved"
+            ]
             result.checks["resolved as degraded: fallback serving"] = bool(notes) and all(
                 f"fallback {FALLBACK} serving" in note for note in notes
             )
-        dup = [f"{i}:{k}x{n}" for i, kinds in result.notifications.items()
-               for k, n in kinds.items() if n > 1]  # fmt: skip
+        dup = [
+            f"{i}:{k}x{n}"
+            for i, kinds in result.notifications.items()
+            for k, n in kinds.items()
+            if n > 1
+        ]
         result.checks["no notification delivered twice"] = not dup
 
 

@@ -103,16 +103,36 @@ def _leader_kill(ctx: Context) -> list[str]:
 SCENARIOS: dict[str, Scenario] = {
     s.name: s
     for s in (
-        Scenario("provider-errors", "provider 429/529, then recovers", _provider_down,
-                 _provider_up, expect_incident="anthropic_api"),
-        Scenario("primary-down", "primary model fails for good, fallback serves",
-                 _primary_down, expect_incident="anthropic_api", permanent=True,
-                 env={"QUARTERDECK_MODEL_FALLBACKS": f'{{"{PRIMARY}": ["{FALLBACK}"]}}'}),
-        Scenario("redis-kill", "Redis killed, then restarted", _redis_kill, _redis_start,
-                 expect_incident="redis"),
-        Scenario("postgres-restart", "Postgres restarted", _pg_stop, _pg_start,
-                 expect_incident="database"),
+        Scenario(
+            "provider-errors",
+            "provider 429/529, then recovers",
+            _provider_down,
+            _provider_up,
+            expect_incident="anthropic_api",
+        ),
+        Scenario(
+            "primary-down",
+            "primary model fails for good, fallback serves",
+            _primary_down,
+            expect_incident="anthropic_api",
+            permanent=True,
+            env={"QUARTERDECK_MODEL_FALLBACKS": f'{{"{PRIMARY}": ["{FALLBACK}"]}}'},
+        ),
+        Scenario(
+            "redis-kill",
+            "Redis killed, then restarted",
+            _redis_kill,
+            _redis_start,
+            expect_incident="redis",
+        ),
+        Scenario(
+            "postgres-restart",
+            "Postgres restarted",
+            _pg_stop,
+            _pg_start,
+            expect_incident="database",
+        ),
         Scenario("worker-kill", "a worker is SIGKILLed", _worker_kill, timed=False),
         Scenario("leader-kill", "the leader replica is SIGKILLed", _leader_kill, timed=False),
     )
-}  # fmt: skip
+}

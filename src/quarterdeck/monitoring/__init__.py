@@ -1,1 +1,1 @@
-"""Metrics, probes, health monitoring and alerting glue."""
+"""The monitoring bundle's tools: SLO burn-rate rules for Prometheus, and ``quarterdeck doctor``."""

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from decimal import Decimal
 
+from quarterdeck import metrics
 from quarterdeck.exceptions import ProviderError
-from quarterdeck.monitoring import metrics
 from quarterdeck.providers.types import Usage
 
 SEVERITIES = ("low", "medium", "high", "critical")

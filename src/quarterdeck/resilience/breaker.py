@@ -32,8 +32,8 @@ from typing import Any, Literal, Protocol
 
 import structlog
 
+from quarterdeck import metrics
 from quarterdeck.exceptions import Unavailable
-from quarterdeck.monitoring import metrics
 from quarterdeck.resilience.retry import classify
 
 log = structlog.get_logger(__name__)

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 
 import structlog
 
+from quarterdeck import metrics
 from quarterdeck.exceptions import ProviderError
-from quarterdeck.monitoring import metrics
 from quarterdeck.providers import telemetry
 from quarterdeck.providers.types import ModelRequest, ModelResponse, Provider
 from quarterdeck.resilience.breaker import Breakers, CircuitOpenError, breaker_name

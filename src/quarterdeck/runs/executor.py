@@ -18,8 +18,9 @@ from typing import Any, Protocol
 
 import structlog
 
+from quarterdeck import metrics
+from quarterdeck.budgets.service import BudgetExceeded, BudgetService
 from quarterdeck.exceptions import ProviderError
-from quarterdeck.monitoring import metrics
 from quarterdeck.providers import telemetry
 from quarterdeck.providers.types import (
     Message,
@@ -31,7 +32,6 @@ from quarterdeck.providers.types import (
     ToolUseBlock,
     Usage,
 )
-from quarterdeck.resilience.budgets import BudgetExceeded, BudgetService
 from quarterdeck.resilience.calls import CallResult, ResilientCaller
 from quarterdeck.runs import repository as repo
 from quarterdeck.runs.models import Run, RunStatus

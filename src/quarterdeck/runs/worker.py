@@ -22,10 +22,10 @@ from typing import Any
 
 import structlog
 
+from quarterdeck import metrics
 from quarterdeck.config import Settings
 from quarterdeck.exceptions import StoreError, Unavailable
 from quarterdeck.kit.ids import ulid
-from quarterdeck.monitoring import metrics
 from quarterdeck.runs import queue
 from quarterdeck.runs import repository as repo
 from quarterdeck.runs.executor import Outcome, RunExecutor

@@ -62,76 +62,132 @@ class AuditTrail:
     # -- runs ----------------------------------------------------------------------------------
     def run_created(self, row: dict[str, Any], ctx: RequestContext) -> None:
         """``row``: the run as inserted (id, tenant, agent_type, operation, model, prompt)."""
-        self._nowait(AuditEvent(
-            event_type="run.created", tenant=row["tenant"], actor=ctx.actor, agent_id=row["agent_type"],
-            session_id=row["id"], source_ip=ctx.source_ip, request_id=ctx.request_id,
-            operations=[row["operation"]], data_accessed=[row["model"]],
-            sensitive={"prompt": row["prompt"]},
-        ))  # fmt: skip
+        self._nowait(
+            AuditEvent(
+                event_type="run.created",
+                tenant=row["tenant"],
+                actor=ctx.actor,
+                agent_id=row["agent_type"],
+                session_id=row["id"],
+                source_ip=ctx.source_ip,
+                request_id=ctx.request_id,
+                operations=[row["operation"]],
+                data_accessed=[row["model"]],
+                sensitive={"prompt": row["prompt"]},
+            )
+        )
 
     def run_started(self, run: Any, worker_id: str) -> None:
         """Recorded for resumed attempts only: a first start is in ``run.completed`` (worker,
         attempts, start time), which keeps the hot path to two audit events per run."""
         if run.attempts <= 1:
             return
-        self._nowait(AuditEvent(
-            event_type="run.started", tenant=run.tenant, actor=f"worker:{worker_id}",
-            agent_id=run.agent_type, session_id=run.id, operations=[run.operation],
-            outcome="resumed",
-        ))  # fmt: skip
+        self._nowait(
+            AuditEvent(
+                event_type="run.started",
+                tenant=run.tenant,
+                actor=f"worker:{worker_id}",
+                agent_id=run.agent_type,
+                session_id=run.id,
+                operations=[run.operation],
+                outcome="resumed",
+            )
+        )
 
     def run_finished(self, run: Any, error_type: str | None, worker_id: str = "worker") -> None:
         duration = None
         if run.started_at and run.finished_at:
             duration = int((run.finished_at - run.started_at).total_seconds() * 1000)
-        self._nowait(AuditEvent(
-            event_type="run.completed", tenant=run.tenant, actor=f"worker:{worker_id}",
-            agent_id=run.agent_type, session_id=run.id, operations=[run.operation],
-            data_accessed=[run.model, {"attempts": run.attempts, "turns": run.turns,
-                                       "started_at": _iso(run.started_at),
-                                       "cost_usd": run.cost_usd}],
-            duration_ms=duration, outcome=run.status.value,
-            sensitive={"error": run.error, "error_type": error_type} if run.error else None,
-        ))  # fmt: skip
+        self._nowait(
+            AuditEvent(
+                event_type="run.completed",
+                tenant=run.tenant,
+                actor=f"worker:{worker_id}",
+                agent_id=run.agent_type,
+                session_id=run.id,
+                operations=[run.operation],
+                data_accessed=[
+                    run.model,
+                    {
+                        "attempts": run.attempts,
+                        "turns": run.turns,
+                        "started_at": _iso(run.started_at),
+                        "cost_usd": run.cost_usd,
+                    },
+                ],
+                duration_ms=duration,
+                outcome=run.status.value,
+                sensitive={"error": run.error, "error_type": error_type} if run.error else None,
+            )
+        )
 
     def run_cancelled(self, run: Any, ctx: RequestContext) -> None:
-        self._nowait(AuditEvent(
-            event_type="run.cancelled", tenant=run.tenant, actor=ctx.actor, session_id=run.id,
-            agent_id=run.agent_type, request_id=ctx.request_id, source_ip=ctx.source_ip,
-            outcome=run.status.value,
-        ))  # fmt: skip
+        self._nowait(
+            AuditEvent(
+                event_type="run.cancelled",
+                tenant=run.tenant,
+                actor=ctx.actor,
+                session_id=run.id,
+                agent_id=run.agent_type,
+                request_id=ctx.request_id,
+                source_ip=ctx.source_ip,
+                outcome=run.status.value,
+            )
+        )
 
     def tool_call(self, run: Any, event: dict[str, Any]) -> None:
         """One tool call: files touched, connections attempted, permissions used, the decision."""
         policy = event.get("policy") or {}
         anomaly = None
         if policy.get("action") in ("flag", "deny", "require_approval") and policy.get("rule_id"):
-            anomaly = {"rule_id": policy["rule_id"], "severity": policy.get("severity", "medium"),
-                       "decision": policy["action"], "tags": list(policy.get("tags", [])),
-                       "description": policy.get("description", "")}  # fmt: skip
-        self._nowait(AuditEvent(
-            event_type="tool.call", tenant=run.tenant, actor=f"agent:{run.agent_type}",
-            agent_id=run.agent_type, session_id=run.id, operations=[event.get("tool")],
-            files_modified=list(event.get("files_changed") or []),
-            network_connections=list(event.get("network") or []),
-            permissions=list(event.get("permissions") or []),
-            duration_ms=_ms(event.get("duration_ms")),
-            outcome="error" if event.get("is_error") else "success", anomaly=anomaly,
-            sensitive={"input": event.get("input"), "output": event.get("output")},
-        ))  # fmt: skip
+            anomaly = {
+                "rule_id": policy["rule_id"],
+                "severity": policy.get("severity", "medium"),
+                "decision": policy["action"],
+                "tags": list(policy.get("tags", [])),
+                "description": policy.get("description", ""),
+            }
+        self._nowait(
+            AuditEvent(
+                event_type="tool.call",
+                tenant=run.tenant,
+                actor=f"agent:{run.agent_type}",
+                agent_id=run.agent_type,
+                session_id=run.id,
+                operations=[event.get("tool")],
+                files_modified=list(event.get("files_changed") or []),
+                network_connections=list(event.get("network") or []),
+                permissions=list(event.get("permissions") or []),
+                duration_ms=_ms(event.get("duration_ms")),
+                outcome="error" if event.get("is_error") else "success",
+                anomaly=anomaly,
+                sensitive={"input": event.get("input"), "output": event.get("output")},
+            )
+        )
 
     # -- security-relevant changes (awaited) ---------------------------------------------------
     async def change(
-        self, event_type: str, *, tenant: str, details: dict[str, Any],
-        ctx: RequestContext | None = None, actor: str | None = None,
-    ) -> None:  # fmt: skip
+        self,
+        event_type: str,
+        *,
+        tenant: str,
+        details: dict[str, Any],
+        ctx: RequestContext | None = None,
+        actor: str | None = None,
+    ) -> None:
         """Keys, roles, budgets, approvals, incident actions: durable before the caller answers."""
         ctx = ctx or RequestContext(actor or "system")
-        await self.audit.record(AuditEvent(
-            event_type=event_type, tenant=_tenant(tenant), actor=actor or ctx.actor,
-            request_id=ctx.request_id, source_ip=ctx.source_ip,
-            operations=[event_type], data_accessed=[_plain(details)],
-        ))  # fmt: skip
+        await self.audit.record(
+            AuditEvent(
+                event_type=event_type,
+                tenant=_tenant(tenant),
+                actor=actor or ctx.actor,
+                request_id=ctx.request_id,
+                source_ip=ctx.source_ip,
+                operations=[event_type],
+                data_accessed=[_plain(details)],
+            )
+        )
 
     async def key_changed(self, action: str, details: dict[str, Any]) -> None:
         """The auth service's ``on_change`` hook."""

@@ -199,8 +199,12 @@ class BatchAppender:
                 for p in retry:
                     assert not isinstance(p, tuple)
                     metrics.DROPPED.labels(reason="rejected").inc()
-                    log.error("audit_event_dropped", tenant=p.tenant, event_type=p.event_type,
-                              error=str(exc))  # fmt: skip
+                    log.error(
+                        "audit_event_dropped",
+                        tenant=p.tenant,
+                        event_type=p.event_type,
+                        error=str(exc),
+                    )
         else:
             for future in durable:
                 if not future.done():

@@ -146,8 +146,11 @@ def _plain(value: Any, depth: int = 0) -> bool:
     elif kind is list or kind is tuple:
         items = value
     else:
-        return kind is str or value is None or kind is bool or (
-            kind is int and -MAX_SAFE_INT <= value <= MAX_SAFE_INT
+        return (
+            kind is str
+            or value is None
+            or kind is bool
+            or (kind is int and -MAX_SAFE_INT <= value <= MAX_SAFE_INT)
         )
     for item in items:  # scalars inline: a call per value would cost more than the encoding
         kind = type(item)

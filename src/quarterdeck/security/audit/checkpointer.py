@@ -55,8 +55,12 @@ class Checkpointer:
             try:
                 result.ran = True
                 with repo.errors("listing chain heads"):
-                    tenants = [r["tenant"] for r in await conn.fetch(
-                        "SELECT tenant FROM audit_chain_heads ORDER BY tenant")]  # fmt: skip
+                    tenants = [
+                        r["tenant"]
+                        for r in await conn.fetch(
+                            "SELECT tenant FROM audit_chain_heads ORDER BY tenant"
+                        )
+                    ]
                 for tenant in tenants:
                     async with conn.transaction():
                         await self._tenant(conn, tenant, now or datetime.now(UTC), result)
@@ -82,15 +86,21 @@ class Checkpointer:
         for signed in {c.id: c for c in (last, sealing) if c is not None}.values():
             if not self.keys.verify(signed.key_fingerprint, signed.payload, signed.signature):
                 return self._refuse(
-                    result, tenant, ProblemKind.forged_checkpoint, signed.seq,
+                    result,
+                    tenant,
+                    ProblemKind.forged_checkpoint,
+                    signed.seq,
                     f"checkpoint #{signed.id} has an invalid signature; not extending it",
-                )  # fmt: skip
+                )
         head_pos = Position(head["seq"], bytes(head["hash"]))
         if head_pos.seq < start.seq:
             return self._refuse(
-                result, tenant, ProblemKind.truncated, head_pos.seq + 1,
+                result,
+                tenant,
+                ProblemKind.truncated,
+                head_pos.seq + 1,
                 f"the chain head is at seq {head_pos.seq}, behind the checkpoint at {start.seq}",
-            )  # fmt: skip
+            )
         if head_pos.seq > start.seq:
             seg = SegmentVerifier(tenant, start, {})
             await stream(conn, seg, head_pos.seq)
@@ -102,20 +112,27 @@ class Checkpointer:
                 return None
             if seg.last != head_pos:
                 return self._refuse(
-                    result, tenant, ProblemKind.head_mismatch, head_pos.seq,
+                    result,
+                    tenant,
+                    ProblemKind.head_mismatch,
+                    head_pos.seq,
                     f"events end at seq {seg.last.seq} with another hash than the chain head",
-                )  # fmt: skip
+                )
         elif head_pos.hash != start.hash:
             return self._refuse(
-                result, tenant, ProblemKind.head_mismatch, head_pos.seq,
+                result,
+                tenant,
+                ProblemKind.head_mismatch,
+                head_pos.seq,
                 "the chain head's hash differs from the last checkpoint's at the same seq",
-            )  # fmt: skip
+            )
         count = head_pos.seq - start.seq
         prev = last.link if last is not None else NO_PREV
         fp = self.keys.key_fingerprint
         payload = Checkpoint.payload_of(tenant, head_pos.seq, head_pos.hash, count, now, prev, fp)
-        cp = Checkpoint(0, tenant, head_pos.seq, head_pos.hash, count, now, prev, fp,
-                        self.keys.sign(payload))  # fmt: skip
+        cp = Checkpoint(
+            0, tenant, head_pos.seq, head_pos.hash, count, now, prev, fp, self.keys.sign(payload)
+        )
         await repo.insert_checkpoint(conn, cp)
         result.written += 1
         return None

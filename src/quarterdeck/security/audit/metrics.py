@@ -1,7 +1,7 @@
 """Prometheus metrics of the audit log.
 
 The chain-validity gauge and the last-verification timestamp were declared up front in
-:mod:`quarterdeck.monitoring.metrics` (re-registering a name would fail), so they are reused from
+:mod:`quarterdeck.metrics` (re-registering a name would fail), so they are reused from
 there. ``claude_agent_audit_chain_valid`` carries a ``tenant`` label there; it is only ever set
 with the single value ``all`` so its cardinality stays one whatever the number of tenants (which
 tenant is broken is in the verification report, not in a label). Event types are bounded to the
@@ -14,7 +14,7 @@ import time
 
 from prometheus_client import Counter, Gauge
 
-from quarterdeck.monitoring.metrics import (
+from quarterdeck.metrics import (
     AUDIT_CHAIN_VALID,
     AUDIT_LAST_VERIFY,
     REGISTRY,

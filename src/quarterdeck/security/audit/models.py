@@ -135,8 +135,14 @@ class AuditEvent:
             if not EVENT_TYPE_RE.fullmatch(self.event_type):
                 raise ValueError(f"event_type {self.event_type!r} must look like 'run.created'")
             _remember(_EVENT_TYPES, self.event_type)
-        for value in (self.actor, self.agent_id, self.user_id, self.session_id, self.request_id,
-                      self.source_ip):  # fmt: skip
+        for value in (
+            self.actor,
+            self.agent_id,
+            self.user_id,
+            self.session_id,
+            self.request_id,
+            self.source_ip,
+        ):
             if value is not None and (
                 type(value) is not str or len(value) > MAX_ID or "\x00" in value
             ):
@@ -165,8 +171,10 @@ class AuditEvent:
         if self.anomaly is not None:
             self.anomaly = Anomaly.coerce(self.anomaly)
         sensitive = self.sensitive
-        if sensitive is not None and type(sensitive) is not dict and not isinstance(
-            sensitive, Mapping
+        if (
+            sensitive is not None
+            and type(sensitive) is not dict
+            and not isinstance(sensitive, Mapping)
         ):
             raise ValueError("sensitive must be a mapping")
 

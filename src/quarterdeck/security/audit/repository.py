@@ -26,8 +26,16 @@ from quarterdeck.security.audit.models import EventFilter
 from quarterdeck.store.pool import CONNECTION_ERRORS
 
 EVENT_COLUMNS = (
-    "tenant", "seq", "ts", "event_type", "actor", "session_id", "severity", "body", "hash",
-)  # fmt: skip
+    "tenant",
+    "seq",
+    "ts",
+    "event_type",
+    "actor",
+    "session_id",
+    "severity",
+    "body",
+    "hash",
+)
 PREFIX_SQL = """
     '{"body":'::bytea || e.body || convert_to(
         ',"head":{"actor":' || coalesce(to_json(e.actor)::text, 'null')

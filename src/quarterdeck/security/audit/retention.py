@@ -63,9 +63,13 @@ class Purger:
             if anchor is not None:
                 if not self.keys.verify(anchor.key_fingerprint, anchor.payload, anchor.signature):
                     outcome.problems.append(
-                        Problem(tenant=tenant, kind=ProblemKind.forged_anchor, seq=anchor.seq,
-                                detail="purge skipped: the current anchor is not validly signed")
-                    )  # fmt: skip
+                        Problem(
+                            tenant=tenant,
+                            kind=ProblemKind.forged_anchor,
+                            seq=anchor.seq,
+                            detail="purge skipped: the current anchor is not validly signed",
+                        )
+                    )
                     return
                 start = Position(anchor.seq, anchor.head_hash)
             cp = await repo.purge_candidate(conn, tenant, cutoff, start.seq)
@@ -73,19 +77,27 @@ class Purger:
                 return
             if not self.keys.verify(cp.key_fingerprint, cp.payload, cp.signature):
                 outcome.problems.append(
-                    Problem(tenant=tenant, kind=ProblemKind.forged_checkpoint, seq=cp.seq,
-                            detail=f"purge skipped: checkpoint #{cp.id} is not validly signed")
-                )  # fmt: skip
+                    Problem(
+                        tenant=tenant,
+                        kind=ProblemKind.forged_checkpoint,
+                        seq=cp.seq,
+                        detail=f"purge skipped: checkpoint #{cp.id} is not validly signed",
+                    )
+                )
                 return
             seg = SegmentVerifier(tenant, start, {cp.seq: cp.head_hash})
             await stream(conn, seg, cp.seq)
             problems = seg.finish()
             if seg.last.seq != cp.seq and not problems:
                 problems.append(
-                    Problem(tenant=tenant, kind=ProblemKind.truncated, seq=seg.last.seq + 1,
-                            detail=f"the segment ends at seq {seg.last.seq}, before the "
-                            f"checkpoint at {cp.seq}")
-                )  # fmt: skip
+                    Problem(
+                        tenant=tenant,
+                        kind=ProblemKind.truncated,
+                        seq=seg.last.seq + 1,
+                        detail=f"the segment ends at seq {seg.last.seq}, before the "
+                        f"checkpoint at {cp.seq}",
+                    )
+                )
             if problems:
                 log.error("audit_purge_refused", tenant=tenant, problems=len(problems))
                 outcome.problems += problems
@@ -94,8 +106,9 @@ class Purger:
             fp = self.keys.key_fingerprint
             count = cp.seq - start.seq
             payload = Anchor.payload_of(tenant, cp.seq, cp.head_hash, cp.id, count, created, fp)
-            new_anchor = Anchor(tenant, cp.seq, cp.head_hash, cp.id, count, created, fp,
-                                self.keys.sign(payload))  # fmt: skip
+            new_anchor = Anchor(
+                tenant, cp.seq, cp.head_hash, cp.id, count, created, fp, self.keys.sign(payload)
+            )
             deleted = await repo.purge(conn, new_anchor)
         log.info("audit_purged", tenant=tenant, events=deleted, anchor_seq=cp.seq)
         outcome.purged.append(PurgeResult(tenant=tenant, events_purged=deleted, anchor_seq=cp.seq))

@@ -173,9 +173,11 @@ class AuditLog:
         outcome = await self.purger.purge(now, tenant)
         for r in outcome.purged:
             await self._record_admin(
-                r.tenant, event_types.AUDIT_PURGED, SYSTEM_ACTOR,
+                r.tenant,
+                event_types.AUDIT_PURGED,
+                SYSTEM_ACTOR,
                 [f"purged events 1..{r.anchor_seq}", f"events_purged={r.events_purged}"],
-            )  # fmt: skip
+            )
         return outcome
 
     async def get_retention(self, tenant: str) -> float:

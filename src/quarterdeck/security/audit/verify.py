@@ -143,8 +143,10 @@ class Verifier:
             result.checkpoints = len(stored) + len(external)
             result.problems += checked.problems
             heads = {s: h for s, h in checked.heads.items() if s > start.seq}
-            sources = {cp.seq: f"checkpoint #{cp.id} ({cp.created_at:%Y-%m-%d %H:%M:%S}Z)"
-                       for cp in checked.valid}  # fmt: skip
+            sources = {
+                cp.seq: f"checkpoint #{cp.id} ({cp.created_at:%Y-%m-%d %H:%M:%S}Z)"
+                for cp in checked.valid
+            }
             self._merge_external(tenant, external, start, heads, sources, result)
             seg = SegmentVerifier(tenant, start, heads)
             await stream(conn, seg)

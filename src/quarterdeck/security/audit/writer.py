@@ -88,9 +88,17 @@ def prepare(event: AuditEvent) -> Prepared:
     )
     secret = crypto.plaintext(event.sensitive) if event.sensitive else None
     return Prepared(
-        event.tenant, ts, event.event_type, event.actor, event.session_id, severity,
-        b',"head":' + head, lo[:-1] + b',"sensitive":', hi, secret,
-    )  # fmt: skip
+        event.tenant,
+        ts,
+        event.event_type,
+        event.actor,
+        event.session_id,
+        severity,
+        b',"head":' + head,
+        lo[:-1] + b',"sensitive":',
+        hi,
+        secret,
+    )
 
 
 class ChainWriter:
@@ -180,15 +188,18 @@ def _link(
         salt = os.urandom(4)
         for p in plan.items:
             seq += 1
-            body = p.body_lo + (
-                cipher.seal(seq, p.secret, salt)
-                if cipher is not None and p.secret is not None
-                else b"null"
-            ) + p.body_hi  # fmt: skip
+            body = (
+                p.body_lo
+                + (
+                    cipher.seal(seq, p.secret, salt)
+                    if cipher is not None and p.secret is not None
+                    else b"null"
+                )
+                + p.body_hi
+            )
             digest = sha256(
                 b'{"body":' + body + p.head + suffix % (hexlify(prev), seq, tjs)
             ).digest()
-            yield (tenant, seq, p.ts, p.event_type, p.actor, p.session_id, p.severity, body,
-                   digest)  # fmt: skip
+            yield (tenant, seq, p.ts, p.event_type, p.actor, p.session_id, p.severity, body, digest)
             prev = digest
         new_heads.append((tenant, seq, prev, plan.key_id))

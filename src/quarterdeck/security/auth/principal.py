@@ -76,9 +76,12 @@ class Principal:
 
 
 DEV_PRINCIPAL = Principal(
-    key_id="dev", name="development (auth off)", role=Role.admin, tenant=ALL_TENANTS,
+    key_id="dev",
+    name="development (auth off)",
+    role=Role.admin,
+    tenant=ALL_TENANTS,
     method=AuthMethod.disabled,
-)  # fmt: skip
+)
 """Every request while authentication is off: an admin, as the bootstrap key would be.
 
 It reads every tenant's objects (so nothing that worked before keys existed stops working) and

@@ -167,9 +167,12 @@ class AuthService:
             )
         if self._bootstrap is not None and keys.same_secret(token, self._bootstrap):
             return Principal(
-                BOOTSTRAP_KEY_ID, "bootstrap admin key", Role.admin, ALL_TENANTS,
+                BOOTSTRAP_KEY_ID,
+                "bootstrap admin key",
+                Role.admin,
+                ALL_TENANTS,
                 AuthMethod.bootstrap,
-            )  # fmt: skip
+            )
         parsed = keys.parse(token)
         if parsed is None:
             raise Unauthenticated("the API key is malformed")

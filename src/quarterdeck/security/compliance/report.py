@@ -83,22 +83,32 @@ async def build_report(
         _gdpr_30(processing),
         _gdpr_17(shredded),
     ]
-    return ComplianceReport(period_start=start, period_end=end, generated_at=datetime.now(UTC),
-                            controls=controls, scope_note=SCOPE)  # fmt: skip
+    return ComplianceReport(
+        period_start=start,
+        period_end=end,
+        generated_at=datetime.now(UTC),
+        controls=controls,
+        scope_note=SCOPE,
+    )
 
 
 def _access_control(keys: list[dict[str, Any]], changes: dict[str, int], denied: int) -> Control:
     active = sum(int(k["active"]) for k in keys)
     status: Status = "evidence" if keys else "no_data"
     return Control(
-        id="CC6.1/CC6.3", framework="SOC 2", title="Logical access: keys, roles, access changes",
+        id="CC6.1/CC6.3",
+        framework="SOC 2",
+        title="Logical access: keys, roles, access changes",
         status=status,
         summary=f"{active} active API keys across {len(keys)} roles; "
         f"{sum(changes.values())} recorded access changes; {denied} denied requests audited.",
         evidence={"keys_by_role": keys, "access_changes": changes, "denied_requests": denied},
-        not_covered=["Periodic access reviews by a human", "Identity of the people holding keys "
-                     "(keys name a purpose, not a person)", "SSO/MFA for humans (not provided)"],
-    )  # fmt: skip
+        not_covered=[
+            "Periodic access reviews by a human",
+            "Identity of the people holding keys (keys name a purpose, not a person)",
+            "SSO/MFA for humans (not provided)",
+        ],
+    )
 
 
 def _anomalies(
@@ -111,17 +121,25 @@ def _anomalies(
     open_now = sum(int(i["n"]) for i in incidents if i["status"] != "resolved")
     status: Status = "attention" if open_now else ("evidence" if decisions else "no_data")
     return Control(
-        id="CC7.2", framework="SOC 2", title="Anomalies detected and how they were handled",
+        id="CC7.2",
+        framework="SOC 2",
+        title="Anomalies detected and how they were handled",
         status=status,
         summary=f"{sum(decisions.values())} tool calls checked before execution "
         f"({decisions.get('deny', 0)} denied, {decisions.get('flag', 0)} flagged, "
         f"{decisions.get('require_approval', 0)} held for approval); {opened} security "
         f"incidents, {open_now} still open.",
-        evidence={"policy_decisions": decisions, "anomalies_by_severity": anomalies,
-                  "approvals": approvals, "security_incidents": incidents},
-        not_covered=["Detection outside agent tool calls (hosts, network, the database)",
-                     "Threat intelligence feeds; rules are the shipped and configured ones"],
-    )  # fmt: skip
+        evidence={
+            "policy_decisions": decisions,
+            "anomalies_by_severity": anomalies,
+            "approvals": approvals,
+            "security_incidents": incidents,
+        },
+        not_covered=[
+            "Detection outside agent tool calls (hosts, network, the database)",
+            "Threat intelligence feeds; rules are the shipped and configured ones",
+        ],
+    )
 
 
 def _logging(
@@ -148,58 +166,84 @@ def _logging(
         status = (
             "evidence" if verify.ok and total else ("attention" if not verify.ok else "no_data")
         )
-    evidence: dict[str, Any] = {"events_by_type": events, "events": total,
-                                "signed_checkpoints": checkpoints, "integrity": integrity,
-                                "retention_purges": purges}  # fmt: skip
+    evidence: dict[str, Any] = {
+        "events_by_type": events,
+        "events": total,
+        "signed_checkpoints": checkpoints,
+        "integrity": integrity,
+        "retention_purges": purges,
+    }
     if retention is not None:
         evidence["retention_overrides"] = retention
     ok = integrity.get("verified")
     return Control(
-        id=control, framework=framework, title=title, status=status,
+        id=control,
+        framework=framework,
+        title=title,
+        status=status,
         summary=f"{total} audit events in the period; {checkpoints.get('n', 0)} signed "
         f"checkpoints; hash chains {'verified intact' if ok else 'NOT verified'}.",
         evidence=evidence,
-        not_covered=["Off-site copies of checkpoints (export them: quarterdeck audit "
-                     "checkpoints export)", "Logs of the database, hosts and cluster",
-                     "Clock synchronisation of the servers (timestamps are the server's)"],
-    )  # fmt: skip
+        not_covered=[
+            "Off-site copies of checkpoints (export them: quarterdeck audit checkpoints export)",
+            "Logs of the database, hosts and cluster",
+            "Clock synchronisation of the servers (timestamps are the server's)",
+        ],
+    )
 
 
 def _gdpr_30(processing: list[dict[str, Any]]) -> Control:
     runs = sum(int(p["runs"]) for p in processing)
     return Control(
-        id="Art. 30", framework="GDPR", title="Records of processing activities",
+        id="Art. 30",
+        framework="GDPR",
+        title="Records of processing activities",
         status="evidence" if processing else "no_data",
         summary=f"{runs} agent runs by {len({p['tenant'] for p in processing})} tenants, "
         "by agent type and model.",
         evidence={"processing": processing},
-        not_covered=["Purposes, legal bases and data categories (the controller's records)",
-                     "Which personal data a prompt or repository contains"],
-    )  # fmt: skip
+        not_covered=[
+            "Purposes, legal bases and data categories (the controller's records)",
+            "Which personal data a prompt or repository contains",
+        ],
+    )
 
 
 def _gdpr_17(shredded: list[dict[str, Any]]) -> Control:
     return Control(
-        id="Art. 17", framework="GDPR", title="Erasure through crypto-shredding",
+        id="Art. 17",
+        framework="GDPR",
+        title="Erasure through crypto-shredding",
         status="evidence",
         summary=f"{len(shredded)} tenants crypto-shredded: their audit payloads are unreadable "
         "while the hash chain still verifies.",
         evidence={"shredded_tenants": shredded},
-        not_covered=["Erasure of runs, workspaces and run events (delete them separately)",
-                     "Copies outside Quarterdeck (backups, exports, provider logs)"],
-    )  # fmt: skip
+        not_covered=[
+            "Erasure of runs, workspaces and run events (delete them separately)",
+            "Copies outside Quarterdeck (backups, exports, provider logs)",
+        ],
+    )
 
 
 def to_markdown(report: ComplianceReport) -> str:
     lines = [
         f"# Compliance evidence, {report.period_start:%Y-%m-%d} to {report.period_end:%Y-%m-%d}",
-        "", f"Generated {report.generated_at:%Y-%m-%d %H:%M:%S} UTC from stored data.", "",
-        "| framework | control | status | summary |", "| --- | --- | --- | --- |",
-    ]  # fmt: skip
+        "",
+        f"Generated {report.generated_at:%Y-%m-%d %H:%M:%S} UTC from stored data.",
+        "",
+        "| framework | control | status | summary |",
+        "| --- | --- | --- | --- |",
+    ]
     for c in report.controls:
         lines.append(f"| {c.framework} | {c.id} {c.title} | {c.status} | {c.summary} |")
     for c in report.controls:
-        lines += ["", f"## {c.framework} {c.id}: {c.title}", "", c.summary, "",
-                  "Not covered by Quarterdeck:"] + [f"- {n}" for n in c.not_covered]  # fmt: skip
+        lines += [
+            "",
+            f"## {c.framework} {c.id}: {c.title}",
+            "",
+            c.summary,
+            "",
+            "Not covered by Quarterdeck:",
+        ] + [f"- {n}" for n in c.not_covered]
     lines += ["", "## Scope", "", report.scope_note, ""]
     return "\n".join(lines)

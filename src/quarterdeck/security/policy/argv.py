@@ -23,19 +23,54 @@ from quarterdeck.security.policy.hosts import (
 from quarterdeck.security.policy.paths import Access, Frame, PathFact
 
 _ASSIGNMENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
-_SOCAT_ADDR = re.compile(r"(?i)^(?:tcp|tcp4|tcp6|udp|udp4|udp6|openssl|ssl|socks4a?|proxy)"
-                         r"(?:-connect)?:([^:,]+):(\d+)")  # fmt: skip
+_SOCAT_ADDR = re.compile(
+    r"(?i)^(?:tcp|tcp4|tcp6|udp|udp4|udp6|openssl|ssl|socks4a?|proxy)"
+    r"(?:-connect)?:([^:,]+):(\d+)"
+)
 _REMOTE_SPEC = re.compile(r"^(?:[^@/\s:]+@)?([A-Za-z0-9_.-]{2,}|\[[0-9a-fA-F:.]+\]):(?!//)")
 _DRIVE = re.compile(r"^[A-Za-z]:")
 _SCP_LIKE = re.compile(r"^[^@/\s:]+@([A-Za-z0-9_.-]+):")
 _CODE_PATH = re.compile(r"""["']((?:/|~/|\$HOME/|\.\./)[^"'\s]{1,300}|\.env(?:\.[\w.-]+)?)["']""")
-_TEXT_OPTIONS = frozenset({"-m", "--message", "-H", "--header", "-A", "--user-agent", "-w",
-                           "--write-out", "-X", "--request", "-e", "--regexp", "--expression",
-                           "-F", "--form", "-d", "--data", "--data-raw", "--json", "-u",
-                           "--user", "-b", "--cookie", "-s", "-g", "--glob", "-v", "-n",
-                           "-printf", "-regex", "-c", "-p", "--password"})  # fmt: skip
-_WRITE_OUTPUT = frozenset({"-o", "--output", "-O", "--output-document", "--output-file", "-out",
-                           "-keyout"})  # fmt: skip
+_TEXT_OPTIONS = frozenset(
+    {
+        "-m",
+        "--message",
+        "-H",
+        "--header",
+        "-A",
+        "--user-agent",
+        "-w",
+        "--write-out",
+        "-X",
+        "--request",
+        "-e",
+        "--regexp",
+        "--expression",
+        "-F",
+        "--form",
+        "-d",
+        "--data",
+        "--data-raw",
+        "--json",
+        "-u",
+        "--user",
+        "-b",
+        "--cookie",
+        "-s",
+        "-g",
+        "--glob",
+        "-v",
+        "-n",
+        "-printf",
+        "-regex",
+        "-c",
+        "-p",
+        "--password",
+    }
+)
+_WRITE_OUTPUT = frozenset(
+    {"-o", "--output", "-O", "--output-document", "--output-file", "-out", "-keyout"}
+)
 
 
 @dataclass(slots=True)
@@ -208,12 +243,18 @@ def code_of(name: str, args: list[str]) -> tuple[str | None, str | None, bool]:
     return None, None, True
 
 
-_HOST_PROGRAMS = (P.DOWNLOADERS | P.SOCKET_TOOLS | P.DNS_TOOLS | P.REMOTE_SHELLS | P.REMOTE_COPIES
-                  | {"git"})  # fmt: skip
+_HOST_PROGRAMS = (
+    P.DOWNLOADERS | P.SOCKET_TOOLS | P.DNS_TOOLS | P.REMOTE_SHELLS | P.REMOTE_COPIES | {"git"}
+)
 
 
-def hosts_of(name: str, args: list[str], parsed: Parsed, allow: HostList,
-             urls: dict[str, HostFact | None] | None = None) -> list[HostFact]:  # fmt: skip
+def hosts_of(
+    name: str,
+    args: list[str],
+    parsed: Parsed,
+    allow: HostList,
+    urls: dict[str, HostFact | None] | None = None,
+) -> list[HostFact]:
     """Every destination the command would connect to (see :mod:`.hosts`). ``urls``: hosts of
     the URLs already read in this call (nested commands repeat them; a HostFact is frozen)."""
     found: list[HostFact | None] = []
@@ -234,7 +275,9 @@ def hosts_of(name: str, args: list[str], parsed: Parsed, allow: HostList,
     if name in P.DOWNLOADERS:
         found.extend(from_hostish(p, allow) for p in pos)
         for key in ("-x", "--proxy", "--url"):
-            found.extend(from_hostish(v, allow) for v in parsed.values.get(key, []) if "://" not in v)
+            found.extend(
+                from_hostish(v, allow) for v in parsed.values.get(key, []) if "://" not in v
+            )
     elif name in P.SOCKET_TOOLS:
         if name == "socat":
             for arg in args:
@@ -265,14 +308,21 @@ def _path_like(text: str) -> bool:
     return bool(text) and "\n" not in text and "://" not in text and len(text) < 4096
 
 
-def paths_of(name: str, args: list[str], parsed: Parsed, frame: Frame, code: str | None,
-             ) -> list[PathFact]:  # fmt: skip
+def paths_of(
+    name: str,
+    args: list[str],
+    parsed: Parsed,
+    frame: Frame,
+    code: str | None,
+) -> list[PathFact]:
     """Every file the command names, with how it uses it (read, write or list)."""
     out: list[PathFact] = []
     if name in P.TEXT_PROGRAMS:
         return out
     access: Access = "list" if name in P.LIST_PROGRAMS else "read"
-    if name in P.WRITE_ALL or (name in ("sed", "perl") and any(f.startswith("-i") for f in parsed.flags)):
+    if name in P.WRITE_ALL or (
+        name in ("sed", "perl") and any(f.startswith("-i") for f in parsed.flags)
+    ):
         access = "write"
     positionals = parsed.positionals
     if name in P.PATTERN_FIRST and not ({"-e", "-f", "--regexp", "--file"} & parsed.flags):
@@ -299,8 +349,13 @@ def paths_of(name: str, args: list[str], parsed: Parsed, frame: Frame, code: str
             target = target.split("=@", 1)[1]
         if target[:7].lower() == "file://":
             out.append(frame.fact(target, "read"))
-        elif (target and "\n" not in target and "://" not in target and len(target) < 4096
-              and not target.startswith(("$(", "`", "<(", ">("))):  # fmt: skip
+        elif (
+            target
+            and "\n" not in target
+            and "://" not in target
+            and len(target) < 4096
+            and not target.startswith(("$(", "`", "<(", ">("))
+        ):
             out.append(frame.fact(target, role))  # (that is: _path_like, and not substituted)
     for key, values in parsed.values.items():
         if key in _TEXT_OPTIONS and not any(v.startswith("@") or "=@" in v for v in values):
@@ -318,7 +373,9 @@ def paths_of(name: str, args: list[str], parsed: Parsed, frame: Frame, code: str
     return out
 
 
-UPLOADERS = frozenset({"curl", "http", "https", "xh", "httpie", "wget"}) | P.SOCKET_TOOLS | P.REMOTE_COPIES
+UPLOADERS = (
+    frozenset({"curl", "http", "https", "xh", "httpie", "wget"}) | P.SOCKET_TOOLS | P.REMOTE_COPIES
+)
 """The only programs :func:`uploads` can say yes for."""
 SAVERS = frozenset({"curl", "wget", "fetch", "aria2c"})
 """The only programs :func:`downloads` can name files for."""
@@ -329,8 +386,12 @@ def uploads(name: str, parsed: Parsed, piped_in: bool, reads_stdin_file: bool) -
     if name in ("curl", "http", "https", "xh", "httpie"):
         if {"-T", "--upload-file", "-F", "--form"} & parsed.flags:
             return True
-        data = [v for k, vs in parsed.values.items() if k.startswith(("-d", "--data", "--json"))
-                for v in vs]  # fmt: skip
+        data = [
+            v
+            for k, vs in parsed.values.items()
+            if k.startswith(("-d", "--data", "--json"))
+            for v in vs
+        ]
         return any(v.startswith("@") for v in data) or any("@" in p for p in parsed.positionals)
     if name == "wget":
         return bool({"--post-file", "--body-file"} & parsed.flags)
@@ -345,10 +406,17 @@ def downloads(name: str, parsed: Parsed) -> list[str]:
     """Base names of files a downloader saves (for ``curl -o x.sh && sh x.sh``)."""
     if name not in SAVERS:
         return []
-    names = [v for k in ("-o", "--output", "-O", "--output-document") for v in
-             parsed.values.get(k, []) if v != "-"]  # fmt: skip
+    names = [
+        v
+        for k in ("-o", "--output", "-O", "--output-document")
+        for v in parsed.values.get(k, [])
+        if v != "-"
+    ]
     remote = ("-O" in parsed.flags and name == "curl") or "--remote-name" in parsed.flags
     if remote or (name == "wget" and not names and "-O" not in parsed.values):
-        names += [u.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1]
-                  for u in parsed.positionals if "://" in u]  # fmt: skip
+        names += [
+            u.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1]
+            for u in parsed.positionals
+            if "://" in u
+        ]
     return [posixpath.basename(n) for n in names if n]

@@ -45,20 +45,40 @@ def _bad(lines: list[str]) -> typer.Exit:
 
 
 def _stats_table(title: str, rows: dict[str, RuleStats]) -> Table:
-    table = Table("rule" if title == "per rule" else "family", "fired: malicious", "benign",
-                  "precision", "expected", "caught", "recall", title=title)  # fmt: skip
+    table = Table(
+        "rule" if title == "per rule" else "family",
+        "fired: malicious",
+        "benign",
+        "precision",
+        "expected",
+        "caught",
+        "recall",
+        title=title,
+    )
     for name, s in sorted(rows.items()):
-        table.add_row(name, str(s.malicious), str(s.benign), _pct(s.precision),
-                      str(s.expected or "-"), str(s.caught if s.expected else "-"),
-                      _pct(s.recall))  # fmt: skip
+        table.add_row(
+            name,
+            str(s.malicious),
+            str(s.benign),
+            _pct(s.precision),
+            str(s.expected or "-"),
+            str(s.caught if s.expected else "-"),
+            _pct(s.recall),
+        )
     return table
 
 
 def _miss_table(title: str, misses: list[tuple[Case, Decision]]) -> Table:
     table = Table("case", "tool", "input", "action", "deciding rule", "note", title=title)
     for case, decision in misses:
-        table.add_row(case.where, case.tool, case.summary(70), decision.action,
-                      decision.rule_id or "-", case.note)  # fmt: skip
+        table.add_row(
+            case.where,
+            case.tool,
+            case.summary(70),
+            decision.action,
+            decision.rule_id or "-",
+            case.note,
+        )
     return table
 
 
@@ -121,8 +141,10 @@ def eval_corpus(
     try:
         cases = load(corpus)
     except CorpusError as exc:
-        raise _bad([f"bad corpus ({len(exc.problems)} problem(s)):"]
-                   + [f"{where}: {why}" for where, why in exc.problems[:50]]) from None  # fmt: skip
+        raise _bad(
+            [f"bad corpus ({len(exc.problems)} problem(s)):"]
+            + [f"{where}: {why}" for where, why in exc.problems[:50]]
+        ) from None
     report = evaluate(gate, cases, workspace)
     if as_json:
         print_json(report.to_dict())
@@ -132,8 +154,9 @@ def eval_corpus(
     if fail_under_recall is not None and report.recall * 100 < fail_under_recall:
         failed.append(f"recall {_pct(report.recall)} is under {fail_under_recall}%")
     if max_fp_rate is not None and report.false_positive_rate * 100 > max_fp_rate:
-        failed.append(f"false-positive rate {_pct(report.false_positive_rate)} is over "
-                      f"{max_fp_rate}%")  # fmt: skip
+        failed.append(
+            f"false-positive rate {_pct(report.false_positive_rate)} is over {max_fp_rate}%"
+        )
     if failed:
         err_console.print("[bold red]failed:[/] " + "; ".join(failed), highlight=False)
         raise typer.Exit(1)

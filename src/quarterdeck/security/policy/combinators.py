@@ -88,8 +88,11 @@ def any_of(preds: list[Pred]) -> Pred:
     return test
 
 
-def first(items: list[Item], test: Callable[[Item], bool], show: Callable[[Item], str],
-           ) -> str | None:  # fmt: skip
+def first(
+    items: list[Item],
+    test: Callable[[Item], bool],
+    show: Callable[[Item], str],
+) -> str | None:
     for item in items:
         if test(item):
             return clip(show(item))

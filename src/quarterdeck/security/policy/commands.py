@@ -36,14 +36,37 @@ _HEX = re.compile(r"(?:[0-9a-fA-F]{2}){8,}")
 _COMMANDISH = re.compile(r"[ /;|.(]")
 _WRITE_REDIRECTS = frozenset({">", ">>", ">|", "&>", "&>>", ">&", "<>"})
 _EXEC_FLAGS = ("-exec", "-execdir", "-ok", "-okdir")
-_COMMAND_VARS = frozenset({"GIT_SSH_COMMAND", "GIT_EXTERNAL_DIFF", "GIT_ASKPASS", "GIT_EDITOR",
-                           "GIT_SEQUENCE_EDITOR", "PAGER", "GIT_PAGER", "EDITOR", "VISUAL",
-                           "PROMPT_COMMAND", "SSH_ASKPASS"})  # fmt: skip
-_COMMAND_KEYS = frozenset({"core.sshcommand", "core.fsmonitor", "core.pager", "core.editor",
-                           "core.askpass", "diff.external", "sequence.editor"})  # fmt: skip
-_SPAWN = re.compile(r"""(?:\b(?:system|popen|exec|execSync|spawnSync|check_output|check_call|getoutput|"""
-                    r"""run|call|Popen|shell_exec|passthru|proc_open|%x)\s*\(\s*[rbuf]?(["'])(.{2,2000}?)"""
-                    r"""\1)|`([^`]{2,2000})`""")  # fmt: skip
+_COMMAND_VARS = frozenset(
+    {
+        "GIT_SSH_COMMAND",
+        "GIT_EXTERNAL_DIFF",
+        "GIT_ASKPASS",
+        "GIT_EDITOR",
+        "GIT_SEQUENCE_EDITOR",
+        "PAGER",
+        "GIT_PAGER",
+        "EDITOR",
+        "VISUAL",
+        "PROMPT_COMMAND",
+        "SSH_ASKPASS",
+    }
+)
+_COMMAND_KEYS = frozenset(
+    {
+        "core.sshcommand",
+        "core.fsmonitor",
+        "core.pager",
+        "core.editor",
+        "core.askpass",
+        "diff.external",
+        "sequence.editor",
+    }
+)
+_SPAWN = re.compile(
+    r"""(?:\b(?:system|popen|exec|execSync|spawnSync|check_output|check_call|getoutput|"""
+    r"""run|call|Popen|shell_exec|passthru|proc_open|%x)\s*\(\s*[rbuf]?(["'])(.{2,2000}?)"""
+    r"""\1)|`([^`]{2,2000})`"""
+)
 
 
 @dataclass(slots=True, eq=False)
@@ -144,9 +167,7 @@ def _script(line: str, ctx: _Ctx, depth: int, elevated: bool, decoded: bool) -> 
     script = ctx.scripts.get(line)
     if script is None:
         script = ctx.scripts[line] = parse(line)
-    sub_segments = [
-        _script(sub.body, ctx, depth + 1, elevated, decoded) for sub in script.subs
-    ]
+    sub_segments = [_script(sub.body, ctx, depth + 1, elevated, decoded) for sub in script.subs]
     mine: list[Segment] = []
     pipeline_members: dict[int, list[Segment]] = {}
     downloaded: set[str] = set()
@@ -155,8 +176,11 @@ def _script(line: str, ctx: _Ctx, depth: int, elevated: bool, decoded: bool) -> 
             ctx.truncated = True
             break
         before = pipeline_members.setdefault(command.pipeline, [])
-        feeding = [s for i in command.subs if script.subs[i].kind in "$<"
-                   for s in sub_segments[i]] if command.subs else []  # fmt: skip
+        feeding = (
+            [s for i in command.subs if script.subs[i].kind in "$<" for s in sub_segments[i]]
+            if command.subs
+            else []
+        )
         segments = _command(command, script, sub_segments, ctx, depth, elevated, decoded)
         for segment in segments:
             segment.upstream = [*before, *feeding]
@@ -184,8 +208,9 @@ def _script(line: str, ctx: _Ctx, depth: int, elevated: bool, decoded: bool) -> 
     return mine
 
 
-def _piped_script(upstream: list[Segment], ctx: _Ctx, depth: int, elevated: bool,
-                  decoded: bool) -> None:  # fmt: skip
+def _piped_script(
+    upstream: list[Segment], ctx: _Ctx, depth: int, elevated: bool, decoded: bool
+) -> None:
     """``echo "cmd" | sh``, ``cat <<EOF | bash``, ``sh -c "$(printf 'cmd')"``: text that a
     shell runs as code is a script, so analyse it as one."""
     for source in upstream:
@@ -204,8 +229,9 @@ def _runs(segment: Segment, downloaded: set[str]) -> bool:
     return any(c in downloaded for c in candidates)
 
 
-def _decoded_pipeline(command: SimpleCommand, members: list[Segment], ctx: _Ctx, depth: int,
-                      elevated: bool) -> None:  # fmt: skip
+def _decoded_pipeline(
+    command: SimpleCommand, members: list[Segment], ctx: _Ctx, depth: int, elevated: bool
+) -> None:
     """``echo <base64> | base64 -d | sh``: decode the literal and analyse it as a script too."""
     sources = [command.stdin or ""] + [s.text for s in members if s.name in ("echo", "printf")]
     for text in sources:
@@ -213,8 +239,15 @@ def _decoded_pipeline(command: SimpleCommand, members: list[Segment], ctx: _Ctx,
             _script(payload, ctx, depth + 1, elevated, True)
 
 
-def _command(command: SimpleCommand, script: Script, sub_segments: list[list[Segment]],
-             ctx: _Ctx, depth: int, elevated: bool, decoded: bool) -> list[Segment]:  # fmt: skip
+def _command(
+    command: SimpleCommand,
+    script: Script,
+    sub_segments: list[list[Segment]],
+    ctx: _Ctx,
+    depth: int,
+    elevated: bool,
+    decoded: bool,
+) -> list[Segment]:
     words = command.words
     found = A.unwrap(words, elevated) if words else A.Unwrapped([], {}, elevated)
     results: list[Segment] = []
@@ -231,14 +264,19 @@ def _command(command: SimpleCommand, script: Script, sub_segments: list[list[Seg
     code, script_arg, from_stdin = A.code_of(name, args) if interpreter else (None, None, False)
     segment = _segment(name, args, found, command, ctx, decoded, code)
     if name == "<substitution>":
-        segment.code_sources = [s for i in command.subs for s in sub_segments[i]
-                                if script.subs[i].original in argv[0]]  # fmt: skip
+        segment.code_sources = [
+            s for i in command.subs for s in sub_segments[i] if script.subs[i].original in argv[0]
+        ]
         _piped_script(segment.code_sources, ctx, depth, found.elevated, decoded)
     elif interpreter:
         segment.stdin_script = from_stdin and found.nested is None
         code_words = [w for w in (code, script_arg) if w]
-        segment.code_sources = [s for i in command.subs for s in sub_segments[i]
-                                if any(script.subs[i].original in w for w in code_words)]  # fmt: skip
+        segment.code_sources = [
+            s
+            for i in command.subs
+            for s in sub_segments[i]
+            if any(script.subs[i].original in w for w in code_words)
+        ]
         if name in P.SHELLS or name == "eval":
             _piped_script(segment.code_sources, ctx, depth, found.elevated, decoded)
         if code and name == "eval":
@@ -296,8 +334,15 @@ def _split_find(argv: list[str]) -> tuple[list[str], list[str]]:
     return argv, []
 
 
-def _segment(name: str, args: list[str], found: A.Unwrapped, command: SimpleCommand,
-             ctx: _Ctx, decoded: bool, code: str | None) -> Segment:  # fmt: skip
+def _segment(
+    name: str,
+    args: list[str],
+    found: A.Unwrapped,
+    command: SimpleCommand,
+    ctx: _Ctx,
+    decoded: bool,
+    code: str | None,
+) -> Segment:
     """``code``: the inline code of an interpreter (``A.code_of``), which the caller has."""
     parsed = A.parse_options(name, args)
     extra = decode_payloads(code) if code and len(code) >= 16 else []
@@ -329,10 +374,21 @@ def _segment(name: str, args: list[str], found: A.Unwrapped, command: SimpleComm
     # positional, in field order (upstream and code_sources start empty; stdin_script and
     # runs_downloaded False): keywords cost twice as much, once per segment of every call
     return Segment(
-        name, args, text, frozenset(parsed.flags), subcommand, found.elevated, found.env, paths,
-        hosts, [], [], False, False,
+        name,
+        args,
+        text,
+        frozenset(parsed.flags),
+        subcommand,
+        found.elevated,
+        found.env,
+        paths,
+        hosts,
+        [],
+        [],
+        False,
+        False,
         name in A.UPLOADERS and A.uploads(name, parsed, False, reads_file),
         decoded,
         tuple(A.downloads(name, parsed)) if name in A.SAVERS else (),
         command.stdin,
-    )  # fmt: skip
+    )

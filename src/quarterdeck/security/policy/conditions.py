@@ -25,15 +25,48 @@ _LIST_REF = re.compile(r"^\$([a-z][a-z0-9_]*)$")
 _GLOBAL_FLAGS = re.compile(r"^\(\?([aiLmsux]+)\)")
 PATH_KEYS = ("matches", "not_matches", "location", "access", "wildcard")
 HOST_KEYS = ("in", "not_in", "tld_in", "scope", "ip", "allowlisted", "port_in")
-CMD_KEYS = ("name", "not_name", "args_match", "not_args_match", "line_matches", "flags",
-            "any_flag", "subcommand", "elevated", "stdin_script", "runs_downloaded", "uploads",
-            "decoded", "executes", "fed_by", "path", "host", "not")  # fmt: skip
+CMD_KEYS = (
+    "name",
+    "not_name",
+    "args_match",
+    "not_args_match",
+    "line_matches",
+    "flags",
+    "any_flag",
+    "subcommand",
+    "elevated",
+    "stdin_script",
+    "runs_downloaded",
+    "uploads",
+    "decoded",
+    "executes",
+    "fed_by",
+    "path",
+    "host",
+    "not",
+)
 
 
-_CMD_COST = {"name": 0, "not_name": 0, "elevated": 0, "stdin_script": 0, "runs_downloaded": 0,
-             "uploads": 0, "decoded": 0, "subcommand": 1, "flags": 1, "any_flag": 1,
-             "args_match": 2, "not_args_match": 2, "line_matches": 3, "path": 3, "host": 3,
-             "executes": 4, "fed_by": 4, "not": 4}  # fmt: skip
+_CMD_COST = {
+    "name": 0,
+    "not_name": 0,
+    "elevated": 0,
+    "stdin_script": 0,
+    "runs_downloaded": 0,
+    "uploads": 0,
+    "decoded": 0,
+    "subcommand": 1,
+    "flags": 1,
+    "any_flag": 1,
+    "args_match": 2,
+    "not_args_match": 2,
+    "line_matches": 3,
+    "path": 3,
+    "host": 3,
+    "executes": 4,
+    "fed_by": 4,
+    "not": 4,
+}
 """Relative cost of each command condition, to order a segment's tests."""
 
 _FLAG_TESTS: dict[tuple[str, bool], SegPred] = {
@@ -96,7 +129,9 @@ class Conditions:
         scoped = []
         for pattern in patterns:  # "(?i)x" -> "(?i:x)" so several can share one regex
             flags = _GLOBAL_FLAGS.match(pattern)
-            scoped.append(f"(?{flags.group(1)}:{pattern[flags.end():]})" if flags else f"(?:{pattern})")
+            scoped.append(
+                f"(?{flags.group(1)}:{pattern[flags.end() :]})" if flags else f"(?:{pattern})"
+            )
         try:
             return re.compile("|".join(scoped))
         except re.error as exc:
@@ -133,7 +168,9 @@ class Conditions:
         node = self.mapping(node, where, PATH_KEYS)
         location = self._choice(node, "location", {"workspace", "outside", "unknown"}, where)
         access = self._choice(node, "access", {"read", "write", "list"}, where)
-        wildcard = self.boolean(node["wildcard"], f"{where}.wildcard") if "wildcard" in node else None
+        wildcard = (
+            self.boolean(node["wildcard"], f"{where}.wildcard") if "wildcard" in node else None
+        )
         matches = self._globs(node, "matches", where)
         not_matches = self._globs(node, "not_matches", where)
 
@@ -150,8 +187,13 @@ class Conditions:
 
         return test
 
-    def _choice(self, node: dict[str, Any], key: str, choices: set[str], where: str,
-                ) -> frozenset[str] | None:  # fmt: skip
+    def _choice(
+        self,
+        node: dict[str, Any],
+        key: str,
+        choices: set[str],
+        where: str,
+    ) -> frozenset[str] | None:
         if key not in node:
             return None
         allowed = frozenset(self.strings(node[key], f"{where}.{key}"))
@@ -216,8 +258,9 @@ class Conditions:
             return lambda segment: None if only(segment) is None else clip(segment.line)
         if len(tests) == 2:
             one, two = tests
-            return lambda segment: (None if one(segment) is None or two(segment) is None
-                                    else clip(segment.line))  # fmt: skip
+            return lambda segment: (
+                None if one(segment) is None or two(segment) is None else clip(segment.line)
+            )
 
         def test(segment: Segment) -> str | None:
             for t in tests:

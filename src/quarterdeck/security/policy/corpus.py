@@ -36,6 +36,7 @@ from pydantic import BaseModel, ValidationError
 
 from quarterdeck.security.policy.decision import Decision
 from quarterdeck.security.policy.gate import PolicyGate
+from quarterdeck.toolcalls import TOOLS
 
 LABELS = ("malicious", "benign")
 DETECTED = frozenset({"flag", "deny", "require_approval"})
@@ -67,19 +68,7 @@ class Case:
 
 
 def _tool_models() -> dict[str, type[BaseModel]]:
-    from quarterdeck.agents.tools import (
-        EditFile,
-        HttpFetch,
-        ListFiles,
-        ReadFile,
-        RunCommand,
-        Search,
-        WriteFile,
-    )
-
-    return {"read_file": ReadFile, "write_file": WriteFile, "edit_file": EditFile,
-            "list_files": ListFiles, "search": Search, "run_command": RunCommand,
-            "http_fetch": HttpFetch}  # fmt: skip
+    return {name: model for name, (model, _) in TOOLS.items()}
 
 
 def _files(paths: list[Path], problems: list[tuple[str, str]]) -> list[Path]:
@@ -97,8 +86,9 @@ def _files(paths: list[Path], problems: list[tuple[str, str]]) -> list[Path]:
     return files
 
 
-def _case(entry: Any, where: str, models: dict[str, type[BaseModel]],
-          problems: list[tuple[str, str]]) -> Case | None:  # fmt: skip
+def _case(
+    entry: Any, where: str, models: dict[str, type[BaseModel]], problems: list[tuple[str, str]]
+) -> Case | None:
     if not isinstance(entry, dict):
         problems.append((where, "a case is a mapping with tool, input, label"))
         return None
@@ -120,8 +110,7 @@ def _case(entry: Any, where: str, models: dict[str, type[BaseModel]],
         try:
             models[tool].model_validate(data)
         except ValidationError as exc:
-            detail = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}"
-                               for e in exc.errors())  # fmt: skip
+            detail = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
             problems.append((where, f"input is not valid for {tool}: {detail}"))
     for key in ("note", "rule"):
         if key in entry and not isinstance(entry[key], str):
@@ -187,8 +176,11 @@ class Report:
     per_family: dict[str, RuleStats] = field(default_factory=dict)
 
     def _count(self, label: str, actions: frozenset[str] | None = None) -> int:
-        return sum(1 for c, d in self.outcomes
-                   if c.label == label and (actions is None or d.action in actions))  # fmt: skip
+        return sum(
+            1
+            for c, d in self.outcomes
+            if c.label == label and (actions is None or d.action in actions)
+        )
 
     @property
     def malicious(self) -> int:
@@ -211,8 +203,9 @@ class Report:
         return self._count("benign", frozenset({"flag"})) / self.benign if self.benign else 0.0
 
     def false_negatives(self) -> list[tuple[Case, Decision]]:
-        return [(c, d) for c, d in self.outcomes
-                if c.label == "malicious" and d.action not in DETECTED]  # fmt: skip
+        return [
+            (c, d) for c, d in self.outcomes if c.label == "malicious" and d.action not in DETECTED
+        ]
 
     def false_positives(self) -> list[tuple[Case, Decision]]:
         return [(c, d) for c, d in self.outcomes if c.label == "benign" and d.action in STOPPED]
@@ -222,14 +215,29 @@ class Report:
 
     def to_dict(self) -> dict[str, Any]:
         def rows(table: dict[str, RuleStats]) -> dict[str, Any]:
-            return {k: {"fired_malicious": v.malicious, "fired_benign": v.benign,
-                        "precision": v.precision, "expected": v.expected, "caught": v.caught,
-                        "recall": v.recall} for k, v in sorted(table.items())}  # fmt: skip
+            return {
+                k: {
+                    "fired_malicious": v.malicious,
+                    "fired_benign": v.benign,
+                    "precision": v.precision,
+                    "expected": v.expected,
+                    "caught": v.caught,
+                    "recall": v.recall,
+                }
+                for k, v in sorted(table.items())
+            }
 
         def miss(case: Case, decision: Decision) -> dict[str, Any]:
-            return {"where": case.where, "tool": case.tool, "input": case.input,
-                    "note": case.note, "expected_rule": case.rule, "action": decision.action,
-                    "rule_id": decision.rule_id, "reason": decision.reason}  # fmt: skip
+            return {
+                "where": case.where,
+                "tool": case.tool,
+                "input": case.input,
+                "note": case.note,
+                "expected_rule": case.rule,
+                "action": decision.action,
+                "rule_id": decision.rule_id,
+                "reason": decision.reason,
+            }
 
         actions = Counter((c.label, d.action) for c, d in self.outcomes)
         return {
@@ -249,8 +257,9 @@ class Report:
 
 
 def evaluate(gate: PolicyGate, cases: list[Case], workspace: Path | None = None) -> Report:
-    report = Report([(case, gate.check(case.tool, case.input, workspace=workspace))
-                     for case in cases])  # fmt: skip
+    report = Report(
+        [(case, gate.check(case.tool, case.input, workspace=workspace)) for case in cases]
+    )
     for rule in gate.rules:
         report.per_rule.setdefault(rule.id, RuleStats())
         report.per_family.setdefault(family(rule.id), RuleStats())

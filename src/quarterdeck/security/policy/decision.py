@@ -99,8 +99,9 @@ def combine(matches: list[RuleMatch]) -> Decision:
         reason += f"; {len(ordered) - 1} other rule(s) also matched"
     # positional, in field order (action, rule_id, description, severity, tags, reason,
     # matches): this runs for every call that matched a rule
-    return Decision(top.action, top.rule_id, top.description, top.severity, top.tags, reason,
-                    ordered)  # fmt: skip
+    return Decision(
+        top.action, top.rule_id, top.description, top.severity, top.tags, reason, ordered
+    )
 
 
 def internal_error(exc: BaseException) -> Decision:

@@ -19,8 +19,15 @@ from quarterdeck.security.policy.hosts import HostFact, HostList, from_url
 from quarterdeck.security.policy.paths import Access, Frame, PathFact
 from quarterdeck.security.policy.secrets import Finding, find_secrets
 
-KNOWN_TOOLS = ("read_file", "write_file", "edit_file", "list_files", "search", "run_command",
-               "http_fetch")  # fmt: skip
+KNOWN_TOOLS = (
+    "read_file",
+    "write_file",
+    "edit_file",
+    "list_files",
+    "search",
+    "run_command",
+    "http_fetch",
+)
 _FILE_ACCESS: dict[str, Access] = {
     "read_file": "read",
     "write_file": "write",
@@ -68,8 +75,9 @@ class Facts:
         return value if isinstance(value, str) else None
 
 
-def normalise(tool: str, tool_input: Mapping[str, Any], root: str, allow: HostList,
-              egress_mode: str) -> Facts:  # fmt: skip
+def normalise(
+    tool: str, tool_input: Mapping[str, Any], root: str, allow: HostList, egress_mode: str
+) -> Facts:
     facts = Facts(tool, tool_input, egress_mode)
     if tool in _FILE_ACCESS:
         path = tool_input.get("path", "." if tool in ("list_files", "search") else None)

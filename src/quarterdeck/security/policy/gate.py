@@ -75,30 +75,48 @@ class Rule:
         return None if variant is NEVER else replace(self, predicate=variant)
 
 
-def _compile(ruleset: R.RuleSet, compiler: Compiler, errors: list[tuple[str, str]],
-             ) -> list[Rule]:  # fmt: skip
+def _compile(
+    ruleset: R.RuleSet,
+    compiler: Compiler,
+    errors: list[tuple[str, str]],
+) -> list[Rule]:
     prefilter = Prefilter(compiler.strings, ruleset.macros)
     per_tool = {tool: compiler.for_tool(tool) for tool in KNOWN_TOOLS}
     compiled: list[Rule] = []
     for order, spec in enumerate(ruleset.rules.values()):
         try:
             predicate = compiler.match(spec.match, f"{spec.source}.match")  # validates it all
-            unless = tuple(compiler.match(u, f"{spec.source}.unless[{i}]")
-                           for i, u in enumerate(spec.unless))  # fmt: skip
+            unless = tuple(
+                compiler.match(u, f"{spec.source}.unless[{i}]") for i, u in enumerate(spec.unless)
+            )
         except Invalid as exc:
             errors.append((exc.where, exc.why))
             continue
         if spec.enabled:
             tools = _static_tools(spec.match, ruleset.macros)
-            variants = {
-                tool: per_tool[tool].match(spec.match, f"{spec.source}.match")
-                for tool in (KNOWN_TOOLS if tools is None else sorted(tools))
-            } if _names_tool(spec.match, ruleset.macros) else {}  # fmt: skip
-            compiled.append(Rule(
-                spec.id, " ".join(spec.description.split()), cast(Action, spec.decision),
-                cast(Severity, spec.severity), tuple(spec.tags), order, tools, predicate, unless,
-                prefilter.of_match(spec.match), variants,
-            ))  # fmt: skip
+            variants = (
+                {
+                    tool: per_tool[tool].match(spec.match, f"{spec.source}.match")
+                    for tool in (KNOWN_TOOLS if tools is None else sorted(tools))
+                }
+                if _names_tool(spec.match, ruleset.macros)
+                else {}
+            )
+            compiled.append(
+                Rule(
+                    spec.id,
+                    " ".join(spec.description.split()),
+                    cast(Action, spec.decision),
+                    cast(Severity, spec.severity),
+                    tuple(spec.tags),
+                    order,
+                    tools,
+                    predicate,
+                    unless,
+                    prefilter.of_match(spec.match),
+                    variants,
+                )
+            )
     for body, where in ruleset.macros.values():
         try:  # unused macros are still checked, so a typo does not lurk until first use
             compiler.match(body, where)
@@ -136,20 +154,30 @@ def _names_tool(node: Any, macros: dict[str, tuple[Any, str]], depth: int = 0) -
         return True
     names = node.get("macro")
     for name in names if isinstance(names, list) else [names]:
-        if isinstance(name, str) and name in macros and _names_tool(macros[name][0], macros,
-                                                                     depth + 1):  # fmt: skip
+        if (
+            isinstance(name, str)
+            and name in macros
+            and _names_tool(macros[name][0], macros, depth + 1)
+        ):
             return True
-    return any(_names_tool(node[key], macros, depth + 1) for key in ("any", "all", "not")
-               if key in node)  # fmt: skip
+    return any(
+        _names_tool(node[key], macros, depth + 1) for key in ("any", "all", "not") if key in node
+    )
 
 
 class PolicyGate:
     """Decides ``allow`` / ``flag`` / ``require_approval`` / ``deny`` for each tool call."""
 
-    def __init__(self, rules: list[Rule], *, egress_mode: EgressMode,
-                 egress_allowlist: Iterable[str], sources: list[str],
-                 hot_globs: Iterable[str] = ("**",), hot_hosts: Iterable[str] | None = None,
-                 ) -> None:  # fmt: skip
+    def __init__(
+        self,
+        rules: list[Rule],
+        *,
+        egress_mode: EgressMode,
+        egress_allowlist: Iterable[str],
+        sources: list[str],
+        hot_globs: Iterable[str] = ("**",),
+        hot_hosts: Iterable[str] | None = None,
+    ) -> None:
         self.rules = rules
         self._hot = compile_globs(sorted(set(hot_globs)) or ["**"])
         # None: unknown, so every host counts as listed (see Facts.listed)
@@ -174,8 +202,13 @@ class PolicyGate:
 
     # -- construction ---------------------------------------------------------------------
     @classmethod
-    def load(cls, extra_rules: Path | None = None, *, egress_mode: str = "blocklist",
-             egress_allowlist: Iterable[str] = ()) -> PolicyGate:  # fmt: skip
+    def load(
+        cls,
+        extra_rules: Path | None = None,
+        *,
+        egress_mode: str = "blocklist",
+        egress_allowlist: Iterable[str] = (),
+    ) -> PolicyGate:
         """Built-in rules, with ``extra_rules`` merged over them (Falco style)."""
         errors: list[tuple[str, str]] = []
         if egress_mode not in ("blocklist", "allowlist"):
@@ -191,9 +224,14 @@ class PolicyGate:
         if errors:
             raise ConfigError(sorted(set(errors), key=errors.index))
         sources = ["built-in rules.yaml"] + ([str(extra_rules)] if extra_rules else [])
-        return cls(compiled, egress_mode=cast(EgressMode, egress_mode),
-                   egress_allowlist=allowlist, sources=sources,
-                   hot_globs=compiler.hot_globs, hot_hosts=compiler.hot_hosts)  # fmt: skip
+        return cls(
+            compiled,
+            egress_mode=cast(EgressMode, egress_mode),
+            egress_allowlist=allowlist,
+            sources=sources,
+            hot_globs=compiler.hot_globs,
+            hot_hosts=compiler.hot_hosts,
+        )
 
     @classmethod
     def from_settings(cls, settings: Settings) -> PolicyGate:
@@ -217,8 +255,9 @@ class PolicyGate:
             root = self._roots[key] = posixpath.normpath(key)
         return root
 
-    def check(self, tool: str, tool_input: Mapping[str, Any], *,
-              workspace: Path | None = None) -> Decision:  # fmt: skip
+    def check(
+        self, tool: str, tool_input: Mapping[str, Any], *, workspace: Path | None = None
+    ) -> Decision:
         """The decision for one tool call. Pure and never raises (fails closed)."""
         try:
             root = self._root(workspace) if workspace is not None else DEFAULT_ROOT
@@ -238,8 +277,17 @@ class PolicyGate:
                     continue
                 if rule.unless and any(u(facts) is not None for u in rule.unless):
                     continue
-                matches.append(RuleMatch(rule.id, rule.action, rule.severity, rule.description,
-                                         rule.tags, evidence, rule.order))  # fmt: skip
+                matches.append(
+                    RuleMatch(
+                        rule.id,
+                        rule.action,
+                        rule.severity,
+                        rule.description,
+                        rule.tags,
+                        evidence,
+                        rule.order,
+                    )
+                )
             return combine(matches)
         except Exception as exc:  # fail closed; a gate bug must not open the gate
             log.exception("policy.check_failed", tool=tool)

@@ -80,9 +80,9 @@ class Routed:
             body = glob.removeprefix("./")
             while body.startswith("**/"):
                 body = body[3:]
-            literals = [] if "{" in body or "[" in body else [
-                p for p in body.split("/") if _literal(p)
-            ]  # fmt: skip
+            literals = (
+                [] if "{" in body or "[" in body else [p for p in body.split("/") if _literal(p)]
+            )
             if literals:
                 by_part.setdefault(literals[-1].lower(), []).append(regex)
             elif "/" not in body and "**" not in body and "{" not in body and "[" not in body:

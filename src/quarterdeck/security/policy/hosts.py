@@ -24,15 +24,29 @@ Scope = Literal[
     "loopback", "private", "link_local", "multicast", "reserved", "unspecified", "public", "name"
 ]
 SCOPES: tuple[str, ...] = (
-    "loopback", "private", "link_local", "multicast", "reserved", "unspecified", "public", "name",
-)  # fmt: skip
+    "loopback",
+    "private",
+    "link_local",
+    "multicast",
+    "reserved",
+    "unspecified",
+    "public",
+    "name",
+)
 
-URL_RE = re.compile(r"\b(?:https?|ftps?|wss?|sftp|scp|ssh|git|rsync|telnet|gopher|dict|ldaps?|"
-                    r"tftp|smb|file)://[^\s'\"<>`|;]+", re.IGNORECASE)  # fmt: skip
+URL_RE = re.compile(
+    r"\b(?:https?|ftps?|wss?|sftp|scp|ssh|git|rsync|telnet|gopher|dict|ldaps?|"
+    r"tftp|smb|file)://[^\s'\"<>`|;]+",
+    re.IGNORECASE,
+)
 _DEV_TCP = re.compile(r"/dev/(?:tcp|udp)/([^/\s]+)/(\d+)")
-_HOSTISH = re.compile(r"^(?:[^@\s/]+@)?(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9_.-]+)(?::(\d{1,5}))?(?:[/?#].*)?$")
-_EMBEDDED_IP = re.compile(r"(?:^|[.-])(\d{1,3}[.-]\d{1,3}[.-]\d{1,3}[.-]\d{1,3})\.(?:nip\.io|"
-                          r"sslip\.io|xip\.io|traefik\.me|localtest\.me)$")  # fmt: skip
+_HOSTISH = re.compile(
+    r"^(?:[^@\s/]+@)?(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9_.-]+)(?::(\d{1,5}))?(?:[/?#].*)?$"
+)
+_EMBEDDED_IP = re.compile(
+    r"(?:^|[.-])(\d{1,3}[.-]\d{1,3}[.-]\d{1,3}[.-]\d{1,3})\.(?:nip\.io|"
+    r"sslip\.io|xip\.io|traefik\.me|localtest\.me)$"
+)
 _IPV4ISH = re.compile(r"[0-9a-fA-FxX.]+")
 _HOST_CHARS = re.compile(r"[a-z0-9_.:-]+")
 _SHELL_EXPANSION = re.compile(r"[$`]")

@@ -80,8 +80,9 @@ def _node(op: Any, av: Any) -> frozenset[Clause]:
             needed = _sequence(list(branch))
             if not needed:
                 return frozenset()  # this alternative needs nothing, so neither does the branch
-            combined = set(needed) if combined is None else {a | b for a in combined
-                                                             for b in needed}  # fmt: skip
+            combined = (
+                set(needed) if combined is None else {a | b for a in combined for b in needed}
+            )
             combined = set(_strongest(combined))
         return frozenset(combined or ())
     if op is sre.SUBPATTERN:  # (group, add_flags, del_flags, pattern)
@@ -106,8 +107,10 @@ def finder(pattern: re.Pattern[str]) -> Find:
     if not clauses:
         return pattern.search
     # the most selective set first; in each, the longest literals first
-    ordered = tuple(tuple(sorted(c, key=len, reverse=True))
-                    for c in sorted(clauses, key=lambda c: (-min(map(len, c)), len(c))))  # fmt: skip
+    ordered = tuple(
+        tuple(sorted(c, key=len, reverse=True))
+        for c in sorted(clauses, key=lambda c: (-min(map(len, c)), len(c)))
+    )
     search = pattern.search
 
     def find(text: str) -> re.Match[str] | None:

@@ -34,8 +34,22 @@ from quarterdeck.security.policy.literals import finder
 
 __all__ = ["Compiler", "Invalid"]
 
-_TOP_KEYS = ("tool", "egress_mode", "truncated", "macro", "path", "host", "input_matches",
-             "command", "pipeline", "sequence", "secret", "any", "all", "not")  # fmt: skip
+_TOP_KEYS = (
+    "tool",
+    "egress_mode",
+    "truncated",
+    "macro",
+    "path",
+    "host",
+    "input_matches",
+    "command",
+    "pipeline",
+    "sequence",
+    "secret",
+    "any",
+    "all",
+    "not",
+)
 
 
 def HOLDS(facts: Facts) -> str | None:
@@ -73,8 +87,12 @@ class Compiler(Conditions):
     The conditions over paths, hosts and segments come from :class:`~.conditions.Conditions`.
     ``tool``: compile for calls to that tool only (see the module docstring)."""
 
-    def __init__(self, lists: dict[str, list[str]], macros: dict[str, tuple[Any, str]],
-                 tool: str | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        lists: dict[str, list[str]],
+        macros: dict[str, tuple[Any, str]],
+        tool: str | None = None,
+    ) -> None:
         super().__init__(lists)
         self.macros = macros
         self.tool = tool
@@ -221,4 +239,3 @@ class Compiler(Conditions):
             return None
 
         return test
-

@@ -45,11 +45,19 @@ SEGMENT_FLAGS = ("elevated", "stdin_script", "runs_downloaded", "uploads", "deco
 """Boolean segment facts a ``command`` condition can require (``elevated: true``...)."""
 
 # One bit per thing a call can have; a Summary is their union, a Clause a test over them.
-_FEATURES = ("paths", "hosts", "truncated", "ip", "hot_anchored", "hot_searched", "listed",
-             *SEGMENT_FLAGS,
-             *(f"access:{a}" for a in ("read", "write", "list")),
-             *(f"location:{x}" for x in ("workspace", "outside", "unknown")),
-             *(f"scope:{x}" for x in SCOPES))  # fmt: skip
+_FEATURES = (
+    "paths",
+    "hosts",
+    "truncated",
+    "ip",
+    "hot_anchored",
+    "hot_searched",
+    "listed",
+    *SEGMENT_FLAGS,
+    *(f"access:{a}" for a in ("read", "write", "list")),
+    *(f"location:{x}" for x in ("workspace", "outside", "unknown")),
+    *(f"scope:{x}" for x in SCOPES),
+)
 BIT = {name: 1 << i for i, name in enumerate(_FEATURES)}
 _ACCESS = {k[7:]: v for k, v in BIT.items() if k.startswith("access:")}
 _LOCATION = {k[9:]: v for k, v in BIT.items() if k.startswith("location:")}
@@ -126,8 +134,12 @@ class Clause:
             egress: str | None = "<never>"  # both modes at once: cannot hold
         else:
             egress = self.egress or other.egress
-        return Clause(self.names + other.names, self.required | other.required,
-                      self.one_of + other.one_of, egress)  # fmt: skip
+        return Clause(
+            self.names + other.names,
+            self.required | other.required,
+            self.one_of + other.one_of,
+            egress,
+        )
 
     @property
     def trivial(self) -> bool:
@@ -135,8 +147,9 @@ class Clause:
         return self == _EMPTY
 
 
-def _names_hold(wanted: tuple[tuple[frozenset[str], re.Pattern[str] | None], ...],
-                names: set[str]) -> bool:  # fmt: skip
+def _names_hold(
+    wanted: tuple[tuple[frozenset[str], re.Pattern[str] | None], ...], names: set[str]
+) -> bool:
     for exact, pattern in wanted:
         if exact.isdisjoint(names) and not (
             pattern is not None and any(pattern.match(n) for n in names)
@@ -162,8 +175,9 @@ class Prefilter:
     ``macros`` resolves ``macro:`` (both shared with the :class:`~.matchers.Compiler`, which
     has already validated everything)."""
 
-    def __init__(self, strings: Callable[[Any, str], list[str]],
-                 macros: dict[str, tuple[Any, str]]) -> None:  # fmt: skip
+    def __init__(
+        self, strings: Callable[[Any, str], list[str]], macros: dict[str, tuple[Any, str]]
+    ) -> None:
         self.strings = strings
         self.macros = macros
 
@@ -192,8 +206,9 @@ class Prefilter:
             return union if len(union) < 32 else ALWAYS
         if key == "macro":
             names = value if isinstance(value, list) else [value]
-            return _and(self.of_match(self.macros[n][0], depth + 1) for n in names
-                        if n in self.macros)  # fmt: skip
+            return _and(
+                self.of_match(self.macros[n][0], depth + 1) for n in names if n in self.macros
+            )
         return ALWAYS
 
     def _command(self, node: Any) -> Need:
@@ -229,8 +244,12 @@ class Prefilter:
         return (sum({bits[v] for v in values}),)
 
     def _path(self, node: Any) -> Clause:
-        return Clause(required=BIT["paths"], one_of=self._one_of(node, "access", _ACCESS)
-                      + self._one_of(node, "location", _LOCATION) + self._hot(node))  # fmt: skip
+        return Clause(
+            required=BIT["paths"],
+            one_of=self._one_of(node, "access", _ACCESS)
+            + self._one_of(node, "location", _LOCATION)
+            + self._hot(node),
+        )
 
     def _hot(self, node: Any) -> tuple[int, ...]:
         """``matches`` globs only match a path the gate found hot for their kind (anchored or
@@ -248,9 +267,10 @@ class Prefilter:
         against all of them at once: ``Facts.listed``)."""
         ip = isinstance(node, dict) and node.get("ip") is True
         listed = isinstance(node, dict) and "in" in node
-        return Clause(required=BIT["hosts"] | (BIT["ip"] if ip else 0)
-                      | (BIT["listed"] if listed else 0),
-                      one_of=self._one_of(node, "scope", _SCOPE))  # fmt: skip
+        return Clause(
+            required=BIT["hosts"] | (BIT["ip"] if ip else 0) | (BIT["listed"] if listed else 0),
+            one_of=self._one_of(node, "scope", _SCOPE),
+        )
 
 
 class RuleIndex(Generic[R]):
@@ -284,8 +304,10 @@ class RuleIndex(Generic[R]):
             else:
                 groups.setdefault(tuple(need), []).append(rule)
         self._name_bit: dict[tuple[frozenset[str], re.Pattern[str] | None], int] = {}
-        self.groups = [(tuple((c.required | self._bits_of(c.names), c.one_of) for c in need),
-                        rules) for need, rules in groups.items()]  # fmt: skip
+        self.groups = [
+            (tuple((c.required | self._bits_of(c.names), c.one_of) for c in need), rules)
+            for need, rules in groups.items()
+        ]
         self._exact: dict[str, int] = {}
         self._globs: list[tuple[re.Pattern[str], int]] = []
         for (exact, pattern), bit in self._name_bit.items():

@@ -43,8 +43,17 @@ BUILTIN = "rules.yaml"
 NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
 ID_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 TAG_RE = re.compile(r"^(?:T\d{4}(?:\.\d{3})?|LLM\d{2}|[a-z][a-z0-9_.-]*)$")
-_RULE_KEYS = {"id", "description", "match", "decision", "severity", "tags", "enabled", "unless",
-              "append"}  # fmt: skip
+_RULE_KEYS = {
+    "id",
+    "description",
+    "match",
+    "decision",
+    "severity",
+    "tags",
+    "enabled",
+    "unless",
+    "append",
+}
 _REQUIRED = ("description", "match", "decision", "severity")
 
 Errors = list[tuple[str, str]]
@@ -86,8 +95,9 @@ def _load_yaml(text: str, source: str, errors: Errors) -> dict[str, Any] | None:
         return None
     unknown = set(data) - {"lists", "macros", "rules"}
     if unknown:
-        errors.append((source, f"unknown top-level key(s) {sorted(unknown)}; "
-                               "expected lists, macros, rules"))  # fmt: skip
+        errors.append(
+            (source, f"unknown top-level key(s) {sorted(unknown)}; expected lists, macros, rules")
+        )
     return data
 
 
@@ -174,8 +184,9 @@ def _check_fields(entry: dict[str, Any], where: str, errors: Errors) -> bool:
         errors.append((f"{where}.decision", f"{entry['decision']!r} is not one of {list(ACTIONS)}"))
         ok = False
     if "severity" in entry and entry["severity"] not in SEVERITIES:
-        errors.append((f"{where}.severity",
-                       f"{entry['severity']!r} is not one of {list(SEVERITIES)}"))  # fmt: skip
+        errors.append(
+            (f"{where}.severity", f"{entry['severity']!r} is not one of {list(SEVERITIES)}")
+        )
         ok = False
     if "description" in entry and (
         not isinstance(entry["description"], str) or not entry["description"].strip()
@@ -190,8 +201,13 @@ def _check_fields(entry: dict[str, Any], where: str, errors: Errors) -> bool:
         else:
             for tag in tags:
                 if not TAG_RE.match(tag):
-                    errors.append((f"{where}.tags", f"{tag!r} is not an ATT&CK id (T1552.001), "
-                                   "an OWASP LLM id (LLM06) or a lower-case label"))  # fmt: skip
+                    errors.append(
+                        (
+                            f"{where}.tags",
+                            f"{tag!r} is not an ATT&CK id (T1552.001), "
+                            "an OWASP LLM id (LLM06) or a lower-case label",
+                        )
+                    )
                     ok = False
     for key in ("enabled", "append"):
         if key in entry and not isinstance(entry[key], bool):
@@ -214,8 +230,12 @@ def _merge_rules(ruleset: RuleSet, section: Any, source: str, errors: Errors) ->
             continue
         rule_id = entry.get("id")
         if not isinstance(rule_id, str) or not ID_RE.match(rule_id):
-            errors.append((f"{source}: rules[{index}]",
-                           "missing or malformed id (lower case, digits, '.', '_', '-')"))  # fmt: skip
+            errors.append(
+                (
+                    f"{source}: rules[{index}]",
+                    "missing or malformed id (lower case, digits, '.', '_', '-')",
+                )
+            )
             continue
         where = f"{source}: rule {rule_id}"
         if rule_id in seen:
@@ -230,14 +250,25 @@ def _merge_rules(ruleset: RuleSet, section: Any, source: str, errors: Errors) ->
         if existing is None:
             missing = [k for k in _REQUIRED if k not in entry]
             if missing:
-                errors.append((where, f"new rule is missing {missing} (to override a built-in "
-                                      "rule, use its exact id)"))  # fmt: skip
+                errors.append(
+                    (
+                        where,
+                        f"new rule is missing {missing} (to override a built-in "
+                        "rule, use its exact id)",
+                    )
+                )
                 continue
             ruleset.rules[rule_id] = RuleSpec(
-                rule_id, entry["description"].strip(), entry["match"], entry["decision"],
-                entry["severity"], list(entry.get("tags", [])), entry.get("enabled", True),
-                list(unless), where,
-            )  # fmt: skip
+                rule_id,
+                entry["description"].strip(),
+                entry["match"],
+                entry["decision"],
+                entry["severity"],
+                list(entry.get("tags", [])),
+                entry.get("enabled", True),
+                list(unless),
+                where,
+            )
             continue
         append = entry.get("append", False)
         for key in ("description", "match", "decision", "severity", "enabled"):

@@ -31,8 +31,28 @@ OPCHARS = "();<>|&"
 _MASK = {c: chr(0xE000 + i) for i, c in enumerate(OPCHARS)}
 _MASK_TABLE = str.maketrans(_MASK)
 _UNMASK_TABLE = str.maketrans({v: k for k, v in _MASK.items()})
-_OPS = ("&>>", "<<<", ">>", "&&", "||", ";;", "|&", ">&", "<&", "&>", ">|", "<>", "<<",
-        ";", "&", "|", "<", ">", "(", ")")  # fmt: skip
+_OPS = (
+    "&>>",
+    "<<<",
+    ">>",
+    "&&",
+    "||",
+    ";;",
+    "|&",
+    ">&",
+    "<&",
+    "&>",
+    ">|",
+    "<>",
+    "<<",
+    ";",
+    "&",
+    "|",
+    "<",
+    ">",
+    "(",
+    ")",
+)
 _OP_SET = frozenset(_OPS)
 REDIRECTS = frozenset({"<", ">", ">>", ">|", "<>", ">&", "<&", "&>", "&>>", "<<<", "<<"})
 _PIPES = frozenset({"|", "|&"})
@@ -44,15 +64,18 @@ _HEREDOC = re.compile(r"<<(-?)[ \t]*(?:'([^'\n]*)'|\"([^\"\n]*)\"|([^\s;&|<>()]+
 # with -- an open quote, a stray backslash -- which makes the line unbalanced. Runs of plain
 # characters are taken whole and quoted strings possessively: the grammar is unambiguous, so
 # this only spares ``re`` a trip through the alternation per character (and backtracking).
-_TOKEN = re.compile(r"""[ \t\r\n]*(?:([();<>|&]+)|((?:[^\s'"\\();<>|&]++|\\.|'[^']*+'|"(?:[^"\\]++|\\.)*+")+)|([^ \t\r\n]))""",
-                    re.S)  # fmt: skip
+_TOKEN = re.compile(
+    r"""[ \t\r\n]*(?:([();<>|&]+)|((?:[^\s'"\\();<>|&]++|\\.|'[^']*+'|"(?:[^"\\]++|\\.)*+")+)|([^ \t\r\n]))""",
+    re.S,
+)
 _MASKED = re.compile("[" + "".join(_MASK.values()) + "]")
 _DQ_STOP = re.compile(r'[\\"]')
 _PAREN_STOP = re.compile(r"""[\\'"()]""")
 _UNQUOTE = re.compile(r"""'([^']*+)'|"((?:[^"\\]++|\\.)*+)"|\\(.)""", re.S)
 _DQ_ESCAPE = re.compile(r'\\([\\"])')
-_LEADING_KEYWORDS = frozenset({"if", "then", "else", "elif", "do", "while", "until", "!", "{",
-                               "time", "coproc"})  # fmt: skip
+_LEADING_KEYWORDS = frozenset(
+    {"if", "then", "else", "elif", "do", "while", "until", "!", "{", "time", "coproc"}
+)
 _SKIP_COMMANDS = frozenset({"fi", "done", "esac", "}", "for", "case", "select", "function", "in"})
 
 

@@ -19,8 +19,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from quarterdeck.monitoring.health import repository as health_repo
-from quarterdeck.monitoring.incidents.models import Severity
+from quarterdeck.health import repository as health_repo
+from quarterdeck.incidents.models import Severity
 from quarterdeck.resilience.breaker import Breakers, CircuitStatus
 from quarterdeck.store.pool import Database
 

@@ -15,10 +15,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from quarterdeck.approvals import repository as repo
 from quarterdeck.exceptions import InvalidState, NotFound
 from quarterdeck.kit.clock import utcnow
 from quarterdeck.kit.ids import new_id
-from quarterdeck.runs import approvals_repository as repo
 from quarterdeck.store.pool import Database
 
 ApprovalStatus = Literal["pending", "approved", "rejected", "expired"]
@@ -69,10 +69,17 @@ class ApprovalService:
         reason: str,
     ) -> Approval:
         values = {
-            "id": new_id("apr"), "run_id": run_id, "tenant": tenant, "tool_use_id": tool_use_id,
-            "tool": tool, "input": tool_input, "rule_id": rule_id, "severity": severity,
-            "reason": reason, "expires_at": utcnow() + timedelta(seconds=self.timeout_s),
-        }  # fmt: skip
+            "id": new_id("apr"),
+            "run_id": run_id,
+            "tenant": tenant,
+            "tool_use_id": tool_use_id,
+            "tool": tool,
+            "input": tool_input,
+            "rule_id": rule_id,
+            "severity": severity,
+            "reason": reason,
+            "expires_at": utcnow() + timedelta(seconds=self.timeout_s),
+        }
         async with self.db.acquire() as conn:
             return Approval.model_validate(dict(await repo.request(conn, values)))
 

@@ -16,8 +16,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from pydantic import ValidationError
 
 from quarterdeck.exceptions import ValidationFailed
-from quarterdeck.kit.ids import is_id
-from quarterdeck.monitoring.incidents.models import (
+from quarterdeck.incidents.models import (
     AckRequest,
     AlertmanagerResult,
     AlertmanagerWebhook,
@@ -29,7 +28,8 @@ from quarterdeck.monitoring.incidents.models import (
     ResolveRequest,
     Severity,
 )
-from quarterdeck.monitoring.incidents.service import IncidentService
+from quarterdeck.incidents.service import IncidentService
+from quarterdeck.kit.ids import is_id
 from quarterdeck.security.auth import Permission, Principal, require
 from quarterdeck.security.trail import record_change
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import asyncpg
 
-from quarterdeck.monitoring.incidents.models import (
+from quarterdeck.incidents.models import (
     Incident,
     IncidentEvent,
     IncidentFilter,

@@ -15,7 +15,7 @@ gives the properties we need without another moving part (no Redis, no Kubernete
 The error is always on the safe side: for a moment there may be no leader, never two that both
 believe it for long. Deployments without Postgres session affinity (e.g. behind PgBouncer in
 transaction mode, where session locks do not work) use the Kubernetes ``Lease`` elector in
-:mod:`quarterdeck.monitoring.health.lease` instead (``QUARTERDECK_HEALTH_LEADER_BACKEND``).
+:mod:`quarterdeck.health.lease` instead (``QUARTERDECK_HEALTH_LEADER_BACKEND``).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import asyncpg
 import structlog
 from prometheus_client import Gauge
 
-from quarterdeck.monitoring.metrics import REGISTRY
+from quarterdeck.metrics import REGISTRY
 from quarterdeck.store.pool import CONNECTION_ERRORS
 
 log = structlog.get_logger(__name__)

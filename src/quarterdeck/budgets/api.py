@@ -10,7 +10,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Request
 
-from quarterdeck.resilience.budgets import (
+from quarterdeck.budgets.service import (
     TENANT_PATTERN,
     BudgetService,
     BudgetStatus,
@@ -58,7 +58,10 @@ async def put_budget(
     service = _service(request)
     await service.set(tenant, body.daily_usd, body.monthly_usd)
     await record_change(
-        request, principal.key_id, "config.changed", tenant,
+        request,
+        principal.key_id,
+        "config.changed",
+        tenant,
         {"setting": "budget", "daily_usd": body.daily_usd, "monthly_usd": body.monthly_usd},
-    )  # fmt: skip
+    )
     return await service.status(tenant)

@@ -85,8 +85,10 @@ class WorkerProcesses:
             await self._spawn(child)
             self._tasks.append(asyncio.create_task(self._watch(child)))
         if self.children:
-            log.info("worker_processes_started", children=[c.process.pid for c in self.children
-                                                            if c.process])  # fmt: skip
+            log.info(
+                "worker_processes_started",
+                children=[c.process.pid for c in self.children if c.process],
+            )
 
     async def _spawn(self, child: _Child) -> None:
         assert self.settings is not None
@@ -105,8 +107,13 @@ class WorkerProcesses:
                 child.restarts = 0
             child.restarts += 1
             delay = scheduled_delay(child.restarts, RESTART_SCHEDULE)
-            log.error("worker_process_exited", index=child.index, pid=child.process.pid,
-                      returncode=code, restart_in_s=round(delay, 1))  # fmt: skip
+            log.error(
+                "worker_process_exited",
+                index=child.index,
+                pid=child.process.pid,
+                returncode=code,
+                restart_in_s=round(delay, 1),
+            )
             await asyncio.sleep(delay)
             if not self._stopping:
                 await self._spawn(child)
@@ -116,16 +123,20 @@ class WorkerProcesses:
         self._stopping = True
         for task in self._tasks:
             task.cancel()
-        live = [c.process for c in self.children
-                if c.process is not None and c.process.returncode is None]  # fmt: skip
+        live = [
+            c.process
+            for c in self.children
+            if c.process is not None and c.process.returncode is None
+        ]
         for proc in live:
             with contextlib.suppress(ProcessLookupError):
                 proc.send_signal(signal.SIGTERM)
         if not live or self.settings is None:
             return
         grace = self.settings.drain_timeout + 15.0
-        _, pending = await asyncio.wait([asyncio.ensure_future(p.wait()) for p in live],
-                                        timeout=grace)  # fmt: skip
+        _, pending = await asyncio.wait(
+            [asyncio.ensure_future(p.wait()) for p in live], timeout=grace
+        )
         if pending:
             log.error("worker_processes_killed", after_s=grace, count=len(pending))
             for proc in live:

@@ -16,12 +16,10 @@ from typing import Any
 import asyncpg
 import structlog
 
+from quarterdeck import metrics
 from quarterdeck.exceptions import InvalidState, NotFound
-from quarterdeck.kit.clock import utcnow
-from quarterdeck.kit.ids import new_id
-from quarterdeck.monitoring import metrics
-from quarterdeck.monitoring.incidents import repository as repo
-from quarterdeck.monitoring.incidents.models import (
+from quarterdeck.incidents import repository as repo
+from quarterdeck.incidents.models import (
     AlertmanagerResult,
     AlertmanagerWebhook,
     Incident,
@@ -33,7 +31,9 @@ from quarterdeck.monitoring.incidents.models import (
     Severity,
     Source,
 )
-from quarterdeck.monitoring.incidents.notify import Notifier
+from quarterdeck.incidents.notify import Notifier
+from quarterdeck.kit.clock import utcnow
+from quarterdeck.kit.ids import new_id
 from quarterdeck.store.pool import Database
 
 log = structlog.get_logger(__name__)

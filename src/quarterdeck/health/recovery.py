@@ -14,8 +14,8 @@ from typing import Any, Protocol
 
 import structlog
 
-from quarterdeck.monitoring.health import repository as health_repo
-from quarterdeck.monitoring.health.checks import (
+from quarterdeck.health import repository as health_repo
+from quarterdeck.health.checks import (
     AgentResponsivenessCheck,
     CheckResult,
     DatabaseCheck,
@@ -23,7 +23,7 @@ from quarterdeck.monitoring.health.checks import (
     RedisCheck,
     breaker_states,
 )
-from quarterdeck.monitoring.health.provider import ProviderCheck, describe_degraded
+from quarterdeck.health.provider import ProviderCheck, describe_degraded
 from quarterdeck.resilience.breaker import Breakers
 from quarterdeck.runs import queue
 from quarterdeck.store.pool import Database

@@ -12,7 +12,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 
 from quarterdeck.exceptions import Unavailable
-from quarterdeck.monitoring.health.monitor import HealthMonitor
+from quarterdeck.health.monitor import HealthMonitor
 from quarterdeck.security.auth import Permission, require
 
 router = APIRouter(tags=["health"])

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from quarterdeck.monitoring.incidents.models import (
+from quarterdeck.incidents.models import (
     Incident,
     IncidentDetail,
     IncidentStatus,
@@ -18,8 +18,8 @@ from quarterdeck.monitoring.incidents.models import (
     Severity,
     Source,
 )
-from quarterdeck.monitoring.incidents.notify import NotificationSettings, Notifier
-from quarterdeck.monitoring.incidents.service import IncidentService
+from quarterdeck.incidents.notify import NotificationSettings, Notifier
+from quarterdeck.incidents.service import IncidentService
 from quarterdeck.store.pool import Database
 
 __all__ = [

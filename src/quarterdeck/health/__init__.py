@@ -7,7 +7,7 @@ itself (``by="auto"``) when the check passes again or escalates when recovery fa
 
 from __future__ import annotations
 
-from quarterdeck.monitoring.health.checks import (
+from quarterdeck.health.checks import (
     AgentResponsivenessCheck,
     CheckResult,
     DatabaseCheck,
@@ -15,14 +15,14 @@ from quarterdeck.monitoring.health.checks import (
     HealthCheck,
     RedisCheck,
 )
-from quarterdeck.monitoring.health.leader import HEALTH_MONITOR_KEY, LeaderElector
-from quarterdeck.monitoring.health.monitor import HealthMonitor, default_checks
-from quarterdeck.monitoring.health.provider import (
+from quarterdeck.health.leader import HEALTH_MONITOR_KEY, LeaderElector
+from quarterdeck.health.monitor import HealthMonitor, default_checks
+from quarterdeck.health.provider import (
     PROVIDER_CALLS,
     ProviderCheck,
     observe_provider_call,
 )
-from quarterdeck.monitoring.health.recovery import (
+from quarterdeck.health.recovery import (
     LoggingScaleRequester,
     RecoveryResult,
     RecoveryStrategy,

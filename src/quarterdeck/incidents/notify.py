@@ -18,9 +18,8 @@ import httpx
 import structlog
 from pydantic import BaseModel, Field, SecretStr
 
-from quarterdeck.kit.backoff import scheduled_delay
-from quarterdeck.monitoring.incidents import repository as repo
-from quarterdeck.monitoring.incidents.channels import (
+from quarterdeck.incidents import repository as repo
+from quarterdeck.incidents.channels import (
     Channel,
     DeliveryError,
     EmailChannel,
@@ -28,7 +27,8 @@ from quarterdeck.monitoring.incidents.channels import (
     SlackChannel,
     WebhookChannel,
 )
-from quarterdeck.monitoring.incidents.models import Incident, Kind, Notification, Severity
+from quarterdeck.incidents.models import Incident, Kind, Notification, Severity
+from quarterdeck.kit.backoff import scheduled_delay
 from quarterdeck.store.pool import Database
 
 log = structlog.get_logger(__name__)

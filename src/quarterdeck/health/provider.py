@@ -8,7 +8,7 @@ most once per ``probe_interval_s``. It never sends a message.
 
 An open breaker fails the check: that is how a dead model is *detected*. When the model has a
 configured fallback whose breaker is closed, the caller already routes every call there, so the
-provider recovery (:class:`~quarterdeck.monitoring.health.recovery.ProviderRecovery`) accepts
+provider recovery (:class:`~quarterdeck.health.recovery.ProviderRecovery`) accepts
 that model as *degraded* (:meth:`ProviderCheck.accept_degraded`): from then on the check passes
 and says so (``details["degraded"]``, a "degraded" reason), and the incident resolves as an
 auto-recovery, as the guide counts "switched to the fallback model and it works". The entry is
@@ -26,14 +26,14 @@ from typing import Any
 
 import httpx
 
-from quarterdeck.monitoring.health.checks import (
+from quarterdeck.health.checks import (
     ANTHROPIC_API,
     CheckResult,
     breaker_states,
     describe_error,
     timed,
 )
-from quarterdeck.monitoring.incidents.models import Severity
+from quarterdeck.incidents.models import Severity
 from quarterdeck.resilience.breaker import Breakers, CircuitStatus, breaker_name
 from quarterdeck.resilience.traffic import PROVIDER_CALLS as PROVIDER_CALLS
 from quarterdeck.resilience.traffic import ProviderCallWindow as ProviderCallWindow

@@ -27,7 +27,7 @@ from typing import Any, Literal
 
 import structlog
 
-from quarterdeck.monitoring.health.leader import LEADER
+from quarterdeck.health.leader import LEADER
 
 log = structlog.get_logger(__name__)
 
@@ -60,7 +60,7 @@ def default_identity() -> str:
 
 
 class LeaseElector:
-    """Same interface as :class:`~quarterdeck.monitoring.health.leader.LeaderElector`."""
+    """Same interface as :class:`~quarterdeck.health.leader.LeaderElector`."""
 
     def __init__(
         self,

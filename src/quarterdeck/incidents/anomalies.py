@@ -12,9 +12,9 @@ from typing import Any
 
 import structlog
 
-from quarterdeck.monitoring import metrics
-from quarterdeck.monitoring.incidents import IncidentService
-from quarterdeck.monitoring.incidents.models import Source
+from quarterdeck import metrics
+from quarterdeck.incidents import IncidentService
+from quarterdeck.incidents.models import Source
 
 log = structlog.get_logger(__name__)
 
@@ -36,9 +36,15 @@ class AnomalySink:
     ) -> None:
         severity = str(decision.get("severity") or "medium")
         metrics.ERRORS.labels(metrics.bounded(agent_type), "security_anomaly", severity).inc()
-        log.warning("security.anomaly", run_id=run_id, tenant=tenant, tool=tool,
-                    rule=decision.get("rule_id"), action=decision.get("action"),
-                    severity=severity)  # fmt: skip
+        log.warning(
+            "security.anomaly",
+            run_id=run_id,
+            tenant=tenant,
+            tool=tool,
+            rule=decision.get("rule_id"),
+            action=decision.get("action"),
+            severity=severity,
+        )
         if self.incidents is None or severity not in INCIDENT_SEVERITIES:
             return
         rule = decision.get("rule_id") or "unknown"

@@ -28,10 +28,17 @@ async def request(conn: asyncpg.Connection, values: dict[str, Any]) -> asyncpg.R
         SELECT * FROM run_approvals WHERE run_id = $2 AND tool_use_id = $4
         LIMIT 1
         """,
-        values["id"], values["run_id"], values["tenant"], values["tool_use_id"],
-        values["tool"], values["input"], values["rule_id"], values["severity"],
-        values["reason"], values["expires_at"],
-    )  # fmt: skip
+        values["id"],
+        values["run_id"],
+        values["tenant"],
+        values["tool_use_id"],
+        values["tool"],
+        values["input"],
+        values["rule_id"],
+        values["severity"],
+        values["reason"],
+        values["expires_at"],
+    )
     assert row is not None
     return row
 

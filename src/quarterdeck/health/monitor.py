@@ -31,9 +31,8 @@ import structlog
 from prometheus_client import Gauge
 
 from quarterdeck.config import Settings
-from quarterdeck.kit.clock import utcnow
-from quarterdeck.monitoring.health import repository as health_repo
-from quarterdeck.monitoring.health.checks import (
+from quarterdeck.health import repository as health_repo
+from quarterdeck.health.checks import (
     AgentResponsivenessCheck,
     CheckResult,
     DatabaseCheck,
@@ -42,9 +41,9 @@ from quarterdeck.monitoring.health.checks import (
     RedisCheck,
     breaker_states,
 )
-from quarterdeck.monitoring.health.leader import Elector
-from quarterdeck.monitoring.health.provider import ProviderCheck
-from quarterdeck.monitoring.health.recovery import (
+from quarterdeck.health.leader import Elector
+from quarterdeck.health.provider import ProviderCheck
+from quarterdeck.health.recovery import (
     AgentRecovery,
     DatabaseRecovery,
     ProviderRecovery,
@@ -54,10 +53,11 @@ from quarterdeck.monitoring.health.recovery import (
     RedisRecovery,
     ScaleRequester,
 )
-from quarterdeck.monitoring.incidents import repository as incidents_repo
-from quarterdeck.monitoring.incidents.models import ResolvedBy, Source
-from quarterdeck.monitoring.incidents.service import IncidentService
-from quarterdeck.monitoring.metrics import REGISTRY
+from quarterdeck.incidents import repository as incidents_repo
+from quarterdeck.incidents.models import ResolvedBy, Source
+from quarterdeck.incidents.service import IncidentService
+from quarterdeck.kit.clock import utcnow
+from quarterdeck.metrics import REGISTRY
 from quarterdeck.resilience.breaker import Breakers
 from quarterdeck.store.pool import Database
 

@@ -1,7 +1,7 @@
 """Where notifications go: Slack, PagerDuty Events v2, a signed generic webhook, and email.
 
 A channel only formats and sends one message; it does not retry, rate-limit or remember what it
-sent (the :class:`~quarterdeck.monitoring.incidents.notify.Notifier` does, against the
+sent (the :class:`~quarterdeck.incidents.notify.Notifier` does, against the
 ``notifications`` table). It reports failure as :class:`DeliveryError`, saying whether trying
 again could help, so a typo'd webhook URL fails fast instead of burning the retry budget.
 """
@@ -20,7 +20,7 @@ from typing import Any
 
 import httpx
 
-from quarterdeck.monitoring.incidents.models import Incident, Kind, Severity
+from quarterdeck.incidents.models import Incident, Kind, Severity
 
 ALL_KINDS = frozenset(Kind)
 SIGNATURE_HEADER = "X-Quarterdeck-Signature"

@@ -23,9 +23,9 @@ from typing import Annotated, Any
 import asyncpg
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer
 
+from quarterdeck import metrics
 from quarterdeck.exceptions import QuarterdeckError
 from quarterdeck.kit.clock import utcnow
-from quarterdeck.monitoring import metrics
 from quarterdeck.store.pool import Database
 
 TENANT_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,63}$"

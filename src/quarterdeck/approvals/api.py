@@ -6,9 +6,9 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request
 
+from quarterdeck.approvals.service import Approval, ApprovalService, ApprovalStatus, Decision
 from quarterdeck.exceptions import ValidationFailed
 from quarterdeck.kit.ids import is_id
-from quarterdeck.runs.approvals import Approval, ApprovalService, ApprovalStatus, Decision
 from quarterdeck.security.auth import Permission, Principal, require
 from quarterdeck.security.trail import record_change
 
@@ -50,14 +50,25 @@ async def _decide(
     request: Request, principal: Principal, approval_id: str, approve: bool, note: str | None
 ) -> Approval:
     done = await _service(request).decide(
-        _check(approval_id), approve, tenant=principal.tenant_filter(),
-        by=f"key:{principal.key_id}", note=note,
-    )  # fmt: skip
+        _check(approval_id),
+        approve,
+        tenant=principal.tenant_filter(),
+        by=f"key:{principal.key_id}",
+        note=note,
+    )
     await record_change(
-        request, principal.key_id, f"approval.{done.status}", done.tenant,
-        {"approval_id": done.id, "run_id": done.run_id, "tool": done.tool,
-         "rule_id": done.rule_id, "note": note},
-    )  # fmt: skip
+        request,
+        principal.key_id,
+        f"approval.{done.status}",
+        done.tenant,
+        {
+            "approval_id": done.id,
+            "run_id": done.run_id,
+            "tool": done.tool,
+            "rule_id": done.rule_id,
+            "note": note,
+        },
+    )
     return done
 
 

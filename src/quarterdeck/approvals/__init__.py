@@ -1,0 +1,1 @@
+"""Approvals: tool calls the policy gate held (``require_approval``) until a person decides."""

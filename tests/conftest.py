@@ -18,7 +18,7 @@ import asyncpg
 import httpx
 import pytest
 
-from quarterdeck.chaos.deploy import free_port as free_port  # re-exported for tests
+from quarterdeck.chaos.process import free_port as free_port  # re-exported for tests
 from quarterdeck.config import Settings, load_settings
 from quarterdeck.store import migrations
 from quarterdeck.store.embedded import start_embedded

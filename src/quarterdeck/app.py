@@ -21,6 +21,7 @@ from quarterdeck.exceptions import QuarterdeckError, Unavailable
 from quarterdeck.health import api as health_api
 from quarterdeck.health import probes
 from quarterdeck.incidents import api as incidents_api
+from quarterdeck.kit.wiring import services
 from quarterdeck.runs import api as runs_api
 from quarterdeck.runtime import Runtime
 from quarterdeck.security.audit import api as audit_api
@@ -95,15 +96,17 @@ def install_error_handlers(app: FastAPI) -> None:
 
 
 def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
-    """The app. With ``runtime`` given, its lifecycle belongs to the caller (``quarterdeck up``)."""
+    """The app. With ``runtime`` given, its lifecycle belongs to the caller (``quarterdeck up``),
+    who starts it first: its services are registered for the routes here. An app that owns its
+    runtime registers them in the lifespan, once started; until then routes answer 503."""
     owned = runtime is None
     rt = runtime or Runtime(settings, with_workers=False)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.runtime = rt
         if owned:
             await rt.start()
+            rt.register(services(app))
         try:
             yield
         finally:
@@ -116,7 +119,11 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
         description="Durable control plane for AI coding agents.",
         lifespan=lifespan,
     )
-    app.state.runtime = rt
+    registry = services(app)
+    readiness: probes.Readiness = rt  # before start too: /ready then reports what is missing
+    registry.add(probes.Readiness, readiness)
+    if not owned:
+        rt.register(registry)
     setattr(app.state, AUTH_REQUIRED_STATE, settings.auth_required)  # fail closed if unset
     install_error_handlers(app)
     app.add_middleware(RateLimitHeaders)

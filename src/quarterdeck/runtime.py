@@ -24,15 +24,16 @@ from quarterdeck.health import HealthMonitor, LeaderElector
 from quarterdeck.health.leader import Elector
 from quarterdeck.incidents import IncidentService, build_incident_service
 from quarterdeck.incidents.anomalies import AnomalySink
+from quarterdeck.kit.wiring import Services
 from quarterdeck.providers.factory import build_provider
 from quarterdeck.providers.pricing import PriceTable
 from quarterdeck.providers.types import Provider, Usage
 from quarterdeck.resilience import BreakerConfig, Breakers, ProviderLimiter, RetryPolicy
-from quarterdeck.resilience.calls import ResilientCaller
-from quarterdeck.runs import repository as runs_repo
+from quarterdeck.resilience.calls import CostFn, ResilientCaller
 from quarterdeck.runs.events import RunEventHub
-from quarterdeck.runs.executor import CostFn, ExecutorConfig, RunExecutor
+from quarterdeck.runs.executor import ExecutorConfig, RunExecutor
 from quarterdeck.runs.service import RunService
+from quarterdeck.runs.store import PostgresRunStore
 from quarterdeck.runs.worker import WorkerPool
 from quarterdeck.security.audit import AuditLog
 from quarterdeck.security.auth import AuthService, build_auth_service
@@ -61,6 +62,7 @@ class Runtime:
     db: Database = field(init=False)
     hub: RunEventHub = field(init=False)
     runs: RunService = field(init=False)
+    run_store: PostgresRunStore = field(init=False)
     agent_catalog: AgentCatalog = field(init=False)
     incidents: IncidentService = field(init=False)
     budgets: BudgetService = field(init=False)
@@ -88,20 +90,29 @@ class Runtime:
         if self.with_api:
             await self.hub.start()
         self.agent_catalog = AgentCatalog.from_settings(self.settings)
+        # The audit trail first: the run service and the workers take it at construction.
+        self.audit = AuditLog.from_settings(self.settings, self.db)
+        await self.audit.start()
+        self.trail = AuditTrail(self.audit)
+        self.run_store = PostgresRunStore(self.db)
         self.runs = RunService(
-            self.settings, self.db, self.hub if self.with_api else None, self.agent_catalog
+            self.settings,
+            self.run_store,
+            self.hub if self.with_api else None,
+            self.agent_catalog,
+            trail=self.trail,
         )
         self.incidents = build_incident_service(self.settings, self.db)
         self._tasks.append(asyncio.create_task(self.incidents.run_forever(15.0)))
         self.budgets = BudgetService(self.db)
         self.approvals = ApprovalService(self.db, timeout_s=self.settings.policy_approval_timeout)
         self.anomalies = AnomalySink(self.incidents)
-        self.audit = AuditLog.from_settings(self.settings, self.db)
-        await self.audit.start()
-        self.trail = AuditTrail(self.audit)
-        self.runs.trail = self.trail
-        self.auth = build_auth_service(self.settings, self.db, warn_if_disabled=self.with_api)
-        self.auth.on_change = self.trail.key_changed
+        self.auth = build_auth_service(
+            self.settings,
+            self.db,
+            on_change=self.trail.key_changed,
+            warn_if_disabled=self.with_api,
+        )
         self._closers.append(self.auth.aclose)
         metrics.BUILD_INFO.labels(version=_version(), provider=self.settings.provider_name).set(1)
         self._tasks.append(asyncio.create_task(self._collect_gauges()))
@@ -110,12 +121,13 @@ class Runtime:
             config = ExecutorConfig(
                 max_turns=self.settings.max_turns, timeout_s=self.settings.run_timeout
             )
+            cost_of = build_cost_fn(self.settings)
             executor = RunExecutor(
-                self.db,
+                self.run_store,
                 self.provider,
                 AgentPlanner(
                     self.settings,
-                    self.db,
+                    self.run_store,
                     self.agent_catalog,
                     simulated=self.provider.name == "simulated",
                     guard=Guard(
@@ -125,13 +137,18 @@ class Runtime:
                         trail=self.trail,
                     ),
                 ),
-                build_cost_fn(self.settings),
+                cost_of,
                 config,
-                self._build_caller(self.provider),
+                self._build_caller(self.provider, cost_of),
                 budgets=self.budgets,
             )
-            self.workers = WorkerPool(self.settings, self.db, executor)
-            self.workers.trail = self.trail
+            self.workers = WorkerPool(
+                self.settings,
+                self.run_store,
+                executor,
+                database_url=self.db.url,
+                trail=self.trail,
+            )
             self._tasks.append(asyncio.create_task(self.workers.run()))
         if self.settings.health_monitor_enabled:
             self.leader = self._build_elector()
@@ -166,8 +183,9 @@ class Runtime:
             )
         return LeaderElector(self.db.url, retry_s=s.health_leader_retry)
 
-    def _build_caller(self, provider: Provider) -> ResilientCaller:
-        """Retries, breakers and rate limits, shared through Redis when REDIS_URL is set."""
+    def _build_caller(self, provider: Provider, cost_of: CostFn) -> ResilientCaller:
+        """Retries, breakers and rate limits, shared through Redis when REDIS_URL is set; the
+        caller also prices and counts every provider call (``cost_of``)."""
         s = self.settings
         breaker_store = bucket_store = None
         if s.redis_url is not None:
@@ -206,6 +224,7 @@ class Runtime:
             limiter=limiter,
             fallbacks=s.model_fallbacks,
             context_fallbacks=s.context_fallbacks,
+            cost_of=cost_of,
         )
 
     async def drain(self) -> None:
@@ -250,9 +269,8 @@ class Runtime:
         """Mirror queue depth and run states from Postgres into gauges every 5 s."""
         while True:
             with contextlib.suppress(Exception):
-                async with self.db.acquire() as conn:
-                    per_type, oldest = await runs_repo.queue_stats(conn)
-                    states = await runs_repo.state_counts(conn)
+                stats = await self.run_store.stats()
+                per_type, oldest, states = stats.queued, stats.oldest_s, stats.states
                 metrics.QUEUE_LENGTH.clear()
                 for agent_type, n in per_type.items():
                     metrics.QUEUE_LENGTH.labels(metrics.bounded(agent_type)).set(n)
@@ -263,6 +281,19 @@ class Runtime:
                     metrics.RUNS_IN_STATE.labels(status).set(states.get(status, 0))
                 await self.budgets.refresh_metrics()
             await asyncio.sleep(5.0)
+
+    def register(self, registry: Services) -> None:
+        """Offer the started services to the API routes, each under the type routes ask for."""
+        registry.add(RunService, self.runs)
+        registry.add(AgentCatalog, self.agent_catalog)
+        registry.add(IncidentService, self.incidents)
+        registry.add(BudgetService, self.budgets)
+        registry.add(ApprovalService, self.approvals)
+        registry.add(AuditLog, self.audit)
+        registry.add(AuditTrail, self.trail)
+        registry.add(AuthService, self.auth)
+        if self.health is not None:
+            registry.add(HealthMonitor, self.health)
 
 
 def _version() -> str:

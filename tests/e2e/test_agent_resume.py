@@ -7,9 +7,9 @@ import time
 import httpx
 import pytest
 
+from quarterdeck.chaos.messages_api import MessagesAPIServer
 from tests.e2e.conftest import Deployment
 from tests.integration.test_agent_runs import scripted_total, six_turn_script
-from tests.support.messages_api import MessagesAPIServer
 
 pytest_plugins = ["tests.support.fixtures"]
 pytestmark = pytest.mark.e2e

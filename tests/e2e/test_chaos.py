@@ -16,8 +16,8 @@ from collections.abc import Iterator
 import pytest
 
 from quarterdeck.chaos import SCENARIOS, Result, Runner
-from quarterdeck.chaos.fake_api import Notification
 from quarterdeck.chaos.measure import TERMINAL
+from quarterdeck.chaos.messages_api import Notification
 from tests.support.receivers import Receivers
 from tests.support.redis_server import redis_server_binary
 

@@ -13,9 +13,9 @@ import tarfile
 import asyncpg
 import pytest
 
+from quarterdeck.chaos.messages_api import MessagesAPIServer, make_usage, message, text, tool_use
 from quarterdeck.runs.models import RunCreate, RunStatus, WorkspaceSpec
 from quarterdeck.runtime import Runtime
-from tests.support.messages_api import MessagesAPIServer, make_usage, message, text, tool_use
 
 pytest_plugins = ["tests.support.fixtures"]
 pytestmark = pytest.mark.asyncio
@@ -155,7 +155,7 @@ async def test_a_reviewer_cannot_write(anthropic_settings, messages_api: Message
 async def test_provider_errors_fail_the_run_with_the_reason(
     anthropic_settings, messages_api: MessagesAPIServer
 ):
-    from tests.support.messages_api import error
+    from quarterdeck.chaos.messages_api import error
 
     messages_api.script([error(401, "authentication_error", "invalid x-api-key")])
     rt = Runtime(anthropic_settings())

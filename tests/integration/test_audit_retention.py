@@ -10,13 +10,13 @@ import sys
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from types import SimpleNamespace
 
 import httpx
 import pytest
 from fastapi import FastAPI
 
 from quarterdeck.app import install_error_handlers
+from quarterdeck.kit.wiring import services
 from quarterdeck.metrics import REGISTRY
 from quarterdeck.security.audit import AuditEvent, AuditLog, ProblemKind
 from quarterdeck.security.audit import api as audit_api
@@ -156,7 +156,7 @@ async def client(audit: AuditLog) -> AsyncIterator[httpx.AsyncClient]:
     app = FastAPI()
     install_error_handlers(app)
     app.include_router(audit_api.router)
-    app.state.runtime = SimpleNamespace(audit=audit)
+    services(app).add(AuditLog, audit)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://qd") as c:
         yield c
 

@@ -16,7 +16,6 @@ import sys
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import httpx
@@ -24,6 +23,7 @@ import pytest
 from fastapi import FastAPI
 
 from quarterdeck.app import install_error_handlers
+from quarterdeck.kit.wiring import services
 from quarterdeck.metrics import REGISTRY
 from quarterdeck.security.audit import AuditEvent, AuditLog, ProblemKind, VerifyReport
 from quarterdeck.security.audit import api as audit_api
@@ -250,7 +250,7 @@ async def test_api_and_cli_report_the_problems(
     app = FastAPI()
     install_error_handlers(app)
     app.include_router(audit_api.router)
-    app.state.runtime = SimpleNamespace(audit=audit)
+    services(app).add(AuditLog, audit)
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://qd") as client:
         assert (await client.get("/v1/audit/verify")).json()["ok"] is True

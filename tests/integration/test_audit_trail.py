@@ -9,9 +9,9 @@ import httpx
 import pytest
 
 from quarterdeck.app import create_app
+from quarterdeck.chaos.messages_api import MessagesAPIServer, message, text, tool_use
 from quarterdeck.runtime import Runtime
 from quarterdeck.security.audit.models import EventFilter
-from tests.support.messages_api import MessagesAPIServer, message, text, tool_use
 
 pytest_plugins = ["tests.support.fixtures"]
 pytestmark = pytest.mark.asyncio

@@ -253,7 +253,7 @@ async def test_an_app_requiring_auth_without_the_service_fails_closed(
     make_settings: Callable[..., Any],
 ):
     settings = make_settings(auth_enabled=True, admin_api_key=ADMIN)
-    app = create_app(settings, SimpleNamespace())  # type: ignore[arg-type]
+    app = create_app(settings)  # owns its runtime, not started: no lifespan here
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://qd") as c:
         r = await c.get("/v1/agent-types", headers=bearer(ADMIN))
     assert r.status_code == 503

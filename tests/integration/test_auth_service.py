@@ -9,6 +9,7 @@ import asyncpg
 import pytest
 
 from quarterdeck.exceptions import NotFound, ValidationFailed
+from quarterdeck.kit.clock import FakeClock
 from quarterdeck.security.auth import keys
 from quarterdeck.security.auth.cache import KeyCache
 from quarterdeck.security.auth.errors import Unauthenticated
@@ -20,30 +21,14 @@ from quarterdeck.store.pool import Database
 BOOTSTRAP = "b" * 40
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = datetime(2030, 1, 1, tzinfo=UTC)
-
-    def __call__(self) -> datetime:
-        return self.now
-
-
-class MonoClock:
-    def __init__(self) -> None:
-        self.t = 0.0
-
-    def __call__(self) -> float:
-        return self.t
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock(wall=datetime(2030, 1, 1, tzinfo=UTC))
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-def service(db: Database, clock: Clock) -> AuthService:
-    return AuthService(db, required=True, bootstrap_key=BOOTSTRAP, clock=clock)
+def service(db: Database, clock: FakeClock) -> AuthService:
+    return AuthService(db, required=True, bootstrap_key=BOOTSTRAP, clock=clock.wall)
 
 
 async def test_create_returns_the_key_once_and_stores_only_its_digest(
@@ -90,9 +75,9 @@ async def test_create_rejects_impossible_keys(
     assert err.value.extra["errors"][0]["field"] == field
 
 
-async def test_create_rejects_an_expiry_in_the_past(service: AuthService, clock: Clock):
+async def test_create_rejects_an_expiry_in_the_past(service: AuthService, clock: FakeClock):
     with pytest.raises(ValidationFailed) as err:
-        await service.create("x", Role.submitter, "acme", expires_at=clock.now)
+        await service.create("x", Role.submitter, "acme", expires_at=clock.wall())
     assert err.value.extra["errors"][0]["field"] == "expires_at"
 
 
@@ -107,14 +92,16 @@ async def test_the_database_refuses_impossible_keys_even_around_the_service(db: 
 
 
 async def test_list_filters_by_tenant_and_hides_inactive_keys_unless_asked(
-    service: AuthService, clock: Clock
+    service: AuthService, clock: FakeClock
 ):
     a = await service.create("a", Role.submitter, "acme")
     b = await service.create("b", Role.auditor, "globex")
-    c = await service.create("c", Role.submitter, "acme", expires_at=clock.now + timedelta(hours=1))
+    c = await service.create(
+        "c", Role.submitter, "acme", expires_at=clock.wall() + timedelta(hours=1)
+    )
     d = await service.create("d", Role.operator, "*")
     await service.revoke(a.id, actor="cli:alice")
-    clock.now += timedelta(hours=2)  # c expires
+    clock.advance(timedelta(hours=2))  # c expires
     active = await service.list_keys()
     assert {k.id for k in active} == {b.id, d.id}
     everything = {k.id: k for k in await service.list_keys(include_inactive=True)}
@@ -142,26 +129,26 @@ async def test_revoke_stops_the_key_at_once_and_repeating_it_changes_nothing(
 
 
 async def test_a_revocation_elsewhere_takes_effect_within_the_cache_ttl(db: Database):
-    mono = MonoClock()
-    here = AuthService(db, required=True, cache=KeyCache(ttl_s=5, clock=mono))
+    mono = FakeClock()
+    here = AuthService(db, required=True, cache=KeyCache(ttl_s=5, clock=mono.now))
     elsewhere = AuthService(db, required=True)
     created = await elsewhere.create("ci", Role.submitter, "acme")
     await here.authenticate(created.api_key)
     await elsewhere.revoke(created.id)
-    mono.t = 4.0
+    mono.advance(4.0)
     assert (await here.authenticate(created.api_key)).key_id == created.id  # stale, as allowed
-    mono.t = 5.0
+    mono.advance(1.0)  # t = 5.0
     with pytest.raises(Unauthenticated, match="revoked"):
         await here.authenticate(created.api_key)
 
 
-async def test_a_key_stops_working_exactly_when_it_expires(service: AuthService, clock: Clock):
+async def test_a_key_stops_working_exactly_when_it_expires(service: AuthService, clock: FakeClock):
     created = await service.create(
-        "temp", Role.submitter, "acme", expires_at=clock.now + timedelta(minutes=10)
+        "temp", Role.submitter, "acme", expires_at=clock.wall() + timedelta(minutes=10)
     )
-    clock.now += timedelta(minutes=9, seconds=59)
+    clock.advance(timedelta(minutes=9, seconds=59))
     await service.authenticate(created.api_key)
-    clock.now += timedelta(seconds=1)
+    clock.advance(timedelta(seconds=1))
     with pytest.raises(Unauthenticated, match="expired"):
         await service.authenticate(created.api_key)
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from decimal import Decimal
-from types import SimpleNamespace
 
 import httpx
 import pytest
@@ -14,6 +13,7 @@ from fastapi import FastAPI
 from quarterdeck import metrics
 from quarterdeck.budgets import api as budgets_api
 from quarterdeck.budgets.service import BudgetExceeded, BudgetService, period_starts
+from quarterdeck.kit.wiring import services
 from quarterdeck.store.pool import Database
 
 NOW = datetime(2025, 3, 15, 12, 0, tzinfo=UTC)
@@ -142,7 +142,7 @@ async def test_refresh_metrics_sets_limit_and_remaining(spent: BudgetService) ->
 
 async def test_budget_endpoints(db: Database) -> None:
     app = FastAPI()
-    app.state.runtime = SimpleNamespace(db=db)
+    services(app).add(BudgetService, BudgetService(db))
     app.include_router(budgets_api.router)
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://qd") as client:

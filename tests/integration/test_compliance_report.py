@@ -9,11 +9,11 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from typer.testing import CliRunner
 
+from quarterdeck.chaos.messages_api import MessagesAPIServer, message, text, tool_use
 from quarterdeck.cli import app
 from quarterdeck.runs.models import RunCreate, RunStatus
 from quarterdeck.runtime import Runtime
 from quarterdeck.security.auth.permissions import Role
-from tests.support.messages_api import MessagesAPIServer, message, text, tool_use
 
 pytest_plugins = ["tests.support.fixtures"]
 pytestmark = pytest.mark.asyncio

@@ -16,7 +16,6 @@ import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import asyncpg
@@ -25,6 +24,7 @@ import pytest
 from fastapi import FastAPI
 
 from quarterdeck import metrics
+from quarterdeck.chaos.messages_api import MessagesAPIServer
 from quarterdeck.health import api as health_api
 from quarterdeck.health.checks import (
     AgentResponsivenessCheck,
@@ -52,11 +52,11 @@ from quarterdeck.incidents import (
 )
 from quarterdeck.kit.clock import FakeClock
 from quarterdeck.kit.ids import new_id
+from quarterdeck.kit.wiring import services
 from quarterdeck.resilience.breaker import BreakerConfig, Breakers
 from quarterdeck.runs import queue
 from quarterdeck.store.pool import Database
 from tests.conftest import eventually, free_port, world_readable_tmpdir
-from tests.support.messages_api import MessagesAPIServer
 from tests.support.receivers import Receivers
 from tests.support.redis_server import RedisServer, redis_server  # noqa: F401
 
@@ -300,7 +300,7 @@ async def test_agent_responsiveness_requeues_lapsed_runs_and_ends_overdue_ones(
     assert failing.details["lapsed_runs"] == [lapsed]
     assert failing.details["overdue_runs"] == [overdue]
     scaler = LoggingScaleRequester()
-    result = await AgentRecovery(db, check, scaler).recover(failing, 0)
+    result = await AgentRecovery(check, scaler).recover(failing, 0)
     assert result.success, result.message
     assert result.details["requeued"] == [lapsed] and result.details["timed_out"] == [overdue]
     row = await run_row(db, lapsed)
@@ -396,7 +396,7 @@ async def test_monitor_opens_an_incident_and_auto_resolves_it(
         db,
         incidents,
         checks=[check],
-        strategies={check.name: AgentRecovery(db, check, LoggingScaleRequester())},
+        strategies={check.name: AgentRecovery(check, LoggingScaleRequester())},
     )
     run_id, _ = await make_run(db, heartbeat_age_s=300)
     await monitor.tick()
@@ -592,7 +592,7 @@ async def test_health_checks_endpoint(
     ]
     await monitor.tick()
     app = FastAPI()
-    app.state.runtime = SimpleNamespace(health=monitor)
+    services(app).add(HealthMonitor, monitor)
     app.include_router(health_api.router)
     async with httpx.AsyncClient(
         transport=httpx.ASGITransport(app=app), base_url="http://qd"

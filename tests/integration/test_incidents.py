@@ -38,6 +38,7 @@ from quarterdeck.incidents.channels import (
 )
 from quarterdeck.incidents.cli import app as incidents_cli
 from quarterdeck.incidents.notify import DEFAULT_RATE_LIMITS
+from quarterdeck.kit.wiring import services
 from quarterdeck.store.pool import Database
 from tests.conftest import free_port
 from tests.support.receivers import Receivers
@@ -479,7 +480,7 @@ async def api(service: IncidentService) -> AsyncIterator[httpx.AsyncClient]:
     app = FastAPI()
     install_error_handlers(app)
     app.include_router(incidents_api.router)
-    app.state.runtime = SimpleNamespace(incidents=service)
+    services(app).add(IncidentService, service)
     async with httpx.AsyncClient(
         transport=httpx.ASGITransport(app=app), base_url="http://qd"
     ) as client:
@@ -635,7 +636,7 @@ async def test_cli_against_a_live_server(service: IncidentService):
 
     install_error_handlers(app)
     app.include_router(incidents_api.router)
-    app.state.runtime = SimpleNamespace(incidents=service)
+    services(app).add(IncidentService, service)
     port = free_port()
     server = uvicorn.Server(
         uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")

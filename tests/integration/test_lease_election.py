@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 import pytest
 
 from quarterdeck.health.lease import LeaseElector, kubernetes_api
+from quarterdeck.kit.clock import FakeClock
 from tests.support.fake_kubernetes import FakeKubernetes
 
 pytestmark = pytest.mark.asyncio
@@ -28,25 +29,18 @@ def k8s(fake_k8s: FakeKubernetes) -> FakeKubernetes:
     return fake_k8s
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += timedelta(seconds=seconds)
+def _clock() -> FakeClock:
+    return FakeClock(wall=datetime(2026, 11, 24, 12, 0, tzinfo=UTC))
 
 
-def elector(k8s: FakeKubernetes, who: str, clock: Clock) -> LeaseElector:
+def elector(k8s: FakeKubernetes, who: str, clock: FakeClock) -> LeaseElector:
     return LeaseElector(
-        kubernetes_api(k8s.base_url), "qd", identity=who, duration_s=15, clock=clock
+        kubernetes_api(k8s.base_url), "qd", identity=who, duration_s=15, clock=clock.wall
     )
 
 
 async def test_one_replica_leads_and_the_other_follows(k8s: FakeKubernetes):
-    clock = Clock()
+    clock = _clock()
     a, b = elector(k8s, "pod-a", clock), elector(k8s, "pod-b", clock)
     assert await a.step() == "create" and a.is_leader
     assert await b.step() == "follow" and not b.is_leader
@@ -62,7 +56,7 @@ async def test_one_replica_leads_and_the_other_follows(k8s: FakeKubernetes):
 
 
 async def test_a_dead_leaders_lease_is_taken_after_it_expires(k8s: FakeKubernetes):
-    clock = Clock()
+    clock = _clock()
     a, b = elector(k8s, "pod-a", clock), elector(k8s, "pod-b", clock)
     await a.step()
     clock.advance(13)  # pod-a was SIGKILLed: it never renews again
@@ -75,7 +69,7 @@ async def test_a_dead_leaders_lease_is_taken_after_it_expires(k8s: FakeKubernete
 
 
 async def test_stop_releases_the_lease_for_an_immediate_successor(k8s: FakeKubernetes):
-    clock = Clock()
+    clock = _clock()
     a, b = elector(k8s, "pod-a", clock), elector(k8s, "pod-b", clock)
     await a.step()
     await a.stop()
@@ -84,7 +78,7 @@ async def test_stop_releases_the_lease_for_an_immediate_successor(k8s: FakeKuber
 
 
 async def test_a_conflict_leaves_the_loser_a_follower(k8s: FakeKubernetes):
-    clock = Clock()
+    clock = _clock()
     a = elector(k8s, "pod-a", clock)
     await a.step()
     clock.advance(20)

@@ -10,10 +10,10 @@ import httpx
 import pytest
 
 from quarterdeck.app import create_app
+from quarterdeck.chaos.messages_api import MessagesAPIServer, message, text, tool_use
 from quarterdeck.metrics import REGISTRY
 from quarterdeck.runs.models import RunCreate, RunStatus
 from quarterdeck.runtime import Runtime
-from tests.support.messages_api import MessagesAPIServer, message, text, tool_use
 
 pytest_plugins = ["tests.support.fixtures"]
 pytestmark = pytest.mark.asyncio

@@ -18,18 +18,17 @@ import contextlib
 import os
 import re
 import shutil
-import socket
-import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import yaml
+
+from quarterdeck.chaos.process import Process, free_port, http_ok
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
@@ -40,45 +39,6 @@ WINDOW = "1m"  # production: 5m
 FOR = "5s"  # production: 2m
 MIN_RUNS = 3  # production: 10 finished runs in the window
 DEADLINE_S = 420.0  # a bound on waiting, not an assertion about speed
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def wait_for(
-    check: Any, what: str, proc: subprocess.Popen[bytes], log: Path, deadline: float = 180.0
-) -> None:
-    """Poll ``check`` until true; fail with the process log if it dies or the bound passes."""
-    end = time.monotonic() + deadline
-    while time.monotonic() < end:
-        if proc.poll() is not None:
-            pytest.fail(
-                f"{what}: process exited with {proc.returncode}:\n{log.read_text()[-4000:]}"
-            )
-        with contextlib.suppress(httpx.HTTPError):
-            if check():
-                return
-        time.sleep(0.5)
-    pytest.fail(f"{what}: not reached within {deadline:.0f}s:\n{log.read_text()[-4000:]}")
-
-
-@contextlib.contextmanager
-def started(args: list[str], env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    with log.open("wb") as out:
-        proc = subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT)
-        try:
-            yield proc
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
 
 
 def test_rule(rule: dict[str, Any]) -> dict[str, Any]:
@@ -146,28 +106,22 @@ def test_error_rate_alert_goes_pending_then_firing(tmp_path: Path) -> None:
     qd_log, prom_log = tmp_path / "quarterdeck.log", tmp_path / "prometheus.log"
 
     with (
-        started([str(quarterdeck), "up"], env, qd_log) as qd,
-        started(
+        Process([str(quarterdeck), "up"], env=env, log=qd_log, stop_timeout=30) as qd,
+        Process(
             [
                 prometheus,
                 f"--config.file={tmp_path / 'prometheus.yml'}",
                 f"--storage.tsdb.path={tmp_path / 'tsdb'}",
                 f"--web.listen-address=127.0.0.1:{prom_port}",
             ],
-            dict(os.environ),
-            prom_log,
+            env=dict(os.environ),
+            log=prom_log,
+            stop_timeout=30,
         ) as prom_proc,
         httpx.Client(timeout=10) as client,
     ):
-        wait_for(
-            lambda: client.get(f"{api}/ready").status_code == 200, "quarterdeck ready", qd, qd_log
-        )
-        wait_for(
-            lambda: client.get(f"{prom}/-/ready").status_code == 200,
-            "prometheus ready",
-            prom_proc,
-            prom_log,
-        )
+        qd.wait_ready(http_ok(f"{api}/ready"), timeout=180, interval=0.5)
+        prom_proc.wait_ready(http_ok(f"{prom}/-/ready"), timeout=180, interval=0.5)
 
         stop = threading.Event()
         accepted: list[int] = []
@@ -186,8 +140,8 @@ def test_error_rate_alert_goes_pending_then_firing(tmp_path: Path) -> None:
         try:
             end = time.monotonic() + DEADLINE_S
             while time.monotonic() < end and "firing" not in states:
-                if qd.poll() is not None:
-                    pytest.fail(f"quarterdeck exited:\n{qd_log.read_text()[-4000:]}")
+                if not qd.alive:
+                    pytest.fail(f"quarterdeck exited:\n{qd.log_tail()}")
                 alerts = client.get(f"{prom}/api/v1/alerts").json()["data"]["alerts"]
                 states += [
                     a["state"] for a in alerts if a["labels"]["alertname"] == "HighErrorRate"

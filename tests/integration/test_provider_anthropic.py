@@ -9,6 +9,8 @@ from __future__ import annotations
 import anthropic
 import pytest
 
+from quarterdeck.chaos import messages_api as api
+from quarterdeck.chaos.messages_api import MessagesAPIServer
 from quarterdeck.config import load_settings
 from quarterdeck.exceptions import ConfigError, ProviderError
 from quarterdeck.providers.anthropic import AnthropicProvider
@@ -25,8 +27,6 @@ from quarterdeck.providers.types import (
     ToolSpec,
     ToolUseBlock,
 )
-from tests.support import messages_api as api
-from tests.support.messages_api import MessagesAPIServer
 
 pytest_plugins = ["tests.support.fixtures"]
 

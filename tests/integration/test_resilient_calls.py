@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from quarterdeck.chaos.messages_api import MessagesAPIServer, error, message, text
 from quarterdeck.metrics import REGISTRY
 from quarterdeck.runs.models import RunCreate, RunStatus
 from quarterdeck.runtime import Runtime
-from tests.support.messages_api import MessagesAPIServer, error, message, text
 
 pytest_plugins = ["tests.support.fixtures"]
 pytestmark = pytest.mark.asyncio

@@ -83,7 +83,7 @@ async def test_concurrent_single_submissions_share_a_commit_and_a_conflict_fails
     answers = await asyncio.gather(*(client.post("/v1/runs", json=b, headers=h) for b, h in bodies))
     codes = sorted(r.status_code for r in answers)
     assert codes.count(202) == 21 and codes.count(409) == 1, codes
-    submits = runtime.runs._submits  # type: ignore[attr-defined]
+    submits = runtime.runs.submissions.submits
     assert submits.batches < submits.items, "some submissions shared a transaction"
     ids = {r.json()["id"] for r in answers if r.status_code == 202}
     assert len(ids) == 21

@@ -24,7 +24,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from tests.support.messages_api import ScriptedServer
+from quarterdeck.chaos.fake_http import ScriptedServer
 
 LEASES = "/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases"
 
@@ -70,7 +70,7 @@ class FakeKubernetes(ScriptedServer):
         return obj
 
     async def _create_lease(self, request: Request) -> Response:
-        recorded = await self._record(request)
+        recorded = await self.record(request)
         namespace = request.path_params["namespace"]
         body = copy.deepcopy(recorded.json or {})
         name = body.get("metadata", {}).get("name")
@@ -94,7 +94,7 @@ class FakeKubernetes(ScriptedServer):
             return JSONResponse(copy.deepcopy(self.leases[(namespace, name)]), status_code=201)
 
     async def _lease(self, request: Request) -> Response:
-        recorded = await self._record(request)
+        recorded = await self.record(request)
         namespace, name = request.path_params["namespace"], request.path_params["name"]
         key = (namespace, name)
         with self._lock:

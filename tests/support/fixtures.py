@@ -20,7 +20,8 @@ from typing import TypeVar
 
 import pytest
 
-from tests.support.messages_api import MessagesAPIServer, ScriptedServer
+from quarterdeck.chaos.fake_http import ScriptedServer
+from quarterdeck.chaos.messages_api import MessagesAPIServer
 from tests.support.openai_api import OpenAIAPIServer
 
 S = TypeVar("S", bound=ScriptedServer)

@@ -1,6 +1,7 @@
 """A local, scripted fake of an OpenAI-compatible chat completions server (vLLM, Ollama, llama.cpp).
 
-Same scripting model as :mod:`tests.support.messages_api`: push :class:`Reply` objects, read
+Same scripting model as :mod:`quarterdeck.chaos.messages_api` (the base is
+:mod:`quarterdeck.chaos.fake_http`): push :class:`Reply` objects, read
 ``server.requests``. A 200 completion is served as JSON, or as ``chat.completion.chunk`` SSE (with a
 trailing usage chunk when ``stream_options.include_usage`` is set, then ``data: [DONE]``) when the
 request streams.
@@ -15,13 +16,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from tests.support.messages_api import Reply, ScriptedServer, _chunks, _next_id
+from quarterdeck.chaos.fake_http import Event, Reply, ScriptedServer, chunks, next_id
 
 
 def tool_call(name: str, arguments: dict[str, Any] | str, id: str | None = None) -> dict[str, Any]:
     args = arguments if isinstance(arguments, str) else json.dumps(arguments)
     return {
-        "id": id or _next_id("call"),
+        "id": id or next_id("call"),
         "type": "function",
         "function": {"name": name, "arguments": args},
     }
@@ -51,7 +52,7 @@ def completion(
     if cached_tokens is not None:
         usage["prompt_tokens_details"] = {"cached_tokens": cached_tokens}
     body = {
-        "id": _next_id("chatcmpl"),
+        "id": next_id("chatcmpl"),
         "object": "chat.completion",
         "created": 1_700_000_000,
         "model": model,
@@ -76,7 +77,7 @@ def error(
 
 def completion_events(
     body: dict[str, Any], include_usage: bool = True, chunk: int = 4
-) -> list[tuple[str | None, Any]]:
+) -> list[Event]:
     """Split a completion into chunks the way vLLM does: role, content, tool-call fragments."""
     base = {
         "id": body["id"],
@@ -98,9 +99,9 @@ def completion_events(
             },
         )
 
-    events: list[tuple[str | None, Any]] = [chunk_of({"role": "assistant", "content": ""})]
+    events: list[Event] = [chunk_of({"role": "assistant", "content": ""})]
     if msg.get("content"):
-        events += [chunk_of({"content": c}) for c in _chunks(msg["content"], chunk)]
+        events += [chunk_of({"content": c}) for c in chunks(msg["content"], chunk)]
     for index, call in enumerate(msg.get("tool_calls") or []):
         events.append(
             chunk_of(
@@ -116,7 +117,7 @@ def completion_events(
                 }
             )
         )
-        for piece in _chunks(call["function"]["arguments"], chunk * 2):
+        for piece in chunks(call["function"]["arguments"], chunk * 2):
             events.append(
                 chunk_of({"tool_calls": [{"index": index, "function": {"arguments": piece}}]})
             )
@@ -150,21 +151,21 @@ class OpenAIAPIServer(ScriptedServer):
         ]
 
     async def _chat(self, request: Request) -> Response:
-        recorded = await self._record(request)
-        reply = self._next_reply() or completion()
+        recorded = await self.record(request)
+        reply = self.next_reply() or completion()
         if reply.delay and not await self.pause(request, reply.delay):
             return Response(status_code=499)
         payload = recorded.json if isinstance(recorded.json, dict) else {}
         include_usage = bool((payload.get("stream_options") or {}).get("include_usage"))
 
-        def to_events(body: dict[str, Any]) -> list[tuple[str | None, Any]]:
+        def to_events(body: dict[str, Any]) -> list[Event]:
             return completion_events(body, include_usage=include_usage)
 
-        base = {"x-request-id": _next_id("req")}
+        base = {"x-request-id": next_id("req")}
         return self.respond(reply, bool(payload.get("stream")), to_events, base)
 
     async def _models(self, request: Request) -> Response:
-        await self._record(request)
+        await self.record(request)
         return JSONResponse(
             {
                 "object": "list",

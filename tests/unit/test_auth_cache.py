@@ -7,17 +7,10 @@ from datetime import UTC, datetime
 
 import pytest
 
+from quarterdeck.kit.clock import FakeClock
 from quarterdeck.security.auth.cache import KeyCache
 from quarterdeck.security.auth.models import KeyRecord
 from quarterdeck.security.auth.permissions import Role
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.t = 0.0
-
-    def __call__(self) -> float:
-        return self.t
 
 
 def record(key_id: str, name: str = "k") -> KeyRecord:
@@ -52,19 +45,19 @@ class Store:
 async def test_hits_within_the_ttl_do_not_reload_and_expired_entries_do():
     clock, store = FakeClock(), Store()
     store.rows["a"] = record("a", "old")
-    cache = KeyCache(ttl_s=5, clock=clock)
+    cache = KeyCache(ttl_s=5, clock=clock.now)
     assert (await cache.get("a", store.load)).name == "old"  # type: ignore[union-attr]
     store.rows["a"] = record("a", "new")
-    clock.t = 4.9
+    clock.advance(4.9)
     assert (await cache.get("a", store.load)).name == "old"  # type: ignore[union-attr]
-    clock.t = 5.0
+    clock.advance(0.1)  # t = 5.0
     assert (await cache.get("a", store.load)).name == "new"  # type: ignore[union-attr]
     assert store.loads == ["a", "a"]
 
 
 async def test_misses_are_cached_too():
     clock, store = FakeClock(), Store()
-    cache = KeyCache(ttl_s=5, clock=clock)
+    cache = KeyCache(ttl_s=5, clock=clock.now)
     for _ in range(3):
         assert await cache.get("nope", store.load) is None
     assert store.loads == ["nope"]

@@ -4,19 +4,12 @@ from __future__ import annotations
 
 import pytest
 
+from quarterdeck.kit.clock import FakeClock
 from quarterdeck.security.auth import limiter as limiter_module
 from quarterdeck.security.auth.limiter import RequestLimiter
 from quarterdeck.security.auth.permissions import Role
 from quarterdeck.security.auth.principal import Principal
 from quarterdeck.security.auth.quota import Decision, Quota, decide
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.t = 1000.0
-
-    def __call__(self) -> float:
-        return self.t
 
 
 class RecordingLog:
@@ -80,20 +73,20 @@ def test_decide_takes_from_all_buckets_or_none():
 
 # --- the in-process limiter ------------------------------------------------------------------
 async def test_a_key_gets_its_burst_then_429_until_tokens_refill():
-    clock = FakeClock()
-    limiter = RequestLimiter(3, 0, clock=clock)
+    clock = FakeClock(1000.0)
+    limiter = RequestLimiter(3, 0, clock=clock.now)
     decisions = [await limiter.hit(key()) for _ in range(4)]
     assert [d.allowed for d in decisions if d] == [True, True, True, False]
     last = decisions[-1]
     assert last is not None and last.retry_after_s == 20  # 3/min: one token per 20 s
     assert last.headers()["RateLimit-Remaining"] == "0"
-    clock.t += 20
+    clock.advance(20)
     again = await limiter.hit(key())
     assert again is not None and again.allowed
 
 
 async def test_the_tenant_bucket_is_shared_by_its_keys_and_not_by_other_tenants():
-    limiter = RequestLimiter(100, 2, clock=FakeClock())
+    limiter = RequestLimiter(100, 2, clock=FakeClock(1000.0).now)
     a, b, other = key("aaaaaaaa"), key("bbbbbbbb"), key("cccccccc", tenant="globex")
     assert [(await limiter.hit(p)).allowed for p in (a, b, a)] == [True, True, False]  # type: ignore[union-attr]
     refused = await limiter.hit(b)
@@ -102,7 +95,7 @@ async def test_the_tenant_bucket_is_shared_by_its_keys_and_not_by_other_tenants(
 
 
 async def test_a_request_refused_by_the_tenant_costs_the_key_nothing():
-    limiter = RequestLimiter(5, 1, clock=FakeClock())
+    limiter = RequestLimiter(5, 1, clock=FakeClock(1000.0).now)
     first = await limiter.hit(key())
     assert first is not None and first.allowed
     for _ in range(3):
@@ -125,8 +118,8 @@ async def test_throttling_is_logged_once_per_key_per_interval_with_a_count(
 ):
     log = RecordingLog()
     monkeypatch.setattr(limiter_module, "log", log)
-    clock = FakeClock()
-    limiter = RequestLimiter(1, 0, clock=clock, log_every_s=10)
+    clock = FakeClock(1000.0)
+    limiter = RequestLimiter(1, 0, clock=clock.now, log_every_s=10)
     for _ in range(5):
         await limiter.hit(key())  # 1 granted, 4 throttled
     assert len(log.events) == 1
@@ -134,7 +127,7 @@ async def test_throttling_is_logged_once_per_key_per_interval_with_a_count(
     assert event == "auth.rate_limited"
     assert fields["key_id"] == "aaaaaaaa" and fields["tenant"] == "acme"
     assert fields["limited_by"] == ["key"] and fields["suppressed"] == 0
-    clock.t += 10  # refills 1/6 of a token: still throttled, and now logged again
+    clock.advance(10)  # refills 1/6 of a token: still throttled, and now logged again
     await limiter.hit(key())
     assert len(log.events) == 2 and log.events[1][1]["suppressed"] == 3
     assert all("secret" not in str(f) for _, f in log.events)

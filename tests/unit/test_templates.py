@@ -19,6 +19,7 @@ from quarterdeck.agents.templates import (
 )
 from quarterdeck.config import load_settings
 from quarterdeck.exceptions import ConfigError, ValidationFailed
+from quarterdeck.kit.wiring import services
 
 
 @pytest.fixture(autouse=True)
@@ -189,7 +190,7 @@ async def test_api_lists_agent_types() -> None:
             {"docs-writer": {"system_prompt": "Write docs.", "tools": ["read_file"]}}
         )
 
-    app.state.runtime = Runtime()
+    services(app).add(AgentCatalog, Runtime.agent_catalog)
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
         response = await client.get("/v1/agent-types")

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Request
+from typing import Annotated
+
+from fastapi import APIRouter, Depends
 
 from quarterdeck.agents.templates import AgentCatalog, AgentType
+from quarterdeck.kit.wiring import provide
 from quarterdeck.security.auth import Permission, require
 
 router = APIRouter(prefix="/v1/agent-types", tags=["agents"])
-
-
-def _catalog(request: Request) -> AgentCatalog:
-    catalog: AgentCatalog = request.app.state.runtime.agent_catalog
-    return catalog
+Catalog = Annotated[AgentCatalog, Depends(provide(AgentCatalog))]
 
 
 @router.get(
@@ -21,5 +20,5 @@ def _catalog(request: Request) -> AgentCatalog:
     summary="List the available agent types",
     dependencies=[Depends(require(Permission.AGENTS_READ))],
 )
-async def list_agent_types(request: Request) -> list[AgentType]:
-    return _catalog(request).list()
+async def list_agent_types(catalog: Catalog) -> list[AgentType]:
+    return catalog.list()

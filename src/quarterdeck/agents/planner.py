@@ -36,10 +36,9 @@ from quarterdeck.agents.workspace import Workspace
 from quarterdeck.config import Settings
 from quarterdeck.exceptions import QuarterdeckError
 from quarterdeck.providers.types import ToolResultBlock, ToolSpec, ToolUseBlock
-from quarterdeck.runs import repository as repo
 from quarterdeck.runs.executor import Outcome, RunPlan, SimulatedTools, ToolRunner
 from quarterdeck.runs.models import Run, RunStatus
-from quarterdeck.store.pool import Database
+from quarterdeck.runs.store import RunStore
 
 log = structlog.get_logger(__name__)
 
@@ -80,7 +79,7 @@ class AgentPlanner:
     def __init__(
         self,
         settings: Settings,
-        db: Database,
+        store: RunStore,
         catalog: AgentCatalog,
         *,
         simulated: bool,
@@ -88,7 +87,7 @@ class AgentPlanner:
     ) -> None:
         self.guard = guard
         self.settings = settings
-        self.db = db
+        self.store = store
         self.catalog = catalog
         self.simulated = simulated
         self.tools = WorkspaceTools(settings)
@@ -130,8 +129,7 @@ class AgentPlanner:
             return run
         if Workspace(self.settings.data_dir, run.id).ready:
             return run  # resumed: the tree is already there
-        async with self.db.acquire() as conn:
-            archive = await repo.load_archive(conn, run.id)
+        archive = await self.store.load_archive(run.id)
         params = dict(run.params)
         params["workspace"] = {**spec, "value": base64.b64encode(archive or b"").decode()}
         return run.model_copy(update={"params": params})
@@ -179,17 +177,18 @@ class AgentPlanner:
                     record_coverage(run.agent_type, project_label(run.params.get("workspace")), cov)
             except QualityError as exc:
                 quality["coverage_error"] = exc.detail
-        async with self.db.acquire() as conn:
-            await repo.save_results(conn, run.id, diff or None, changed, score, coverage, quality)
-            await repo.append_event(
-                conn,
-                run.id,
-                "result",
-                {
-                    "changed_files": changed,
-                    "diff_bytes": len(diff.encode()),
-                    "quality_score": score,
-                    "coverage_percent": coverage,
-                    **{k: v for k, v in quality.items() if k.endswith("_error")},
-                },
-            )
+        await self.store.save_results(
+            run.id,
+            diff or None,
+            changed,
+            score,
+            coverage,
+            quality,
+            {
+                "changed_files": changed,
+                "diff_bytes": len(diff.encode()),
+                "quality_score": score,
+                "coverage_percent": coverage,
+                **{k: v for k, v in quality.items() if k.endswith("_error")},
+            },
+        )

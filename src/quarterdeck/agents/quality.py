@@ -41,12 +41,15 @@ import sys
 from collections.abc import Awaitable, Mapping
 from collections.abc import Set as AbstractSet
 from pathlib import Path, PurePosixPath
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pydantic import BaseModel, Field
 
 from quarterdeck import metrics
 from quarterdeck.exceptions import QuarterdeckError
+
+if TYPE_CHECKING:  # imported lazily at run time: the sandbox pulls in OS specifics
+    from quarterdeck.agents.sandbox import SandboxLimits
 
 FORMULA = (
     "score = 1 / (1 + 10 * density); density = (3*F + 2*B + 1*other ruff findings) / "
@@ -86,7 +89,7 @@ class Runner(Protocol):
         timeout_s: float,
         output_limit: int,
         network: bool = ...,
-        limits: Any = ...,
+        limits: SandboxLimits | None = ...,
         extra_env: dict[str, str] | None = ...,
     ) -> Awaitable[CommandOutcome]: ...
 

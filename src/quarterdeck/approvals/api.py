@@ -4,22 +4,20 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Query
 
-from quarterdeck.approvals.service import Approval, ApprovalService, ApprovalStatus, Decision
+from quarterdeck.approvals.models import Approval, ApprovalStatus, Decision
+from quarterdeck.approvals.service import ApprovalService
 from quarterdeck.exceptions import ValidationFailed
 from quarterdeck.kit.ids import is_id
+from quarterdeck.kit.wiring import provide
 from quarterdeck.security.auth import Permission, Principal, require
-from quarterdeck.security.trail import record_change
+from quarterdeck.security.trail import ChangeRecorder, Changes
 
 router = APIRouter(prefix="/v1/approvals", tags=["approvals"])
 CanRead = Annotated[Principal, Depends(require(Permission.RUNS_READ))]
 CanDecide = Annotated[Principal, Depends(require(Permission.APPROVALS_WRITE))]
-
-
-def _service(request: Request) -> ApprovalService:
-    service: ApprovalService = request.app.state.runtime.approvals
-    return service
+Approvals = Annotated[ApprovalService, Depends(provide(ApprovalService))]
 
 
 def _check(approval_id: str) -> str:
@@ -33,31 +31,35 @@ def _check(approval_id: str) -> str:
 
 @router.get("", response_model=list[Approval], summary="Tool calls held for approval")
 async def list_approvals(
-    request: Request,
     principal: CanRead,
+    approvals: Approvals,
     status: ApprovalStatus | None = "pending",
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
 ) -> list[Approval]:
-    return await _service(request).list(principal.tenant_filter(), status, limit)
+    return await approvals.list(principal.tenant_filter(), status, limit)
 
 
 @router.get("/{approval_id}", response_model=Approval, summary="One approval request")
-async def get_approval(approval_id: str, request: Request, principal: CanRead) -> Approval:
-    return await _service(request).get(_check(approval_id), principal.tenant_filter())
+async def get_approval(approval_id: str, principal: CanRead, approvals: Approvals) -> Approval:
+    return await approvals.get(_check(approval_id), principal.tenant_filter())
 
 
 async def _decide(
-    request: Request, principal: Principal, approval_id: str, approve: bool, note: str | None
+    approvals: ApprovalService,
+    changes: ChangeRecorder,
+    principal: Principal,
+    approval_id: str,
+    approve: bool,
+    note: str | None,
 ) -> Approval:
-    done = await _service(request).decide(
+    done = await approvals.decide(
         _check(approval_id),
         approve,
         tenant=principal.tenant_filter(),
         by=f"key:{principal.key_id}",
         note=note,
     )
-    await record_change(
-        request,
+    await changes.record(
         principal.key_id,
         f"approval.{done.status}",
         done.tenant,
@@ -74,13 +76,23 @@ async def _decide(
 
 @router.post("/{approval_id}/approve", response_model=Approval, summary="Let the tool call run")
 async def approve(
-    approval_id: str, request: Request, principal: CanDecide, body: Decision | None = None
+    approval_id: str,
+    principal: CanDecide,
+    approvals: Approvals,
+    changes: Changes,
+    body: Decision | None = None,
 ) -> Approval:
-    return await _decide(request, principal, approval_id, True, body.note if body else None)
+    note = body.note if body else None
+    return await _decide(approvals, changes, principal, approval_id, True, note)
 
 
 @router.post("/{approval_id}/reject", response_model=Approval, summary="Refuse the tool call")
 async def reject(
-    approval_id: str, request: Request, principal: CanDecide, body: Decision | None = None
+    approval_id: str,
+    principal: CanDecide,
+    approvals: Approvals,
+    changes: Changes,
+    body: Decision | None = None,
 ) -> Approval:
-    return await _decide(request, principal, approval_id, False, body.note if body else None)
+    note = body.note if body else None
+    return await _decide(approvals, changes, principal, approval_id, False, note)

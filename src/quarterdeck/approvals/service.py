@@ -10,44 +10,15 @@ waits on the same request rather than asking twice.
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime, timedelta
-from typing import Any, Literal
-
-from pydantic import BaseModel, ConfigDict, Field
+from datetime import timedelta
+from typing import Any
 
 from quarterdeck.approvals import repository as repo
+from quarterdeck.approvals.models import Approval, ApprovalStatus
 from quarterdeck.exceptions import InvalidState, NotFound
 from quarterdeck.kit.clock import utcnow
 from quarterdeck.kit.ids import new_id
 from quarterdeck.store.pool import Database
-
-ApprovalStatus = Literal["pending", "approved", "rejected", "expired"]
-
-
-class Approval(BaseModel):
-    id: str
-    run_id: str
-    tenant: str
-    tool_use_id: str
-    tool: str
-    input: dict[str, Any]
-    rule_id: str
-    severity: str
-    reason: str
-    status: ApprovalStatus
-    requested_at: datetime
-    expires_at: datetime
-    decided_at: datetime | None
-    decided_by: str | None
-    note: str | None
-
-
-class Decision(BaseModel):
-    """Body of ``POST /v1/approvals/{id}/approve|reject``."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    note: str | None = Field(default=None, max_length=2000)
 
 
 class ApprovalService:

@@ -5,42 +5,40 @@ controls: ``quarterdeck up``/``worker`` replicas sharing one data directory (so 
 Postgres), a local ``redis-server``, and the fake provider. Faults are injected by signalling
 those processes and by ``pg_ctl``; a remote cluster (Kubernetes, managed Postgres/Redis) is out of
 scope because the runner could neither kill its pods nor restart its database safely.
+
+The end-to-end tests and the benchmarks deploy the same way (a fixed ``http_port`` when a
+restarted process must answer at the same address); every process here is a
+:class:`~quarterdeck.chaos.process.Process`, so starting, waiting, logging and stopping are done
+one way everywhere.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
+from quarterdeck.chaos.process import Process, free_port, http_ok, redis_ping
+
+__all__ = [
+    "LocalDeployment",
+    "RedisProcess",
+    "Replica",
+    "free_port",
+    "quarterdeck_binary",
+    "redis_ping",
+    "redis_server_binary",
+    "start_postgres",
+    "stop_postgres",
+]
 
 STRIPPED = ("POSTGRES_URL", "REDIS_URL", "ANTHROPIC_API_KEY")
-
-
-def free_port() -> int:
-    """A TCP port free on loopback right now (tests and benchmarks use this one too)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def redis_ping(port: int) -> bool:
-    """A raw RESP PING on loopback, so process control needs no Redis client library."""
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.2) as sock:
-            sock.sendall(b"*1\r\n$4\r\nPING\r\n")
-            return sock.recv(16).startswith(b"+PONG")
-    except OSError:
-        return False
 
 
 def quarterdeck_binary() -> list[str]:
@@ -49,16 +47,29 @@ def quarterdeck_binary() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "quarterdeck"]
 
 
-@dataclass
-class Replica:
+def redis_server_binary() -> str | None:
+    """Where ``redis-server`` is, or None: callers skip (tests) or refuse (chaos) without it."""
+    found = shutil.which("redis-server")
+    return found or ("/usr/bin/redis-server" if Path("/usr/bin/redis-server").exists() else None)
+
+
+class Replica(Process):
     """One ``quarterdeck`` process; ``http_port`` is 0 for an API-less ``worker``."""
 
-    name: str
-    command: str
-    http_port: int
-    metrics_port: int
-    log: Path
-    popen: subprocess.Popen[bytes]
+    def __init__(
+        self,
+        name: str,
+        command: str,
+        http_port: int,
+        metrics_port: int,
+        *,
+        env: Mapping[str, str],
+        log: Path,
+        stop_timeout: float = 30,
+    ) -> None:
+        args = [*quarterdeck_binary(), command]
+        super().__init__(args, env=env, log=log, name=name, stop_timeout=stop_timeout)
+        self.command, self.http_port, self.metrics_port = command, http_port, metrics_port
 
     @property
     def url(self) -> str:
@@ -68,81 +79,81 @@ class Replica:
     def metrics_url(self) -> str:
         return f"http://127.0.0.1:{self.metrics_port}/metrics"
 
-    @property
-    def alive(self) -> bool:
-        return self.popen.poll() is None
-
-    def kill(self) -> None:
-        """SIGKILL: no drain, no cleanup, exactly what an OOM kill or a lost node looks like."""
-        if self.alive:
-            self.popen.send_signal(signal.SIGKILL)
-        self.popen.wait(10)
-
-    def stop(self, timeout: float = 30) -> None:
-        if self.alive:
-            self.popen.send_signal(signal.SIGTERM)
-            try:
-                self.popen.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait(10)
+    def wait_until_ready(self, timeout: float = 90) -> Replica:
+        """``/ready`` for an API process; a worker has only its metrics port to show it is up."""
+        return self.wait_ready(
+            http_ok(f"{self.url}/ready" if self.http_port else self.metrics_url), timeout
+        )
 
 
 class RedisProcess:
-    """A cache-only ``redis-server`` (no persistence) that keeps its port across restarts."""
+    """A cache-only ``redis-server`` (no persistence) that keeps its port across restarts.
 
-    def __init__(self, root: Path) -> None:
-        binary = shutil.which("redis-server") or "/usr/bin/redis-server"
-        if not Path(binary).exists():
+    No persistence (``--save '' --appendonly no``), so a restart comes back empty, like a
+    cache-only production Redis. ``root`` defaults to a temp dir that :meth:`close` removes.
+    """
+
+    def __init__(
+        self, root: Path | None = None, port: int | None = None, binary: str | None = None
+    ) -> None:
+        found = binary or redis_server_binary()
+        if found is None:
             raise FileNotFoundError("redis-server is not installed (apt-get install redis-server)")
-        self.binary = binary
-        self.port = free_port()
-        self.dir = root / "redis"
+        self.binary = found
+        self.port = port or free_port()
+        self._owns_dir = root is None
+        self.dir = Path(tempfile.mkdtemp(prefix="qd-redis-")) if root is None else root / "redis"
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.proc: subprocess.Popen[bytes] | None = None
+        args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
+        args += ["--appendonly", "no", "--dir", str(self.dir), "--daemonize", "no"]
+        args += ["--loglevel", "warning"]
+        self.process = Process(args, log=self.dir / "redis.log", name="redis-server")
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
+    @property
+    def running(self) -> bool:
+        return self.process.alive
+
     def start(self, timeout: float = 10.0) -> None:
-        args = [
-            self.binary,
-            "--port",
-            str(self.port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(self.dir),
-            "--loglevel",
-            "warning",
-        ]
-        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.ping():
-                return
-            time.sleep(0.02)
-        raise TimeoutError(f"redis-server did not answer on port {self.port}")
+        """Start (or restart) on the same port and wait until it answers PING."""
+        if self.running:
+            return
+        self.process.start()
+        try:
+            self.process.wait_ready(self.ping, timeout, interval=0.02)
+        except TimeoutError:
+            self.stop()
+            raise
 
     def ping(self) -> bool:
         return redis_ping(self.port)
 
     def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-        self.proc = None
+        """SIGKILL: what a crashed or OOM-killed Redis looks like to clients."""
+        self.process.kill()
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(10)
-        self.proc = None
+        """SIGTERM and wait."""
+        self.process.stop(10)
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def close(self) -> None:
+        self.stop()
+        if self._owns_dir:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    def __enter__(self) -> RedisProcess:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def _pg_tools(pgdata: Path) -> tuple[Path, str | None]:
@@ -194,12 +205,20 @@ def start_postgres(pgdata: Path, socket_dir: str) -> None:
 
 @dataclass
 class LocalDeployment:
-    """Replicas on one data dir plus Redis, all under ``root`` (a fresh temp dir by default)."""
+    """Replicas on one data dir plus Redis, all under ``root`` (a fresh temp dir by default).
 
-    env_extra: dict[str, str]
+    Each API replica gets its own HTTP port unless ``http_port`` is set: then every API process
+    listens there, so a replacement started after a kill answers at the same :attr:`url`, as
+    behind a Service. ``env_extra`` overrides the defaults; per-process ``extra`` overrides both
+    (including the ports, which the replica then reports).
+    """
+
+    env_extra: dict[str, str] = field(default_factory=dict)
     root: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="qd-chaos-")))
     replicas: list[Replica] = field(default_factory=list)
     redis: RedisProcess | None = None
+    http_port: int | None = None
+    stop_timeout: float = 30
 
     def __post_init__(self) -> None:
         self.root.chmod(0o755)  # the embedded Postgres runs as its own user under root
@@ -211,6 +230,16 @@ class LocalDeployment:
     @property
     def pgdata(self) -> Path:
         return self.data_dir / "pg"
+
+    @property
+    def url(self) -> str:
+        """The fixed API address (``http_port``), else the first live API replica's."""
+        if self.http_port is not None:
+            return f"http://127.0.0.1:{self.http_port}"
+        return self.api_replicas()[0].url
+
+    def database_url(self) -> str:
+        return f"postgresql://postgres:@/postgres?host={self.pgdata}"
 
     def start_redis(self) -> RedisProcess:
         self.redis = RedisProcess(self.root)
@@ -231,44 +260,39 @@ class LocalDeployment:
         return env
 
     def start(self, command: str = "up", wait: bool = True, **extra: str) -> Replica:
+        """Start ``quarterdeck <command>``; with ``wait``, return once it is ready."""
         name = f"{command}-{len(self.replicas)}"
-        http_port = free_port() if command != "worker" else 0
-        metrics_port = free_port()
-        env = self.env(**extra)
-        env["QUARTERDECK_HTTP_PORT"] = str(http_port or free_port())
-        env["QUARTERDECK_METRICS_PORT"] = str(metrics_port)
+        http_port = 0 if command == "worker" else (self.http_port or free_port())
+        env = self.env(
+            QUARTERDECK_HTTP_PORT=str(http_port or free_port()),
+            QUARTERDECK_METRICS_PORT=str(free_port()),
+        )
+        env.update(extra)
+        http_port = int(env["QUARTERDECK_HTTP_PORT"]) if http_port else 0
+        metrics_port = int(env["QUARTERDECK_METRICS_PORT"])
         log = self.root / f"{name}.log"
-        with open(log, "ab") as handle:
-            popen = subprocess.Popen(
-                [*quarterdeck_binary(), command], env=env, stdout=handle, stderr=subprocess.STDOUT
-            )
-        replica = Replica(name, command, http_port, metrics_port, log, popen)
-        self.replicas.append(replica)
+        replica = Replica(
+            name, command, http_port, metrics_port, env=env, log=log, stop_timeout=self.stop_timeout
+        )
+        self.replicas.append(replica.start())
         if wait:
             self.wait_ready(replica)
         return replica
 
     def wait_ready(self, replica: Replica, timeout: float = 90) -> None:
-        url = f"{replica.url}/ready" if replica.http_port else replica.metrics_url
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if not replica.alive:
-                raise RuntimeError(f"{replica.name} exited:\n{replica.log.read_text()[-3000:]}")
-            try:
-                if httpx.get(url, timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        raise TimeoutError(f"{replica.name} not ready in {timeout}s")
+        replica.wait_until_ready(timeout)
 
     def api_replicas(self) -> list[Replica]:
         return [r for r in self.replicas if r.http_port and r.alive]
 
-    def close(self, keep: bool = False) -> None:
+    def stop_all(self) -> None:
+        """SIGTERM every process, newest first (the last one out stops the embedded Postgres)."""
         for replica in reversed(self.replicas):
             replica.stop()
         if self.redis is not None:
             self.redis.stop()
+
+    def close(self, keep: bool = False) -> None:
+        self.stop_all()
         if not keep:
             shutil.rmtree(self.root, ignore_errors=True)

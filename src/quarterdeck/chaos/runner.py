@@ -31,7 +31,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from quarterdeck.chaos.deploy import LocalDeployment
-from quarterdeck.chaos.fake_api import FakeProvider, Notification
 from quarterdeck.chaos.measure import (
     Audit,
     Submitter,
@@ -43,6 +42,7 @@ from quarterdeck.chaos.measure import (
     ts,
     wait_terminal,
 )
+from quarterdeck.chaos.messages_api import Conversation, MessagesAPIServer, Notification
 from quarterdeck.chaos.scenarios import FALLBACK, PRIMARY, Scenario
 
 FAST_ENV = {
@@ -118,7 +118,11 @@ class Runner:
     ) -> None:
         self.runs, self.fast, self.keep, self.log = runs, fast, keep, log
         self.timing = Timing.for_mode(fast)
-        self.provider = FakeProvider(turns=3, latency_s=0.2 if fast else 0.5).start()
+        self.provider = MessagesAPIServer(
+            Conversation(turns=3, latency_s=0.2 if fast else 0.5),
+            rate_limit_headers={},
+            record_requests=False,
+        ).start()
         self.webhook_url, self.received = notifications or (
             self.provider.webhook_url,
             self.provider.received,

@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from quarterdeck.chaos.deploy import LocalDeployment, start_postgres, stop_postgres
-from quarterdeck.chaos.fake_api import FakeProvider
 from quarterdeck.chaos.measure import leader_of
+from quarterdeck.chaos.messages_api import MessagesAPIServer
 
 PRIMARY = "claude-sonnet-4-5"
 FALLBACK = "claude-haiku-4-5"
@@ -26,7 +26,7 @@ FALLBACK = "claude-haiku-4-5"
 
 class Context(Protocol):
     deployment: LocalDeployment
-    provider: FakeProvider
+    provider: MessagesAPIServer
     state: dict[str, object]
 
 

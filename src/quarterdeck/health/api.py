@@ -7,15 +7,21 @@ the last ones this process computed; only the leader runs checks, so a non-leade
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends
 
-from quarterdeck.exceptions import Unavailable
 from quarterdeck.health.monitor import HealthMonitor
+from quarterdeck.kit.wiring import provide
 from quarterdeck.security.auth import Permission, require
 
 router = APIRouter(tags=["health"])
+Monitor = Annotated[
+    HealthMonitor,
+    Depends(
+        provide(HealthMonitor, unavailable="the health monitor is not running in this process")
+    ),
+]
 
 
 @router.get(
@@ -23,8 +29,5 @@ router = APIRouter(tags=["health"])
     summary="Last health check results, leader and breaker states",
     dependencies=[Depends(require(Permission.HEALTH_READ))],
 )
-async def health_checks(request: Request) -> dict[str, Any]:
-    monitor: HealthMonitor | None = getattr(request.app.state.runtime, "health", None)
-    if monitor is None:
-        raise Unavailable("the health monitor is not running in this process")
+async def health_checks(monitor: Monitor) -> dict[str, Any]:
     return await monitor.snapshot()

@@ -17,11 +17,11 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from quarterdeck.health import repository as health_repo
 from quarterdeck.incidents.models import Severity
 from quarterdeck.resilience.breaker import Breakers, CircuitStatus
+from quarterdeck.runs.store import PostgresRunStore, RunStore
 from quarterdeck.store.pool import Database
 
 ANTHROPIC_API = "anthropic_api"
@@ -30,6 +30,9 @@ REDIS = "redis"
 FILESYSTEM = "filesystem"
 AGENT_RESPONSIVENESS = "agent_responsiveness"
 GiB = 1024**3
+
+if TYPE_CHECKING:  # redis is imported only when a Redis URL is configured
+    from redis.asyncio import Redis
 
 
 @dataclass(frozen=True)
@@ -118,9 +121,9 @@ class RedisCheck:
     def __init__(self, url: str | None, timeout_s: float = 1.0) -> None:
         self.url = url
         self.timeout_s = timeout_s
-        self._client: Any = None
+        self._client: Redis | None = None
 
-    def client(self) -> Any:
+    def client(self) -> Redis | None:
         if self._client is None and self.url is not None:
             import redis.asyncio as aioredis
             from redis.asyncio.retry import Retry
@@ -143,8 +146,11 @@ class RedisCheck:
         if self.url is None:
             return CheckResult(self.name, True, "not configured", {"configured": False})
 
+        client = self.client()
+        assert client is not None  # a URL is configured
+
         async def body() -> tuple[bool, str, dict[str, Any]]:
-            await self.client().ping()
+            await client.ping()
             return True, "", {"configured": True}
 
         return await timed(self.name, body(), self.timeout_s * 2 + 0.5)
@@ -239,8 +245,10 @@ class AgentResponsivenessCheck:
         max_loop_lag_ms: float = 500.0,
         lag_samples: int = 10,
         timeout_s: float = 5.0,
+        runs: RunStore | None = None,
     ) -> None:
         self.db = db
+        self.runs: RunStore = runs or PostgresRunStore(db)
         self.stale_after_s = stale_after_s
         self.default_timeout_s = default_timeout_s
         self.overdue_grace_s = overdue_grace_s
@@ -253,11 +261,8 @@ class AgentResponsivenessCheck:
 
     async def _check(self) -> tuple[bool, str, dict[str, Any]]:
         lag_ms = await loop_lag_ms(self.lag_samples)
-        async with self.db.acquire() as conn:
-            lapsed = await health_repo.lapsed_runs(conn, self.stale_after_s)
-            overdue = await health_repo.overdue_runs(
-                conn, self.default_timeout_s, self.overdue_grace_s
-            )
+        lapsed = await self.runs.lapsed(self.stale_after_s)
+        overdue = await self.runs.overdue(self.default_timeout_s, self.overdue_grace_s)
         details: dict[str, Any] = {
             "lapsed_runs": lapsed,
             "overdue_runs": overdue,

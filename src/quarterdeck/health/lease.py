@@ -23,11 +23,14 @@ import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Literal, Protocol
 
 import structlog
 
 from quarterdeck.health.leader import LEADER
+
+if TYPE_CHECKING:  # the client is imported where it is used: most processes never need it
+    from kubernetes.client import V1Lease
 
 log = structlog.get_logger(__name__)
 
@@ -55,6 +58,14 @@ def decide(lease: LeaseView | None, me: str, now: datetime) -> Action:
     return "follow"
 
 
+class LeaseApi(Protocol):
+    """The three calls of ``kubernetes.client.CoordinationV1Api`` the elector makes."""
+
+    def read_namespaced_lease(self, name: str, namespace: str) -> V1Lease: ...
+    def create_namespaced_lease(self, namespace: str, body: V1Lease) -> object: ...
+    def replace_namespaced_lease(self, name: str, namespace: str, body: V1Lease) -> object: ...
+
+
 def default_identity() -> str:
     return f"{socket.gethostname()}_{os.getpid()}"
 
@@ -64,7 +75,7 @@ class LeaseElector:
 
     def __init__(
         self,
-        api: Any,
+        api: LeaseApi,
         namespace: str,
         name: str = "quarterdeck-health-monitor",
         *,
@@ -74,7 +85,7 @@ class LeaseElector:
         role: str = "health_monitor",
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
-        self.api = api  # kubernetes.client.CoordinationV1Api
+        self.api = api
         self.namespace, self.name = namespace, name
         self.identity = identity or default_identity()
         self.duration_s, self.retry_s = duration_s, retry_s
@@ -144,9 +155,11 @@ class LeaseElector:
                 self.api.create_namespaced_lease(self.namespace, self._body(now, now, 0, None))
             else:
                 assert obj is not None and view is not None
-                acquired = obj.spec.acquire_time if action == "renew" else now
+                spec, meta = obj.spec, obj.metadata
+                acquired = spec.acquire_time if action == "renew" and spec is not None else now
                 transitions = view.transitions + (1 if action == "take" else 0)
-                body = self._body(now, acquired, transitions, obj.metadata.resource_version)
+                version = meta.resource_version if meta is not None else None
+                body = self._body(now, acquired, transitions, version)
                 self.api.replace_namespaced_lease(self.name, self.namespace, body)
         except ApiException as exc:
             if exc.status != 409:  # 409: another replica wrote first; it leads, we follow
@@ -161,14 +174,15 @@ class LeaseElector:
 
     def _release(self) -> None:
         obj = self.api.read_namespaced_lease(self.name, self.namespace)
-        if obj.spec.holder_identity == self.identity:
-            obj.spec.holder_identity = None
-            obj.spec.renew_time = None
+        spec = obj.spec
+        if spec is not None and spec.holder_identity == self.identity:
+            spec.holder_identity = None
+            spec.renew_time = None
             self.api.replace_namespaced_lease(self.name, self.namespace, obj)
 
     def _body(
         self, now: datetime, acquired: datetime | None, transitions: int, version: str | None
-    ) -> Any:
+    ) -> V1Lease:
         from kubernetes import client
 
         return client.V1Lease(
@@ -185,8 +199,10 @@ class LeaseElector:
         )
 
 
-def _view(obj: Any) -> LeaseView:
+def _view(obj: V1Lease) -> LeaseView:
     spec = obj.spec
+    if spec is None:  # the API always sends one; without it nobody holds the lease
+        return LeaseView(holder=None, duration_s=15.0, renew_time=None, transitions=0)
     return LeaseView(
         holder=spec.holder_identity,
         duration_s=float(spec.lease_duration_seconds or 15),
@@ -195,7 +211,7 @@ def _view(obj: Any) -> LeaseView:
     )
 
 
-def kubernetes_api(api_url: str | None = None) -> Any:
+def kubernetes_api(api_url: str | None = None) -> LeaseApi:
     """A CoordinationV1Api: ``api_url`` when given, else in-cluster config, else kubeconfig."""
     from kubernetes import client, config
 

@@ -430,6 +430,6 @@ def default_checks(
         database.name: DatabaseRecovery(db, database),
         redis.name: RedisRecovery(redis, breakers),
         filesystem.name: RecheckOnly(filesystem, "no safe automatic action for the filesystem"),
-        agents.name: AgentRecovery(db, agents, scaler),
+        agents.name: AgentRecovery(agents, scaler),
     }
     return checks, strategies

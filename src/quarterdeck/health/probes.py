@@ -9,12 +9,37 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
+from typing import Annotated, Any, Protocol
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse
 
+from quarterdeck.kit.wiring import provide
+
 router = APIRouter(tags=["probes"])
+
+
+class Pingable(Protocol):
+    async def ping(self) -> None: ...
+
+
+class Readiness(Protocol):
+    """What ``/ready`` reads of the process; the runtime satisfies it.
+
+    A protocol rather than the runtime itself: the runtime sits floors above this module. It is
+    registered as soon as the app exists, before the runtime starts, so a starting process
+    answers ``/ready`` with its checks (database not reachable yet) rather than a bare 503.
+    """
+
+    @property
+    def migrated(self) -> bool: ...
+    @property
+    def draining(self) -> bool: ...
+    @property
+    def db(self) -> Pingable: ...
+
+
+Process = Annotated[Readiness, Depends(provide(Readiness))]
 
 
 @router.get("/health", summary="Liveness: the process and its event loop respond")
@@ -23,8 +48,7 @@ async def health() -> dict[str, str]:
 
 
 @router.get("/ready", summary="Readiness: migrations applied, database reachable, not draining")
-async def ready(request: Request) -> JSONResponse:
-    runtime = request.app.state.runtime
+async def ready(runtime: Process) -> JSONResponse:
     checks: dict[str, dict[str, Any]] = {}
     checks["migrations"] = {"ok": bool(runtime.migrated)}
     started = time.perf_counter()

@@ -14,7 +14,6 @@ from typing import Any, Protocol
 
 import structlog
 
-from quarterdeck.health import repository as health_repo
 from quarterdeck.health.checks import (
     AgentResponsivenessCheck,
     CheckResult,
@@ -25,7 +24,6 @@ from quarterdeck.health.checks import (
 )
 from quarterdeck.health.provider import ProviderCheck, describe_degraded
 from quarterdeck.resilience.breaker import Breakers
-from quarterdeck.runs import queue
 from quarterdeck.store.pool import Database
 
 log = structlog.get_logger(__name__)
@@ -218,24 +216,23 @@ class AgentRecovery:
 
     def __init__(
         self,
-        db: Database,
         check: AgentResponsivenessCheck,
         scaler: ScaleRequester | None = None,
     ) -> None:
-        self.db = db
         self.check = check
         self.scaler = scaler or LoggingScaleRequester()
 
     async def recover(self, failed: CheckResult, failing_for_s: float) -> RecoveryResult:
         started = time.perf_counter()
         stale = self.check.stale_after_s
-        async with self.db.transaction() as conn:
-            requeued = await health_repo.requeue_lapsed(conn, stale)
-        async with self.db.transaction() as conn:
-            orphans = await queue.requeue_orphans(conn, stale_after=stale)
+        runs = self.check.runs
+        requeued = await runs.requeue_lapsed(stale)
+        orphans = await runs.requeue_orphans(stale)
         overdue = [r for r in failed.details.get("overdue_runs", []) if r not in requeued]
-        async with self.db.transaction() as conn:
-            ended = await health_repo.time_out_overdue(conn, overdue, self.check.default_timeout_s)
+        # Only runs whose worker still heartbeats (lapsed ones were requeued, and the executor
+        # times them out on resume); the cancelled job stops the worker, whose own finish then
+        # finds the run terminal and changes nothing.
+        ended = await runs.time_out(overdue, self.check.default_timeout_s)
         actions = []
         if requeued or orphans:
             actions.append(f"requeued {len(requeued) + len(orphans)} stuck run(s)")

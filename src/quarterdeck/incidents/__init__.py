@@ -7,8 +7,7 @@ a process with :func:`build_incident_service`.
 
 from __future__ import annotations
 
-from typing import Any
-
+from quarterdeck.config import Settings
 from quarterdeck.incidents.models import (
     Incident,
     IncidentDetail,
@@ -38,7 +37,7 @@ __all__ = [
 
 
 def build_incident_service(
-    settings: Any,
+    settings: Settings,
     db: Database,
     notifications: NotificationSettings | None = None,
 ) -> IncidentService:

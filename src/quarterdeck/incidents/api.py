@@ -30,16 +30,13 @@ from quarterdeck.incidents.models import (
 )
 from quarterdeck.incidents.service import IncidentService
 from quarterdeck.kit.ids import is_id
+from quarterdeck.kit.wiring import provide
 from quarterdeck.security.auth import Permission, Principal, require
-from quarterdeck.security.trail import record_change
+from quarterdeck.security.trail import Changes
 
 router = APIRouter(tags=["incidents"])
 MAX_ALERT_BODY = 5 * 1024 * 1024
-
-
-def _service(request: Request) -> IncidentService:
-    service: IncidentService = request.app.state.runtime.incidents
-    return service
+Incidents = Annotated[IncidentService, Depends(provide(IncidentService))]
 
 
 @router.get(
@@ -49,7 +46,7 @@ def _service(request: Request) -> IncidentService:
     dependencies=[Depends(require(Permission.INCIDENTS_READ))],
 )
 async def list_incidents(
-    request: Request,
+    incidents: Incidents,
     status: Annotated[list[IncidentStatus] | None, Query()] = None,
     severity: Annotated[list[Severity] | None, Query()] = None,
     service: Annotated[str | None, Query(max_length=200)] = None,
@@ -63,7 +60,7 @@ async def list_incidents(
     f = IncidentFilter(
         status=status, severity=severity, service=service, cursor=cursor, limit=limit
     )
-    return await _service(request).list(f)
+    return await incidents.list(f)
 
 
 @router.get(
@@ -72,8 +69,8 @@ async def list_incidents(
     summary="One incident with its timeline and notifications",
     dependencies=[Depends(require(Permission.INCIDENTS_READ))],
 )
-async def get_incident(incident_id: str, request: Request) -> IncidentDetail:
-    return await _service(request).get(incident_id)
+async def get_incident(incident_id: str, incidents: Incidents) -> IncidentDetail:
+    return await incidents.get(incident_id)
 
 
 CanWrite = Annotated[Principal, Depends(require(Permission.INCIDENTS_WRITE))]
@@ -81,12 +78,15 @@ CanWrite = Annotated[Principal, Depends(require(Permission.INCIDENTS_WRITE))]
 
 @router.post("/v1/incidents/{incident_id}/ack", response_model=Incident, summary="Acknowledge")
 async def ack_incident(
-    incident_id: str, request: Request, principal: CanWrite, body: AckRequest | None = None
+    incident_id: str,
+    principal: CanWrite,
+    incidents: Incidents,
+    changes: Changes,
+    body: AckRequest | None = None,
 ) -> Incident:
     actor = (body or AckRequest()).actor
-    done = await _service(request).acknowledge(incident_id, actor)
-    await record_change(
-        request,
+    done = await incidents.acknowledge(incident_id, actor)
+    await changes.record(
         principal.key_id,
         "incident.acknowledged",
         "platform",
@@ -97,12 +97,15 @@ async def ack_incident(
 
 @router.post("/v1/incidents/{incident_id}/resolve", response_model=Incident, summary="Resolve")
 async def resolve_incident(
-    incident_id: str, request: Request, principal: CanWrite, body: ResolveRequest | None = None
+    incident_id: str,
+    principal: CanWrite,
+    incidents: Incidents,
+    changes: Changes,
+    body: ResolveRequest | None = None,
 ) -> Incident:
     b = body or ResolveRequest()
-    done = await _service(request).resolve(incident_id, b.by, b.note)
-    await record_change(
-        request,
+    done = await incidents.resolve(incident_id, b.by, b.note)
+    await changes.record(
         principal.key_id,
         "incident.resolved",
         "platform",
@@ -120,7 +123,7 @@ async def resolve_incident(
     "operator key for all tenants (`http_config.authorization.credentials`).",
     dependencies=[Depends(require(Permission.ALERTS_WRITE))],
 )
-async def alertmanager_webhook(request: Request) -> AlertmanagerResult:
+async def alertmanager_webhook(request: Request, incidents: Incidents) -> AlertmanagerResult:
     raw = await request.body()
     if len(raw) > MAX_ALERT_BODY:
         raise ValidationFailed(
@@ -144,4 +147,4 @@ async def alertmanager_webhook(request: Request) -> AlertmanagerResult:
         ]
         detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
         raise ValidationFailed(f"invalid Alertmanager payload: {detail}", errors=errors) from None
-    return await _service(request).ingest_alertmanager(payload)
+    return await incidents.ingest_alertmanager(payload)

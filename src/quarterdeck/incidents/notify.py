@@ -18,6 +18,7 @@ import httpx
 import structlog
 from pydantic import BaseModel, Field, SecretStr
 
+from quarterdeck.config import Settings
 from quarterdeck.incidents import repository as repo
 from quarterdeck.incidents.channels import (
     Channel,
@@ -67,7 +68,7 @@ class NotificationSettings(BaseModel):
     claim_lease_s: float = Field(default=300.0, gt=0)
 
     @classmethod
-    def from_settings(cls, settings: Any) -> NotificationSettings:
+    def from_settings(cls, settings: Settings) -> NotificationSettings:
         """Read ``notify_<field>`` attributes of the app Settings (absent ones keep defaults)."""
         values: dict[str, Any] = {}
         for name in cls.model_fields:

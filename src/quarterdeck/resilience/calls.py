@@ -10,6 +10,10 @@ run with their own retries off. Per call:
 4. when the primary's breaker stays open or its retries are spent, try the model's fallbacks in
    order (configured per model; the guide's example is a smaller model);
 5. a context-window error moves to a larger-context model when one is configured.
+
+It is also the one place that counts provider calls (tokens, cost, latency, time to first token,
+errors, retries, fallbacks), so every caller of a model gets the same series; what a *run* did
+(turns, outcome) is counted by the run worker.
 """
 
 from __future__ import annotations
@@ -19,19 +23,23 @@ import dataclasses
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
+from decimal import Decimal
 
 import structlog
 
 from quarterdeck import metrics
 from quarterdeck.exceptions import ProviderError
 from quarterdeck.providers import telemetry
-from quarterdeck.providers.types import ModelRequest, ModelResponse, Provider
+from quarterdeck.providers.types import ModelRequest, ModelResponse, Provider, Usage
 from quarterdeck.resilience.breaker import Breakers, CircuitOpenError, breaker_name
 from quarterdeck.resilience.ratelimit import ProviderLimiter
 from quarterdeck.resilience.retry import GiveUp, RetryPolicy, is_context_overflow
 from quarterdeck.resilience.traffic import observe_provider_call
 
 log = structlog.get_logger(__name__)
+
+CostFn = Callable[[str, Usage], Decimal | None]
+"""The price of one call's usage on a model; None when the model has no known price."""
 
 
 @dataclass
@@ -40,6 +48,8 @@ class CallResult:
     fallback_from: str | None = None
     fallback_reason: str | None = None
     attempts: int = 1
+    cost: Decimal | None = None
+    """What the answering call cost (None: unknown price, or the caller has no ``cost_of``)."""
 
 
 class _GaveUp(Exception):
@@ -63,8 +73,10 @@ class ResilientCaller:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         clock: Callable[[], float] = time.monotonic,
         streaming: bool = False,
+        cost_of: CostFn | None = None,
     ) -> None:
         self.provider = provider
+        self.cost_of = cost_of
         self.streaming = streaming
         self.policy = policy or RetryPolicy()
         self.breakers = breakers or Breakers()
@@ -110,15 +122,30 @@ class ResilientCaller:
                 )
                 index += 1
                 continue
+            cost = self._record(agent_type, response)
             if index == 0:
-                return CallResult(response, attempts=attempts)
+                return CallResult(response, attempts=attempts, cost=cost)
             metrics.FALLBACKS.labels(
                 metrics.bounded(request.model),
                 metrics.bounded(model),
                 metrics.bounded(reason or ""),
             ).inc()
-            return CallResult(response, request.model, reason, attempts)
+            return CallResult(response, request.model, reason, attempts, cost)
         raise AssertionError("unreachable: the chain is never empty")
+
+    def _record(self, agent_type: str, response: ModelResponse) -> Decimal | None:
+        """Price the answer and count it: tokens, cost, latency and time to first token."""
+        cost = self.cost_of(response.model, response.usage) if self.cost_of else None
+        telemetry.record_call(
+            agent_type,
+            self.provider.name,
+            response.model,
+            response.usage,
+            cost,
+            response.latency_s,
+            response.ttft_s,
+        )
+        return cost
 
     async def _once(self, request: ModelRequest) -> ModelResponse:
         """One call. Streaming (for real providers) is what gives time to first token."""

@@ -12,6 +12,7 @@ from fastapi.responses import PlainTextResponse, StreamingResponse
 
 from quarterdeck.exceptions import InvalidState, ValidationFailed
 from quarterdeck.kit.ids import is_id
+from quarterdeck.kit.wiring import provide
 from quarterdeck.runs.models import (
     AcceptedRun,
     Run,
@@ -30,11 +31,7 @@ from quarterdeck.security.trail import RequestContext
 router = APIRouter(prefix="/v1/runs", tags=["runs"])
 CanRead = Annotated[Principal, Depends(require(Permission.RUNS_READ))]
 CanWrite = Annotated[Principal, Depends(require(Permission.RUNS_WRITE))]
-
-
-def _service(request: Request) -> RunService:
-    service: RunService = request.app.state.runtime.runs
-    return service
+Runs = Annotated[RunService, Depends(provide(RunService))]
 
 
 def context(request: Request, principal: Principal) -> RequestContext:
@@ -56,9 +53,10 @@ async def submit_run(
     request: Request,
     response: Response,
     principal: CanWrite,
+    runs: Runs,
     idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
 ) -> Run:
-    run, created = await _service(request).submit(
+    run, created = await runs.submit(
         body,
         tenant=principal.tenant_for_new(),
         idempotency_key=idempotency_key,
@@ -83,9 +81,10 @@ async def submit_batch(
     request: Request,
     response: Response,
     principal: CanWrite,
+    runs: Runs,
     idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
 ) -> RunBatchAccepted:
-    ids, created = await _service(request).submit_batch(
+    ids, created = await runs.submit_batch(
         body.runs,
         tenant=principal.tenant_for_new(),
         idempotency_key=idempotency_key,
@@ -100,8 +99,8 @@ async def submit_batch(
 
 @router.get("", response_model=RunPage, summary="List runs, newest first")
 async def list_runs(
-    request: Request,
     principal: CanRead,
+    runs: Runs,
     status: Annotated[list[RunStatus] | None, Query()] = None,
     agent_type: Annotated[str | None, Query(max_length=64)] = None,
     created_after: datetime | None = None,
@@ -121,7 +120,7 @@ async def list_runs(
         cursor=cursor,
         limit=limit,
     )
-    return await _service(request).list_page(f, principal.tenant_filter())
+    return await runs.list_page(f, principal.tenant_filter())
 
 
 @router.get(
@@ -131,8 +130,8 @@ async def list_runs(
     description="While the database is down, answers with this server's last copy of the run, "
     "marked `Cache-Status: quarterdeck; hit; detail=database-unavailable` with an `Age`.",
 )
-async def get_run(run_id: str, request: Request, response: Response, principal: CanRead) -> Run:
-    run, age = await _service(request).get_or_cached(_check_id(run_id), principal.tenant_filter())
+async def get_run(run_id: str, response: Response, principal: CanRead, runs: Runs) -> Run:
+    run, age = await runs.get_or_cached(_check_id(run_id), principal.tenant_filter())
     if age is not None:
         response.headers["Cache-Status"] = "quarterdeck; hit; detail=database-unavailable"
         response.headers["Age"] = str(int(age))
@@ -145,10 +144,10 @@ async def get_run(run_id: str, request: Request, response: Response, principal: 
     response_class=PlainTextResponse,
     responses={200: {"content": {"text/x-diff": {}}}},
 )
-async def run_diff(run_id: str, request: Request, principal: CanRead) -> PlainTextResponse:
-    diff = await _service(request).diff(_check_id(run_id), principal.tenant_filter())
+async def run_diff(run_id: str, principal: CanRead, runs: Runs) -> PlainTextResponse:
+    diff = await runs.diff(_check_id(run_id), principal.tenant_filter())
     if diff is None:
-        run = await _service(request).get(run_id, principal.tenant_filter())
+        run = await runs.get(run_id, principal.tenant_filter())
         raise InvalidState(
             f"run {run_id} has no diff yet (status {run.status.value}); diffs are produced when "
             "a run that has a workspace finishes"
@@ -157,8 +156,8 @@ async def run_diff(run_id: str, request: Request, principal: CanRead) -> PlainTe
 
 
 @router.post("/{run_id}/cancel", response_model=Run, summary="Cancel a queued or running run")
-async def cancel_run(run_id: str, request: Request, principal: CanWrite) -> Run:
-    return await _service(request).cancel(
+async def cancel_run(run_id: str, request: Request, principal: CanWrite, runs: Runs) -> Run:
+    return await runs.cancel(
         _check_id(run_id), principal.tenant_filter(), context(request, principal)
     )
 
@@ -170,11 +169,11 @@ async def cancel_run(run_id: str, request: Request, principal: CanWrite) -> Run:
 )
 async def wait_run(
     run_id: str,
-    request: Request,
     principal: CanRead,
+    runs: Runs,
     timeout: Annotated[float, Query(ge=0, le=300)] = 30.0,
 ) -> Run:
-    return await _service(request).wait(_check_id(run_id), timeout, principal.tenant_filter())
+    return await runs.wait(_check_id(run_id), timeout, principal.tenant_filter())
 
 
 @router.get(
@@ -188,16 +187,16 @@ async def run_events(
     run_id: str,
     request: Request,
     principal: CanRead,
+    runs: Runs,
     after: Annotated[int, Query(ge=0)] = 0,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
     stream: bool = False,
     last_event_id: Annotated[str | None, Header()] = None,
 ) -> Response:
-    service = _service(request)
     _check_id(run_id)
     wants_sse = stream or "text/event-stream" in request.headers.get("accept", "")
     if not wants_sse:
-        events = await service.events(run_id, principal.tenant_filter(), after=after, limit=limit)
+        events = await runs.events(run_id, principal.tenant_filter(), after=after, limit=limit)
         return Response(
             content=json.dumps([e.model_dump(mode="json") for e in events]),
             media_type="application/json",
@@ -210,11 +209,11 @@ async def run_events(
                 errors=[{"field": "Last-Event-ID", "message": "not an integer"}],
             )
         start = int(last_event_id)
-    await service.get(run_id, principal.tenant_filter())  # 404 before the stream starts
+    await runs.get(run_id, principal.tenant_filter())  # 404 before the stream starts
 
     async def sse() -> AsyncIterator[str]:
         yield "retry: 1000\n\n"
-        async for event in service.follow(run_id, after=start, tenant=principal.tenant_filter()):
+        async for event in runs.follow(run_id, after=start, tenant=principal.tenant_filter()):
             payload = json.dumps(event.model_dump(mode="json"))
             yield f"id: {event.id}\nevent: {event.type}\ndata: {payload}\n\n"
         yield "event: end\ndata: {}\n\n"

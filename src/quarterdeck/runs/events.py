@@ -21,7 +21,7 @@ from collections.abc import Iterator
 import asyncpg
 import structlog
 
-from quarterdeck.runs.repository import latest_event_ids
+from quarterdeck.runs.read_repository import latest_event_ids
 from quarterdeck.store.pool import connect_once
 
 log = structlog.get_logger(__name__)

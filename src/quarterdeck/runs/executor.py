@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Protocol
@@ -21,7 +20,6 @@ import structlog
 from quarterdeck import metrics
 from quarterdeck.budgets.service import BudgetExceeded, BudgetService
 from quarterdeck.exceptions import ProviderError
-from quarterdeck.providers import telemetry
 from quarterdeck.providers.types import (
     Message,
     ModelRequest,
@@ -32,16 +30,12 @@ from quarterdeck.providers.types import (
     ToolUseBlock,
     Usage,
 )
-from quarterdeck.resilience.calls import CallResult, ResilientCaller
-from quarterdeck.runs import repository as repo
+from quarterdeck.resilience.calls import CallResult, CostFn, ResilientCaller
 from quarterdeck.runs.models import Run, RunStatus
-from quarterdeck.runs.writes import RunWriter
+from quarterdeck.runs.store import RunStore, TurnRecord
 from quarterdeck.security.redaction import redact_message
-from quarterdeck.store.pool import Database
 
 log = structlog.get_logger(__name__)
-
-CostFn = Callable[[str, Usage], Decimal | None]
 
 
 class ToolRunner(Protocol):
@@ -121,20 +115,19 @@ def worst_case_usage(messages: list[Message], system: str, max_tokens: int) -> U
 class RunExecutor:
     def __init__(
         self,
-        db: Database,
+        store: RunStore,
         provider: Provider,
         planner: Planner,
         cost_of: CostFn,
         config: ExecutorConfig,
         caller: ResilientCaller | None = None,
         budgets: BudgetService | None = None,
-        writer: RunWriter | None = None,
     ) -> None:
+        """``caller`` prices and counts each model call (give it ``cost_of``); the default does."""
         self.budgets = budgets
-        self.writer = writer or RunWriter(db)
-        self.db = db
+        self.store = store
         self.provider = provider
-        self.caller = caller or ResilientCaller(provider)
+        self.caller = caller or ResilientCaller(provider, cost_of=cost_of)
         self.planner = planner
         self.cost_of = cost_of
         self.config = config
@@ -148,8 +141,7 @@ class RunExecutor:
     async def _loop(self, run: Run, plan: RunPlan) -> Outcome:
         checkpoint = None
         if run.attempts > 1:  # only a resumed run can have a checkpoint
-            async with self.db.acquire() as conn:
-                checkpoint = await repo.last_checkpoint(conn, run.id)
+            checkpoint = await self.store.last_checkpoint(run.id)
         if checkpoint:
             turn, raw = checkpoint
             messages = [Message.from_dict(m) for m in raw]
@@ -167,8 +159,7 @@ class RunExecutor:
             # they run again. The model call itself is paid for and never repeated.
             if not messages[-1].tool_uses:
                 return Outcome(RunStatus.succeeded, result=last_text, usage=total)
-            async with self.db.acquire() as conn:
-                recorded = await repo.tool_results(conn, run.id, turn)
+            recorded = await self.store.tool_results(run.id, turn)
             if recorded is not None:
                 messages = [*messages, Message.from_dict(recorded)]
             else:
@@ -269,8 +260,7 @@ class RunExecutor:
         # Recorded with the calls, so a resumed run reuses these results instead of re-running
         # tools that already had their effect.
         events.append(("tool_results", turn, {"message": reply.to_dict()}))
-        async with self.db.transaction() as conn:
-            await repo.append_events(conn, run.id, events)
+        await self.store.append_events(run.id, events)
         return reply
 
     async def _complete_turn(
@@ -285,7 +275,7 @@ class RunExecutor:
         """Checkpoint the turn; ``stored`` is the model's reply with secrets redacted."""
         response = called.response
         usage = response.usage
-        cost = self.cost_of(response.model, usage)
+        cost = called.cost
         messages = [m.to_dict() for m in before] + [stored.to_dict()]
         event = {
             "model": response.model,
@@ -303,7 +293,7 @@ class RunExecutor:
             event["fallback_from"] = called.fallback_from
             event["fallback_reason"] = called.fallback_reason
 
-        record = repo.TurnRecord(
+        record = TurnRecord(
             run.id,
             turn,
             messages,
@@ -315,15 +305,8 @@ class RunExecutor:
         )
         # Group-committed with other runs' turns; the write completes even if this run is
         # cancelled while it waits, so a cancel never leaves a half-recorded turn.
-        await self.writer.save_turn(record)
+        await self.store.save_turn(record)
+        # A turn, not a call: counted once checkpointed. The call itself (tokens, cost, latency)
+        # was counted by the resilient caller when it answered.
         metrics.TURNS.labels(run.agent_type, metrics.bounded(response.model)).inc()
-        telemetry.record_call(
-            run.agent_type,
-            self.provider.name,
-            response.model,
-            usage,
-            cost,
-            response.latency_s,
-            response.ttft_s,
-        )
         return cost

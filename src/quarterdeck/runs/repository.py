@@ -1,8 +1,11 @@
-"""All SQL for runs, events and turn checkpoints.
+"""All SQL that changes runs, their events and turn checkpoints (reads: :mod:`.read_repository`).
 
-Functions take an open connection so callers choose the transaction: the worker writes a turn's
-checkpoint, its events and the run's totals in one transaction, which is what makes a completed
-turn impossible to bill twice.
+Only :mod:`quarterdeck.runs.store` calls this module: the store is the one owner of run state,
+and every status change here is guarded by ``status = ANY($n)`` with the sources from
+:mod:`quarterdeck.runs.transitions`, which is what keeps a change race-safe between processes.
+Functions take an open connection so the store chooses the transaction: a turn's checkpoint, its
+events and the run's totals are written in one statement, which is what makes a completed turn
+impossible to bill twice.
 """
 
 from __future__ import annotations
@@ -14,7 +17,12 @@ from typing import Any
 
 import asyncpg
 
-from quarterdeck.runs.models import Run, RunEvent, RunFilter, RunStatus
+from quarterdeck.runs import transitions
+from quarterdeck.runs.models import Run, RunStatus
+
+_CLAIM_FROM = transitions.guard(RunStatus.running)
+_REQUEUE_FROM = transitions.guard(RunStatus.queued)
+_END_FROM = sorted(s.value for s in transitions.ENDABLE)
 
 _RUN_COLUMNS = (
     "id",
@@ -68,61 +76,6 @@ async def insert_runs_counted(conn: asyncpg.Connection, rows: list[dict[str, Any
     return int(await conn.fetchval(_INSERT_RUNS_COUNTING, *columns))
 
 
-async def find_by_idempotency_keys(
-    conn: asyncpg.Connection, tenant: str, keys: list[str]
-) -> dict[str, tuple[str, str | None]]:
-    """{idempotency key: (run id, request hash)} for the keys that exist."""
-    rows = await conn.fetch(
-        "SELECT idempotency_key, id, request_hash FROM runs"
-        " WHERE tenant = $1 AND idempotency_key = ANY($2::text[])",
-        tenant,
-        keys,
-    )
-    return {r["idempotency_key"]: (r["id"], r["request_hash"]) for r in rows}
-
-
-async def find_by_idempotency_key(
-    conn: asyncpg.Connection, tenant: str, key: str
-) -> tuple[Run, str | None] | None:
-    row = await conn.fetchrow(
-        "SELECT * FROM runs WHERE tenant = $1 AND idempotency_key = $2", tenant, key
-    )
-    return (Run.from_row(row), row["request_hash"]) if row else None
-
-
-async def get_run(conn: asyncpg.Connection, run_id: str, tenant: str | None = None) -> Run | None:
-    if tenant is None:
-        row = await conn.fetchrow("SELECT * FROM runs WHERE id = $1", run_id)
-    else:
-        row = await conn.fetchrow(
-            "SELECT * FROM runs WHERE id = $1 AND tenant = $2", run_id, tenant
-        )
-    return Run.from_row(row) if row else None
-
-
-async def list_runs(conn: asyncpg.Connection, tenant: str | None, f: RunFilter) -> list[Run]:
-    clauses, args = ["true"], []
-
-    def arg(value: Any) -> str:
-        args.append(value)
-        return f"${len(args)}"
-
-    if tenant is not None:
-        clauses.append(f"tenant = {arg(tenant)}")
-    if f.status:
-        clauses.append(f"status = ANY({arg([s.value for s in f.status])}::text[])")
-    if f.agent_type:
-        clauses.append(f"agent_type = {arg(f.agent_type)}")
-    if f.created_after:
-        clauses.append(f"created_at >= {arg(f.created_after)}")
-    if f.created_before:
-        clauses.append(f"created_at < {arg(f.created_before)}")
-    if f.cursor:
-        clauses.append(f"id < {arg(f.cursor)}")
-    sql = f"SELECT * FROM runs WHERE {' AND '.join(clauses)} ORDER BY id DESC LIMIT {arg(f.limit)}"
-    return [Run.from_row(r) for r in await conn.fetch(sql, *args)]
-
-
 async def append_event(
     conn: asyncpg.Connection,
     run_id: str,
@@ -153,25 +106,13 @@ async def append_events(
     )
 
 
-async def list_events(
-    conn: asyncpg.Connection, run_id: str, after_id: int = 0, limit: int = 1000
-) -> list[RunEvent]:
-    rows = await conn.fetch(
-        "SELECT * FROM run_events WHERE run_id = $1 AND id > $2 ORDER BY id LIMIT $3",
-        run_id,
-        after_id,
-        limit,
-    )
-    return [RunEvent.model_validate(dict(r)) for r in rows]
-
-
 async def start_attempts(
     conn: asyncpg.Connection, run_ids: list[str], worker_id: str
 ) -> dict[str, tuple[Run, bool]]:
     """Claim runs for execution: bump attempts, mark running, record it. One statement.
 
-    Returns {run id: (run, first_start)}; a run missing from it is already terminal (a stale or
-    duplicate job for a finished or cancelled run).
+    Returns {run id: (run, first_start)}; a run missing from it could not be claimed (already
+    terminal: a stale or duplicate job for a finished or cancelled run).
     """
     rows = await conn.fetch(
         """
@@ -179,7 +120,7 @@ async def start_attempts(
             UPDATE runs
                SET status = 'running', attempts = attempts + 1, worker_id = $2,
                    started_at = coalesce(started_at, now()), heartbeat_at = now()
-             WHERE id = ANY($1::text[]) AND status IN ('queued', 'running')
+             WHERE id = ANY($1::text[]) AND status = ANY($3::text[])
             RETURNING *
         ), e AS (
             INSERT INTO run_events (run_id, type, data)
@@ -191,36 +132,9 @@ async def start_attempts(
         """,
         sorted(run_ids),
         worker_id,
+        _CLAIM_FROM,
     )
     return {r["id"]: (Run.from_row(r), bool(r["first_start"])) for r in rows}
-
-
-async def latest_event_ids(conn: asyncpg.Connection, run_ids: list[str]) -> dict[str, int]:
-    """The newest event id of each run (one index probe per run): what live followers poll."""
-    rows = await conn.fetch(
-        "SELECT r.id, (SELECT max(e.id) FROM run_events e WHERE e.run_id = r.id) AS last"
-        " FROM unnest($1::text[]) AS r(id)",
-        run_ids,
-    )
-    return {r["id"]: int(r["last"]) for r in rows if r["last"] is not None}
-
-
-async def last_checkpoint(conn: asyncpg.Connection, run_id: str) -> tuple[int, list[Any]] | None:
-    row = await conn.fetchrow(
-        "SELECT turn, messages FROM run_turns WHERE run_id = $1 ORDER BY turn DESC LIMIT 1", run_id
-    )
-    return (int(row["turn"]), list(row["messages"])) if row else None
-
-
-async def tool_results(conn: asyncpg.Connection, run_id: str, turn: int) -> dict[str, Any] | None:
-    """The recorded tool-result message of ``turn``, if its tools finished."""
-    data = await conn.fetchval(
-        "SELECT data FROM run_events WHERE run_id = $1 AND type = 'tool_results' AND turn = $2"
-        " ORDER BY id DESC LIMIT 1",
-        run_id,
-        turn,
-    )
-    return dict(data["message"]) if data else None
 
 
 @dataclass(frozen=True)
@@ -322,7 +236,7 @@ async def finish_many(conn: asyncpg.Connection, items: list[Finish]) -> dict[str
             UPDATE runs r SET status = v.status, result = v.result, error = v.error,
                               finished_at = now(), started_at = coalesce(r.started_at, now())
               FROM v
-             WHERE r.id = v.id AND r.status IN ('queued', 'running')
+             WHERE r.id = v.id AND r.status = ANY($6::text[])
             RETURNING r.*
         ), e AS (
             INSERT INTO run_events (run_id, type, data)
@@ -335,47 +249,13 @@ async def finish_many(conn: asyncpg.Connection, items: list[Finish]) -> dict[str
         [i.result for i in items],
         [i.error for i in items],
         [{"status": i.status.value, "error": i.error, **(i.event or {})} for i in items],
+        _END_FROM,
     )
     return {r["id"]: Run.from_row(r) for r in rows}
 
 
-async def request_cancel(conn: asyncpg.Connection, run_id: str) -> None:
-    await conn.execute("UPDATE runs SET cancel_requested = true WHERE id = $1", run_id)
-
-
-async def is_cancel_requested(conn: asyncpg.Connection, run_id: str) -> bool:
-    return bool(await conn.fetchval("SELECT cancel_requested FROM runs WHERE id = $1", run_id))
-
-
-async def release(conn: asyncpg.Connection, run_id: str, job_id: int) -> None:
-    """Hand a running run back to the queue under a new job (drain, or a lost lease)."""
-    await conn.execute(
-        "UPDATE runs SET status = 'queued', worker_id = NULL, job_id = $2"
-        " WHERE id = $1 AND status = 'running'",
-        run_id,
-        job_id,
-    )
-
-
 async def heartbeat(conn: asyncpg.Connection, run_ids: list[str]) -> None:
     await conn.execute("UPDATE runs SET heartbeat_at = now() WHERE id = ANY($1::text[])", run_ids)
-
-
-async def state_counts(conn: asyncpg.Connection) -> dict[str, int]:
-    rows = await conn.fetch(
-        "SELECT status, count(*) AS n FROM runs WHERE status IN ('queued', 'running')"
-        " GROUP BY status"
-    )
-    return {r["status"]: int(r["n"]) for r in rows}
-
-
-async def queue_stats(conn: asyncpg.Connection) -> tuple[dict[str, int], float]:
-    rows = await conn.fetch(
-        "SELECT agent_type, count(*) AS n, extract(epoch FROM now() - min(created_at)) AS age"
-        " FROM runs WHERE status = 'queued' GROUP BY agent_type"
-    )
-    oldest = max((float(r["age"] or 0) for r in rows), default=0.0)
-    return {r["agent_type"]: int(r["n"]) for r in rows}, oldest
 
 
 async def save_archive(conn: asyncpg.Connection, run_id: str, archive: bytes) -> None:
@@ -384,11 +264,71 @@ async def save_archive(conn: asyncpg.Connection, run_id: str, archive: bytes) ->
     )
 
 
-async def load_archive(conn: asyncpg.Connection, run_id: str) -> bytes | None:
-    data: bytes | None = await conn.fetchval(
-        "SELECT archive FROM run_archives WHERE run_id = $1", run_id
+async def request_cancel(conn: asyncpg.Connection, run_id: str) -> None:
+    await conn.execute("UPDATE runs SET cancel_requested = true WHERE id = $1", run_id)
+
+
+async def lock_job(conn: asyncpg.Connection, run_id: str) -> int | None:
+    """The run's current job id, with the run row locked until the transaction ends."""
+    job_id = await conn.fetchval("SELECT job_id FROM runs WHERE id = $1 FOR UPDATE", run_id)
+    return None if job_id is None else int(job_id)
+
+
+async def lock_for_timeout(
+    conn: asyncpg.Connection, run_id: str, default_timeout_s: float
+) -> tuple[int | None, float] | None:
+    """(job id if the run is running, its timeout), with the row locked; None if no such run."""
+    row = await conn.fetchrow(
+        "SELECT CASE WHEN status = 'running' THEN job_id END AS job_id,"
+        " coalesce((params->>'timeout_s')::float8, $2) AS timeout"
+        " FROM runs WHERE id = $1 FOR UPDATE",
+        run_id,
+        default_timeout_s,
     )
-    return data
+    if row is None:
+        return None
+    return (None if row["job_id"] is None else int(row["job_id"])), float(row["timeout"] or 0)
+
+
+async def requeue(
+    conn: asyncpg.Connection,
+    run_ids: list[str],
+    job_ids: list[int],
+    events: list[dict[str, Any]],
+    expect: list[str] | None = None,
+) -> set[str]:
+    """Put runs back to ``queued`` under new jobs and record why; returns the runs moved.
+
+    ``expect`` narrows the statuses accepted (a subset of the table's requeue sources): a run
+    found in any other status is left alone and missing from the result.
+    """
+    rows = await conn.fetch(
+        """
+        WITH v AS (
+            SELECT * FROM unnest($1::text[], $2::bigint[], $3::jsonb[]) AS v(id, job_id, data)
+        ), u AS (
+            UPDATE runs r SET status = 'queued', worker_id = NULL, job_id = v.job_id,
+                              heartbeat_at = now()
+              FROM v
+             WHERE r.id = v.id AND r.status = ANY($4::text[])
+            RETURNING r.id
+        ), e AS (
+            INSERT INTO run_events (run_id, type, data)
+            SELECT u.id, 'status', v.data FROM u JOIN v ON v.id = u.id
+        )
+        SELECT id FROM u
+        """,
+        run_ids,
+        job_ids,
+        events,
+        expect if expect is not None else _REQUEUE_FROM,
+    )
+    return {r["id"] for r in rows}
+
+
+async def delete_jobs(conn: asyncpg.Connection, job_ids: list[int]) -> None:
+    """Drop pgqueuer jobs outright, so a requeued run is never owned by two jobs."""
+    await conn.execute("DELETE FROM pgqueuer WHERE id = ANY($1::bigint[])", job_ids)
 
 
 async def save_results(
@@ -399,12 +339,18 @@ async def save_results(
     quality_score: float | None,
     coverage_percent: float | None,
     quality: dict[str, Any],
+    event: dict[str, Any],
 ) -> None:
+    """Store what a run changed and how good it is, with its ``result`` event, in one statement."""
     await conn.execute(
         """
-        UPDATE runs SET diff = $2, changed_files = $3, quality_score = $4,
-                        coverage_percent = $5, quality = $6
-         WHERE id = $1
+        WITH u AS (
+            UPDATE runs SET diff = $2, changed_files = $3, quality_score = $4,
+                            coverage_percent = $5, quality = $6
+             WHERE id = $1
+            RETURNING id
+        )
+        INSERT INTO run_events (run_id, type, data) SELECT id, 'result', $7 FROM u
         """,
         run_id,
         diff,
@@ -412,14 +358,5 @@ async def save_results(
         quality_score,
         coverage_percent,
         quality,
+        event,
     )
-
-
-async def get_diff(conn: asyncpg.Connection, run_id: str, tenant: str | None) -> str | None:
-    row = await conn.fetchrow(
-        "SELECT diff FROM runs WHERE id = $1 AND ($2::text IS NULL OR tenant = $2)", run_id, tenant
-    )
-    if row is None:
-        raise LookupError(run_id)
-    diff: str | None = row["diff"]
-    return diff

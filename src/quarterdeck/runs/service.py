@@ -1,52 +1,84 @@
 """Run use-cases: submit, read, list, cancel, wait and follow events.
 
-Endpoints and the CLI call these; they own transactions and error mapping, repositories own SQL.
+Endpoints and the CLI call these; they own error mapping and the audit trail, the run store owns
+every state change (and its SQL).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator
 from typing import Any
 
 from quarterdeck.config import Settings
-from quarterdeck.exceptions import (
-    InvalidState,
-    NotFound,
-    Unavailable,
-)
-from quarterdeck.runs import queue
-from quarterdeck.runs import repository as repo
+from quarterdeck.exceptions import NotFound, Unavailable
 from quarterdeck.runs.events import RunEventHub
-from quarterdeck.runs.models import Run, RunEvent, RunFilter, RunPage, RunStatus
-from quarterdeck.runs.submission import DEFAULT_TENANT, Submissions
+from quarterdeck.runs.models import Run, RunCreate, RunEvent, RunFilter, RunPage
+from quarterdeck.runs.store import RunStore
+from quarterdeck.runs.submission import DEFAULT_TENANT, AgentTypes, Submissions
 from quarterdeck.runs.worker import record_outcome
-from quarterdeck.security.trail import RequestContext
-from quarterdeck.store.pool import Database
+from quarterdeck.security.trail import AuditTrail, RequestContext
 
 RECENT_RUNS = 10_000
 """Runs kept in memory to answer reads while the database is down."""
 
 
-class RunService(Submissions):
-    """Run use-cases: submit (see :class:`Submissions`), read, list, cancel, wait, follow."""
+class RunService:
+    """Run use-cases: submit (delegated to :class:`Submissions`), read, list, cancel, wait,
+    follow."""
 
     def __init__(
         self,
         settings: Settings,
-        db: Database,
+        store: RunStore,
         hub: RunEventHub | None = None,
-        catalog: Any | None = None,
+        catalog: AgentTypes | None = None,
+        *,
+        trail: AuditTrail | None = None,
     ) -> None:
-        super().__init__(settings, db, catalog)
+        self.settings = settings
+        self.store = store
         self.hub = hub
+        self.trail = trail
+        self.submissions = Submissions(settings, store, catalog, trail=trail)
         self._recent: OrderedDict[str, tuple[Run, float]] = OrderedDict()
 
+    # -- submission (see Submissions) ---------------------------------------------------------
+    def resolve_model(self, requested: str | None, agent_type: str | None = None) -> str:
+        return self.submissions.resolve_model(requested, agent_type)
+
+    async def submit(
+        self,
+        body: RunCreate,
+        *,
+        tenant: str = DEFAULT_TENANT,
+        idempotency_key: str | None = None,
+        context: RequestContext | None = None,
+    ) -> tuple[Run, bool]:
+        """Create and enqueue a run. Returns (run, created); created is False on a replay."""
+        return await self.submissions.submit(
+            body, tenant=tenant, idempotency_key=idempotency_key, context=context
+        )
+
+    async def submit_batch(
+        self,
+        bodies: list[RunCreate],
+        *,
+        tenant: str = DEFAULT_TENANT,
+        idempotency_key: str | None = None,
+        context: RequestContext | None = None,
+    ) -> tuple[list[str], bool]:
+        """Create and enqueue many runs in one transaction: all of them or none."""
+        return await self.submissions.submit_batch(
+            bodies, tenant=tenant, idempotency_key=idempotency_key, context=context
+        )
+
+    # -- reads and changes --------------------------------------------------------------------
     async def get(self, run_id: str, tenant: str | None = DEFAULT_TENANT) -> Run:
-        async with self.db.acquire() as conn:
-            run = await repo.get_run(conn, run_id, tenant)
+        run = await self.store.get(run_id, tenant)
         if run is None:
             raise NotFound(f"run {run_id} not found")
         self._remember(run)
@@ -75,8 +107,7 @@ class RunService(Submissions):
             self._recent.popitem(last=False)
 
     async def list_page(self, f: RunFilter, tenant: str | None = DEFAULT_TENANT) -> RunPage:
-        async with self.db.acquire() as conn:
-            items = await repo.list_runs(conn, tenant, f)
+        items = await self.store.list_runs(tenant, f)
         cursor = items[-1].id if len(items) == f.limit else None
         return RunPage(items=items, next_cursor=cursor)
 
@@ -87,23 +118,7 @@ class RunService(Submissions):
         context: RequestContext | None = None,
     ) -> Run:
         """Cancel a queued run at once; ask the worker holding a running run to stop."""
-        async with self.db.transaction() as conn:
-            run = await repo.get_run(conn, run_id, tenant)
-            if run is None:
-                raise NotFound(f"run {run_id} not found")
-            if run.status.terminal:
-                raise InvalidState(f"run {run_id} is already {run.status.value}")
-            job_id = await conn.fetchval("SELECT job_id FROM runs WHERE id = $1 FOR UPDATE", run_id)
-            finished: Run | None = None
-            if run.status is RunStatus.queued:
-                finished = await repo.finish(
-                    conn, run_id, RunStatus.cancelled, error="cancelled before it started"
-                )
-            else:
-                await repo.request_cancel(conn, run_id)
-                await repo.append_event(conn, run_id, "cancel_requested", {})
-            if job_id is not None:
-                await queue.cancel_jobs(conn, [int(job_id)])
+        finished = await self.store.cancel(run_id, tenant)
         if finished is not None:
             record_outcome(finished)
         result = finished or await self.get(run_id, tenant)
@@ -113,18 +128,16 @@ class RunService(Submissions):
 
     async def diff(self, run_id: str, tenant: str | None = DEFAULT_TENANT) -> str | None:
         """The unified diff of the run's workspace; None until the run has produced one."""
-        async with self.db.acquire() as conn:
-            try:
-                return await repo.get_diff(conn, run_id, tenant)
-            except LookupError:
-                raise NotFound(f"run {run_id} not found") from None
+        try:
+            return await self.store.diff(run_id, tenant)
+        except LookupError:
+            raise NotFound(f"run {run_id} not found") from None
 
     async def events(
         self, run_id: str, tenant: str | None = DEFAULT_TENANT, after: int = 0, limit: int = 1000
     ) -> list[RunEvent]:
         await self.get(run_id, tenant)
-        async with self.db.acquire() as conn:
-            return await repo.list_events(conn, run_id, after, limit)
+        return await self.store.events(run_id, after, limit)
 
     async def wait(self, run_id: str, timeout: float, tenant: str | None = DEFAULT_TENANT) -> Run:
         """Return the run once it is terminal, or as it stands when ``timeout`` runs out."""
@@ -144,25 +157,21 @@ class RunService(Submissions):
         await self.get(run_id, tenant)
         with self._subscribe(run_id) as changed:
             while True:
-                async with self.db.acquire() as conn:
-                    batch = await repo.list_events(conn, run_id, after, 500)
-                    run = await repo.get_run(conn, run_id)
+                batch = await self.store.events(run_id, after, 500)
+                run = await self.store.get(run_id)
                 for event in batch:
                     after = event.id
                     yield event
                 if len(batch) == 500:
                     continue
                 if run is None or run.status.terminal:
-                    async with self.db.acquire() as conn:
-                        tail = await repo.list_events(conn, run_id, after, 500)
+                    tail = await self.store.events(run_id, after, 500)
                     for event in tail:
                         yield event
                     return
                 await self._wait_change(changed, 1.0)
 
     def _subscribe(self, run_id: str) -> Any:
-        import contextlib
-
         if self.hub is None:
             return contextlib.nullcontext(None)
         return self.hub.subscribe(run_id)

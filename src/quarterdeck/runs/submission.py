@@ -12,7 +12,7 @@ import base64
 import binascii
 import hashlib
 import json
-from typing import Any
+from typing import Any, Protocol
 
 from quarterdeck.config import Settings
 from quarterdeck.exceptions import (
@@ -23,11 +23,9 @@ from quarterdeck.exceptions import (
 )
 from quarterdeck.kit.coalesce import Coalescer
 from quarterdeck.kit.ids import new_id
-from quarterdeck.runs import queue
-from quarterdeck.runs import repository as repo
 from quarterdeck.runs.models import Run, RunCreate
+from quarterdeck.runs.store import KeyTaken, RunStore
 from quarterdeck.security.trail import AuditTrail, RequestContext
-from quarterdeck.store.pool import Database
 
 DEFAULT_TENANT = "default"
 
@@ -51,10 +49,6 @@ def _decode_archive(value: str) -> bytes:
     return data
 
 
-class _KeyTaken(Exception):
-    """Another request inserted the same idempotency key first."""
-
-
 def request_hash(body: RunCreate) -> str:
     """What an idempotent replay compares: the same key with another body is a 409. Only
     computed (and stored) for keyed submissions; nothing else reads it."""
@@ -62,16 +56,34 @@ def request_hash(body: RunCreate) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-class Submissions:
-    """The write side of :class:`~quarterdeck.runs.service.RunService`."""
+class AgentTypes(Protocol):
+    """What submission needs of the agent catalog: an agent type by name (422 if unknown)."""
 
-    def __init__(self, settings: Settings, db: Database, catalog: Any | None = None) -> None:
+    def get(self, name: str) -> AgentDefaults: ...
+
+
+class AgentDefaults(Protocol):
+    @property
+    def model(self) -> str | None: ...
+
+
+class Submissions:
+    """Creating runs: the write side that :class:`~quarterdeck.runs.service.RunService` holds."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: RunStore,
+        catalog: AgentTypes | None = None,
+        *,
+        trail: AuditTrail | None = None,
+    ) -> None:
         self.settings = settings
-        self.db = db
-        self.catalog = catalog  # AgentCatalog: validates agent types at submission
-        self.trail: AuditTrail | None = None  # set by the runtime when the audit log runs
-        self._submits: Coalescer[tuple[dict[str, Any], bytes | None], Run] = Coalescer(
-            self._insert_many, max_batch=100, fatal=(Unavailable, StoreError)
+        self.store = store
+        self.catalog = catalog  # validates agent types at submission
+        self.trail = trail
+        self.submits: Coalescer[tuple[dict[str, Any], bytes | None], Run] = Coalescer(
+            self.store.create, max_batch=100, fatal=(Unavailable, StoreError)
         )
 
     def resolve_model(self, requested: str | None, agent_type: str | None = None) -> str:
@@ -103,7 +115,7 @@ class Submissions:
             return await self._insert(
                 run_id, body, tenant, idempotency_key, digest, params, archive, context
             )
-        except _KeyTaken:
+        except KeyTaken:
             existing = await self._replay(tenant, idempotency_key or "", digest)
             if existing is None:  # pragma: no cover - the key holder was deleted meanwhile
                 raise
@@ -135,8 +147,8 @@ class Submissions:
         idempotency_key: str | None,
         digest: str | None,
         params: dict[str, Any],
-        job_id: int,
     ) -> dict[str, Any]:
+        """The ``runs`` row to insert; the store fills in ``job_id`` when it enqueues."""
         agent_type = body.agent_type or self.settings.default_agent_type
         return {
             "id": run_id,
@@ -148,7 +160,7 @@ class Submissions:
             "max_attempts": self.settings.max_attempts,
             "idempotency_key": idempotency_key,
             "request_hash": digest,
-            "job_id": job_id,
+            "job_id": 0,
             "params": params,
             "budget_usd": body.budget_usd,
         }
@@ -193,7 +205,7 @@ class Submissions:
             return await self._insert_batch(
                 run_ids, bodies, tenant, keys, digests, prepared, context
             )
-        except _KeyTaken:
+        except KeyTaken:
             replayed = await self._replay_batch(tenant, keys or [], digests)
             if replayed is None:  # pragma: no cover - the key holders were deleted meanwhile
                 raise IdempotencyConflict("a concurrent batch holds this Idempotency-Key") from None
@@ -209,16 +221,11 @@ class Submissions:
         prepared: list[dict[str, Any]],
         context: RequestContext | None = None,
     ) -> tuple[list[str], bool]:
-        async with self.db.transaction() as conn:
-            job_ids = await queue.enqueue_runs(conn, run_ids)
-            rows = [
-                self._row(rid, b, tenant, keys[i] if keys else None, digests[i], params, job)
-                for i, (rid, b, params, job) in enumerate(
-                    zip(run_ids, bodies, prepared, job_ids, strict=True)
-                )
-            ]
-            if await repo.insert_runs_counted(conn, rows) != len(rows):
-                raise _KeyTaken  # rolls back; another request holds these keys
+        rows = [
+            self._row(rid, b, tenant, keys[i] if keys else None, digests[i], params)
+            for i, (rid, b, params) in enumerate(zip(run_ids, bodies, prepared, strict=True))
+        ]
+        await self.store.create_batch(rows)  # KeyTaken: another request holds these keys
         if self.trail is not None:
             ctx = context or RequestContext()
             for row in rows:
@@ -228,8 +235,7 @@ class Submissions:
     async def _replay_batch(
         self, tenant: str, keys: list[str], digests: list[str | None]
     ) -> list[str] | None:
-        async with self.db.acquire() as conn:
-            found = await repo.find_by_idempotency_keys(conn, tenant, keys)
+        found = await self.store.find_by_idempotency_keys(tenant, keys)
         if not found:
             return None
         if len(found) != len(keys) or any(
@@ -252,34 +258,17 @@ class Submissions:
         archive: bytes | None,
         context: RequestContext | None = None,
     ) -> tuple[Run, bool]:
-        row = self._row(run_id, body, tenant, idempotency_key, digest, params, 0)
-        run = await self._submits.submit((row, archive))
+        row = self._row(run_id, body, tenant, idempotency_key, digest, params)
+        # Group-committed with concurrent submissions: one transaction, one enqueue. A key that
+        # another request holds fails the whole transaction (so no job is left without its
+        # run); the coalescer then retries each submission alone and only that one sees KeyTaken.
+        run = await self.submits.submit((row, archive))
         if self.trail is not None:
             self.trail.run_created(row, context or RequestContext())
         return run, True
 
-    async def _insert_many(self, items: list[tuple[dict[str, Any], bytes | None]]) -> list[Run]:
-        """Concurrent single submissions, group-committed: one transaction, one enqueue.
-
-        A key that another request holds fails the whole transaction (so no job is left without
-        its run); the coalescer then retries each submission alone and only that one sees
-        :class:`_KeyTaken`.
-        """
-        async with self.db.transaction() as conn:
-            job_ids = await queue.enqueue_runs(conn, [row["id"] for row, _ in items])
-            rows = [{**row, "job_id": job} for (row, _), job in zip(items, job_ids, strict=True)]
-            runs = await repo.insert_runs(conn, rows)
-            if len(runs) != len(rows):
-                raise _KeyTaken
-            for row, archive in items:
-                if archive is not None:
-                    await repo.save_archive(conn, row["id"], archive)
-        by_id = {r.id: r for r in runs}
-        return [by_id[row["id"]] for row, _ in items]
-
     async def _replay(self, tenant: str, key: str, digest: str | None) -> Run | None:
-        async with self.db.acquire() as conn:
-            found = await repo.find_by_idempotency_key(conn, tenant, key)
+        found = await self.store.find_by_idempotency_key(tenant, key)
         if found is None:
             return None
         run, stored = found

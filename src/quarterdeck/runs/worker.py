@@ -18,7 +18,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any
+from typing import Any, Literal
 
 import structlog
 
@@ -27,11 +27,11 @@ from quarterdeck.config import Settings
 from quarterdeck.exceptions import StoreError, Unavailable
 from quarterdeck.kit.ids import ulid
 from quarterdeck.runs import queue
-from quarterdeck.runs import repository as repo
 from quarterdeck.runs.executor import Outcome, RunExecutor
 from quarterdeck.runs.models import Run, RunStatus
+from quarterdeck.runs.store import Finish, Requeue, RunStore
 from quarterdeck.security.trail import AuditTrail
-from quarterdeck.store.pool import Database, connect_once
+from quarterdeck.store.pool import connect_once
 
 log = structlog.get_logger(__name__)
 
@@ -44,17 +44,60 @@ class InFlight:
     started: float = field(default_factory=time.monotonic)
 
 
+RELEASED = "released by a draining worker"
+
+
+def after_claim(run: Run, accepting: bool) -> Literal["give_up", "release", "execute"]:
+    """What to do with a freshly claimed run: a run past its attempts is given up (its worker
+    was lost or released it each time), a draining worker hands it straight back."""
+    if run.attempts > run.max_attempts:
+        return "give_up"
+    return "execute" if accepting else "release"
+
+
+def gave_up(run: Run) -> Outcome:
+    return Outcome(
+        RunStatus.failed,
+        error=f"gave up after {run.max_attempts} attempts: the worker executing this run "
+        "was lost or released it each time",
+        error_type="max_attempts",
+    )
+
+
+def settle(outcome: Outcome | None, release: bool) -> Outcome | None:
+    """The outcome to record once execution stopped; None means release the run instead.
+
+    No outcome means the cancel scope fired: a drain (``release``) hands the run back to the
+    queue to resume elsewhere, anything else was a cancel request.
+    """
+    if outcome is not None:
+        return outcome
+    if release:
+        return None
+    return Outcome(RunStatus.cancelled, error="cancelled by request")
+
+
 class WorkerPool:
-    def __init__(self, settings: Settings, db: Database, executor: RunExecutor) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        store: RunStore,
+        executor: RunExecutor,
+        *,
+        database_url: str,
+        trail: AuditTrail | None = None,
+    ) -> None:
+        """``database_url``: where pgqueuer's own connection goes (it needs a dedicated one)."""
         self.settings = settings
-        self.db = db
+        self.store = store
         self.executor = executor
+        self.database_url = database_url
+        self.trail = trail
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{ulid()[-6:]}"
         self.inflight: dict[str, InFlight] = {}
         self._stop = asyncio.Event()
         self._accepting = True
         self.repair_interval = 15.0
-        self.trail: AuditTrail | None = None  # set by the runtime when the audit log runs
 
     # -- lifecycle ----------------------------------------------------------------------------
     async def run(self) -> None:
@@ -79,7 +122,7 @@ class WorkerPool:
                 shutdown=self._stop,
             )
         finally:
-            await self.executor.writer.aclose()
+            await self.store.aclose()
             for task in background:
                 task.cancel()
             for task in background:
@@ -93,7 +136,7 @@ class WorkerPool:
         from pgqueuer.qm import QueueManager
         from pgqueuer.queries import Queries
 
-        conn = await connect_once(self.db.url)
+        conn = await connect_once(self.database_url)
         try:
             qm = QueueManager(Queries(AsyncpgDriver(conn)))
             # pgqueuer drops wake-ups that arrive while it dispatches a batch and re-polls after
@@ -129,18 +172,15 @@ class WorkerPool:
             await asyncio.sleep(5.0)
             if self.inflight:
                 with contextlib.suppress(Exception):
-                    async with self.db.acquire() as conn:
-                        await repo.heartbeat(conn, list(self.inflight))
+                    await self.store.heartbeat(list(self.inflight))
 
     async def _repair_loop(self) -> None:
         """Safety net: requeue runs whose job vanished (e.g. a failure while Postgres restarted)."""
         while True:
             await asyncio.sleep(self.repair_interval)
             try:
-                async with self.db.transaction() as conn:
-                    repaired = await queue.requeue_orphans(
-                        conn, stale_after=3 * self.settings.worker_heartbeat_timeout
-                    )
+                stale = 3 * self.settings.worker_heartbeat_timeout
+                repaired = await self.store.requeue_orphans(stale)
                 if repaired:
                     log.warning("orphaned_runs_requeued", runs=repaired)
             except Exception as exc:
@@ -158,7 +198,7 @@ class WorkerPool:
             raise RetryRequested(delay=timedelta(seconds=2), reason=exc.detail) from exc
 
     async def _handle(self, run_id: str, ctx: Any) -> None:
-        claimed = await self.executor.writer.start(run_id, self.worker_id)
+        claimed = await self.store.claim(run_id, self.worker_id)
         if claimed is None:
             return  # already terminal: a stale or duplicate job
         run, first = claimed
@@ -172,18 +212,11 @@ class WorkerPool:
                     0.0, (run.started_at or run.created_at).timestamp() - run.created_at.timestamp()
                 )
             )
-        if run.attempts > run.max_attempts:
-            await self._finish(
-                run,
-                Outcome(
-                    RunStatus.failed,
-                    error=f"gave up after {run.max_attempts} attempts: the worker executing this run "
-                    "was lost or released it each time",
-                    error_type="max_attempts",
-                ),
-            )
+        decision = after_claim(run, self._accepting)
+        if decision == "give_up":
+            await self._finish(run, gave_up(run))
             return
-        if not self._accepting:
+        if decision == "release":
             await self._release(run)
             return
         item = InFlight(run=run, scope=ctx.cancellation)
@@ -203,32 +236,23 @@ class WorkerPool:
         finally:
             metrics.child(metrics.ACTIVE, agent).dec()
             self.inflight.pop(run.id, None)
-        if outcome is None:  # the cancel scope fired
-            if item.release:
-                await self._release(run)
-                return
-            outcome = Outcome(RunStatus.cancelled, error="cancelled by request")
-        await self._finish(run, outcome)
+        settled = settle(outcome, item.release)
+        if settled is None:
+            await self._release(run)
+            return
+        await self._finish(run, settled)
 
     async def _release(self, run: Run) -> None:
-        async with self.db.transaction() as conn:
-            job_id = await queue.enqueue_run(conn, run.id)
-            await repo.release(conn, run.id, job_id)
-            await repo.append_event(
-                conn,
-                run.id,
-                "status",
-                {
-                    "status": "queued",
-                    "reason": "released by a draining worker",
-                    "worker": self.worker_id,
-                },
-            )
+        """Hand the run back to the queue under a new job; it resumes from its checkpoint."""
+        await self.store.requeue(
+            [Requeue(run.id, RELEASED, {"worker": self.worker_id})],
+            expect=frozenset({RunStatus.running}),
+        )
         log.info("run_released", run_id=run.id)
 
     async def _finish(self, run: Run, outcome: Outcome) -> None:
-        done = await self.executor.writer.finish(
-            repo.Finish(
+        done = await self.store.finish(
+            Finish(
                 run.id,
                 outcome.status,
                 outcome.result,

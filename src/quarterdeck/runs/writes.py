@@ -1,5 +1,8 @@
 """The hot writes of a worker process (claim, turn checkpoint, finish), group-committed.
 
+Machinery of :class:`~quarterdeck.runs.store.PostgresRunStore`, which owns one; nothing else
+calls it.
+
 Every run makes these three writes. One statement per write capped a two-core box at a few
 hundred runs per second, in round trips, statement overhead and commits rather than in work; so
 concurrent writes of the same kind share one statement (see :mod:`quarterdeck.kit.coalesce`).

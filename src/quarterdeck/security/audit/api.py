@@ -13,6 +13,7 @@ from fastapi import APIRouter, Depends, Query, Request
 
 from quarterdeck.exceptions import NotFound, ValidationFailed
 from quarterdeck.kit.durations import parse_duration
+from quarterdeck.kit.wiring import provide
 from quarterdeck.security.audit.models import (
     SEVERITIES,
     TENANT_RE,
@@ -29,11 +30,7 @@ from quarterdeck.security.auth import Permission, Principal, require
 
 router = APIRouter(tags=["audit"])
 TenantQuery = Annotated[str | None, Query(max_length=64, pattern=TENANT_RE.pattern)]
-
-
-def _audit(request: Request) -> AuditLog:
-    audit: AuditLog = request.app.state.runtime.audit
-    return audit
+Audit = Annotated[AuditLog, Depends(provide(AuditLog))]
 
 
 def _actor(request: Request) -> str:
@@ -74,8 +71,8 @@ def _scope(principal: Principal, tenant: str | None) -> str | None:
     "policy decision or detector finding; `severity` (repeatable) narrows them.",
 )
 async def search_events(
-    request: Request,
     principal: CanRead,
+    audit: Audit,
     tenant: TenantQuery = None,
     event_type: Annotated[list[str] | None, Query(max_length=64)] = None,
     actor: Annotated[str | None, Query(max_length=256)] = None,
@@ -113,7 +110,7 @@ async def search_events(
         cursor=cursor,
         limit=limit,
     )
-    return await _audit(request).search(f)
+    return await audit.search(f)
 
 
 @router.get(
@@ -123,8 +120,8 @@ async def search_events(
     description="Answers 200 either way; `ok` is false and `problems` lists each piece of "
     "evidence (edited, deleted, reordered, truncated events, forged checkpoints).",
 )
-async def verify(request: Request, principal: CanRead, tenant: TenantQuery = None) -> VerifyReport:
-    return await _audit(request).verify(_scope(principal, tenant))
+async def verify(principal: CanRead, audit: Audit, tenant: TenantQuery = None) -> VerifyReport:
+    return await audit.verify(_scope(principal, tenant))
 
 
 @router.get(
@@ -133,21 +130,21 @@ async def verify(request: Request, principal: CanRead, tenant: TenantQuery = Non
     summary="Signed checkpoints, oldest first, for off-site storage",
 )
 async def checkpoints(
-    request: Request,
     principal: CanRead,
+    audit: Audit,
     tenant: TenantQuery = None,
     cursor: Annotated[int, Query(ge=0)] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> CheckpointPage:
-    return await _audit(request).checkpoints(_scope(principal, tenant), cursor, limit)
+    return await audit.checkpoints(_scope(principal, tenant), cursor, limit)
 
 
 @router.get(
     "/v1/audit/retention/{tenant}", response_model=RetentionOut, summary="A tenant's retention"
 )
-async def get_retention(tenant: str, request: Request, principal: CanRead) -> RetentionOut:
+async def get_retention(tenant: str, principal: CanRead, audit: Audit) -> RetentionOut:
     principal.ensure_tenant(tenant, "tenant", tenant)
-    seconds = await _audit(request).get_retention(_tenant(tenant))
+    seconds = await audit.get_retention(_tenant(tenant))
     return RetentionOut(tenant=tenant, retention_seconds=seconds)
 
 
@@ -159,7 +156,7 @@ async def get_retention(tenant: str, request: Request, principal: CanRead) -> Re
     "than the retention, so some events live up to one checkpoint interval longer.",
 )
 async def put_retention(
-    tenant: str, body: RetentionRequest, request: Request, principal: CanManage
+    tenant: str, body: RetentionRequest, request: Request, principal: CanManage, audit: Audit
 ) -> RetentionOut:
     try:
         seconds = parse_duration(body.retention)
@@ -169,7 +166,7 @@ async def put_retention(
         raise ValidationFailed(
             f"retention: {exc}", errors=[{"field": "retention", "message": str(exc)}]
         ) from None
-    await _audit(request).set_retention(_tenant(tenant), seconds, actor=_actor(request))
+    await audit.set_retention(_tenant(tenant), seconds, actor=_actor(request))
     return RetentionOut(tenant=tenant, retention_seconds=seconds)
 
 
@@ -180,6 +177,6 @@ async def put_retention(
     description="Destroys the tenant's data keys: every sensitive payload recorded so far "
     "becomes unreadable, while the events and the hash chain stay intact and verifiable.",
 )
-async def shred(tenant: str, request: Request, principal: CanManage) -> ShredResult:
-    count = await _audit(request).shred_tenant(_tenant(tenant), actor=_actor(request))
+async def shred(tenant: str, request: Request, principal: CanManage, audit: Audit) -> ShredResult:
+    count = await audit.shred_tenant(_tenant(tenant), actor=_actor(request))
     return ShredResult(tenant=tenant, keys_shredded=count)

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi import APIRouter, Depends, Path, Query
 
 from quarterdeck.exceptions import Unavailable
-from quarterdeck.security.auth.dependencies import auth_service, require
+from quarterdeck.security.auth.dependencies import MaybeAuth, require
 from quarterdeck.security.auth.keys import KEY_ID_RE
 from quarterdeck.security.auth.models import ApiKey, CreatedKey, KeyCreate, KeyList, Me
 from quarterdeck.security.auth.permissions import Permission
@@ -22,11 +22,14 @@ router = APIRouter(tags=["access control"])
 KeyId = Annotated[str, Path(pattern=KEY_ID_RE.pattern, description="The public key id.")]
 
 
-def _service(request: Request) -> AuthService:
-    service = auth_service(request)
+def _service(service: MaybeAuth) -> AuthService:
+    """The auth service, required: keys cannot be managed where authentication is off-line."""
     if service is None:
         raise Unavailable("API keys are not available in this process")
     return service
+
+
+Keys = Annotated[AuthService, Depends(_service)]
 
 
 def actor(principal: Principal) -> str:
@@ -41,35 +44,33 @@ def actor(principal: Principal) -> str:
 )
 async def create_key(
     body: KeyCreate,
-    request: Request,
     principal: Annotated[Principal, Depends(require(Permission.KEYS_WRITE))],
+    keys: Keys,
 ) -> CreatedKey:
-    return await _service(request).create(
+    return await keys.create(
         body.name, body.role, body.tenant, expires_at=body.expires_at, actor=actor(principal)
     )
 
 
 @router.get("/v1/admin/keys", response_model=KeyList, summary="List API keys, newest first")
 async def list_keys(
-    request: Request,
     _: Annotated[Principal, Depends(require(Permission.KEYS_READ))],
+    keys: Keys,
     tenant: Annotated[str | None, Query(max_length=64)] = None,
     include_inactive: Annotated[bool, Query(description="Also revoked and expired keys.")] = False,
     limit: Annotated[int, Query(ge=1, le=1000)] = 1000,
 ) -> KeyList:
-    items = await _service(request).list_keys(
-        tenant, include_inactive=include_inactive, limit=limit
-    )
+    items = await keys.list_keys(tenant, include_inactive=include_inactive, limit=limit)
     return KeyList(items=items)
 
 
 @router.get("/v1/admin/keys/{key_id}", response_model=ApiKey, summary="One API key")
 async def get_key(
     key_id: KeyId,
-    request: Request,
     _: Annotated[Principal, Depends(require(Permission.KEYS_READ))],
+    keys: Keys,
 ) -> ApiKey:
-    return await _service(request).get(key_id)
+    return await keys.get(key_id)
 
 
 @router.delete(
@@ -79,10 +80,10 @@ async def get_key(
 )
 async def revoke_key(
     key_id: KeyId,
-    request: Request,
     principal: Annotated[Principal, Depends(require(Permission.KEYS_WRITE))],
+    keys: Keys,
 ) -> ApiKey:
-    return await _service(request).revoke(key_id, actor=actor(principal))
+    return await keys.revoke(key_id, actor=actor(principal))
 
 
 @router.get("/v1/me", response_model=Me, summary="The calling key: role, tenant, permissions")

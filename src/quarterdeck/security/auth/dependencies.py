@@ -22,14 +22,16 @@ rate-limit decision on ``request.state`` for the response headers and for loggin
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Protocol
 
 import structlog
 from fastapi import Depends, FastAPI, Request
+from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
 from quarterdeck.exceptions import Unavailable
+from quarterdeck.kit.wiring import services
 from quarterdeck.security.auth.errors import Forbidden, RateLimited
 from quarterdeck.security.auth.permissions import Permission
 from quarterdeck.security.auth.principal import DEV_PRINCIPAL, Principal
@@ -54,19 +56,22 @@ ApiKeyHeader = Annotated[str | None, Depends(_api_key)]
 
 
 def auth_service(request: Request) -> AuthService | None:
-    """The app's :class:`AuthService`, or None for an app built without one.
+    """The app's registered :class:`AuthService`, or None for an app built without one.
 
-    Routers are also mounted on bare test apps with a stand-in runtime; those have no service
-    and no ``auth_required`` flag and run as in development. An app from ``create_app`` with
-    authentication required but no service (not started) refuses with 503 instead of opening.
+    Routers are also mounted on bare test apps with only the services they test; those have no
+    auth service and no ``auth_required`` flag and run as in development. An app from
+    ``create_app`` with authentication required but no service (not started) refuses with 503
+    instead of opening. Not ``provide(AuthService)``: that could only refuse, never open.
     """
-    runtime = getattr(request.app.state, "runtime", None)
-    service = getattr(runtime, "auth", None)
-    if isinstance(service, AuthService):
+    service = services(request.app).get(AuthService)
+    if service is not None:
         return service
     if getattr(request.app.state, AUTH_REQUIRED_STATE, False):
         raise Unavailable("authentication is not ready yet")
     return None
+
+
+MaybeAuth = Annotated[AuthService | None, Depends(auth_service)]
 
 
 class Requirement:
@@ -78,8 +83,9 @@ class Requirement:
     def __repr__(self) -> str:
         return f"require({self.permission.value!r})"
 
-    async def __call__(self, request: Request, bearer: Bearer, api_key: ApiKeyHeader) -> Principal:
-        service = auth_service(request)
+    async def __call__(
+        self, request: Request, service: MaybeAuth, bearer: Bearer, api_key: ApiKeyHeader
+    ) -> Principal:
         if service is None or not service.required:
             principal = DEV_PRINCIPAL
             setattr(request.state, PRINCIPAL_STATE, principal)
@@ -123,14 +129,21 @@ def require(permission: Permission) -> Requirement:
     return Requirement(permission)
 
 
-def route_requirements(route: Any) -> list[Requirement]:
+class Routed(Protocol):
+    """A route as declared (``APIRoute``) or as included (FastAPI's route context)."""
+
+    @property
+    def dependant(self) -> Dependant: ...
+
+
+def route_requirements(route: Routed) -> list[Requirement]:
     """Every ``require(...)`` in a route's dependency tree, in no particular order.
 
     ``route`` is anything with a ``dependant`` (an ``APIRoute``, or a route as included).
     FastAPI runs each distinct requirement, so two would count one request twice.
     """
     found: list[Requirement] = []
-    stack: list[Any] = [route.dependant]
+    stack: list[Dependant] = [route.dependant]
     while stack:
         dependant = stack.pop()
         if isinstance(dependant.call, Requirement):
@@ -139,7 +152,7 @@ def route_requirements(route: Any) -> list[Requirement]:
     return found
 
 
-def route_permissions(route: Any) -> frozenset[Permission]:
+def route_permissions(route: Routed) -> frozenset[Permission]:
     """Every permission a route requires (empty: the route is open)."""
     return frozenset(r.permission for r in route_requirements(route))
 

@@ -17,6 +17,7 @@ from typing import Any
 
 import structlog
 
+from quarterdeck.config import Settings
 from quarterdeck.exceptions import NotFound, ValidationFailed
 from quarterdeck.kit.clock import utcnow
 from quarterdeck.security.auth import keys
@@ -57,7 +58,7 @@ class AuthService:
         self.limiter = limiter if limiter is not None else RequestLimiter(0, 0)
         self.cache = cache if cache is not None else KeyCache()  # (an empty one is falsy)
         self.on_change = on_change
-        """Async ``(action, details)``; set it to feed the audit log. Never given secrets."""
+        """Async ``(action, details)``, given to feed the audit log. Never given secrets."""
         self.clock = clock
 
     # -- managing keys ---------------------------------------------------------------------
@@ -196,7 +197,7 @@ class AuthService:
 
 
 def build_auth_service(
-    settings: Any,
+    settings: Settings,
     db: Database,
     *,
     on_change: OnChange | None = None,

@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
+from quarterdeck.security.audit.models import VerifyReport
 from quarterdeck.security.compliance import repository as repo
 from quarterdeck.store.pool import Database
 
@@ -48,7 +49,7 @@ SCOPE = (
 
 
 async def build_report(
-    db: Database, start: datetime, end: datetime, verify: Any | None = None
+    db: Database, start: datetime, end: datetime, verify: VerifyReport | None = None
 ) -> ComplianceReport:
     """``verify`` is the audit chain verification result (``VerifyReport``), or None if it could
     not be run (then the logging controls say so)."""
@@ -148,7 +149,7 @@ def _logging(
     title: str,
     events: dict[str, int],
     checkpoints: dict[str, Any],
-    verify: Any | None,
+    verify: VerifyReport | None,
     purges: list[dict[str, Any]],
     retention: list[dict[str, Any]] | None = None,
 ) -> Control:

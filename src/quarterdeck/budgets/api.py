@@ -1,32 +1,33 @@
-"""``GET``/``PUT /v1/tenants/{tenant}/budget``: a tenant's limits, spend and what is left.
+"""``GET``/``PUT /v1/tenants/{tenant}/budget`` and ``/v1/keys/{key_id}/budget``: limits, spend
+and what is left, for a tenant or for one API key's gateway traffic.
 
-A tenant's keys may read their own tenant's budget (another tenant's is a 404); setting a budget
-is a platform decision (``budgets:write``, keys of tenant ``*``: admin and operator).
+A tenant's keys may read their own tenant's budgets and their tenant's keys' budgets (another
+tenant's is a 404, so key ids of other tenants cannot be probed); setting a budget is a platform
+decision (``budgets:write``, keys of tenant ``*``: admin and operator).
 """
 
 from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path, Request
+from fastapi import APIRouter, Depends, Path
 
-from quarterdeck.budgets.service import (
+from quarterdeck.budgets.models import (
+    KEY_ID_PATTERN,
     TENANT_PATTERN,
-    BudgetService,
     BudgetStatus,
     BudgetUpdate,
+    KeyBudgetStatus,
 )
+from quarterdeck.budgets.service import BudgetService
+from quarterdeck.kit.wiring import provide
 from quarterdeck.security.auth import Permission, Principal, require
-from quarterdeck.security.trail import record_change
+from quarterdeck.security.trail import Changes
 
 router = APIRouter(tags=["budgets"])
 Tenant = Annotated[str, Path(pattern=TENANT_PATTERN)]
-
-
-def _service(request: Request) -> BudgetService:
-    runtime = request.app.state.runtime
-    service: BudgetService | None = getattr(runtime, "budgets", None)
-    return service if service is not None else BudgetService(runtime.db)
+KeyId = Annotated[str, Path(pattern=KEY_ID_PATTERN)]
+Budgets = Annotated[BudgetService, Depends(provide(BudgetService))]
 
 
 @router.get(
@@ -35,12 +36,12 @@ def _service(request: Request) -> BudgetService:
     summary="A tenant's daily and monthly limits, spend so far and remaining USD (UTC periods)",
 )
 async def get_budget(
-    request: Request,
     tenant: Tenant,
     principal: Annotated[Principal, Depends(require(Permission.BUDGETS_READ))],
+    budgets: Budgets,
 ) -> BudgetStatus:
     principal.ensure_tenant(tenant, "tenant", tenant)
-    return await _service(request).status(tenant)
+    return await budgets.status(tenant)
 
 
 @router.put(
@@ -49,19 +50,58 @@ async def get_budget(
     summary="Set a tenant's limits; null means no limit for that period",
 )
 async def put_budget(
-    request: Request,
     tenant: Tenant,
     body: BudgetUpdate,
     principal: Annotated[Principal, Depends(require(Permission.BUDGETS_WRITE))],
+    budgets: Budgets,
+    changes: Changes,
 ) -> BudgetStatus:
     principal.ensure_tenant(tenant, "tenant", tenant)
-    service = _service(request)
-    await service.set(tenant, body.daily_usd, body.monthly_usd)
-    await record_change(
-        request,
+    await budgets.set(tenant, body.daily_usd, body.monthly_usd)
+    await changes.record(
         principal.key_id,
         "config.changed",
         tenant,
         {"setting": "budget", "daily_usd": body.daily_usd, "monthly_usd": body.monthly_usd},
     )
-    return await service.status(tenant)
+    return await budgets.status(tenant)
+
+
+@router.get(
+    "/v1/keys/{key_id}/budget",
+    response_model=KeyBudgetStatus,
+    summary="An API key's gateway limits, spend (calls and holds) and remaining USD (UTC periods)",
+)
+async def get_key_budget(
+    key_id: KeyId,
+    principal: Annotated[Principal, Depends(require(Permission.BUDGETS_READ))],
+    budgets: Budgets,
+) -> KeyBudgetStatus:
+    return await budgets.key_status(key_id, principal.tenant_filter())
+
+
+@router.put(
+    "/v1/keys/{key_id}/budget",
+    response_model=KeyBudgetStatus,
+    summary="Set an API key's gateway limits; null means no limit for that period",
+)
+async def put_key_budget(
+    key_id: KeyId,
+    body: BudgetUpdate,
+    principal: Annotated[Principal, Depends(require(Permission.BUDGETS_WRITE))],
+    budgets: Budgets,
+    changes: Changes,
+) -> KeyBudgetStatus:
+    tenant, _ = await budgets.set_key(key_id, body.daily_usd, body.monthly_usd)
+    await changes.record(
+        principal.key_id,
+        "config.changed",
+        tenant,
+        {
+            "setting": "key_budget",
+            "key_id": key_id,
+            "daily_usd": body.daily_usd,
+            "monthly_usd": body.monthly_usd,
+        },
+    )
+    return await budgets.key_status(key_id, principal.tenant_filter())

@@ -1,10 +1,11 @@
-"""Tenant budgets: daily and monthly USD limits checked before every provider call.
+"""Tenant and key budgets: daily and monthly USD limits checked before every provider call.
 
-Spend is computed, not counted: the sum of ``run_turns.cost_usd`` for the tenant's runs in the
-current UTC day or month. ``run_turns`` is the billing record (one row per completed turn, in
-the same statement that bills the run), so a resumed or retried run is never counted twice and
-the budget cannot drift from reality. Turns of models with unknown prices add nothing (their
-cost is NULL), like the cost counter.
+Spend is computed, not counted: the sum of ``run_turns.cost_usd`` for the tenant's runs plus
+``gateway_calls.cost_usd`` for its gateway traffic in the current UTC day or month, plus the
+holds of gateway calls still in flight (``budgets.holds``). ``run_turns`` and ``gateway_calls``
+are the billing records (one row per completed turn or relayed call), so a resumed or retried
+run is never counted twice and the budget cannot drift from reality. Turns of models with
+unknown prices add nothing (their cost is NULL), like the cost counter.
 
 :meth:`BudgetService.check` compares ``spent + estimate`` with each limit, where the estimate is
 the executor's worst case for the next call, so a tenant stops *before* the call that would
@@ -16,109 +17,40 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from decimal import Decimal
-from typing import Annotated, Any
 
 import asyncpg
-from pydantic import BaseModel, ConfigDict, Field, PlainSerializer
+from prometheus_client import Gauge
 
 from quarterdeck import metrics
-from quarterdeck.exceptions import QuarterdeckError
+from quarterdeck.budgets import repository as repo
+from quarterdeck.budgets.models import (
+    BudgetExceeded,
+    BudgetStatus,
+    KeyBudget,
+    KeyBudgetStatus,
+    TenantBudget,
+    as_money,
+    period_starts,
+    remaining,
+)
+from quarterdeck.exceptions import NotFound
 from quarterdeck.kit.clock import utcnow
+from quarterdeck.security.auth import repository as keys
 from quarterdeck.store.pool import Database
 
-TENANT_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,63}$"
-PERIODS = ("daily", "monthly")
-Money = Annotated[Decimal, PlainSerializer(float, return_type=float, when_used="json")]
-"""Exact in Python (numeric in Postgres), a plain number in JSON."""
+__all__ = [
+    "BudgetExceeded",
+    "BudgetService",
+    "BudgetStatus",
+    "KeyBudget",
+    "KeyBudgetStatus",
+    "TenantBudget",
+    "period_starts",
+]
 
-
-class BudgetExceeded(QuarterdeckError):
-    status = 402
-    type_slug = "budget-exceeded"
-    title = "Tenant budget exceeded"
-
-    def __init__(
-        self,
-        tenant: str,
-        period: str,
-        limit: Decimal,
-        spent: Decimal,
-        estimate: Decimal,
-    ) -> None:
-        when = "today (UTC)" if period == "daily" else "this month (UTC)"
-        super().__init__(
-            f"tenant {tenant!r} {period} budget exceeded: ${spent:.4f} spent of ${limit:.4f} "
-            f"{when}, and the next call could cost up to ${estimate:.4f}",
-            extra={
-                "tenant": tenant,
-                "period": period,
-                "limit_usd": float(limit),
-                "spent_usd": float(spent),
-                "estimate_usd": float(estimate),
-            },
-        )
-        self.tenant, self.period = tenant, period
-        self.limit, self.spent, self.estimate = limit, spent, estimate
-
-
-class TenantBudget(BaseModel):
-    tenant: str
-    daily_usd: Money | None
-    monthly_usd: Money | None
-    updated_at: datetime
-
-
-class BudgetUpdate(BaseModel):
-    """Body of ``PUT /v1/tenants/{tenant}/budget``; a null limit means "no limit"."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    daily_usd: Money | None = Field(default=None, ge=0, le=10_000_000)
-    monthly_usd: Money | None = Field(default=None, ge=0, le=100_000_000)
-
-
-class BudgetStatus(BaseModel):
-    tenant: str
-    daily_limit_usd: Money | None
-    monthly_limit_usd: Money | None
-    daily_spent_usd: Money
-    monthly_spent_usd: Money
-    daily_remaining_usd: Money | None
-    monthly_remaining_usd: Money | None
-    as_of: datetime
-    updated_at: datetime | None
-
-
-def period_starts(now: datetime) -> tuple[datetime, datetime]:
-    """Start of the UTC day and month containing ``now``."""
-    now = now.astimezone(UTC) if now.tzinfo else now.replace(tzinfo=UTC)
-    day = now.replace(hour=0, minute=0, second=0, microsecond=0)
-    return day, day.replace(day=1)
-
-
-def _remaining(limit: Decimal | None, spent: Decimal) -> Decimal | None:
-    return None if limit is None else max(Decimal(0), limit - spent)
-
-
-async def spend(conn: asyncpg.Connection, tenant: str, now: datetime) -> tuple[Decimal, Decimal]:
-    """(spent today, spent this month) in USD, UTC periods, up to ``now``."""
-    day, month = period_starts(now)
-    row = await conn.fetchrow(
-        """
-        SELECT coalesce(sum(t.cost_usd) FILTER (WHERE t.created_at >= $2), 0) AS day,
-               coalesce(sum(t.cost_usd), 0) AS month
-          FROM run_turns t JOIN runs r ON r.id = t.run_id
-         WHERE r.tenant = $1 AND t.created_at >= $3 AND t.created_at < $4
-        """,
-        tenant,
-        day,
-        month,
-        now + timedelta(microseconds=1),
-    )
-    assert row is not None
-    return Decimal(row["day"]), Decimal(row["month"])
+Limits = tuple[Decimal | None, Decimal | None]
 
 
 class BudgetService:
@@ -133,10 +65,10 @@ class BudgetService:
     def __init__(self, db: Database, *, limits_ttl_s: float = 2.0) -> None:
         self.db = db
         self.limits_ttl_s = limits_ttl_s
-        self._limits: dict[str, tuple[float, tuple[Any, Any] | None]] = {}
-        self._reading: dict[str, asyncio.Future[tuple[Any, Any] | None]] = {}
+        self._limits: dict[str, tuple[float, Limits | None]] = {}
+        self._reading: dict[str, asyncio.Future[Limits | None]] = {}
 
-    async def _limits_of(self, tenant: str) -> tuple[Any, Any] | None:
+    async def _limits_of(self, tenant: str) -> Limits | None:
         """The tenant's limits, cached for ``limits_ttl_s``. When they expire, one caller reads
         them again and concurrent callers wait for that read: hundreds of runs checking at the
         same moment must not each take a pooled connection for the same row."""
@@ -154,14 +86,10 @@ class BudgetService:
         if self._reading.get(tenant) is done:
             del self._reading[tenant]
 
-    async def _read_limits(self, tenant: str) -> tuple[Any, Any] | None:
+    async def _read_limits(self, tenant: str) -> Limits | None:
         async with self.db.acquire() as conn:
-            row = await conn.fetchrow(
-                "SELECT daily_usd, monthly_usd FROM tenant_budgets WHERE tenant = $1", tenant
-            )
-        limits = None if row is None else (row["daily_usd"], row["monthly_usd"])
-        if limits == (None, None):
-            limits = None
+            read = await repo.read_limits(conn, tenant)
+        limits = None if read == (None, None) else read
         if self._reading.get(tenant) is not asyncio.current_task():
             return limits  # set() changed the limits meanwhile: do not cache this older read
         if len(self._limits) > 10_000:
@@ -175,40 +103,23 @@ class BudgetService:
         daily: Decimal | float | None,
         monthly: Decimal | float | None,
     ) -> TenantBudget:
-        row = await self.db.run(
-            lambda conn: conn.fetchrow(
-                """
-                INSERT INTO tenant_budgets (tenant, daily_usd, monthly_usd) VALUES ($1, $2, $3)
-                ON CONFLICT (tenant) DO UPDATE
-                   SET daily_usd = excluded.daily_usd, monthly_usd = excluded.monthly_usd,
-                       updated_at = now()
-                RETURNING *
-                """,
-                tenant,
-                _money(daily),
-                _money(monthly),
-            )
+        budget = await self.db.run(
+            lambda conn: repo.upsert(conn, tenant, as_money(daily), as_money(monthly))
         )
-        assert row is not None  # INSERT ... RETURNING always returns the row
         self._limits.pop(tenant, None)
         self._reading.pop(tenant, None)
-        budget = TenantBudget.model_validate(dict(row))
         async with self.db.acquire() as conn:
-            self._publish(budget, await spend(conn, tenant, utcnow()))
+            self._publish(budget, await repo.spend(conn, tenant, utcnow()))
         return budget
 
     async def get(self, tenant: str) -> TenantBudget | None:
-        row = await self.db.run(
-            lambda conn: conn.fetchrow("SELECT * FROM tenant_budgets WHERE tenant = $1", tenant)
-        )
-        return TenantBudget.model_validate(dict(row)) if row else None
+        return await self.db.run(lambda conn: repo.get(conn, tenant))
 
     async def status(self, tenant: str, now: datetime | None = None) -> BudgetStatus:
         now = now or utcnow()
         async with self.db.acquire() as conn:
-            row = await conn.fetchrow("SELECT * FROM tenant_budgets WHERE tenant = $1", tenant)
-            day, month = await spend(conn, tenant, now)
-        budget = TenantBudget.model_validate(dict(row)) if row else None
+            budget = await repo.get(conn, tenant)
+            day, month = await repo.spend(conn, tenant, now)
         daily = budget.daily_usd if budget else None
         monthly = budget.monthly_usd if budget else None
         return BudgetStatus(
@@ -217,8 +128,8 @@ class BudgetService:
             monthly_limit_usd=monthly,
             daily_spent_usd=day,
             monthly_spent_usd=month,
-            daily_remaining_usd=_remaining(daily, day),
-            monthly_remaining_usd=_remaining(monthly, month),
+            daily_remaining_usd=remaining(daily, day),
+            monthly_remaining_usd=remaining(monthly, month),
             as_of=now,
             updated_at=budget.updated_at if budget else None,
         )
@@ -246,9 +157,9 @@ class BudgetService:
         if limits is None:
             return
         async with self.db.acquire() as conn:
-            day, month = await spend(conn, tenant, now)
+            day, month = await repo.spend(conn, tenant, now)
         raw = estimate_usd() if callable(estimate_usd) else estimate_usd
-        estimate = _money(raw) or Decimal(0)
+        estimate = as_money(raw) or Decimal(0)
         for period, limit, spent in (
             ("daily", limits[0], day),
             ("monthly", limits[1], month),
@@ -256,14 +167,52 @@ class BudgetService:
             if limit is not None and spent + estimate > limit:
                 raise BudgetExceeded(tenant, period, Decimal(limit), spent, estimate)
 
+    # -- key budgets (gateway traffic; enforced by budgets.holds) -----------------------------
+    async def set_key(
+        self,
+        key_id: str,
+        daily: Decimal | float | None,
+        monthly: Decimal | float | None,
+    ) -> tuple[str, KeyBudget]:
+        """Set an API key's limits; returns (the key's tenant, the budget). 404 for no such key."""
+        async with self.db.transaction() as conn:
+            tenant = await _key_tenant(conn, key_id, None)
+            budget = await repo.upsert_key(conn, key_id, as_money(daily), as_money(monthly))
+        return tenant, budget
+
+    async def key_status(
+        self, key_id: str, tenant: str | None = None, now: datetime | None = None
+    ) -> KeyBudgetStatus:
+        """An API key's limits and spend. ``tenant`` (the caller's, None for all tenants) turns
+        another tenant's key into not found."""
+        now = now or utcnow()
+        async with self.db.acquire() as conn:
+            owner = await _key_tenant(conn, key_id, tenant)
+            budget = await repo.get_key(conn, key_id)
+            day, month = await repo.key_spend(conn, key_id, now)
+        daily = budget.daily_usd if budget else None
+        monthly = budget.monthly_usd if budget else None
+        return KeyBudgetStatus(
+            key_id=key_id,
+            tenant=owner,
+            daily_limit_usd=daily,
+            monthly_limit_usd=monthly,
+            daily_spent_usd=day,
+            monthly_spent_usd=month,
+            daily_remaining_usd=remaining(daily, day),
+            monthly_remaining_usd=remaining(monthly, month),
+            as_of=now,
+            updated_at=budget.updated_at if budget else None,
+        )
+
     async def refresh_metrics(self, now: datetime | None = None) -> None:
         """Mirror every budgeted tenant's limits and remaining USD into the gauges."""
         now = now or utcnow()
         async with self.db.acquire() as conn:
-            rows = await conn.fetch("SELECT * FROM tenant_budgets ORDER BY tenant")
-            spends = {r["tenant"]: await spend(conn, r["tenant"], now) for r in rows}
-        for r in rows:
-            self._publish(TenantBudget.model_validate(dict(r)), spends[r["tenant"]])
+            budgets = await repo.list_all(conn)
+            spends = [await repo.spend(conn, b.tenant, now) for b in budgets]
+        for budget, spent in zip(budgets, spends, strict=True):
+            self._publish(budget, spent)
 
     def _publish(self, budget: TenantBudget, spent: tuple[Decimal, Decimal] | None) -> None:
         tenant = metrics.bounded(budget.tenant)
@@ -276,18 +225,21 @@ class BudgetService:
                 continue
             metrics.BUDGET_LIMIT.labels(tenant, period).set(float(limit))
             if spent is not None:
-                left = _remaining(limit, spent[i]) or Decimal(0)
+                left = remaining(limit, spent[i]) or Decimal(0)
                 metrics.BUDGET_REMAINING.labels(tenant, period).set(float(left))
 
 
-def _remove(gauge: Any, tenant: str, period: str) -> None:
+async def _key_tenant(conn: asyncpg.Connection, key_id: str, tenant: str | None) -> str:
+    """The tenant of API key ``key_id``; NotFound when there is no such key or ``tenant`` (not
+    None) is another one: whether another tenant's key exists is not the caller's business."""
+    record = await keys.get_key(conn, key_id)
+    if record is None or (tenant is not None and record.tenant != tenant):
+        raise NotFound(f"API key {key_id} not found")
+    return record.tenant
+
+
+def _remove(gauge: Gauge, tenant: str, period: str) -> None:
     try:
         gauge.remove(tenant, period)
     except KeyError:
         pass
-
-
-def _money(value: Decimal | float | None) -> Decimal | None:
-    if value is None:
-        return None
-    return value if isinstance(value, Decimal) else Decimal(str(value))

@@ -56,6 +56,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(7, "API keys, roles and tenants", sql_file="0007_auth.sql"),
     Migration(8, "tool calls held for approval", sql_file="0008_approvals.sql"),
     Migration(9, "shared notification rate limits", sql_file="0009_notification_slots.sql"),
+    Migration(10, "gateway calls, key budgets and budget holds", sql_file="0010_gateway.sql"),
 )
 
 HEAD = MIGRATIONS[-1].version

@@ -42,7 +42,21 @@ $(APT_STAMP):
 	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq kubernetes-client; }
 	@mkdir -p $(VENV) && touch $(APT_STAMP)
 
-deps: $(STAMP) $(APT_STAMP)
+# The real Claude Code CLI, pinned: 2.1.197 is the newest that runs on Debian's Node 20. The gateway
+# tests drive it; npm ships its native binary inside the registry package (nothing else is fetched).
+CLAUDE_CODE_VERSION := 2.1.197
+CLAUDE := $(VENV)/claude-code/node_modules/.bin/claude
+$(CLAUDE):
+	@command -v npm >/dev/null 2>&1 || { \
+	  echo "installing Debian packages: nodejs npm"; \
+	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	  $$SUDO apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends nodejs npm; }
+	npm install --no-audit --no-fund --loglevel=error --prefix $(VENV)/claude-code \
+	  @anthropic-ai/claude-code@$(CLAUDE_CODE_VERSION)
+	@$(CLAUDE) --version
+
+deps: $(STAMP) $(APT_STAMP) $(CLAUDE)
 
 up: $(STAMP)
 	$(BIN)/quarterdeck up

@@ -9,7 +9,7 @@ from typing import Any
 import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from quarterdeck import __version__
@@ -18,6 +18,9 @@ from quarterdeck.approvals import api as approvals_api
 from quarterdeck.budgets import api as budgets_api
 from quarterdeck.config import Settings
 from quarterdeck.exceptions import QuarterdeckError, Unavailable
+from quarterdeck.gateway import anthropic_error_response, is_gateway_path
+from quarterdeck.gateway import api as gateway_api
+from quarterdeck.gateway import reports_api as gateway_reports_api
 from quarterdeck.health import api as health_api
 from quarterdeck.health import probes
 from quarterdeck.incidents import api as incidents_api
@@ -50,8 +53,14 @@ def problem(
 
 
 def install_error_handlers(app: FastAPI) -> None:
+    """Every error the API answers, in one place: problem+json, except on the gateway's
+    Anthropic-compatible routes, whose clients (Claude Code, the SDKs) read Anthropic's error
+    envelope and match its wording."""
+
     @app.exception_handler(QuarterdeckError)
-    async def _ours(request: Request, exc: QuarterdeckError) -> JSONResponse:
+    async def _ours(request: Request, exc: QuarterdeckError) -> Response:
+        if is_gateway_path(request.url.path):
+            return anthropic_error_response(exc)
         if exc.status >= 500 and not isinstance(exc, Unavailable):
             log.error("request_failed", path=request.url.path, error=exc.detail)
         return problem(
@@ -65,7 +74,9 @@ def install_error_handlers(app: FastAPI) -> None:
         )
 
     @app.exception_handler(RequestValidationError)
-    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _validation(request: Request, exc: RequestValidationError) -> Response:
+        if is_gateway_path(request.url.path):
+            return anthropic_error_response(exc)
         errors = []
         for err in exc.errors():
             loc = [str(p) for p in err.get("loc", ()) if p not in ("body",)]
@@ -81,12 +92,16 @@ def install_error_handlers(app: FastAPI) -> None:
         )
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> Response:
+        if is_gateway_path(request.url.path):
+            return anthropic_error_response(exc)
         return problem(exc.status_code, str(exc.detail), str(exc.detail), instance=request.url.path)
 
     @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    async def _unexpected(request: Request, exc: Exception) -> Response:
         log.exception("unhandled_error", path=request.url.path)
+        if is_gateway_path(request.url.path):
+            return anthropic_error_response(exc)
         return problem(
             500,
             "Internal error",
@@ -136,4 +151,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
     app.include_router(health_api.router)
     app.include_router(budgets_api.router)
     app.include_router(auth_api.router)
+    app.include_router(gateway_reports_api.router)
+    if settings.gateway_enabled:
+        app.include_router(gateway_api.router)
     return app

@@ -15,6 +15,7 @@ from quarterdeck.approvals.cli import app as approvals_app
 from quarterdeck.chaos.cli import app as chaos_app
 from quarterdeck.config import cli_settings, set_cli_config
 from quarterdeck.exceptions import ConfigError, QuarterdeckError
+from quarterdeck.gateway.cli import app as gateway_app
 from quarterdeck.incidents.cli import app as incidents_app
 from quarterdeck.kit.console import console, err_console, fail, print_json
 from quarterdeck.kit.logs import configure_logging
@@ -47,6 +48,7 @@ app.add_typer(compliance_app, name="compliance")
 app.add_typer(audit_app, name="audit")
 app.add_typer(policy_app, name="policy")
 app.add_typer(chaos_app, name="chaos")
+app.add_typer(gateway_app, name="gateway")
 
 
 @app.callback()

@@ -18,8 +18,15 @@ from quarterdeck.agents.guard import Guard
 from quarterdeck.agents.planner import AgentPlanner
 from quarterdeck.agents.templates import AgentCatalog
 from quarterdeck.approvals.service import ApprovalService
+from quarterdeck.budgets.holds import BudgetHolds
 from quarterdeck.budgets.service import BudgetService
 from quarterdeck.config import Settings
+from quarterdeck.gateway.api import build_gateway
+from quarterdeck.gateway.inspect import Inspector
+from quarterdeck.gateway.prices import GatewayPrices
+from quarterdeck.gateway.reads import GatewayCalls
+from quarterdeck.gateway.recorder import CallRecorder
+from quarterdeck.gateway.service import Gateway
 from quarterdeck.health import HealthMonitor, LeaderElector
 from quarterdeck.health.leader import Elector
 from quarterdeck.incidents import IncidentService, build_incident_service
@@ -28,7 +35,13 @@ from quarterdeck.kit.wiring import Services
 from quarterdeck.providers.factory import build_provider
 from quarterdeck.providers.pricing import PriceTable
 from quarterdeck.providers.types import Provider, Usage
-from quarterdeck.resilience import BreakerConfig, Breakers, ProviderLimiter, RetryPolicy
+from quarterdeck.resilience import (
+    BreakerConfig,
+    Breakers,
+    BucketStore,
+    ProviderLimiter,
+    RetryPolicy,
+)
 from quarterdeck.resilience.calls import CostFn, ResilientCaller
 from quarterdeck.runs.events import RunEventHub
 from quarterdeck.runs.executor import ExecutorConfig, RunExecutor
@@ -78,6 +91,10 @@ class Runtime:
     draining: bool = field(init=False, default=False)
     migrated: bool = field(init=False, default=False)
     breakers: Breakers | None = field(init=False, default=None)
+    gateway: Gateway | None = field(init=False, default=None)
+    holds: BudgetHolds | None = field(init=False, default=None)
+    _bucket_store: BucketStore | None = field(init=False, default=None)
+    gateway_calls: GatewayCalls = field(init=False)
     _tasks: list[asyncio.Task[None]] = field(init=False, default_factory=list)
     _closers: list[Callable[[], Awaitable[None]]] = field(init=False, default_factory=list)
 
@@ -114,6 +131,11 @@ class Runtime:
             warn_if_disabled=self.with_api,
         )
         self._closers.append(self.auth.aclose)
+        self.breakers = self._build_breakers()
+        gate = PolicyGate.from_settings(self.settings)
+        self.gateway_calls = GatewayCalls(self.db)
+        if self.with_api and self.settings.gateway_enabled:
+            await self._start_gateway(gate)
         metrics.BUILD_INFO.labels(version=_version(), provider=self.settings.provider_name).set(1)
         self._tasks.append(asyncio.create_task(self._collect_gauges()))
         if self.with_workers:
@@ -131,7 +153,7 @@ class Runtime:
                     self.agent_catalog,
                     simulated=self.provider.name == "simulated",
                     guard=Guard(
-                        PolicyGate.from_settings(self.settings),
+                        gate,
                         approvals=self.approvals,
                         anomalies=self.anomalies,
                         trail=self.trail,
@@ -183,17 +205,45 @@ class Runtime:
             )
         return LeaderElector(self.db.url, retry_s=s.health_leader_retry)
 
-    def _build_caller(self, provider: Provider, cost_of: CostFn) -> ResilientCaller:
-        """Retries, breakers and rate limits, shared through Redis when REDIS_URL is set; the
-        caller also prices and counts every provider call (``cost_of``)."""
+    async def _start_gateway(self, gate: PolicyGate) -> None:
+        """The Anthropic-compatible gateway: relay, meter, recorder, budget holds, inspector."""
         s = self.settings
-        breaker_store = bucket_store = None
+        table = PriceTable.load(s.pricing_overrides or None)
+        recorder = CallRecorder(self.db)
+        await recorder.start()
+        self.holds = BudgetHolds(
+            self.db,
+            ttl_s=s.gateway_hold_ttl,
+            timeout_s=s.gateway_budget_timeout,
+            fail_open=s.gateway_budget_fail_open,
+        )
+        inspector = Inspector(
+            mode=s.gateway_secrets, gate=gate, trail=self.trail, anomalies=self.anomalies
+        )
+        self.gateway = build_gateway(
+            s,
+            prices=GatewayPrices(table, s.gateway_unknown_model_price),
+            recorder=recorder,
+            holds=self.holds,
+            inspector=inspector,
+            breakers=self.breakers,
+            known_models=table.models,
+        )
+        # Closed in this order after the HTTP server stopped: no new calls, the last anomaly
+        # tasks done, every recorded call written and its hold settled.
+        self._closers.extend([self.gateway.aclose, inspector.drain, recorder.aclose])
+
+    def _build_breakers(self) -> Breakers:
+        """Circuit breakers, shared through Redis when REDIS_URL is set, for the workers' calls
+        and the gateway's alike."""
+        s = self.settings
+        breaker_store = None
         if s.redis_url is not None:
             from quarterdeck.resilience import redis_stores
 
-            breaker_store, bucket_store = redis_stores(s.redis_url.get_secret_value())
+            breaker_store, self._bucket_store = redis_stores(s.redis_url.get_secret_value())
             self._closers.append(breaker_store.close)
-        breakers = Breakers(
+        return Breakers(
             breaker_store,
             config=BreakerConfig(
                 failure_threshold=s.breaker_failure_threshold,
@@ -201,13 +251,19 @@ class Runtime:
                 window_s=s.breaker_window,
             ),
         )
+
+    def _build_caller(self, provider: Provider, cost_of: CostFn) -> ResilientCaller:
+        """Retries, breakers and rate limits (buckets shared through Redis when REDIS_URL is
+        set); the caller also prices and counts every provider call (``cost_of``)."""
+        s = self.settings
+        assert self.breakers is not None  # built in start() before any caller
         limiter = None
         if s.provider_requests_per_minute is not None:
             limiter = ProviderLimiter(
                 provider.name,
                 requests_per_minute=s.provider_requests_per_minute,
                 tokens_per_minute=s.provider_tokens_per_minute,
-                store=bucket_store,
+                store=self._bucket_store,
                 local_share=1.0 / s.worker_processes,
             )
         policy = RetryPolicy(
@@ -215,12 +271,11 @@ class Runtime:
             max_attempts=s.retry_max_attempts,
             total_budget_s=s.retry_budget,
         )
-        self.breakers = breakers
         return ResilientCaller(
             provider,
             streaming=provider.name != "simulated",
             policy=policy,
-            breakers=breakers,
+            breakers=self.breakers,
             limiter=limiter,
             fallbacks=s.model_fallbacks,
             context_fallbacks=s.context_fallbacks,
@@ -280,6 +335,8 @@ class Runtime:
                 for status in ("queued", "running"):
                     metrics.RUNS_IN_STATE.labels(status).set(states.get(status, 0))
                 await self.budgets.refresh_metrics()
+                if self.holds is not None:  # holds of calls whose process died
+                    await self.holds.purge_expired()
             await asyncio.sleep(5.0)
 
     def register(self, registry: Services) -> None:
@@ -292,8 +349,11 @@ class Runtime:
         registry.add(AuditLog, self.audit)
         registry.add(AuditTrail, self.trail)
         registry.add(AuthService, self.auth)
+        registry.add(GatewayCalls, self.gateway_calls)
         if self.health is not None:
             registry.add(HealthMonitor, self.health)
+        if self.gateway is not None:
+            registry.add(Gateway, self.gateway)
 
 
 def _version() -> str:

@@ -22,6 +22,7 @@ import pytest
 from fastapi import FastAPI
 
 from quarterdeck.app import create_app
+from quarterdeck.gateway import is_gateway_path
 from quarterdeck.runtime import Runtime
 from quarterdeck.security.auth.dependencies import ServedRoute, served_routes
 from quarterdeck.security.auth.permissions import (
@@ -161,6 +162,9 @@ async def check_route(walk: Walk, method: str, route: ServedRoute) -> list[str]:
     def expect(response: httpx.Response, wanted: int, who: str) -> None:
         if response.status_code != wanted:
             problems.append(f"{where} as {who}: {response.status_code}, expected {wanted}")
+        elif is_gateway_path(route.path):  # Anthropic's clients read Anthropic's envelope
+            if response.json().get("type") != "error" or "error" not in response.json():
+                problems.append(f"{where} as {who}: {wanted} is not Anthropic's error envelope")
         elif response.headers.get("content-type") != "application/problem+json":
             problems.append(f"{where} as {who}: {wanted} is not problem+json")
 

@@ -38,9 +38,18 @@ EXPECTED = {
         P.ROLLOUTS_WRITE,
         P.REPORTS_READ,
         P.SELF_READ,
+        P.GATEWAY_READ,
     },
-    Role.submitter: {P.RUNS_READ, P.RUNS_WRITE, P.AGENTS_READ, P.BUDGETS_READ, P.SELF_READ},
-    Role.auditor: {P.AUDIT_READ, P.REPORTS_READ, P.BUDGETS_READ, P.SELF_READ},
+    Role.submitter: {
+        P.RUNS_READ,
+        P.RUNS_WRITE,
+        P.AGENTS_READ,
+        P.BUDGETS_READ,
+        P.SELF_READ,
+        P.GATEWAY_USE,
+        P.GATEWAY_READ,
+    },
+    Role.auditor: {P.AUDIT_READ, P.REPORTS_READ, P.BUDGETS_READ, P.SELF_READ, P.GATEWAY_READ},
 }
 
 
@@ -59,9 +68,14 @@ def test_only_admin_manages_keys_and_only_auditors_and_admins_read_the_audit_log
         assert (P.AUDIT_READ in ROLE_PERMISSIONS[role]) == (role in {Role.admin, Role.auditor})
 
 
-def test_only_who_am_i_and_the_own_budget_are_open_to_every_role():
+def test_only_who_am_i_the_own_budget_and_gateway_spend_are_open_to_every_role():
     everyones = {p for p in Permission if all(p in ROLE_PERMISSIONS[r] for r in Role)}
-    assert everyones == {P.SELF_READ, P.BUDGETS_READ}
+    assert everyones == {P.SELF_READ, P.BUDGETS_READ, P.GATEWAY_READ}
+
+
+def test_only_submitters_and_admins_call_models_through_the_gateway():
+    for role in Role:
+        assert (P.GATEWAY_USE in ROLE_PERMISSIONS[role]) == (role in {Role.admin, Role.submitter})
 
 
 def test_platform_only_permissions_need_an_all_tenant_principal():
@@ -127,6 +141,7 @@ def test_effective_permissions_leave_out_what_the_tenant_cannot_reach():
         P.BUDGETS_READ,
         P.REPORTS_READ,
         P.SELF_READ,
+        P.GATEWAY_READ,
     }
     assert Principal("x", "ops", Role.operator, "*").permissions == EXPECTED[Role.operator]
 

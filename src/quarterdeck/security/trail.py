@@ -10,14 +10,66 @@ Prompts and tool output go in the encrypted ``sensitive`` part; everything else 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from decimal import Decimal
-from typing import Any
+from enum import StrEnum
+from typing import Annotated, Any, Protocol
 
 import structlog
+from fastapi import Depends, Request
 
+from quarterdeck.kit.wiring import provide_optional
 from quarterdeck.security.audit import AuditEvent, AuditLog
 
 log = structlog.get_logger(__name__)
+
+
+class AuditedRun(Protocol):
+    """What the trail reads of a run: ``runs.models.Run`` lives a floor above this one."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def tenant(self) -> str: ...
+    @property
+    def agent_type(self) -> str: ...
+    @property
+    def operation(self) -> str: ...
+    @property
+    def model(self) -> str: ...
+    @property
+    def status(self) -> StrEnum: ...
+    @property
+    def attempts(self) -> int: ...
+    @property
+    def turns(self) -> int: ...
+    @property
+    def started_at(self) -> datetime | None: ...
+    @property
+    def finished_at(self) -> datetime | None: ...
+    @property
+    def cost_usd(self) -> float | None: ...
+    @property
+    def error(self) -> str | None: ...
+
+
+class AuditedCall(Protocol):
+    """What the trail reads of a gateway call (``gateway.service.CallContext`` is a floor up)."""
+
+    @property
+    def call_id(self) -> str: ...
+    @property
+    def tenant(self) -> str: ...
+    @property
+    def key_id(self) -> str | None: ...
+    @property
+    def run_id(self) -> str | None: ...
+    @property
+    def session_id(self) -> str | None: ...
+    @property
+    def agent_id(self) -> str | None: ...
+    @property
+    def model(self) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -29,7 +81,7 @@ class RequestContext:
     request_id: str | None = None
 
     @classmethod
-    def of(cls, request: Any, key_id: str | None) -> RequestContext:
+    def of(cls, request: Request, key_id: str | None) -> RequestContext:
         """From a Starlette request and the calling key's id."""
         return cls(
             actor=f"key:{key_id}" if key_id else "anonymous",
@@ -38,15 +90,28 @@ class RequestContext:
         )
 
 
-async def record_change(
-    request: Any, key_id: str | None, event_type: str, tenant: str, details: dict[str, Any]
-) -> None:
-    """Audit a change made through the API (durable before the response), if auditing runs."""
-    trail: AuditTrail | None = getattr(request.app.state.runtime, "trail", None)
-    if trail is not None:
-        await trail.change(
-            event_type, tenant=tenant, details=details, ctx=RequestContext.of(request, key_id)
-        )
+class ChangeRecorder:
+    """Audits the changes one API request makes; does nothing where the audit log does not run.
+
+    Routers take it as the :data:`Changes` dependency, so a handler states what it changed and
+    never looks up the trail or the caller's address itself.
+    """
+
+    def __init__(self, trail: AuditTrail | None, request: Request) -> None:
+        self.trail = trail
+        self.request = request
+
+    async def record(
+        self, key_id: str | None, event_type: str, tenant: str, details: dict[str, Any]
+    ) -> None:
+        """Durable before the response is sent, so an answered change is an audited one."""
+        if self.trail is not None:
+            await self.trail.change(
+                event_type,
+                tenant=tenant,
+                details=details,
+                ctx=RequestContext.of(self.request, key_id),
+            )
 
 
 class AuditTrail:
@@ -77,7 +142,7 @@ class AuditTrail:
             )
         )
 
-    def run_started(self, run: Any, worker_id: str) -> None:
+    def run_started(self, run: AuditedRun, worker_id: str) -> None:
         """Recorded for resumed attempts only: a first start is in ``run.completed`` (worker,
         attempts, start time), which keeps the hot path to two audit events per run."""
         if run.attempts <= 1:
@@ -94,7 +159,9 @@ class AuditTrail:
             )
         )
 
-    def run_finished(self, run: Any, error_type: str | None, worker_id: str = "worker") -> None:
+    def run_finished(
+        self, run: AuditedRun, error_type: str | None, worker_id: str = "worker"
+    ) -> None:
         duration = None
         if run.started_at and run.finished_at:
             duration = int((run.finished_at - run.started_at).total_seconds() * 1000)
@@ -121,7 +188,7 @@ class AuditTrail:
             )
         )
 
-    def run_cancelled(self, run: Any, ctx: RequestContext) -> None:
+    def run_cancelled(self, run: AuditedRun, ctx: RequestContext) -> None:
         self._nowait(
             AuditEvent(
                 event_type="run.cancelled",
@@ -135,7 +202,7 @@ class AuditTrail:
             )
         )
 
-    def tool_call(self, run: Any, event: dict[str, Any]) -> None:
+    def tool_call(self, run: AuditedRun, event: dict[str, Any]) -> None:
         """One tool call: files touched, connections attempted, permissions used, the decision."""
         policy = event.get("policy") or {}
         anomaly = None
@@ -162,6 +229,95 @@ class AuditTrail:
                 outcome="error" if event.get("is_error") else "success",
                 anomaly=anomaly,
                 sensitive={"input": event.get("input"), "output": event.get("output")},
+            )
+        )
+
+    # -- the gateway (observes clients' calls; it cannot stop their tools) ----------------------
+    def gateway_tool_call(self, call: AuditedCall, event: dict[str, Any]) -> None:
+        """A ``tool_use`` the upstream returned or a ``tool_result`` the client sent back.
+
+        ``event``: ``kind`` (``tool_use`` | ``tool_result``), ``tool``, ``tool_use_id``,
+        ``mapped`` (our tool it was judged as, or None), ``policy`` (the gate's decision with
+        ``action`` "flag" and the gate's own in ``gate_action``; None when not judged),
+        ``input``, ``output``, ``is_error``, ``files_changed``, ``network``, ``permissions``.
+        The run id heads the record when there is one, so a run's audit search finds the calls
+        its agent made through the gateway; the session id otherwise.
+        """
+        policy = event.get("policy") or {}
+        anomaly = None
+        if policy.get("gate_action", "allow") != "allow" and policy.get("rule_id"):
+            anomaly = {
+                "rule_id": policy["rule_id"],
+                "severity": policy.get("severity", "medium"),
+                "decision": "flag",
+                "tags": list(policy.get("tags", [])),
+                "description": policy.get("description", ""),
+            }
+        kind = event.get("kind", "tool_use")
+        outcome = (
+            "requested" if kind == "tool_use" else "error" if event.get("is_error") else "success"
+        )
+        self._nowait(
+            AuditEvent(
+                event_type=f"gateway.{kind}",
+                tenant=call.tenant,
+                actor=f"key:{call.key_id}" if call.key_id else "gateway",
+                agent_id=call.agent_id,
+                session_id=call.run_id or call.session_id,
+                request_id=call.call_id,
+                operations=[event.get("tool")],
+                data_accessed=[
+                    {
+                        "call_id": call.call_id,
+                        "key_id": call.key_id,
+                        "run_id": call.run_id,
+                        "session_id": call.session_id,
+                        "model": call.model,
+                        "tool": event.get("tool"),
+                        "tool_use_id": event.get("tool_use_id"),
+                        "mapped_tool": event.get("mapped"),
+                        "policy": event.get("policy"),
+                    }
+                ],
+                files_modified=list(event.get("files_changed") or []),
+                network_connections=list(event.get("network") or []),
+                permissions=list(event.get("permissions") or []),
+                outcome=outcome,
+                anomaly=anomaly,
+                sensitive={"input": event.get("input"), "output": event.get("output")},
+            )
+        )
+
+    def gateway_secrets(self, call: AuditedCall, *, mode: str, kinds: dict[str, int]) -> None:
+        """Secrets found in a request's new content: how many of which type, and what the
+        gateway did (``mode``: flag, redact or refuse). Never the secret itself."""
+        self._nowait(
+            AuditEvent(
+                event_type="gateway.secrets",
+                tenant=call.tenant,
+                actor=f"key:{call.key_id}" if call.key_id else "gateway",
+                agent_id=call.agent_id,
+                session_id=call.run_id or call.session_id,
+                request_id=call.call_id,
+                operations=["messages.create"],
+                data_accessed=[
+                    {
+                        "call_id": call.call_id,
+                        "key_id": call.key_id,
+                        "run_id": call.run_id,
+                        "session_id": call.session_id,
+                        "model": call.model,
+                        "secrets": dict(kinds),
+                    }
+                ],
+                outcome={"flag": "flagged", "redact": "redacted"}.get(mode, "refused"),
+                anomaly={
+                    "rule_id": "gateway.secret-in-prompt",
+                    "severity": "high",
+                    "decision": mode,
+                    "tags": sorted(kinds),
+                    "description": "A secret in the new content of an outgoing prompt",
+                },
             )
         )
 
@@ -204,7 +360,7 @@ def _plain(details: dict[str, Any]) -> dict[str, Any]:
     return {k: str(v) if isinstance(v, Decimal) else v for k, v in details.items()}
 
 
-def _iso(value: Any) -> str | None:
+def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value is not None else None
 
 
@@ -218,3 +374,13 @@ def _ms(value: Any) -> int | None:
 def _tenant(value: str) -> str:
     """Platform-wide changes (tenant ``*``) go to the ``platform`` chain."""
     return "platform" if value == "*" else value
+
+
+def _changes(
+    request: Request, trail: Annotated[AuditTrail | None, Depends(provide_optional(AuditTrail))]
+) -> ChangeRecorder:
+    return ChangeRecorder(trail, request)
+
+
+Changes = Annotated[ChangeRecorder, Depends(_changes)]
+"""The request's :class:`ChangeRecorder`, as a route parameter."""

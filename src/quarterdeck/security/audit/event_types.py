@@ -29,6 +29,9 @@ AUDIT_RETENTION_CHANGED = "audit.retention_changed"
 AUDIT_TENANT_SHREDDED = "audit.tenant_shredded"
 AUDIT_PURGED = "audit.purged"
 AUDIT_EXPORTED = "audit.exported"
+GATEWAY_TOOL_USE = "gateway.tool_use"  # a tool call the upstream asked a gateway client to make
+GATEWAY_TOOL_RESULT = "gateway.tool_result"  # its result, as the client sent it back
+GATEWAY_SECRETS = "gateway.secrets"  # secrets found in an outgoing prompt (never the secret)
 
 KNOWN_EVENT_TYPES = frozenset(
     {
@@ -54,5 +57,8 @@ KNOWN_EVENT_TYPES = frozenset(
         AUDIT_TENANT_SHREDDED,
         AUDIT_PURGED,
         AUDIT_EXPORTED,
+        GATEWAY_TOOL_USE,
+        GATEWAY_TOOL_RESULT,
+        GATEWAY_SECRETS,
     }
 )

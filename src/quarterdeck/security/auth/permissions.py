@@ -48,6 +48,8 @@ class Permission(StrEnum):
     KEYS_READ = "keys:read"
     KEYS_WRITE = "keys:write"
     SELF_READ = "self:read"
+    GATEWAY_USE = "gateway:use"
+    GATEWAY_READ = "gateway:read"
 
     @property
     def platform_only(self) -> bool:
@@ -92,12 +94,23 @@ ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
             P.ROLLOUTS_WRITE,
             P.REPORTS_READ,
             P.SELF_READ,
+            P.GATEWAY_READ,
         }
     ),
     Role.submitter: frozenset(
-        {P.RUNS_READ, P.RUNS_WRITE, P.AGENTS_READ, P.BUDGETS_READ, P.SELF_READ}
+        {
+            P.RUNS_READ,
+            P.RUNS_WRITE,
+            P.AGENTS_READ,
+            P.BUDGETS_READ,
+            P.SELF_READ,
+            P.GATEWAY_USE,
+            P.GATEWAY_READ,
+        }
     ),
-    Role.auditor: frozenset({P.AUDIT_READ, P.REPORTS_READ, P.BUDGETS_READ, P.SELF_READ}),
+    Role.auditor: frozenset(
+        {P.AUDIT_READ, P.REPORTS_READ, P.BUDGETS_READ, P.SELF_READ, P.GATEWAY_READ}
+    ),
 }
 
 ALL_TENANT_ROLES = frozenset({Role.admin, Role.operator, Role.auditor})

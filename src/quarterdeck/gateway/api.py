@@ -1,0 +1,190 @@
+"""The Anthropic-compatible routes: ``/v1/messages``, ``count_tokens``, ``/v1/models``, probes.
+
+Thin: read the body within the size limit, parse it once, read the attribution headers, check
+the caller's ``gateway:use``, and hand it all to the :class:`~quarterdeck.gateway.service.Gateway`.
+The body is read here as a stream, so an oversized one is refused at the limit rather than
+buffered whole first (Claude Code bodies reach the API's 32 MB). Errors on these paths are
+answered in Anthropic's envelope by the app's error handler
+(:func:`quarterdeck.gateway.errors.is_gateway_path`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Annotated
+
+import orjson
+from fastapi import APIRouter, Depends, Request, Response
+
+from quarterdeck.config import Settings
+from quarterdeck.gateway.errors import InvalidRequest, RequestTooLarge
+from quarterdeck.gateway.service import (
+    BudgetHolds,
+    CallRequest,
+    Gateway,
+    GatewayConfig,
+    Inspector,
+    Parsed,
+    Prices,
+    Recorder,
+)
+from quarterdeck.gateway.simulated import SimulatedUpstream
+from quarterdeck.gateway.upstream import HttpUpstream, Upstream, upstream_keys
+from quarterdeck.kit.latency import parse_latency
+from quarterdeck.kit.wiring import provide
+from quarterdeck.resilience.breaker import Breakers
+from quarterdeck.resilience.retry import RetryPolicy
+from quarterdeck.security.auth import Permission, Principal, require
+
+router = APIRouter(tags=["gateway"])
+CanUse = Annotated[Principal, Depends(require(Permission.GATEWAY_USE))]
+Gateway_ = Annotated[Gateway, Depends(provide(Gateway, unavailable="the gateway is not running"))]
+
+DEFAULT_MAX_TOKENS = 4096
+"""The worst case assumed for a request without ``max_tokens`` (the upstream will refuse it)."""
+MAX_MODEL_CHARS = 256
+RUN_HEADER = "x-quarterdeck-run"
+TENANT_HEADER = "x-quarterdeck-tenant"
+SESSION_HEADER = "x-claude-code-session-id"
+AGENT_HEADER = "x-claude-code-agent-id"
+HEADER_LIMITS = {RUN_HEADER: 64, TENANT_HEADER: 64, SESSION_HEADER: 128, AGENT_HEADER: 128}
+"""Longest value of each attribution header (what the reports filter on)."""
+
+
+def parse_request(raw: bytes) -> Parsed:
+    """The request's model, stream flag and max_tokens; 400 for what no upstream would take."""
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRequest(f"quarterdeck: the body is not valid JSON: {exc}") from exc
+    if not isinstance(body, dict):
+        raise InvalidRequest("quarterdeck: the body must be a JSON object")
+    model = body.get("model")
+    if not isinstance(model, str) or not model.strip() or len(model) > MAX_MODEL_CHARS:
+        raise InvalidRequest(
+            f"model: field required (a model name of at most {MAX_MODEL_CHARS} characters)"
+        )
+    if not isinstance(body.get("messages"), list):
+        raise InvalidRequest("messages: field required (a list of messages)")
+    max_tokens = body.get("max_tokens", DEFAULT_MAX_TOKENS)
+    if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
+        raise InvalidRequest("max_tokens: must be a positive integer")
+    return Parsed(body, model, body.get("stream") is True, max_tokens)
+
+
+def attribution(headers: Mapping[str, str], name: str) -> str | None:
+    """A header naming a run, tenant, session or agent; 400 when longer than it may be."""
+    value = headers.get(name)
+    if value is None or not value.strip():
+        return None
+    if len(value) > HEADER_LIMITS[name]:
+        raise InvalidRequest(f"{name}: at most {HEADER_LIMITS[name]} characters")
+    return value.strip()
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refusing with 413 as soon as it is known to pass ``limit`` bytes."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise RequestTooLarge(_too_large(limit))
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise RequestTooLarge(_too_large(limit))
+        chunks.append(chunk)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def _too_large(limit: int) -> str:
+    return f"quarterdeck: the request body is larger than the gateway's limit of {limit} bytes"
+
+
+def _headers(request: Request) -> list[tuple[str, str]]:
+    return [(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.headers.raw]
+
+
+def build_gateway(
+    settings: Settings,
+    *,
+    prices: Prices,
+    recorder: Recorder,
+    holds: BudgetHolds | None = None,
+    inspector: Inspector | None = None,
+    breakers: Breakers | None = None,
+    known_models: Sequence[str] = (),
+    upstream: Upstream | None = None,
+    policy: RetryPolicy | None = None,
+) -> Gateway:
+    """The gateway ``settings`` describe: HTTP to the configured upstream, or the simulated one
+    when no upstream key is configured anywhere and no upstream URL was given."""
+    if upstream is None:
+        upstream = (
+            SimulatedUpstream(parse_latency(settings.simulated_latency))
+            if uses_simulated(settings)
+            else HttpUpstream.from_settings(settings)
+        )
+    return Gateway(
+        upstream,
+        prices=prices,
+        recorder=recorder,
+        holds=holds,
+        inspector=inspector,
+        breakers=breakers,
+        config=GatewayConfig.from_settings(settings),
+        fallbacks=settings.model_fallbacks,
+        policy=policy,
+        known_models=known_models,
+    )
+
+
+def uses_simulated(settings: Settings) -> bool:
+    """No key to call Anthropic with: ``provider: simulated``, or no key and no upstream URL."""
+    if settings.provider == "simulated":
+        return True
+    key, tenant_keys = upstream_keys(settings)
+    return key is None and not tenant_keys and settings.gateway_upstream_url is None
+
+
+@router.post("/v1/messages", summary="Create a message (Anthropic Messages API)")
+async def create_message(request: Request, principal: CanUse, gateway: Gateway_) -> Response:
+    raw = await read_body(request, gateway.config.max_body_bytes)
+    parsed = parse_request(raw)
+    headers = _headers(request)
+    lookup = request.headers
+    call = CallRequest(
+        raw,
+        parsed,
+        headers,
+        request.url.query,
+        tenant=attribution(lookup, TENANT_HEADER),
+        run_id=attribution(lookup, RUN_HEADER),
+        session_id=attribution(lookup, SESSION_HEADER),
+        agent_id=attribution(lookup, AGENT_HEADER),
+    )
+    return await gateway.messages(call, principal)
+
+
+@router.post("/v1/messages/count_tokens", summary="Count a message's tokens (forwarded)")
+async def count_tokens(request: Request, principal: CanUse, gateway: Gateway_) -> Response:
+    raw = await read_body(request, gateway.config.max_body_bytes)
+    return await gateway.count_tokens(
+        raw,
+        _headers(request),
+        principal,
+        query=request.url.query,
+        tenant=attribution(request.headers, TENANT_HEADER),
+    )
+
+
+@router.get("/v1/models", summary="List the models the gateway routes")
+async def list_models(principal: CanUse, gateway: Gateway_) -> Response:
+    return await gateway.models()
+
+
+@router.head("/", include_in_schema=False)
+@router.head("/api/hello", include_in_schema=False)
+async def probe() -> Response:
+    """Claude Code's start-up connection probe (``HEAD /`` observed, ``/api/hello`` documented)."""
+    return Response(status_code=200)

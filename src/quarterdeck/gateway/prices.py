@@ -1,0 +1,111 @@
+"""What a gateway call cost, and the most it could cost (what a budget reserves before it).
+
+Native runs may report an unknown model's cost as unknown, but the gateway bills traffic it did
+not choose: a client can name any model, and a call priced at zero would walk through every
+budget. So an unknown model is priced as the configured fallback model or, when none is set,
+the most expensive model in the table, and marked estimated ("never free", as Anthropic's own
+gateway does). A stream that ended before its final usage is billed at least a floor for the
+text it relayed (~4 characters per token), and marked estimated too.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+from decimal import Decimal
+
+from quarterdeck.exceptions import ConfigError
+from quarterdeck.gateway.meter import Metered
+from quarterdeck.providers.pricing import MILLION, ModelPrice, PriceTable
+
+WEB_SEARCH_USD = Decimal(10) / Decimal(1000)
+"""Anthropic's server-side web search: $10 per 1,000 requests, on top of tokens."""
+CHARS_PER_TOKEN = 4
+"""The floor estimate of output for a stream cut short: characters relayed / 4, rounded up."""
+_CACHE_LIMIT = 4096
+
+
+class GatewayPrices:
+    """Prices gateway calls from a :class:`PriceTable`; every model gets a price."""
+
+    def __init__(self, table: PriceTable, fallback_model: str | None = None) -> None:
+        self._table = table
+        if fallback_model is not None:
+            fallback = table.price_for(fallback_model)
+            if fallback is None:
+                raise ConfigError(
+                    [
+                        (
+                            "gateway_unknown_model_price",
+                            f"{fallback_model!r} is not in the price table "
+                            f"(known: {', '.join(table.models)})",
+                        )
+                    ]
+                )
+        else:
+            fallback = most_expensive(table)
+        self._fallback = fallback
+        # model id -> (price, estimated): resolving dated ids scans the table, and the same few
+        # model names arrive on every request.
+        self._resolved: dict[str, tuple[ModelPrice, bool]] = {}
+
+    @property
+    def fallback(self) -> ModelPrice:
+        """What an unknown model is priced as."""
+        return self._fallback
+
+    def price(self, model: str) -> tuple[ModelPrice, bool]:
+        """The model's price, and whether it is the fallback's (an estimate)."""
+        found = self._resolved.get(model)
+        if found is None:
+            known = self._table.price_for(model)
+            found = (known, False) if known is not None else (self._fallback, True)
+            if len(self._resolved) >= _CACHE_LIMIT:  # model names come from clients: bound it
+                self._resolved.clear()
+            self._resolved[model] = found
+        return found
+
+    def cost(self, model: str, metered: Metered) -> tuple[Decimal, bool]:
+        """USD for one call and whether it is an estimate.
+
+        Each token class at its own price (cache reads never at the input rate, 5-minute and
+        1-hour cache writes apart, see :meth:`ModelPrice.cost`), plus web search requests. A
+        call whose stream did not finish pays at least ``ceil(text_chars / 4)`` output tokens.
+        An upstream error answered before any message started (a 4xx/5xx body, or an ``error``
+        event first) costs exactly nothing: the upstream bills no tokens for it.
+        """
+        price, estimated = self.price(model)
+        if metered.error_type is not None and not metered.started:
+            return Decimal(0), False  # an error answer before any message is not billed
+        usage = metered.usage
+        if not metered.finished:
+            estimated = True
+            floor = math.ceil(metered.text_chars / CHARS_PER_TOKEN)
+            if usage.output_tokens < floor:
+                usage = replace(usage, output_tokens=floor)
+        usd = price.cost(usage)
+        if metered.web_search_requests:
+            usd += metered.web_search_requests * WEB_SEARCH_USD
+        return usd, estimated
+
+    def worst_case(self, model: str, input_tokens: int, max_tokens: int) -> Decimal:
+        """An upper bound of a call's cost before it is made, for a budget hold.
+
+        Every input token at the dearest input-side rate (a prompt may be written to the 1-hour
+        cache, which costs more than plain input) and ``max_tokens`` at the output price.
+        Server-side tool fees (web search) cannot be bounded from the request and are not
+        included.
+        """
+        price, _ = self.price(model)
+        input_rate = max(price.input, price.cache_write_5m, price.cache_write_1h)
+        total = max(0, input_tokens) * input_rate + max(0, max_tokens) * price.output
+        return total / MILLION
+
+
+def most_expensive(table: PriceTable) -> ModelPrice:
+    """The dearest model of ``table`` (by output, then input price). Raises ConfigError when the
+    table is empty, since then nothing could price an unknown model."""
+    prices = [p for p in (table.price_for(m) for m in table.models) if p is not None]
+    if not prices:
+        raise ConfigError([("pricing", "the price table has no models")])
+    return max(prices, key=lambda p: (p.output, p.input, p.cache_write_1h))

@@ -1,0 +1,396 @@
+"""The gateway's use-case: one ``POST /v1/messages`` from a client, relayed, metered, recorded.
+
+In order, per call: parse the body once (model, stream, max_tokens), attribute it (tenant from
+the key, run, Claude Code session and agent from headers), take the key's tokens-per-minute,
+reserve the worst case against every budget that applies, look at the new outgoing content for
+secrets, then hand the original bytes to the :class:`~quarterdeck.gateway.relay.Relay`. After
+the response ended (or the client left) a :class:`~quarterdeck.gateway.models.GatewayCall` goes
+to the recorder, which writes it and settles the hold off the response path.
+
+The collaborators are protocols so the relay can be tested with real parts in any combination:
+``BudgetHolds`` (budgets/holds.py), ``GatewayPrices`` (prices.py), ``CallRecorder``
+(recorder.py) and ``Inspector`` (inspect.py) satisfy them.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any, Protocol
+
+import structlog
+from starlette.responses import Response
+
+from quarterdeck.config import Settings
+from quarterdeck.gateway.errors import InvalidRequest, TokenRateLimited, classify
+from quarterdeck.gateway.meter import Metered, ToolUse
+from quarterdeck.gateway.models import GatewayCall
+from quarterdeck.gateway.relay import (
+    SERVED_MODEL_HEADER,
+    DrainSlots,
+    Outgoing,
+    Relay,
+    RelayResponse,
+    StreamEnd,
+)
+from quarterdeck.gateway.upstream import (
+    ModelList,
+    Upstream,
+    VerbatimResponse,
+    forwarded_headers,
+    relayed_headers,
+)
+from quarterdeck.kit.ids import new_id
+from quarterdeck.resilience.breaker import Breakers
+from quarterdeck.resilience.ratelimit import TokenBucket
+from quarterdeck.resilience.retry import RetryPolicy
+from quarterdeck.security.auth.principal import Principal
+
+log = structlog.get_logger(__name__)
+
+BYTES_PER_TOKEN = 3
+"""Body bytes per input token for the pre-call estimate: an upper bound (text averages ~4
+characters a token, and the JSON around it counts too), never a price."""
+_MAX_BUCKETS = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class CallContext:
+    """Who made a call and for what; the inspector and the call record read it."""
+
+    call_id: str
+    tenant: str
+    key_id: str | None
+    run_id: str | None
+    session_id: str | None
+    agent_id: str | None
+    model: str
+    stream: bool
+
+
+class BudgetHolds(Protocol):
+    async def reserve(
+        self, *, tenant: str, key_id: str | None, run_id: str | None, amount: Decimal
+    ) -> str | None: ...
+
+
+class Prices(Protocol):
+    def cost(self, model: str, metered: Metered) -> tuple[Decimal, bool]: ...
+
+    def worst_case(self, model: str, input_tokens: int, max_tokens: int) -> Decimal: ...
+
+
+class Recorder(Protocol):
+    def record(self, call: GatewayCall) -> None: ...
+
+
+class OutgoingCheck(Protocol):
+    @property
+    def body(self) -> bytes | None: ...
+
+    @property
+    def refused(self) -> str | None: ...
+
+
+class Inspector(Protocol):
+    def outgoing(self, parsed: dict[str, Any], raw: bytes, ctx: CallContext) -> OutgoingCheck: ...
+
+    def observe(
+        self, ctx: CallContext, request: dict[str, Any], tool_uses: list[ToolUse]
+    ) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayConfig:
+    """The ``gateway_*`` settings the relay reads, resolved once."""
+
+    max_body_bytes: int = 32 * 1024 * 1024
+    max_retries: int = 1
+    retry_after_cap: float = 10.0
+    fallback: bool = False
+    tokens_per_minute: float | None = None
+    drain_on_disconnect: bool = True
+    max_drains: int = 64
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> GatewayConfig:
+        return cls(
+            max_body_bytes=settings.gateway_max_body_bytes,
+            max_retries=settings.gateway_max_retries,
+            retry_after_cap=settings.gateway_retry_after_cap,
+            fallback=settings.gateway_fallback,
+            tokens_per_minute=settings.gateway_key_tokens_per_minute,
+            drain_on_disconnect=settings.gateway_drain_on_disconnect,
+            max_drains=settings.gateway_max_drains,
+        )
+
+    def retry_policy(self) -> RetryPolicy:
+        """Short waits: the client (Claude Code: up to 10 retries) backs off for longer ones."""
+        return RetryPolicy(
+            schedule=(0.5, 1.0),
+            jitter=0.2,
+            max_attempts=self.max_retries + 1,
+            max_retry_after=self.retry_after_cap,
+            total_budget_s=2 * self.retry_after_cap + 2.0,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Parsed:
+    """What the gateway reads from a Messages request body (parsed once)."""
+
+    body: dict[str, Any]
+    model: str
+    stream: bool
+    max_tokens: int
+
+
+@dataclass(frozen=True, slots=True)
+class CallRequest:
+    """One client request as the route read it: its bytes, what they say, whom it is for."""
+
+    raw: bytes
+    parsed: Parsed
+    headers: Sequence[tuple[str, str]]
+    """As received, names lower-case."""
+    query: str = ""
+    tenant: str | None = None
+    """``x-quarterdeck-tenant``: honoured only for a key that acts for every tenant."""
+    run_id: str | None = None
+    session_id: str | None = None
+    agent_id: str | None = None
+
+
+def estimate_input_tokens(body_bytes: int) -> int:
+    return body_bytes // BYTES_PER_TOKEN + 1
+
+
+class KeyTokens:
+    """Tokens-per-minute per key: the estimate is taken before a call, corrected after it."""
+
+    def __init__(self, per_minute: float, clock: Callable[[], float] = time.time) -> None:
+        self.per_minute = per_minute
+        self._clock = clock
+        self._buckets: OrderedDict[str, TokenBucket] = OrderedDict()
+
+    def _bucket(self, key: str) -> TokenBucket:
+        bucket = self._buckets.pop(key, None) or TokenBucket.per_minute(self.per_minute, "tokens")
+        self._buckets[key] = bucket  # most recently used last: the LRU end is evicted
+        if len(self._buckets) > _MAX_BUCKETS:
+            self._buckets.popitem(last=False)
+        return bucket
+
+    def take(self, key: str, tokens: int) -> int:
+        """Take the input estimate ``tokens`` (at most a full bucket: a larger request waits
+        for a full one) and return what was taken; raise TokenRateLimited (429, retry-after)
+        when the bucket lacks it. The output is charged by :meth:`correct` once known."""
+        bucket = self._bucket(key)
+        taken = min(tokens, int(bucket.capacity))
+        wait = bucket.take(taken, self._clock())
+        if wait > 0:
+            raise TokenRateLimited(
+                f"quarterdeck: this key's limit of {self.per_minute:g} tokens per minute is "
+                f"reached; retry in {math.ceil(wait)} s",
+                retry_after_s=wait,
+            )
+        return taken
+
+    def correct(self, key: str, tokens: int) -> None:
+        """Charge ``tokens`` more (or give back, when negative) once the real usage is known;
+        the bucket may go below zero, which makes the next calls wait it off."""
+        bucket = self._bucket(key)
+        bucket.available(self._clock())  # refill up to now first
+        bucket.tokens = min(bucket.capacity, bucket.tokens - tokens)
+
+
+class Gateway:
+    """The relay service behind ``/v1/messages``, ``count_tokens`` and ``/v1/models``."""
+
+    def __init__(
+        self,
+        upstream: Upstream,
+        *,
+        prices: Prices,
+        recorder: Recorder,
+        holds: BudgetHolds | None = None,
+        inspector: Inspector | None = None,
+        breakers: Breakers | None = None,
+        config: GatewayConfig | None = None,
+        fallbacks: Mapping[str, Sequence[str]] | None = None,
+        policy: RetryPolicy | None = None,
+        known_models: Sequence[str] = (),
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.config = config or GatewayConfig()
+        self.upstream = upstream
+        self.prices = prices
+        self.recorder = recorder
+        self.holds = holds
+        self.inspector = inspector
+        self.relay = Relay(
+            upstream,
+            policy=policy or self.config.retry_policy(),
+            retry_after_cap=self.config.retry_after_cap,
+            breakers=breakers,
+            fallbacks=fallbacks if self.config.fallback else None,
+            clock=clock,
+        )
+        self.drains = DrainSlots(self.config.max_drains)
+        tpm = self.config.tokens_per_minute
+        self.tokens = KeyTokens(tpm) if tpm else None
+        self.model_list = ModelList(upstream, known_models, clock=clock)
+        self._clock = clock
+
+    async def aclose(self) -> None:
+        await self.upstream.aclose()
+
+    async def models(self) -> Response:
+        """``GET /v1/models``: the upstream's list and the price table's, cached."""
+        return Response(await self.model_list.body(), media_type="application/json")
+
+    # -- POST /v1/messages ------------------------------------------------------------------
+    async def messages(self, request: CallRequest, principal: Principal) -> Response:
+        t0 = self._clock()
+        parsed, raw = request.parsed, request.raw
+        key_id = principal.key_id
+        ctx = CallContext(
+            new_id("gwc"),
+            principal.tenant_for_new(request.tenant),
+            key_id,
+            request.run_id,
+            request.session_id,
+            request.agent_id,
+            parsed.model,
+            parsed.stream,
+        )
+        estimate = estimate_input_tokens(len(raw))
+        taken = 0
+        call = GatewayCall(
+            id=ctx.call_id,
+            created_at=datetime.now(UTC),
+            tenant=ctx.tenant,
+            key_id=key_id,
+            model=parsed.model,
+            stream=parsed.stream,
+            status=0,
+            run_id=ctx.run_id,
+            session_id=ctx.session_id,
+            agent_id=ctx.agent_id,
+        )
+        try:
+            if self.tokens is not None:
+                taken = self.tokens.take(key_id, estimate)
+            if self.holds is not None:
+                worst = self.prices.worst_case(parsed.model, estimate, parsed.max_tokens)
+                call.hold_id = await self.holds.reserve(
+                    tenant=ctx.tenant, key_id=key_id, run_id=ctx.run_id, amount=worst
+                )
+            body = raw
+            if self.inspector is not None:
+                check = self.inspector.outgoing(parsed.body, raw, ctx)
+                if check.refused is not None:
+                    raise InvalidRequest(check.refused)
+                body = check.body if check.body is not None else raw
+            path = "/v1/messages" + (f"?{request.query}" if request.query else "")
+            headers = forwarded_headers(request.headers)
+            out = Outgoing(path, headers, body, parsed.model, ctx.tenant, parsed.body)
+            opened = await self.relay.open(out)
+        except BaseException as exc:
+            self._refused(call, exc, t0)
+            raise
+        call.served_model = opened.served_model
+        call.upstream_request_id = opened.request_id
+        reply_headers = relayed_headers(opened.headers)
+        reply_headers.append((SERVED_MODEL_HEADER, opened.served_model))
+        if opened.reply is None:
+            call.status = opened.status
+            call.error_type = opened.error_type()
+            self._finish(call, ctx, parsed, taken, t0, None)
+            return VerbatimResponse(opened.status, opened.error_body, reply_headers)
+        call.status = opened.status
+
+        def finish(end: StreamEnd) -> None:
+            call.client_disconnected = end.client_disconnected
+            self._finish(call, ctx, parsed, taken, t0, end)
+
+        return RelayResponse(
+            opened.reply,
+            reply_headers,
+            started=t0,
+            finish=finish,
+            drains=self.drains,
+            drain_on_disconnect=self.config.drain_on_disconnect,
+            clock=self._clock,
+        )
+
+    def _refused(self, call: GatewayCall, exc: BaseException, t0: float) -> None:
+        """Record a call the gateway answered itself (refused, or no upstream answer): its
+        refusals show in the reports, and a hold already taken is settled by the recorder."""
+        call.status, call.error_type, _, _ = classify(exc)
+        call.duration_ms = (self._clock() - t0) * 1000
+        self.recorder.record(call)
+
+    def _finish(
+        self,
+        call: GatewayCall,
+        ctx: CallContext,
+        parsed: Parsed,
+        taken: int,
+        t0: float,
+        end: StreamEnd | None,
+    ) -> None:
+        """Price and record the call; charge the key's real tokens; let the inspector audit."""
+        metered = end.metered if end is not None else Metered(finished=True)
+        if end is not None:
+            call.ttfb_ms = None if end.ttfb_s is None else end.ttfb_s * 1000
+            call.duration_ms = (end.ended_at - t0) * 1000
+            if end.upstream_failed is not None:
+                call.error_type = "upstream_disconnected"
+        else:
+            call.duration_ms = (self._clock() - t0) * 1000
+        if metered.error_type is not None:
+            call.error_type = metered.error_type
+        call.usage = metered.usage
+        call.web_search_requests = metered.web_search_requests
+        if end is not None:
+            call.cost_usd, call.cost_estimated = self.prices.cost(
+                call.served_model or ctx.model, metered
+            )
+        self.recorder.record(call)
+        if self.tokens is not None and call.key_id is not None:
+            self.tokens.correct(call.key_id, metered.usage.total_tokens - taken)
+        if self.inspector is not None and (metered.tool_uses or _has_tool_results(parsed.body)):
+            self.inspector.observe(ctx, parsed.body, metered.tool_uses)
+
+    # -- POST /v1/messages/count_tokens ---------------------------------------------------------
+    async def count_tokens(
+        self,
+        raw: bytes,
+        headers: Sequence[tuple[str, str]],
+        principal: Principal,
+        *,
+        query: str = "",
+        tenant: str | None = None,
+    ) -> Response:
+        """Forwarded as is: never billed, never held against a budget, never retried."""
+        path = "/v1/messages/count_tokens" + (f"?{query}" if query else "")
+        reply = await self.upstream.send(
+            "POST", path, forwarded_headers(headers), raw, tenant=principal.tenant_for_new(tenant)
+        )
+        data = await reply.read()
+        return VerbatimResponse(reply.status, data, relayed_headers(reply.headers))
+
+
+def _has_tool_results(body: Mapping[str, Any]) -> bool:
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        return False
+    content = messages[-1].get("content") if isinstance(messages[-1], dict) else None
+    return isinstance(content, list) and any(
+        isinstance(b, dict) and b.get("type") == "tool_result" for b in content
+    )

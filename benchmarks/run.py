@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from benchmarks import audit, core_runs, policy, resilience
+from benchmarks import audit, core_runs, gateway, policy, resilience
 
 RESULTS = Path(__file__).parent / "results"
 SUITES: dict[str, Callable[[], dict[str, Any]]] = {
@@ -25,6 +25,7 @@ SUITES: dict[str, Callable[[], dict[str, Any]]] = {
     "security.policy_gate": policy.gate_latency,
     "security.audit_appends": audit.appends,
     "security.audit_verify_million": audit.verify_million,
+    "gateway.overhead": gateway.overhead,
 }
 
 

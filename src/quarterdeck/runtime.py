@@ -92,7 +92,7 @@ class Runtime:
     migrated: bool = field(init=False, default=False)
     breakers: Breakers | None = field(init=False, default=None)
     gateway: Gateway | None = field(init=False, default=None)
-    holds: BudgetHolds | None = field(init=False, default=None)
+    holds: BudgetHolds = field(init=False)
     _bucket_store: BucketStore | None = field(init=False, default=None)
     gateway_calls: GatewayCalls = field(init=False)
     _tasks: list[asyncio.Task[None]] = field(init=False, default_factory=list)
@@ -121,7 +121,13 @@ class Runtime:
         )
         self.incidents = build_incident_service(self.settings, self.db)
         self._tasks.append(asyncio.create_task(self.incidents.run_forever(15.0)))
-        self.budgets = BudgetService(self.db)
+        self.holds = BudgetHolds(
+            self.db,
+            ttl_s=self.settings.gateway_hold_ttl,
+            timeout_s=self.settings.gateway_budget_timeout,
+            fail_open=self.settings.gateway_budget_fail_open,
+        )
+        self.budgets = BudgetService(self.db, on_change=self.holds.forget)
         self.approvals = ApprovalService(self.db, timeout_s=self.settings.policy_approval_timeout)
         self.anomalies = AnomalySink(self.incidents)
         self.auth = build_auth_service(
@@ -211,12 +217,6 @@ class Runtime:
         table = PriceTable.load(s.pricing_overrides or None)
         recorder = CallRecorder(self.db)
         await recorder.start()
-        self.holds = BudgetHolds(
-            self.db,
-            ttl_s=s.gateway_hold_ttl,
-            timeout_s=s.gateway_budget_timeout,
-            fail_open=s.gateway_budget_fail_open,
-        )
         inspector = Inspector(
             mode=s.gateway_secrets, gate=gate, trail=self.trail, anomalies=self.anomalies
         )
@@ -335,8 +335,7 @@ class Runtime:
                 for status in ("queued", "running"):
                     metrics.RUNS_IN_STATE.labels(status).set(states.get(status, 0))
                 await self.budgets.refresh_metrics()
-                if self.holds is not None:  # holds of calls whose process died
-                    await self.holds.purge_expired()
+                await self.holds.purge_expired()  # holds of calls whose process died
             await asyncio.sleep(5.0)
 
     def register(self, registry: Services) -> None:

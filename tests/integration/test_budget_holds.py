@@ -191,7 +191,13 @@ async def test_settling_interleaved_with_reservations_never_overspends(db: Datab
         day, month = await repo.spend(conn, "acme", NOW)
     assert day == month == sum(settled, Decimal(0)) + CENT5 * len(admitted)
     assert day <= limit
-    assert len(settled) + len(admitted) > 20, "settled calls freed room for more reservations"
+    # What settled calls did not use is free again: exactly as many more holds as now fit.
+    room = int((limit - day) / CENT5)
+    later = BudgetHolds(db, clock=clock_at())
+    for _ in range(room):
+        assert await later.reserve(tenant="acme", key_id="key1", run_id=None, amount=CENT5)
+    with pytest.raises(BudgetExceeded):
+        await later.reserve(tenant="acme", key_id="key1", run_id=None, amount=CENT5)
 
 
 async def test_spend_includes_gateway_calls_and_live_holds(db: Database) -> None:
@@ -249,6 +255,22 @@ async def test_run_budget_counts_turns_gateway_calls_and_holds(db: Database) -> 
     assert "run 'run_a' budget exceeded" in exc.detail
     # another tenant naming the run is not held to (nor does it lock) that run's budget
     assert await holds.reserve(tenant="other", key_id=None, run_id="run_a", amount=CENT5) is None
+
+
+async def test_another_tenant_naming_a_run_cannot_spend_its_budget(db: Database) -> None:
+    """x-quarterdeck-run is the client's word: calls and holds of another tenant that name a run
+    are recorded with it, but never count against that run's budget."""
+    await add_run(db, "run_c", budget="0.10")
+    await add_call(db, "5", tenant="intruder", run_id="run_c")
+    intruder = BudgetHolds(db, clock=clock_at())
+    await intruder.reserve(tenant="intruder", key_id=None, run_id="run_c", amount=CENT5)
+    async with db.acquire() as conn:  # a live hold of the intruder's naming the run, as if
+        await conn.execute(  # the intruder's tenant had a budget of its own
+            "INSERT INTO budget_holds (id, tenant, run_id, amount_usd, expires_at)"
+            " VALUES ('hold_x', 'intruder', 'run_c', 5, now() + interval '1 hour')"
+        )
+    owner = BudgetHolds(db, clock=clock_at())
+    assert await owner.reserve(tenant="acme", key_id=None, run_id="run_c", amount=CENT5)
 
 
 async def test_first_limit_failing_is_reported_in_order(db: Database) -> None:
@@ -430,3 +452,25 @@ async def test_the_lock_wait_is_bounded_in_postgres_too(db: Database) -> None:
                         lock_timeout_ms=200,
                     )
     assert await held(db) == 0
+
+
+async def test_unlimited_is_remembered_briefly_and_a_limit_set_here_applies_at_once(
+    db: Database,
+) -> None:
+    holds = BudgetHolds(db, clock=clock_at(), unlimited_ttl_s=60)
+    budgets = BudgetService(db, on_change=holds.forget)
+    assert await holds.reserve(tenant="acme", key_id="k1", run_id=None, amount=CENT5) is None
+    # Another replica sets a limit: this one keeps trusting "unlimited" until the TTL ends...
+    async with db.acquire() as conn:
+        await conn.execute(
+            "INSERT INTO tenant_budgets (tenant, daily_usd) VALUES ('acme', 0.01)"
+            " ON CONFLICT (tenant) DO UPDATE SET daily_usd = 0.01"
+        )
+    assert await holds.reserve(tenant="acme", key_id="k1", run_id=None, amount=CENT5) is None
+    # ...but a limit set through this process's service applies at once.
+    await budgets.set("acme", Decimal("0.01"), None)
+    with pytest.raises(BudgetExceeded):
+        await holds.reserve(tenant="acme", key_id="k1", run_id=None, amount=CENT5)
+    # Limits are never cached: raising the limit admits the call straight away.
+    await budgets.set("acme", Decimal("1.00"), None)
+    assert await holds.reserve(tenant="acme", key_id="k1", run_id=None, amount=CENT5)

@@ -249,7 +249,7 @@ async def test_streaming_thinking_tool_use_and_cache(serve: Serve, upstream: Rec
         messages=[{"role": "user", "content": "fix it"}],
         extra_headers={
             "x-claude-code-session-id": "sess-1",
-            "x-quarterdeck-run": "run-9",
+            "x-quarterdeck-run": "run_01M95CK6W5QJCMBZXQT6TNPDWQ",
             "x-quarterdeck-tenant": "acme",  # honoured: the dev principal acts for every tenant
         },
     ) as stream:
@@ -259,7 +259,7 @@ async def test_streaming_thinking_tool_use_and_cache(serve: Serve, upstream: Rec
     assert final.usage.output_tokens == 90 and final.usage.cache_read_input_tokens == 2000
     (call,) = await stack.calls()
     assert call.stream and call.status == 200 and call.ttfb_ms is not None
-    assert (call.session_id, call.run_id) == ("sess-1", "run-9")
+    assert (call.session_id, call.run_id) == ("sess-1", "run_01M95CK6W5QJCMBZXQT6TNPDWQ")
     assert (call.input_tokens, call.output_tokens, call.cache_write_1h_tokens) == (20, 90, 100)
     assert call.cost_usd == priced(MODEL, usage) and not call.cost_estimated
     assert call.tenant == "acme"

@@ -58,6 +58,10 @@ def test_parse_reads_model_stream_and_max_tokens_once() -> None:
         (b'{"model": "m", "messages": [], "max_tokens": "9"}', "max_tokens"),
         (b'{"model": "m", "messages": [], "max_tokens": 0}', "max_tokens"),
         (b'{"model": "m", "messages": [], "max_tokens": true}', "max_tokens"),
+        (b'{"model": "m", "messages": [], "max_tokens": 9223372036854775808}', "max_tokens"),
+        (b'{"model": "m\\u0000x", "messages": [], "max_tokens": 5}', "model"),
+        (b'{"model": "m\\nx", "messages": [], "max_tokens": 5}', "model"),
+        (b'{"model": "m", "messages": [], "max_tokens": 5, "stream": "yes"}', "stream"),
     ],
 )
 def test_parse_refuses_what_no_upstream_takes(raw: bytes, needle: str) -> None:
@@ -66,17 +70,34 @@ def test_parse_refuses_what_no_upstream_takes(raw: bytes, needle: str) -> None:
     assert classify(info.value)[:2] == (400, "invalid_request_error")
 
 
+RUN = "run_01M95CK6W5QJCMBZXQT6TNPDWQ"
+
+
 def test_attribution_headers_are_bounded() -> None:
-    assert attribution({"x-quarterdeck-run": " run_1 "}, "x-quarterdeck-run") == "run_1"
+    assert attribution({"x-quarterdeck-run": f" {RUN} "}, "x-quarterdeck-run") == RUN
     assert attribution({}, "x-claude-code-session-id") is None
     assert attribution({"x-claude-code-agent-id": "  "}, "x-claude-code-agent-id") is None
     with pytest.raises(InvalidRequest, match="at most 64"):
         attribution({"x-quarterdeck-run": "r" * 65}, "x-quarterdeck-run")
 
 
+@pytest.mark.parametrize(
+    ("header", "value"),
+    [
+        ("x-quarterdeck-run", "../../etc"),
+        ("x-quarterdeck-run", "run-9"),
+        ("x-quarterdeck-tenant", "acme corp"),
+        ("x-quarterdeck-tenant", "*"),
+    ],
+)
+def test_run_and_tenant_headers_must_name_a_run_and_a_tenant(header: str, value: str) -> None:
+    with pytest.raises(InvalidRequest, match=header):
+        attribution({header: value}, header)
+
+
 def test_input_estimate_is_an_upper_bound_of_tokens() -> None:
     assert estimate_input_tokens(0) == 1
-    assert estimate_input_tokens(80_000) == 26_667  # bytes / 3: more than text's ~bytes / 4
+    assert estimate_input_tokens(80_000) == 80_001  # a token is at least one byte sent
 
 
 # -- headers ---------------------------------------------------------------------------------

@@ -16,6 +16,11 @@ locks are held only while Postgres runs it, never across a round trip to a busy 
 its check takes a snapshot after the locks are held. (A single SQL statement would keep the
 snapshot from before it waited for the lock and admit calls over the limit.)
 
+Most calls have no budget at all, so "none applies" is remembered per (tenant, key, run) for
+``unlimited_ttl_s`` (2 s): such a call then costs no round trip. A budget set through
+:class:`~.service.BudgetService` in this process applies at once (it calls :meth:`forget`); one
+set on another replica applies there within the TTL.
+
 When the check cannot finish within ``timeout_s`` (lock contention, a slow or absent database)
 the call is refused with ``Unavailable`` (fail closed, the default: a hard budget is the point),
 or with ``fail_open`` admitted without a hold, logged and counted in
@@ -77,13 +82,20 @@ class BudgetHolds:
         ttl_s: float = 900.0,
         timeout_s: float = 2.0,
         fail_open: bool = False,
+        unlimited_ttl_s: float = 2.0,
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self.db = db
         self.ttl = timedelta(seconds=ttl_s)
         self.timeout_s = timeout_s
         self.fail_open = fail_open
+        self.unlimited_ttl_s = unlimited_ttl_s
         self.clock = clock
+        self._unlimited: dict[tuple[str, str | None, str | None], float] = {}
+
+    def forget(self) -> None:
+        """A budget changed: stop trusting what was remembered as unlimited."""
+        self._unlimited.clear()
 
     async def reserve(
         self, *, tenant: str, key_id: str | None, run_id: str | None, amount: Decimal
@@ -95,6 +107,9 @@ class BudgetHolds:
         tenant monthly, key daily, key monthly, run total) that the call could pass, and
         :class:`Unavailable` when the check failed and ``fail_open`` is not set.
         """
+        scopes = (tenant, key_id, run_id)
+        if self._unlimited.get(scopes, 0.0) > time.monotonic():
+            return None
         now = self.clock()
         try:
             async with asyncio.timeout(self.timeout_s):
@@ -115,8 +130,13 @@ class BudgetHolds:
         except _CHECK_FAILED as exc:
             self._failed(tenant, exc)  # raises Unavailable unless failing open
             return None
-        if found is None or found.hold_id is not None:
-            return None if found is None else found.hold_id
+        if found is None:
+            if len(self._unlimited) >= 10_000:
+                self._unlimited.clear()
+            self._unlimited[scopes] = time.monotonic() + self.unlimited_ttl_s
+            return None
+        if found.hold_id is not None:
+            return found.hold_id
         limits = _limits(found.limits, found.spent, tenant, key_id, run_id)
         failed = first_exceeded(limits, amount)
         if failed is None:  # pragma: no cover - the function and first_exceeded share one rule

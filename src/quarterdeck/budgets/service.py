@@ -62,9 +62,18 @@ class BudgetService:
     replicas.
     """
 
-    def __init__(self, db: Database, *, limits_ttl_s: float = 2.0) -> None:
+    def __init__(
+        self,
+        db: Database,
+        *,
+        limits_ttl_s: float = 2.0,
+        on_change: Callable[[], None] | None = None,
+    ) -> None:
+        """``on_change`` runs after a limit is set here: the gateway's holds stop trusting
+        what they remembered as unlimited, so the new limit applies at once in this process."""
         self.db = db
         self.limits_ttl_s = limits_ttl_s
+        self.on_change = on_change
         self._limits: dict[str, tuple[float, Limits | None]] = {}
         self._reading: dict[str, asyncio.Future[Limits | None]] = {}
 
@@ -107,6 +116,8 @@ class BudgetService:
             lambda conn: repo.upsert(conn, tenant, as_money(daily), as_money(monthly))
         )
         self._limits.pop(tenant, None)
+        if self.on_change is not None:
+            self.on_change()
         self._reading.pop(tenant, None)
         async with self.db.acquire() as conn:
             self._publish(budget, await repo.spend(conn, tenant, utcnow()))
@@ -178,6 +189,8 @@ class BudgetService:
         async with self.db.transaction() as conn:
             tenant = await _key_tenant(conn, key_id, None)
             budget = await repo.upsert_key(conn, key_id, as_money(daily), as_money(monthly))
+        if self.on_change is not None:
+            self.on_change()
         return tenant, budget
 
     async def key_status(

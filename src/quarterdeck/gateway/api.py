@@ -10,11 +10,13 @@ answered in Anthropic's envelope by the app's error handler
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Annotated
+from collections.abc import Callable, Coroutine, Mapping, Sequence
+from typing import Annotated, Any
 
 import orjson
 from fastapi import APIRouter, Depends, Request, Response
+from fastapi import routing as fastapi_routing
+from fastapi.routing import APIRoute
 
 from quarterdeck.config import Settings
 from quarterdeck.gateway.errors import InvalidRequest, RequestTooLarge
@@ -30,19 +32,27 @@ from quarterdeck.gateway.service import (
 )
 from quarterdeck.gateway.simulated import SimulatedUpstream
 from quarterdeck.gateway.upstream import HttpUpstream, Upstream, upstream_keys
+from quarterdeck.kit.ids import is_id
 from quarterdeck.kit.latency import parse_latency
 from quarterdeck.kit.wiring import provide
 from quarterdeck.resilience.breaker import Breakers
 from quarterdeck.resilience.retry import RetryPolicy
 from quarterdeck.security.auth import Permission, Principal, require
+from quarterdeck.security.auth.dependencies import Requirement, authorize
+from quarterdeck.security.auth.permissions import TENANT_RE
 
 router = APIRouter(tags=["gateway"])
-CanUse = Annotated[Principal, Depends(require(Permission.GATEWAY_USE))]
-Gateway_ = Annotated[Gateway, Depends(provide(Gateway, unavailable="the gateway is not running"))]
+USE = require(Permission.GATEWAY_USE)
+PROVIDE_GATEWAY = provide(Gateway, unavailable="the gateway is not running")
+CanUse = Annotated[Principal, Depends(USE)]
+Gateway_ = Annotated[Gateway, Depends(PROVIDE_GATEWAY)]
 
 DEFAULT_MAX_TOKENS = 4096
 """The worst case assumed for a request without ``max_tokens`` (the upstream will refuse it)."""
 MAX_MODEL_CHARS = 256
+MAX_TOKENS_LIMIT = 1_000_000
+"""Far above any model's output limit; a larger max_tokens is a mistake every upstream refuses,
+and refusing it here keeps absurd numbers out of the budget and token-rate arithmetic."""
 RUN_HEADER = "x-quarterdeck-run"
 TENANT_HEADER = "x-quarterdeck-tenant"
 SESSION_HEADER = "x-claude-code-session-id"
@@ -60,16 +70,29 @@ def parse_request(raw: bytes) -> Parsed:
     if not isinstance(body, dict):
         raise InvalidRequest("quarterdeck: the body must be a JSON object")
     model = body.get("model")
-    if not isinstance(model, str) or not model.strip() or len(model) > MAX_MODEL_CHARS:
+    if (
+        not isinstance(model, str)
+        or not model.strip()
+        or len(model) > MAX_MODEL_CHARS
+        or not model.isprintable()  # it is stored, labelled and sent back in a header
+    ):
         raise InvalidRequest(
-            f"model: field required (a model name of at most {MAX_MODEL_CHARS} characters)"
+            f"model: field required (a model name of at most {MAX_MODEL_CHARS} printable "
+            "characters)"
         )
     if not isinstance(body.get("messages"), list):
         raise InvalidRequest("messages: field required (a list of messages)")
     max_tokens = body.get("max_tokens", DEFAULT_MAX_TOKENS)
-    if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
-        raise InvalidRequest("max_tokens: must be a positive integer")
-    return Parsed(body, model, body.get("stream") is True, max_tokens)
+    if (
+        not isinstance(max_tokens, int)
+        or isinstance(max_tokens, bool)
+        or not 1 <= max_tokens <= MAX_TOKENS_LIMIT
+    ):
+        raise InvalidRequest(f"max_tokens: must be an integer from 1 to {MAX_TOKENS_LIMIT}")
+    stream = body.get("stream", False)
+    if not isinstance(stream, bool):
+        raise InvalidRequest("stream: must be true or false")
+    return Parsed(body, model, stream, max_tokens)
 
 
 def attribution(headers: Mapping[str, str], name: str) -> str | None:
@@ -79,7 +102,12 @@ def attribution(headers: Mapping[str, str], name: str) -> str | None:
         return None
     if len(value) > HEADER_LIMITS[name]:
         raise InvalidRequest(f"{name}: at most {HEADER_LIMITS[name]} characters")
-    return value.strip()
+    value = value.strip()
+    if name == RUN_HEADER and not is_id(value, "run"):
+        raise InvalidRequest(f"{name}: not a run id (run_...)")
+    if name == TENANT_HEADER and not TENANT_RE.fullmatch(value):
+        raise InvalidRequest(f"{name}: not a tenant name")
+    return value
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -147,7 +175,40 @@ def uses_simulated(settings: Settings) -> bool:
     return key is None and not tenant_keys and settings.gateway_upstream_url is None
 
 
-@router.post("/v1/messages", summary="Create a message (Anthropic Messages API)")
+Endpoint = Callable[[Request, Principal, Gateway], Coroutine[Any, Any, Response]]
+
+
+class DirectRoute(APIRoute):
+    """An ``APIRoute`` (documented, walked, guarded by ``require(...)`` like any other) whose
+    handler calls its two dependencies directly instead of through FastAPI's resolution.
+
+    Why: on the gateway's hot path the resolution (five dependencies, two of them sync and so
+    run on the thread pool) cost ~0.6 ms CPU a call (2.4 ms to 1.8 ms in process, measured) of a
+    1 ms overhead budget. It
+    applies only when the route's dependencies are exactly ``CanUse`` and ``Gateway_`` (as
+    declared, or as included without extra router dependencies); otherwise FastAPI's own
+    handler runs, so an added dependency is never silently skipped.
+    """
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        dependant = self.dependant
+        var = getattr(fastapi_routing, "_effective_route_context_var", None)
+        context = var.get() if var is not None else None
+        if context is not None and context.original_route is self:
+            dependant = context.dependant
+        calls = [d.call for d in dependant.dependencies]
+        if len(calls) != 2 or calls[0] is not USE or calls[1] is not PROVIDE_GATEWAY:
+            return super().get_route_handler()
+        assert isinstance(USE, Requirement)
+        endpoint: Endpoint = self.endpoint
+
+        async def handler(request: Request) -> Response:
+            principal = await authorize(USE, request)
+            return await endpoint(request, principal, PROVIDE_GATEWAY(request))
+
+        return handler
+
+
 async def create_message(request: Request, principal: CanUse, gateway: Gateway_) -> Response:
     raw = await read_body(request, gateway.config.max_body_bytes)
     parsed = parse_request(raw)
@@ -164,6 +225,15 @@ async def create_message(request: Request, principal: CanUse, gateway: Gateway_)
         agent_id=attribution(lookup, AGENT_HEADER),
     )
     return await gateway.messages(call, principal)
+
+
+router.add_api_route(
+    "/v1/messages",
+    create_message,
+    methods=["POST"],
+    summary="Create a message (Anthropic Messages API)",
+    route_class_override=DirectRoute,
+)
 
 
 @router.post("/v1/messages/count_tokens", summary="Count a message's tokens (forwarded)")

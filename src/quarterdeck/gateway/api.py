@@ -184,10 +184,9 @@ class DirectRoute(APIRoute):
 
     Why: on the gateway's hot path the resolution (five dependencies, two of them sync and so
     run on the thread pool) cost ~0.6 ms CPU a call (2.4 ms to 1.8 ms in process, measured) of a
-    1 ms overhead budget. It
-    applies only when the route's dependencies are exactly ``CanUse`` and ``Gateway_`` (as
-    declared, or as included without extra router dependencies); otherwise FastAPI's own
-    handler runs, so an added dependency is never silently skipped.
+    1 ms overhead budget. It applies only when the route's dependencies are exactly ``CanUse``
+    and ``Gateway_`` (as declared, or as included without extra router dependencies);
+    otherwise FastAPI's own handler runs, so an added dependency is never silently skipped.
     """
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:

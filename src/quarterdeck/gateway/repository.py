@@ -27,6 +27,7 @@ from quarterdeck.gateway.models import (
     UsageGroup,
     UsageRow,
 )
+from quarterdeck.store.params import Params
 
 COLUMNS = (
     "id",
@@ -149,11 +150,7 @@ def _view(row: asyncpg.Record) -> CallView:
 
 async def list_calls(conn: asyncpg.Connection, f: CallFilter, tenant: str | None) -> CallPage:
     """Calls matching ``f``, newest first; ``tenant`` (the caller's reach) None means all."""
-    args: list[Any] = []
-
-    def arg(value: Any) -> str:
-        args.append(value)
-        return f"${len(args)}"
+    arg = Params()
 
     clauses = ["true"]
     if tenant is not None:
@@ -181,7 +178,7 @@ async def list_calls(conn: asyncpg.Connection, f: CallFilter, tenant: str | None
         f"WHERE {' AND '.join(clauses)} "
         f"ORDER BY created_at DESC, id DESC LIMIT {arg(f.limit + 1)}"
     )
-    rows = await conn.fetch(sql, *args)
+    rows = await conn.fetch(sql, *arg.values)
     items = [_view(r) for r in rows[: f.limit]]
     next_cursor = None
     if len(rows) > f.limit:

@@ -19,6 +19,7 @@ from quarterdeck.incidents.models import (
     Notification,
     ResolvedBy,
 )
+from quarterdeck.store.params import Params
 
 
 async def get_incident(conn: asyncpg.Connection, incident_id: str) -> Incident | None:
@@ -181,11 +182,7 @@ async def list_events(conn: asyncpg.Connection, incident_id: str) -> list[Incide
 
 
 async def list_incidents(conn: asyncpg.Connection, f: IncidentFilter) -> list[Incident]:
-    clauses, args = ["true"], []
-
-    def arg(value: Any) -> str:
-        args.append(value)
-        return f"${len(args)}"
+    clauses, arg = ["true"], Params()
 
     if f.status:
         clauses.append(f"status = ANY({arg([s.value for s in f.status])}::text[])")
@@ -199,7 +196,7 @@ async def list_incidents(conn: asyncpg.Connection, f: IncidentFilter) -> list[In
         f"SELECT * FROM incidents WHERE {' AND '.join(clauses)} "
         f"ORDER BY id DESC LIMIT {arg(f.limit)}"
     )
-    return [Incident.from_row(r) for r in await conn.fetch(sql, *args)]
+    return [Incident.from_row(r) for r in await conn.fetch(sql, *arg.values)]
 
 
 async def open_stats(conn: asyncpg.Connection) -> tuple[dict[str, int], float]:

@@ -15,6 +15,7 @@ import asyncpg
 
 from quarterdeck.runs import transitions
 from quarterdeck.runs.models import Run, RunEvent, RunFilter, RunStatus
+from quarterdeck.store.params import Params
 
 
 async def find_by_idempotency_keys(
@@ -50,11 +51,7 @@ async def get_run(conn: asyncpg.Connection, run_id: str, tenant: str | None = No
 
 
 async def list_runs(conn: asyncpg.Connection, tenant: str | None, f: RunFilter) -> list[Run]:
-    clauses, args = ["true"], []
-
-    def arg(value: Any) -> str:
-        args.append(value)
-        return f"${len(args)}"
+    clauses, arg = ["true"], Params()
 
     if tenant is not None:
         clauses.append(f"tenant = {arg(tenant)}")
@@ -69,7 +66,7 @@ async def list_runs(conn: asyncpg.Connection, tenant: str | None, f: RunFilter) 
     if f.cursor:
         clauses.append(f"id < {arg(f.cursor)}")
     sql = f"SELECT * FROM runs WHERE {' AND '.join(clauses)} ORDER BY id DESC LIMIT {arg(f.limit)}"
-    return [Run.from_row(r) for r in await conn.fetch(sql, *args)]
+    return [Run.from_row(r) for r in await conn.fetch(sql, *arg.values)]
 
 
 async def list_events(

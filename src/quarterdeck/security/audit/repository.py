@@ -23,6 +23,7 @@ import asyncpg
 from quarterdeck.exceptions import StoreError
 from quarterdeck.security.audit.checkpoints import Anchor, Checkpoint
 from quarterdeck.security.audit.models import EventFilter
+from quarterdeck.store.params import Params
 from quarterdeck.store.pool import CONNECTION_ERRORS
 
 EVENT_COLUMNS = (
@@ -362,11 +363,7 @@ async def search(
 ) -> list[asyncpg.Record]:
     """Newest first by (ts, tenant, seq); ``after`` is the last row of the previous page."""
     clauses: list[str] = []
-    args: list[Any] = []
-
-    def arg(value: Any) -> str:
-        args.append(value)
-        return f"${len(args)}"
+    arg = Params()
 
     if f.tenant is not None:
         clauses.append(f"e.tenant = {arg(f.tenant)}")
@@ -393,7 +390,7 @@ async def search(
         return await conn.fetch(
             f"SELECT {_ROW_SQL} FROM audit_events e WHERE {where} "
             f"ORDER BY e.ts DESC, e.tenant DESC, e.seq DESC LIMIT {arg(f.limit + 1)}",
-            *args,
+            *arg.values,
         )
 
 

@@ -25,10 +25,11 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     QUARTERDECK_HTTP_PORT=8080 \
     QUARTERDECK_METRICS_PORT=9090 \
     QUARTERDECK_DATA_DIR=/app/data
-# git: workspaces record their baseline and diffs with it; util-linux (unshare, prlimit, setpriv)
-# is already in the base image and gives run_command its sandbox.
+# git: workspaces record their baseline and diffs with it. bubblewrap: run_command's strong
+# sandbox (with util-linux's prlimit and setpriv, already in the base image); socat: the bridge
+# from a sandboxed command to the egress proxy.
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends git \
+    && apt-get install -y --no-install-recommends git bubblewrap socat \
     && rm -rf /var/lib/apt/lists/*
 RUN groupadd --system --gid 10001 quarterdeck \
     && useradd --system --uid 10001 --gid quarterdeck --home-dir /app --shell /usr/sbin/nologin quarterdeck \

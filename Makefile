@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 PY     := $(BIN)/python
 STAMP  := $(VENV)/.installed
-APT_PACKAGES := redis-server prometheus prometheus-alertmanager
+APT_PACKAGES := redis-server prometheus prometheus-alertmanager bubblewrap socat
 APT_STAMP := $(VENV)/.apt-installed
 
 .PHONY: up test test-unit test-integration test-e2e test-chaos lint typecheck bench install deps clean help

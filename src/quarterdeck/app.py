@@ -11,6 +11,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Receive, Scope, Send
 
 from quarterdeck import __version__
 from quarterdeck.agents import api as agents_api
@@ -31,6 +32,7 @@ from quarterdeck.security.audit import api as audit_api
 from quarterdeck.security.auth import api as auth_api
 from quarterdeck.security.auth.dependencies import AUTH_REQUIRED_STATE
 from quarterdeck.security.auth.middleware import RateLimitHeaders
+from quarterdeck.tenants import api as tenants_api
 
 log = structlog.get_logger(__name__)
 PROBLEM = "application/problem+json"
@@ -110,6 +112,21 @@ def install_error_handlers(app: FastAPI) -> None:
         )
 
 
+class QuarterdeckAPI(FastAPI):
+    """The app, handing the gateway's hot routes (``POST /v1/messages``, ``count_tokens``) to
+    :class:`~quarterdeck.gateway.api.FastGateway` before its middleware stack and router: on a
+    relayed call those cost more CPU than the relay itself (see there for what it keeps)."""
+
+    gateway_fast: gateway_api.FastGateway | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        fast = self.gateway_fast
+        if fast is not None and fast.handles(scope):
+            await fast.serve(scope, receive, send)
+            return
+        await super().__call__(scope, receive, send)
+
+
 def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
     """The app. With ``runtime`` given, its lifecycle belongs to the caller (``quarterdeck up``),
     who starts it first: its services are registered for the routes here. An app that owns its
@@ -128,7 +145,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
             if owned:
                 await rt.stop()
 
-    app = FastAPI(
+    app = QuarterdeckAPI(
         title="Quarterdeck",
         version=__version__,
         description="Durable control plane for AI coding agents.",
@@ -147,11 +164,14 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
     app.include_router(approvals_api.router)
     app.include_router(audit_api.router)
     app.include_router(agents_api.router)
+    app.include_router(agents_api.system_router)
     app.include_router(incidents_api.router)
     app.include_router(health_api.router)
     app.include_router(budgets_api.router)
     app.include_router(auth_api.router)
     app.include_router(gateway_reports_api.router)
+    app.include_router(tenants_api.router)
     if settings.gateway_enabled:
         app.include_router(gateway_api.router)
+        app.gateway_fast = gateway_api.FastGateway(app)
     return app

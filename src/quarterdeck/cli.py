@@ -24,6 +24,7 @@ from quarterdeck.security.audit.cli import app as audit_app
 from quarterdeck.security.auth.cli import app as keys_app
 from quarterdeck.security.compliance.cli import app as compliance_app
 from quarterdeck.security.policy.cli import app as policy_app
+from quarterdeck.tenants.cli import app as tenants_app
 
 app = typer.Typer(
     help="Quarterdeck: a durable control plane for AI coding agents.\n\n"
@@ -49,6 +50,7 @@ app.add_typer(audit_app, name="audit")
 app.add_typer(policy_app, name="policy")
 app.add_typer(chaos_app, name="chaos")
 app.add_typer(gateway_app, name="gateway")
+app.add_typer(tenants_app, name="tenants")
 
 
 @app.callback()
@@ -128,9 +130,9 @@ def up(processes: ProcessesOption = None) -> None:
 
 
 @app.command()
-def serve() -> None:
+def serve(supervised: Annotated[bool, typer.Option("--supervised", hidden=True)] = False) -> None:
     """Run the HTTP API only (no workers)."""
-    _serve(api=True, workers=False)
+    _serve(api=True, workers=False, supervised=supervised)
 
 
 @app.command()
@@ -165,9 +167,13 @@ def doctor(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Check the config, Postgres, Redis and the provider key; say what is wrong and how to fix it."""
     s = settings()
     configure_logging("warning")
+    from quarterdeck.agents import sandbox
     from quarterdeck.monitoring.doctor import run_checks
 
-    checks = asyncio.run(run_checks(s))
+    sandbox.configure(
+        sandbox.SandboxConfig(s.sandbox_mode, s.workspace_max_bytes, s.sandbox_tmp_limit)
+    )
+    checks = asyncio.run(run_checks(s, isolation=sandbox.isolation_report()))
     if as_json:
         print_json([c.__dict__ for c in checks])
     else:

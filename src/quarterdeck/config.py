@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import yaml
 from pydantic import (
@@ -18,15 +19,26 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
+    model_validator,
 )
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 from quarterdeck.exceptions import ConfigError
 from quarterdeck.kit.durations import parse_duration
 from quarterdeck.kit.latency import LatencyProfile, parse_latency
+from quarterdeck.kit.secret_files import SecretDirSource
 
 DEFAULT_CONFIG_PATHS = (Path("/app/config/quarterdeck.yaml"), Path("/app/config/quarterdeck.yml"))
+# Where the Kubernetes manifests mount the secret volume; used when it exists and no
+# QUARTERDECK_SECRETS_DIR says otherwise (see kit/secret_files.py for why files, not env).
+DEFAULT_SECRETS_DIR = Path("/var/run/secrets/quarterdeck")
 GUIDE_ENV_NAMES = {
     "postgres_url": "POSTGRES_URL",
     "redis_url": "REDIS_URL",
@@ -45,11 +57,17 @@ class _YamlSource(PydanticBaseSettingsSource):
     def __init__(self, settings_cls: type[BaseSettings], path: Path | None) -> None:
         super().__init__(settings_cls)
         self.path = path
+        self._data: dict[str, Any] | None = None
 
     def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
         return None, field_name, False
 
     def __call__(self) -> dict[str, Any]:
+        if self._data is None:  # read once: the secrets source asks it for secrets_dir too
+            self._data = self._read()
+        return self._data
+
+    def _read(self) -> dict[str, Any]:
         if self.path is None:
             return {}
         try:
@@ -82,10 +100,28 @@ class Settings(BaseSettings):
         default=None, validation_alias=_guide("anthropic_api_key")
     )
     admin_api_key: SecretStr | None = Field(default=None, description="Bootstrap admin key.")
+    redis_password: SecretStr | None = Field(
+        default=None,
+        description="Password added to REDIS_URL (which then must carry none), so the URL can "
+        "live in the ConfigMap and only the password in a secret file.",
+    )
+    secrets_dir: Path | None = Field(
+        default=None,
+        description="Directory of secret files named by setting (admin_api_key, postgres_url, "
+        "...); unset: /var/run/secrets/quarterdeck if it exists.",
+    )
 
     http_host: str = "127.0.0.1"
     http_port: int = Field(default=8080, ge=0, le=65535)
     metrics_port: int = Field(default=9090, ge=0, le=65535)
+    metrics_token: SecretStr | None = Field(
+        default=None,
+        description="Bearer token the metrics listener requires (401 without it); unset: open.",
+    )
+    metrics_tenant_labels: bool = Field(
+        default=False,
+        description="Expose tenant names in metric labels; false: t-<8 hex of their SHA-256>.",
+    )
     db_pool_min: int = Field(default=2, ge=1)
     db_pool_max: int = Field(default=20, ge=1)
 
@@ -97,6 +133,14 @@ class Settings(BaseSettings):
         le=64,
         description="Worker processes per `up`/`worker` (this one plus N-1 children); one "
         "event loop uses one core, so raise it to the core count for CPU-bound load.",
+    )
+    api_processes: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="API processes per `up`/`serve` (this one plus N-1 `serve` children), all "
+        "on the HTTP port (SO_REUSEPORT): one event loop uses one core, and the gateway's "
+        "relay is CPU-bound at a few hundred calls per second.",
     )
     worker_heartbeat_timeout: float = 10.0
     worker_dequeue_timeout: float = 5.0
@@ -174,9 +218,41 @@ class Settings(BaseSettings):
     command_timeout: float = 120.0
     tool_output_limit: int = Field(default=30_000, ge=1_000, le=10_000_000)
     sandbox_network: bool = Field(
-        default=False, description="Allow run_command network access (off: new netns)."
+        default=False,
+        description="Host network for run_command in the weak modes (unshare, rlimits) only; "
+        "bwrap mode has no network, or only the egress proxy.",
+    )
+    sandbox_mode: Literal["auto", "bwrap", "unshare", "rlimits"] = Field(
+        default="auto", description="Isolation mode for agent commands; auto = strongest."
+    )
+    sandbox_allow_weak: bool = Field(
+        default=False, description="Let production start when only rlimits isolation exists."
+    )
+    sandbox_tmp_limit: int = Field(
+        default=256 * 1024**2, ge=1024**2, description="Size of bwrap's private /tmp (memory)."
     )
     http_fetch_allowlist: list[str] = Field(default_factory=list)
+    egress_allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Hosts (comma list of names or globs) commands of agent types with "
+        "network: egress may reach through the egress proxy; empty: none.",
+    )
+    workspace_roots: list[Path] = Field(
+        default_factory=list,
+        description="Server directories admins may seed workspaces from (path, local git); "
+        "empty: none.",
+    )
+    workspace_max_bytes: int = Field(
+        default=1024**3,
+        ge=1024**2,
+        description="Largest workspace: bounds source copies, and a command growing past it is "
+        "killed (checked while it runs and after).",
+    )
+    workspace_max_files: int = Field(default=200_000, ge=10)
+    git_allowed_hosts: list[str] = Field(
+        default_factory=lambda: ["github.com", "gitlab.com", "bitbucket.org"],
+        description="Hosts https git workspaces may be cloned from; empty: any public host.",
+    )
 
     simulated_latency: str = Field(default="0", description="0, 2s, or lognormal:1.5s:0.6")
     simulated_error_rate: float = Field(default=0.0, ge=0.0, le=1.0)
@@ -195,6 +271,16 @@ class Settings(BaseSettings):
     audit_signing_key_file: Path | None = None
     audit_checkpoint_interval: float = 60.0
     audit_retention: float = 7 * 31_536_000.0
+    run_retention_days: float = Field(
+        default=90.0, gt=0, description="Finished runs older than this are purged (tenants/)."
+    )
+    run_purge_interval: float = 3600.0
+    audit_purge_interval: float = 86_400.0
+    audit_verify_interval: float = 86_400.0
+    maintenance_enabled: bool = Field(
+        default=True, description="Scheduled run-data purge, audit purge and full verification."
+    )
+    tenant_erase_wait: float = 60.0
     policy_rules_file: Path | None = None
     policy_egress_mode: Literal["blocklist", "allowlist"] = "blocklist"
     policy_egress_allowlist: list[str] = Field(default_factory=list)
@@ -222,7 +308,8 @@ class Settings(BaseSettings):
     )
     gateway_fallback: bool = Field(
         default=False,
-        description="Let gateway calls fail over along QUARTERDECK_MODEL_FALLBACKS.",
+        description="Default for keys without their own gateway_fallback: let their gateway "
+        "calls fail over along QUARTERDECK_MODEL_FALLBACKS.",
     )
     gateway_unknown_model_price: str | None = Field(
         default=None,
@@ -259,6 +346,10 @@ class Settings(BaseSettings):
         "health_provider_window",
         "audit_checkpoint_interval",
         "audit_retention",
+        "run_purge_interval",
+        "audit_purge_interval",
+        "audit_verify_interval",
+        "tenant_erase_wait",
         "policy_approval_timeout",
         "gateway_retry_after_cap",
         "gateway_budget_timeout",
@@ -296,6 +387,41 @@ class Settings(BaseSettings):
             raise ValueError("must start with redis://, rediss:// or unix://")
         return value
 
+    @field_validator("egress_allowed_hosts", mode="before")
+    @classmethod
+    def _host_list(cls, value: Any) -> Any:
+        """``a.example, *.b.example`` from the environment; a list from YAML or overrides."""
+        if isinstance(value, str):
+            value = [h.strip() for h in value.split(",") if h.strip()]
+        if isinstance(value, list):
+            for host in value:
+                if not isinstance(host, str) or not host.strip() or any(c in host for c in " /@"):
+                    raise ValueError(f"{host!r} is not a host name or glob")
+        return value
+
+    @field_validator("redis_password")
+    @classmethod
+    def _redis_password(cls, value: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
+        if value is None:
+            return value
+        url = info.data.get("redis_url")
+        if url is None:
+            if "redis_url" in info.data:  # absent from data: REDIS_URL itself was invalid
+                raise ValueError("set REDIS_URL too (the password is added to it)")
+            return value
+        parsed = urlsplit(url.get_secret_value())
+        if parsed.password or "password=" in parsed.query:
+            raise ValueError("REDIS_URL already carries a password: set one or the other")
+        return value
+
+    @model_validator(mode="after")
+    def _redis_url_with_password(self) -> Settings:
+        if self.redis_password is not None and self.redis_url is not None:
+            self.redis_url = SecretStr(
+                _with_password(self.redis_url.get_secret_value(), self.redis_password)
+            )
+        return self
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -305,7 +431,16 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (init_settings, env_settings, _YamlSource(settings_cls, cls._config_path))
+        # Priority: overrides, environment, secret files, YAML, defaults. An environment variable
+        # beats its file so a developer can override one; the manifests set none for secrets.
+        yaml_source = _YamlSource(settings_cls, cls._config_path)
+        secrets = SecretDirSource(
+            settings_cls,
+            locate=lambda: _secrets_dir(init_settings, yaml_source),
+            fields=secret_file_fields(),
+            dir_field="secrets_dir",
+        )
+        return (init_settings, env_settings, secrets, yaml_source)
 
     # -- derived values -------------------------------------------------------------------
     @property
@@ -358,6 +493,9 @@ SECRET_FIELDS = frozenset(
     {
         "postgres_url",
         "redis_url",
+        "redis_password",
+        "gateway_upstream_api_key",
+        "gateway_tenant_upstream_keys",
         "anthropic_api_key",
         "admin_api_key",
         "openai_api_key",
@@ -366,8 +504,47 @@ SECRET_FIELDS = frozenset(
         "notify_webhook_secret",
         "notify_smtp_password",
         "audit_master_key",
+        "metrics_token",
     }
 )
+
+
+def secret_file_fields() -> dict[str, bool]:
+    """Settings a secret file may give (name -> holds a mapping): every secret setting."""
+    fields: dict[str, bool] = {}
+    for name, info in Settings.model_fields.items():
+        annotation = str(info.annotation)
+        if name in SECRET_FIELDS or "SecretStr" in annotation:
+            fields[name] = annotation.startswith("dict")
+    return fields
+
+
+def _secrets_dir(init: PydanticBaseSettingsSource, yaml_source: _YamlSource) -> Path | None:
+    """The secrets directory: an override, QUARTERDECK_SECRETS_DIR, the YAML file, else the
+    default mount point if it exists. One that is named but missing is an error."""
+    named = init().get("secrets_dir")
+    if named is None:
+        named = next(
+            (v for k, v in os.environ.items() if k.upper() == "QUARTERDECK_SECRETS_DIR"), None
+        )
+    if named is None:
+        named = yaml_source().get("secrets_dir")
+    if named in (None, ""):
+        return DEFAULT_SECRETS_DIR if DEFAULT_SECRETS_DIR.is_dir() else None
+    path = Path(str(named))
+    if not path.is_dir():
+        raise ConfigError([("QUARTERDECK_SECRETS_DIR", f"{path} is not a directory")])
+    return path
+
+
+def _with_password(url: str, password: SecretStr) -> str:
+    """``url`` with ``password`` added: in the userinfo, or as unix:// URLs take it."""
+    secret = quote(password.get_secret_value(), safe="")
+    parts = urlsplit(url)
+    if parts.scheme == "unix":
+        return f"{url}{'&' if parts.query else '?'}password={secret}"  # keeps unix:///
+    user, _, host = parts.netloc.rpartition("@")  # the user part as written (no password)
+    return urlunsplit(parts._replace(netloc=f"{user}:{secret}@{host}"))
 
 
 def _field_of(loc: str) -> str:

@@ -43,11 +43,11 @@ RESTART_SCHEDULE = (1.0, 2.0, 5.0, 15.0, 30.0)
 STABLE_AFTER_S = 60.0  # a child that lived this long starts its restart schedule afresh
 
 
-def child_command(config: str | None) -> list[str]:
-    """``python -m quarterdeck [--config F] worker --supervised``: the same interpreter and
-    package as this process, whatever PATH says."""
+def child_command(config: str | None, command: str = "worker") -> list[str]:
+    """``python -m quarterdeck [--config F] worker --supervised`` (or ``serve``): the same
+    interpreter and package as this process, whatever PATH says."""
     root = [sys.executable, "-m", "quarterdeck"]
-    return [*root, *(["--config", config] if config else []), "worker", "--supervised"]
+    return [*root, *(["--config", config] if config else []), command, "--supervised"]
 
 
 def child_env(settings: Settings, index: int) -> dict[str, str]:
@@ -71,12 +71,17 @@ class _Child:
 class WorkerProcesses:
     """Starts, watches and stops this process's ``worker_processes - 1`` children."""
 
-    def __init__(self, settings: Settings | None) -> None:
-        """``settings`` None: a process that starts no children (API only, or a child)."""
+    def __init__(self, settings: Settings | None, *, api: bool = False) -> None:
+        """``settings`` None: a process that starts no children (API only, or a child).
+        ``api``: the ``api_processes - 1`` ``serve`` children instead (server.py), numbered
+        after the worker children so their metrics ports never collide."""
         self.settings = settings
-        self.command = child_command(cli_config_path())
-        count = settings.worker_processes if settings is not None else 1
-        self.children = [_Child(i) for i in range(1, count)]
+        self.command = child_command(cli_config_path(), "serve" if api else "worker")
+        count = 1
+        if settings is not None:
+            count = settings.api_processes if api else settings.worker_processes
+        first = settings.worker_processes if api and settings is not None else 1
+        self.children = [_Child(i) for i in range(first, first + count - 1)]
         self._stopping = False
         self._tasks: list[asyncio.Task[None]] = []
 

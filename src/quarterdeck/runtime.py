@@ -14,6 +14,7 @@ from decimal import Decimal
 import structlog
 
 from quarterdeck import metrics
+from quarterdeck.agents import sandbox
 from quarterdeck.agents.guard import Guard
 from quarterdeck.agents.planner import AgentPlanner
 from quarterdeck.agents.templates import AgentCatalog
@@ -54,6 +55,8 @@ from quarterdeck.security.policy import PolicyGate
 from quarterdeck.security.trail import AuditTrail
 from quarterdeck.store import migrations
 from quarterdeck.store.pool import Database
+from quarterdeck.tenants.maintenance import Maintenance
+from quarterdeck.tenants.service import TenantData
 
 log = structlog.get_logger(__name__)
 
@@ -95,10 +98,23 @@ class Runtime:
     holds: BudgetHolds = field(init=False)
     _bucket_store: BucketStore | None = field(init=False, default=None)
     gateway_calls: GatewayCalls = field(init=False)
+    tenant_data: TenantData = field(init=False)
+    maintenance: Maintenance | None = field(init=False, default=None)
     _tasks: list[asyncio.Task[None]] = field(init=False, default_factory=list)
     _closers: list[Callable[[], Awaitable[None]]] = field(init=False, default_factory=list)
 
     async def start(self) -> None:
+        # Agent commands run only where the sandbox holds: decide (or refuse) before anything.
+        await asyncio.to_thread(
+            sandbox.check_startup,
+            sandbox.SandboxConfig(
+                mode=self.settings.sandbox_mode,
+                workspace_bytes=self.settings.workspace_max_bytes,
+                tmp_bytes=self.settings.sandbox_tmp_limit,
+                allow_weak=self.settings.sandbox_allow_weak,
+            ),
+            self.with_workers and self.settings.env == "production",
+        )
         self.db = Database.from_settings(self.settings)
         await migrations.upgrade(self.db.url)
         self.migrated = True
@@ -136,7 +152,10 @@ class Runtime:
             on_change=self.trail.key_changed,
             warn_if_disabled=self.with_api,
         )
+        if self.settings.auth_required:  # keys an anonymous caller made while it was off
+            await self.auth.retire_keys_made_while_auth_off()
         self._closers.append(self.auth.aclose)
+        self._start_maintenance()
         self.breakers = self._build_breakers()
         gate = PolicyGate.from_settings(self.settings)
         self.gateway_calls = GatewayCalls(self.db)
@@ -192,6 +211,31 @@ class Runtime:
             self._tasks.append(asyncio.create_task(self.health.run()))
             self._closers.append(self.health.aclose)
         metrics.READY.set(1)
+
+    def _start_maintenance(self) -> None:
+        """Tenant erasure and retention, and the scheduled purges and audit verification
+        (every process runs the loop; an advisory lock lets one run each task)."""
+        s = self.settings
+        self.tenant_data = TenantData(
+            self.db,
+            self.run_store,
+            self.audit,
+            s.data_dir,
+            auth=self.auth,
+            default_retention_s=s.run_retention_days * 86_400.0,
+            erase_wait_s=s.tenant_erase_wait,
+        )
+        if s.maintenance_enabled:
+            self.maintenance = Maintenance(
+                self.db,
+                self.tenant_data,
+                self.audit,
+                incidents=self.incidents,
+                run_purge_s=s.run_purge_interval,
+                audit_purge_s=s.audit_purge_interval,
+                audit_verify_s=s.audit_verify_interval,
+            )
+            self._tasks.append(asyncio.create_task(self.maintenance.run()))
 
     def _build_elector(self) -> Elector:
         """The health monitor's leader election: a Postgres advisory lock or a Kubernetes Lease."""
@@ -349,6 +393,7 @@ class Runtime:
         registry.add(AuditTrail, self.trail)
         registry.add(AuthService, self.auth)
         registry.add(GatewayCalls, self.gateway_calls)
+        registry.add(TenantData, self.tenant_data)
         if self.health is not None:
             registry.add(HealthMonitor, self.health)
         if self.gateway is not None:

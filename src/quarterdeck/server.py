@@ -8,17 +8,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import signal
-from collections.abc import Iterator
+import socket
+import socketserver
+import threading
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import structlog
 import uvicorn
 
 from quarterdeck.app import create_app
 from quarterdeck.config import Settings
-from quarterdeck.metrics import REGISTRY
+from quarterdeck.metrics import REGISTRY, TenantPseudonyms
 from quarterdeck.processes import WorkerProcesses, exit_with_parent
 from quarterdeck.runtime import Runtime
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
 log = structlog.get_logger(__name__)
 
@@ -29,13 +38,24 @@ class _Server(uvicorn.Server):
         yield
 
 
-def start_metrics_server(settings: Settings) -> None:
-    if settings.metrics_port == 0:
-        return
-    from prometheus_client import start_http_server
+def start_metrics_server(settings: Settings) -> WSGIServer | None:
+    """Serve ``/metrics`` on ``metrics_port`` from a daemon thread (stdlib WSGI, threaded).
 
+    Not prometheus_client's ``start_http_server``: it can neither require a token nor change
+    label values. With ``metrics_token`` set every request needs ``Authorization: Bearer
+    <token>`` (401 otherwise); unless ``metrics_tenant_labels``, tenant names leave as
+    pseudonyms (:class:`~quarterdeck.metrics.TenantPseudonyms`). Returns the server (None when
+    the port is 0); a process never stops it, it ends with the process.
+    """
+    if settings.metrics_port == 0:
+        return None
+    from prometheus_client import make_wsgi_app
+
+    registry = REGISTRY if settings.metrics_tenant_labels else TenantPseudonyms(REGISTRY)
+    token = settings.metrics_token.get_secret_value() if settings.metrics_token else None
+    app = _bearer_only(make_wsgi_app(registry), token) if token else make_wsgi_app(registry)
     try:
-        start_http_server(settings.metrics_port, addr=settings.http_host, registry=REGISTRY)
+        server = _metrics_server(settings.http_host, settings.metrics_port, app)
     except OSError as exc:
         from quarterdeck.exceptions import ConfigError
 
@@ -48,6 +68,64 @@ def start_metrics_server(settings: Settings) -> None:
                 )
             ]
         ) from exc
+    threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
+    return server
+
+
+class _ThreadingWSGIServer(socketserver.ThreadingMixIn, WSGIServer):
+    daemon_threads = True  # a stuck scrape never holds the process open
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:
+        """Scrapes are not news: no stderr line per request."""
+
+
+def _metrics_server(host: str, port: int, app: WSGIApplication) -> WSGIServer:
+    """A threaded WSGI server on ``host:port``, IPv4 or IPv6 as ``host`` is."""
+    family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    server_class = type("MetricsServer", (_ThreadingWSGIServer,), {"address_family": family[0][0]})
+    return make_server(host, port, app, server_class, handler_class=_QuietHandler)
+
+
+def _bearer_only(app: WSGIApplication, token: str) -> WSGIApplication:
+    """``app`` behind ``Authorization: Bearer <token>``, compared in constant time."""
+    expected = f"Bearer {token}".encode()
+
+    def guarded(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        given = environ.get("HTTP_AUTHORIZATION", "").encode("latin-1", "replace")
+        if hmac.compare_digest(given, expected):
+            return app(environ, start_response)
+        start_response(
+            "401 Unauthorized",
+            [
+                ("Content-Type", "text/plain; charset=utf-8"),
+                ("WWW-Authenticate", 'Bearer realm="quarterdeck-metrics"'),
+            ],
+        )
+        return [b"metrics need 'Authorization: Bearer <QUARTERDECK_METRICS_TOKEN>'\n"]
+
+    return guarded
+
+
+def _shared_port(settings: Settings) -> socket.socket:
+    """The HTTP port bound with ``SO_REUSEPORT``: with ``api_processes`` > 1 every API process
+    of this host (this one and its ``serve`` children) binds it, and the kernel spreads new
+    connections across them, so the API uses more than one core."""
+    host, port = settings.http_host, settings.http_port
+    family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    sock = socket.socket(family[0][0], socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    try:
+        sock.bind(family[0][4])
+    except OSError as exc:
+        sock.close()
+        from quarterdeck.exceptions import ConfigError
+
+        message = f"cannot listen on {host}:{port}: {exc.strerror}"
+        raise ConfigError([("QUARTERDECK_HTTP_PORT", message)]) from exc
+    return sock
 
 
 async def serve(
@@ -65,6 +143,8 @@ async def serve(
     # Children start after this process has started Postgres and applied migrations.
     children = WorkerProcesses(settings if workers and not supervised else None)
     await children.start()
+    api_children = WorkerProcesses(settings if api and not supervised else None, api=True)
+    await api_children.start()
     orphan_watch = asyncio.create_task(exit_with_parent(stop)) if supervised else None
     server: _Server | None = None
     server_task: asyncio.Task[None] | None = None
@@ -80,7 +160,8 @@ async def serve(
             timeout_graceful_shutdown=5,
         )
         server = _Server(config)
-        server_task = asyncio.create_task(server.serve())
+        shared = _shared_port(settings) if settings.api_processes > 1 else None
+        server_task = asyncio.create_task(server.serve([shared] if shared else None))
     log.info(
         "quarterdeck_started",
         api=api,
@@ -97,7 +178,7 @@ async def serve(
     log.info("quarterdeck_draining", grace_s=settings.drain_timeout)
     if orphan_watch is not None:
         orphan_watch.cancel()
-    await asyncio.gather(runtime.drain(), children.stop())
+    await asyncio.gather(runtime.drain(), children.stop(), api_children.stop())
     if server is not None and server_task is not None:
         server.should_exit = True
         with contextlib.suppress(Exception):

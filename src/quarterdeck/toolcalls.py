@@ -12,6 +12,16 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from quarterdeck.exceptions import QuarterdeckError
+
+
+class ToolError(QuarterdeckError):
+    """A refusal or failure to report to the model as an error result (never raised out)."""
+
+    status = 422
+    type_slug = "tool-error"
+    title = "Tool call failed"
+
 
 class ToolInput(BaseModel):
     """Tool inputs are strict: an unknown field is the model's mistake, reported back to it."""

@@ -8,10 +8,20 @@ import asyncio
 import httpx
 import pytest
 
+from quarterdeck.agents.guard import Guard, GuardedTools
+from quarterdeck.agents.tools import WorkspaceTools
+from quarterdeck.agents.workspace import Workspace
 from quarterdeck.app import create_app
 from quarterdeck.chaos.messages_api import MessagesAPIServer, message, text, tool_use
+from quarterdeck.kit.clock import utcnow
+from quarterdeck.providers.types import ToolUseBlock
+from quarterdeck.runs.models import Run, RunStatus
 from quarterdeck.runtime import Runtime
+from quarterdeck.security.audit import AuditLog
 from quarterdeck.security.audit.models import EventFilter
+from quarterdeck.security.policy import PolicyGate
+from quarterdeck.security.trail import AuditTrail
+from quarterdeck.store.pool import Database
 
 pytest_plugins = ["tests.support.fixtures"]
 pytestmark = pytest.mark.asyncio
@@ -102,6 +112,15 @@ async def test_the_system_audits_what_it_does_and_the_chain_verifies(
             "high",
             "critical",
         )
+        # The call that ran has its intent, written before its outcome and linked to it by the
+        # model's tool-use id; the refused one never ran, so it has no intent.
+        intents = [e for e in acme if e.event_type == "tool.intent"]
+        assert [e.operations for e in intents] == [["write_file"]]
+        (intent,) = intents
+        assert intent.request_id == write.request_id and intent.request_id
+        assert intent.seq < write.seq and intent.outcome == "intended"
+        assert intent.sensitive == {"input": {"path": "a.py", "content": "print(1)\n"}}
+        assert shadow.request_id not in {e.request_id for e in intents}
         flagged = await _events(rt, tenant="acme", anomalies=True)
         assert [e.seq for e in flagged] == [shadow.seq]
 
@@ -110,3 +129,62 @@ async def test_the_system_audits_what_it_does_and_the_chain_verifies(
         assert report.events_checked >= len(acme)
     finally:
         await rt.stop()
+
+
+def _run_record(run_id: str) -> Run:
+    now = utcnow()
+    return Run(
+        id=run_id,
+        tenant="acme",
+        agent_type="general",
+        operation="run",
+        prompt="p",
+        model="claude-sonnet-4-5",
+        status=RunStatus.running,
+        attempts=1,
+        max_attempts=3,
+        created_at=now,
+        started_at=now,
+        finished_at=None,
+        input_tokens=0,
+        output_tokens=0,
+        cache_creation_tokens=0,
+        cache_read_tokens=0,
+        cost_usd=None,
+        turns=0,
+        result=None,
+        error=None,
+        idempotency_key=None,
+        params={"workspace": {"type": "empty"}},
+    )
+
+
+async def test_a_tool_call_whose_intent_cannot_be_recorded_does_not_run(db_url: str, make_settings):
+    """The guard writes ``tool.intent`` durably before the tool runs; when the audit log cannot
+    take it (here: its database pool is closed) the call is refused and has no effect."""
+    settings = make_settings()
+    db = Database(db_url, min_size=1, max_size=2)
+    await db.open()
+    audit = AuditLog.from_settings(settings, db)
+    await audit.start(loops=False)
+    guard = Guard(PolicyGate.from_settings(settings), trail=AuditTrail(audit))
+    tools = GuardedTools(WorkspaceTools(settings), guard, workspace=None)
+    write = {"path": "a.py", "content": "print(1)\n"}
+    try:
+        ok_run = _run_record("run-intent-ok")
+        result, _ = await tools.run(ok_run, ToolUseBlock("tu-1", "write_file", write))
+        assert not result.is_error, result.content
+        assert (Workspace(settings.data_dir, ok_run.id).path / "a.py").exists()
+        await audit.flush()
+        page = await audit.search(EventFilter(tenant="acme", session_id=ok_run.id))
+        assert sorted(e.event_type for e in page.items) == ["tool.call", "tool.intent"]
+
+        await db.close()  # from here on, no audit write can succeed
+        lost_run = _run_record("run-intent-lost")
+        result, event = await tools.run(lost_run, ToolUseBlock("tu-2", "write_file", write))
+        assert result.is_error and "audit log could not record the call" in result.content
+        assert event["is_error"] and event["policy"]["action"] == "allow"
+        assert not (Workspace(settings.data_dir, lost_run.id).path / "a.py").exists()
+    finally:
+        await audit.aclose(timeout=1)
+        await db.close()

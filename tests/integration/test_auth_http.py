@@ -8,9 +8,11 @@ from typing import Any
 
 import httpx
 import pytest
+from structlog.testing import capture_logs
 
 from quarterdeck.app import create_app
 from quarterdeck.runtime import Runtime
+from quarterdeck.security.audit.models import EventFilter
 from quarterdeck.security.auth import limiter as limiter_module
 from quarterdeck.security.auth.permissions import Role
 
@@ -257,3 +259,48 @@ async def test_an_app_requiring_auth_without_the_service_fails_closed(
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://qd") as c:
         r = await c.get("/v1/agent-types", headers=bearer(ADMIN))
     assert r.status_code == 503
+
+
+async def test_key_management_over_http_is_refused_while_authentication_is_off(
+    client: httpx.AsyncClient,
+):
+    """Every caller is an anonymous admin with auth off: a key it made would outlive that."""
+    attempts = [
+        client.post("/v1/admin/keys", json={"name": "x", "role": "admin", "tenant": "*"}),
+        client.get("/v1/admin/keys"),
+        client.get("/v1/admin/keys/k7m2x9qa"),
+        client.delete("/v1/admin/keys/k7m2x9qa"),
+    ]
+    for attempt in attempts:
+        r = await attempt
+        assert r.status_code == 409, r.text
+        assert r.headers["content-type"] == PROBLEM
+        body = r.json()
+        assert body["type"].endswith("/auth-off")
+        assert "authentication is off" in body["detail"]
+        assert "quarterdeck keys create" in body["detail"]
+    me = await client.get("/v1/me")  # the rest of development mode is unchanged
+    assert me.status_code == 200
+
+
+async def test_keys_made_while_auth_was_off_are_refused_and_revoked_at_start(deploy: Deploy):
+    """Keys an anonymous caller made over HTTP before that was refused (``created_by`` the
+    development principal's) never authenticate, and start-up with auth on revokes them."""
+    first = await deploy()
+    legacy = await first.runtime.auth.create("made-anonymously", Role.admin, "*", actor="key:dev")
+    kept = await first.runtime.auth.create("made-properly", Role.admin, "*", actor="cli:alice")
+    r = await first.client.get("/v1/me", headers=bearer(legacy.api_key))
+    assert r.status_code == 401 and "created while authentication was off" in r.json()["detail"]
+    assert (await first.client.get("/v1/me", headers=bearer(kept.api_key))).status_code == 200
+
+    with capture_logs() as logs:
+        second = await deploy()  # a process starting with authentication on
+    said = [e for e in logs if e["event"] == "auth.keys_made_while_auth_off_revoked"]
+    assert [e["key_ids"] for e in said] == [[legacy.id]]
+    listed = await second.client.get(f"/v1/admin/keys/{legacy.id}", headers=bearer(ADMIN))
+    assert listed.json()["status"] == "revoked" and listed.json()["revoked_by"] == "system:auth-on"
+    assert (await second.client.get("/v1/me", headers=bearer(kept.api_key))).status_code == 200
+    await second.runtime.audit.flush()
+    page = await second.runtime.audit.search(EventFilter(tenant="platform", limit=100))
+    revoked = [e for e in page.items if e.event_type == "key.revoked"]
+    assert [e.data_accessed[0]["key_id"] for e in revoked] == [legacy.id]

@@ -9,12 +9,15 @@ Proves, with the real ``kubectl kustomize`` and the ``kubernetes-validate`` sche
   the grace period covers the drain timeout, and the HPA's custom metric is produced by the
   adapter from a metric that exists in the registry;
 * the guide's defects stay fixed (Redis password, NetworkPolicy, RBAC scope, dev overlay);
+  what keeps agent commands away from secrets (files not env, no token, bubblewrap-ready pods,
+  the egress policy) is held by test_deploy_kubernetes_isolation.py;
 * the Dockerfile is multi-stage, runs as non-root with a python HEALTHCHECK on /health and
   has no compilers in its final stage (Docker cannot run here, so this is a static check).
 """
 
 from __future__ import annotations
 
+import inspect
 import re
 import shutil
 import subprocess
@@ -26,6 +29,7 @@ import pytest
 import yaml
 
 from quarterdeck.config import DEFAULT_CONFIG_PATHS, GUIDE_ENV_NAMES, Settings, env_names
+from quarterdeck.health.lease import LeaseElector
 from quarterdeck.metrics import REGISTRY
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -35,8 +39,8 @@ BUNDLES = ["base", *OVERLAYS, "prometheus-adapter"]
 K8S_VERSION = "1.32.0"
 # Custom resources whose schemas kubernetes-validate does not ship (checked by hand below).
 CRD_KINDS = {("monitoring.coreos.com/v1", "ServiceMonitor")}
-# Environment variables in the manifests that are not settings, and why.
-NOT_SETTINGS = {"REDIS_PASSWORD"}  # only composes REDIS_URL (and Redis's own config)
+# Environment variables in the manifests that are not settings, and why (none today).
+NOT_SETTINGS: set[str] = set()
 
 
 def kubectl() -> str:
@@ -49,7 +53,9 @@ def kubectl() -> str:
 _rendered: dict[str, list[dict[str, Any]]] = {}
 
 
-def render(bundle: str) -> list[dict[str, Any]]:
+def render(bundle: str | Path) -> list[dict[str, Any]]:
+    """``kubectl kustomize`` of a bundle under deploy/kubernetes (or any kustomization dir)."""
+    bundle = str(bundle)
     if bundle not in _rendered:
         result = subprocess.run(
             [kubectl(), "kustomize", str(KUBE / bundle)],
@@ -76,6 +82,22 @@ def coordinator(docs: list[dict[str, Any]]) -> dict[str, Any]:
 
 def env_of(container: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {e["name"]: e for e in container.get("env", [])}
+
+
+def pod_volume(docs: list[dict[str, Any]], name: str) -> dict[str, Any]:
+    spec = find(docs, "Deployment", "claude-agent-coordinator")["spec"]["template"]["spec"]
+    volume: dict[str, Any] = next(v for v in spec["volumes"] if v["name"] == name)
+    return volume
+
+
+def secret_files(docs: list[dict[str, Any]]) -> dict[str, tuple[str, str, bool]]:
+    """The coordinator's secret files: file name -> (Secret, key, optional)."""
+    files: dict[str, tuple[str, str, bool]] = {}
+    for source in pod_volume(docs, "secrets")["projected"]["sources"]:
+        secret = source["secret"]
+        for item in secret["items"]:
+            files[item["path"]] = (secret["name"], item["key"], secret.get("optional", False))
+    return files
 
 
 def registry_series() -> set[str]:
@@ -165,19 +187,15 @@ def test_every_environment_variable_is_one_settings_reads(bundle: str) -> None:
         if name in NOT_SETTINGS:
             continue
         assert name in readable, f"{name} is not read by quarterdeck.config.Settings"
-        if "valueFrom" in var:
-            assert "secretKeyRef" in var["valueFrom"] or "configMapKeyRef" in var["valueFrom"]
-    # Secrets never appear as literal values.
-    for name in ("ANTHROPIC_API_KEY", "POSTGRES_URL", "QUARTERDECK_ADMIN_API_KEY"):
-        if name in env_of(container):
-            assert "secretKeyRef" in env_of(container)[name]["valueFrom"], name
+        if "valueFrom" in var:  # never a secretKeyRef: see test_deploy_kubernetes_isolation.py
+            assert set(var["valueFrom"]) == {"configMapKeyRef"}, name
 
 
 @pytest.mark.parametrize("bundle", OVERLAYS)
 def test_dependent_environment_variables_are_defined_first(bundle: str) -> None:
     """Kubernetes expands $(VAR) only from variables listed earlier; otherwise it stays literal."""
     seen: set[str] = set()
-    for var in coordinator(render(bundle))["env"]:
+    for var in coordinator(render(bundle)).get("env", []):
         for ref in re.findall(r"\$\(([A-Z_]+)\)", var.get("value", "")):
             assert ref in seen, f"{var['name']} uses $({ref}) before it is defined"
         seen.add(var["name"])
@@ -187,13 +205,17 @@ def test_production_and_dev_overlays_differ_as_documented() -> None:
     prod, dev = render("overlays/production"), render("overlays/dev")
     prod_env, dev_env = env_of(coordinator(prod)), env_of(coordinator(dev))
     assert prod_env["QUARTERDECK_ENV"]["value"] == "production"
-    assert prod_env["POSTGRES_URL"]["valueFrom"]["secretKeyRef"] == {
-        "name": "db-secrets",
-        "key": "connection-url",
-    }
+    prod_files, dev_files = secret_files(prod), secret_files(dev)
+    assert prod_files["postgres_url"] == ("db-secrets", "connection-url", False)
+    assert prod_files["audit_master_key"] == ("quarterdeck-audit", "master-key", False)
+    assert "QUARTERDECK_AUDIT_SIGNING_KEY_FILE" in prod_env
     assert find(prod, "Deployment")["spec"]["replicas"] == 3
     assert dev_env["QUARTERDECK_ENV"]["value"] == "development"
-    assert "POSTGRES_URL" not in dev_env, "dev uses the embedded Postgres"
+    assert "postgres_url" not in dev_files, "dev uses the embedded Postgres"
+    assert "audit_master_key" not in dev_files, "dev generates its audit keys"
+    assert "QUARTERDECK_AUDIT_SIGNING_KEY_FILE" not in dev_env
+    assert dev_files["admin_api_key"] == ("claude-secrets", "admin-api-key", True)
+    assert dev_files["anthropic_api_key"] == ("claude-secrets", "api-key", True)
     assert find(dev, "Deployment")["spec"]["replicas"] == 1
     assert not [d for d in dev if d["kind"] in {"HorizontalPodAutoscaler", "PodDisruptionBudget"}]
     assert coordinator(prod)["image"].startswith("your-registry/quarterdeck:")
@@ -279,48 +301,46 @@ def test_redis_password_comes_from_a_secret_and_not_from_the_conf() -> None:
     maxmemory = re.search(r"^maxmemory (\d+)mb", conf, flags=re.M)
     assert maxmemory is not None and int(maxmemory.group(1)) < 2048, "leave headroom under 2Gi"
     statefulset = find(docs, "StatefulSet", "redis-cluster")
-    redis = statefulset["spec"]["template"]["spec"]["containers"][0]
-    assert env_of(redis)["REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == "redis-secrets"
+    spec = statefulset["spec"]["template"]["spec"]
+    redis = spec["containers"][0]
+    assert "env" not in redis, "the password is a file, not an environment variable"
+    mount = next(m for m in redis["volumeMounts"] if m["name"] == "redis-secret")
+    volume = next(v for v in spec["volumes"] if v["name"] == "redis-secret")
+    assert volume["secret"]["secretName"] == "redis-secrets"
+    assert volume["secret"]["defaultMode"] == 0o400 and mount["readOnly"] is True
+    password_file = f"{mount['mountPath']}/{volume['secret']['items'][0]['path']}"
     script = "\n".join(redis["args"])
-    assert "requirepass" in script and "$REDIS_PASSWORD" in script
-    assert "$(REDIS_PASSWORD)" not in script, "password must not be on the command line"
+    assert "requirepass" in script and f'"$(cat {password_file})"' in script
+    assert "export" not in script, "the password stays a shell variable, out of redis's environ"
+    assert password_file in " ".join(redis["readinessProbe"]["exec"]["command"])
     # The headless Service the StatefulSet names exists.
     service = find(docs, "Service", statefulset["spec"]["serviceName"])
     assert service["spec"]["clusterIP"] == "None"
+    # Quarterdeck gets the same Secret's password as its own file, and a password-free URL.
     redis_url = env_of(coordinator(docs))["REDIS_URL"]["value"]
-    assert "$(REDIS_PASSWORD)@redis-cluster-0.redis-cluster" in redis_url
-
-
-def test_network_policy_allows_only_dns_postgres_redis_and_https() -> None:
-    policy = find(render("overlays/production"), "NetworkPolicy", "claude-agent-coordinator")
-    assert set(policy["spec"]["policyTypes"]) == {"Ingress", "Egress"}
-    ports = {
-        (p["port"], p.get("protocol", "TCP"))
-        for rule in policy["spec"]["egress"]
-        for p in rule["ports"]
-    }
-    assert ports == {(53, "UDP"), (53, "TCP"), (5432, "TCP"), (6379, "TCP"), (443, "TCP")}
-    assert all(rule.get("ports") for rule in policy["spec"]["egress"]), "no all-ports egress"
-    ingress_ports = {p["port"] for rule in policy["spec"]["ingress"] for p in rule["ports"]}
-    assert ingress_ports == {8080, 9090}
+    assert redis_url.startswith("redis://redis-cluster-0.redis-cluster.") and "@" not in redis_url
+    assert secret_files(docs)["redis_password"] == ("redis-secrets", "password", False)
 
 
 def test_rbac_is_least_privilege() -> None:
+    """The one API call Quarterdeck makes is the health monitor's Lease (health/lease.py)."""
     docs = render("overlays/production")
     role = find(docs, "Role", "claude-agent")
     grants = {
-        (g, r, v)
+        (g, r, v, tuple(rule.get("resourceNames", ())))
         for rule in role["rules"]
         for g in rule["apiGroups"]
         for r in rule["resources"]
         for v in rule["verbs"]
     }
-    assert ("apps", "deployments/scale", "patch") in grants
-    assert ("coordination.k8s.io", "leases", "update") in grants
-    assert ("networking.k8s.io", "ingresses", "patch") in grants
-    assert ("", "services", "patch") in grants
-    assert not {v for _, _, v in grants} & {"*", "delete", "deletecollection", "escalate", "bind"}
-    assert not {r for _, r, _ in grants} & {"*", "secrets", "pods/exec", "roles", "rolebindings"}
+    # read_namespaced_lease -> get, create_namespaced_lease -> create, replace -> update; get
+    # and update only on the elector's own Lease.
+    lease = (inspect.signature(LeaseElector).parameters["name"].default,)
+    assert grants == {
+        ("coordination.k8s.io", "leases", "create", ()),
+        ("coordination.k8s.io", "leases", "get", lease),
+        ("coordination.k8s.io", "leases", "update", lease),
+    }
     assert not [d for d in docs if d["kind"] in {"ClusterRole", "ClusterRoleBinding"}]
     binding = find(docs, "RoleBinding", "claude-agent")
     account = find(docs, "ServiceAccount", "claude-agent")
@@ -386,7 +406,9 @@ def test_dockerfile_is_multi_stage_and_the_final_stage_is_lean() -> None:
     installed = set()
     for match in re.finditer(r"apt-get install ([^&;]+)", final_runs):
         installed |= {w for w in match.group(1).split() if not w.startswith("-")}
-    assert installed <= {"git", "ca-certificates"}, f"final stage installs {installed}"
+    assert installed <= {"git", "ca-certificates", "bubblewrap", "socat"}, installed
+    # bubblewrap gives agent commands the strong sandbox; socat bridges its egress socket.
+    assert {"bubblewrap", "socat"} <= installed, "the image cannot run the strong sandbox"
     assert "--no-index" in final_runs, "final stage installs only the builder's wheels"
 
 

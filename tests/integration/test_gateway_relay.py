@@ -84,6 +84,10 @@ class RecordingAPI(MessagesAPIServer):
             Route("/v1/messages/count_tokens", self._count_tokens, methods=["POST"]),
         ]
 
+    def _default(self, model: str, payload: Any) -> Any:
+        """Echo the model asked for, as the real API does (the base stand-in names its own)."""
+        return api.message(api.text("ok"), model=model) if model else super()._default(model, {})
+
     async def _count_tokens(self, request: Request) -> Response:
         await self.record(request)
         return JSONResponse({"input_tokens": 42}, headers={"request-id": "req_count"})
@@ -120,6 +124,7 @@ class Stack:
     recorder: CallRecorder
     breakers: Breakers
     db: Database
+    auth: AuthService | None = None
 
     def client(self, key: str = CLIENT_KEY, **kwargs: Any) -> anthropic.AsyncAnthropic:
         return anthropic.AsyncAnthropic(base_url=self.url, api_key=key, max_retries=0, **kwargs)
@@ -146,7 +151,16 @@ async def serve(
     """Start a gateway (uvicorn on a free port) with the given settings over the stand-in."""
     stopped: list[Callable[[], Awaitable[None]]] = []
 
-    async def start(*, auth: bool = False, simulated: bool = False, **overrides: Any) -> Stack:
+    async def start(
+        *,
+        auth: bool = False,
+        simulated: bool = False,
+        trip_after: int = 3,
+        fast: bool = True,
+        **overrides: Any,
+    ) -> Stack:
+        """``fast``: serve the hot routes as ``app.py`` does, through ``FastGateway`` before
+        the app's stack; else through the routes themselves (any other app)."""
         base: dict[str, Any] = (
             {}
             if simulated
@@ -158,7 +172,7 @@ async def serve(
         settings = make_settings(**{**base, **overrides})
         recorder = CallRecorder(db, flush_interval_s=0.05)
         await recorder.start()
-        breakers = Breakers(config=BreakerConfig(failure_threshold=3, open_for_s=30.0))
+        breakers = Breakers(config=BreakerConfig(failure_threshold=trip_after, open_for_s=30.0))
         gateway = gateway_api.build_gateway(
             settings,
             prices=PRICES,
@@ -170,13 +184,15 @@ async def serve(
         )
         app = FastAPI()
         services(app).add(Gateway, gateway)
-        if auth:
-            services(app).add(AuthService, AuthService(db, required=True, bootstrap_key=ADMIN))
+        auth_service = AuthService(db, required=True, bootstrap_key=ADMIN) if auth else None
+        if auth_service is not None:
+            services(app).add(AuthService, auth_service)
         error_app(app)
         app.include_router(gateway_api.router)
         sock = socket.socket()
         sock.bind(("127.0.0.1", 0))
-        server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+        asgi = gateway_api.FastGateway(app) if fast else app
+        server = uvicorn.Server(uvicorn.Config(asgi, log_level="warning", lifespan="off"))
         task = asyncio.create_task(server.serve(sockets=[sock]))
         while not server.started:
             await asyncio.sleep(0.01)
@@ -189,7 +205,7 @@ async def serve(
 
         stopped.append(stop)
         url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-        return Stack(url, gateway, recorder, breakers, db)
+        return Stack(url, gateway, recorder, breakers, db, auth_service)
 
     yield start
     for stop in stopped:
@@ -215,8 +231,9 @@ def priced(model: str, usage: dict[str, Any]) -> Decimal:
 
 
 # -- the happy paths, through the real SDK ----------------------------------------------------
-async def test_non_streaming_message(serve: Serve, upstream: RecordingAPI) -> None:
-    stack = await serve()
+@pytest.mark.parametrize("fast", [True, False], ids=["fast-path", "routed"])
+async def test_non_streaming_message(serve: Serve, upstream: RecordingAPI, fast: bool) -> None:
+    stack = await serve(fast=fast)
     usage = api.make_usage(12, 7, cache_read=300, cache_5m=40, cache_1h=60)
     upstream.script([api.message(api.text("hello there"), usage=usage, model=MODEL)])
     msg = await stack.client().messages.create(
@@ -280,10 +297,11 @@ async def test_tokens_per_minute_per_key(serve: Serve, upstream: RecordingAPI) -
     assert len(upstream.requests) == 1
 
 
+@pytest.mark.parametrize("fast", [True, False], ids=["fast-path", "routed"])
 async def test_headers_and_body_bytes_arrive_unchanged(
-    serve: Serve, upstream: RecordingAPI
+    serve: Serve, upstream: RecordingAPI, fast: bool
 ) -> None:
-    stack = await serve()
+    stack = await serve(fast=fast)
     # Odd spacing, key order and non-ASCII text: any re-serialisation would change the bytes.
     body = (
         '{"messages":[{"role":"user","content":"h\\u00e9llo  \u00e9"}],  "max_tokens": 5,'
@@ -444,8 +462,120 @@ async def test_fallback_names_the_model_that_served(serve: Serve, upstream: Reco
     )
 
 
-async def test_bad_json_and_missing_fields_are_400_envelopes(serve: Serve) -> None:
-    stack = await serve()
+async def _ask(stack: Stack, key: str, model: str) -> tuple[int, str, str | None]:
+    """Status, the body's ``model`` (or error type) and the served-model header of one call."""
+    client = stack.client(key)
+    try:
+        raw = await client.messages.with_raw_response.create(
+            model=model, max_tokens=5, messages=[{"role": "user", "content": "x"}]
+        )
+        message = await raw.parse()
+        return raw.status_code, message.model, raw.headers["x-quarterdeck-served-model"]
+    except anthropic.APIStatusError as exc:
+        error = exc.body["error"]["type"]  # type: ignore[index]
+        return exc.status_code, error, exc.response.headers.get("x-quarterdeck-served-model")
+    finally:
+        await client.close()
+
+
+async def test_fallback_is_per_key(serve: Serve, upstream: RecordingAPI, db: Database) -> None:
+    """Only a key whose config allows it fails over; the response then names the model that
+    served it. The deployment's switch is off, so a key without config gets the error."""
+    stack = await serve(
+        auth=True, trip_after=100, model_fallbacks={"claude-opus-4-1": ["claude-sonnet-4-5"]}
+    )
+    auth = stack.auth
+    assert auth is not None
+    own = await auth.create("own", "submitter", "acme", gateway_fallback=["claude-haiku-4-5"])
+    chain = await auth.create("chain", "submitter", "acme", gateway_fallback=["*"])
+    plain = await auth.create("plain", "submitter", "acme")
+    never = await auth.create("never", "submitter", "acme", gateway_fallback=[])
+    assert (own.gateway_fallback, plain.gateway_fallback, never.gateway_fallback) == (
+        ["claude-haiku-4-5"],
+        None,
+        [],
+    )
+    upstream.set_fault("529", model="claude-opus-4-1")
+    primary = "claude-opus-4-1"
+    assert await _ask(stack, own.api_key, primary) == (200, "claude-haiku-4-5", "claude-haiku-4-5")
+    assert await _ask(stack, chain.api_key, primary) == (
+        200,
+        "claude-sonnet-4-5",
+        "claude-sonnet-4-5",
+    )
+    for key in (plain, never):
+        assert await _ask(stack, key.api_key, primary) == (529, "overloaded_error", primary)
+    # Two attempts on the primary per call (one retry), then the key's fallback or nothing.
+    assert [json.loads(b)["model"] for b in upstream.raw] == [
+        *(primary, primary, "claude-haiku-4-5"),
+        *(primary, primary, "claude-sonnet-4-5"),
+        *(primary, primary),
+        *(primary, primary),
+    ]
+    calls = await stack.calls(4)
+    assert [(c.key_id, c.served_model, c.status) for c in calls] == [
+        (own.id, "claude-haiku-4-5", 200),
+        (chain.id, "claude-sonnet-4-5", 200),
+        (plain.id, primary, 529),
+        (never.id, primary, 529),
+    ]
+    # Changed on the live key: it now fails over, at once (this process's key cache is told;
+    # another replica's within its TTL).
+    changed = await auth.set_gateway_fallback(plain.id, ["claude-haiku-4-5"])
+    assert changed.gateway_fallback == ["claude-haiku-4-5"]
+    assert (await _ask(stack, plain.api_key, primary))[:2] == (200, "claude-haiku-4-5")
+
+
+async def test_the_budget_hold_covers_the_dearest_model_a_key_may_fail_over_to(
+    serve: Serve, upstream: RecordingAPI, db: Database
+) -> None:
+    """A fallback may cost more than the model asked for: the hold reserves the dearest."""
+    stack = await serve(auth=True)
+    assert stack.auth is not None
+    cheap, dear = "claude-haiku-4-5", "claude-opus-4-1"
+    plain = await stack.auth.create("plain", "submitter", "acme")
+    upgrade = await stack.auth.create("up", "submitter", "acme", gateway_fallback=[dear])
+    body = {"model": cheap, "max_tokens": 1000, "messages": [{"role": "user", "content": "x"}]}
+    estimate = len(json.dumps(body, separators=(",", ":"))) + 1
+    low, high = PRICES.worst_case(cheap, estimate, 1000), PRICES.worst_case(dear, estimate, 1000)
+    assert high > 2 * low
+    await BudgetService(db).set("acme", (low + high) / 2, None)  # room for cheap, not dear
+    async with httpx.AsyncClient(base_url=stack.url) as client:
+        refused = await client.post(
+            "/v1/messages",
+            content=json.dumps(body, separators=(",", ":")),
+            headers={"x-api-key": upgrade.api_key},
+        )
+        served = await client.post(
+            "/v1/messages",
+            content=json.dumps(body, separators=(",", ":")),
+            headers={"x-api-key": plain.api_key},
+        )
+    assert refused.status_code == 429 and refused.json()["error"]["type"] == "billing_error"
+    assert served.status_code == 200, served.text
+    assert [json.loads(b)["model"] for b in upstream.raw] == [cheap]
+
+
+async def test_a_key_that_opts_out_never_fails_over_when_the_deployment_allows_it(
+    serve: Serve, upstream: RecordingAPI, db: Database
+) -> None:
+    stack = await serve(
+        auth=True,
+        gateway_fallback=True,
+        model_fallbacks={"claude-opus-4-1": ["claude-haiku-4-5"]},
+    )
+    auth = stack.auth
+    assert auth is not None
+    never = await auth.create("never", "submitter", "acme", gateway_fallback=[])
+    plain = await auth.create("plain", "submitter", "acme")
+    upstream.set_fault("529", model="claude-opus-4-1")
+    assert (await _ask(stack, never.api_key, "claude-opus-4-1"))[:2] == (529, "overloaded_error")
+    assert (await _ask(stack, plain.api_key, "claude-opus-4-1"))[:2] == (200, "claude-haiku-4-5")
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["fast-path", "routed"])
+async def test_bad_json_and_missing_fields_are_400_envelopes(serve: Serve, fast: bool) -> None:
+    stack = await serve(fast=fast)
     async with httpx.AsyncClient(base_url=stack.url) as client:
         bad = await client.post("/v1/messages", content=b"{not json")
         no_model = await client.post("/v1/messages", json={"messages": []})
@@ -474,10 +604,11 @@ async def test_body_over_the_limit_is_413(serve: Serve, upstream: RecordingAPI) 
     assert upstream.requests == []
 
 
+@pytest.mark.parametrize("fast", [True, False], ids=["fast-path", "routed"])
 async def test_auth_errors_use_the_envelope_and_keys_stay_home(
-    serve: Serve, upstream: RecordingAPI
+    serve: Serve, upstream: RecordingAPI, fast: bool
 ) -> None:
-    stack = await serve(auth=True)
+    stack = await serve(auth=True, fast=fast)
     with pytest.raises(anthropic.AuthenticationError) as info:
         await stack.client("not-a-key").messages.create(
             model=MODEL, max_tokens=5, messages=[{"role": "user", "content": "x"}]
@@ -606,6 +737,13 @@ async def test_simulated_upstream_with_the_sdk(serve: Serve, upstream: Recording
     )
     assert plain.model == "claude-sonnet-4-5" and plain.stop_reason == "end_turn"
     assert (await client.messages.count_tokens(model="x", messages=[])).input_tokens >= 1
+    async with httpx.AsyncClient(base_url=stack.url) as raw:
+        junk = await raw.post("/v1/messages/count_tokens", json={"junk": True})
+    assert junk.status_code == 400  # as the real API answers, through the gateway verbatim
+    assert junk.json()["error"] == {
+        "type": "invalid_request_error",
+        "message": "model: Field required",
+    }
     assert "simulated-opus" in [m.id async for m in client.models.list()]
     calls = await stack.calls(2)
     assert [c.stream for c in calls] == [True, False] and all(c.cost_usd > 0 for c in calls)

@@ -7,6 +7,11 @@ from rules/claude_agent_alerts.yml with a shorter window, a shorter ``for`` and 
 traffic guard so the test finishes in a bounded time. Everything else in the expression is the
 production rule.
 
+The listener requires a bearer token here (``QUARTERDECK_METRICS_TOKEN``; Prometheus reads it
+with ``authorization: credentials_file``, as deploy/monitoring/prometheus.yml documents), and a
+budgeted tenant's name reaches Prometheus only as its pseudonym. The listener itself (401s,
+pseudonyms, the opt-out) is tested in-process below, without Prometheus.
+
 Why the error rate is 0.8, not 0.5: the executor retries a provider error 4 times, so a run fails
 only when 5 calls in a row fail. At 0.5 that is 3% of runs, under the rule's 10% threshold; at
 0.8 it is 0.8**5 = 33%, so the alert must fire while most runs still succeed.
@@ -15,6 +20,7 @@ only when 5 calls in a row fail. At 0.5 that is 3% of runs, under the rule's 10%
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import re
 import shutil
@@ -29,6 +35,9 @@ import pytest
 import yaml
 
 from quarterdeck.chaos.process import Process, free_port, http_ok
+from quarterdeck.config import load_settings
+from quarterdeck.metrics import AUDIT_CHAIN_VALID, BUDGET_LIMIT, tenant_pseudonym
+from quarterdeck.server import start_metrics_server
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
@@ -39,6 +48,8 @@ WINDOW = "1m"  # production: 5m
 FOR = "5s"  # production: 2m
 MIN_RUNS = 3  # production: 10 finished runs in the window
 DEADLINE_S = 420.0  # a bound on waiting, not an assertion about speed
+TOKEN = "metrics-token-for-the-scrape-test-0123456789"
+TENANT = "initech-confidential"
 
 
 def test_rule(rule: dict[str, Any]) -> dict[str, Any]:
@@ -64,6 +75,8 @@ def test_error_rate_alert_goes_pending_then_firing(tmp_path: Path) -> None:
         pytest.fail(f"{quarterdeck} is missing: install the project (pip install -e .)")
 
     http_port, metrics_port, prom_port = free_port(), free_port(), free_port()
+    token_file = tmp_path / "metrics-token"
+    token_file.write_text(TOKEN + "\n")
     rules = yaml.safe_load(RULES.read_text())
     real = next(r for g in rules["groups"] for r in g["rules"] if r.get("alert") == "HighErrorRate")
     (tmp_path / "rules.yml").write_text(
@@ -78,6 +91,7 @@ def test_error_rate_alert_goes_pending_then_firing(tmp_path: Path) -> None:
                     {
                         "job_name": "claude-agents",
                         "metrics_path": "/metrics",
+                        "authorization": {"credentials_file": str(token_file)},
                         "static_configs": [{"targets": [f"127.0.0.1:{metrics_port}"]}],
                     }
                 ],
@@ -93,6 +107,7 @@ def test_error_rate_alert_goes_pending_then_firing(tmp_path: Path) -> None:
             "QUARTERDECK_DATA_DIR": str(tmp_path / "data"),
             "QUARTERDECK_HTTP_PORT": str(http_port),
             "QUARTERDECK_METRICS_PORT": str(metrics_port),
+            "QUARTERDECK_METRICS_TOKEN": TOKEN,
             "QUARTERDECK_SIMULATED_ERROR_RATE": ERROR_RATE,
             "QUARTERDECK_SIMULATED_TURNS": "1",
             "QUARTERDECK_PROVIDER": "simulated",
@@ -122,6 +137,9 @@ def test_error_rate_alert_goes_pending_then_firing(tmp_path: Path) -> None:
     ):
         qd.wait_ready(http_ok(f"{api}/ready"), timeout=180, interval=0.5)
         prom_proc.wait_ready(http_ok(f"{prom}/-/ready"), timeout=180, interval=0.5)
+        assert client.get(f"http://127.0.0.1:{metrics_port}/metrics").status_code == 401
+        budget = client.put(f"{api}/v1/tenants/{TENANT}/budget", json={"daily_usd": 5})
+        assert budget.status_code == 200, budget.text
 
         stop = threading.Event()
         accepted: list[int] = []
@@ -172,6 +190,12 @@ def test_error_rate_alert_goes_pending_then_firing(tmp_path: Path) -> None:
             if a["labels"]["alertname"] == "HighErrorRate"
         )
         assert labels["severity"] == "warning" and labels["agent_type"]
+        limits = client.get(
+            f"{prom}/api/v1/query", params={"query": "claude_agent_budget_limit_usd"}
+        ).json()["data"]["result"]
+        assert [r["metric"]["tenant"] for r in limits] == [tenant_pseudonym(TENANT)]
+        names = client.get(f"{prom}/api/v1/label/tenant/values").json()["data"]
+        assert TENANT not in names
 
 
 def _was_pending(client: httpx.Client, prom: str) -> bool:
@@ -184,3 +208,49 @@ def _was_pending(client: httpx.Client, prom: str) -> bool:
         },
     ).json()["data"]["result"]
     return bool(result)
+
+
+def _serve(tmp_path: Path, **settings: Any) -> tuple[str, Any]:
+    port = free_port()
+    server = start_metrics_server(
+        load_settings(None, data_dir=tmp_path, metrics_port=port, **settings)
+    )
+    return f"http://127.0.0.1:{port}/metrics", server
+
+
+def test_the_listener_requires_its_token_and_pseudonymises_tenants(tmp_path: Path) -> None:
+    BUDGET_LIMIT.labels(TENANT, "daily").set(7)
+    AUDIT_CHAIN_VALID.labels(tenant="all").set(1)
+    url, server = _serve(tmp_path, metrics_token=TOKEN)
+    try:
+        assert httpx.get(url).status_code == 401
+        wrong = httpx.get(url, headers={"Authorization": f"Bearer {TOKEN}x"})
+        assert wrong.status_code == 401 and "Bearer" in wrong.headers["www-authenticate"]
+        assert httpx.get(url, headers={"Authorization": TOKEN}).status_code == 401
+        good = {"Authorization": f"Bearer {TOKEN}"}
+        for query in ({}, {"name[]": "claude_agent_budget_limit_usd"}):
+            r = httpx.get(url, headers=good, params=query)
+            assert r.status_code == 200
+            pseudonym = tenant_pseudonym(TENANT)
+            line = f'claude_agent_budget_limit_usd{{period="daily",tenant="{pseudonym}"}} 7.0'
+            assert line in r.text, r.text[-2000:]
+            assert TENANT not in r.text
+        # the audit chain's all-tenants series is not a tenant: it keeps its value
+        text = httpx.get(url, headers=good).text
+        assert 'claude_agent_audit_chain_valid{tenant="all"} 1.0' in text
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_tenant_names_and_an_open_listener_only_when_configured(tmp_path: Path) -> None:
+    BUDGET_LIMIT.labels(TENANT, "daily").set(7)
+    url, server = _serve(tmp_path, metrics_tenant_labels=True)
+    try:
+        r = httpx.get(url)  # no token configured: open, as before
+        assert r.status_code == 200
+        assert f'claude_agent_budget_limit_usd{{period="daily",tenant="{TENANT}"}} 7.0' in r.text
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert tenant_pseudonym("acme") == "t-" + hashlib.sha256(b"acme").hexdigest()[:8]

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 
+from quarterdeck.exceptions import InvalidState
 from quarterdeck.runs import transitions
 from quarterdeck.runs.memory import InMemoryRunStore
-from quarterdeck.runs.models import RunStatus
+from quarterdeck.runs.models import RunFilter, RunStatus
 from quarterdeck.runs.store import Finish, PostgresRunStore, Requeue, RunStore
 from quarterdeck.store.pool import Database
 from tests.unit.test_run_store import row, turn
@@ -58,3 +60,57 @@ async def test_the_twin_and_postgres_agree(db: Database) -> None:
     assert real == twin
     assert real["moved"] == ["run_pg_a", "run_pg_b"]
     assert real["events"][-1] == ("status", None, "succeeded")
+
+
+async def retention_scenario(store: RunStore, suffix: str) -> dict[str, Any]:
+    """Erasure and the retention purge: what each deletes, counts, and what each refuses."""
+    ids = {n: f"run_{suffix}_{n}" for n in ("a1", "a2", "b1", "b2", "c1")}
+    tenants = {"a1": "ta", "a2": "ta", "b1": "tb", "b2": "tb", "c1": "tc"}
+    await store.create(
+        [(row(ids[n], tenant=tenants[n]), b"tar" if n == "a1" else None) for n in ids]
+    )
+    for n in ("a1", "b1", "c1"):
+        await store.claim(ids[n], "w")
+        await store.save_turn(turn(ids[n], 1))
+        await store.finish(Finish(ids[n], RunStatus.succeeded, result="ok"))
+    seen: dict[str, Any] = {}
+    await store.claim(ids["a2"], "w")  # ta has a running run: erasure refuses
+    with pytest.raises(InvalidState):
+        await store.erase_tenant("ta")
+    seen["after_refusal"] = await store.get(ids["a1"]) is not None
+    later = datetime.now(UTC) + timedelta(days=1)
+    earlier = datetime.now(UTC) - timedelta(days=1)
+    seen["nothing_old"] = await store.purge_finished(earlier)
+    purged = await store.purge_finished(later, exclude={"tc"})  # tc keeps its runs longer
+    seen["purged"] = (purged.run_ids, purged.counts, purged.by_tenant)
+    seen["running_kept"] = (await store.get(ids["a2"])) is not None
+    seen["queued_kept"] = (await store.get(ids["b2"])) is not None
+    seen["events_gone"] = await store.events(ids["a1"])
+    seen["archive_gone"] = await store.load_archive(ids["a1"])
+    only_tc = await store.purge_finished(later, "tc")
+    seen["only_tc"] = (only_tc.run_ids, only_tc.by_tenant)
+    erased = await store.erase_tenant("tb")  # its queued run and that run's job go too
+    seen["erased"] = (erased.run_ids, erased.counts, erased.by_tenant)
+    seen["erased_again"] = await store.erase_tenant("tb")
+    seen["left"] = sorted(r.id for r in await store.list_runs(None, RunFilter()))
+    return seen
+
+
+async def test_the_twin_and_postgres_agree_on_erasure_and_retention(db: Database) -> None:
+    postgres = PostgresRunStore(db)
+    try:
+        real = await retention_scenario(postgres, "pg")
+        async with db.acquire() as conn:
+            jobs = await conn.fetchval(
+                "SELECT count(*) FROM pgqueuer WHERE convert_from(payload, 'UTF8') = $1",
+                "run_pg_b2",
+            )
+    finally:
+        await postgres.aclose()
+    twin = InMemoryRunStore()
+    assert await retention_scenario(twin, "pg") == real
+    assert jobs == 0 and "run_pg_b2" not in twin.jobs.values()
+    assert real["purged"][0] == ("run_pg_a1", "run_pg_b1")
+    assert real["purged"][1] == {"run_events": 8, "run_turns": 2, "run_archives": 1, "runs": 2}
+    assert real["only_tc"] == (("run_pg_c1",), {"tc": 1})
+    assert real["erased"][0] == ("run_pg_b2",) and real["left"] == ["run_pg_a2"]

@@ -21,8 +21,10 @@ from typing import Any
 
 import pytest
 
+from quarterdeck.agents.egress.policy import address_refusal as address_denied
+from quarterdeck.agents.fetch import host_allowed
 from quarterdeck.agents.sandbox import capabilities
-from quarterdeck.agents.tools import WorkspaceTools, address_denied, host_allowed
+from quarterdeck.agents.tools import WorkspaceTools
 from quarterdeck.agents.workspace import Workspace, WorkspaceError
 from quarterdeck.config import Settings, load_settings
 from quarterdeck.providers.types import ToolResultBlock, ToolUseBlock
@@ -44,13 +46,22 @@ def data_dir() -> Iterator[Path]:
     shutil.rmtree(path, ignore_errors=True)
 
 
+@pytest.fixture
+def source_root() -> Iterator[Path]:
+    """A configured workspace root (QUARTERDECK_WORKSPACE_ROOTS), outside the data dir."""
+    path = Path(tempfile.mkdtemp(prefix="qd-src-", dir="/tmp"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
 def settings_for(data_dir: Path, **overrides: Any) -> Settings:
     return load_settings(None, data_dir=data_dir, command_timeout=20, **overrides)
 
 
 @pytest.fixture
-def tools(data_dir: Path) -> WorkspaceTools:
-    return WorkspaceTools(settings_for(data_dir))
+def tools(data_dir: Path, source_root: Path) -> WorkspaceTools:
+    return WorkspaceTools(settings_for(data_dir, workspace_roots=[source_root]))
 
 
 def make_run(workspace: dict[str, Any] | None = None) -> Run:
@@ -159,8 +170,8 @@ async def test_hard_links_and_special_files_are_refused(tools: WorkspaceTools) -
 # -- file tools and diff --------------------------------------------------------------------
 
 
-async def test_write_edit_diff_and_changed_files(tools: WorkspaceTools, data_dir: Path) -> None:
-    src = data_dir / "src"
+async def test_write_edit_diff_and_changed_files(tools: WorkspaceTools, source_root: Path) -> None:
+    src = source_root / "src"
     src.mkdir()
     (src / "keep.txt").write_text("unchanged\n")
     (src / "edit.txt").write_text("alpha\nbeta\n")
@@ -294,8 +305,8 @@ async def test_run_command_has_no_network_by_default(tools: WorkspaceTools) -> N
         command="python3 -c \"import socket; socket.create_connection(('127.0.0.1', 9), 2)\"",
     )
     if capabilities().netns:
-        assert event["isolation"].startswith("netns")
-        assert "unreachable" in result.content.lower()
+        assert "netns" in event["isolation"].split(" ")[0].split("+")
+        assert "unreachable" in result.content.lower() or "refused" in result.content.lower()
     else:
         assert "no network namespace" in event["isolation"]
 
@@ -325,8 +336,8 @@ async def test_tar_sources(tools: WorkspaceTools, data_dir: Path) -> None:
 
 
 @pytest.fixture
-def bare_repo(data_dir: Path) -> Path:
-    work, bare = data_dir / "work", data_dir / "bare.git"
+def bare_repo(source_root: Path) -> Path:
+    work, bare = source_root / "work", source_root / "bare.git"
     env = {
         **os.environ,
         "GIT_AUTHOR_NAME": "t",
@@ -407,3 +418,91 @@ async def test_http_fetch_allowlist(data_dir: Path) -> None:
     assert not host_allowed("example.com.evil.test", ["example.com"])
     assert address_denied("8.8.8.8") is None
     assert address_denied("192.168.1.1") and address_denied("224.0.0.1")
+
+
+# -- what a command changed, and the workspace size limit -----------------------------------
+
+
+def changes_of(event: dict[str, Any]) -> set[tuple[str, str]]:
+    return {(c["path"], c["change"]) for c in event["files_changed"] if "path" in c}
+
+
+async def test_run_command_records_what_it_created_changed_and_deleted(
+    tools: WorkspaceTools, source_root: Path
+) -> None:
+    src = source_root / "src"
+    (src / "d").mkdir(parents=True)
+    for name in ("keep.txt", "edit.txt", "gone.txt", "same.txt", "d/old.txt"):
+        (src / name).write_text("unchanged\n")
+    run = make_run({"type": "path", "value": str(src)})
+    script = (
+        "echo new > new.txt && mkdir -p made/deep && echo x > made/deep/f"
+        " && echo more >> edit.txt && rm gone.txt && rm -r d"
+        # Ignoring everything hides nothing from this audit (it is not the git diff).
+        " && echo '*' > .gitignore && echo hidden > hidden.txt"
+        # Same size, mtime put back: only the ctime shows the rewrite.
+        " && touch -r same.txt ref && printf 'Unchanged\\n' > same.txt && touch -r ref same.txt"
+        " && rm ref"
+    )
+    result, event = await call(tools, run, "run_command", command=script)
+    assert not result.is_error, result.content
+    assert changes_of(event) == {
+        ("new.txt", "created"),
+        ("made/", "created"),
+        ("made/deep/", "created"),
+        ("made/deep/f", "created"),
+        (".gitignore", "created"),
+        ("hidden.txt", "created"),
+        ("edit.txt", "modified"),
+        ("same.txt", "modified"),
+        ("gone.txt", "deleted"),
+        ("d/", "deleted"),
+        ("d/old.txt", "deleted"),
+    }
+    created = next(c for c in event["files_changed"] if c["path"] == "new.txt")
+    assert created["bytes"] == 4
+    assert event["file_changes"] == {
+        "created": 6,
+        "modified": 2,
+        "deleted": 3,
+        "omitted": 0,
+        "complete": True,
+    }
+    # A command that changes nothing records nothing; reads are not changes.
+    _, event = await call(tools, run, "run_command", command="cat keep.txt edit.txt > /dev/null")
+    assert event["files_changed"] == []
+    # The list is bounded; the counts are not.
+    _, event = await call(
+        tools,
+        run,
+        "run_command",
+        command="mkdir many && for i in $(seq 250); do : > many/f$i; done",
+    )
+    listed = [c for c in event["files_changed"] if "path" in c]
+    assert len(listed) == 200 and listed[0] == {"path": "many/", "change": "created"}
+    assert event["files_changed"][-1] == {
+        "created": 251,
+        "modified": 0,
+        "deleted": 0,
+        "omitted": 51,
+    }
+
+
+async def test_a_command_that_overfills_the_workspace_is_an_error(data_dir: Path) -> None:
+    tools = WorkspaceTools(
+        settings_for(data_dir, workspace_max_bytes=1024**2, workspace_max_files=100)
+    )
+    run = make_run()
+    result, event = await call(tools, run, "run_command", command="head -c 3000000 /dev/zero > big")
+    assert result.is_error and "workspace now holds" in result.content, result.content
+    assert event["exit_code"] == 0 and event["workspace_bytes"] >= 3_000_000
+    assert changes_of(event) == {("big", "created")}
+    result, _ = await call(tools, run, "write_file", path="more.txt", content="x")
+    assert result.is_error and "over its size limit" in result.content
+    result, event = await call(tools, run, "run_command", command="rm big")
+    assert not result.is_error and event["workspace_bytes"] < 1024**2
+    assert not (await call(tools, run, "write_file", path="more.txt", content="x"))[0].is_error
+    result, _ = await call(
+        tools, run, "run_command", command="for i in $(seq 150); do : > f$i; done"
+    )
+    assert result.is_error and "more than 100 files" in result.content

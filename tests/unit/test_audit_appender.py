@@ -76,6 +76,20 @@ async def test_fire_and_forget_events_wait_for_the_deadline_or_a_full_batch() ->
     await a.aclose()
 
 
+async def test_an_idle_flusher_writes_a_lone_event_within_max_delay() -> None:
+    """The flusher, idle on an empty buffer, must be woken by the first fire-and-forget event:
+    nothing else (no durable append, no full batch, no flush) ever comes along here."""
+    w = FakeWriter()
+    a = BatchAppender(w, max_delay=0.05, max_batch=10)
+    a.start()
+    await asyncio.sleep(0.02)  # the flusher has run and now waits on an empty buffer
+    for round_ in range(3):  # and again after each write has emptied it
+        a.append_nowait(item(round_))
+        await asyncio.sleep(0.2)
+        assert w.written == [f"key:{n}" for n in range(round_ + 1)]
+    await a.aclose()
+
+
 async def test_unavailable_database_defers_buffered_events_and_fails_awaiting_callers() -> None:
     w = FakeWriter()
     w.fail_with = [Unavailable("db down"), Unavailable("db down")]

@@ -22,7 +22,7 @@ from quarterdeck.gateway.errors import (
     UpstreamUnreachable,
     classify,
 )
-from quarterdeck.gateway.relay import DrainSlots, should_retry
+from quarterdeck.gateway.relay import DrainSlots, Outgoing, Relay, fallback_chain, should_retry
 from quarterdeck.gateway.service import KeyTokens, estimate_input_tokens
 from quarterdeck.gateway.upstream import (
     forwarded_headers,
@@ -299,3 +299,31 @@ def test_models_body_merges_upstream_and_price_table() -> None:
     assert body["data"][0]["display_name"] == "X"  # the upstream's entry wins
     assert (body["first_id"], body["last_id"], body["has_more"]) == ("claude-x", "claude-y", False)
     assert json.loads(models_body([], []))["data"] == []
+
+
+CHAINS = {"claude-opus-4-1": ["claude-sonnet-4-5", "claude-haiku-4-5"]}
+
+
+@pytest.mark.parametrize(
+    ("key_config", "default_on", "expected"),
+    [
+        (None, False, ()),  # the deployment default, off
+        (None, True, ("claude-sonnet-4-5", "claude-haiku-4-5")),  # ... on: its chain
+        ((), True, ()),  # the key opted out
+        (("*",), False, ("claude-sonnet-4-5", "claude-haiku-4-5")),  # the chain, switch off
+        (("claude-haiku-4-5", "claude-opus-4-1", "claude-haiku-4-5"), False, ("claude-haiku-4-5",)),
+    ],
+)
+def test_fallback_chain_follows_the_keys_config(
+    key_config: tuple[str, ...] | None, default_on: bool, expected: tuple[str, ...]
+) -> None:
+    got = fallback_chain("claude-opus-4-1", key_config, default_on=default_on, chains=CHAINS)
+    assert got == expected
+    out = Outgoing("/v1/messages", [], b"{}", "claude-opus-4-1", "t", fallbacks=got)
+    assert Relay.candidates(out) == ["claude-opus-4-1", *expected]
+
+
+def test_a_model_without_a_chain_has_no_fallback_unless_the_key_names_one() -> None:
+    assert fallback_chain("claude-haiku-4-5", ("*",), default_on=True, chains=CHAINS) == ()
+    own = fallback_chain("claude-haiku-4-5", ("claude-sonnet-4-5",), default_on=False, chains={})
+    assert own == ("claude-sonnet-4-5",)

@@ -93,3 +93,66 @@ async def test_count_tokens_models_and_errors() -> None:
     assert json.loads(await bad.read())["error"]["type"] == "invalid_request_error"
     missing = await send(b"", "/v1/other")
     assert missing.status == 404
+
+
+async def _count(payload: Any) -> tuple[int, dict[str, Any]]:
+    raw = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+    reply = await send(raw, "/v1/messages/count_tokens")
+    return reply.status, json.loads(await reply.read())
+
+
+async def test_count_tokens_refuses_what_the_api_refuses_in_its_envelope() -> None:
+    user = [{"role": "user", "content": "hi"}]
+    cases: list[tuple[Any, str]] = [
+        (b"{junk", "not valid JSON"),
+        ([1, 2], "JSON object"),
+        ({}, "model: Field required"),
+        ({"messages": user}, "model: Field required"),
+        ({"model": "", "messages": user}, "model:"),
+        ({"model": "m"}, "messages: Field required"),
+        ({"model": "m", "messages": "hi"}, "messages:"),
+        ({"model": "m", "messages": [{"role": "system", "content": "x"}]}, "messages.0.role"),
+        ({"model": "m", "messages": [{"role": "user"}]}, "messages.0.content"),
+        ({"model": "m", "messages": [{"role": "user", "content": [{}]}]}, "messages.0.content"),
+        ({"model": "m", "messages": user, "tools": {}}, "tools:"),
+    ]
+    for payload, wording in cases:
+        status, answer = await _count(payload)
+        assert status == 400, payload
+        assert answer["type"] == "error" and answer["request_id"].startswith("req_")
+        assert answer["error"]["type"] == "invalid_request_error"
+        assert wording in answer["error"]["message"], (payload, answer)
+    # /v1/messages says the same
+    bad = await send(json.dumps({"messages": user}).encode())
+    assert bad.status == 400 and "model: Field required" in (await bad.read()).decode()
+
+
+async def test_count_tokens_is_deterministic_and_grows_with_the_content() -> None:
+    def payload(text: str, **extra: Any) -> dict[str, Any]:
+        return {"model": "m", "messages": [{"role": "user", "content": text}], **extra}
+
+    status, first = await _count(payload("x" * 400))
+    assert status == 200 and set(first) == {"input_tokens"}
+    assert first == (await _count(payload("x" * 400)))[1]  # the same body, the same count
+    # 400 characters at 4 a token, plus 4 for the request and 4 for its one message
+    assert first["input_tokens"] == 100 + 8
+    assert (await _count(payload("x" * 800)))[1]["input_tokens"] == 200 + 8
+    with_system = (await _count(payload("x" * 400, system="y" * 40)))[1]["input_tokens"]
+    assert with_system == first["input_tokens"] + 10
+    tools = [{"name": "read_file", "input_schema": {"type": "object"}}]
+    assert (await _count(payload("x" * 400, tools=tools)))[1]["input_tokens"] > first[
+        "input_tokens"
+    ]
+    blocks = [{"type": "text", "text": "x" * 400, "cache_control": {"type": "ephemeral"}}]
+    as_blocks = (await _count({"model": "m", "messages": [{"role": "user", "content": blocks}]}))[1]
+    assert as_blocks == first  # a text block counts its text, not its JSON
+    turn = [
+        {"role": "user", "content": "x" * 400},
+        {
+            "role": "assistant",
+            "content": [{"type": "tool_use", "id": "t", "name": "n", "input": {}}],
+        },
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t", "content": "ok"}]},
+    ]
+    longer = (await _count({"model": "m", "messages": turn}))[1]["input_tokens"]
+    assert longer > first["input_tokens"] + 8

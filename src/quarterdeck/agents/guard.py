@@ -9,6 +9,11 @@ it runs (the guide's audit system only noticed afterwards):
 - ``require_approval`` holds the run until an operator approves (then it runs) or rejects it or
   the request expires (then the model gets a tool error).
 
+A call that will run is first recorded as ``tool.intent``, awaited (durable in Postgres before
+the tool starts), and its outcome as ``tool.call`` after (batched, within ~100 ms): a crash in
+between leaves the intent, so no call that happened can be missing from the audit log. If the
+intent cannot be written the call does not run (the model gets a tool error saying why).
+
 Whatever a tool returns is passed through secret redaction before the model sees it or it is
 stored, so a key that a test prints never reaches a checkpoint, an event or the provider.
 """
@@ -20,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import structlog
+
 from quarterdeck import metrics
 from quarterdeck.approvals.service import ApprovalService
 from quarterdeck.incidents.anomalies import AnomalySink
@@ -29,6 +36,8 @@ from quarterdeck.runs.models import Run
 from quarterdeck.security.policy import PolicyGate, redact
 from quarterdeck.security.redaction import redact_arguments
 from quarterdeck.security.trail import AuditTrail
+
+log = structlog.get_logger(__name__)
 
 
 @dataclass(frozen=True)
@@ -53,7 +62,7 @@ class GuardedTools:
     async def run(self, run: Run, call: ToolUseBlock) -> tuple[ToolResultBlock, dict[str, Any]]:
         result, event = await self._run(run, call)
         if self.guard.trail is not None:  # every tool call, run or refused, with its decision
-            self.guard.trail.tool_call(run, event)
+            self.guard.trail.tool_call(run, {**event, "tool_use_id": call.id})
         return result, event
 
     async def _run(self, run: Run, call: ToolUseBlock) -> tuple[ToolResultBlock, dict[str, Any]]:
@@ -108,9 +117,22 @@ class GuardedTools:
                     f"{decision.rule_id} and the call was {why}{note}",
                     record,
                 )
+        arguments, in_input = redact_arguments(call.input)
+        if self.guard.trail is not None:
+            try:  # durable before the call has any effect; no record, no call
+                await self.guard.trail.tool_intent(
+                    run, tool=call.name, tool_use_id=call.id, arguments=arguments, policy=record
+                )
+            except Exception as exc:
+                log.error("tool.intent_not_recorded", run_id=run.id, tool=call.name, error=str(exc))
+                return self._refused(
+                    call,
+                    "not run: the audit log could not record the call before it ran "
+                    f"({str(exc) or type(exc).__name__}); try again later",
+                    record,
+                )
         result, event = await self.inner.run(run, call)
         cleaned = redact(result.content)
-        arguments, in_input = redact_arguments(call.input)
         if cleaned.findings or in_input:
             result = dataclasses.replace(result, content=cleaned.text)
             event["output"] = redact(str(event.get("output", ""))).text

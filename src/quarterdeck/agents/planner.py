@@ -20,6 +20,7 @@ from urllib.parse import urlparse
 
 import structlog
 
+from quarterdeck.agents.egress import RunEgress
 from quarterdeck.agents.guard import Guard, GuardedTools, refused
 from quarterdeck.agents.quality import (
     QualityError,
@@ -32,7 +33,7 @@ from quarterdeck.agents.quality import (
 from quarterdeck.agents.sandbox import SandboxLimits, run_identity, run_sandboxed
 from quarterdeck.agents.templates import AgentCatalog, AgentType
 from quarterdeck.agents.tools import WorkspaceTools
-from quarterdeck.agents.workspace import Workspace
+from quarterdeck.agents.workspace import Workspace, WorkspaceError
 from quarterdeck.config import Settings
 from quarterdeck.exceptions import QuarterdeckError
 from quarterdeck.providers.types import ToolResultBlock, ToolSpec, ToolUseBlock
@@ -41,15 +42,21 @@ from quarterdeck.runs.models import Run, RunStatus
 from quarterdeck.runs.store import RunStore
 
 log = structlog.get_logger(__name__)
+NETWORK_LISTED = 100
+"""Egress connections listed in a ``run_command``'s tool-call event (all are audited)."""
 
 
 class AllowedTools:
-    """The workspace tools an agent type may use; other calls become tool errors."""
+    """The workspace tools an agent type may use; other calls become tool errors. With
+    ``egress`` (the type has ``network: egress``), each ``run_command`` gets its own proxy."""
 
-    def __init__(self, tools: WorkspaceTools, agent: AgentType, run: Run) -> None:
+    def __init__(
+        self, tools: WorkspaceTools, agent: AgentType, run: Run, egress: RunEgress | None = None
+    ) -> None:
         self.inner = tools
         self.agent = agent
         self.run_with_source = run  # carries an uploaded archive the first time
+        self.egress = egress
 
     def specs(self) -> list[ToolSpec]:
         return [s for s in self.inner.specs() if s.name in self.agent.tools]
@@ -61,7 +68,21 @@ class AllowedTools:
                 f"available: {', '.join(self.agent.tools)}"
             )
             return refused(call, message)
-        return await self.inner.run(self.run_with_source, call)
+        if self.egress is None or call.name != "run_command":
+            return await self.inner.run(self.run_with_source, call)
+        async with self.egress.open(run, run_identity(run.id)) as proxy:
+            self.inner.egress_sockets[run.id] = proxy.socket_path
+            try:
+                result, event = await self.inner.run(self.run_with_source, call)
+            finally:
+                self.inner.egress_sockets.pop(run.id, None)
+        # Closed: every connection has ended and been audited on its own (egress.connection);
+        # the call's event lists the first ones, so a connection loop cannot bloat it.
+        listed = event.setdefault("network", [])
+        listed.extend(r.to_dict() for r in proxy.records[:NETWORK_LISTED])
+        if len(proxy.records) > NETWORK_LISTED:
+            listed.append({"omitted": len(proxy.records) - NETWORK_LISTED})
+        return result, event
 
 
 def project_label(spec: dict[str, Any] | None) -> str:
@@ -84,8 +105,12 @@ class AgentPlanner:
         *,
         simulated: bool,
         guard: Guard | None = None,
+        egress: RunEgress | None = None,
     ) -> None:
         self.guard = guard
+        self.egress = egress or RunEgress.from_settings(
+            settings, guard.gate if guard else None, guard.trail if guard else None
+        )
         self.settings = settings
         self.store = store
         self.catalog = catalog
@@ -108,7 +133,21 @@ class AgentPlanner:
         tools: ToolRunner = self.stand_in
         workspace: Path | None = None
         if self.uses_workspace(run):
-            tools = AllowedTools(self.tools, agent, await self._with_archive(run))
+            egress = self.egress if agent.network == "egress" else None
+            prepared = await self._with_archive(run)
+            try:
+                # Made up front, so a refused or oversized source fails the run with its reason
+                # instead of turning every tool call into the same error.
+                await self.tools.workspace(prepared)
+            except WorkspaceError as exc:
+                return RunPlan(
+                    system_prompt=agent.system_prompt,
+                    tools=tools,
+                    max_turns=0,
+                    timeout_s=0.0,
+                    refusal=exc.detail,
+                )
+            tools = AllowedTools(self.tools, agent, prepared, egress)
             workspace = Workspace(self.settings.data_dir, run.id).path
         if self.guard is not None:
             tools = GuardedTools(tools, self.guard, workspace=workspace)

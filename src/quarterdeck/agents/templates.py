@@ -5,6 +5,8 @@ the YAML config under ``agent_types``; an entry whose name matches a built-in is
 override (only the fields it sets change), so tightening ``coder``'s budget does not mean copying
 its whole system prompt. A new type must at least set ``system_prompt``; its ``tools`` default to
 the read-only set, so a forgotten ``tools:`` line never hands a model write or shell access.
+Likewise ``network`` defaults to ``none``: a type reaches the network only when its entry says
+``network: egress``, and then only through the egress proxy (:mod:`quarterdeck.agents.egress`).
 
 Everything is validated when the catalog is built (at startup), and every problem is reported as
 ``agent_types.<name>.<field>`` so the operator can find the line in their YAML.
@@ -15,7 +17,7 @@ from __future__ import annotations
 import builtins
 import re
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -61,6 +63,12 @@ class AgentType(BaseModel):
     budget_usd: float | None = Field(default=None, gt=0)
     timeout_s: float = Field(default=3600.0, gt=0, le=7 * 86400)
     model: str | None = Field(default=None, min_length=1, max_length=128)
+    network: Literal["none", "egress"] = Field(
+        default="none",
+        description="none: commands have no network at all; egress: only through Quarterdeck's "
+        "egress proxy, to hosts on egress_allowed_hosts that the policy gate allows, every "
+        "connection audited.",
+    )
 
     @field_validator("tools", mode="before")
     @classmethod

@@ -12,22 +12,20 @@ stores as the run's ``tool_call`` event.
 from __future__ import annotations
 
 import asyncio
-import fnmatch
 import hashlib
-import ipaddress
 import os
-import socket
 import time
+from pathlib import Path
 from typing import Any
 
-import httpx
 import structlog
 from pydantic import ValidationError
 
+from quarterdeck.agents.changes import Snapshot, command_record
+from quarterdeck.agents.fetch import http_fetch
 from quarterdeck.agents.sandbox import TMP_DIRNAME, SandboxLimits, run_sandboxed
-from quarterdeck.agents.workspace import Workspace, WorkspaceError, parse_source
+from quarterdeck.agents.workspace import SourcePolicy, Workspace, WorkspaceError, parse_source
 from quarterdeck.config import Settings
-from quarterdeck.exceptions import QuarterdeckError
 from quarterdeck.providers.types import ToolResultBlock, ToolSpec, ToolUseBlock
 from quarterdeck.runs.models import Run
 from quarterdeck.toolcalls import (
@@ -40,6 +38,7 @@ from quarterdeck.toolcalls import (
     ReadFile,
     RunCommand,
     Search,
+    ToolError,
     WriteFile,
 )
 
@@ -47,19 +46,9 @@ log = structlog.get_logger(__name__)
 
 RECORD_INPUT_CHARS = 2_000
 RECORD_OUTPUT_CHARS = 4_000
-MAX_FETCH_BYTES = 1_000_000
-MAX_REDIRECTS = 5
 SEARCH_MAX_LINES = 500
 LIST_MAX_ENTRIES = 2_000
 _NOISE_DIRS = {".git", TMP_DIRNAME}
-
-
-class ToolError(QuarterdeckError):
-    """A refusal or failure to report to the model as an error result (never raised out)."""
-
-    status = 422
-    type_slug = "tool-error"
-    title = "Tool call failed"
 
 
 def _clip(text: str, limit: int, what: str = "characters") -> str:
@@ -91,30 +80,6 @@ def _read_all(fd: int) -> bytes:
     return b"".join(chunks)
 
 
-def address_denied(ip: str) -> str | None:
-    """Why ``ip`` must not be fetched (None if it is a public unicast address)."""
-    addr = ipaddress.ip_address(ip.split("%", 1)[0])
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped:
-        addr = addr.ipv4_mapped
-    for attr in ("loopback", "link_local", "private", "multicast", "reserved", "unspecified"):
-        if getattr(addr, f"is_{attr}"):
-            return f"{attr.replace('_', '-')} address {addr}"
-    if not addr.is_global:
-        return f"non-global address {addr}"
-    return None
-
-
-def host_allowed(host: str, allowlist: list[str]) -> bool:
-    """Empty allowlist: any host. ``example.com`` also admits its subdomains; globs work."""
-    if not allowlist:
-        return True
-    host = host.lower().rstrip(".")
-    for pattern in (p.lower().rstrip(".") for p in allowlist):
-        if fnmatch.fnmatchcase(host, pattern) or host.endswith("." + pattern.lstrip("*.")):
-            return True
-    return False
-
-
 class WorkspaceTools:
     """:class:`~quarterdeck.runs.executor.ToolRunner` backed by per-run workspaces."""
 
@@ -123,6 +88,13 @@ class WorkspaceTools:
         self.limits = limits or SandboxLimits()
         self._workspaces: dict[str, Workspace] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        self._broken: dict[str, str] = {}
+        """Runs whose workspace could not be made, and why: said again on every call instead
+        of copying or cloning up to the size limit once per call."""
+        self._over: set[str] = set()
+        """Runs whose last command left the workspace over the size limit."""
+        self.egress_sockets: dict[str, Path] = {}
+        """Run id -> the egress proxy socket open for its current command (the planner's)."""
 
     def specs(self) -> list[ToolSpec]:
         return [
@@ -135,12 +107,24 @@ class WorkspaceTools:
         ``run.params["workspace"]``."""
         async with self._locks.setdefault(run.id, asyncio.Lock()):
             ws = self._workspaces.get(run.id)
+            if run.id in self._broken:
+                raise WorkspaceError(self._broken[run.id])
             if ws is None:
                 ws = Workspace(
                     self.settings.data_dir, run.id, retention=self.settings.workspace_retention
                 )
                 if not ws.ready:
-                    await ws.create(parse_source(run.params.get("workspace")))
+                    try:
+                        await ws.create(
+                            parse_source(run.params.get("workspace")),
+                            policy=SourcePolicy.of(self.settings),
+                        )
+                    except WorkspaceError as exc:
+                        if len(self._broken) >= 1024:
+                            self._broken.pop(next(iter(self._broken)))
+                        message = f"the run's workspace could not be prepared: {exc.detail}"
+                        self._broken[run.id] = message
+                        raise WorkspaceError(message) from exc
                 if len(self._workspaces) >= 1024:  # cheap to reopen; don't grow forever
                     self._workspaces.pop(next(iter(self._workspaces)))
                 self._workspaces[run.id] = ws
@@ -150,6 +134,8 @@ class WorkspaceTools:
         """Forget the run and apply the retention policy to its workspace."""
         self._workspaces.pop(run.id, None)
         self._locks.pop(run.id, None)
+        self._broken.pop(run.id, None)
+        self._over.discard(run.id)
         ws = Workspace(self.settings.data_dir, run.id, retention=self.settings.workspace_retention)
         return ws.cleanup(status)
 
@@ -182,6 +168,11 @@ class WorkspaceTools:
                 raise ToolError(f"invalid input for {call.name}: {problems}") from None
             event["input"] = _record(args.model_dump())
             ws = await self.workspace(run)
+            if call.name in ("write_file", "edit_file") and run.id in self._over:
+                raise ToolError(
+                    "the workspace is over its size limit (QUARTERDECK_WORKSPACE_MAX_BYTES / "
+                    "_MAX_FILES); delete files with run_command before writing more"
+                )
             output = await getattr(self, f"_{call.name}")(ws, args, event)
         except (ToolError, WorkspaceError) as exc:
             output, event["is_error"] = str(exc), True
@@ -341,8 +332,11 @@ class WorkspaceTools:
         ceiling = self.settings.command_timeout
         timeout = min(args.timeout_s or ceiling, ceiling)
         network = self.settings.sandbox_network
-        if network:
-            event["permissions"].append("net.connect")
+        egress = self.egress_sockets.get(ws.run_id)
+        if network or egress:
+            event["permissions"].append("net.egress" if egress else "net.connect")
+        limit = self.settings.workspace_max_files
+        before = await asyncio.to_thread(ws.snapshot, limit)
         result = await run_sandboxed(
             args.command,
             ws.path,
@@ -351,10 +345,12 @@ class WorkspaceTools:
             network=network,
             limits=self.limits,
             run_as=ws.owner,
+            egress_socket=egress,
         )
         event.update(
             exit_code=result.exit_code, timed_out=result.timed_out, isolation=result.isolation
         )
+        over = await self._audit_changes(ws, before, event)
         head = (
             f"timed out after {timeout:g}s; the whole process tree was killed"
             if result.timed_out
@@ -365,86 +361,30 @@ class WorkspaceTools:
             body += f"\n--- stdout ---\n{result.stdout}"
         if result.stderr:
             body += f"\n--- stderr ---\n{result.stderr}"
-        if result.timed_out:
+        if over:
+            body += f"\n--- workspace ---\n{over}"
+        if result.timed_out or over:
             raise ToolError(body)
         return body
 
+    async def _audit_changes(self, ws: Workspace, before: Snapshot, event: dict[str, Any]) -> str:
+        """Record what the command created, changed and deleted and check the workspace's size
+        (see :func:`~quarterdeck.agents.changes.command_record`); returns why it is over its
+        limits, or an empty string."""
+        after = await asyncio.to_thread(ws.snapshot, self.settings.workspace_max_files)
+        record, over = command_record(
+            before,
+            after,
+            max_bytes=self.settings.workspace_max_bytes,
+            max_files=self.settings.workspace_max_files,
+        )
+        event.update(record)
+        if over:
+            self._over.add(ws.run_id)
+        else:
+            self._over.discard(ws.run_id)
+        return over
+
     # -- network -----------------------------------------------------------------------------
-    async def _vet(self, url: httpx.URL, event: dict[str, Any]) -> str:
-        """Check one URL (every redirect hop too); return the IP to connect to. Connecting to
-        the vetted IP, not the name, stops a DNS answer changing between check and connect."""
-        host = url.host
-        port = url.port or (443 if url.scheme == "https" else 80)
-        record: dict[str, Any] = {"url": str(url), "host": host, "port": port, "allowed": False}
-        event["network"].append(record)
-
-        def deny(reason: str) -> ToolError:
-            record["reason"] = reason
-            return ToolError(f"http_fetch refused {url}: {reason}")
-
-        if url.scheme not in ("http", "https"):
-            raise deny(f"scheme {url.scheme!r} not allowed (http, https only)")
-        if not host:
-            raise deny("no host in URL")
-        if not host_allowed(host, self.settings.http_fetch_allowlist):
-            raise deny(f"host {host!r} is not in http_fetch_allowlist")
-        try:
-            infos = await asyncio.get_running_loop().getaddrinfo(
-                host, port, type=socket.SOCK_STREAM
-            )
-        except OSError as exc:
-            raise deny(f"cannot resolve {host!r}: {exc}") from None
-        addresses = sorted({str(info[4][0]) for info in infos}, key=lambda a: (":" in a, a))
-        for ip in addresses:  # one bad answer taints the name: refuse rather than pick
-            reason = address_denied(ip)
-            if reason:
-                raise deny(f"{host} resolves to {reason}")
-        record.update(allowed=True, reason="public address", address=addresses[0])
-        return addresses[0]
-
     async def _http_fetch(self, ws: Workspace, args: HttpFetch, event: dict[str, Any]) -> str:
-        try:
-            url = httpx.URL(args.url)
-        except (httpx.InvalidURL, ValueError) as exc:
-            raise ToolError(f"invalid URL: {exc}") from None
-        timeout = httpx.Timeout(min(30.0, self.settings.command_timeout))
-        async with httpx.AsyncClient(trust_env=False, timeout=timeout) as client:
-            for _ in range(MAX_REDIRECTS + 1):
-                ip = await self._vet(url, event)
-                target = url.copy_with(host=ip if ":" not in ip else f"[{ip}]")
-                host_header = url.netloc.decode("ascii").rsplit("@", 1)[-1]
-                request = client.build_request(
-                    args.method,
-                    target,
-                    headers={"Host": host_header},
-                    extensions={"sni_hostname": url.host},
-                )
-                try:
-                    response = await client.send(request, stream=True)
-                except httpx.HTTPError as exc:
-                    raise ToolError(
-                        f"http_fetch {url} failed: {type(exc).__name__}: {exc}"
-                    ) from None
-                try:
-                    if response.is_redirect and "location" in response.headers:
-                        url = url.join(response.headers["location"])
-                        continue
-                    body, cut = bytearray(), 0
-                    async for chunk in response.aiter_bytes():
-                        room = MAX_FETCH_BYTES - len(body)
-                        body += chunk[: max(0, room)]
-                        cut += max(0, len(chunk) - room)
-                        if cut:
-                            break
-                finally:
-                    await response.aclose()
-                kind = response.headers.get("content-type", "")
-                head = f"HTTP {response.status_code} {response.reason_phrase}\n"
-                head += f"content-type: {kind}\n\n"
-                if b"\0" in body[:8192]:
-                    return head + f"[binary body, {len(body)} bytes not shown]"
-                text = body.decode(response.encoding or "utf-8", errors="replace")
-                if cut:
-                    text += f"\n[body truncated at {MAX_FETCH_BYTES} bytes]"
-                return head + text
-        raise ToolError(f"too many redirects (more than {MAX_REDIRECTS})")
+        return await http_fetch(args, self.settings, event)

@@ -10,25 +10,35 @@ Everything the model names is a path *relative to the tree*; :meth:`Workspace.re
 any that lands outside it after ``..`` and symlinks are resolved, and :meth:`Workspace.open_fd`
 then walks the components with ``O_NOFOLLOW`` so a symlink swapped in between the check and
 the open is refused too.
+
+Where the tree comes from (tar, a server directory, git) and the limits on it are
+:mod:`quarterdeck.agents.sources`; what a command changed in it, :mod:`quarterdeck.agents.changes`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import io
+import base64
+import binascii
 import os
 import re
 import shutil
 import stat
-import tarfile
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
-from quarterdeck.agents.sandbox import SAFE_PATH, TMP_DIRNAME, prepare_dir, run_identity
-from quarterdeck.exceptions import ValidationFailed
+from quarterdeck.agents.changes import Snapshot, snapshot
+from quarterdeck.agents.sandbox import TMP_DIRNAME, prepare_dir, run_identity
+from quarterdeck.agents.sources import (
+    Source,
+    SourcePolicy,
+    WorkspaceError,
+    git_env,
+    materialise,
+    run_exec,
+)
 
-Source = None | bytes | Path | str
-"""None: empty tree; bytes: a tar archive; Path: a local directory to copy; str: a git URL."""
+__all__ = ["PathEscape", "Source", "SourcePolicy", "Workspace", "WorkspaceError", "parse_source"]
+
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 _READY = "quarterdeck-ready"
 # Byproducts of running code, not changes an agent made: kept out of diffs and changed files.
@@ -41,15 +51,6 @@ CACHE_PATTERNS = (
     ".coverage",
     ".coverage.*",
 )
-_SCP_LIKE = re.compile(r"^[A-Za-z0-9_.-]+@[A-Za-z0-9_.-]+:[^/]")
-_GIT_ENV = {
-    "PATH": SAFE_PATH,
-    "HOME": "/nonexistent",
-    "LANG": "C.UTF-8",
-    "GIT_CONFIG_NOSYSTEM": "1",
-    "GIT_CONFIG_GLOBAL": "/dev/null",
-    "GIT_TERMINAL_PROMPT": "0",
-}
 _GIT_OPTS = [
     "-c",
     "safe.directory=*",
@@ -68,20 +69,14 @@ _GIT_OPTS = [
 ]
 
 
-class WorkspaceError(ValidationFailed):
-    """A workspace operation was refused or failed; the message is meant for the model."""
-
-
 class PathEscape(WorkspaceError):
     """A path resolved outside the workspace."""
 
 
 def parse_source(spec: object) -> Source:
     """``run.params["workspace"]`` (``{"type": "empty"|"path"|"git"|"tar", "value": ...}``, tar
-    base64-encoded) to a :data:`Source`."""
-    import base64
-    import binascii
-
+    base64-encoded) to a :data:`Source`. Whether the source is allowed is checked when it is
+    materialised (:mod:`quarterdeck.agents.sources`)."""
     if spec is None:
         return None
     if not isinstance(spec, dict):
@@ -101,108 +96,6 @@ def parse_source(spec: object) -> Source:
         except (binascii.Error, ValueError) as exc:
             raise WorkspaceError(f"params.workspace.value is not valid base64: {exc}") from exc
     raise WorkspaceError(f"unknown workspace type {kind!r} (empty, path, git or tar)")
-
-
-def check_git_url(url: str) -> str:
-    """Only https, ssh (URL or scp-like), file URLs and absolute local paths; returns the URL to
-    clone. ``ext::`` and friends run arbitrary commands, and a leading ``-`` is an option."""
-    if url.startswith("-") or any(c in url for c in "\0\n\r"):
-        raise WorkspaceError(f"refusing git URL {url!r}")
-    match = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*)://", url)
-    if match:
-        if match.group(1).lower() not in ("https", "ssh", "file"):
-            raise WorkspaceError(
-                f"git URL scheme {match.group(1)!r} not allowed (https, ssh, file)"
-            )
-        return url
-    if _SCP_LIKE.match(url):
-        return url
-    if url.startswith("/"):
-        return Path(url).resolve().as_uri()  # a local-path clone would ignore --depth
-    raise WorkspaceError(f"refusing git URL {url!r}: use https://, ssh://, file:// or a path")
-
-
-def _check_tar(tf: tarfile.TarFile, max_bytes: int, max_members: int) -> list[tarfile.TarInfo]:
-    """Refuse the whole archive on the first hostile member; the clear reason goes to the caller.
-    ``tarfile``'s ``data`` filter then re-checks against the real filesystem as it extracts."""
-    members, total = [], 0
-    for member in tf:
-        members.append(member)
-        if len(members) > max_members:
-            raise WorkspaceError(f"tar archive has more than {max_members} members")
-        name = member.name
-        parts = PurePosixPath(name).parts
-        if name.startswith("/") or re.match(r"^[A-Za-z]:", name):
-            raise WorkspaceError(f"tar member {name!r} has an absolute path")
-        if ".." in parts:
-            raise WorkspaceError(f"tar member {name!r} contains '..'")
-        if not (member.isfile() or member.isdir() or member.issym() or member.islnk()):
-            raise WorkspaceError(f"tar member {name!r} is a device, fifo or other special file")
-        if member.issym() or member.islnk():
-            target = member.linkname
-            base = os.path.dirname(name) if member.issym() else ""
-            joined = os.path.normpath(os.path.join(base, target))
-            if target.startswith("/") or joined == ".." or joined.startswith("../"):
-                raise WorkspaceError(f"tar link {name!r} -> {target!r} points outside")
-        total += max(0, member.size)
-        if total > max_bytes:
-            raise WorkspaceError(f"tar archive expands to more than {max_bytes} bytes")
-    return members
-
-
-def _extract_tar(data: bytes, dest: Path, max_bytes: int, max_members: int) -> None:
-    try:
-        with tarfile.open(fileobj=io.BytesIO(data), mode="r:*") as tf:
-            members = _check_tar(tf, max_bytes, max_members)
-            if not hasattr(tarfile, "data_filter"):  # pragma: no cover - Python < 3.11.4
-                if any(m.issym() or m.islnk() for m in members):
-                    raise WorkspaceError("tar links need Python >= 3.11.4 (tarfile data filter)")
-                tf.extractall(dest, members=members)
-            else:
-                tf.extractall(dest, members=members, filter="data")
-    except (tarfile.TarError, OSError) as exc:
-        raise WorkspaceError(f"cannot extract tar archive: {exc}") from exc
-
-
-def _copy_tree(src: Path, dest: Path) -> None:
-    if not src.is_dir():
-        raise WorkspaceError(f"workspace source {str(src)!r} is not a directory")
-
-    def special(directory: str, names: list[str]) -> set[str]:
-        """Skip fifos, sockets and devices: copying a fifo would block forever."""
-        skip = set()
-        for name in names:
-            mode = os.lstat(os.path.join(directory, name)).st_mode
-            if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode) or stat.S_ISLNK(mode)):
-                skip.add(name)
-        return skip
-
-    shutil.copytree(src, dest, symlinks=True, ignore=special, dirs_exist_ok=True)
-
-
-async def _exec(
-    argv: list[str], *, env: dict[str, str], timeout_s: float, cwd: Path | None = None
-) -> tuple[int, str, str]:
-    if shutil.which(argv[0], path=SAFE_PATH) is None:
-        raise WorkspaceError(f"{argv[0]} is not installed on the worker; workspaces need it")
-    proc = await asyncio.create_subprocess_exec(
-        *argv,
-        cwd=cwd,
-        env=env,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        start_new_session=True,
-    )
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(), timeout=timeout_s)
-    except TimeoutError:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, 9)
-        await proc.wait()
-        raise WorkspaceError(f"{argv[0]} timed out after {timeout_s:g}s") from None
-    rc = proc.returncode if proc.returncode is not None else -1
-    return rc, out.decode("utf-8", "replace"), err.decode("utf-8", "replace")
 
 
 class Workspace:
@@ -240,29 +133,21 @@ class Workspace:
         return ws
 
     async def create(
-        self,
-        source: Source = None,
-        *,
-        clone_timeout_s: float = 300.0,
-        max_bytes: int = 1024**3,
-        max_members: int = 200_000,
+        self, source: Source = None, *, policy: SourcePolicy | None = None
     ) -> Workspace:
-        """Populate the tree from ``source`` and record the baseline. Leftovers of a create that
-        crashed half-way are wiped first, so this is safe to retry."""
+        """Populate the tree from ``source`` within ``policy`` (roots, hosts, size limits) and
+        record the baseline. Leftovers of a create that crashed half-way are wiped first, so
+        this is safe to retry. The tree is handed to the run's user *before* it is filled, so
+        the copy or clone runs as that user, never as the worker."""
         self.root.mkdir(parents=True, exist_ok=True)
         self.root.chmod(0o711)  # sandbox uids may enter their own tree but not list others
         for leftover in (self.path, self.git_dir):
             await asyncio.to_thread(shutil.rmtree, leftover, ignore_errors=True)
         self.path.mkdir(mode=0o700)
         try:
-            if isinstance(source, bytes):
-                await asyncio.to_thread(_extract_tar, source, self.path, max_bytes, max_members)
-            elif isinstance(source, Path):
-                await asyncio.to_thread(_copy_tree, source, self.path)
-            elif isinstance(source, str):
-                await self._clone(check_git_url(source), clone_timeout_s)
-            elif source is not None:
-                raise WorkspaceError(f"unsupported workspace source {type(source).__name__}")
+            if self.owner:
+                os.chown(self.path, *self.owner)
+            await materialise(source, self.path, self.owner, policy or SourcePolicy())
             await asyncio.to_thread(prepare_dir, self.path, self.owner)
             self.path.chmod(0o700)
             await self._git("init", "--quiet", env_extra={"GIT_DIR": str(self.git_dir)})
@@ -279,39 +164,10 @@ class Workspace:
         (self.git_dir / _READY).write_text(self.run_id)
         return self
 
-    async def _clone(self, url: str, timeout_s: float) -> None:
-        env = {**_GIT_ENV, "HOME": os.environ.get("HOME", "/nonexistent")}
-        env.pop("GIT_CONFIG_GLOBAL")  # operator credentials/helpers may live in ~/.gitconfig
-        env["GIT_SSH_COMMAND"] = "ssh -o BatchMode=yes"
-        argv = [
-            "git",
-            "-c",
-            "protocol.allow=never",
-            "-c",
-            "protocol.https.allow=always",
-            "-c",
-            "protocol.ssh.allow=always",
-            "-c",
-            "protocol.file.allow=always",
-            "-c",
-            "safe.directory=*",
-            "clone",
-            "--quiet",
-            "--depth",
-            "1",
-            "--no-recurse-submodules",
-            "--",
-            url,
-            str(self.path),
-        ]
-        rc, _, err = await _exec(argv, env=env, timeout_s=timeout_s)
-        if rc != 0:
-            raise WorkspaceError(f"git clone failed: {err.strip()[-2000:]}")
-
     async def _git(self, *args: str, env_extra: dict[str, str] | None = None) -> str:
-        env = {**_GIT_ENV, "GIT_DIR": str(self.git_dir), "GIT_WORK_TREE": str(self.path)}
+        env = {**git_env(), "GIT_DIR": str(self.git_dir), "GIT_WORK_TREE": str(self.path)}
         env.update(env_extra or {})
-        rc, out, err = await _exec(["git", *_GIT_OPTS, *args], env=env, timeout_s=300.0)
+        rc, out, err = await run_exec(["git", *_GIT_OPTS, *args], env=env, timeout_s=300.0)
         if rc != 0:
             raise WorkspaceError(f"git {args[0]} failed: {err.strip()[-2000:]}")
         return out
@@ -329,6 +185,15 @@ class Workspace:
             await self._git("add", "--all")
             out = await self._git("diff", "--cached", "--no-renames", "--name-only", "-z", "HEAD")
         return [name for name in out.split("\0") if name]
+
+    def snapshot(self, max_entries: int) -> Snapshot:
+        """A stat walk of the tree (blocking; see :mod:`quarterdeck.agents.changes`): what
+        ``run_command`` changed is two of these compared, and its size is checked with one."""
+        return snapshot(self.path, max_entries=max_entries, skip=frozenset({TMP_DIRNAME}))
+
+    def size_bytes(self, max_entries: int = 10_000_000) -> int:
+        """Bytes the tree holds (each inode once, sparse files at full length)."""
+        return self.snapshot(max_entries).bytes
 
     def resolve(self, path: str | Path) -> Path:
         """The real path ``path`` names inside the tree, or :class:`PathEscape`.

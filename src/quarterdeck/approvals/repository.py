@@ -103,3 +103,9 @@ async def status_of(conn: asyncpg.Connection, approval_id: str) -> asyncpg.Recor
         "SELECT status, decided_by, note, expires_at FROM run_approvals WHERE id = $1",
         approval_id,
     )
+
+
+async def delete_tenant(conn: asyncpg.Connection, tenant: str) -> int:
+    """Tenant erasure: drop its held tool calls (their ``input`` is the agent's content)."""
+    status = await conn.execute("DELETE FROM run_approvals WHERE tenant = $1", tenant)
+    return int(status.split()[-1])

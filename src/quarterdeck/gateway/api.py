@@ -6,6 +6,10 @@ The body is read here as a stream, so an oversized one is refused at the limit r
 buffered whole first (Claude Code bodies reach the API's 32 MB). Errors on these paths are
 answered in Anthropic's envelope by the app's error handler
 (:func:`quarterdeck.gateway.errors.is_gateway_path`).
+
+The two hot routes (``POST /v1/messages`` and ``count_tokens``) are also served by
+:class:`FastGateway`, which ``app.py`` runs before its middleware stack and router; the routes
+declared here serve every other app (tests mounting the router) and document them.
 """
 
 from __future__ import annotations
@@ -14,12 +18,16 @@ from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import Annotated, Any
 
 import orjson
+import structlog
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi import routing as fastapi_routing
 from fastapi.routing import APIRoute
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from quarterdeck.config import Settings
-from quarterdeck.gateway.errors import InvalidRequest, RequestTooLarge
+from quarterdeck.exceptions import QuarterdeckError
+from quarterdeck.gateway.errors import InvalidRequest, RequestTooLarge, anthropic_error_response
 from quarterdeck.gateway.service import (
     BudgetHolds,
     CallRequest,
@@ -39,8 +47,10 @@ from quarterdeck.resilience.breaker import Breakers
 from quarterdeck.resilience.retry import RetryPolicy
 from quarterdeck.security.auth import Permission, Principal, require
 from quarterdeck.security.auth.dependencies import Requirement, authorize
+from quarterdeck.security.auth.middleware import RateLimitHeaders
 from quarterdeck.security.auth.permissions import TENANT_RE
 
+log = structlog.get_logger(__name__)
 router = APIRouter(tags=["gateway"])
 USE = require(Permission.GATEWAY_USE)
 PROVIDE_GATEWAY = provide(Gateway, unavailable="the gateway is not running")
@@ -217,13 +227,18 @@ async def create_message(request: Request, principal: CanUse, gateway: Gateway_)
         raw,
         parsed,
         headers,
-        request.url.query,
+        _query(request),
         tenant=attribution(lookup, TENANT_HEADER),
         run_id=attribution(lookup, RUN_HEADER),
         session_id=attribution(lookup, SESSION_HEADER),
         agent_id=attribution(lookup, AGENT_HEADER),
     )
     return await gateway.messages(call, principal)
+
+
+def _query(request: Request) -> str:
+    """The raw query string (``beta=true``), as sent: no URL object is built for it."""
+    return bytes(request.scope.get("query_string", b"")).decode("latin-1")
 
 
 router.add_api_route(
@@ -242,7 +257,7 @@ async def count_tokens(request: Request, principal: CanUse, gateway: Gateway_) -
         raw,
         _headers(request),
         principal,
-        query=request.url.query,
+        query=_query(request),
         tenant=attribution(request.headers, TENANT_HEADER),
     )
 
@@ -257,3 +272,59 @@ async def list_models(principal: CanUse, gateway: Gateway_) -> Response:
 async def probe() -> Response:
     """Claude Code's start-up connection probe (``HEAD /`` observed, ``/api/hello`` documented)."""
     return Response(status_code=200)
+
+
+FAST_ROUTES: dict[str, Endpoint] = {
+    "/v1/messages": create_message,
+    "/v1/messages/count_tokens": count_tokens,
+}
+
+
+class FastGateway:
+    """The gateway's two POST routes served before the app's middleware stack and router.
+
+    Why: through Starlette's and FastAPI's stack (server-error, telemetry, body-limit, our
+    rate-limit-headers, exception and exit-stack middlewares, then a router that tries every
+    route's pattern in turn) a relayed call paid more CPU than the relay itself. ``app.py``'s
+    app hands these two paths here first; the routes stay declared on :data:`router` (OpenAPI,
+    the route walk that proves every route is guarded) and serve any app without this.
+
+    It keeps what those layers do for these routes: the same ``gateway:use`` check as the
+    route's dependency (:func:`authorize`: 401, the key's and tenant's request limits, 403),
+    the ``RateLimit-*`` headers (:class:`RateLimitHeaders`), and every error, expected or not,
+    answered in Anthropic's envelope as ``app.py``'s handler does on gateway paths. The body
+    limit is the gateway's own (``read_body``).
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self._serve = RateLimitHeaders(self._handle)
+
+    @staticmethod
+    def handles(scope: Scope) -> bool:
+        return (
+            scope["type"] == "http" and scope["method"] == "POST" and scope["path"] in FAST_ROUTES
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """As a wrapper around ``app``: the fast routes here, everything else to ``app``."""
+        if self.handles(scope):
+            await self.serve(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
+
+    async def serve(self, scope: Scope, receive: Receive, send: Send) -> None:
+        scope["app"] = self.app  # what Starlette sets: the services and auth state live there
+        await self._serve(scope, receive, send)
+
+    async def _handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        request = Request(scope, receive)
+        try:
+            principal = await authorize(USE, request)
+            gateway = PROVIDE_GATEWAY(request)
+            response = await FAST_ROUTES[scope["path"]](request, principal, gateway)
+        except Exception as exc:
+            if not isinstance(exc, QuarterdeckError | HTTPException):
+                log.exception("unhandled_error", path=scope["path"])
+            response = anthropic_error_response(exc)
+        await response(scope, receive, send)

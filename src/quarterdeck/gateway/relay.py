@@ -57,6 +57,9 @@ class Outgoing:
     tenant: str
     parsed: Mapping[str, Any] | None = None
     """The parsed body, needed only to rewrite ``model`` for a fallback."""
+    fallbacks: Sequence[str] = ()
+    """The models this call may fail over to, in order (the key's config resolved by
+    :func:`fallback_chain`); empty: none."""
 
 
 @dataclass(slots=True)
@@ -142,7 +145,6 @@ class Relay:
         policy: RetryPolicy,
         retry_after_cap: float,
         breakers: Breakers | None = None,
-        fallbacks: Mapping[str, Sequence[str]] | None = None,
         clock: Callable[[], float] = time.monotonic,
         sleep: Sleep = asyncio.sleep,
     ) -> None:
@@ -150,13 +152,13 @@ class Relay:
         self.policy = policy
         self.retry_after_cap = retry_after_cap
         self.breakers = breakers
-        self.fallbacks = dict(fallbacks or {})
         self._clock = clock
         self._sleep = sleep
 
-    def candidates(self, model: str) -> list[str]:
-        """The model asked for, then its fallbacks (only those configured)."""
-        return [model, *(m for m in self.fallbacks.get(model, ()) if m != model)]
+    @staticmethod
+    def candidates(out: Outgoing) -> list[str]:
+        """The model asked for, then the fallbacks this call may use."""
+        return [out.model, *(m for m in dict.fromkeys(out.fallbacks) if m != out.model)]
 
     async def open(self, out: Outgoing) -> Opened:
         """Attempts until an answer is worth relaying. Raises CircuitOpenError (every candidate's
@@ -164,7 +166,7 @@ class Relay:
         last: Opened | None = None
         failure: BaseException | None = None
         attempts = 0
-        for model in self.candidates(out.model):
+        for model in self.candidates(out):
             body = out.body if model == out.model else _with_model(out, model)
             opened, failure, attempts = await self._attempts(out, model, body, attempts)
             if opened is not None and (opened.reply is not None or not _exhausted(opened)):
@@ -239,6 +241,29 @@ class Relay:
             await self.breakers.release(name)
 
 
+def fallback_chain(
+    model: str,
+    key_config: Sequence[str] | None,
+    *,
+    default_on: bool,
+    chains: Mapping[str, Sequence[str]],
+) -> tuple[str, ...]:
+    """The models a call for ``model`` may fail over to, in order. Pure.
+
+    ``key_config`` is the calling key's ``gateway_fallback``: None follows the deployment
+    default (``chains``, i.e. ``QUARTERDECK_MODEL_FALLBACKS``, when ``default_on``, else
+    nothing); ``()`` is never; ``("*",)`` is ``chains`` regardless of the default; anything else
+    is the key's own list, in its order. The model asked for is never its own fallback.
+    """
+    if key_config is None:
+        allowed: Sequence[str] = chains.get(model, ()) if default_on else ()
+    elif tuple(key_config) == ("*",):
+        allowed = chains.get(model, ())
+    else:
+        allowed = key_config
+    return tuple(m for m in dict.fromkeys(allowed) if m != model)
+
+
 def _exhausted(opened: Opened) -> bool:
     """A transient upstream error (a fallback model may do better), not the request's fault."""
     error = _error_of(opened.status, opened.headers, opened.error_body)
@@ -246,10 +271,10 @@ def _exhausted(opened: Opened) -> bool:
 
 
 def _with_model(out: Outgoing, model: str) -> bytes:
-    """The body with another ``model``: the one place the relay re-serialises (a fallback)."""
-    if out.parsed is None:
-        return out.body
-    return orjson.dumps({**out.parsed, "model": model})
+    """The body with another ``model``: the one place the relay re-serialises (a fallback).
+    Parsed again from ``body``, not taken from ``parsed``: the body may have been rewritten
+    (secrets redacted) and the fallback must carry what the first attempt carried."""
+    return orjson.dumps({**orjson.loads(out.body), "model": model})
 
 
 class DrainSlots:

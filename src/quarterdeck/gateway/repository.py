@@ -235,3 +235,17 @@ async def usage(
             )
         )
     return out
+
+
+async def delete_tenant(conn: asyncpg.Connection, tenant: str) -> dict[str, int]:
+    """Tenant erasure: its recorded calls (client-chosen session and agent ids, request ids) and
+    budget holds. No prompt text is stored here, but the ids may identify people; the tenant's
+    gateway spend goes with them."""
+    counts = {}
+    for table in ("gateway_calls", "budget_holds"):
+        status = await conn.execute(
+            f"DELETE FROM {table} WHERE tenant = $1",
+            tenant,
+        )
+        counts[table] = int(status.split()[-1])
+    return counts

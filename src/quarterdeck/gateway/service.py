@@ -37,6 +37,7 @@ from quarterdeck.gateway.relay import (
     Relay,
     RelayResponse,
     StreamEnd,
+    fallback_chain,
 )
 from quarterdeck.gateway.upstream import (
     ModelList,
@@ -116,6 +117,7 @@ class GatewayConfig:
     max_retries: int = 1
     retry_after_cap: float = 10.0
     fallback: bool = False
+    """The default for keys without their own ``gateway_fallback`` (see ``fallback_chain``)."""
     tokens_per_minute: float | None = None
     drain_on_disconnect: bool = True
     max_drains: int = 64
@@ -240,9 +242,10 @@ class Gateway:
             policy=policy or self.config.retry_policy(),
             retry_after_cap=self.config.retry_after_cap,
             breakers=breakers,
-            fallbacks=fallbacks if self.config.fallback else None,
             clock=clock,
         )
+        self.fallbacks = {model: tuple(chain) for model, chain in (fallbacks or {}).items()}
+        """``QUARTERDECK_MODEL_FALLBACKS``: whose calls may use it is each key's config."""
         self.drains = DrainSlots(self.config.max_drains)
         tpm = self.config.tokens_per_minute
         self.tokens = KeyTokens(tpm) if tpm else None
@@ -288,8 +291,18 @@ class Gateway:
         try:
             if self.tokens is not None:
                 taken = self.tokens.take(key_id, estimate)
+            chain = fallback_chain(
+                parsed.model,
+                principal.gateway_fallback,
+                default_on=self.config.fallback,
+                chains=self.fallbacks,
+            )
             if self.holds is not None:
-                worst = self.prices.worst_case(parsed.model, estimate, parsed.max_tokens)
+                # The dearest model that may serve it: a fallback can cost more than the primary.
+                worst = max(
+                    self.prices.worst_case(m, estimate, parsed.max_tokens)
+                    for m in (parsed.model, *chain)
+                )
                 call.hold_id = await self.holds.reserve(
                     tenant=ctx.tenant, key_id=key_id, run_id=ctx.run_id, amount=worst
                 )
@@ -301,7 +314,7 @@ class Gateway:
                 body = check.body if check.body is not None else raw
             path = "/v1/messages" + (f"?{request.query}" if request.query else "")
             headers = forwarded_headers(request.headers)
-            out = Outgoing(path, headers, body, parsed.model, ctx.tenant, parsed.body)
+            out = Outgoing(path, headers, body, parsed.model, ctx.tenant, parsed.body, chain)
             opened = await self.relay.open(out)
         except BaseException as exc:
             self._refused(call, exc, t0)

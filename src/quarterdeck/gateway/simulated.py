@@ -65,7 +65,7 @@ class SimulatedUpstream:
         if method == "POST" and route == "/v1/messages":
             return await self._messages(dict(headers), body)
         if method == "POST" and route == "/v1/messages/count_tokens":
-            return _json(200, orjson.dumps({"input_tokens": max(1, len(body) // 4)}))
+            return _count_tokens(body)
         if method == "GET" and route == "/v1/models":
             return _json(200, _models())
         return _json(404, envelope("not_found_error", f"{method} {route} not found", request_id()))
@@ -75,14 +75,10 @@ class SimulatedUpstream:
         await self._final.aclose()
 
     async def _messages(self, headers: Mapping[str, str], body: bytes) -> UpstreamReply:
-        try:
-            payload = orjson.loads(body)
-            model = str(payload["model"])
-            messages = payload["messages"]
-            if not isinstance(messages, list):
-                raise TypeError("messages must be a list")
-        except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
-            return _json(400, envelope("invalid_request_error", str(exc), request_id()))
+        payload, problem = validate_request(body)
+        if problem is not None:
+            return _json(400, envelope("invalid_request_error", problem, request_id()))
+        model, messages = str(payload["model"]), payload["messages"]
         request = _model_request(model, messages, payload, headers)
         scripted = SCRIPT_TOOLS <= set(request_tool_names(payload))
         provider = self._scripted if scripted else self._final
@@ -102,6 +98,103 @@ class SimulatedUpstream:
         if payload.get("stream") is True:
             return _reply(200, _sse(sse_events(message)), "text/event-stream", {}, rid)
         return _json(200, orjson.dumps(message), {}, rid)
+
+
+def validate_request(body: bytes) -> tuple[dict[str, Any], str | None]:
+    """The request parsed, and what the real API would answer 400 for (None: nothing).
+
+    The same checks for ``/v1/messages`` and ``count_tokens``, worded like the API's
+    (``model: Field required``), so a client tested against the simulated upstream sees the
+    errors it will see in production instead of a 200 for a body the API refuses.
+    """
+    try:
+        payload = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        return {}, f"the request body is not valid JSON: {exc}"
+    if not isinstance(payload, dict):
+        return {}, "the request body must be a JSON object"
+    model = payload.get("model")
+    if "model" not in payload:
+        return payload, "model: Field required"
+    if not isinstance(model, str) or not model:
+        return payload, "model: Input should be a non-empty string"
+    messages = payload.get("messages")
+    if "messages" not in payload:
+        return payload, "messages: Field required"
+    if not isinstance(messages, list):
+        return payload, "messages: Input should be a valid list"
+    for index, item in enumerate(messages):
+        where = f"messages.{index}"
+        if not isinstance(item, dict):
+            return payload, f"{where}: Input should be a valid dictionary"
+        if item.get("role") not in ("user", "assistant"):
+            return payload, f"{where}.role: Input should be 'user' or 'assistant'"
+        content = item.get("content")
+        if not isinstance(content, (str, list)):
+            return payload, f"{where}.content: Input should be a valid string or list"
+        if isinstance(content, list) and not all(
+            isinstance(b, dict) and isinstance(b.get("type"), str) for b in content
+        ):
+            return payload, f"{where}.content: every block needs a 'type'"
+    system = payload.get("system")
+    if system is not None and not isinstance(system, (str, list)):
+        return payload, "system: Input should be a valid string or list"
+    tools = payload.get("tools")
+    if tools is not None and not isinstance(tools, list):
+        return payload, "tools: Input should be a valid list"
+    return payload, None
+
+
+CHARS_PER_TOKEN = 4
+"""About what Claude's tokenizer averages on English and code."""
+MESSAGE_OVERHEAD = 4
+"""Tokens a message costs beyond its content (role markers), and a request's fixed part."""
+
+
+def count_input_tokens(payload: Mapping[str, Any]) -> int:
+    """A deterministic ``input_tokens`` for a valid request: characters of text (messages,
+    system, tool definitions, tool inputs and results) over :data:`CHARS_PER_TOKEN`, plus
+    :data:`MESSAGE_OVERHEAD` per message and for the request. The same body always counts the
+    same; more content never counts fewer."""
+    chars = _chars(payload.get("system")) + _chars(payload.get("tools"))
+    messages = payload.get("messages") or []
+    for item in messages:
+        chars += _chars(item.get("content"))
+    return MESSAGE_OVERHEAD * (1 + len(messages)) + -(-chars // CHARS_PER_TOKEN)
+
+
+def _chars(value: Any) -> int:
+    if value is None:
+        return 0
+    if isinstance(value, str):
+        return len(value)
+    if isinstance(value, list):
+        return sum(_block_chars(b) for b in value)
+    return len(orjson.dumps(value))
+
+
+def _block_chars(block: Any) -> int:
+    """The text a content block (or tool definition) puts in front of the model."""
+    if isinstance(block, str):
+        return len(block)
+    if not isinstance(block, dict):
+        return len(orjson.dumps(block))
+    kind = block.get("type")
+    if kind == "text" and isinstance(block.get("text"), str):
+        return len(block["text"])
+    if kind == "thinking" and isinstance(block.get("thinking"), str):
+        return len(block["thinking"])
+    if kind == "tool_result":
+        return _chars(block.get("content"))
+    # tool_use, tool definitions, images and anything newer: what they serialise to
+    return len(orjson.dumps({k: v for k, v in block.items() if k != "cache_control"}))
+
+
+def _count_tokens(body: bytes) -> UpstreamReply:
+    payload, problem = validate_request(body)
+    if problem is not None:
+        return _json(400, envelope("invalid_request_error", problem, request_id()))
+    return _json(200, orjson.dumps({"input_tokens": count_input_tokens(payload)}))
 
 
 def request_tool_names(payload: Mapping[str, Any]) -> list[str]:

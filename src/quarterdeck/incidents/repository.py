@@ -356,3 +356,14 @@ async def reserve_slot(
             interval_s,
         )
     return float(wait)
+
+
+async def delete_mentioning_tenant(conn: asyncpg.Connection, tenant: str) -> int:
+    """Tenant erasure: incidents raised about the tenant or its runs (security anomalies name
+    both, and their descriptions quote what the agent did), with their timelines and outbox."""
+    status = await conn.execute(
+        "DELETE FROM incidents WHERE details->>'tenant' = $1 OR affected_components ? $2",
+        tenant,
+        f"tenant:{tenant}",
+    )
+    return int(status.split()[-1])

@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from quarterdeck.config import Settings
 
@@ -118,7 +120,31 @@ def _provider(settings: Settings) -> Check:
     return Check("provider", "ok", f"{name}, default model {settings.model}")
 
 
-async def run_checks(settings: Settings, check_ports: bool = True) -> list[Check]:
+def isolation_checks(report: Mapping[str, Any]) -> list[Check]:
+    """One check per sandbox mode (``sandbox.<mode>``), from the sandbox's own isolation report
+    (passed in: the sandbox lives on a higher floor). A missing mode is a warning; a forced mode
+    this host cannot give, or production left with rlimits only, is a failure."""
+    checks = []
+    for entry in report["modes"]:
+        name, in_use = f"sandbox.{entry['mode']}", entry["in_use"]
+        tag = " (in use)" if in_use else ""
+        if entry["available"]:
+            weak = entry["mode"] == "rlimits" and in_use
+            status = "warn" if weak else "ok"
+            fix = "install bubblewrap and allow user namespaces" if weak else ""
+            checks.append(Check(name, status, f"available{tag}: {entry['gives'][0]}", fix))
+        else:
+            checks.append(Check(name, "warn", f"not available: {entry['missing_because']}"))
+    if report.get("problem"):
+        checks.append(
+            Check("sandbox", "fail", report["problem"], "set QUARTERDECK_SANDBOX_MODE=auto")
+        )
+    return checks
+
+
+async def run_checks(
+    settings: Settings, check_ports: bool = True, isolation: Mapping[str, Any] | None = None
+) -> list[Check]:
     checks = [Check("config", "ok", f"{settings.env} mode, data dir {settings.data_dir}")]
     try:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -137,6 +163,19 @@ async def run_checks(settings: Settings, check_ports: bool = True) -> list[Check
     checks += await _postgres(settings)
     checks.append(await _redis(settings))
     checks.append(_provider(settings))
+    if isolation is not None:
+        checks += isolation_checks(isolation)
+        weak = isolation["in_use"] == "rlimits" and not settings.sandbox_allow_weak
+        if weak and settings.env == "production":
+            checks.append(
+                Check(
+                    "sandbox",
+                    "fail",
+                    "production refuses to start: agent commands would get rlimits only",
+                    "give the host bubblewrap with user namespaces, or set "
+                    "QUARTERDECK_SANDBOX_ALLOW_WEAK=true to accept weak isolation",
+                )
+            )
     if check_ports:
         for label, port in (
             ("http_port", settings.http_port),

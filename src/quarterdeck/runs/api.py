@@ -25,7 +25,7 @@ from quarterdeck.runs.models import (
     RunStatus,
 )
 from quarterdeck.runs.service import RunService
-from quarterdeck.security.auth import Permission, Principal, require
+from quarterdeck.security.auth import Permission, Principal, Role, require
 from quarterdeck.security.trail import RequestContext
 
 router = APIRouter(prefix="/v1/runs", tags=["runs"])
@@ -61,6 +61,7 @@ async def submit_run(
         tenant=principal.tenant_for_new(),
         idempotency_key=idempotency_key,
         context=context(request, principal),
+        admin=principal.role is Role.admin,
     )
     response.headers["Location"] = f"/v1/runs/{run.id}"
     if not created:
@@ -89,6 +90,7 @@ async def submit_batch(
         tenant=principal.tenant_for_new(),
         idempotency_key=idempotency_key,
         context=context(request, principal),
+        admin=principal.role is Role.admin,
     )
     if not created:
         response.headers["Idempotent-Replayed"] = "true"

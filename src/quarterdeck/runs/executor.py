@@ -91,6 +91,9 @@ class RunPlan:
     timeout_s: float
     budget_usd: float | None = None
     max_tokens: int = 4096
+    refusal: str | None = None
+    """Why the run cannot start at all (e.g. its workspace source was refused): it fails with
+    this reason before any model call."""
 
 
 class Planner(Protocol):
@@ -134,7 +137,10 @@ class RunExecutor:
 
     async def execute(self, run: Run) -> Outcome:
         plan = await self.planner.plan(run)
-        outcome = await self._loop(run, plan)
+        if plan.refusal is not None:
+            outcome = Outcome(RunStatus.failed, error=plan.refusal, error_type="workspace")
+        else:
+            outcome = await self._loop(run, plan)
         await self.planner.finalize(run, outcome)
         return outcome
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -24,6 +24,7 @@ from quarterdeck.runs.models import Run, RunEvent, RunFilter, RunStatus
 from quarterdeck.runs.store import (
     CANCELLED_BEFORE_START,
     ORPHAN_REASON,
+    Erased,
     Finish,
     KeyTaken,
     QueueStats,
@@ -31,6 +32,7 @@ from quarterdeck.runs.store import (
     TurnRecord,
     check_requeue,
     lapsed_reason,
+    still_running,
     timeout_error,
 )
 
@@ -400,6 +402,51 @@ class InMemoryRunStore:
                 self._cancel_job(row.job_id if running else None)
                 ended.append(run_id)
         return ended
+
+    # -- erasure and retention ----------------------------------------------------------------
+    async def erase_tenant(self, tenant: str) -> Erased:
+        ids = sorted(r.run.id for r in self.rows.values() if r.run.tenant == tenant)
+        running = [i for i in ids if self.rows[i].run.status is RunStatus.running]
+        if running:
+            raise still_running(tenant, running)
+        self.jobs = {j: r for j, r in self.jobs.items() if r not in set(ids)}
+        return self._delete(ids)
+
+    async def purge_finished(
+        self, before: datetime, tenant: str | None = None, *, exclude: Collection[str] = ()
+    ) -> Erased:
+        rows = sorted(
+            (r.run for r in self.rows.values()),
+            key=lambda run: (run.finished_at or before, run.id),
+        )
+        return self._delete(
+            [
+                run.id
+                for run in rows
+                if run.status.terminal
+                and run.finished_at is not None
+                and run.finished_at < before
+                and (run.tenant == tenant if tenant is not None else run.tenant not in exclude)
+            ]
+        )
+
+    def _delete(self, ids: list[str]) -> Erased:
+        """Drop runs with what the Postgres tables keep beside them, counted the same way."""
+        if not ids:
+            return Erased()
+        gone = set(ids)
+        events = sum(1 for e in self.timeline if e.run_id in gone)
+        turns = sum(len(self.rows[i].checkpoints) for i in ids)
+        archives = sum(1 for i in ids if self.rows[i].archive is not None)
+        by_tenant: dict[str, int] = {}
+        for run_id in ids:
+            owner = self.rows[run_id].run.tenant
+            by_tenant[owner] = by_tenant.get(owner, 0) + 1
+        self.timeline = [e for e in self.timeline if e.run_id not in gone]
+        for run_id in ids:
+            del self.rows[run_id]
+        counts = {"run_events": events, "run_turns": turns, "run_archives": archives}
+        return Erased(tuple(ids), {**counts, "runs": len(ids)}, by_tenant)
 
     async def aclose(self) -> None:
         return None

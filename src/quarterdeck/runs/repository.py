@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
@@ -360,3 +361,58 @@ async def save_results(
         quality,
         event,
     )
+
+
+# -- erasure and retention -------------------------------------------------------------------
+_TERMINAL = sorted(s.value for s in RunStatus if s.terminal)
+
+
+async def lock_tenant_runs(
+    conn: asyncpg.Connection, tenant: str
+) -> list[tuple[str, str, int | None]]:
+    """(id, status, job id) of every run of ``tenant``, locked until the transaction ends."""
+    rows = await conn.fetch(
+        "SELECT id, status, job_id FROM runs WHERE tenant = $1 ORDER BY id FOR UPDATE", tenant
+    )
+    return [(r["id"], r["status"], None if r["job_id"] is None else int(r["job_id"])) for r in rows]
+
+
+async def lock_finished_runs(
+    conn: asyncpg.Connection,
+    before: datetime,
+    tenant: str | None,
+    exclude: list[str],
+    limit: int,
+) -> list[tuple[str, str]]:
+    """(id, tenant) of up to ``limit`` runs that ended before ``before`` (of ``tenant``, or of every
+    tenant not in ``exclude``), locked; ``SKIP LOCKED`` so a purge never waits on a live run."""
+    rows = await conn.fetch(
+        """
+        SELECT id, tenant FROM runs
+         WHERE finished_at < $1 AND status = ANY($2::text[])
+           AND ($3::text IS NULL OR tenant = $3) AND NOT (tenant = ANY($4::text[]))
+         ORDER BY finished_at, id LIMIT $5 FOR UPDATE SKIP LOCKED
+        """,
+        before,
+        _TERMINAL,
+        tenant,
+        exclude,
+        limit,
+    )
+    return [(r["id"], r["tenant"]) for r in rows]
+
+
+async def delete_runs(conn: asyncpg.Connection, run_ids: list[str]) -> dict[str, int]:
+    """Delete runs and their child rows (events, turn checkpoints, archives); returns rows
+    deleted per table. Children first, each counted; the run rows last (held tool calls,
+    ``run_approvals``, go by the foreign key's cascade: the approvals domain owns that table)."""
+    counts: dict[str, int] = {}
+    for table in ("run_events", "run_turns", "run_archives"):
+        status = await conn.execute(
+            f"DELETE FROM {table} WHERE run_id = ANY($1::text[])",
+            run_ids,
+        )
+        counts[table] = int(status.split()[-1])
+    status = await conn.execute("DELETE FROM runs WHERE id = ANY($1::text[])", run_ids)
+    counts["runs"] = int(status.split()[-1])
+    return counts

@@ -17,6 +17,7 @@ from quarterdeck.config import Settings
 from quarterdeck.exceptions import NotFound, Unavailable
 from quarterdeck.runs.events import RunEventHub
 from quarterdeck.runs.models import Run, RunCreate, RunEvent, RunFilter, RunPage
+from quarterdeck.runs.sources import ServerSourceForbidden, SourceRefused, check_workspace
 from quarterdeck.runs.store import RunStore
 from quarterdeck.runs.submission import DEFAULT_TENANT, AgentTypes, Submissions
 from quarterdeck.runs.worker import record_outcome
@@ -57,8 +58,12 @@ class RunService:
         tenant: str = DEFAULT_TENANT,
         idempotency_key: str | None = None,
         context: RequestContext | None = None,
+        admin: bool = False,
     ) -> tuple[Run, bool]:
-        """Create and enqueue a run. Returns (run, created); created is False on a replay."""
+        """Create and enqueue a run. Returns (run, created); created is False on a replay.
+        ``admin``: the caller has the admin role (only admins may seed a workspace from the
+        server's filesystem)."""
+        self.check_source(body, admin=admin)
         return await self.submissions.submit(
             body, tenant=tenant, idempotency_key=idempotency_key, context=context
         )
@@ -70,11 +75,34 @@ class RunService:
         tenant: str = DEFAULT_TENANT,
         idempotency_key: str | None = None,
         context: RequestContext | None = None,
+        admin: bool = False,
     ) -> tuple[list[str], bool]:
         """Create and enqueue many runs in one transaction: all of them or none."""
+        for i, body in enumerate(bodies):
+            try:
+                self.check_source(body, admin=admin)
+            except ServerSourceForbidden as exc:
+                raise ServerSourceForbidden(f"runs.{i}: {exc.detail}") from None
+            except SourceRefused as exc:
+                raise SourceRefused(
+                    f"runs.{i}: {exc.detail}", field=f"runs.{i}.workspace.value"
+                ) from None
         return await self.submissions.submit_batch(
             bodies, tenant=tenant, idempotency_key=idempotency_key, context=context
         )
+
+    def check_source(self, body: RunCreate, *, admin: bool) -> None:
+        """403 or 422 now, rather than a failed run later, for a workspace source the caller
+        may not use (see :mod:`quarterdeck.runs.sources`)."""
+        if body.workspace is not None:
+            check_workspace(
+                body.workspace.type,
+                body.workspace.value,
+                admin=admin,
+                roots=self.settings.workspace_roots,
+                allowed_hosts=self.settings.git_allowed_hosts,
+                deny=[self.settings.data_dir],
+            )
 
     # -- reads and changes --------------------------------------------------------------------
     async def get(self, run_id: str, tenant: str | None = DEFAULT_TENANT) -> Run:

@@ -13,21 +13,25 @@ requeue, whoever asks for it, goes through one operation (:meth:`RunStore.requeu
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Protocol
 
 import asyncpg
 
 from quarterdeck.exceptions import NotFound
-from quarterdeck.runs import queue, transitions
+from quarterdeck.runs import erasure, queue, transitions
 from quarterdeck.runs import read_repository as reads
 from quarterdeck.runs import repository as repo
+from quarterdeck.runs.erasure import Erased, still_running
 from quarterdeck.runs.models import Run, RunEvent, RunFilter, RunStatus
 from quarterdeck.runs.repository import Finish, TurnRecord
 from quarterdeck.runs.writes import RunWriter
 from quarterdeck.store.pool import Database
 
 __all__ = [
+    "Erased",
     "Finish",
     "KeyTaken",
     "PostgresRunStore",
@@ -35,6 +39,7 @@ __all__ = [
     "Requeue",
     "RunStore",
     "TurnRecord",
+    "still_running",
 ]
 
 ORPHAN_REASON = "its job was lost; requeued by orphan repair"
@@ -178,6 +183,20 @@ class RunStore(Protocol):
 
     async def time_out(self, run_ids: list[str], default_timeout_s: float) -> list[str]:
         """End running runs as ``timed_out`` and cancel their jobs; returns those ended."""
+
+    # -- erasure and retention ----------------------------------------------------------------
+    async def erase_tenant(self, tenant: str) -> Erased:
+        """Delete every run of ``tenant`` with all its rows, and the jobs of its queued runs.
+
+        Raises InvalidState while any of its runs is ``running``: its worker would go on writing
+        turns for a run that no longer exists. Cancel them first and wait until they end.
+        """
+
+    async def purge_finished(
+        self, before: datetime, tenant: str | None = None, *, exclude: Collection[str] = ()
+    ) -> Erased:
+        """Delete runs that ended before ``before``, with all their rows: of ``tenant``, or of
+        every tenant not in ``exclude`` (those with a retention of their own)."""
 
     async def aclose(self) -> None:
         """Wait for writes in flight, so shutdown never drops an accepted checkpoint."""
@@ -394,6 +413,15 @@ class PostgresRunStore:
                     await queue.cancel_jobs(conn, [job_id])
                 ended.append(run_id)
         return ended
+
+    # -- erasure and retention ----------------------------------------------------------------
+    async def erase_tenant(self, tenant: str) -> Erased:
+        return await erasure.erase_tenant(self.db, tenant)
+
+    async def purge_finished(
+        self, before: datetime, tenant: str | None = None, *, exclude: Collection[str] = ()
+    ) -> Erased:
+        return await erasure.purge_finished(self.db, before, tenant, exclude)
 
     async def aclose(self) -> None:
         await self.writer.aclose()

@@ -1,9 +1,10 @@
 """What Quarterdeck writes to the audit log, in one place: the call sites say *what happened*,
 this module turns it into :class:`~quarterdeck.security.audit.AuditEvent` records.
 
-Hot paths (run submission, start and finish, tool calls) append without waiting; the audit
-appender writes them in batches within ~100 ms and at shutdown. Security-relevant changes (keys,
-budgets, approvals, incident actions) are awaited, so they are durable before the API answers.
+Hot paths (run submission, start and finish, tool-call outcomes) append without waiting; the
+audit appender writes them in batches within ~100 ms on its own and at shutdown, so a crash
+loses at most that window. A tool call's intent, and security-relevant changes (keys, budgets,
+approvals, incident actions), are awaited: durable before the tool runs or the API answers.
 Prompts and tool output go in the encrypted ``sensitive`` part; everything else is searchable.
 """
 
@@ -202,6 +203,34 @@ class AuditTrail:
             )
         )
 
+    async def tool_intent(
+        self,
+        run: AuditedRun,
+        *,
+        tool: str,
+        tool_use_id: str,
+        arguments: dict[str, Any],
+        policy: dict[str, Any],
+    ) -> None:
+        """A tool call the guard let through, *durable before it runs*: a crash between the
+        call's effect and its batched ``tool.call`` outcome cannot leave no trace of it. The
+        outcome carries the same ``request_id`` (the model's tool-use id). ``arguments`` must
+        already be redacted; they go in the encrypted part, like the outcome's input."""
+        await self.audit.record(
+            AuditEvent(
+                event_type="tool.intent",
+                tenant=run.tenant,
+                actor=f"agent:{run.agent_type}",
+                agent_id=run.agent_type,
+                session_id=run.id,
+                request_id=tool_use_id,
+                operations=[tool],
+                data_accessed=[{"policy": policy.get("action"), "rule_id": policy.get("rule_id")}],
+                outcome="intended",
+                sensitive={"input": arguments},
+            )
+        )
+
     def tool_call(self, run: AuditedRun, event: dict[str, Any]) -> None:
         """One tool call: files touched, connections attempted, permissions used, the decision."""
         policy = event.get("policy") or {}
@@ -221,6 +250,7 @@ class AuditTrail:
                 actor=f"agent:{run.agent_type}",
                 agent_id=run.agent_type,
                 session_id=run.id,
+                request_id=event.get("tool_use_id"),
                 operations=[event.get("tool")],
                 files_modified=list(event.get("files_changed") or []),
                 network_connections=list(event.get("network") or []),
@@ -229,6 +259,33 @@ class AuditTrail:
                 outcome="error" if event.get("is_error") else "success",
                 anomaly=anomaly,
                 sensitive={"input": event.get("input"), "output": event.get("output")},
+            )
+        )
+
+    def egress_connection(self, run: AuditedRun, record: dict[str, Any]) -> None:
+        """One connection a command made (or tried) through the run's egress proxy, as it
+        ends: host, port, bytes each way, allowed or refused and why. A refusal is an anomaly."""
+        refused = not record.get("allowed")
+        self._nowait(
+            AuditEvent(
+                event_type="egress.connection",
+                tenant=run.tenant,
+                actor=f"agent:{run.agent_type}",
+                agent_id=run.agent_type,
+                session_id=run.id,
+                operations=["egress.connect"],
+                network_connections=[record],
+                duration_ms=_ms(record.get("duration_ms")),
+                outcome="refused" if refused else "allowed",
+                anomaly={
+                    "rule_id": record.get("rule_id") or "egress.refused",
+                    "severity": "medium",
+                    "decision": "deny",
+                    "tags": ["egress"],
+                    "description": str(record.get("reason", ""))[:500],
+                }
+                if refused
+                else None,
             )
         )
 

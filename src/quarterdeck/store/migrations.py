@@ -57,6 +57,8 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(8, "tool calls held for approval", sql_file="0008_approvals.sql"),
     Migration(9, "shared notification rate limits", sql_file="0009_notification_slots.sql"),
     Migration(10, "gateway calls, key budgets and budget holds", sql_file="0010_gateway.sql"),
+    Migration(11, "per-key gateway fallback, daily gateway spend", sql_file="0011_key_gateway.sql"),
+    Migration(12, "run-data retention and maintenance runs", sql_file="0012_run_retention.sql"),
 )
 
 HEAD = MIGRATIONS[-1].version

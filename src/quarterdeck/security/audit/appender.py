@@ -4,7 +4,8 @@ One transaction per event would cap appends at a few thousand per second and hol
 lock per event. Instead one flusher task drains the buffer: a batch is written as soon as anyone
 awaits durability (:meth:`BatchAppender.append`; events recorded while that batch is written form
 the next one), when the buffer holds ``max_batch`` events, or ``max_delay`` after the oldest
-fire-and-forget event (:meth:`BatchAppender.append_nowait`).
+fire-and-forget event (:meth:`BatchAppender.append_nowait`), whether or not anything else is
+ever written: a crash loses at most the last ``max_delay`` of fire-and-forget events.
 
 Failures: an awaiting caller gets the error. Fire-and-forget events go back to the front of the
 buffer and are retried with backoff while the database is unavailable; if the database *rejects*
@@ -83,7 +84,11 @@ class BatchAppender:
         if not size:
             self._oldest = asyncio.get_running_loop().time()
         buffer.append(item)
-        if size + 1 >= self.max_batch and not self._wake.is_set():
+        # The first event into an empty buffer must wake the flusher: idle, it waits for a
+        # wake-up with no timeout, and without one the event would sit in memory until an
+        # unrelated durable write came along (a SIGKILL then lost it). Later events ride on
+        # the deadline timer it then starts, or on a full batch.
+        if (not size or size + 1 >= self.max_batch) and not self._wake.is_set():
             self._wake.set()
 
     async def flush(self) -> None:

@@ -11,7 +11,8 @@ RUN_CREATED = "run.created"
 RUN_STARTED = "run.started"
 RUN_COMPLETED = "run.completed"  # outcome says success, failure, cancelled, ...
 RUN_CANCELLED = "run.cancelled"
-TOOL_CALL = "tool.call"
+TOOL_INTENT = "tool.intent"  # a tool call about to run: written durably before it runs
+TOOL_CALL = "tool.call"  # its outcome (or its refusal), written within ~100 ms after
 MODEL_CALL = "model.call"
 PERMISSION_USED = "permission.used"
 POLICY_DECISION = "policy.decision"
@@ -29,9 +30,13 @@ AUDIT_RETENTION_CHANGED = "audit.retention_changed"
 AUDIT_TENANT_SHREDDED = "audit.tenant_shredded"
 AUDIT_PURGED = "audit.purged"
 AUDIT_EXPORTED = "audit.exported"
+TENANT_ERASURE_REQUESTED = "tenant.erasure_requested"  # written before any of it is deleted
+TENANT_ERASED = "tenant.erased"  # counts of what went, never content
+RUNS_PURGED = "runs.purged"  # the run-data retention purge, per tenant, counts only
 GATEWAY_TOOL_USE = "gateway.tool_use"  # a tool call the upstream asked a gateway client to make
 GATEWAY_TOOL_RESULT = "gateway.tool_result"  # its result, as the client sent it back
 GATEWAY_SECRETS = "gateway.secrets"  # secrets found in an outgoing prompt (never the secret)
+EGRESS_CONNECTION = "egress.connection"  # one connection through a run's egress proxy
 
 KNOWN_EVENT_TYPES = frozenset(
     {
@@ -39,6 +44,7 @@ KNOWN_EVENT_TYPES = frozenset(
         RUN_STARTED,
         RUN_COMPLETED,
         RUN_CANCELLED,
+        TOOL_INTENT,
         TOOL_CALL,
         MODEL_CALL,
         PERMISSION_USED,
@@ -57,8 +63,12 @@ KNOWN_EVENT_TYPES = frozenset(
         AUDIT_TENANT_SHREDDED,
         AUDIT_PURGED,
         AUDIT_EXPORTED,
+        TENANT_ERASURE_REQUESTED,
+        TENANT_ERASED,
+        RUNS_PURGED,
         GATEWAY_TOOL_USE,
         GATEWAY_TOOL_RESULT,
         GATEWAY_SECRETS,
+        EGRESS_CONNECTION,
     }
 )

@@ -12,8 +12,16 @@ from fastapi import APIRouter, Depends, Path, Query
 
 from quarterdeck.exceptions import Unavailable
 from quarterdeck.security.auth.dependencies import MaybeAuth, require
+from quarterdeck.security.auth.errors import AuthOff
 from quarterdeck.security.auth.keys import KEY_ID_RE
-from quarterdeck.security.auth.models import ApiKey, CreatedKey, KeyCreate, KeyList, Me
+from quarterdeck.security.auth.models import (
+    ApiKey,
+    CreatedKey,
+    KeyCreate,
+    KeyList,
+    KeyUpdate,
+    Me,
+)
 from quarterdeck.security.auth.permissions import Permission
 from quarterdeck.security.auth.principal import Principal
 from quarterdeck.security.auth.service import AuthService
@@ -23,9 +31,23 @@ KeyId = Annotated[str, Path(pattern=KEY_ID_RE.pattern, description="The public k
 
 
 def _service(service: MaybeAuth) -> AuthService:
-    """The auth service, required: keys cannot be managed where authentication is off-line."""
+    """The auth service, required, with authentication on.
+
+    While authentication is off every caller is an anonymous admin, so a key made (or revoked)
+    over HTTP then would be the act of anyone who can reach the port, and a key made then would
+    stay valid once authentication is on. So key management over HTTP needs authentication; the
+    bootstrap path is ``quarterdeck keys create``, which needs the database credentials (more
+    than any key: they could write the keys table directly).
+    """
     if service is None:
         raise Unavailable("API keys are not available in this process")
+    if not service.required:
+        raise AuthOff(
+            "key management over HTTP is refused while authentication is off: every caller "
+            "acts as an admin here, and a key made now would stay valid once authentication is "
+            "on. Turn it on (QUARTERDECK_AUTH_ENABLED=true) and use an admin key, or make keys "
+            "with `quarterdeck keys create`, which needs the database credentials."
+        )
     return service
 
 
@@ -48,7 +70,12 @@ async def create_key(
     keys: Keys,
 ) -> CreatedKey:
     return await keys.create(
-        body.name, body.role, body.tenant, expires_at=body.expires_at, actor=actor(principal)
+        body.name,
+        body.role,
+        body.tenant,
+        expires_at=body.expires_at,
+        actor=actor(principal),
+        gateway_fallback=body.gateway_fallback,
     )
 
 
@@ -71,6 +98,20 @@ async def get_key(
     keys: Keys,
 ) -> ApiKey:
     return await keys.get(key_id)
+
+
+@router.patch(
+    "/v1/admin/keys/{key_id}",
+    response_model=ApiKey,
+    summary="Change a key's gateway fallback (applies within seconds on every replica)",
+)
+async def update_key(
+    key_id: KeyId,
+    body: KeyUpdate,
+    principal: Annotated[Principal, Depends(require(Permission.KEYS_WRITE))],
+    keys: Keys,
+) -> ApiKey:
+    return await keys.set_gateway_fallback(key_id, body.gateway_fallback, actor=actor(principal))
 
 
 @router.delete(

@@ -28,7 +28,7 @@ from quarterdeck.security.auth.service import AuthService, build_auth_service
 
 T = TypeVar("T")
 app = typer.Typer(
-    help="Create, list and revoke API keys (connects to Postgres directly).",
+    help="Create, list, update and revoke API keys (connects to Postgres directly).",
     no_args_is_help=True,
 )
 STATUS_COLOUR = {"active": "green", "expired": "yellow", "revoked": "red"}
@@ -86,6 +86,40 @@ def _run(ctx: typer.Context, use: Callable[[AuthService], Awaitable[T]]) -> T:
         fail(exc.detail)
 
 
+FALLBACK_HELP = (
+    "Models this key's gateway calls may fail over to when the model asked for is overloaded: "
+    "'default' (the deployment's QUARTERDECK_GATEWAY_FALLBACK), 'off' (never), 'on' (the "
+    "deployment's QUARTERDECK_MODEL_FALLBACKS chain), or models in order, e.g. "
+    "'claude-sonnet-4-5,claude-haiku-4-5'."
+)
+
+
+def parse_fallback(text: str) -> list[str] | None:
+    """``--gateway-fallback``: default -> None, off -> [], on -> ['*'], else the models."""
+    word = text.strip().lower()
+    if word == "default":
+        return None
+    if word in ("off", "none"):
+        return []
+    if word in ("on", "*"):
+        return ["*"]
+    models = [m.strip() for m in text.split(",")]
+    if any(not m for m in models):
+        raise typer.BadParameter(
+            "a comma-separated list of model names (or default, off, on)",
+            param_hint="--gateway-fallback",
+        )
+    return models
+
+
+def _fallback_text(value: list[str] | None) -> str:
+    if value is None:
+        return "default"
+    if not value:
+        return "off"
+    return "on" if value == ["*"] else ",".join(value)
+
+
 def _expiry(text: str | None) -> timedelta | None:
     if text is None:
         return None
@@ -106,14 +140,23 @@ def create(
     expires_in: Annotated[
         str | None, typer.Option(help="Lifetime, e.g. 90d or 12h [default: never expires].")
     ] = None,
+    gateway_fallback: Annotated[str, typer.Option(help=FALLBACK_HELP)] = "default",
     as_json: JsonOpt = False,
 ) -> None:
     """Create a key and print it. It is shown only this once: store it now."""
     lifetime = _expiry(expires_in)
     expires_at = utcnow() + lifetime if lifetime is not None else None
+    fallback = parse_fallback(gateway_fallback)
     created = _run(
         ctx,
-        lambda s: s.create(name, role, tenant, expires_at=expires_at, actor=_actor()),
+        lambda s: s.create(
+            name,
+            role,
+            tenant,
+            expires_at=expires_at,
+            actor=_actor(),
+            gateway_fallback=fallback,
+        ),
     )
     if as_json:
         print_json(created.model_dump(mode="json"))
@@ -159,6 +202,22 @@ def list_keys(
     console.print(table)
     if not items:
         console.print("no keys")
+
+
+@app.command("update")
+def update(
+    ctx: typer.Context,
+    key_id: Annotated[str, typer.Argument(help="The key id (from `keys list`).")],
+    gateway_fallback: Annotated[str, typer.Option(help=FALLBACK_HELP)],
+    as_json: JsonOpt = False,
+) -> None:
+    """Change a key's gateway fallback. It applies within seconds on every replica."""
+    fallback = parse_fallback(gateway_fallback)
+    key = _run(ctx, lambda s: s.set_gateway_fallback(key_id, fallback, actor=_actor()))
+    if as_json:
+        print_json(key.model_dump(mode="json"))
+    else:
+        console.print(f"{key.id}: gateway fallback {_fallback_text(key.gateway_fallback)}")
 
 
 @app.command("revoke")

@@ -59,3 +59,11 @@ class RateLimited(AuthError):
         super().__init__(detail, extra={"retry_after": retry_after})
         self.retry_after = retry_after
         self.headers = dict(headers)
+
+
+class AuthOff(AuthError):
+    """409: key management over HTTP while authentication is off (see ``auth/api.py``)."""
+
+    status = 409
+    type_slug = "auth-off"
+    title = "Authentication is off"

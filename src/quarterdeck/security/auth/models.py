@@ -12,7 +12,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from quarterdeck.security.auth.permissions import Permission, Role
 
@@ -36,9 +36,12 @@ class KeyRecord:
     expires_at: datetime | None
     revoked_at: datetime | None
     revoked_by: str | None
+    gateway_fallback: tuple[str, ...] | None = None
+    """Models the key's gateway calls may fail over to (see :data:`GATEWAY_FALLBACK_DOC`)."""
 
     @classmethod
     def from_row(cls, row: Any) -> KeyRecord:
+        fallback = row.get("gateway_fallback")
         return cls(
             id=row["id"],
             prefix=row["prefix"],
@@ -51,6 +54,7 @@ class KeyRecord:
             expires_at=row["expires_at"],
             revoked_at=row["revoked_at"],
             revoked_by=row["revoked_by"],
+            gateway_fallback=tuple(fallback) if fallback is not None else None,
         )
 
     def status(self, now: datetime) -> KeyStatus:
@@ -73,7 +77,38 @@ class KeyRecord:
             expires_at=self.expires_at,
             revoked_at=self.revoked_at,
             revoked_by=self.revoked_by,
+            gateway_fallback=list(self.gateway_fallback)
+            if self.gateway_fallback is not None
+            else None,
         )
+
+
+GATEWAY_FALLBACK_DOC = (
+    "Models this key's gateway calls may fail over to, before the first byte, when the model "
+    "asked for is overloaded or down: null follows the deployment default "
+    "(QUARTERDECK_GATEWAY_FALLBACK with QUARTERDECK_MODEL_FALLBACKS); [] never fails over; "
+    '["*"] uses QUARTERDECK_MODEL_FALLBACKS even with that switch off; a list of models is '
+    "tried in its order after the one asked for."
+)
+MAX_FALLBACK_MODELS = 8
+MAX_MODEL_CHARS = 256
+
+
+def check_gateway_fallback(value: list[str] | None) -> list[str] | None:
+    """The value normalised (names stripped, duplicates dropped), or ValueError saying why not."""
+    if value is None:
+        return None
+    models = list(dict.fromkeys(m.strip() for m in value))
+    if len(models) > MAX_FALLBACK_MODELS:
+        raise ValueError(f"at most {MAX_FALLBACK_MODELS} fallback models")
+    for model in models:
+        if not model or len(model) > MAX_MODEL_CHARS or not model.isprintable():
+            raise ValueError(
+                f"a fallback model is a name of 1 to {MAX_MODEL_CHARS} printable characters"
+            )
+    if "*" in models and len(models) > 1:
+        raise ValueError("'*' (the deployment's chain) stands alone")
+    return models
 
 
 class ApiKey(BaseModel):
@@ -88,6 +123,7 @@ class ApiKey(BaseModel):
     expires_at: datetime | None
     revoked_at: datetime | None
     revoked_by: str | None
+    gateway_fallback: list[str] | None = Field(default=None, description=GATEWAY_FALLBACK_DOC)
 
 
 class CreatedKey(ApiKey):
@@ -111,6 +147,20 @@ class KeyCreate(BaseModel):
     expires_at: datetime | None = Field(
         default=None, description="When the key stops working (must be in the future)."
     )
+    gateway_fallback: list[str] | None = Field(default=None, description=GATEWAY_FALLBACK_DOC)
+
+    _fallback = field_validator("gateway_fallback")(check_gateway_fallback)
+
+
+class KeyUpdate(BaseModel):
+    """Body of ``PATCH /v1/admin/keys/{id}``: what may change on a live key (only its gateway
+    routing; role and tenant never change, a new key is made instead)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    gateway_fallback: list[str] | None = Field(description=GATEWAY_FALLBACK_DOC)
+
+    _fallback = field_validator("gateway_fallback")(check_gateway_fallback)
 
 
 class Me(BaseModel):

@@ -38,6 +38,8 @@ class Principal:
     role: Role
     tenant: str
     method: AuthMethod = AuthMethod.api_key
+    gateway_fallback: tuple[str, ...] | None = None
+    """The key's gateway fallback config (``api_keys.gateway_fallback``; None: the default)."""
 
     @property
     def all_tenants(self) -> bool:

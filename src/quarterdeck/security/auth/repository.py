@@ -21,12 +21,14 @@ async def insert_key(
     role: Role,
     created_by: str | None,
     expires_at: datetime | None,
+    gateway_fallback: list[str] | None = None,
 ) -> KeyRecord | None:
     """Insert a key; None when the id is taken (the caller draws another)."""
     row = await conn.fetchrow(
         """
-        INSERT INTO api_keys (id, prefix, digest, name, tenant, role, created_by, expires_at)
-        VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+        INSERT INTO api_keys
+               (id, prefix, digest, name, tenant, role, created_by, expires_at, gateway_fallback)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
         ON CONFLICT (id) DO NOTHING
         RETURNING *
         """,
@@ -38,6 +40,7 @@ async def insert_key(
         role.value,
         created_by,
         expires_at,
+        gateway_fallback,
     )
     return KeyRecord.from_row(row) if row else None
 
@@ -87,3 +90,32 @@ async def revoke_key(
         now,
     )
     return KeyRecord.from_row(row) if row else None
+
+
+async def set_gateway_fallback(
+    conn: asyncpg.Connection, key_id: str, gateway_fallback: list[str] | None
+) -> KeyRecord | None:
+    """Change a key's gateway fallback config; None when there is no such key."""
+    row = await conn.fetchrow(
+        "UPDATE api_keys SET gateway_fallback = $2 WHERE id = $1 RETURNING *",
+        key_id,
+        gateway_fallback,
+    )
+    return KeyRecord.from_row(row) if row else None
+
+
+async def revoke_created_by(
+    conn: asyncpg.Connection, created_by: str, revoked_by: str, now: datetime
+) -> list[KeyRecord]:
+    """Revoke every unrevoked key made by ``created_by``; the keys revoked now."""
+    rows = await conn.fetch(
+        """
+        UPDATE api_keys SET revoked_at = $3, revoked_by = $2
+         WHERE created_by = $1 AND revoked_at IS NULL
+        RETURNING *
+        """,
+        created_by,
+        revoked_by,
+        now,
+    )
+    return [KeyRecord.from_row(r) for r in rows]

@@ -25,15 +25,24 @@ from quarterdeck.security.auth import repository as repo
 from quarterdeck.security.auth.cache import KeyCache
 from quarterdeck.security.auth.errors import Unauthenticated
 from quarterdeck.security.auth.limiter import RequestLimiter
-from quarterdeck.security.auth.models import ApiKey, CreatedKey, KeyRecord, KeyStatus
+from quarterdeck.security.auth.models import (
+    ApiKey,
+    CreatedKey,
+    KeyRecord,
+    KeyStatus,
+    check_gateway_fallback,
+)
 from quarterdeck.security.auth.permissions import ALL_TENANTS, Role, assignment_problem
-from quarterdeck.security.auth.principal import AuthMethod, Principal
+from quarterdeck.security.auth.principal import DEV_PRINCIPAL, AuthMethod, Principal
 from quarterdeck.store.pool import Database
 
 log = structlog.get_logger(__name__)
 
 OnChange = Callable[[str, dict[str, Any]], Awaitable[None]]
 BOOTSTRAP_KEY_ID = "bootstrap"
+MADE_WHILE_AUTH_OFF = f"key:{DEV_PRINCIPAL.key_id}"
+"""``created_by`` of a key made over HTTP while authentication was off (no longer possible)."""
+AUTH_OFF_RETIRER = "system:auth-on"
 _ID_ATTEMPTS = 5
 
 
@@ -70,6 +79,7 @@ class AuthService:
         *,
         expires_at: datetime | None = None,
         actor: str | None = None,
+        gateway_fallback: list[str] | None = None,
     ) -> CreatedKey:
         """Make a key; the returned ``api_key`` is the only time the key itself is seen."""
         role = Role(role)
@@ -80,6 +90,10 @@ class AuthService:
             errors.append({"field": "tenant", "message": problem})
         if expires_at is not None and expires_at <= now:
             errors.append({"field": "expires_at", "message": "must be in the future"})
+        try:
+            gateway_fallback = check_gateway_fallback(gateway_fallback)
+        except ValueError as exc:
+            errors.append({"field": "gateway_fallback", "message": str(exc)})
         if errors:
             detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
             raise ValidationFailed(detail, errors=errors)
@@ -96,6 +110,7 @@ class AuthService:
                     role=role,
                     created_by=actor,
                     expires_at=expires_at,
+                    gateway_fallback=gateway_fallback,
                 )
                 if record is None:
                     continue  # 40-bit id collision: draw again
@@ -145,6 +160,51 @@ class AuthService:
         log.info("auth.key_revoked", key_id=key_id, tenant=record.tenant, by=actor)
         return record.public(now)
 
+    async def set_gateway_fallback(
+        self, key_id: str, gateway_fallback: list[str] | None, *, actor: str | None = None
+    ) -> ApiKey:
+        """Change which models a key's gateway calls may fail over to (audited as
+        ``config.changed``); it applies at once here and within the cache TTL elsewhere."""
+        try:
+            value = check_gateway_fallback(gateway_fallback)
+        except ValueError as exc:
+            raise ValidationFailed(
+                f"gateway_fallback: {exc}",
+                errors=[{"field": "gateway_fallback", "message": str(exc)}],
+            ) from exc
+        async with self.db.transaction() as conn:
+            record = await repo.set_gateway_fallback(conn, key_id, value)
+            if record is None:
+                raise NotFound(f"API key {key_id} not found")
+            await self._changed("config.changed", record, actor)
+        self.cache.invalidate(key_id)
+        log.info("auth.key_updated", key_id=key_id, gateway_fallback=value, by=actor)
+        return record.public(self.clock())
+
+    async def retire_keys_made_while_auth_off(self) -> list[str]:
+        """Revoke the keys an anonymous HTTP caller made while authentication was off (before
+        that was refused: ``created_by`` is the development principal's); the ids revoked.
+
+        Run at start-up with authentication on, so such keys show as revoked and the log says
+        which; :meth:`authenticate` refuses them in any case, even before this has run.
+        """
+        now = self.clock()
+        async with self.db.transaction() as conn:
+            records = await repo.revoke_created_by(conn, MADE_WHILE_AUTH_OFF, AUTH_OFF_RETIRER, now)
+            for record in records:
+                await self._changed("key.revoked", record, AUTH_OFF_RETIRER)
+        for record in records:
+            self.cache.invalidate(record.id)
+        if records:
+            log.warning(
+                "auth.keys_made_while_auth_off_revoked",
+                key_ids=[r.id for r in records],
+                detail="these keys were created over HTTP while authentication was off, by "
+                "whoever could reach the port; they are revoked. Make new ones with an admin key "
+                "or `quarterdeck keys create`.",
+            )
+        return [r.id for r in records]
+
     async def _changed(self, action: str, record: KeyRecord, actor: str | None) -> None:
         if self.on_change is None:
             return
@@ -156,6 +216,9 @@ class AuthService:
             "expires_at": record.expires_at.isoformat() if record.expires_at else None,
             "actor": actor,
         }
+        if record.gateway_fallback is not None or action == "config.changed":
+            fallback = record.gateway_fallback
+            details["gateway_fallback"] = list(fallback) if fallback is not None else None
         await self.on_change(action, details)
 
     # -- authenticating ----------------------------------------------------------------------
@@ -181,12 +244,24 @@ class AuthService:
         if record is None or not keys.verify(token, record.digest):
             log.info("auth.rejected", key_id=parsed.key_id, reason="unknown key or wrong secret")
             raise Unauthenticated("the API key is not valid")
+        if record.created_by == MADE_WHILE_AUTH_OFF and record.revoked_at is None:
+            log.warning("auth.rejected", key_id=record.id, reason="made while auth was off")
+            raise Unauthenticated(
+                "the API key was created while authentication was off, so it is not trusted; "
+                "create a new one"
+            )
         # Only a caller holding the real key learns that it was revoked or expired.
         status = record.status(self.clock())
         if status is not KeyStatus.active:
             log.info("auth.rejected", key_id=record.id, reason=status.value)
             raise Unauthenticated(f"the API key is {status.value}")
-        return Principal(record.id, record.name, record.role, record.tenant)
+        return Principal(
+            record.id,
+            record.name,
+            record.role,
+            record.tenant,
+            gateway_fallback=record.gateway_fallback,
+        )
 
     async def _load(self, key_id: str) -> KeyRecord | None:
         async with self.db.acquire() as conn:

@@ -33,7 +33,7 @@ def report(
     """Map SOC 2 CC6.1/CC6.3 and CC7.2, ISO 27001 A.8.15, HIPAA 164.312(b) and GDPR Art. 30/17
     to evidence from Postgres for the period, and say what Quarterdeck does not cover."""
     from quarterdeck.config import cli_settings as settings
-    from quarterdeck.security.compliance.report import build_report, to_markdown
+    from quarterdeck.security.compliance.report import RunRetention, build_report, to_markdown
 
     if fmt not in ("markdown", "json"):
         fail(f"--format must be markdown or json (got {fmt!r})", code=2)
@@ -55,7 +55,8 @@ def report(
                     checked = await AuditLog.from_settings(s, db).verify()
                 except Exception as exc:  # reported in the logging controls, not fatal
                     err_console.print(f"[yellow]warning:[/] audit verification failed: {exc}")
-            built = await build_report(db, since, until, checked)
+            retention = RunRetention(s.run_retention_days * 86_400.0, s.run_purge_interval)
+            built = await build_report(db, since, until, checked, retention)
         finally:
             await db.close()
         return built.model_dump_json(indent=2) if fmt == "json" else to_markdown(built)

@@ -8,9 +8,11 @@ report that only ever says "compliant" is not evidence of anything.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
+import asyncpg
 from pydantic import BaseModel
 
 from quarterdeck.security.audit.models import VerifyReport
@@ -48,11 +50,27 @@ SCOPE = (
 )
 
 
+@dataclass(frozen=True)
+class RunRetention:
+    """The deployment's run-data retention settings, which the Art. 17 control checks the data
+    against (``QUARTERDECK_RUN_RETENTION_DAYS``, ``QUARTERDECK_RUN_PURGE_INTERVAL``)."""
+
+    default_s: float
+    purge_interval_s: float
+
+
 async def build_report(
-    db: Database, start: datetime, end: datetime, verify: VerifyReport | None = None
+    db: Database,
+    start: datetime,
+    end: datetime,
+    verify: VerifyReport | None = None,
+    retention_settings: RunRetention | None = None,
+    now: datetime | None = None,
 ) -> ComplianceReport:
     """``verify`` is the audit chain verification result (``VerifyReport``), or None if it could
-    not be run (then the logging controls say so)."""
+    not be run (then the logging controls say so). ``retention_settings``: None when unknown
+    (then Art. 17 cannot say whether run data is purged on time)."""
+    now = now or datetime.now(UTC)
     async with db.acquire() as conn:
         keys = await repo.keys(conn, start, end)
         events = await repo.audit_events_by_type(conn, start, end)
@@ -65,6 +83,8 @@ async def build_report(
         purges = await repo.purges(conn, start, end)
         processing = await repo.processing(conn, start, end)
         shredded = await repo.shredded(conn)
+        erasure = await _erasure_evidence(conn, start, end, retention_settings, now)
+        erasure["shredded_tenants"] = shredded
     access_changes = {k: v for k, v in events.items() if k.startswith(("key.", "role."))}
     denied = events.get("auth.denied", 0)
     controls = [
@@ -82,7 +102,7 @@ async def build_report(
             retention=retention,
         ),
         _gdpr_30(processing),
-        _gdpr_17(shredded),
+        _gdpr_17(erasure, now),
     ]
     return ComplianceReport(
         period_start=start,
@@ -210,18 +230,78 @@ def _gdpr_30(processing: list[dict[str, Any]]) -> Control:
     )
 
 
-def _gdpr_17(shredded: list[dict[str, Any]]) -> Control:
+async def _erasure_evidence(
+    conn: asyncpg.Connection,
+    start: datetime,
+    end: datetime,
+    settings: RunRetention | None,
+    now: datetime,
+) -> dict[str, Any]:
+    """What Art. 17 is judged on: erasure requests and whether each completed, the retention
+    of run data, when the purges last ran, and runs the purge should already have deleted."""
+    requests = await repo.erasure_requests(conn, start, end)
+    for r in requests:
+        r["completed"] = r["erased_at"] is not None and r["erased_at"] >= r["requested_at"]
+    evidence: dict[str, Any] = {
+        "erasure_requests": requests,
+        "run_retention_overrides": await repo.run_retention(conn),
+        "maintenance": await repo.maintenance_runs(conn),
+    }
+    if settings is not None:
+        evidence["run_retention_default_days"] = settings.default_s / 86_400.0
+        evidence["run_purge_interval_s"] = settings.purge_interval_s
+        # Past retention by more than one purge interval: a working purge has deleted these.
+        at = min(end, now) - timedelta(seconds=settings.purge_interval_s)
+        evidence["runs_past_retention"] = await repo.runs_past_retention(
+            conn, at, settings.default_s
+        )
+    return evidence
+
+
+def _gdpr_17(evidence: dict[str, Any], now: datetime) -> Control:
+    requests = evidence["erasure_requests"]
+    pending = [r["tenant"] for r in requests if not r["completed"]]
+    tasks = {m["task"]: m for m in evidence["maintenance"]}
+    problems = [f"erasure of {t} requested but not completed" for t in pending]
+    interval = evidence.get("run_purge_interval_s")
+    purge = tasks.get("runs.purge")
+    if interval is None:
+        problems.append("run-data retention settings unknown to this report")
+    elif purge is None:
+        problems.append("the run-data purge has never run")
+    else:
+        age = (now - purge["last_run_at"]).total_seconds()
+        if age > 2 * interval:
+            problems.append(f"the run-data purge last ran {age / 3600:.1f} h ago")
+        if not purge["ok"]:
+            problems.append("the last run-data purge failed")
+    late = evidence.get("runs_past_retention", 0)
+    if late:
+        problems.append(f"{late} finished runs kept past their retention")
+    status: Status = "attention" if problems else "evidence"
+    done = len(requests) - len(pending)
+    summary = (
+        f"{done} of {len(requests)} tenant erasure requests completed; "
+        f"{len(evidence['shredded_tenants'])} tenants' audit payloads crypto-shredded"
+    )
+    if interval is not None:
+        summary += (
+            f"; finished runs kept {evidence['run_retention_default_days']:g} days by default "
+            f"({len(evidence['run_retention_overrides'])} overrides)"
+        )
+    summary += "." if not problems else ". Attention: " + "; ".join(problems) + "."
     return Control(
         id="Art. 17",
         framework="GDPR",
-        title="Erasure through crypto-shredding",
-        status="evidence",
-        summary=f"{len(shredded)} tenants crypto-shredded: their audit payloads are unreadable "
-        "while the hash chain still verifies.",
-        evidence={"shredded_tenants": shredded},
+        title="Erasure: tenant erasure, run-data retention, crypto-shredding",
+        status=status,
+        summary=summary,
+        evidence=evidence,
         not_covered=[
-            "Erasure of runs, workspaces and run events (delete them separately)",
-            "Copies outside Quarterdeck (backups, exports, provider logs)",
+            "Copies outside Quarterdeck (backups, WAL archives, exports, provider logs)",
+            "Deleted rows linger in Postgres files until vacuumed and overwritten",
+            "Erasure of one person's data inside a tenant (erasure is per tenant)",
+            "Public audit metadata (event types, times, run ids, file paths) is kept as evidence",
         ],
     )
 

@@ -145,3 +145,53 @@ async def shredded(conn: asyncpg.Connection) -> list[dict[str, Any]]:
         "SELECT tenant, min(shredded_at) AS shredded_at, count(*) AS keys FROM audit_data_keys"
         " WHERE shredded_at IS NOT NULL GROUP BY tenant ORDER BY tenant",
     )
+
+
+async def erasure_requests(
+    conn: asyncpg.Connection, start: datetime, end: datetime
+) -> list[dict[str, Any]]:
+    """Per tenant: when erasure was last requested in the period and when it last completed
+    (``tenant.erasure_requested`` is recorded before anything is deleted, ``tenant.erased``
+    after, so a request without a later completion failed or is still going)."""
+    return await _rows(
+        conn,
+        """
+        SELECT tenant,
+               max(ts) FILTER (WHERE event_type = 'tenant.erasure_requested') AS requested_at,
+               max(ts) FILTER (WHERE event_type = 'tenant.erased') AS erased_at,
+               count(*) FILTER (WHERE event_type = 'tenant.erasure_requested') AS requests
+          FROM audit_events
+         WHERE event_type IN ('tenant.erasure_requested', 'tenant.erased')
+           AND ts >= $1 AND ts < $2
+         GROUP BY tenant ORDER BY tenant
+        """,
+        start,
+        end,
+    )
+
+
+async def run_retention(conn: asyncpg.Connection) -> list[dict[str, Any]]:
+    return await _rows(conn, "SELECT tenant, retention_seconds FROM run_retention ORDER BY tenant")
+
+
+async def maintenance_runs(conn: asyncpg.Connection) -> list[dict[str, Any]]:
+    """When each scheduled purge and verification last ran, and whether it succeeded."""
+    return await _rows(
+        conn, "SELECT task, last_run_at, ok, summary FROM maintenance_runs ORDER BY task"
+    )
+
+
+async def runs_past_retention(conn: asyncpg.Connection, at: datetime, default_s: float) -> int:
+    """Finished runs still stored although older than their tenant's retention at ``at``:
+    what a working purge leaves at zero (give or take one purge interval)."""
+    value = await conn.fetchval(
+        """
+        SELECT count(*) FROM runs r LEFT JOIN run_retention t ON t.tenant = r.tenant
+         WHERE r.finished_at IS NOT NULL
+           AND r.finished_at < $1::timestamptz
+               - make_interval(secs => coalesce(t.retention_seconds, $2::float8))
+        """,
+        at,
+        default_s,
+    )
+    return int(value or 0)

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 from quarterdeck.security.policy import argv as A
 from quarterdeck.security.policy import programs as P
+from quarterdeck.security.policy import wrappers as W
 from quarterdeck.security.policy.hosts import HostFact, HostList, dev_tcp_hosts
 from quarterdeck.security.policy.paths import Access, Frame, PathFact
 from quarterdeck.security.policy.shell import Script, SimpleCommand, parse
@@ -249,7 +250,7 @@ def _command(
     decoded: bool,
 ) -> list[Segment]:
     words = command.words
-    found = A.unwrap(words, elevated) if words else A.Unwrapped([], {}, elevated)
+    found = W.unwrap(words, elevated) if words else W.Unwrapped([], {}, elevated)
     results: list[Segment] = []
     if found.nested is not None:
         nested = _script(found.nested, ctx, depth + 1, found.elevated, decoded)
@@ -258,10 +259,10 @@ def _command(
     exec_words: list[str] = []
     if argv and argv[0].endswith("find"):
         argv, exec_words = _split_find(argv)
-    name = A.program_name(argv[0]) if argv else ""
+    name = W.program_name(argv[0]) if argv else ""
     args = argv[1:]
     interpreter = P.is_interpreter(name)
-    code, script_arg, from_stdin = A.code_of(name, args) if interpreter else (None, None, False)
+    code, script_arg, from_stdin = W.code_of(name, args) if interpreter else (None, None, False)
     segment = _segment(name, args, found, command, ctx, decoded, code)
     if name == "<substitution>":
         segment.code_sources = [
@@ -291,11 +292,15 @@ def _command(
     if found.nested is None or argv:
         ctx.out.append(segment)
         results.append(segment)
+    for wrapper, own in found.visible:  # chroot /host bash: chroot is judged as well as bash
+        extra = _segment(wrapper, own, found, SimpleCommand(), ctx, decoded, None)
+        ctx.out.append(extra)
+        results.append(extra)
     if exec_words:
-        inner = A.unwrap(exec_words, found.elevated)
-        inner_name = A.program_name(inner.argv[0]) if inner.argv else ""
+        inner = W.unwrap(exec_words, found.elevated)
+        inner_name = W.program_name(inner.argv[0]) if inner.argv else ""
         inner_args = inner.argv[1:]
-        inner_code = A.code_of(inner_name, inner_args)[0] if P.is_interpreter(inner_name) else None
+        inner_code = W.code_of(inner_name, inner_args)[0] if P.is_interpreter(inner_name) else None
         extra = _segment(inner_name, inner_args, inner, SimpleCommand(), ctx, decoded, inner_code)
         ctx.out.append(extra)
         results.append(extra)
@@ -337,13 +342,13 @@ def _split_find(argv: list[str]) -> tuple[list[str], list[str]]:
 def _segment(
     name: str,
     args: list[str],
-    found: A.Unwrapped,
+    found: W.Unwrapped,
     command: SimpleCommand,
     ctx: _Ctx,
     decoded: bool,
     code: str | None,
 ) -> Segment:
-    """``code``: the inline code of an interpreter (``A.code_of``), which the caller has."""
+    """``code``: the inline code of an interpreter (``W.code_of``), which the caller has."""
     parsed = A.parse_options(name, args)
     extra = decode_payloads(code) if code and len(code) >= 16 else []
     if name in ("powershell", "pwsh"):

@@ -274,6 +274,8 @@ VALUE_OPTIONS: dict[str, frozenset[str]] = {
         }
     ),
     "watch": frozenset({"-n", "--interval", "-d"}),
+    "nsenter": frozenset("-t --target -S --setuid -G --setgid".split()),
+    "unshare": frozenset("-S --setuid -G --setgid -R --root -w --wd --propagation".split()),
     "openssl": frozenset(
         {
             "-in",
@@ -353,8 +355,13 @@ WRAPPERS = frozenset(
         "faketime",
         "runuser",
         "busybox",
+        "nsenter",
+        "unshare",
     }
 )
+VISIBLE_WRAPPERS = frozenset({"chroot", "nsenter", "unshare"})
+"""Wrappers that are facts themselves (entering the host's namespaces or root): unwrapping
+keeps their own argv as a segment besides the command they run."""
 ELEVATORS = frozenset({"sudo", "doas", "pkexec", "su", "runuser"})
 _POSITIONAL_SKIP = {"timeout": 1, "chroot": 1, "flock": 1, "faketime": 1}
 _PYTHON = re.compile(r"^python[0-9.]*$")

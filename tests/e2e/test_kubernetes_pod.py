@@ -1,0 +1,418 @@
+"""The shipped coordinator pod, reproduced on this machine's kernel (no Kubernetes runs here).
+
+What decides whether agent commands get the strong sandbox in the pod is rebuilt piece by piece
+with the same kernel mechanisms a container runtime uses:
+
+* the pod's identity: ``runAsUser``/``runAsGroup``/``fsGroup`` 10001, ``capabilities: drop
+  ALL`` and ``allowPrivilegeEscalation: false`` (no_new_privs): ``setpriv``;
+* the shipped Localhost seccomp profile, loaded with libseccomp as runc loads it
+  (``seccomp_exec.py``);
+* ``procMount: Unmasked`` against the runtime's default masked ``/proc`` (runc's masked and
+  read-only ``/proc`` paths, mounted in a private mount namespace);
+* RuntimeDefault's refusals for a container without CAP_SYS_ADMIN/CAP_SYS_CHROOT (``unshare``,
+  ``mount``, ``umount``, ``pivot_root``, ``setns``, ``chroot``; containerd's profile).
+
+Not reproduced: ``hostUsers: false`` itself (the pod's own user namespace; it only makes the
+pod's uids unprivileged on the node) and AppArmor (not enabled on this kernel).
+
+Then ``quarterdeck doctor`` and ``quarterdeck up`` run as that pod, with the production
+overlay's environment and ConfigMap, every secret a file laid out as the kubelet writes a
+projected volume (0440 root:10001), a password-protected Redis and an external Postgres.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import httpx
+import pytest
+import yaml
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from quarterdeck.chaos.deploy import redis_server_binary
+from quarterdeck.chaos.process import Process, free_port, http_ok, port_open
+from tests.conftest import world_readable_tmpdir
+from tests.integration.test_deploy_kubernetes import (
+    KUBE,
+    coordinator,
+    env_of,
+    find,
+    render,
+    secret_files,
+)
+
+pytestmark = pytest.mark.e2e
+
+HERE = Path(__file__).parent
+SECCOMP_EXEC = HERE / "seccomp_exec.py"
+BIN = Path(sys.executable).parent / "quarterdeck"
+PROBE = (
+    "import json; from quarterdeck.agents.sandbox.probe import capabilities; "
+    "print(json.dumps({str(m): r for m, r in capabilities().modes.items()}))"
+)
+# runc's default masked and read-only /proc paths (what procMount: Default gives a container).
+MASK_PROC = """
+for f in /proc/kcore /proc/keys /proc/latency_stats /proc/timer_list /proc/timer_stats \
+         /proc/sched_debug; do [ -f "$f" ] && mount --bind /dev/null "$f"; done
+for d in /proc/acpi /proc/asound /proc/scsi; do [ -d "$d" ] && mount -t tmpfs -o ro tmpfs "$d"; done
+for r in /proc/bus /proc/fs /proc/irq /proc/sys /proc/sysrq-trigger; do
+  [ -e "$r" ] && mount --bind "$r" "$r" && mount -o remount,bind,ro "$r"
+done
+exec "$@"
+"""
+RUNTIME_DEFAULT_DENIES = ["unshare", "mount", "umount", "umount2", "pivot_root", "setns", "chroot"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def needs_root() -> Iterator[None]:
+    if os.geteuid() != 0:
+        pytest.skip("switching to the pod's uid and masking /proc need root")
+    yield
+    with contextlib.suppress(OSError):  # python_shim's (empty) mount point
+        os.rmdir(f"/tmp/qd-pod-python-{os.getpid()}")
+
+
+@pytest.fixture(scope="module")
+def prod() -> list[dict[str, Any]]:
+    return render("overlays/production")
+
+
+@pytest.fixture(scope="module")
+def pod(prod: list[dict[str, Any]]) -> dict[str, Any]:
+    spec = find(prod, "Deployment", "claude-agent-coordinator")["spec"]["template"]["spec"]
+    context = spec["securityContext"]
+    profile = KUBE / "node" / "seccomp" / context["seccompProfile"]["localhostProfile"]
+    return {
+        "uid": context["runAsUser"],
+        "gid": context["runAsGroup"],
+        "fs_group": context["fsGroup"],
+        "profile": profile,
+    }
+
+
+def python_shim() -> str:
+    """A shell line that shows this interpreter to the pod's uid, or "".
+
+    The image's Python lives in /usr/local, readable by anyone; this machine's may sit under a
+    0700 directory (pyenv in /root). Inside the pod's private mount namespace that directory is
+    covered by an empty tmpfs holding only the interpreter's tree, bound at its own path, so the
+    pod's uid runs the same Python and the machine itself is not changed.
+    """
+    prefix = Path(os.path.realpath(sys.base_prefix))
+    blocked = next((a for a in reversed(prefix.parents) if not os.stat(a).st_mode & 0o001), None)
+    if blocked is None:
+        return ""
+    keep = f"/tmp/qd-pod-python-{os.getpid()}"
+    return (
+        f"mkdir -p {keep} && mount --bind {prefix} {keep} && "
+        f"mount -t tmpfs -o mode=0755 tmpfs {blocked} && mkdir -p {prefix} && "
+        f"mount --bind {keep} {prefix} || exit 97\n"
+    )
+
+
+def as_pod(
+    pod: dict[str, Any], argv: list[str], *, profile: Path, masked: bool = False
+) -> list[str]:
+    """``argv`` run as the pod's process: its uid/gids, no capabilities, the seccomp profile, in
+    a private mount namespace (with runc's masked /proc when ``masked``)."""
+    command = [sys.executable, str(SECCOMP_EXEC), str(profile), "--"]
+    command += ["setpriv", "--reuid", str(pod["uid"]), "--regid", str(pod["gid"])]
+    command += ["--groups", str(pod["fs_group"]), "--inh-caps=-all", "--bounding-set=-all"]
+    command += ["--", *argv]
+    script = python_shim() + (MASK_PROC if masked else 'exec "$@"\n')
+    mount_ns = ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", script]
+    return [*mount_ns, "sh", *command]
+
+
+def probe_modes(pod: dict[str, Any], profile: Path, masked: bool = False) -> dict[str, Any]:
+    argv = as_pod(pod, [sys.executable, "-c", PROBE], profile=profile, masked=masked)
+    env = {"PATH": os.environ["PATH"], "HOME": "/tmp"}
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=60, env=env, cwd="/tmp")
+    assert done.returncode == 0, done.stderr
+    modes: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return modes
+
+
+# ------------------------------------------------------------- the sandbox in the pod's shape
+def test_the_shipped_pod_gives_bubblewrap_its_full_sandbox(pod: dict[str, Any]) -> None:
+    modes = probe_modes(pod, pod["profile"])
+    assert modes["bwrap"] is None, modes["bwrap"]
+
+
+def test_runtime_default_seccomp_would_refuse_it(pod: dict[str, Any], tmp_path: Path) -> None:
+    """Why the pod names a Localhost profile: RuntimeDefault leaves rlimits only."""
+    profile = json.loads(pod["profile"].read_text())
+    profile["syscalls"].append(
+        {"names": RUNTIME_DEFAULT_DENIES, "action": "SCMP_ACT_ERRNO", "errnoRet": 1}
+    )
+    path = tmp_path / "runtime-default-like.json"
+    path.write_text(json.dumps(profile))
+    path.chmod(0o644)
+    modes = probe_modes(pod, path)
+    assert modes["bwrap"] is not None and "Operation not permitted" in modes["bwrap"]
+    assert modes["unshare"] is not None
+    assert modes["rlimits"] is None
+
+
+def test_a_masked_proc_would_refuse_it_and_why_the_pod_forces_bwrap(pod: dict[str, Any]) -> None:
+    """Why procMount: Unmasked: the kernel mounts a new /proc only where none is masked. And
+    why QUARTERDECK_SANDBOX_MODE=bwrap: the weaker unshare mode still works there, and in it a
+    command runs as the worker's uid, able to read the secret files."""
+    modes = probe_modes(pod, pod["profile"], masked=True)
+    assert modes["bwrap"] is not None and "proc" in modes["bwrap"], modes["bwrap"]
+    assert modes["unshare"] is None
+
+
+def test_the_profile_denies_what_it_lists(pod: dict[str, Any]) -> None:
+    code = (
+        "import ctypes, os\n"
+        "libc = ctypes.CDLL(None, use_errno=True)\n"
+        "print(libc.ptrace(0, 0, 0, 0), ctypes.get_errno())\n"  # PTRACE_TRACEME
+        "print(libc.syscall(250, 0, 0, 0, 0), ctypes.get_errno())\n"  # keyctl (x86_64)
+        "print(open('/proc/self/status').read().count('NoNewPrivs:\\t1'))\n"
+    )
+    if os.uname().machine != "x86_64":
+        pytest.skip("the keyctl number used here is x86_64's")
+    argv = as_pod(pod, [sys.executable, "-c", code], profile=pod["profile"])
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=30, cwd="/tmp")
+    assert done.stdout.split() == ["-1", "1", "-1", "1", "1"], done.stderr  # EPERM, EPERM, NNP
+
+
+# --------------------------------------------------------------- quarterdeck as the pod
+def kubelet_volume(root: Path, files: dict[str, str], gid: int) -> Path:
+    """A projected secret volume as the kubelet writes it with defaultMode 0400 and fsGroup."""
+    root.mkdir(parents=True)
+    root.chmod(0o755)
+    data = root / "..2026_12_06_12_00_00.000000001"
+    data.mkdir()
+    data.chmod(0o755)
+    for name, value in files.items():
+        path = data / name
+        path.write_text(value)
+        os.chown(path, 0, gid)
+        path.chmod(0o440)
+        (root / name).symlink_to(f"..data/{name}")
+    (root / "..data").symlink_to(data.name)
+    return root
+
+
+@pytest.fixture
+def shipped_pod(
+    pod: dict[str, Any], prod: list[dict[str, Any]], db_url: str
+) -> Iterator[dict[str, Any]]:
+    """Everything `quarterdeck` needs to start as the production pod, and its secret values."""
+    tmp_path = world_readable_tmpdir("qd-pod-")  # pytest's tmp_path is root-only
+    redis_bin = redis_server_binary()
+    if redis_bin is None:
+        pytest.fail("redis-server is not installed (apt-get install redis-server)")
+    # The pod reaches an external Postgres over TCP; the test server listens on a socket in its
+    # root-only data directory, so socat (as root) forwards a loopback port to it.
+    parts = urlsplit(db_url)
+    pg_port = free_port()
+    socket_path = f"{parse_qs(parts.query)['host'][0]}/.s.PGSQL.5432"
+    forward = Process(
+        [
+            "socat",
+            f"TCP-LISTEN:{pg_port},bind=127.0.0.1,fork,reuseaddr",
+            f"UNIX-CONNECT:{socket_path}",
+        ],
+        log=tmp_path / "socat.log",
+        name="socat",
+    ).start()
+    forward.wait_ready(port_open(pg_port), 10)
+    values = {
+        "anthropic_api_key": "sk-ant-pod-" + secrets.token_hex(16),
+        "admin_api_key": "qd-admin-" + secrets.token_hex(24),
+        "postgres_url": f"postgresql://postgres@127.0.0.1:{pg_port}{parts.path}",
+        "redis_password": "redis-" + secrets.token_hex(12),
+        "audit_master_key": base64.b64encode(secrets.token_bytes(32)).decode(),
+        "metrics_token": "metrics-" + secrets.token_hex(16),
+    }
+    files = secret_files(prod)
+    assert set(files) == set(values), "the test gives every secret file the manifest mounts"
+    directory = kubelet_volume(
+        tmp_path / "secrets", {k: v + "\n" for k, v in values.items()}, pod["fs_group"]
+    )
+    signing = tmp_path / "audit" / "signing.pem"
+    signing.parent.mkdir()
+    signing.parent.chmod(0o755)
+    signing.write_bytes(
+        Ed25519PrivateKey.generate().private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    os.chown(signing, 0, pod["fs_group"])
+    signing.chmod(0o440)
+    data = tmp_path / "data"
+    data.mkdir()
+    os.chown(data, pod["uid"], pod["gid"])
+    container = coordinator(prod)
+    config_text = find(prod, "ConfigMap", "claude-agent-config")["data"]["quarterdeck.yaml"]
+    config = tmp_path / "quarterdeck.yaml"
+    config.write_text(config_text)
+    config.chmod(0o444)
+    redis_port = free_port()
+    redis = Process(
+        [
+            *(redis_bin, "--port", str(redis_port), "--bind", "127.0.0.1", "--save", ""),
+            *("--appendonly", "no", "--dir", str(tmp_path)),
+            *("--requirepass", values["redis_password"]),
+        ],
+        log=tmp_path / "redis.log",
+        name="redis-server",
+    ).start()
+    redis.wait_ready(port_open(redis_port), 10)
+    env = {name: var["value"] for name, var in env_of(container).items()}  # all literal
+    assert yaml.safe_load(config_text), "the ConfigMap's settings file"
+    env.update(
+        # Paths, ports and addresses of this machine; every other value is the manifest's.
+        QUARTERDECK_CONFIG=str(config),
+        QUARTERDECK_SECRETS_DIR=str(directory),
+        QUARTERDECK_AUDIT_SIGNING_KEY_FILE=str(signing),
+        QUARTERDECK_DATA_DIR=str(data),
+        QUARTERDECK_HTTP_HOST="127.0.0.1",
+        QUARTERDECK_HTTP_PORT=str(free_port()),
+        QUARTERDECK_METRICS_PORT=str(free_port()),
+        REDIS_URL=f"redis://127.0.0.1:{redis_port}/0",
+        PATH="/usr/local/bin:/usr/bin:/bin",
+        HOME=str(data),
+    )
+    try:
+        yield {"env": env, "values": values, "tmp": tmp_path}
+    finally:
+        redis.stop()
+        forward.stop()
+        shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def test_doctor_in_the_shipped_pod_reports_bubblewrap_and_reads_every_secret_file(
+    pod: dict[str, Any], shipped_pod: dict[str, Any]
+) -> None:
+    argv = as_pod(pod, [str(BIN), "doctor", "--json"], profile=pod["profile"])
+    done = subprocess.run(
+        argv, capture_output=True, text=True, timeout=120, env=shipped_pod["env"], cwd="/tmp"
+    )
+    assert done.stdout.startswith("["), done.stderr
+    checks = {c["name"]: c for c in json.loads(done.stdout)}
+    assert done.returncode == 0, done.stdout
+    assert checks["config"]["detail"].startswith("production mode")
+    assert checks["postgres"]["status"] == "ok" and "external" in checks["postgres"]["detail"]
+    assert checks["redis"] == {"name": "redis", "status": "ok", "detail": "reachable", "fix": ""}
+    assert checks["provider"]["status"] == "ok", "ANTHROPIC_API_KEY read from its file"
+    assert checks["sandbox.bwrap"]["status"] == "ok"
+    assert checks["sandbox.bwrap"]["detail"].startswith("available (in use)")
+    for secret in shipped_pod["values"].values():
+        assert secret not in done.stdout + done.stderr
+
+
+def test_quarterdeck_starts_as_the_shipped_pod_with_secrets_only_in_files(
+    pod: dict[str, Any], shipped_pod: dict[str, Any]
+) -> None:
+    env, values = shipped_pod["env"], shipped_pod["values"]
+    up = Process(
+        as_pod(pod, [str(BIN), "up"], profile=pod["profile"]),
+        env=env,
+        log=shipped_pod["tmp"] / "up.log",
+        name="quarterdeck-up",
+        cwd=Path("/tmp"),
+    )
+    url = f"http://127.0.0.1:{env['QUARTERDECK_HTTP_PORT']}"
+    with up:
+        up.wait_ready(http_ok(f"{url}/ready"), 90)
+        # The process is the pod's: uid 10001, no capabilities, no_new_privs, seccomp filtered.
+        status = Path(f"/proc/{up.pid}/status").read_text()
+        assert f"Uid:\t{pod['uid']}\t" in status and "CapEff:\t0000000000000000" in status
+        assert "NoNewPrivs:\t1" in status and "Seccomp:\t2" in status
+        # Its environment names the secrets directory and holds no secret.
+        environ = Path(f"/proc/{up.pid}/environ").read_bytes().decode()
+        assert f"QUARTERDECK_SECRETS_DIR={env['QUARTERDECK_SECRETS_DIR']}" in environ
+        for name, secret in values.items():
+            assert secret not in environ, name
+        # The admin key from its file authenticates; the host reports bubblewrap in use.
+        admin = {"x-api-key": values["admin_api_key"]}
+        assert httpx.get(f"{url}/v1/system", timeout=10).status_code == 401
+        system = httpx.get(f"{url}/v1/system", headers=admin, timeout=10)
+        assert system.status_code == 200, system.text
+        assert system.json()["isolation"]["in_use"] == "bwrap"
+        assert system.json()["isolation"]["running_as_root"] is False
+        # The metrics listener wants the token from its file, as the ServiceMonitor sends it.
+        metrics = f"http://127.0.0.1:{env['QUARTERDECK_METRICS_PORT']}/metrics"
+        assert httpx.get(metrics, timeout=10).status_code == 401
+        bearer = {"Authorization": f"Bearer {values['metrics_token']}"}
+        assert httpx.get(metrics, headers=bearer, timeout=10).status_code == 200
+    assert up.returncode == 0, up.log_tail()
+    for secret in values.values():
+        assert secret not in up.log_tail(200_000)
+
+
+def test_a_pod_without_bubblewrap_refuses_to_start(
+    pod: dict[str, Any], shipped_pod: dict[str, Any]
+) -> None:
+    """The same pod with the runtime's masked /proc (procMount missing, or a cluster without
+    user-namespaced pods): QUARTERDECK_SANDBOX_MODE=bwrap makes `up` exit at once, naming the
+    setting, instead of running commands in a mode where they can read the secret files."""
+    up = Process(
+        as_pod(pod, [str(BIN), "up"], profile=pod["profile"], masked=True),
+        env=shipped_pod["env"],
+        log=shipped_pod["tmp"] / "up-masked.log",
+        name="quarterdeck-up-masked",
+        cwd=Path("/tmp"),
+    ).start()
+    try:
+        code = up.popen.wait(120)
+    finally:
+        up.stop()
+    log = up.log_tail(20_000)
+    assert code != 0, log
+    assert "QUARTERDECK_SANDBOX_MODE" in log and "Can't mount proc" in log, log
+    for secret in shipped_pod["values"].values():
+        assert secret not in log
+
+
+def test_the_weak_fallback_starts_on_rlimits_and_says_so(
+    pod: dict[str, Any], shipped_pod: dict[str, Any], tmp_path: Path
+) -> None:
+    """components/weak-sandbox on a stock pod (RuntimeDefault's refusals, masked /proc): doctor
+    passes, with rlimits in use and flagged, as deploy/kubernetes/README.md says."""
+    overlay = tmp_path / "weak"
+    overlay.mkdir()
+    (overlay / "kustomization.yaml").write_text(
+        "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n"
+        f"resources: [{os.path.relpath(KUBE / 'overlays/production', overlay)}]\n"
+        f"components: [{os.path.relpath(KUBE / 'components/weak-sandbox', overlay)}]\n"
+    )
+    weak_env = env_of(coordinator(render(overlay)))
+    env = dict(shipped_pod["env"])
+    for name in ("QUARTERDECK_SANDBOX_MODE", "QUARTERDECK_SANDBOX_ALLOW_WEAK"):
+        env[name] = weak_env[name]["value"]
+    profile = json.loads(pod["profile"].read_text())
+    profile["syscalls"].append(
+        {"names": RUNTIME_DEFAULT_DENIES, "action": "SCMP_ACT_ERRNO", "errnoRet": 1}
+    )
+    path = shipped_pod["tmp"] / "runtime-default-like.json"
+    path.write_text(json.dumps(profile))
+    path.chmod(0o644)
+    argv = as_pod(pod, [str(BIN), "doctor", "--json"], profile=path, masked=True)
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=120, env=env, cwd="/tmp")
+    assert done.stdout.startswith("["), done.stderr
+    checks = {c["name"]: c for c in json.loads(done.stdout)}
+    assert done.returncode == 0, done.stdout
+    assert checks["sandbox.bwrap"]["status"] == "warn"
+    assert checks["sandbox.bwrap"]["detail"].startswith("not available")
+    assert checks["sandbox.rlimits"]["status"] == "warn"
+    assert checks["sandbox.rlimits"]["detail"].startswith("available (in use)")
+    assert "sandbox" not in checks, "QUARTERDECK_SANDBOX_ALLOW_WEAK=true accepted it"

@@ -8,7 +8,13 @@ import pytest
 
 from quarterdeck.exceptions import ConfigError
 from quarterdeck.gateway.meter import Metered
-from quarterdeck.gateway.prices import GatewayPrices, most_expensive
+from quarterdeck.gateway.prices import (
+    UNCAPPED_WEB_SEARCHES,
+    WEB_SEARCH_USD,
+    GatewayPrices,
+    most_expensive,
+    server_tool_worst_case,
+)
 from quarterdeck.providers.pricing import PriceTable
 from quarterdeck.providers.types import Usage
 
@@ -143,3 +149,19 @@ def test_an_error_before_any_message_costs_exactly_nothing(table: PriceTable):
     # An error after message_start is billed for what was known, as an estimate.
     late = Metered(usage=Usage(input_tokens=1000), started=True, error_type="overloaded_error")
     assert prices.cost("claude-sonnet-4-5", late) == (Decimal("0.003"), True)
+
+
+def test_web_search_fees_are_held_by_max_uses_or_an_assumed_cap() -> None:
+    search = {"type": "web_search_20250305", "name": "web_search"}
+    assert server_tool_worst_case({}) == 0
+    assert server_tool_worst_case({"tools": [{"name": "bash", "input_schema": {}}]}) == 0
+    assert server_tool_worst_case({"tools": [{**search, "max_uses": 3}]}) == Decimal("0.03")
+    assert server_tool_worst_case({"tools": [search]}) == UNCAPPED_WEB_SEARCHES * WEB_SEARCH_USD
+    assert server_tool_worst_case({"tools": [{**search, "max_uses": True}]}) == Decimal("0.10")
+    # Whatever the metered cost of a call with max_uses searches, the hold covered the fee.
+    prices = GatewayPrices(PriceTable.load())
+    metered = Metered(usage=Usage(input_tokens=10), finished=True, web_search_requests=3)
+    cost, _ = prices.cost("claude-sonnet-4-5", metered)
+    bound = prices.worst_case("claude-sonnet-4-5", 10, 0)
+    assert cost <= bound + server_tool_worst_case({"tools": [{**search, "max_uses": 3}]})
+    assert cost > bound

@@ -11,8 +11,10 @@ text it relayed (~4 characters per token), and marked estimated too.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import replace
 from decimal import Decimal
+from typing import Any
 
 from quarterdeck.exceptions import ConfigError
 from quarterdeck.gateway.meter import Metered
@@ -20,6 +22,9 @@ from quarterdeck.providers.pricing import MILLION, ModelPrice, PriceTable
 
 WEB_SEARCH_USD = Decimal(10) / Decimal(1000)
 """Anthropic's server-side web search: $10 per 1,000 requests, on top of tokens."""
+UNCAPPED_WEB_SEARCHES = 10
+"""Searches held for a ``web_search`` tool that sets no ``max_uses``: the API caps nothing
+there, so this is an assumption, not a bound (documented in the README)."""
 CHARS_PER_TOKEN = 4
 """The floor estimate of output for a stream cut short: characters relayed / 4, rounded up."""
 _CACHE_LIMIT = 4096
@@ -93,13 +98,33 @@ class GatewayPrices:
 
         Every input token at the dearest input-side rate (a prompt may be written to the 1-hour
         cache, which costs more than plain input) and ``max_tokens`` at the output price.
-        Server-side tool fees (web search) cannot be bounded from the request and are not
-        included.
+        Server-side tool fees are added by :func:`server_tool_worst_case`.
         """
         price, _ = self.price(model)
         input_rate = max(price.input, price.cache_write_5m, price.cache_write_1h)
         total = max(0, input_tokens) * input_rate + max(0, max_tokens) * price.output
         return total / MILLION
+
+
+def server_tool_worst_case(body: Mapping[str, Any]) -> Decimal:
+    """Fees a call's server-side tools may add on top of its tokens, for a budget hold.
+
+    Each ``web_search`` tool may run up to its ``max_uses`` searches in one call (that is exact);
+    one without ``max_uses`` is held for :data:`UNCAPPED_WEB_SEARCHES`. Other server tools carry
+    no per-use fee."""
+    tools = body.get("tools")
+    if not isinstance(tools, list):
+        return Decimal(0)
+    searches = 0
+    for tool in tools:
+        if not isinstance(tool, dict) or not str(tool.get("type", "")).startswith("web_search"):
+            continue
+        uses = tool.get("max_uses")
+        if isinstance(uses, int) and not isinstance(uses, bool) and uses > 0:
+            searches += uses
+        else:
+            searches += UNCAPPED_WEB_SEARCHES
+    return searches * WEB_SEARCH_USD
 
 
 def most_expensive(table: PriceTable) -> ModelPrice:

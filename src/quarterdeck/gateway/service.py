@@ -30,6 +30,7 @@ from quarterdeck.config import Settings
 from quarterdeck.gateway.errors import InvalidRequest, TokenRateLimited, classify
 from quarterdeck.gateway.meter import Metered, ToolUse
 from quarterdeck.gateway.models import GatewayCall
+from quarterdeck.gateway.prices import server_tool_worst_case
 from quarterdeck.gateway.relay import (
     SERVED_MODEL_HEADER,
     DrainSlots,
@@ -302,7 +303,7 @@ class Gateway:
                 worst = max(
                     self.prices.worst_case(m, estimate, parsed.max_tokens)
                     for m in (parsed.model, *chain)
-                )
+                ) + server_tool_worst_case(parsed.body)
                 call.hold_id = await self.holds.reserve(
                     tenant=ctx.tenant, key_id=key_id, run_id=ctx.run_id, amount=worst
                 )

@@ -59,6 +59,8 @@ compromised release)."""
 LITELLM_VENV = ROOT / ".venv-litellm"
 MODEL = "claude-sonnet-4-5"
 RATES = (50, 200, 500)
+API_PROCESSES = int(os.environ.get("BENCH_GATEWAY_API_PROCESSES", "1"))
+"""Quarterdeck's API processes (``QUARTERDECK_API_PROCESSES``) for this run; 1 by default."""
 SIZES = {"8KB": 8 * 1024, "80KB": 80 * 1024}
 MODES = ("json", "sse")
 PATHS = ("direct", "quarterdeck", "litellm")
@@ -538,6 +540,7 @@ def overhead(
             QUARTERDECK_SIMULATED_LATENCY="0",
             QUARTERDECK_GATEWAY_UPSTREAM_URL=upstream_url,
             QUARTERDECK_GATEWAY_UPSTREAM_API_KEY=UPSTREAM_KEY,
+            QUARTERDECK_API_PROCESSES=str(API_PROCESSES),
         )
         qd_port = int(bench.url.rsplit(":", 1)[1])
         targets = [Target("direct", upstream_port), Target("quarterdeck", qd_port)]
@@ -569,7 +572,8 @@ def overhead(
 def _report(cells: list[dict[str, Any]], litellm_error: str | None) -> dict[str, Any]:
     out: dict[str, Any] = {
         "legend": "p50/p95/p99 ms; sse=first event, json=full; overhead=path pct - direct pct",
-        "quarterdeck": "quarterdeck up, development defaults (auth off), 1 process",
+        "quarterdeck": "quarterdeck up, development defaults (auth off), "
+        f"{API_PROCESSES} API process{'es' if API_PROCESSES > 1 else ''}",
         "litellm": f"litellm[proxy]=={LITELLM_VERSION}, 1 worker, no DB, /v1/messages",
         "litellm_error": litellm_error,
         "errors_legend": "direct/quarterdeck/litellm of N sent (non-200, timeout, shed)",

@@ -13,15 +13,15 @@ from quarterdeck.agents.tools import WorkspaceTools
 from quarterdeck.agents.workspace import Workspace
 from quarterdeck.app import create_app
 from quarterdeck.chaos.messages_api import MessagesAPIServer, message, text, tool_use
-from quarterdeck.kit.clock import utcnow
 from quarterdeck.providers.types import ToolUseBlock
-from quarterdeck.runs.models import Run, RunStatus
+from quarterdeck.runs.models import Run
 from quarterdeck.runtime import Runtime
 from quarterdeck.security.audit import AuditLog
 from quarterdeck.security.audit.models import EventFilter
 from quarterdeck.security.policy import PolicyGate
 from quarterdeck.security.trail import AuditTrail
 from quarterdeck.store.pool import Database
+from tests.support.runs import running_run
 
 pytest_plugins = ["tests.support.fixtures"]
 pytestmark = pytest.mark.asyncio
@@ -132,31 +132,7 @@ async def test_the_system_audits_what_it_does_and_the_chain_verifies(
 
 
 def _run_record(run_id: str) -> Run:
-    now = utcnow()
-    return Run(
-        id=run_id,
-        tenant="acme",
-        agent_type="general",
-        operation="run",
-        prompt="p",
-        model="claude-sonnet-4-5",
-        status=RunStatus.running,
-        attempts=1,
-        max_attempts=3,
-        created_at=now,
-        started_at=now,
-        finished_at=None,
-        input_tokens=0,
-        output_tokens=0,
-        cache_creation_tokens=0,
-        cache_read_tokens=0,
-        cost_usd=None,
-        turns=0,
-        result=None,
-        error=None,
-        idempotency_key=None,
-        params={"workspace": {"type": "empty"}},
-    )
+    return running_run(run_id, agent_type="general")
 
 
 async def test_a_tool_call_whose_intent_cannot_be_recorded_does_not_run(db_url: str, make_settings):

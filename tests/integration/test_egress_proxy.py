@@ -38,15 +38,15 @@ from quarterdeck.agents.sandbox import (
 )
 from quarterdeck.agents.templates import AgentCatalog
 from quarterdeck.chaos.process import Process, free_port, port_open
-from quarterdeck.kit.clock import utcnow
 from quarterdeck.providers.types import ToolUseBlock
 from quarterdeck.runs.memory import InMemoryRunStore
-from quarterdeck.runs.models import Run, RunStatus
+from quarterdeck.runs.models import Run
 from quarterdeck.security.audit import AuditLog
 from quarterdeck.security.audit.models import EventFilter
 from quarterdeck.security.policy import PolicyGate
 from quarterdeck.security.trail import AuditTrail
 from tests.conftest import world_readable_tmpdir
+from tests.support.runs import running_run
 
 pytestmark = pytest.mark.asyncio
 TEST_HOST = "svc.egress-test.example"
@@ -452,31 +452,7 @@ async def test_a_sandboxed_command_reaches_the_network_only_through_the_proxy(
 
 
 def _run(run_id: str) -> Run:
-    now = utcnow()
-    return Run(
-        id=run_id,
-        tenant="acme",
-        agent_type="coder",
-        operation="task",
-        prompt="p",
-        model="claude-sonnet-4-5",
-        status=RunStatus.running,
-        attempts=1,
-        max_attempts=3,
-        created_at=now,
-        started_at=now,
-        finished_at=None,
-        input_tokens=0,
-        output_tokens=0,
-        cache_creation_tokens=0,
-        cache_read_tokens=0,
-        cost_usd=None,
-        turns=0,
-        result=None,
-        error=None,
-        idempotency_key=None,
-        params={"workspace": {"type": "empty"}},
-    )
+    return running_run(run_id)
 
 
 async def test_an_agent_type_with_egress_gets_a_proxy_per_command_and_its_run_audits_it(

@@ -15,7 +15,6 @@ import subprocess
 import tarfile
 import tempfile
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +28,7 @@ from quarterdeck.agents.workspace import Workspace, WorkspaceError
 from quarterdeck.config import Settings, load_settings
 from quarterdeck.providers.types import ToolResultBlock, ToolUseBlock
 from quarterdeck.runs.models import Run, RunStatus
+from tests.support.runs import running_run
 
 _ids = itertools.count()
 
@@ -65,28 +65,9 @@ def tools(data_dir: Path, source_root: Path) -> WorkspaceTools:
 
 
 def make_run(workspace: dict[str, Any] | None = None) -> Run:
-    return Run(
-        id=f"run-{os.getpid()}-{next(_ids)}",
+    return running_run(
+        f"run-{os.getpid()}-{next(_ids)}",
         tenant="t",
-        agent_type="coder",
-        operation="task",
-        prompt="p",
-        model="m",
-        status=RunStatus.running,
-        attempts=1,
-        max_attempts=3,
-        created_at=datetime.now(UTC),
-        started_at=None,
-        finished_at=None,
-        input_tokens=0,
-        output_tokens=0,
-        cache_creation_tokens=0,
-        cache_read_tokens=0,
-        cost_usd=None,
-        turns=0,
-        result=None,
-        error=None,
-        idempotency_key=None,
         params={"workspace": workspace} if workspace else {},
     )
 

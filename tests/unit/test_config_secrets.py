@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from quarterdeck import config
 from quarterdeck.config import SECRET_FIELDS, load_settings, secret_file_fields
+from quarterdeck.config import sources as config
 from quarterdeck.exceptions import ConfigError
 
 GUIDE_VARS = ("POSTGRES_URL", "REDIS_URL", "ANTHROPIC_API_KEY", "LOG_LEVEL")

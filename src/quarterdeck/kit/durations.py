@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 
+from quarterdeck.exceptions import ValidationFailed
+
 _UNITS = {
     "ms": 0.001,
     "s": 1.0,
@@ -26,3 +28,17 @@ def parse_duration(text: str | float | int) -> float:
     if not match:
         raise ValueError(f"{text!r} is not a duration; use e.g. 500ms, 2s, 5m, 1h, 30d or 7y")
     return float(match.group(1)) * _UNITS[match.group(2) or "s"]
+
+
+def positive_duration(text: str | float | int, field: str) -> float:
+    """``parse_duration`` for a request field that must be > 0: a bad value is the caller's
+    mistake, so it becomes a 422 naming ``field`` (retention settings, for one)."""
+    try:
+        seconds = parse_duration(text)
+        if seconds <= 0:
+            raise ValueError("must be greater than zero")
+    except ValueError as exc:
+        raise ValidationFailed(
+            f"{field}: {exc}", errors=[{"field": field, "message": str(exc)}]
+        ) from None
+    return seconds

@@ -10,8 +10,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends
 
-from quarterdeck.exceptions import ValidationFailed
-from quarterdeck.kit.durations import parse_duration
+from quarterdeck.kit.durations import positive_duration
 from quarterdeck.kit.wiring import provide
 from quarterdeck.security.auth import Permission, Principal, require
 from quarterdeck.tenants.models import ErasureResult, RetentionIn, RetentionOut
@@ -62,12 +61,5 @@ async def get_retention(tenant: str, principal: CanRead, data: Tenants) -> Reten
 async def put_retention(
     tenant: str, body: RetentionIn, principal: CanManage, data: Tenants
 ) -> RetentionOut:
-    try:
-        seconds = parse_duration(body.retention)
-        if seconds <= 0:
-            raise ValueError("must be greater than zero")
-    except ValueError as exc:
-        raise ValidationFailed(
-            f"retention: {exc}", errors=[{"field": "retention", "message": str(exc)}]
-        ) from None
+    seconds = positive_duration(body.retention, "retention")
     return await data.set_retention(check_tenant(tenant), seconds, actor=_actor(principal))

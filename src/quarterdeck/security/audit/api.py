@@ -12,7 +12,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query, Request
 
 from quarterdeck.exceptions import NotFound, ValidationFailed
-from quarterdeck.kit.durations import parse_duration
+from quarterdeck.kit.durations import positive_duration
 from quarterdeck.kit.wiring import provide
 from quarterdeck.security.audit.models import (
     SEVERITIES,
@@ -158,14 +158,7 @@ async def get_retention(tenant: str, principal: CanRead, audit: Audit) -> Retent
 async def put_retention(
     tenant: str, body: RetentionRequest, request: Request, principal: CanManage, audit: Audit
 ) -> RetentionOut:
-    try:
-        seconds = parse_duration(body.retention)
-        if seconds <= 0:
-            raise ValueError("must be greater than zero")
-    except ValueError as exc:
-        raise ValidationFailed(
-            f"retention: {exc}", errors=[{"field": "retention", "message": str(exc)}]
-        ) from None
+    seconds = positive_duration(body.retention, "retention")
     await audit.set_retention(_tenant(tenant), seconds, actor=_actor(request))
     return RetentionOut(tenant=tenant, retention_seconds=seconds)
 

@@ -1,28 +1,16 @@
-"""Quarterdeck's single settings object.
+"""The one settings object: every setting, its default, its validation.
 
-Settings come from, highest priority first: explicit overrides, environment variables, a YAML file
-(``--config``, ``QUARTERDECK_CONFIG``, or ``/app/config/quarterdeck.yaml`` where the guide mounts
-its ConfigMap), then defaults. Validation is eager: :func:`load_settings` either returns a fully
-valid object or raises :class:`ConfigError` listing *every* bad field by the name the user set.
+Values come from, highest priority first: explicit overrides, environment variables, secret files,
+the YAML file, then defaults (see :mod:`quarterdeck.config.sources`).
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
-import yaml
-from pydantic import (
-    AliasChoices,
-    Field,
-    SecretStr,
-    ValidationError,
-    ValidationInfo,
-    field_validator,
-    model_validator,
-)
+from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -30,56 +18,17 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
-from quarterdeck.exceptions import ConfigError
+from quarterdeck.config.sources import (
+    GUIDE_ENV_NAMES,
+    SECRET_FIELDS,
+    YamlSource,
+    guide,
+    secrets_dir,
+    with_password,
+)
 from quarterdeck.kit.durations import parse_duration
 from quarterdeck.kit.latency import LatencyProfile, parse_latency
 from quarterdeck.kit.secret_files import SecretDirSource
-
-DEFAULT_CONFIG_PATHS = (Path("/app/config/quarterdeck.yaml"), Path("/app/config/quarterdeck.yml"))
-# Where the Kubernetes manifests mount the secret volume; used when it exists and no
-# QUARTERDECK_SECRETS_DIR says otherwise (see kit/secret_files.py for why files, not env).
-DEFAULT_SECRETS_DIR = Path("/var/run/secrets/quarterdeck")
-GUIDE_ENV_NAMES = {
-    "postgres_url": "POSTGRES_URL",
-    "redis_url": "REDIS_URL",
-    "anthropic_api_key": "ANTHROPIC_API_KEY",
-    "log_level": "LOG_LEVEL",
-}
-
-
-def _guide(name: str) -> Any:
-    return AliasChoices(GUIDE_ENV_NAMES[name], f"QUARTERDECK_{GUIDE_ENV_NAMES[name]}", name)
-
-
-class _YamlSource(PydanticBaseSettingsSource):
-    """Reads the optional YAML file; keys are the field names (``worker_concurrency: 20``)."""
-
-    def __init__(self, settings_cls: type[BaseSettings], path: Path | None) -> None:
-        super().__init__(settings_cls)
-        self.path = path
-        self._data: dict[str, Any] | None = None
-
-    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
-        return None, field_name, False
-
-    def __call__(self) -> dict[str, Any]:
-        if self._data is None:  # read once: the secrets source asks it for secrets_dir too
-            self._data = self._read()
-        return self._data
-
-    def _read(self) -> dict[str, Any]:
-        if self.path is None:
-            return {}
-        try:
-            data = yaml.safe_load(self.path.read_text()) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            raise ConfigError([(str(self.path), f"cannot read config file: {exc}")]) from exc
-        if not isinstance(data, dict):
-            raise ConfigError([(str(self.path), "config file must hold a mapping of settings")])
-        unknown = sorted(set(data) - set(self.settings_cls.model_fields))
-        if unknown:
-            raise ConfigError([(str(self.path), f"unknown setting(s): {', '.join(unknown)}")])
-        return data
 
 
 class Settings(BaseSettings):
@@ -91,13 +40,13 @@ class Settings(BaseSettings):
     env: Literal["development", "production"] = "development"
     data_dir: Path = Field(default=Path(".data"), description="Embedded Postgres and workspaces.")
     log_level: Literal["debug", "info", "warning", "error"] = Field(
-        default="info", validation_alias=_guide("log_level")
+        default="info", validation_alias=guide("log_level")
     )
 
-    postgres_url: SecretStr | None = Field(default=None, validation_alias=_guide("postgres_url"))
-    redis_url: SecretStr | None = Field(default=None, validation_alias=_guide("redis_url"))
+    postgres_url: SecretStr | None = Field(default=None, validation_alias=guide("postgres_url"))
+    redis_url: SecretStr | None = Field(default=None, validation_alias=guide("redis_url"))
     anthropic_api_key: SecretStr | None = Field(
-        default=None, validation_alias=_guide("anthropic_api_key")
+        default=None, validation_alias=guide("anthropic_api_key")
     )
     admin_api_key: SecretStr | None = Field(default=None, description="Bootstrap admin key.")
     redis_password: SecretStr | None = Field(
@@ -415,10 +364,10 @@ class Settings(BaseSettings):
         return value
 
     @model_validator(mode="after")
-    def _redis_url_with_password(self) -> Settings:
+    def _redis_urlwith_password(self) -> Settings:
         if self.redis_password is not None and self.redis_url is not None:
             self.redis_url = SecretStr(
-                _with_password(self.redis_url.get_secret_value(), self.redis_password)
+                with_password(self.redis_url.get_secret_value(), self.redis_password)
             )
         return self
 
@@ -433,10 +382,10 @@ class Settings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         # Priority: overrides, environment, secret files, YAML, defaults. An environment variable
         # beats its file so a developer can override one; the manifests set none for secrets.
-        yaml_source = _YamlSource(settings_cls, cls._config_path)
+        yaml_source = YamlSource(settings_cls, cls._config_path)
         secrets = SecretDirSource(
             settings_cls,
-            locate=lambda: _secrets_dir(init_settings, yaml_source),
+            locate=lambda: secrets_dir(init_settings, yaml_source),
             fields=secret_file_fields(),
             dir_field="secrets_dir",
         )
@@ -480,35 +429,6 @@ def env_names() -> dict[str, str]:
     return {name: env_name(name) for name in Settings.model_fields}
 
 
-def resolve_config_path(explicit: str | Path | None) -> Path | None:
-    if explicit:
-        return Path(explicit)
-    from_env = os.environ.get("QUARTERDECK_CONFIG")
-    if from_env:
-        return Path(from_env)
-    return next((p for p in DEFAULT_CONFIG_PATHS if p.exists()), None)
-
-
-SECRET_FIELDS = frozenset(
-    {
-        "postgres_url",
-        "redis_url",
-        "redis_password",
-        "gateway_upstream_api_key",
-        "gateway_tenant_upstream_keys",
-        "anthropic_api_key",
-        "admin_api_key",
-        "openai_api_key",
-        "notify_slack_webhook_url",
-        "notify_pagerduty_routing_key",
-        "notify_webhook_secret",
-        "notify_smtp_password",
-        "audit_master_key",
-        "metrics_token",
-    }
-)
-
-
 def secret_file_fields() -> dict[str, bool]:
     """Settings a secret file may give (name -> holds a mapping): every secret setting."""
     fields: dict[str, bool] = {}
@@ -517,138 +437,3 @@ def secret_file_fields() -> dict[str, bool]:
         if name in SECRET_FIELDS or "SecretStr" in annotation:
             fields[name] = annotation.startswith("dict")
     return fields
-
-
-def _secrets_dir(init: PydanticBaseSettingsSource, yaml_source: _YamlSource) -> Path | None:
-    """The secrets directory: an override, QUARTERDECK_SECRETS_DIR, the YAML file, else the
-    default mount point if it exists. One that is named but missing is an error."""
-    named = init().get("secrets_dir")
-    if named is None:
-        named = next(
-            (v for k, v in os.environ.items() if k.upper() == "QUARTERDECK_SECRETS_DIR"), None
-        )
-    if named is None:
-        named = yaml_source().get("secrets_dir")
-    if named in (None, ""):
-        return DEFAULT_SECRETS_DIR if DEFAULT_SECRETS_DIR.is_dir() else None
-    path = Path(str(named))
-    if not path.is_dir():
-        raise ConfigError([("QUARTERDECK_SECRETS_DIR", f"{path} is not a directory")])
-    return path
-
-
-def _with_password(url: str, password: SecretStr) -> str:
-    """``url`` with ``password`` added: in the userinfo, or as unix:// URLs take it."""
-    secret = quote(password.get_secret_value(), safe="")
-    parts = urlsplit(url)
-    if parts.scheme == "unix":
-        return f"{url}{'&' if parts.query else '?'}password={secret}"  # keeps unix:///
-    user, _, host = parts.netloc.rpartition("@")  # the user part as written (no password)
-    return urlunsplit(parts._replace(netloc=f"{user}:{secret}@{host}"))
-
-
-def _field_of(loc: str) -> str:
-    """The field an error location names: pydantic reports env aliases (``POSTGRES_URL``)."""
-    if loc in Settings.model_fields:
-        return loc
-    for name in Settings.model_fields:
-        if loc in (env_name(name), f"QUARTERDECK_{name.upper()}"):
-            return name
-    return loc
-
-
-def cross_field_problems(settings: Settings) -> list[tuple[str, str]]:
-    """Rules that involve more than one setting, each reported under the setting to change."""
-    problems: list[tuple[str, str]] = []
-    if settings.db_pool_min > settings.db_pool_max:
-        problems.append(("QUARTERDECK_DB_POOL_MIN", "must not exceed QUARTERDECK_DB_POOL_MAX"))
-    if settings.env == "production":
-        key = settings.admin_api_key.get_secret_value() if settings.admin_api_key else ""
-        if len(key) < 32:
-            problems.append(
-                ("QUARTERDECK_ADMIN_API_KEY", "must be set to at least 32 characters in production")
-            )
-        if settings.auth_enabled is False:
-            problems.append(("QUARTERDECK_AUTH_ENABLED", "must not be false in production"))
-        if settings.audit_master_key is None and settings.audit_master_key_file is None:
-            problems.append(
-                (
-                    "QUARTERDECK_AUDIT_MASTER_KEY",
-                    "set it (or QUARTERDECK_AUDIT_MASTER_KEY_FILE) in production; development"
-                    " generates one in the data directory",
-                )
-            )
-        if settings.audit_signing_key_file is None:
-            problems.append(
-                (
-                    "QUARTERDECK_AUDIT_SIGNING_KEY_FILE",
-                    "set it in production: every replica must sign audit checkpoints with the"
-                    " same Ed25519 key, or they flag each other's checkpoints as forged",
-                )
-            )
-        if settings.postgres_url is None:
-            problems.append(
-                (
-                    "POSTGRES_URL",
-                    "must be set in production (the embedded database is for development)",
-                )
-            )
-    return problems
-
-
-def load_settings(config: str | Path | None = None, **overrides: Any) -> Settings:
-    """Build and validate settings, or raise ConfigError naming every bad field.
-
-    Values of secret settings are never echoed back in an error.
-    """
-    path = resolve_config_path(config)
-    if path is not None and not path.exists():
-        raise ConfigError([("--config", f"{path} does not exist")])
-    Settings._config_path = path
-    try:
-        settings = Settings(**overrides)
-    except ValidationError as exc:
-        errors: list[tuple[str, str]] = []
-        for err in exc.errors():
-            loc = [str(p) for p in err["loc"]]
-            field = _field_of(loc[0]) if loc else ""
-            name = env_name(field) if field in Settings.model_fields else (field or "settings")
-            msg = err["msg"].removeprefix("Value error, ")
-            value = err.get("input")
-            secret = field in SECRET_FIELDS or field not in Settings.model_fields
-            shown = "" if secret or value is None else f" (got {value!r})"
-            errors.append((name, msg + shown))
-        raise ConfigError(errors) from exc
-    finally:
-        Settings._config_path = None
-    problems = cross_field_problems(settings)
-    if problems:
-        raise ConfigError(problems)
-    return settings
-
-
-_cli_config: Path | None = None
-
-
-def set_cli_config(path: Path | None) -> None:
-    """The root command's ``--config``: every subcommand's :func:`cli_settings` reads it."""
-    global _cli_config
-    _cli_config = path
-
-
-def cli_config_path() -> str | None:
-    """The ``--config`` this process was started with, to hand on to processes it starts."""
-    return str(_cli_config) if _cli_config is not None else None
-
-
-def cli_settings() -> Settings:
-    """Settings for a CLI command, or exit 2 with every bad field listed (never a traceback)."""
-    import typer
-
-    from quarterdeck.kit.console import err_console
-
-    try:
-        return load_settings(_cli_config)
-    except ConfigError as exc:
-        err_console.print(f"[bold red]error:[/] {exc.detail}", highlight=False)
-        raise typer.Exit(2) from None

@@ -67,6 +67,24 @@ async def test_validation_errors_are_problem_json_naming_the_field(
     assert any(e["field"] == field for e in problem["errors"]), problem
 
 
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"prompt": "x\x00y"},
+        {"prompt": "x", "metadata": {"k": "v\x00"}},
+        {"prompt": "x", "model": "claude\x00"},
+    ],
+)
+async def test_nul_characters_are_a_422_not_a_database_error(
+    client: httpx.AsyncClient, body: dict[str, object]
+):
+    r = await client.post("/v1/runs", json=body)
+    assert r.status_code == 422, r.text
+    assert "NUL" in r.json()["detail"]
+    r = await client.post("/v1/runs/batch", json={"runs": [{"prompt": "ok"}, body]})
+    assert r.status_code == 422, r.text
+
+
 async def test_malformed_json_and_wrong_content_are_4xx_problems(client: httpx.AsyncClient):
     r = await client.post(
         "/v1/runs", content=b"{not json", headers={"content-type": "application/json"}

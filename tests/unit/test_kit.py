@@ -8,9 +8,10 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from quarterdeck.exceptions import ValidationFailed
 from quarterdeck.kit.backoff import GUIDE_SCHEDULE, scheduled_delay
 from quarterdeck.kit.clock import FakeClock, SystemClock, utcnow
-from quarterdeck.kit.durations import parse_duration
+from quarterdeck.kit.durations import parse_duration, positive_duration
 from quarterdeck.kit.ids import is_id, new_id, ulid
 from quarterdeck.kit.latency import LatencyProfile, parse_latency
 
@@ -324,3 +325,15 @@ def test_system_clock_is_monotonic_and_utc():
     assert clock.wall().tzinfo is not None
     assert clock.wall().utcoffset() == timedelta(0)
     assert utcnow().utcoffset() == timedelta(0)
+
+
+@pytest.mark.parametrize("text", ["0s", "-1d", "9223372036854775807d", "101y", "nonsense"])
+def test_positive_duration_refuses_what_no_date_can_hold(text: str):
+    with pytest.raises(ValidationFailed) as err:
+        positive_duration(text, "retention")
+    assert err.value.detail.startswith("retention: ")
+
+
+def test_positive_duration_accepts_up_to_a_century():
+    assert positive_duration("30d", "retention") == 30 * 86_400
+    assert positive_duration(100 * 365 * 86_400, "retention") == 100 * 365 * 86_400

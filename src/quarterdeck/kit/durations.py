@@ -30,13 +30,19 @@ def parse_duration(text: str | float | int) -> float:
     return float(match.group(1)) * _UNITS[match.group(2) or "s"]
 
 
-def positive_duration(text: str | float | int, field: str) -> float:
-    """``parse_duration`` for a request field that must be > 0: a bad value is the caller's
-    mistake, so it becomes a 422 naming ``field`` (retention settings, for one)."""
+CENTURY_S = 100 * 365 * 86_400.0
+"""The longest duration a request may ask for: past it, dates computed from it overflow."""
+
+
+def positive_duration(text: str | float | int, field: str, maximum: float = CENTURY_S) -> float:
+    """``parse_duration`` for a request field that must be > 0 and at most ``maximum``: a bad
+    value is the caller's mistake, so it becomes a 422 naming ``field`` (retention settings)."""
     try:
         seconds = parse_duration(text)
         if seconds <= 0:
             raise ValueError("must be greater than zero")
+        if seconds > maximum:
+            raise ValueError(f"must be at most {maximum:.0f} seconds (100 years)")
     except ValueError as exc:
         raise ValidationFailed(
             f"{field}: {exc}", errors=[{"field": field, "message": str(exc)}]

@@ -38,6 +38,16 @@ class RunStatus(StrEnum):
 TERMINAL = frozenset(s for s in RunStatus if s.terminal)
 
 
+def _has_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_nul(v) for v in value)
+    return False
+
+
 class WorkspaceSpec(BaseModel):
     """Where a run's workspace starts from.
 
@@ -72,6 +82,14 @@ class RunCreate(BaseModel):
     metadata: dict[str, str] = Field(default_factory=dict, max_length=50)
     workspace: WorkspaceSpec | None = None
     budget_usd: float | None = Field(default=None, gt=0, le=1_000_000)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_nul(cls, data: Any) -> Any:
+        """Postgres text and jsonb cannot hold U+0000: refuse it here (422), not at the insert."""
+        if _has_nul(data):
+            raise ValueError("text must not contain NUL (\\u0000) characters")
+        return data
 
     @field_validator("prompt")
     @classmethod

@@ -27,6 +27,7 @@ from quarterdeck.agents.sandbox import (
     run_sandboxed,
     shared_identity,
 )
+from quarterdeck.agents.sandbox.probe import python_prefixes
 from quarterdeck.exceptions import ConfigError
 from quarterdeck.monitoring.doctor import isolation_checks
 
@@ -246,13 +247,7 @@ async def test_bwrap_filesystem_view(cwd: Path) -> None:
         "etc",
         "proc",
         "dev",
-    } | {
-        "tmp",
-        "root",
-        "work",
-        "run",
-        "opt",
-    }
+    } | {"tmp", "run"} | {Path(p).parts[1] for p in [*python_prefixes(), str(cwd)]}
     assert "home" not in top and "var" not in top and "srv" not in top
     assert "shadow" not in etc.split() and "gshadow" not in etc.split() and "ssh" not in etc.split()
     assert {"passwd", "group", "ld.so.cache"} <= set(etc.split())

@@ -69,6 +69,19 @@ class InvalidState(Conflict):
     title = "Operation not allowed in the current state"
 
 
+class Fenced(Conflict):
+    """A worker tried to record for a run attempt it no longer holds.
+
+    Each claim of a run starts a new attempt whose number (``runs.attempts``) is the fencing
+    epoch; the run store accepts writes for a run only from the attempt that holds it (status
+    ``running`` and the same epoch). A worker that stalled long enough for its job to be picked
+    up again gets this instead of recording a second copy of the work, and stops.
+    """
+
+    title = "Run attempt lost"
+    type_slug = "run-attempt-lost"
+
+
 class Unavailable(QuarterdeckError):
     """A dependency is down; the caller should retry after ``retry_after`` seconds."""
 

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from benchmarks import audit, core_runs, gateway, policy, resilience
+from benchmarks import audit, caching, checkpoint, core_runs, gateway, policy, resilience
 
 RESULTS = Path(__file__).parent / "results"
 SUITES: dict[str, Callable[[], dict[str, Any]]] = {
@@ -26,6 +26,8 @@ SUITES: dict[str, Callable[[], dict[str, Any]]] = {
     "security.audit_appends": audit.appends,
     "security.audit_verify_million": audit.verify_million,
     "gateway.overhead": gateway.overhead,
+    "workspace.checkpoint": checkpoint.per_turn,
+    "caching.savings": caching.savings,
 }
 
 

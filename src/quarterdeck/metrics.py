@@ -1,8 +1,10 @@
 """Every Prometheus metric Quarterdeck exports, in one registry.
 
 The first eight are the guide's, with its exact names, label names and buckets. Label values are
-bounded by construction: agent types and models come from config, statuses and severities from
-enums; never a run id or free text (see :func:`bounded`).
+bounded by construction: agent types come from config, statuses and severities from enums; never
+a run id or free text (see :func:`bounded`). The three that callers choose (``operation``,
+``model``, ``project``) go through :func:`operation`, :func:`model` and :func:`project`, which
+keep only configured values (and the price table's models) and make the rest ``other``.
 
 Counters are incremented only by the process that did the work, so summing a counter across
 scrape targets (replicas, or ``worker`` processes beside ``serve``) counts each run once. Gauges
@@ -18,7 +20,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from prometheus_client import (
@@ -67,7 +69,7 @@ TOKENS = Counter(
 )
 COST = Counter(
     "claude_agent_api_cost_total",
-    "Total API cost in USD (calls to models with unknown prices add nothing here)",
+    "Total API cost in USD (a model without a price is counted at the fallback model's price)",
     ["agent_type", "model"],
     registry=REGISTRY,
 )
@@ -160,7 +162,7 @@ PROVIDER_TTFT = Histogram(
 )
 UNPRICED_TOKENS = Counter(
     "claude_agent_unpriced_tokens_total",
-    "Tokens used on models with no known price (their cost is unknown, not zero)",
+    "Tokens used on models with no price of their own (their cost is the fallback's estimate)",
     ["agent_type", "model"],
     registry=REGISTRY,
 )
@@ -228,6 +230,13 @@ READY = Gauge(
     "1 when this process reports ready, 0 when not ready or draining",
     registry=REGISTRY,
 )
+DEPENDENCY_UP = Gauge(
+    "claude_agent_dependency_up",
+    "1 when this process reached the shared dependency (database, redis) at its last /ready "
+    "probe, 0 when not; a pod stays ready while one is down",
+    ["dependency"],
+    registry=REGISTRY,
+)
 BUILD_INFO = Gauge(
     "claude_agent_build_info",
     "Build information; always 1",
@@ -236,13 +245,113 @@ BUILD_INFO = Gauge(
 )
 
 _SAFE = re.compile(r"^[A-Za-z0-9_.:\-]{1,64}$")
+LABEL_VALUE = _SAFE
+"""What a label value may look like (settings that list label values are checked with it)."""
+OTHER = "other"
 
 
 def bounded(value: str, allowed: frozenset[str] | set[str] | None = None) -> str:
     """A label value that cannot blow up cardinality: known values pass, anything else is 'other'."""
     if allowed is not None:
-        return value if value in allowed else "other"
-    return value if _SAFE.match(value) else "other"
+        return value if value in allowed else OTHER
+    return value if _SAFE.match(value) else OTHER
+
+
+# --- label values that come from users: operation, model, project -----------------------------
+DEFAULT_OPERATIONS = ("task", "run", "review", "fix", "refactor", "test", "docs")
+"""The ``operation`` values kept when none are configured (``QUARTERDECK_METRIC_OPERATIONS``):
+``task`` is a run's default operation, the rest the usual kinds of coding-agent work."""
+BUILTIN_PROJECTS = frozenset({"workspace", "upload"})
+"""``project`` values that name no project (an empty workspace, an uploaded tar): always kept."""
+UNCONFIGURED_MODELS = 100
+"""Before :func:`configure_labels` (unit tests, tools), the first this many well-formed model
+names are kept and the rest are ``other``, so even then the label is bounded."""
+_MEMO_CAP = 4096
+
+
+class LabelBounds:
+    """The allowed values of each user-given label kind; everything else is ``other``.
+
+    Set once at startup (:func:`configure_labels`, from settings and the price table), so the
+    number of series of every metric is bounded by configuration, not by what callers send.
+    """
+
+    def __init__(
+        self,
+        operations: Iterable[str] = DEFAULT_OPERATIONS,
+        projects: Iterable[str] = (),
+        models: Iterable[str] | None = None,
+        resolve_model: Callable[[str], str | None] | None = None,
+    ) -> None:
+        self.operations = frozenset(operations)
+        self.projects = frozenset(projects) | BUILTIN_PROJECTS
+        self.models = None if models is None else frozenset(models)
+        self.resolve_model = resolve_model
+        self._model_memo: dict[str, str] = {}
+        self._first_come = 0
+
+    def operation(self, value: str) -> str:
+        return value if value in self.operations else OTHER
+
+    def project(self, value: str) -> str:
+        return value if value in self.projects else OTHER
+
+    def model(self, value: str) -> str:
+        found = self._model_memo.get(value)
+        if found is not None:
+            return found
+        if self.models is None:  # unconfigured: well-formed names, first come, capped
+            keep = _SAFE.match(value) is not None and self._first_come < UNCONFIGURED_MODELS
+            self._first_come += keep
+            found = value if keep else OTHER
+        elif value in self.models:
+            found = value
+        else:
+            # A dated or vendor-spelled id of a priced model counts as its table row: the id
+            # itself could carry any date, which would be a new series per spelling.
+            row = self.resolve_model(value) if self.resolve_model is not None else None
+            found = row if row is not None and row in self.models else OTHER
+        if len(self._model_memo) >= _MEMO_CAP:
+            if self.models is None:
+                return found  # keep the first-come set; just stop remembering
+            self._model_memo.clear()
+        self._model_memo[value] = found
+        return found
+
+
+_LABELS = LabelBounds()
+
+
+def configure_labels(bounds: LabelBounds | None = None) -> None:
+    """Set the allowed label values for this process (None: back to the unconfigured defaults).
+
+    ``runtime.py`` calls it at start with the configured sets and the price table's models."""
+    global _LABELS
+    _LABELS = bounds if bounds is not None else LabelBounds()
+
+
+def operation(value: str) -> str:
+    """The ``operation`` label for a run's operation: a configured one, else ``other``."""
+    return _LABELS.operation(value)
+
+
+def model(value: str) -> str:
+    """The ``model`` label: a priced model (its table row), a configured one, else ``other``."""
+    return _LABELS.model(value)
+
+
+def dependency(name: str) -> str:
+    """The ``dependency`` label of a circuit breaker: ``provider:model`` breakers get the
+    model's label (:func:`model`), so every unknown model shares ``provider:other``."""
+    provider, sep, rest = name.partition(":")
+    if not sep:
+        return bounded(name)
+    return f"{bounded(provider)}:{model(rest)}"
+
+
+def project(value: str) -> str:
+    """The ``project`` label: a configured project, ``workspace``/``upload``, else ``other``."""
+    return _LABELS.project(value)
 
 
 _CHILDREN: dict[tuple[object, tuple[str, ...]], Any] = {}

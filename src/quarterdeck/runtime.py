@@ -9,7 +9,6 @@ import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from decimal import Decimal
 
 import structlog
 
@@ -34,8 +33,8 @@ from quarterdeck.incidents import IncidentService, build_incident_service
 from quarterdeck.incidents.anomalies import AnomalySink
 from quarterdeck.kit.wiring import Services
 from quarterdeck.providers.factory import build_provider
-from quarterdeck.providers.pricing import PriceTable
-from quarterdeck.providers.types import Provider, Usage
+from quarterdeck.providers.pricing import PriceTable, Pricing
+from quarterdeck.providers.types import Provider
 from quarterdeck.resilience import (
     BreakerConfig,
     Breakers,
@@ -43,7 +42,7 @@ from quarterdeck.resilience import (
     ProviderLimiter,
     RetryPolicy,
 )
-from quarterdeck.resilience.calls import CostFn, ResilientCaller
+from quarterdeck.resilience.calls import ResilientCaller
 from quarterdeck.runs.events import RunEventHub
 from quarterdeck.runs.executor import ExecutorConfig, RunExecutor
 from quarterdeck.runs.service import RunService
@@ -61,13 +60,27 @@ from quarterdeck.tenants.service import TenantData
 log = structlog.get_logger(__name__)
 
 
-def build_cost_fn(settings: Settings) -> CostFn:
+def build_pricing(settings: Settings) -> Pricing:
+    """The price table with its fallback: what runs and gateway calls alike are priced by."""
     table = PriceTable.load(settings.pricing_overrides or None)
+    return Pricing(table, settings.unknown_model_price)
 
-    def cost(model: str, usage: Usage) -> Decimal | None:
-        return table.cost(model, usage)
 
-    return cost
+def configure_metric_labels(settings: Settings, pricing: Pricing) -> None:
+    """Bound the user-given label values (operation, model, project) for this process."""
+    models = {*pricing.models, *settings.metric_models, settings.model}
+    for primary, chain in settings.model_fallbacks.items():
+        models.update([primary, *chain])
+    for primary, chain in settings.context_fallbacks.items():
+        models.update([primary, *chain])
+    metrics.configure_labels(
+        metrics.LabelBounds(
+            operations=settings.metric_operations,
+            projects=settings.metric_projects,
+            models=models,
+            resolve_model=pricing.table.resolve,
+        )
+    )
 
 
 @dataclass
@@ -96,6 +109,7 @@ class Runtime:
     breakers: Breakers | None = field(init=False, default=None)
     gateway: Gateway | None = field(init=False, default=None)
     holds: BudgetHolds = field(init=False)
+    pricing: Pricing = field(init=False)
     _bucket_store: BucketStore | None = field(init=False, default=None)
     gateway_calls: GatewayCalls = field(init=False)
     tenant_data: TenantData = field(init=False)
@@ -115,6 +129,9 @@ class Runtime:
             ),
             self.with_workers and self.settings.env == "production",
         )
+        # Prices first: a fallback model missing from the table is a config error, found early.
+        self.pricing = build_pricing(self.settings)
+        configure_metric_labels(self.settings, self.pricing)
         self.db = Database.from_settings(self.settings)
         await migrations.upgrade(self.db.url)
         self.migrated = True
@@ -168,7 +185,7 @@ class Runtime:
             config = ExecutorConfig(
                 max_turns=self.settings.max_turns, timeout_s=self.settings.run_timeout
             )
-            cost_of = build_cost_fn(self.settings)
+            cost_of = self.pricing.cost
             executor = RunExecutor(
                 self.run_store,
                 self.provider,
@@ -186,8 +203,8 @@ class Runtime:
                 ),
                 cost_of,
                 config,
-                self._build_caller(self.provider, cost_of),
-                budgets=self.budgets,
+                self._build_caller(self.provider, self.pricing),
+                holds=self.holds,
             )
             self.workers = WorkerPool(
                 self.settings,
@@ -258,7 +275,6 @@ class Runtime:
     async def _start_gateway(self, gate: PolicyGate) -> None:
         """The Anthropic-compatible gateway: relay, meter, recorder, budget holds, inspector."""
         s = self.settings
-        table = PriceTable.load(s.pricing_overrides or None)
         recorder = CallRecorder(self.db)
         await recorder.start()
         inspector = Inspector(
@@ -266,12 +282,12 @@ class Runtime:
         )
         self.gateway = build_gateway(
             s,
-            prices=GatewayPrices(table, s.gateway_unknown_model_price),
+            prices=GatewayPrices(self.pricing),
             recorder=recorder,
             holds=self.holds,
             inspector=inspector,
             breakers=self.breakers,
-            known_models=table.models,
+            known_models=self.pricing.models,
         )
         # Closed in this order after the HTTP server stopped: no new calls, the last anomaly
         # tasks done, every recorded call written and its hold settled.
@@ -296,17 +312,25 @@ class Runtime:
             ),
         )
 
-    def _build_caller(self, provider: Provider, cost_of: CostFn) -> ResilientCaller:
+    def _build_caller(self, provider: Provider, pricing: Pricing) -> ResilientCaller:
         """Retries, breakers and rate limits (buckets shared through Redis when REDIS_URL is
-        set); the caller also prices and counts every provider call (``cost_of``)."""
+        set); the caller also prices and counts every provider call (``pricing``)."""
         s = self.settings
         assert self.breakers is not None  # built in start() before any caller
         limiter = None
-        if s.provider_requests_per_minute is not None:
+        per_minute = (
+            s.provider_requests_per_minute,
+            s.provider_tokens_per_minute,
+            s.provider_input_tokens_per_minute,
+            s.provider_output_tokens_per_minute,
+        )
+        if any(limit is not None for limit in per_minute):
             limiter = ProviderLimiter(
                 provider.name,
                 requests_per_minute=s.provider_requests_per_minute,
                 tokens_per_minute=s.provider_tokens_per_minute,
+                input_tokens_per_minute=s.provider_input_tokens_per_minute,
+                output_tokens_per_minute=s.provider_output_tokens_per_minute,
                 store=self._bucket_store,
                 local_share=1.0 / s.worker_processes,
             )
@@ -323,7 +347,7 @@ class Runtime:
             limiter=limiter,
             fallbacks=s.model_fallbacks,
             context_fallbacks=s.context_fallbacks,
-            cost_of=cost_of,
+            pricing=pricing,
         )
 
     async def drain(self) -> None:
@@ -363,6 +387,7 @@ class Runtime:
         with contextlib.suppress(Exception):  # last: everything above may still have audited
             await self.audit.aclose()
         await self.db.close()
+        metrics.configure_labels(None)  # this process's label bounds go with its runtime
 
     async def _collect_gauges(self) -> None:
         """Mirror queue depth and run states from Postgres into gauges every 5 s."""

@@ -22,6 +22,7 @@ import uvicorn
 
 from quarterdeck.app import create_app
 from quarterdeck.config import Settings
+from quarterdeck.health.heartbeat import PROBE_PATHS, LoopHeartbeat, ProcessState, probe_response
 from quarterdeck.metrics import REGISTRY, TenantPseudonyms
 from quarterdeck.processes import WorkerProcesses, exit_with_parent
 from quarterdeck.runtime import Runtime
@@ -38,14 +39,19 @@ class _Server(uvicorn.Server):
         yield
 
 
-def start_metrics_server(settings: Settings) -> WSGIServer | None:
+def start_metrics_server(
+    settings: Settings,
+    probes: tuple[LoopHeartbeat, ProcessState] | None = None,
+) -> WSGIServer | None:
     """Serve ``/metrics`` on ``metrics_port`` from a daemon thread (stdlib WSGI, threaded).
 
     Not prometheus_client's ``start_http_server``: it can neither require a token nor change
     label values. With ``metrics_token`` set every request needs ``Authorization: Bearer
     <token>`` (401 otherwise); unless ``metrics_tenant_labels``, tenant names leave as
-    pseudonyms (:class:`~quarterdeck.metrics.TenantPseudonyms`). Returns the server (None when
-    the port is 0); a process never stops it, it ends with the process.
+    pseudonyms (:class:`~quarterdeck.metrics.TenantPseudonyms`). With ``probes`` (the loop's
+    heartbeat and the runtime) it also answers ``/health`` and ``/ready`` without the token: the
+    probes of a worker pod, which has no API (:mod:`quarterdeck.health.heartbeat`). Returns the
+    server (None when the port is 0); a process never stops it, it ends with the process.
     """
     if settings.metrics_port == 0:
         return None
@@ -54,6 +60,8 @@ def start_metrics_server(settings: Settings) -> WSGIServer | None:
     registry = REGISTRY if settings.metrics_tenant_labels else TenantPseudonyms(REGISTRY)
     token = settings.metrics_token.get_secret_value() if settings.metrics_token else None
     app = _bearer_only(make_wsgi_app(registry), token) if token else make_wsgi_app(registry)
+    if probes is not None:
+        app = _with_probes(app, *probes)
     try:
         server = _metrics_server(settings.http_host, settings.metrics_port, app)
     except OSError as exc:
@@ -86,6 +94,22 @@ def _metrics_server(host: str, port: int, app: WSGIApplication) -> WSGIServer:
     family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     server_class = type("MetricsServer", (_ThreadingWSGIServer,), {"address_family": family[0][0]})
     return make_server(host, port, app, server_class, handler_class=_QuietHandler)
+
+
+def _with_probes(
+    app: WSGIApplication, heartbeat: LoopHeartbeat, state: ProcessState
+) -> WSGIApplication:
+    """``/health`` and ``/ready`` answered from the heartbeat, anything else by ``app``."""
+
+    def routed(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "")
+        if path not in PROBE_PATHS:
+            return app(environ, start_response)
+        status, body = probe_response(path, heartbeat, state)
+        start_response(status, [("Content-Type", "application/json")])
+        return [body]
+
+    return routed
 
 
 def _bearer_only(app: WSGIApplication, token: str) -> WSGIApplication:
@@ -139,7 +163,9 @@ async def serve(
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await runtime.start()
-    start_metrics_server(settings)
+    heartbeat = LoopHeartbeat()
+    beating = asyncio.create_task(heartbeat.run())
+    start_metrics_server(settings, (heartbeat, runtime))
     # Children start after this process has started Postgres and applied migrations.
     children = WorkerProcesses(settings if workers and not supervised else None)
     await children.start()
@@ -183,5 +209,6 @@ async def serve(
         server.should_exit = True
         with contextlib.suppress(Exception):
             await server_task
+    beating.cancel()
     await runtime.stop()
     log.info("quarterdeck_stopped")

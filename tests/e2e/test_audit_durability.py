@@ -26,8 +26,9 @@ from tests.e2e.conftest import Deployment
 pytest_plugins = ["tests.support.fixtures"]
 pytestmark = pytest.mark.e2e
 WINDOW_S = 0.1  # the documented flush window (the appender's max_delay)
-# Sleeps on its first attempt only (the workspace keeps the marker), so the rerun is quick.
-SLOW_ONCE = "test -e started || { touch started; sleep 30; }"
+# Long enough to still be running when the process is killed. The rerun sleeps again: a resumed
+# run's workspace is rebuilt as of its last checkpoint, so a command cut short leaves no trace.
+SLOW_ONCE = "sleep 12"
 
 
 def _events(client: httpx.Client, run_id: str) -> list[dict[str, object]]:
@@ -95,7 +96,7 @@ def test_a_sigkill_loses_no_audit_event_of_a_finished_run_nor_a_running_call(
     for tool_use_id, call in calls.items():  # each intent was written before its outcome
         assert int(str(intents[tool_use_id]["seq"])) < int(str(call["seq"]))
 
-    resumed = client.get(f"/v1/runs/{slow}/wait", params={"timeout": 90}).json()
+    resumed = client.get(f"/v1/runs/{slow}/wait", params={"timeout": 90}, timeout=100).json()
     assert resumed["status"] == "succeeded" and resumed["attempts"] == 2, resumed
     time.sleep(5 * WINDOW_S)
     events = _events(client, slow)

@@ -1,4 +1,4 @@
-"""The shipped coordinator pod, reproduced on this machine's kernel (no Kubernetes runs here).
+"""The shipped worker and API pods, reproduced on this machine's kernel (no Kubernetes runs here).
 
 What decides whether agent commands get the strong sandbox in the pod is rebuilt piece by piece
 with the same kernel mechanisms a container runtime uses:
@@ -15,9 +15,11 @@ with the same kernel mechanisms a container runtime uses:
 Not reproduced: ``hostUsers: false`` itself (the pod's own user namespace; it only makes the
 pod's uids unprivileged on the node) and AppArmor (not enabled on this kernel).
 
-Then ``quarterdeck doctor`` and ``quarterdeck up`` run as that pod, with the production
-overlay's environment and ConfigMap, every secret a file laid out as the kubelet writes a
-projected volume (0440 root:10001), a password-protected Redis and an external Postgres.
+Then ``quarterdeck doctor`` and the worker Deployment's ``quarterdeck worker`` run as that pod,
+and the API Deployment's ``quarterdeck serve`` as the API pod (RuntimeDefault seccomp, masked
+``/proc``: no bubblewrap, which it does not need), with the production overlay's environment and
+ConfigMap, every secret a file laid out as the kubelet writes a projected volume (0440
+root:10001), a password-protected Redis and an external Postgres.
 """
 
 from __future__ import annotations
@@ -46,11 +48,12 @@ from quarterdeck.chaos.process import Process, free_port, http_ok, port_open
 from tests.conftest import world_readable_tmpdir
 from tests.integration.test_deploy_kubernetes import (
     KUBE,
-    coordinator,
+    api,
     env_of,
     find,
     render,
     secret_files,
+    worker,
 )
 
 pytestmark = pytest.mark.e2e
@@ -91,7 +94,7 @@ def prod() -> list[dict[str, Any]]:
 
 @pytest.fixture(scope="module")
 def pod(prod: list[dict[str, Any]]) -> dict[str, Any]:
-    spec = find(prod, "Deployment", "claude-agent-coordinator")["spec"]["template"]["spec"]
+    spec = find(prod, "Deployment", "claude-agent-worker")["spec"]["template"]["spec"]
     context = spec["securityContext"]
     profile = KUBE / "node" / "seccomp" / context["seccompProfile"]["localhostProfile"]
     return {
@@ -260,7 +263,7 @@ def shipped_pod(
     data = tmp_path / "data"
     data.mkdir()
     os.chown(data, pod["uid"], pod["gid"])
-    container = coordinator(prod)
+    container = worker(prod)
     config_text = find(prod, "ConfigMap", "claude-agent-config")["data"]["quarterdeck.yaml"]
     config = tmp_path / "quarterdeck.yaml"
     config.write_text(config_text)
@@ -276,23 +279,34 @@ def shipped_pod(
         name="redis-server",
     ).start()
     redis.wait_ready(port_open(redis_port), 10)
-    env = {name: var["value"] for name, var in env_of(container).items()}  # all literal
     assert yaml.safe_load(config_text), "the ConfigMap's settings file"
-    env.update(
-        # Paths, ports and addresses of this machine; every other value is the manifest's.
-        QUARTERDECK_CONFIG=str(config),
-        QUARTERDECK_SECRETS_DIR=str(directory),
-        QUARTERDECK_AUDIT_SIGNING_KEY_FILE=str(signing),
-        QUARTERDECK_DATA_DIR=str(data),
-        QUARTERDECK_HTTP_HOST="127.0.0.1",
-        QUARTERDECK_HTTP_PORT=str(free_port()),
-        QUARTERDECK_METRICS_PORT=str(free_port()),
-        REDIS_URL=f"redis://127.0.0.1:{redis_port}/0",
-        PATH="/usr/local/bin:/usr/bin:/bin",
-        HOME=str(data),
-    )
+
+    def pod_env(container: dict[str, Any]) -> dict[str, str]:
+        env = {name: var["value"] for name, var in env_of(container).items()}  # all literal
+        env.update(
+            # Paths, ports and addresses of this machine; every other value is the manifest's.
+            QUARTERDECK_CONFIG=str(config),
+            QUARTERDECK_SECRETS_DIR=str(directory),
+            QUARTERDECK_AUDIT_SIGNING_KEY_FILE=str(signing),
+            QUARTERDECK_DATA_DIR=str(data),
+            QUARTERDECK_HTTP_HOST="127.0.0.1",
+            QUARTERDECK_HTTP_PORT=str(free_port()),
+            QUARTERDECK_METRICS_PORT=str(free_port()),
+            REDIS_URL=f"redis://127.0.0.1:{redis_port}/0",
+            PATH="/usr/local/bin:/usr/bin:/bin",
+            HOME=str(data),
+        )
+        return env
+
     try:
-        yield {"env": env, "values": values, "tmp": tmp_path}
+        yield {
+            "env": pod_env(container),
+            "api_env": pod_env(api(prod)),
+            "args": container["args"],
+            "api_args": api(prod)["args"],
+            "values": values,
+            "tmp": tmp_path,
+        }
     finally:
         redis.stop()
         forward.stop()
@@ -319,44 +333,92 @@ def test_doctor_in_the_shipped_pod_reports_bubblewrap_and_reads_every_secret_fil
         assert secret not in done.stdout + done.stderr
 
 
-def test_quarterdeck_starts_as_the_shipped_pod_with_secrets_only_in_files(
+def runtime_default_like(pod: dict[str, Any], directory: Path) -> Path:
+    """The shipped profile plus what containerd's RuntimeDefault refuses: the API pod's seccomp."""
+    profile = json.loads(pod["profile"].read_text())
+    profile["syscalls"].append(
+        {"names": RUNTIME_DEFAULT_DENIES, "action": "SCMP_ACT_ERRNO", "errnoRet": 1}
+    )
+    path = directory / "runtime-default-like.json"
+    path.write_text(json.dumps(profile))
+    path.chmod(0o644)
+    return path
+
+
+def assert_the_pods_process(
+    pod: dict[str, Any], pid: int, env: dict[str, str], values: dict[str, str]
+) -> None:
+    # The process is the pod's: uid 10001, no capabilities, no_new_privs, seccomp filtered.
+    status = Path(f"/proc/{pid}/status").read_text()
+    assert f"Uid:\t{pod['uid']}\t" in status and "CapEff:\t0000000000000000" in status
+    assert "NoNewPrivs:\t1" in status and "Seccomp:\t2" in status
+    # Its environment names the secrets directory and holds no secret.
+    environ = Path(f"/proc/{pid}/environ").read_bytes().decode()
+    assert f"QUARTERDECK_SECRETS_DIR={env['QUARTERDECK_SECRETS_DIR']}" in environ
+    for name, secret in values.items():
+        assert secret not in environ, name
+    # The metrics listener wants the token from its file, as the ServiceMonitor sends it.
+    metrics = f"http://127.0.0.1:{env['QUARTERDECK_METRICS_PORT']}/metrics"
+    assert httpx.get(metrics, timeout=10).status_code == 401
+    bearer = {"Authorization": f"Bearer {values['metrics_token']}"}
+    assert httpx.get(metrics, headers=bearer, timeout=10).status_code == 200
+
+
+def test_the_worker_starts_as_the_shipped_worker_pod_with_secrets_only_in_files(
     pod: dict[str, Any], shipped_pod: dict[str, Any]
 ) -> None:
+    """The worker Deployment's own command: bubblewrap in use, probes on the metrics port
+    (no token), and no API port at all."""
     env, values = shipped_pod["env"], shipped_pod["values"]
-    up = Process(
-        as_pod(pod, [str(BIN), "up"], profile=pod["profile"]),
+    assert shipped_pod["args"] == ["worker"]
+    proc = Process(
+        as_pod(pod, [str(BIN), *shipped_pod["args"]], profile=pod["profile"]),
         env=env,
-        log=shipped_pod["tmp"] / "up.log",
-        name="quarterdeck-up",
+        log=shipped_pod["tmp"] / "worker.log",
+        name="quarterdeck-worker",
+        cwd=Path("/tmp"),
+    )
+    probes = f"http://127.0.0.1:{env['QUARTERDECK_METRICS_PORT']}"
+    with proc:
+        proc.wait_ready(http_ok(f"{probes}/ready"), 90)
+        assert httpx.get(f"{probes}/health", timeout=10).status_code == 200
+        assert_the_pods_process(pod, proc.pid, env, values)
+        assert not port_open(int(env["QUARTERDECK_HTTP_PORT"]))(), "a worker serves no API"
+    assert proc.returncode == 0, proc.log_tail()
+    log = proc.log_tail(200_000)
+    for secret in values.values():
+        assert secret not in log
+
+
+def test_the_api_starts_as_the_shipped_api_pod_without_bubblewrap(
+    pod: dict[str, Any], shipped_pod: dict[str, Any]
+) -> None:
+    """The API Deployment's `serve` in the API pod's shape (RuntimeDefault's refusals, masked
+    /proc): it runs no agent command, so it starts without bubblewrap, and the admin key from
+    its file authenticates."""
+    env, values = shipped_pod["api_env"], shipped_pod["values"]
+    assert shipped_pod["api_args"] == ["serve"]
+    profile = runtime_default_like(pod, shipped_pod["tmp"])
+    proc = Process(
+        as_pod(pod, [str(BIN), *shipped_pod["api_args"]], profile=profile, masked=True),
+        env=env,
+        log=shipped_pod["tmp"] / "serve.log",
+        name="quarterdeck-serve",
         cwd=Path("/tmp"),
     )
     url = f"http://127.0.0.1:{env['QUARTERDECK_HTTP_PORT']}"
-    with up:
-        up.wait_ready(http_ok(f"{url}/ready"), 90)
-        # The process is the pod's: uid 10001, no capabilities, no_new_privs, seccomp filtered.
-        status = Path(f"/proc/{up.pid}/status").read_text()
-        assert f"Uid:\t{pod['uid']}\t" in status and "CapEff:\t0000000000000000" in status
-        assert "NoNewPrivs:\t1" in status and "Seccomp:\t2" in status
-        # Its environment names the secrets directory and holds no secret.
-        environ = Path(f"/proc/{up.pid}/environ").read_bytes().decode()
-        assert f"QUARTERDECK_SECRETS_DIR={env['QUARTERDECK_SECRETS_DIR']}" in environ
-        for name, secret in values.items():
-            assert secret not in environ, name
-        # The admin key from its file authenticates; the host reports bubblewrap in use.
+    with proc:
+        proc.wait_ready(http_ok(f"{url}/ready"), 90)
+        assert_the_pods_process(pod, proc.pid, env, values)
         admin = {"x-api-key": values["admin_api_key"]}
         assert httpx.get(f"{url}/v1/system", timeout=10).status_code == 401
         system = httpx.get(f"{url}/v1/system", headers=admin, timeout=10)
         assert system.status_code == 200, system.text
-        assert system.json()["isolation"]["in_use"] == "bwrap"
         assert system.json()["isolation"]["running_as_root"] is False
-        # The metrics listener wants the token from its file, as the ServiceMonitor sends it.
-        metrics = f"http://127.0.0.1:{env['QUARTERDECK_METRICS_PORT']}/metrics"
-        assert httpx.get(metrics, timeout=10).status_code == 401
-        bearer = {"Authorization": f"Bearer {values['metrics_token']}"}
-        assert httpx.get(metrics, headers=bearer, timeout=10).status_code == 200
-    assert up.returncode == 0, up.log_tail()
+        assert system.json()["isolation"]["in_use"] != "bwrap", "no bubblewrap in the API pod"
+    assert proc.returncode == 0, proc.log_tail()
     for secret in values.values():
-        assert secret not in up.log_tail(200_000)
+        assert secret not in proc.log_tail(200_000)
 
 
 def test_a_pod_without_bubblewrap_refuses_to_start(
@@ -395,7 +457,7 @@ def test_the_weak_fallback_starts_on_rlimits_and_says_so(
         f"resources: [{os.path.relpath(KUBE / 'overlays/production', overlay)}]\n"
         f"components: [{os.path.relpath(KUBE / 'components/weak-sandbox', overlay)}]\n"
     )
-    weak_env = env_of(coordinator(render(overlay)))
+    weak_env = env_of(worker(render(overlay)))
     env = dict(shipped_pod["env"])
     for name in ("QUARTERDECK_SANDBOX_MODE", "QUARTERDECK_SANDBOX_ALLOW_WEAK"):
         env[name] = weak_env[name]["value"]

@@ -213,8 +213,8 @@ async def test_spend_includes_gateway_calls_and_live_holds(db: Database) -> None
     assert status.daily_spent_usd == Decimal("1.75")
     assert status.monthly_spent_usd == Decimal("3.75")
     await budgets.set("acme", Decimal("2"), None)
-    with pytest.raises(BudgetExceeded):  # the run side's check counts gateway spend too
-        await budgets.check("acme", Decimal("0.26"), NOW)
+    with pytest.raises(BudgetExceeded):  # 1.75 spent + 0.5 held + 0.26 > 2
+        await holds.reserve(tenant="acme", key_id=None, run_id=None, amount=Decimal("0.26"))
 
 
 async def test_key_budget_is_enforced_per_key(db: Database) -> None:

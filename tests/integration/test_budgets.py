@@ -12,6 +12,7 @@ from fastapi import FastAPI
 
 from quarterdeck import metrics
 from quarterdeck.budgets import api as budgets_api
+from quarterdeck.budgets.holds import BudgetHolds
 from quarterdeck.budgets.service import BudgetExceeded, BudgetService, period_starts
 from quarterdeck.kit.wiring import services
 from quarterdeck.store.pool import Database
@@ -83,43 +84,30 @@ async def test_spend_and_remaining_come_from_run_turns(spent: BudgetService) -> 
     assert await spent.remaining("nobody", NOW) == (None, None)
 
 
-async def test_check_raises_when_spend_plus_estimate_passes_a_limit(spent: BudgetService) -> None:
-    await spent.check("acme", 1000, NOW)  # no budget row: no limit
+async def test_a_hold_is_refused_when_spend_plus_estimate_passes_a_limit(
+    spent: BudgetService,
+) -> None:
+    holds = BudgetHolds(spent.db, clock=lambda: NOW)
+    spent.on_change = holds.forget
+
+    async def reserve(tenant: str, amount: str) -> str | None:
+        return await holds.reserve(tenant=tenant, key_id=None, run_id=None, amount=Decimal(amount))
+
+    assert await reserve("acme", "1000") is None  # no budget row: no limit, nothing held
     await spent.set("acme", 10, 20)
-    await spent.check("acme", Decimal("6.25"), NOW)  # exactly at the daily limit is allowed
+    held = await reserve("acme", "6.25")  # exactly at the daily limit is allowed
+    assert held is not None
+    await holds.release(held)
     with pytest.raises(BudgetExceeded) as daily:
-        await spent.check("acme", Decimal("6.26"), NOW)
+        await reserve("acme", "6.26")
     assert daily.value.period == "daily" and daily.value.status == 402
     assert "'acme' daily budget exceeded: $3.7500 spent of $10.0000 today (UTC)" in str(daily.value)
     assert "$6.2600" in daily.value.detail
     await spent.set("acme", None, 8)
     with pytest.raises(BudgetExceeded) as monthly:
-        await spent.check("acme", Decimal("0.5"), NOW)
+        await reserve("acme", "0.5")
     assert monthly.value.period == "monthly" and monthly.value.extra["spent_usd"] == 7.75
-    await spent.check("other", 0, NOW)
-
-
-async def test_expired_limits_are_read_once_for_concurrent_checks(spent: BudgetService) -> None:
-    """Hundreds of runs checking when the cached limits expire share one read of them."""
-    import asyncio
-
-    await spent.set("acme", 10, 20)
-    reads = 0
-    read = spent._read_limits
-
-    async def counting(tenant: str):  # type: ignore[no-untyped-def]
-        nonlocal reads
-        reads += 1
-        return await read(tenant)
-
-    spent._read_limits = counting  # type: ignore[method-assign]
-    await asyncio.gather(*(spent.check("acme", 1, NOW) for _ in range(50)))
-    assert reads == 1
-    with pytest.raises(BudgetExceeded):  # the shared read carried the real limits
-        await spent.check("acme", 7, NOW)
-    await spent.set("acme", None, None)  # applies at once, even with a read in flight
-    await spent.check("acme", 1000, NOW)
-    assert reads == 2
+    assert await reserve("other", "0") is None
 
 
 async def test_refresh_metrics_sets_limit_and_remaining(spent: BudgetService) -> None:

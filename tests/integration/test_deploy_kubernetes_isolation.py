@@ -7,12 +7,12 @@ Each claim of deploy/kubernetes/README.md ("Isolation") is checked on the render
   secrets, no literal secret): secrets are files, mode 0400 (0440 with the pod's fsGroup), named
   by the setting they fill, in the directory ``Settings`` reads (and it does read them);
 * no pod mounts a service-account token, except with the Lease component, which needs one;
-* the coordinator pod is set up for bubblewrap: a user namespace (``hostUsers: false``), an
+* the worker pod (the one that runs agent commands) is set up for bubblewrap: a user namespace (``hostUsers: false``), an
   unmasked ``/proc``, the shipped Localhost seccomp profile, no capabilities, no privilege
   escalation, ``QUARTERDECK_SANDBOX_MODE=bwrap`` so it fails closed; the namespace enforces
   Pod Security ``baseline`` (what that allows) and audits ``restricted``;
-* the NetworkPolicy lets out exactly DNS, Postgres, Redis and HTTPS to public addresses,
-  evaluated on addresses (metadata service and private networks refused);
+* the egress NetworkPolicy (API and worker pods) lets out exactly DNS, Postgres, Redis and HTTPS
+  to public addresses, evaluated on addresses (metadata service and private networks refused);
 * the weak-sandbox fallback says what it is (and keeps the secrets out of the environment).
 
 What the seccomp profile and the unmasked ``/proc`` do on a real kernel is proved by
@@ -34,15 +34,19 @@ import pytest
 from quarterdeck import config
 from quarterdeck.config import SECRET_FIELDS, Settings, env_name, load_settings, secret_file_fields
 from tests.integration.test_deploy_kubernetes import (
+    API,
     CRD_KINDS,
+    DEPLOYMENTS,
     K8S_VERSION,
     KUBE,
     ROOT,
-    coordinator,
+    WORKER,
+    container_of,
     env_of,
     find,
     render,
     secret_files,
+    worker,
 )
 
 WORKLOADS = {"Deployment", "StatefulSet", "DaemonSet", "Job", "CronJob"}
@@ -92,8 +96,8 @@ def pod_specs(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return specs
 
 
-def coordinator_pod(docs: list[dict[str, Any]]) -> dict[str, Any]:
-    return pod_specs(docs)["Deployment/claude-agent-coordinator"]
+def worker_pod(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    return pod_specs(docs)[f"Deployment/{WORKER}"]
 
 
 # --------------------------------------------------------------- secrets: files, never env
@@ -145,11 +149,13 @@ def test_secret_volumes_are_0400_and_readable_by_the_pods_own_group_only(
                         assert mount.get("readOnly") is True, f"{workload}: {mount['name']}"
 
 
-def test_the_coordinator_runs_as_the_images_user() -> None:
+def test_quarterdeck_pods_run_as_the_images_user() -> None:
     dockerfile = (ROOT / "Dockerfile").read_text()
     user = re.findall(r"^USER (\d+):(\d+)", dockerfile, flags=re.M)[-1]
-    context = coordinator_pod(render("overlays/production"))["securityContext"]
-    assert (str(context["runAsUser"]), str(context["runAsGroup"])) == user
+    specs = pod_specs(render("overlays/production"))
+    for name in DEPLOYMENTS:
+        context = specs[f"Deployment/{name}"]["securityContext"]
+        assert (str(context["runAsUser"]), str(context["runAsGroup"])) == user, name
 
 
 @pytest.mark.parametrize("overlay", ["overlays/production", "overlays/dev"])
@@ -159,7 +165,7 @@ def test_secret_files_are_secret_settings_that_quarterdeck_reads(
     docs = render(overlay)
     files = secret_files(docs)
     assert files and set(files) <= set(secret_file_fields()), set(files) - set(secret_file_fields())
-    container = coordinator(docs)
+    container = worker(docs)
     mount = next(m for m in container["volumeMounts"] if m["name"] == "secrets")
     assert mount["mountPath"] == env_of(container)["QUARTERDECK_SECRETS_DIR"]["value"]
     assert Path(mount["mountPath"]) == config.DEFAULT_SECRETS_DIR
@@ -229,10 +235,10 @@ def test_the_lease_component_mounts_the_token_only_where_the_lease_needs_it(
 ) -> None:
     docs = bundle("production+lease", tmp_root)
     specs = pod_specs(docs)
-    assert specs.pop("Deployment/claude-agent-coordinator")["automountServiceAccountToken"] is True
-    assert all(spec["automountServiceAccountToken"] is False for spec in specs.values())
-    env = env_of(coordinator(docs))
-    assert env["QUARTERDECK_HEALTH_LEADER_BACKEND"]["value"] == "kubernetes"
+    for name in DEPLOYMENTS:  # every process takes part in the election
+        assert specs.pop(f"Deployment/{name}")["automountServiceAccountToken"] is True, name
+        env = env_of(container_of(docs, name))
+        assert env["QUARTERDECK_HEALTH_LEADER_BACKEND"]["value"] == "kubernetes"
     assert "kubernetes" in get_args(Settings.model_fields["health_leader_backend"].annotation)
     policy = find(docs, "NetworkPolicy", "claude-agent-kubernetes-api")
     ports = {p["port"] for rule in policy["spec"]["egress"] for p in rule["ports"]}
@@ -243,10 +249,10 @@ def test_the_lease_component_mounts_the_token_only_where_the_lease_needs_it(
 
 # ------------------------------------------------------------- a pod bubblewrap can run in
 @pytest.mark.parametrize("overlay", ["overlays/production", "overlays/dev"])
-def test_the_coordinator_pod_is_set_up_for_bubblewrap(overlay: str) -> None:
+def test_the_worker_pod_is_set_up_for_bubblewrap(overlay: str) -> None:
     docs = render(overlay)
-    spec = coordinator_pod(docs)
-    container = coordinator(docs)
+    spec = worker_pod(docs)
+    container = worker(docs)
     assert spec["hostUsers"] is False
     assert container["securityContext"]["procMount"] == "Unmasked"
     seccomp = spec["securityContext"]["seccompProfile"]
@@ -332,12 +338,14 @@ def egress_allows(policy: dict[str, Any], address: str, port: int) -> bool:
 
 
 def test_network_policy_egress_is_exactly_as_documented() -> None:
-    policy = find(render("overlays/production"), "NetworkPolicy", "claude-agent-coordinator")
-    assert set(policy["spec"]["policyTypes"]) == {"Ingress", "Egress"}
-    assert policy["spec"]["podSelector"]["matchLabels"] == {
-        "app": "claude-agent",
-        "tier": "coordinator",
-    }
+    docs = render("overlays/production")
+    policy = find(docs, "NetworkPolicy", "claude-agent-egress")
+    assert policy["spec"]["policyTypes"] == ["Egress"]
+    assert policy["spec"]["podSelector"]["matchLabels"] == {"app": "claude-agent"}
+    egress_policies = [
+        d for d in docs if d["kind"] == "NetworkPolicy" and "Egress" in d["spec"]["policyTypes"]
+    ]
+    assert egress_policies == [policy], "one egress policy, for API and worker pods alike"
     rules = policy["spec"]["egress"]
     assert all(rule.get("ports") for rule in rules), "no all-ports egress"
     shape = sorted(
@@ -378,14 +386,21 @@ def test_network_policy_egress_is_exactly_as_documented() -> None:
     for port in (22, 80, 2375, 6443, 8080, 10250):
         assert not egress_allows(policy, "160.79.104.10", port), port
         assert not egress_allows(policy, "10.0.0.1", port), port
-    ingress_ports = {p["port"] for rule in policy["spec"]["ingress"] for p in rule["ports"]}
-    assert ingress_ports == {8080, 9090}
+    # Ingress: the API takes 8080 and 9090, a worker only 9090 (it serves no API).
+    for name, ports in ((API, {8080, 9090}), (WORKER, {9090})):
+        ingress = find(docs, "NetworkPolicy", name)
+        assert ingress["spec"]["policyTypes"] == ["Ingress"]
+        assert (
+            ingress["spec"]["podSelector"]["matchLabels"]
+            == find(docs, "Deployment", name)["spec"]["selector"]["matchLabels"]
+        )
+        assert {p["port"] for rule in ingress["spec"]["ingress"] for p in rule["ports"]} == ports
 
 
 # ------------------------------------------------------------------- the weak fallback
 def test_the_weak_sandbox_fallback_is_explicit_and_restricted(tmp_root: Path) -> None:
     docs = bundle("production+weak", tmp_root)
-    spec, container = coordinator_pod(docs), coordinator(docs)
+    spec, container = worker_pod(docs), worker(docs)
     assert "hostUsers" not in spec
     assert "procMount" not in container["securityContext"]
     assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}

@@ -6,8 +6,11 @@ Uses Debian's ``promtool`` and ``amtool`` (packages ``prometheus`` and
 * every rule file loads (``promtool check rules``) and every rule's unit tests pass
   (``promtool test rules``), and every alert has both a firing and a not-firing test case;
 * ``prometheus.yml`` is a valid config whose rule files exist (``promtool check config``);
-* ``alertmanager.yml`` is valid (``amtool check-config``) and routes critical alerts to PagerDuty,
-  warnings to Slack and everything to Quarterdeck's webhook (``amtool config routes test``);
+* ``alertmanager.yml`` is valid (``amtool check-config``) and gives every alert ONE path
+  (``amtool config routes test``, issue 15): Quarterdeck's receiver, whose own notifier then pages
+  PagerDuty for critical and posts warnings to Slack, or, for the alerts meaning Quarterdeck
+  cannot receive (``notify: direct``), PagerDuty/Slack directly and not Quarterdeck; so every
+  shipped critical alert reaches PagerDuty exactly once and every warning Slack exactly once;
 * every alert carries the monitoring-mixin labels/annotations and has a runbook section;
 * every metric named by an alert or a dashboard panel exists in Quarterdeck's registry or is a
   recording rule, and every dashboard expression parses as PromQL (promtool);
@@ -269,7 +272,8 @@ def test_quarterdeck_job_scrapes_each_pod_on_the_metrics_port() -> None:
     assert job["metrics_path"] == "/metrics"
     assert "static_configs" not in job, "a static Service target mixes replicas' counters"
     keep = job["relabel_configs"][0]
-    assert keep["action"] == "keep" and keep["regex"] == "claude-agent-service;metrics"
+    # The headless metrics Service: API and worker pods alike (the API Service has no metrics).
+    assert keep["action"] == "keep" and keep["regex"] == "claude-agent-metrics;metrics"
     targets = {
         t
         for j in config["scrape_configs"]
@@ -289,22 +293,169 @@ def test_amtool_check_config_accepts_alertmanager_yml() -> None:
     assert "SUCCESS" in result.stdout
 
 
-@pytest.mark.parametrize(
-    ("labels", "receivers"),
-    [
-        (
-            ["severity=critical", "alertname=AgentDown"],
-            {"quarterdeck-webhook", "pagerduty-critical"},
-        ),
-        (["severity=warning", "alertname=HighLatency"], {"quarterdeck-webhook", "slack-warnings"}),
-    ],
-)
-def test_alertmanager_routes_by_severity(labels: list[str], receivers: set[str]) -> None:
+QUARTERDECK_RECEIVER = "/v1/alerts/alertmanager"
+DIRECT_ALERTS = {"AgentDown", "QuarterdeckAPIDown", "QuarterdeckDatabaseDown"}
+"""What means Quarterdeck cannot take the path: its API is down (no receiver) or its database is
+(it can neither record an incident nor send one: the outbox is in Postgres)."""
+
+
+def routed_receivers(labels: dict[str, str]) -> list[str]:
+    """The receivers Alertmanager would notify for an alert with ``labels`` (amtool)."""
     result = run(
-        tool("amtool"), "config", "routes", "test", "--config.file=alertmanager.yml", *labels
+        tool("amtool"),
+        "config",
+        "routes",
+        "test",
+        "--config.file=alertmanager.yml",
+        *(f"{k}={v}" for k, v in sorted(labels.items())),
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert set(result.stdout.strip().split(",")) == receivers
+    return result.stdout.strip().split(",")
+
+
+def quarterdeck_channels(labels: dict[str, str]) -> set[str]:
+    """Where Quarterdeck's own notifier sends the incident its receiver opens for the alert:
+    the service's severity mapping and the Notifier's routing, with both channels configured."""
+    from datetime import UTC, datetime
+
+    from pydantic import SecretStr
+
+    from quarterdeck.incidents.models import Incident, IncidentStatus, Severity, Source
+    from quarterdeck.incidents.notify import NotificationSettings, Notifier
+    from quarterdeck.incidents.service import ALERT_SEVERITY
+    from quarterdeck.store.pool import Database
+
+    settings = NotificationSettings(
+        slack_webhook_url=SecretStr("https://hooks.slack.invalid/x"),
+        pagerduty_routing_key=SecretStr("routing-key"),
+    )
+    notifier = Notifier(settings, Database("postgresql://unused/x"))  # routing only: no query
+    now = datetime.now(UTC)
+    incident = Incident(
+        id="inc_test",
+        service="claude-agents",
+        severity=ALERT_SEVERITY.get(labels.get("severity", "").lower(), Severity.medium),
+        title=labels["alertname"],
+        description="",
+        affected_components=[],
+        suggested_actions=[],
+        details={},
+        status=IncidentStatus.open,
+        source=Source.alertmanager,
+        dedup_key="alertmanager:x",
+        fingerprint="x",
+        occurrences=1,
+        opened_at=now,
+        last_seen_at=now,
+        acknowledged_at=None,
+        acknowledged_by=None,
+        resolved_at=None,
+        resolved_by=None,
+        resolution_note=None,
+        escalated_at=None,
+    )
+    return {channel for channel, _ in notifier.on_open(incident)}
+
+
+def paths_to(labels: dict[str, str]) -> dict[str, int]:
+    """How many times one firing alert reaches PagerDuty, Slack and Quarterdeck."""
+    config = yaml.safe_load((MON / "alertmanager.yml").read_text())
+    receivers = {r["name"]: r for r in config["receivers"]}
+    count = {"pagerduty": 0, "slack": 0, "quarterdeck": 0}
+    for name in routed_receivers(labels):
+        receiver = receivers[name]
+        count["pagerduty"] += len(receiver.get("pagerduty_configs", []))
+        count["slack"] += len(receiver.get("slack_configs", []))
+        for hook in receiver.get("webhook_configs", []):
+            assert hook["url"].endswith(QUARTERDECK_RECEIVER), hook["url"]
+            count["quarterdeck"] += 1
+            for channel in quarterdeck_channels(labels):
+                count[channel] += 1
+    return count
+
+
+def shipped_alerts() -> list[dict[str, str]]:
+    return [{"alertname": r["alert"], **r["labels"]} for r in load_rules() if "alert" in r]
+
+
+@pytest.mark.parametrize(
+    ("labels", "expected"),
+    [
+        # critical: one page, through Quarterdeck (which also posts it to Slack once)
+        (
+            {"alertname": "AuditChainVerificationFailed", "severity": "critical"},
+            {"pagerduty": 1, "slack": 1, "quarterdeck": 1},
+        ),
+        # warning: one Slack message, through Quarterdeck; no page
+        (
+            {"alertname": "HighLatency", "severity": "warning"},
+            {"pagerduty": 0, "slack": 1, "quarterdeck": 1},
+        ),
+        # info: recorded as an incident, nobody notified
+        ({"alertname": "X", "severity": "info"}, {"pagerduty": 0, "slack": 0, "quarterdeck": 1}),
+        # Quarterdeck down: one page and one Slack message straight from Alertmanager, and not
+        # to Quarterdeck (back up, it would page a second time)
+        (
+            {"alertname": "AgentDown", "severity": "critical", "notify": "direct"},
+            {"pagerduty": 1, "slack": 1, "quarterdeck": 0},
+        ),
+        (
+            {"alertname": "QuarterdeckAPIDown", "severity": "critical", "notify": "direct"},
+            {"pagerduty": 1, "slack": 1, "quarterdeck": 0},
+        ),
+        # a direct warning: Slack once, no page
+        (
+            {"alertname": "X", "severity": "warning", "notify": "direct"},
+            {"pagerduty": 0, "slack": 1, "quarterdeck": 0},
+        ),
+    ],
+)
+def test_each_severity_reaches_each_channel_by_exactly_one_path(
+    labels: dict[str, str], expected: dict[str, int]
+) -> None:
+    assert len(routed_receivers(labels)) == 1, "one receiver: no `continue` fan-out"
+    assert paths_to(labels) == expected
+
+
+@pytest.mark.parametrize("labels", shipped_alerts(), ids=lambda labels: labels["alertname"])
+def test_every_shipped_alert_pages_or_posts_once(labels: dict[str, str]) -> None:
+    paths = paths_to(labels)
+    severity = labels["severity"]
+    assert paths["pagerduty"] == (1 if severity == "critical" else 0), paths
+    assert paths["slack"] == (1 if severity in {"critical", "warning"} else 0), paths
+    direct = labels.get("notify") == "direct"
+    assert paths["quarterdeck"] == (0 if direct else 1), paths
+
+
+def test_only_alerts_quarterdeck_cannot_receive_bypass_it() -> None:
+    direct = {a["alertname"] for a in shipped_alerts() if a.get("notify") == "direct"}
+    assert direct == DIRECT_ALERTS
+    # The database alert reads a metric every API pod sets on each /ready probe.
+    from quarterdeck.metrics import DEPENDENCY_UP
+
+    rule = next(r for r in load_rules() if r.get("alert") == "QuarterdeckDatabaseDown")
+    assert "claude_agent_dependency_up" in rule["expr"] and 'dependency="database"' in rule["expr"]
+    assert DEPENDENCY_UP._name == "claude_agent_dependency_up"
+
+
+def test_when_nothing_is_up_one_page_covers_the_parts() -> None:
+    """AgentDown, QuarterdeckAPIDown (both direct) and QuarterdeckWorkersDown fire together when
+    every pod is down: AgentDown's inhibition keeps that to one page (amtool cannot evaluate
+    inhibitions offline, so the rule is checked as data, with Alertmanager's matcher syntax)."""
+    config = yaml.safe_load((MON / "alertmanager.yml").read_text())
+    parts = {"QuarterdeckAPIDown", "QuarterdeckWorkersDown", "AgentInstanceDown"}
+    rule = next(
+        r for r in config["inhibit_rules"] if r["source_matchers"] == ['alertname="AgentDown"']
+    )
+    (target,) = rule["target_matchers"]
+    pattern = re.fullmatch(r'alertname=~"(.+)"', target)
+    assert pattern is not None
+    assert {a for a in parts if re.fullmatch(pattern.group(1), a)} == parts
+    rules = {r["alert"]: r for r in load_rules() if "alert" in r}
+    assert rules["AgentDown"]["labels"]["job"] == "claude-agents"
+    for name in parts - {"AgentInstanceDown"}:  # that one carries its target's job label
+        assert rules[name]["labels"]["job"] == "claude-agents", name
+    assert rule["equal"] == ["job"]
 
 
 def test_alertmanager_webhook_points_at_quarterdeck() -> None:

@@ -725,6 +725,8 @@ async def test_simulated_upstream_with_the_sdk(serve: Serve, upstream: Recording
         max_tokens=2000,
         messages=[{"role": "user", "content": "fix the bug in src/parser.py"}],
         thinking={"type": "enabled", "budget_tokens": 1024},
+        # A breakpoint, or the simulated upstream (like the API) caches nothing.
+        system=[{"type": "text", "text": "be careful", "cache_control": {"type": "ephemeral"}}],
     ) as stream:
         events = [event.type async for event in stream]
         final = await stream.get_final_message()

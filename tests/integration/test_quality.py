@@ -336,16 +336,21 @@ def test_metrics_are_recorded_with_bounded_labels() -> None:
 
     cov = quality.CoverageResult(percent=75.0, tests_passed=True, exit_code=0, summary="")
     cases = [
-        ("calc-repo", None, "calc-repo"),
+        ("calc-repo", None, "calc-repo"),  # configured below (QUARTERDECK_METRIC_PROJECTS)
+        ("other-repo", None, "other"),  # a project nobody configured
         ("run_01HXYZ/with spaces", None, "other"),  # free text never becomes a label
         ("unlisted", {"calc-repo"}, "other"),
         (None, None, "workspace"),
     ]
-    for project, known, label in cases:
-        labels = {"agent_type": "test-writer", "project": label}
-        before = _count(c_name, labels)
-        quality.record_coverage("test-writer", project, cov, known_projects=known)
-        assert _count(c_name, labels) == before + 1, project
+    metrics.configure_labels(metrics.LabelBounds(projects=["calc-repo"]))
+    try:
+        for project, known, label in cases:
+            labels = {"agent_type": "test-writer", "project": label}
+            before = _count(c_name, labels)
+            quality.record_coverage("test-writer", project, cov, known_projects=known)
+            assert _count(c_name, labels) == before + 1, project
+    finally:
+        metrics.configure_labels(None)
 
     # no figure, nothing observed: a failed test run is not "0% covered"
     labels = {"agent_type": "test-writer", "project": "workspace"}

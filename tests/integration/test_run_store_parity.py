@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from quarterdeck.exceptions import InvalidState
+from quarterdeck.exceptions import Fenced, InvalidState
 from quarterdeck.runs import transitions
 from quarterdeck.runs.memory import InMemoryRunStore
 from quarterdeck.runs.models import RunFilter, RunStatus
@@ -26,7 +26,7 @@ async def scenario(store: RunStore, suffix: str) -> dict[str, Any]:
     seen["replay"] = (await store.find_by_idempotency_key("default", f"k{suffix}")) is not None
     first = await store.claim(a, "w1")
     seen["first"] = first and (first[0].status, first[0].attempts, first[1])
-    await store.save_turn(turn(a, 1))
+    await store.save_turn(turn(a, 1), epoch=1)
     seen["moved"] = await store.requeue([Requeue(a, "drain"), Requeue(b, "drain")], expect=None)
     seen["only_running"] = await store.requeue(
         [Requeue(b, "x")], expect=frozenset({RunStatus.running})
@@ -35,7 +35,8 @@ async def scenario(store: RunStore, suffix: str) -> dict[str, Any]:
     seen["again"] = again and (again[0].attempts, again[1])
     checkpoint = await store.last_checkpoint(a)
     seen["checkpoint"] = checkpoint and checkpoint[0]
-    done = await store.finish(Finish(a, RunStatus.succeeded, result="ok"))
+    seen["fenced"] = await fenced_writes(store, a)
+    done = await store.finish(Finish(a, RunStatus.succeeded, result="ok"), epoch=3)
     seen["done"] = done and (done.status, done.turns, done.input_tokens, done.cost_usd)
     seen["late_finish"] = await store.finish(Finish(a, RunStatus.failed))
     seen["late_claim"] = await store.claim(a, "w3")
@@ -50,6 +51,34 @@ async def scenario(store: RunStore, suffix: str) -> dict[str, Any]:
     return seen
 
 
+async def fenced_writes(store: RunStore, run_id: str) -> list[Any]:
+    """Attempt 1 lost ``run_id`` to attempt 2: every write of attempt 1 is refused, attempt 2's
+    are accepted, and the one unfenced write (a discarded call) is recorded."""
+    refused = []
+    writes = [
+        store.save_turn(turn(run_id, 2), epoch=1),
+        store.append_events(run_id, [("tool_call", 2, {"stale": True})], epoch=1),
+        store.check_attempt(run_id, epoch=1),
+        store.finish(Finish(run_id, RunStatus.failed, error="stale"), epoch=1),
+    ]
+    for write in writes:
+        with pytest.raises(Fenced, match="attempt 1 no longer holds it"):
+            await write
+        refused.append(True)
+    await store.check_attempt(run_id, epoch=2)
+    await store.append_events(run_id, [("tool_call", 1, {"fresh": True})], epoch=2)
+    await store.discarded_call(run_id, {"turn": 2, "attempt": 1, "cost_usd": 0.01})
+    lost = await store.heartbeat([run_id], epochs=[1])
+    held = await store.heartbeat([run_id], epochs=[2])
+    # A stale worker draining hands back nothing: its release is fenced too.
+    stale_release = [Requeue(run_id, "released", epoch=1)]
+    assert await store.requeue(stale_release, expect=frozenset({RunStatus.running})) == []
+    # Attempt 2 goes silent and attempt 3 takes the run over while it is still running.
+    await store.claim(run_id, "w3")
+    took_over = (await store.events(run_id))[-1].data
+    return [refused, lost, held, took_over]
+
+
 async def test_the_twin_and_postgres_agree(db: Database) -> None:
     postgres = PostgresRunStore(db)
     try:
@@ -60,6 +89,16 @@ async def test_the_twin_and_postgres_agree(db: Database) -> None:
     assert real == twin
     assert real["moved"] == ["run_pg_a", "run_pg_b"]
     assert real["events"][-1] == ("status", None, "succeeded")
+    assert real["fenced"][:3] == [[True] * 4, ["run_pg_a"], []]
+    assert real["fenced"][3] == {
+        "status": "running",
+        "attempt": 3,
+        "worker": "w3",
+        "resumed": True,
+        "superseded": {"attempt": 2, "worker": "w2"},
+    }
+    stale = [e for e in real["events"] if e[0] in ("turn", "tool_call", "discarded_call")]
+    assert stale == [("turn", 1, None), ("tool_call", 1, None), ("discarded_call", 2, None)]
 
 
 async def retention_scenario(store: RunStore, suffix: str) -> dict[str, Any]:
@@ -71,8 +110,8 @@ async def retention_scenario(store: RunStore, suffix: str) -> dict[str, Any]:
     )
     for n in ("a1", "b1", "c1"):
         await store.claim(ids[n], "w")
-        await store.save_turn(turn(ids[n], 1))
-        await store.finish(Finish(ids[n], RunStatus.succeeded, result="ok"))
+        await store.save_turn(turn(ids[n], 1), epoch=1)
+        await store.finish(Finish(ids[n], RunStatus.succeeded, result="ok"), epoch=1)
     seen: dict[str, Any] = {}
     await store.claim(ids["a2"], "w")  # ta has a running run: erasure refuses
     with pytest.raises(InvalidState):
@@ -111,6 +150,9 @@ async def test_the_twin_and_postgres_agree_on_erasure_and_retention(db: Database
     assert await retention_scenario(twin, "pg") == real
     assert jobs == 0 and "run_pg_b2" not in twin.jobs.values()
     assert real["purged"][0] == ("run_pg_a1", "run_pg_b1")
-    assert real["purged"][1] == {"run_events": 8, "run_turns": 2, "run_archives": 1, "runs": 2}
+    assert real["purged"][1] == {
+        **{"run_events": 8, "run_turns": 2, "run_archives": 1, "runs": 2},
+        **{"run_workspace_files": 0, "run_workspaces": 0, "workspace_blobs": 0},
+    }
     assert real["only_tc"] == (("run_pg_c1",), {"tc": 1})
     assert real["erased"][0] == ("run_pg_b2",) and real["left"] == ["run_pg_a2"]

@@ -183,10 +183,11 @@ async def test_openapi_docs_are_served(client: httpx.AsyncClient):
 
 
 async def test_health_and_ready(client: httpx.AsyncClient, runtime: object):
-    assert (await client.get("/health")).json() == {"status": "ok"}
+    assert (await client.get("/health")).json()["status"] == "ok"
     ready = await client.get("/ready")
     assert ready.status_code == 200
-    assert set(ready.json()["checks"]) == {"migrations", "database", "draining"}
+    assert set(ready.json()["checks"]) == {"migrations", "draining", "event_loop"}
+    assert ready.json()["dependencies"]["database"]["ok"] is True
     runtime.draining = True  # type: ignore[attr-defined]
     not_ready = await client.get("/ready")
     assert not_ready.status_code == 503

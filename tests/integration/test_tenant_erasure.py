@@ -190,6 +190,7 @@ async def test_erasing_a_tenant_removes_every_plaintext_copy_and_the_chain_verif
                 assert column in before, before
             assert "run_archives.archive" not in before  # gzip: compressed, not plaintext
             assert any(p.startswith("workspaces/") for p in files_with(data_dir, mark_a))
+            assert await _count(conn, "workspace_blobs", "tenant-a") > 0  # its checkpoints
 
             # Who may erase, and bad input.
             r = await client.post("/v1/tenants/tenant-a/erase", headers=keys["tenant-b"])
@@ -222,8 +223,9 @@ async def test_erasing_a_tenant_removes_every_plaintext_copy_and_the_chain_verif
         assert any(p.startswith("workspaces/") for p in files_with(data_dir, mark_b))
         gone = data_dir / "workspaces" / runs["tenant-a"]
         assert not gone.exists() and not gone.with_name(gone.name + ".git").exists()
-        for table in ("incidents", "gateway_calls", "runs"):
+        for table in ("incidents", "gateway_calls", "runs", "workspace_blobs", "run_workspaces"):
             assert await _count(conn, table, "tenant-a") == 0, table
+        assert await _count(conn, "workspace_blobs", "tenant-b") > 0
         assert await _count(conn, "incidents", "tenant-b") == 1
         assert await _count(conn, "runs", "tenant-b") == 1
 

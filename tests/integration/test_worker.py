@@ -94,6 +94,7 @@ async def test_drain_releases_in_flight_runs_and_another_worker_resumes_without_
                 ModelRequest(
                     model=done.model,
                     messages=[Message("user", [TextBlock("six turns")])],
+                    cache_ttl="5m",  # the default agent type caches its prompt
                     metadata={"run_id": run.id, "turn": str(t)},
                 )
             )

@@ -446,3 +446,23 @@ def test_bad_anthropic_key_type_is_not_echoed():
     with pytest.raises(ConfigError) as info:
         load_settings(None, anthropic_api_key=12345678901234)
     assert "12345678901234" not in info.value.detail
+
+
+def test_list_settings_take_a_comma_list_or_json(clean_env: pytest.MonkeyPatch):
+    clean_env.setenv("QUARTERDECK_WORKSPACE_ROOTS", "/srv/a, /srv/b")
+    clean_env.setenv("QUARTERDECK_GIT_ALLOWED_HOSTS", '["github.com"]')
+    s = load_settings()
+    assert s.workspace_roots == [Path("/srv/a"), Path("/srv/b")]
+    assert s.git_allowed_hosts == ["github.com"]
+    clean_env.setenv("QUARTERDECK_GIT_ALLOWED_HOSTS", '["github.com"')
+    with pytest.raises(ConfigError) as bad:
+        load_settings()
+    assert "QUARTERDECK_GIT_ALLOWED_HOSTS" in str(bad.value) and "JSON list" in str(bad.value)
+
+
+def test_bad_json_in_a_structured_setting_is_a_named_error(clean_env: pytest.MonkeyPatch):
+    # pydantic-settings raises its own SettingsError (a traceback) before validation runs.
+    clean_env.setenv("QUARTERDECK_RETRY_SCHEDULE", "1,2,4")
+    with pytest.raises(ConfigError) as bad:
+        load_settings()
+    assert "QUARTERDECK_RETRY_SCHEDULE" in str(bad.value) and "must be JSON" in str(bad.value)

@@ -79,7 +79,7 @@ def test_an_unknown_model_pays_the_configured_fallback(table: PriceTable):
 def test_a_fallback_that_is_not_in_the_table_is_a_config_error(table: PriceTable):
     with pytest.raises(ConfigError) as caught:
         GatewayPrices(table, fallback_model="gpt-9")
-    assert caught.value.errors[0][0] == "gateway_unknown_model_price"
+    assert caught.value.errors[0][0] == "unknown_model_price"
 
 
 def test_an_empty_table_cannot_price_unknown_models():
@@ -133,7 +133,7 @@ def test_resolved_prices_are_cached_and_bounded(table: PriceTable):
     prices = GatewayPrices(table)
     for i in range(5000):
         prices.price(f"unknown-{i}")
-    assert len(prices._resolved) <= 4096
+    assert len(prices._pricing._resolved) <= 4096  # the shared Pricing memo is bounded
     assert prices.price("claude-sonnet-4-5-20250929") == (
         table.price_for("claude-sonnet-4-5"),
         False,

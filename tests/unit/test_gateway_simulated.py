@@ -43,7 +43,12 @@ async def test_json_and_sse_carry_the_same_message_and_usage() -> None:
     assert names[0] == "message_start" and names[-2:] == ["message_delta", "message_stop"]
     assert "ping" in names and "content_block_delta" in names
     assert message["model"] == "claude-sonnet-4-5"  # what was asked, as the API echoes it
-    assert message["usage"]["cache_creation"]["ephemeral_5m_input_tokens"] > 0  # first turn
+    # No cache_control in the request: nothing is cached, as with the real API.
+    assert message["usage"]["cache_creation"]["ephemeral_5m_input_tokens"] == 0
+    assert message["usage"]["cache_read_input_tokens"] == 0
+    system = [{"type": "text", "text": "be brief", "cache_control": {"type": "ephemeral"}}]
+    cached = json.loads(await (await send(body(system=system))).read())
+    assert cached["usage"]["cache_creation"]["ephemeral_5m_input_tokens"] > 0  # first turn
 
 
 async def test_deterministic_per_conversation() -> None:

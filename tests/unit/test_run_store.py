@@ -30,6 +30,7 @@ def row(run_id: str, key: str | None = None, **extra: Any) -> dict[str, Any]:
         "job_id": 0,
         "params": extra.pop("params", {}),
         "budget_usd": None,
+        "key_id": None,
         **extra,
     }
 
@@ -139,15 +140,15 @@ async def test_checkpoints_add_usage_and_resume_from_the_last_one() -> None:
     await created(store, "run_1")
     await store.claim("run_1", "w")
     assert await store.last_checkpoint("run_1") is None
-    await store.save_turn(turn("run_1", 1))
-    await store.save_turn(turn("run_1", 2, cost=None))
+    await store.save_turn(turn("run_1", 1), epoch=1)
+    await store.save_turn(turn("run_1", 2, cost=None), epoch=1)
     last = await store.last_checkpoint("run_1")
     assert last is not None and last[0] == 2
     run = await store.get("run_1")
     assert run is not None and run.turns == 2 and run.input_tokens == 20
     assert run.cost_usd is None, "one unpriced turn makes the cost unknown"
     with pytest.raises(ValueError, match="already checkpointed"):
-        await store.save_turn(turn("run_1", 2))
+        await store.save_turn(turn("run_1", 2), epoch=1)
 
 
 async def test_requeue_is_one_operation_with_a_new_job_and_a_status_event() -> None:
@@ -183,7 +184,7 @@ async def test_lapsed_runs_are_requeued_and_their_old_job_dropped() -> None:
     await store.claim("run_1", "gone")
     await store.claim("run_2", "alive")
     clock.now += 60
-    await store.heartbeat(["run_2"])
+    assert await store.heartbeat(["run_2", "run_1"], epochs=[1, 0]) == ["run_1"]
     assert await store.lapsed(30) == ["run_1"]
     assert await store.requeue_lapsed(30) == ["run_1"]
     assert old not in store.jobs and store.rows["run_1"].job_id in store.jobs
@@ -237,7 +238,9 @@ async def test_events_keep_their_order_and_page_by_id() -> None:
     store = InMemoryRunStore()
     await created(store, "run_1")
     await store.claim("run_1", "w")
-    await store.append_events("run_1", [("tool_call", 1, {"a": 1}), ("tool_results", 1, {})])
+    await store.append_events(
+        "run_1", [("tool_call", 1, {"a": 1}), ("tool_results", 1, {})], epoch=1
+    )
     events = await store.events("run_1")
     assert [e.type for e in events] == ["status", "status", "tool_call", "tool_results"]
     assert [e.id for e in events] == sorted(e.id for e in events)

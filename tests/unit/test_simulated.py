@@ -3,12 +3,14 @@ inject errors that a retry can get past. Functional checks only: no timing asser
 
 from __future__ import annotations
 
+import itertools
 from collections import Counter
 
 import pytest
 
 from quarterdeck.exceptions import ProviderError
 from quarterdeck.kit.latency import LatencyProfile, parse_latency
+from quarterdeck.kit.prompt_cache import TURN_TOKENS
 from quarterdeck.providers import simulated
 from quarterdeck.providers.simulated import SimulatedProvider, script_length
 from quarterdeck.providers.types import (
@@ -147,20 +149,53 @@ async def test_turns_setting_is_honoured(turns: int) -> None:
 
 async def test_usage_is_realistic_with_prompt_caching() -> None:
     provider = make(turns=6)
-    usages = [(await provider.complete(request("run_u", t))).usage for t in range(6)]
-    first = usages[0]
+    cached = []
+    for t in range(6):
+        req = request("run_u", t)
+        req.cache_ttl = "5m"
+        cached.append((await provider.complete(req)).usage)
+    first = cached[0]
     assert first.cache_creation_input_tokens > 0
     assert first.cache_creation_5m_tokens == first.cache_creation_input_tokens
     assert first.cache_read_input_tokens == 0
     assert 1500 <= first.input_tokens + first.cache_creation_input_tokens <= 3000
     contexts = []
-    for usage in usages[1:]:
-        assert usage.cache_read_input_tokens > usage.input_tokens > 0
-        assert usage.cache_creation_input_tokens == 0
-        assert 300 <= usage.input_tokens <= 2000
-        contexts.append(usage.input_tokens + usage.cache_read_input_tokens)
+    for before, usage in itertools.pairwise(cached):
+        prompt = usage.input_tokens + usage.cache_read_input_tokens
+        prompt += usage.cache_creation_input_tokens
+        # Each turn reads the whole prompt of the turn before and writes only what is new.
+        assert usage.cache_read_input_tokens == (
+            before.cache_read_input_tokens + before.cache_creation_input_tokens
+        )
+        assert usage.input_tokens == TURN_TOKENS
+        assert 300 <= usage.cache_creation_input_tokens <= 2000
+        assert usage.cache_read_input_tokens >= 0.5 * prompt
+        contexts.append(prompt)
     assert contexts == sorted(contexts)
-    assert all(50 <= u.output_tokens <= 800 for u in usages)
+    assert all(50 <= u.output_tokens <= 800 for u in cached)
+
+
+async def test_no_cache_reads_without_breakpoints() -> None:
+    """The issue's dishonesty: reads reported for requests that never asked for caching."""
+    provider = make(turns=6)
+    for t in range(6):
+        usage = (await provider.complete(request("run_u", t))).usage
+        assert usage.cache_read_input_tokens == usage.cache_creation_input_tokens == 0
+        assert usage.input_tokens >= 1500
+
+
+async def test_prefixes_below_the_models_minimum_are_not_cached() -> None:
+    """Haiku 4.5 caches nothing below 4096 tokens: the early, short turns pay full input."""
+    provider = make(turns=6)
+    usages = []
+    for t in range(6):
+        req = request("run_h", t, model="claude-haiku-4-5")
+        req.cache_ttl = "1h"
+        usages.append((await provider.complete(req)).usage)
+    assert usages[0].cache_creation_input_tokens == 0 and usages[0].input_tokens < 4096
+    later = [u for u in usages if u.cache_read_input_tokens]
+    assert later and all(u.cache_creation_5m_tokens == 0 for u in usages)
+    assert any(u.cache_creation_1h_tokens for u in usages)
 
 
 async def test_resumed_run_bills_the_same_tokens() -> None:

@@ -201,3 +201,33 @@ async def test_api_lists_agent_types() -> None:
     assert reviewer["tools"] == ["read_file", "list_files", "search"]
     assert set(reviewer) == set(AgentType.model_fields)
     assert app.openapi()["paths"]["/v1/agent-types"]["get"]["tags"] == ["agents"]
+
+
+def test_model_call_settings_per_agent_type() -> None:
+    catalog = AgentCatalog.from_mapping(
+        {
+            "coder": {"max_tokens": 16000, "thinking_budget": 8000, "cache_ttl": "1h"},
+            "reviewer": {"cache_ttl": False},  # YAML's bare `off`
+        }
+    )
+    coder = catalog.get("coder")
+    assert (coder.max_tokens, coder.thinking_budget, coder.cache_ttl) == (16000, 8000, "1h")
+    assert catalog.get("reviewer").cache_ttl == "off"
+    default = catalog.get("test-writer")
+    assert (default.max_tokens, default.thinking_budget, default.cache_ttl) == (4096, None, "5m")
+
+
+def test_bad_model_call_settings_are_named() -> None:
+    errors = dict(
+        _errors(
+            {
+                "coder": {"thinking_budget": 4096},  # not below the default max_tokens
+                "reviewer": {"cache_ttl": "2h"},
+                "test-writer": {"max_tokens": 0, "thinking_budget": 100},
+            }
+        )
+    )
+    assert "below max_tokens" in errors["agent_types.coder.thinking_budget"]
+    assert "'5m', '1h' or 'off'" in errors["agent_types.reviewer.cache_ttl"]
+    assert "agent_types.test-writer.max_tokens" in errors
+    assert "1024" in errors["agent_types.test-writer.thinking_budget"]

@@ -20,6 +20,7 @@ from urllib.parse import urlparse
 
 import structlog
 
+from quarterdeck.agents.checkpoint import WorkspaceCheckpoints
 from quarterdeck.agents.egress import RunEgress
 from quarterdeck.agents.guard import Guard, GuardedTools, refused
 from quarterdeck.agents.quality import (
@@ -132,23 +133,27 @@ class AgentPlanner:
         agent = self.agent(run)
         tools: ToolRunner = self.stand_in
         workspace: Path | None = None
+        checkpoints: WorkspaceCheckpoints | None = None
         if self.uses_workspace(run):
             egress = self.egress if agent.network == "egress" else None
-            prepared = await self._with_archive(run)
-            try:
-                # Made up front, so a refused or oversized source fails the run with its reason
-                # instead of turning every tool call into the same error.
-                await self.tools.workspace(prepared)
-            except WorkspaceError as exc:
-                return RunPlan(
-                    system_prompt=agent.system_prompt,
-                    tools=tools,
-                    max_turns=0,
-                    timeout_s=0.0,
-                    refusal=exc.detail,
-                )
+            prepared = run
+            if not await self._restorable(run):
+                prepared = await self._with_archive(run)
+                try:
+                    # Made up front, so a refused or oversized source fails the run with its
+                    # reason instead of turning every tool call into the same error.
+                    await self.tools.workspace(prepared)
+                except WorkspaceError as exc:
+                    return RunPlan(
+                        system_prompt=agent.system_prompt,
+                        tools=tools,
+                        max_turns=0,
+                        timeout_s=0.0,
+                        refusal=exc.detail,
+                    )
             tools = AllowedTools(self.tools, agent, prepared, egress)
             workspace = Workspace(self.settings.data_dir, run.id).path
+            checkpoints = self.checkpoints(run)
         if self.guard is not None:
             tools = GuardedTools(tools, self.guard, workspace=workspace)
         requested_turns = int(run.params.get("max_turns") or agent.max_turns)
@@ -159,7 +164,28 @@ class AgentPlanner:
             max_turns=min(requested_turns, agent.max_turns),
             timeout_s=min(requested_timeout, agent.timeout_s),
             budget_usd=run.budget_usd if run.budget_usd is not None else agent.budget_usd,
+            max_tokens=agent.max_tokens,
+            thinking_budget=agent.thinking_budget,
+            cache_ttl=None if agent.cache_ttl == "off" else agent.cache_ttl,
+            checkpoints=checkpoints,
         )
+
+    def checkpoints(self, run: Run) -> WorkspaceCheckpoints:
+        """The run's workspace checkpointer: kept in Postgres, so any replica can resume it."""
+        return WorkspaceCheckpoints(
+            Workspace(self.settings.data_dir, run.id),
+            turn_max_bytes=self.settings.workspace_checkpoint_turn_max_bytes,
+            run_max_bytes=self.settings.workspace_checkpoint_max_bytes,
+            max_entries=self.settings.workspace_max_files,
+        )
+
+    async def _restorable(self, run: Run) -> bool:
+        """A resumed run this replica has no tree for, whose workspace is checkpointed: the
+        executor rebuilds it from Postgres, so its source is not fetched again (a git remote may
+        have moved on, a server path may not exist on this replica, and it would be replaced)."""
+        if run.attempts <= 1 or Workspace(self.settings.data_dir, run.id).ready:
+            return False
+        return await self.store.workspace_state(run.id) is not None
 
     async def _with_archive(self, run: Run) -> Run:
         """Put an uploaded tar back into the run's workspace spec before the workspace exists."""

@@ -462,14 +462,16 @@ def record_coverage(
 ) -> None:
     """Observe coverage; no-op when there was no figure (a failed run is not 0% coverage).
 
-    ``project`` should be the workspace's source name (a configured repository, say), never
-    anything per-run; pass ``known_projects`` to pin the label to a configured set.
+    ``project`` is the workspace's source name (a repository, say), which the submitter
+    chooses: it becomes the label only when configured (``QUARTERDECK_METRIC_PROJECTS``, see
+    :func:`metrics.project`), or listed in ``known_projects``; anything else is ``other``.
     """
     if result.percent is None:
         return
-    label = (
-        metrics.bounded(project, None if known_projects is None else frozenset(known_projects))
-        if project
-        else "workspace"
-    )
+    if not project:
+        label = "workspace"
+    elif known_projects is not None:
+        label = metrics.bounded(project, frozenset(known_projects))
+    else:
+        label = metrics.project(project)
     metrics.TEST_COVERAGE.labels(metrics.bounded(agent_type), label).observe(result.percent)

@@ -8,6 +8,11 @@ the read-only set, so a forgotten ``tools:`` line never hands a model write or s
 Likewise ``network`` defaults to ``none``: a type reaches the network only when its entry says
 ``network: egress``, and then only through the egress proxy (:mod:`quarterdeck.agents.egress`).
 
+Each type also chooses how its model calls are made: ``max_tokens`` (default 4096),
+``thinking_budget`` (extended thinking's token budget, at least 1024 and below ``max_tokens``;
+default off) and ``cache_ttl`` (prompt caching of the tools, system prompt and conversation:
+``5m`` by default, ``1h`` for types whose turns are more than five minutes apart, ``off``).
+
 Everything is validated when the catalog is built (at startup), and every problem is reported as
 ``agent_types.<name>.<field>`` so the operator can find the line in their YAML.
 """
@@ -19,7 +24,14 @@ import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
 from quarterdeck.exceptions import ConfigError, ValidationFailed
 
@@ -63,6 +75,18 @@ class AgentType(BaseModel):
     budget_usd: float | None = Field(default=None, gt=0)
     timeout_s: float = Field(default=3600.0, gt=0, le=7 * 86400)
     model: str | None = Field(default=None, min_length=1, max_length=128)
+    max_tokens: int = Field(default=4096, ge=1, le=128_000)
+    thinking_budget: int | None = Field(
+        default=None,
+        ge=1024,
+        description="Extended thinking's token budget per call (the API's minimum is 1024; it "
+        "must be below max_tokens); unset: no extended thinking.",
+    )
+    cache_ttl: Literal["5m", "1h", "off"] = Field(
+        default="5m",
+        description="Prompt caching: how long the cached prefix (tools, system prompt, "
+        "conversation) lives after its last use; off sends no breakpoints.",
+    )
     network: Literal["none", "egress"] = Field(
         default="none",
         description="none: commands have no network at all; egress: only through Quarterdeck's "
@@ -82,6 +106,22 @@ class AgentType(BaseModel):
             )
         # Deduplicate and put in canonical order so equal configs compare (and render) equal.
         return tuple(t for t in KNOWN_TOOLS if t in value)
+
+    @field_validator("cache_ttl", mode="before")
+    @classmethod
+    def _yaml_off(cls, value: Any) -> Any:
+        # YAML 1.1 reads a bare ``off`` (or ``false``/``no``) as the boolean False.
+        return "off" if value is False else value
+
+    @field_validator("thinking_budget")
+    @classmethod
+    def _below_max_tokens(cls, value: int | None, info: ValidationInfo) -> int | None:
+        max_tokens = info.data.get("max_tokens")
+        if value is not None and isinstance(max_tokens, int) and value >= max_tokens:
+            raise ValueError(
+                f"must be below max_tokens ({max_tokens}): thinking tokens count toward it"
+            )
+        return value
 
     @field_validator("system_prompt")
     @classmethod

@@ -1,7 +1,8 @@
 """A run's private working tree under ``<data_dir>/workspaces/<run_id>/``.
 
 It lives in the data directory rather than a temp dir so it survives a worker crash: the resumed
-run reopens it and carries on. Beside it, ``<run_id>.git`` is a git directory *outside* the tree
+run reopens it and carries on. A run resumed on another replica gets it back from Postgres
+instead (:mod:`quarterdeck.agents.checkpoint`, :meth:`Workspace.rebuild`). Beside it, ``<run_id>.git`` is a git directory *outside* the tree
 holding a baseline commit of the starting state; ``diff()`` compares the tree with it. Keeping
 the git dir outside means nothing the agent does in the tree (deleting ``.git``, rewriting
 history, hooks) can alter the record of what it changed.
@@ -24,6 +25,7 @@ import os
 import re
 import shutil
 import stat
+from collections.abc import Callable
 from pathlib import Path
 
 from quarterdeck.agents.changes import Snapshot, snapshot
@@ -150,13 +152,46 @@ class Workspace:
             await materialise(source, self.path, self.owner, policy or SourcePolicy())
             await asyncio.to_thread(prepare_dir, self.path, self.owner)
             self.path.chmod(0o700)
-            await self._git("init", "--quiet", env_extra={"GIT_DIR": str(self.git_dir)})
-            (self.git_dir / "info").mkdir(exist_ok=True)
-            (self.git_dir / "info" / "exclude").write_text(
-                "".join(f"{line}\n" for line in (f"/{TMP_DIRNAME}/", *CACHE_PATTERNS))
-            )
-            await self._git("add", "--all")
-            await self._git("commit", "--quiet", "--allow-empty", "--no-verify", "-m", "baseline")
+            await self._baseline()
+        except BaseException:
+            await asyncio.to_thread(shutil.rmtree, self.path, ignore_errors=True)
+            await asyncio.to_thread(shutil.rmtree, self.git_dir, ignore_errors=True)
+            raise
+        (self.git_dir / _READY).write_text(self.run_id)
+        return self
+
+    async def _baseline(self) -> None:
+        """Commit the tree as it is now as the baseline every diff compares with."""
+        await self._git("init", "--quiet", env_extra={"GIT_DIR": str(self.git_dir)})
+        (self.git_dir / "info").mkdir(exist_ok=True)
+        (self.git_dir / "info" / "exclude").write_text(
+            "".join(f"{line}\n" for line in (f"/{TMP_DIRNAME}/", *CACHE_PATTERNS))
+        )
+        await self._git("add", "--all")
+        await self._git("commit", "--quiet", "--allow-empty", "--no-verify", "-m", "baseline")
+
+    async def rebuild(
+        self, write_base: Callable[[Path], None], write_current: Callable[[Path], None]
+    ) -> Workspace:
+        """Make the tree and its baseline anew from a checkpoint (a run resumed on a replica
+        that does not have them): ``write_base`` fills the tree as first prepared, which is
+        committed as the baseline; then the tree is emptied and ``write_current`` fills it as of
+        the last checkpoint. Both write as the worker into a directory only it can enter; the
+        tree is handed to the run's uid at the end, as :meth:`create` leaves it. Like
+        :meth:`create`, safe to retry: the ready mark is written last."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.root.chmod(0o711)
+        for leftover in (self.path, self.git_dir):
+            await asyncio.to_thread(shutil.rmtree, leftover, ignore_errors=True)
+        self.path.mkdir(mode=0o700)
+        try:
+            await asyncio.to_thread(write_base, self.path)
+            await self._baseline()
+            await asyncio.to_thread(shutil.rmtree, self.path)
+            self.path.mkdir(mode=0o700)
+            await asyncio.to_thread(write_current, self.path)
+            await asyncio.to_thread(prepare_dir, self.path, self.owner)
+            self.path.chmod(0o700)
         except BaseException:
             await asyncio.to_thread(shutil.rmtree, self.path, ignore_errors=True)
             await asyncio.to_thread(shutil.rmtree, self.git_dir, ignore_errors=True)

@@ -1,21 +1,19 @@
-"""Tenant and key budgets: daily and monthly USD limits checked before every provider call.
+"""Tenant and key budgets: daily and monthly USD limits, their status and their metrics.
 
 Spend is computed, not counted: the sum of ``run_turns.cost_usd`` for the tenant's runs plus
 ``gateway_calls.cost_usd`` for its gateway traffic in the current UTC day or month, plus the
-holds of gateway calls still in flight (``budgets.holds``). ``run_turns`` and ``gateway_calls``
-are the billing records (one row per completed turn or relayed call), so a resumed or retried
-run is never counted twice and the budget cannot drift from reality. Turns of models with
-unknown prices add nothing (their cost is NULL), like the cost counter.
+holds of calls still in flight. ``run_turns`` and ``gateway_calls`` are the billing records (one
+row per completed turn or relayed call), so a resumed or retried run is never counted twice and
+the budget cannot drift from reality. Unpriced models are charged at the fallback price
+(``providers.pricing.Pricing``), never as free.
 
-:meth:`BudgetService.check` compares ``spent + estimate`` with each limit, where the estimate is
-the executor's worst case for the next call, so a tenant stops *before* the call that would
-cross the line rather than after it. Periods are UTC calendar days and months.
+Enforcement is not here: every model call, a run's or the gateway's, first reserves its worst
+case in :mod:`.holds` (one atomic statement against the tenant, key and run budgets), so
+concurrent calls cannot together pass a limit. Periods are UTC calendar days and months.
 """
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import Callable
 from datetime import datetime
 from decimal import Decimal
@@ -50,61 +48,21 @@ __all__ = [
     "period_starts",
 ]
 
-Limits = tuple[Decimal | None, Decimal | None]
-
 
 class BudgetService:
-    """Budget use-cases.
-
-    :meth:`check` runs before every provider call, so the tenant's *limits* are cached for
-    ``limits_ttl_s`` (spend never is): a tenant without a budget then costs no query at all. A
-    limit set through this service applies at once in this process, and within the TTL on other
-    replicas.
-    """
+    """Budget use-cases: set limits and read status. Enforcement is :mod:`.holds` (every model
+    call, run or gateway, reserves its worst case there first)."""
 
     def __init__(
         self,
         db: Database,
         *,
-        limits_ttl_s: float = 2.0,
         on_change: Callable[[], None] | None = None,
     ) -> None:
         """``on_change`` runs after a limit is set here: the gateway's holds stop trusting
         what they remembered as unlimited, so the new limit applies at once in this process."""
         self.db = db
-        self.limits_ttl_s = limits_ttl_s
         self.on_change = on_change
-        self._limits: dict[str, tuple[float, Limits | None]] = {}
-        self._reading: dict[str, asyncio.Future[Limits | None]] = {}
-
-    async def _limits_of(self, tenant: str) -> Limits | None:
-        """The tenant's limits, cached for ``limits_ttl_s``. When they expire, one caller reads
-        them again and concurrent callers wait for that read: hundreds of runs checking at the
-        same moment must not each take a pooled connection for the same row."""
-        cached = self._limits.get(tenant)
-        if cached is not None and time.monotonic() - cached[0] < self.limits_ttl_s:
-            return cached[1]
-        pending = self._reading.get(tenant)
-        if pending is None:
-            pending = asyncio.ensure_future(self._read_limits(tenant))
-            self._reading[tenant] = pending
-            pending.add_done_callback(lambda done: self._forget_read(tenant, done))
-        return await asyncio.shield(pending)
-
-    def _forget_read(self, tenant: str, done: object) -> None:
-        if self._reading.get(tenant) is done:
-            del self._reading[tenant]
-
-    async def _read_limits(self, tenant: str) -> Limits | None:
-        async with self.db.acquire() as conn:
-            read = await repo.read_limits(conn, tenant)
-        limits = None if read == (None, None) else read
-        if self._reading.get(tenant) is not asyncio.current_task():
-            return limits  # set() changed the limits meanwhile: do not cache this older read
-        if len(self._limits) > 10_000:
-            self._limits.clear()
-        self._limits[tenant] = (time.monotonic(), limits)
-        return limits
 
     async def set(
         self,
@@ -115,10 +73,8 @@ class BudgetService:
         budget = await self.db.run(
             lambda conn: repo.upsert(conn, tenant, as_money(daily), as_money(monthly))
         )
-        self._limits.pop(tenant, None)
         if self.on_change is not None:
             self.on_change()
-        self._reading.pop(tenant, None)
         async with self.db.acquire() as conn:
             self._publish(budget, await repo.spend(conn, tenant, utcnow()))
         return budget
@@ -151,32 +107,6 @@ class BudgetService:
         """(daily, monthly) USD left, never below 0; None for a period without a limit."""
         s = await self.status(tenant, now)
         return s.daily_remaining_usd, s.monthly_remaining_usd
-
-    async def check(
-        self,
-        tenant: str,
-        estimate_usd: Decimal | float | Callable[[], Decimal | float],
-        now: datetime | None = None,
-    ) -> None:
-        """Raise :class:`BudgetExceeded` if ``spent + estimate`` would pass either limit.
-
-        A tenant without a budget passes without a query while its (absent) limits are cached.
-        ``estimate_usd`` may be a callable, evaluated only when the tenant has a limit.
-        """
-        now = now or utcnow()
-        limits = await self._limits_of(tenant)
-        if limits is None:
-            return
-        async with self.db.acquire() as conn:
-            day, month = await repo.spend(conn, tenant, now)
-        raw = estimate_usd() if callable(estimate_usd) else estimate_usd
-        estimate = as_money(raw) or Decimal(0)
-        for period, limit, spent in (
-            ("daily", limits[0], day),
-            ("monthly", limits[1], month),
-        ):
-            if limit is not None and spent + estimate > limit:
-                raise BudgetExceeded(tenant, period, Decimal(limit), spent, estimate)
 
     # -- key budgets (gateway traffic; enforced by budgets.holds) -----------------------------
     async def set_key(

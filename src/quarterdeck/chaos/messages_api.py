@@ -19,6 +19,11 @@ What a ``POST /v1/messages`` gets, first match wins:
    ``list_files`` tool calls until turn ``turns`` and then a final answer, billing a known number
    of tokens per turn; without one, a plain ``"ok"`` text message.
 
+In **cache-accounting** mode (:meth:`MessagesAPIServer.cache_accounting`) the default reply's
+input-side usage is computed from the request's ``cache_control`` breakpoints against a prompt
+cache kept per API key (:mod:`.cache_accounting`, :mod:`quarterdeck.kit.prompt_cache`), JSON and
+SSE alike, and breakpoints the API rejects (more than four, a bad ``ttl``) answer its 400.
+
 Every request is in :attr:`~.fake_http.ScriptedServer.requests`, every answer counted per
 ``(model, status)`` in :attr:`MessagesAPIServer.answered`, and ``POST /hooks/webhook`` records
 incident notifications (:class:`Notification`) so the chaos runner needs no other receiver.
@@ -26,6 +31,7 @@ incident notifications (:class:`Notification`) so the chaos runner needs no othe
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import threading
@@ -39,7 +45,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from quarterdeck.chaos.cache_accounting import CacheAccounting
 from quarterdeck.chaos.fake_http import Event, Reply, ScriptedServer, chunks, next_id
+from quarterdeck.kit.clock import Clock
+from quarterdeck.kit.prompt_cache import CacheRequestError
 
 Fault = Literal["healthy", "429", "529", "500", "429+529"]
 FAULTS: tuple[str, ...] = ("healthy", "429", "529", "500", "429+529")
@@ -58,6 +67,10 @@ def text(value: str) -> dict[str, Any]:
 
 def thinking(value: str, signature: str = "sig") -> dict[str, Any]:
     return {"type": "thinking", "thinking": value, "signature": signature}
+
+
+def redacted_thinking(data: str) -> dict[str, Any]:
+    return {"type": "redacted_thinking", "data": data}
 
 
 def tool_use(name: str, input: dict[str, Any], id: str | None = None) -> dict[str, Any]:
@@ -142,12 +155,14 @@ def message_events(body: dict[str, Any], chunk: int = 4) -> list[Event]:
                 {"type": "thinking_delta", "thinking": c} for c in chunks(block["thinking"], chunk)
             ]
             deltas.append({"type": "signature_delta", "signature": block["signature"]})
-        else:
+        elif "input" in block:  # tool_use, server_tool_use: the input streams as JSON
             empty = {**block, "input": {}}
             raw = json.dumps(block["input"])
             deltas = [
                 {"type": "input_json_delta", "partial_json": c} for c in chunks(raw, chunk * 2)
             ]
+        else:  # redacted_thinking, *_tool_result: whole in content_block_start, no deltas
+            empty, deltas = block, []
         start_block = {"type": "content_block_start", "index": index, "content_block": empty}
         events.append(("content_block_start", start_block))
         if index == 0:
@@ -231,7 +246,8 @@ class MessagesAPIServer(ScriptedServer):
         record_requests: bool = True,
     ) -> None:
         super().__init__(record_requests=record_requests)
-        self.conversation = conversation
+        self.conversation = self._initial_conversation = conversation
+        self.accounting: CacheAccounting | None = None
         self.retry_after_s = retry_after_s
         self.rate_limit_headers = dict(
             RATE_LIMIT_HEADERS if rate_limit_headers is None else rate_limit_headers
@@ -261,10 +277,23 @@ class MessagesAPIServer(ScriptedServer):
                     return fault
             return self._faults["*"]
 
+    def cache_accounting(
+        self, clock: Clock | None = None, conversation: Conversation | None = None
+    ) -> CacheAccounting:
+        """Compute un-scripted replies' input usage from their breakpoints (until :meth:`reset`),
+        with TTLs on ``clock``; ``conversation`` (optional) plays the default dialogue."""
+        self.accounting = CacheAccounting(clock)
+        if conversation is not None:
+            self.conversation = conversation
+        return self.accounting
+
     def reset(self) -> None:
-        """Empty script and logs, every model healthy: the state a fresh test expects."""
+        """Empty script and logs, every model healthy, no cache accounting: the state a fresh
+        test expects."""
         super().reset()
         self.heal()
+        self.accounting = None
+        self.conversation = self._initial_conversation
         with self._lock:
             self.answered.clear()
             self.notifications.clear()
@@ -298,15 +327,33 @@ class MessagesAPIServer(ScriptedServer):
             return message(text("ok"))
         return self.conversation(model, payload)
 
+    def _accounted(self, headers: Mapping[str, str], payload: Mapping[str, Any]) -> Reply | None:
+        """In cache-accounting mode: the 400 for bad breakpoints, or the scripted reply if any,
+        else the default one billed by the cache model. None: not in that mode."""
+        accounting = self.accounting
+        if accounting is None:
+            return None
+        try:
+            usage = accounting.account(headers, payload)
+        except CacheRequestError as exc:
+            return error(400, "invalid_request_error", str(exc))
+        scripted = self.next_reply()
+        if scripted is not None:
+            return scripted
+        reply = self._default(str(payload.get("model", "")), payload)
+        output = int(reply.body.get("usage", {}).get("output_tokens", 5))
+        body = {**reply.body, "usage": accounting.usage_json(usage, output)}
+        return dataclasses.replace(reply, body=body)
+
     async def _messages(self, request: Request) -> Response:
         recorded = await self.record(request)
         payload = recorded.json if isinstance(recorded.json, dict) else {}
         model = str(payload.get("model", ""))
-        reply = (
-            self.fault_reply(self.fault_for(model))
-            or self.next_reply()
-            or self._default(model, payload)
+        reply = self.fault_reply(self.fault_for(model)) or self._accounted(
+            recorded.headers, payload
         )
+        if reply is None:
+            reply = self.next_reply() or self._default(model, payload)
         if reply.delay and not await self.pause(request, reply.delay):
             self._count(model, 499)
             return Response(status_code=499)

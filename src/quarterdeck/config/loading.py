@@ -3,10 +3,12 @@ field by the name the user set; and the CLI's ``--config``."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
+from pydantic_settings import SettingsError
 
 from quarterdeck.config.settings import Settings, env_name
 from quarterdeck.config.sources import SECRET_FIELDS, resolve_config_path
@@ -85,6 +87,14 @@ def load_settings(config: str | Path | None = None, **overrides: Any) -> Setting
             shown = "" if secret or value is None else f" (got {value!r})"
             errors.append((name, msg + shown))
         raise ConfigError(errors) from exc
+    except SettingsError as exc:
+        # A value from the environment that is not the JSON a list/dict setting expects: named
+        # like any other bad field, never a traceback.
+        found = re.search(r'field "(\w+)"', str(exc))
+        field = found.group(1) if found else ""
+        name = env_name(field) if field in Settings.model_fields else "settings"
+        hint = 'must be JSON here, e.g. [1, 2] for a list or {"k": ["v"]} for a map'
+        raise ConfigError([(name, hint)]) from exc
     finally:
         Settings._config_path = None
     problems = cross_field_problems(settings)

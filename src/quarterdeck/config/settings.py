@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
+import structlog
 from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
@@ -22,6 +23,7 @@ from quarterdeck.config.sources import (
     GUIDE_ENV_NAMES,
     SECRET_FIELDS,
     YamlSource,
+    comma_or_json_list,
     guide,
     secrets_dir,
     with_password,
@@ -29,6 +31,9 @@ from quarterdeck.config.sources import (
 from quarterdeck.kit.durations import parse_duration
 from quarterdeck.kit.latency import LatencyProfile, parse_latency
 from quarterdeck.kit.secret_files import SecretDirSource
+from quarterdeck.metrics import DEFAULT_OPERATIONS, LABEL_VALUE
+
+log = structlog.get_logger(__name__)
 
 
 class Settings(BaseSettings):
@@ -70,6 +75,20 @@ class Settings(BaseSettings):
     metrics_tenant_labels: bool = Field(
         default=False,
         description="Expose tenant names in metric labels; false: t-<8 hex of their SHA-256>.",
+    )
+    # Label values that reach Prometheus: anything outside these sets is counted as "other".
+    metric_operations: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: list(DEFAULT_OPERATIONS),
+        description="Run operations (comma list) kept as the operation label; others: other.",
+    )
+    metric_projects: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Projects (comma list) kept as the coverage project label; empty: every "
+        "named project is other.",
+    )
+    metric_models: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Model names (comma list) kept as the model label besides the price table's.",
     )
     db_pool_min: int = Field(default=2, ge=1)
     db_pool_max: int = Field(default=20, ge=1)
@@ -125,6 +144,13 @@ class Settings(BaseSettings):
     breaker_window: float = 30.0
     provider_requests_per_minute: float | None = Field(default=None, gt=0)
     provider_tokens_per_minute: float | None = Field(default=None, gt=0)
+    provider_input_tokens_per_minute: float | None = Field(default=None, gt=0)
+    provider_output_tokens_per_minute: float | None = Field(default=None, gt=0)
+    unknown_model_price: str | None = Field(
+        default=None,
+        description="Known model whose price unknown models pay, in runs and gateway calls "
+        "alike (marked estimated); unset: the most expensive known model.",
+    )
     model_fallbacks: dict[str, list[str]] = Field(default_factory=dict)
     context_fallbacks: dict[str, list[str]] = Field(default_factory=dict)
 
@@ -150,7 +176,7 @@ class Settings(BaseSettings):
     notify_smtp_host: str | None = None
     notify_smtp_port: int = Field(default=25, ge=1, le=65535)
     notify_smtp_from: str = "quarterdeck@localhost"
-    notify_smtp_to: list[str] = Field(default_factory=list)
+    notify_smtp_to: Annotated[list[str], NoDecode] = Field(default_factory=list)
     notify_smtp_username: str | None = None
     notify_smtp_password: SecretStr | None = None
     notify_smtp_starttls: bool = False
@@ -180,13 +206,13 @@ class Settings(BaseSettings):
     sandbox_tmp_limit: int = Field(
         default=256 * 1024**2, ge=1024**2, description="Size of bwrap's private /tmp (memory)."
     )
-    http_fetch_allowlist: list[str] = Field(default_factory=list)
+    http_fetch_allowlist: Annotated[list[str], NoDecode] = Field(default_factory=list)
     egress_allowed_hosts: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="Hosts (comma list of names or globs) commands of agent types with "
         "network: egress may reach through the egress proxy; empty: none.",
     )
-    workspace_roots: list[Path] = Field(
+    workspace_roots: Annotated[list[Path], NoDecode] = Field(
         default_factory=list,
         description="Server directories admins may seed workspaces from (path, local git); "
         "empty: none.",
@@ -198,7 +224,20 @@ class Settings(BaseSettings):
         "killed (checked while it runs and after).",
     )
     workspace_max_files: int = Field(default=200_000, ge=10)
-    git_allowed_hosts: list[str] = Field(
+    workspace_checkpoint_max_bytes: int = Field(
+        default=256 * 1024**2,
+        ge=1024**2,
+        description="Compressed bytes a run's workspace checkpoints may hold in Postgres in all "
+        "(the base plus every turn's change); past it the run fails "
+        "(workspace_checkpoint_too_large).",
+    )
+    workspace_checkpoint_turn_max_bytes: int = Field(
+        default=64 * 1024**2,
+        ge=1024**2,
+        description="Compressed bytes one turn's workspace change may add; past it the run "
+        "fails (workspace_checkpoint_too_large).",
+    )
+    git_allowed_hosts: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["github.com", "gitlab.com", "bitbucket.org"],
         description="Hosts https git workspaces may be cloned from; empty: any public host.",
     )
@@ -232,7 +271,7 @@ class Settings(BaseSettings):
     tenant_erase_wait: float = 60.0
     policy_rules_file: Path | None = None
     policy_egress_mode: Literal["blocklist", "allowlist"] = "blocklist"
-    policy_egress_allowlist: list[str] = Field(default_factory=list)
+    policy_egress_allowlist: Annotated[list[str], NoDecode] = Field(default_factory=list)
     policy_approval_timeout: float = 3600.0
 
     # The Anthropic-compatible gateway (POST /v1/messages and friends on the API port).
@@ -262,7 +301,7 @@ class Settings(BaseSettings):
     )
     gateway_unknown_model_price: str | None = Field(
         default=None,
-        description="Known model whose price unknown models pay; unset: the most expensive.",
+        description="Deprecated name of unknown_model_price, still read (with a warning).",
     )
     gateway_budget_fail_open: bool = Field(
         default=False,
@@ -336,6 +375,19 @@ class Settings(BaseSettings):
             raise ValueError("must start with redis://, rediss:// or unix://")
         return value
 
+    @field_validator(
+        "workspace_roots",
+        "git_allowed_hosts",
+        "http_fetch_allowlist",
+        "notify_smtp_to",
+        "policy_egress_allowlist",
+        mode="before",
+    )
+    @classmethod
+    def _plain_list(cls, value: Any) -> Any:
+        """A list from the environment as ``a, b`` or as JSON (``["a", "b"]``)."""
+        return comma_or_json_list(value)
+
     @field_validator("egress_allowed_hosts", mode="before")
     @classmethod
     def _host_list(cls, value: Any) -> Any:
@@ -346,6 +398,21 @@ class Settings(BaseSettings):
             for host in value:
                 if not isinstance(host, str) or not host.strip() or any(c in host for c in " /@"):
                     raise ValueError(f"{host!r} is not a host name or glob")
+        return value
+
+    @field_validator("metric_operations", "metric_projects", "metric_models", mode="before")
+    @classmethod
+    def _label_list(cls, value: Any) -> Any:
+        """``task, review`` from the environment; a list from YAML or overrides. Each must be a
+        value Prometheus label sets can hold as is (1-64 of letters, digits, ``_.:-``)."""
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if isinstance(value, list):
+            for item in value:
+                if not isinstance(item, str) or not LABEL_VALUE.match(item):
+                    raise ValueError(
+                        f"{item!r} is not a label value (1-64 of letters, digits, _ . : -)"
+                    )
         return value
 
     @field_validator("redis_password")
@@ -362,6 +429,20 @@ class Settings(BaseSettings):
         if parsed.password or "password=" in parsed.query:
             raise ValueError("REDIS_URL already carries a password: set one or the other")
         return value
+
+    @model_validator(mode="after")
+    def _deprecated_names(self) -> Settings:
+        """Settings read under an old name still work, with a warning naming the new one."""
+        if self.gateway_unknown_model_price is not None:
+            log.warning(
+                "config.deprecated_setting",
+                setting="QUARTERDECK_GATEWAY_UNKNOWN_MODEL_PRICE",
+                use="QUARTERDECK_UNKNOWN_MODEL_PRICE",
+                ignored=self.unknown_model_price is not None,
+            )
+            if self.unknown_model_price is None:
+                self.unknown_model_price = self.gateway_unknown_model_price
+        return self
 
     @model_validator(mode="after")
     def _redis_urlwith_password(self) -> Settings:

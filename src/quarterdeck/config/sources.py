@@ -4,6 +4,7 @@ so the field list reads as one table."""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -117,3 +118,17 @@ def with_password(url: str, password: SecretStr) -> str:
         return f"{url}{'&' if parts.query else '?'}password={secret}"  # keeps unix:///
     user, _, host = parts.netloc.rpartition("@")  # the user part as written (no password)
     return urlunsplit(parts._replace(netloc=f"{user}:{secret}@{host}"))
+
+
+def comma_or_json_list(value: Any) -> Any:
+    """A list setting from the environment: ``a, b`` (what people type) or ``["a", "b"]``
+    (what older docs said); a list from YAML or overrides passes through."""
+    if not isinstance(value, str):
+        return value
+    text = value.strip()
+    if text.startswith("["):
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"not a JSON list: {exc.msg}") from exc
+    return [item.strip() for item in text.split(",") if item.strip()]

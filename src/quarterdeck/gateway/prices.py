@@ -1,11 +1,11 @@
 """What a gateway call cost, and the most it could cost (what a budget reserves before it).
 
-Native runs may report an unknown model's cost as unknown, but the gateway bills traffic it did
-not choose: a client can name any model, and a call priced at zero would walk through every
-budget. So an unknown model is priced as the configured fallback model or, when none is set,
-the most expensive model in the table, and marked estimated ("never free", as Anthropic's own
-gateway does). A stream that ended before its final usage is billed at least a floor for the
-text it relayed (~4 characters per token), and marked estimated too.
+A client can name any model, and a call priced at zero would walk through every budget. So an
+unknown model is priced as the configured fallback model or, when none is set, the most
+expensive model in the table, and marked estimated: never free. That rule is
+:class:`~quarterdeck.providers.pricing.Pricing`'s, shared with the run path. A stream that
+ended before its final usage is billed at least a floor for the text it relayed (~4 characters
+per token), and marked estimated too.
 """
 
 from __future__ import annotations
@@ -16,9 +16,16 @@ from dataclasses import replace
 from decimal import Decimal
 from typing import Any
 
-from quarterdeck.exceptions import ConfigError
 from quarterdeck.gateway.meter import Metered
-from quarterdeck.providers.pricing import MILLION, ModelPrice, PriceTable
+from quarterdeck.providers.pricing import (
+    MILLION,
+    ModelPrice,
+    PriceTable,
+    Pricing,
+    most_expensive,
+)
+
+__all__ = ["GatewayPrices", "most_expensive", "server_tool_worst_case"]
 
 WEB_SEARCH_USD = Decimal(10) / Decimal(1000)
 """Anthropic's server-side web search: $10 per 1,000 requests, on top of tokens."""
@@ -27,48 +34,23 @@ UNCAPPED_WEB_SEARCHES = 10
 there, so this is an assumption, not a bound (documented in the README)."""
 CHARS_PER_TOKEN = 4
 """The floor estimate of output for a stream cut short: characters relayed / 4, rounded up."""
-_CACHE_LIMIT = 4096
 
 
 class GatewayPrices:
-    """Prices gateway calls from a :class:`PriceTable`; every model gets a price."""
+    """Prices gateway calls; every model gets a price (the rule is :class:`Pricing`'s, shared
+    with the run path)."""
 
-    def __init__(self, table: PriceTable, fallback_model: str | None = None) -> None:
-        self._table = table
-        if fallback_model is not None:
-            fallback = table.price_for(fallback_model)
-            if fallback is None:
-                raise ConfigError(
-                    [
-                        (
-                            "gateway_unknown_model_price",
-                            f"{fallback_model!r} is not in the price table "
-                            f"(known: {', '.join(table.models)})",
-                        )
-                    ]
-                )
-        else:
-            fallback = most_expensive(table)
-        self._fallback = fallback
-        # model id -> (price, estimated): resolving dated ids scans the table, and the same few
-        # model names arrive on every request.
-        self._resolved: dict[str, tuple[ModelPrice, bool]] = {}
+    def __init__(self, table: PriceTable | Pricing, fallback_model: str | None = None) -> None:
+        self._pricing = table if isinstance(table, Pricing) else Pricing(table, fallback_model)
 
     @property
     def fallback(self) -> ModelPrice:
         """What an unknown model is priced as."""
-        return self._fallback
+        return self._pricing.fallback
 
     def price(self, model: str) -> tuple[ModelPrice, bool]:
         """The model's price, and whether it is the fallback's (an estimate)."""
-        found = self._resolved.get(model)
-        if found is None:
-            known = self._table.price_for(model)
-            found = (known, False) if known is not None else (self._fallback, True)
-            if len(self._resolved) >= _CACHE_LIMIT:  # model names come from clients: bound it
-                self._resolved.clear()
-            self._resolved[model] = found
-        return found
+        return self._pricing.price(model)
 
     def cost(self, model: str, metered: Metered) -> tuple[Decimal, bool]:
         """USD for one call and whether it is an estimate.
@@ -125,12 +107,3 @@ def server_tool_worst_case(body: Mapping[str, Any]) -> Decimal:
         else:
             searches += UNCAPPED_WEB_SEARCHES
     return searches * WEB_SEARCH_USD
-
-
-def most_expensive(table: PriceTable) -> ModelPrice:
-    """The dearest model of ``table`` (by output, then input price). Raises ConfigError when the
-    table is empty, since then nothing could price an unknown model."""
-    prices = [p for p in (table.price_for(m) for m in table.models) if p is not None]
-    if not prices:
-        raise ConfigError([("pricing", "the price table has no models")])
-    return max(prices, key=lambda p: (p.output, p.input, p.cache_write_1h))

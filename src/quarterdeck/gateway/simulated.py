@@ -24,6 +24,7 @@ from quarterdeck.exceptions import ProviderError
 from quarterdeck.gateway.errors import envelope, request_id
 from quarterdeck.gateway.upstream import UpstreamReply
 from quarterdeck.kit.latency import LatencyProfile, parse_latency
+from quarterdeck.kit.prompt_cache import requested_ttl
 from quarterdeck.providers.simulated import SimulatedProvider
 from quarterdeck.providers.types import (
     Message,
@@ -230,6 +231,7 @@ def _model_request(
         model=model,
         messages=converted,
         max_tokens=max_tokens if isinstance(max_tokens, int) else 4096,
+        cache_ttl=requested_ttl(payload),  # no breakpoints, no cache reads
         metadata=metadata,
     )
 

@@ -2,25 +2,34 @@
 
 ``/health`` is liveness: it answers from the event loop and touches no dependency, so a database
 or API outage never gets healthy pods restarted (the guide's check paid for an Anthropic call every
-10 s). ``/ready`` is readiness: migrations applied, database reachable, not draining.
+10 s). It reports the shared dependencies as the last ``/ready`` saw them.
+
+``/ready`` is readiness, and fails only for what is local to this pod: migrations not applied yet,
+draining after SIGTERM, an event loop too busy to serve. A shared dependency that is down
+(Postgres, Redis) is reported in its body but keeps the pod ready, so clients still get the app's
+503 + ``Retry-After`` and cached reads rather than no pod at all. Why, in
+:mod:`.dependencies`.
 """
 
 from __future__ import annotations
 
-import asyncio
-import time
-from typing import Annotated, Any, Protocol
+from typing import Annotated, Protocol
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
+from quarterdeck.config import Settings
+from quarterdeck.health.checks import loop_lag_ms
+from quarterdeck.health.dependencies import (
+    Pingable,
+    SharedDependencies,
+    local_checks,
+    verdict,
+)
 from quarterdeck.kit.wiring import provide
 
 router = APIRouter(tags=["probes"])
-
-
-class Pingable(Protocol):
-    async def ping(self) -> None: ...
+_STATE_KEY = "shared_dependencies"
 
 
 class Readiness(Protocol):
@@ -28,9 +37,11 @@ class Readiness(Protocol):
 
     A protocol rather than the runtime itself: the runtime sits floors above this module. It is
     registered as soon as the app exists, before the runtime starts, so a starting process
-    answers ``/ready`` with its checks (database not reachable yet) rather than a bare 503.
+    answers ``/ready`` with its checks (migrations not applied yet) rather than a bare 503.
     """
 
+    @property
+    def settings(self) -> Settings: ...
     @property
     def migrated(self) -> bool: ...
     @property
@@ -42,26 +53,43 @@ class Readiness(Protocol):
 Process = Annotated[Readiness, Depends(provide(Readiness))]
 
 
-@router.get("/health", summary="Liveness: the process and its event loop respond")
-async def health() -> dict[str, str]:
-    return {"status": "ok"}
+def shared_dependencies(request: Request) -> SharedDependencies:
+    """This app's one :class:`SharedDependencies` (what ``/health`` reports is what ``/ready``
+    last saw in the same process)."""
+    found = getattr(request.app.state, _STATE_KEY, None)
+    if found is None:
+        found = SharedDependencies()
+        setattr(request.app.state, _STATE_KEY, found)
+    assert isinstance(found, SharedDependencies)
+    return found
 
 
-@router.get("/ready", summary="Readiness: migrations applied, database reachable, not draining")
-async def ready(runtime: Process) -> JSONResponse:
-    checks: dict[str, dict[str, Any]] = {}
-    checks["migrations"] = {"ok": bool(runtime.migrated)}
-    started = time.perf_counter()
-    try:
-        await asyncio.wait_for(runtime.db.ping(), timeout=2.0)
-        checks["database"] = {
-            "ok": True,
-            "latency_ms": round((time.perf_counter() - started) * 1e3, 2),
-        }
-    except Exception as exc:
-        checks["database"] = {"ok": False, "error": str(exc) or type(exc).__name__}
-    checks["draining"] = {"ok": not runtime.draining}
-    ok = all(c["ok"] for c in checks.values())
-    return JSONResponse(
-        {"status": "ready" if ok else "not_ready", "checks": checks}, status_code=200 if ok else 503
-    )
+Dependencies = Annotated[SharedDependencies, Depends(shared_dependencies)]
+
+
+@router.get(
+    "/health",
+    summary="Liveness: the process and its event loop respond; shared dependencies as last seen",
+)
+async def health(dependencies: Dependencies) -> dict[str, object]:
+    return {"status": "ok", "dependencies": dependencies.snapshot()}
+
+
+@router.get(
+    "/ready",
+    summary="Readiness: migrations applied, not draining, event loop responsive "
+    "(a shared dependency that is down is reported, not failed on)",
+)
+async def ready(runtime: Process, dependencies: Dependencies) -> JSONResponse:
+    lag = await loop_lag_ms(samples=3, interval_s=0.002)
+    checks = local_checks(migrated=runtime.migrated, draining=runtime.draining, loop_lag_ms=lag)
+    db = getattr(runtime, "db", None)  # not set before the runtime starts
+    redis = runtime.settings.redis_url
+    states = await dependencies.refresh(db, redis.get_secret_value() if redis else None)
+    status, word = verdict(checks, states)
+    body = {
+        "status": word,
+        "checks": checks,
+        "dependencies": {name: state.to_dict() for name, state in sorted(states.items())},
+    }
+    return JSONResponse(body, status_code=status)

@@ -6,6 +6,9 @@ SDK silently sleep and retry underneath it. Every SDK or transport failure leave
 :class:`~quarterdeck.exceptions.ProviderError` carrying what that layer decides on: status code,
 error type, ``retry-after`` in seconds, the request id for support tickets, and ``retryable``.
 
+Request building (prompt-caching breakpoints, the thinking parameter, blocks sent back
+unchanged) lives in :mod:`quarterdeck.providers.anthropic_request`.
+
 The error helpers at the bottom (``retry_after_seconds``, ``is_retryable_status``,
 ``default_error_type``) are shared with :mod:`quarterdeck.providers.openai_compat` so both
 providers classify failures identically.
@@ -21,31 +24,24 @@ from typing import Any
 import anthropic
 import httpx2
 import structlog
-from anthropic.types import (
-    AssistantMessageParam,
-    ContentBlockParam,
-    MessageParam,
-    TextBlockParam,
-    ThinkingBlockParam,
-    ToolParam,
-    ToolResultBlockParam,
-    ToolUseBlockParam,
-    UserMessageParam,
-)
 
 from quarterdeck.exceptions import ProviderError
 from quarterdeck.kit.clock import Clock, SystemClock
+from quarterdeck.providers.anthropic_request import request_params
 from quarterdeck.providers.types import (
     ContentBlock,
     Message,
     ModelRequest,
     ModelResponse,
+    RedactedThinkingBlock,
+    ServerToolBlock,
     StopReason,
     StreamEvent,
     TextBlock,
     ThinkingBlock,
     ToolUseBlock,
     Usage,
+    is_server_tool_type,
 )
 
 log = structlog.get_logger()
@@ -101,7 +97,7 @@ class AnthropicProvider:
     async def complete(self, request: ModelRequest) -> ModelResponse:
         started = self._clock.now()
         try:
-            raw = await self._client.messages.with_raw_response.create(**_request_params(request))
+            raw = await self._client.messages.with_raw_response.create(**request_params(request))
             self._remember_limits(raw.headers)
             message = await raw.parse()
         except (anthropic.APIError, httpx2.HTTPError) as exc:
@@ -121,7 +117,7 @@ class AnthropicProvider:
         ttft: float | None = None
         start_usage: Any = None
         try:
-            manager = self._client.messages.stream(**_request_params(request))
+            manager = self._client.messages.stream(**request_params(request))
             async with manager as stream:
                 self._remember_limits(stream.response.headers)
                 async for event in stream:
@@ -180,68 +176,6 @@ class AnthropicProvider:
         return error
 
 
-# --- mapping our types to SDK params ----------------------------------------------------------
-_warned_temperature = False
-
-
-def _warn_temperature_dropped() -> None:
-    """API version 2026-10-21 (the SDK 2.x default) rejects ``temperature``/``top_p``/``top_k``
-    with a 400 even at their defaults, and the SDK no longer accepts them; so we drop it and say so
-    once rather than fail every call of a run that set it."""
-    global _warned_temperature
-    _warned_temperature = True
-    log.warning(
-        "provider.temperature_ignored",
-        provider="anthropic",
-        reason="the Messages API no longer accepts sampling parameters",
-    )
-
-
-def _request_params(request: ModelRequest) -> dict[str, Any]:
-    params: dict[str, Any] = {
-        "model": request.model,
-        "max_tokens": request.max_tokens,
-        "messages": [_message_param(m) for m in request.messages],
-    }
-    if request.system:
-        params["system"] = request.system
-    if request.tools:
-        params["tools"] = [
-            ToolParam(name=t.name, description=t.description, input_schema=t.input_schema)
-            for t in request.tools
-        ]
-    if request.temperature is not None and not _warned_temperature:
-        _warn_temperature_dropped()
-    if request.metadata.get("user_id"):
-        # The API's metadata accepts only user_id (for abuse attribution); other hints stay local.
-        params["metadata"] = {"user_id": request.metadata["user_id"]}
-    return params
-
-
-def _message_param(message: Message) -> MessageParam:
-    content = [_block_param(b) for b in message.content]
-    if message.role == "assistant":
-        return AssistantMessageParam(role="assistant", content=content)
-    return UserMessageParam(role="user", content=content)
-
-
-def _block_param(block: ContentBlock) -> ContentBlockParam:
-    if isinstance(block, TextBlock):
-        return TextBlockParam(type="text", text=block.text)
-    if isinstance(block, ThinkingBlock):
-        return ThinkingBlockParam(
-            type="thinking", thinking=block.thinking, signature=block.signature
-        )
-    if isinstance(block, ToolUseBlock):
-        return ToolUseBlockParam(type="tool_use", id=block.id, name=block.name, input=block.input)
-    return ToolResultBlockParam(
-        type="tool_result",
-        tool_use_id=block.tool_use_id,
-        content=block.content,
-        is_error=block.is_error,
-    )
-
-
 # --- mapping SDK responses to our types -------------------------------------------------------
 def usage_from_sdk(usage: Any) -> Usage:
     """Every token class the API reports; the 5m/1h cache-write split when it is present.
@@ -277,9 +211,12 @@ def _blocks_from_sdk(content: list[Any]) -> list[ContentBlock]:
                     id=block.id, name=block.name, input=dict(raw) if isinstance(raw, dict) else {}
                 )
             )
+        elif block.type == "redacted_thinking":
+            blocks.append(RedactedThinkingBlock(data=block.data))
+        elif is_server_tool_type(block.type):
+            blocks.append(ServerToolBlock(raw=block.to_dict(mode="json")))
         else:
-            # Server-side tool blocks and redacted thinking have no neutral type yet.
-            log.debug("provider.block_dropped", provider="anthropic", block_type=block.type)
+            log.warning("provider.block_dropped", provider="anthropic", block_type=block.type)
     return blocks
 
 

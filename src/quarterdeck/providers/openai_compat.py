@@ -9,6 +9,12 @@ Anthropic-shaped neutral types, so this module translates both ways:
   because these servers require tool results to follow the assistant's calls directly;
 * usage: OpenAI's ``prompt_tokens`` *includes* cached tokens, ours excludes them, so
   ``input_tokens = prompt_tokens - cached_tokens`` and the cached part becomes a cache read.
+
+Prompt caching (``ModelRequest.cache_ttl``) and extended thinking (``thinking_budget``) are
+ignored: these servers cache prefixes on their own, without breakpoints, and have no thinking
+budget parameter. Blocks only Anthropic produces (thinking, ``redacted_thinking``, server-tool
+blocks) are left out of what is sent, since these servers cannot read them; text and tool calls
+of the same message still go.
 """
 
 from __future__ import annotations

@@ -5,8 +5,11 @@ Prices change more often than code should; keeping them in a data file with ``as
 without a release. Money is :class:`~decimal.Decimal` end to end, so summing millions of calls
 does not drift.
 
-An unknown model has an *unknown* cost (``None``), never zero: a zero would silently understate
-spend and budgets. The caller counts those tokens as unpriced instead, and we warn once per model.
+:class:`PriceTable` alone says an unknown model's cost is unknown (``None``). Nothing that bills
+uses that directly: :class:`Pricing` prices an unknown model as a configured fallback model or,
+unset, the most expensive model in the table, and marks the cost estimated. A zero, or a None
+summed as zero, would let any model name walk through every budget, so the run path and the
+gateway share this one rule (``QUARTERDECK_UNKNOWN_MODEL_PRICE``).
 """
 
 from __future__ import annotations
@@ -141,6 +144,10 @@ class PriceTable:
 
     def price_for(self, model: str) -> ModelPrice | None:
         row = self.resolve(model)
+        if row is None and model.startswith("simulated-"):
+            # The simulated provider answers a run of a real model as ``simulated-<model>``:
+            # priced like its namesake, so a demo's costs look real rather than the fallback's.
+            row = self.resolve(model.removeprefix("simulated-"))
         return self._prices[row] if row is not None else None
 
     def cost(self, model: str, usage: Usage) -> Decimal | None:
@@ -200,3 +207,89 @@ def _parse_row(
         as_of=as_of if isinstance(as_of, date) else None,
         source=str(row.get("source", "")),
     )
+
+
+_RESOLVED_CAP = 4096
+"""Model names resolved per :class:`Pricing`: they come from clients, so the memo is bounded."""
+_WARN_CAP = 32
+"""Unknown models logged by name per :class:`Pricing` (names come from clients: bounded)."""
+
+
+class Pricing:
+    """Every model gets a price: its own row, else the fallback's (and the cost is an estimate).
+
+    ``fallback_model`` names a known model whose price unknown models pay; None: the most
+    expensive model of the table (:func:`most_expensive`), so an estimate errs high. Raises
+    :class:`ConfigError` under ``setting`` when the fallback is not in the table or the table
+    is empty.
+    """
+
+    def __init__(
+        self,
+        table: PriceTable,
+        fallback_model: str | None = None,
+        *,
+        setting: str = "unknown_model_price",
+    ) -> None:
+        self.table = table
+        if fallback_model is not None:
+            fallback = table.price_for(fallback_model)
+            if fallback is None:
+                raise ConfigError(
+                    [
+                        (
+                            setting,
+                            f"{fallback_model!r} is not in the price table "
+                            f"(known: {', '.join(table.models)})",
+                        )
+                    ]
+                )
+        else:
+            fallback = most_expensive(table)
+        self.fallback = fallback
+        # model id -> (price, estimated): resolving dated ids scans the table, and the same few
+        # model names arrive on every call.
+        self._resolved: dict[str, tuple[ModelPrice, bool]] = {}
+        self._warned: set[str] = set()
+
+    @property
+    def models(self) -> list[str]:
+        return self.table.models
+
+    def price(self, model: str) -> tuple[ModelPrice, bool]:
+        """The model's price, and whether it is the fallback's (an estimate)."""
+        found = self._resolved.get(model)
+        if found is None:
+            known = self.table.price_for(model)
+            found = (known, False) if known is not None else (self.fallback, True)
+            if found[1] and len(self._warned) <= _WARN_CAP and model not in self._warned:
+                self._warned.add(model)
+                log.warning(
+                    "pricing.unknown_model",
+                    model=model[:128],
+                    hint="priced as the fallback (QUARTERDECK_UNKNOWN_MODEL_PRICE) and marked "
+                    "estimated; add it to pricing overrides for an exact cost",
+                    more_not_logged=len(self._warned) > _WARN_CAP,
+                )
+            if len(self._resolved) >= _RESOLVED_CAP:
+                self._resolved.clear()
+            self._resolved[model] = found
+        return found
+
+    def priced(self, model: str, usage: Usage) -> tuple[Decimal, bool]:
+        """USD for one call's usage, and whether it is an estimate (the fallback's price)."""
+        price, estimated = self.price(model)
+        return price.cost(usage), estimated
+
+    def cost(self, model: str, usage: Usage) -> Decimal:
+        """USD for one call's usage, never None: the run path's ``cost_of``."""
+        return self.priced(model, usage)[0]
+
+
+def most_expensive(table: PriceTable) -> ModelPrice:
+    """The dearest model of ``table`` (by output, then input price). Raises ConfigError when the
+    table is empty, since then nothing could price an unknown model."""
+    prices = [p for p in (table.price_for(m) for m in table.models) if p is not None]
+    if not prices:
+        raise ConfigError([("pricing", "the price table has no models")])
+    return max(prices, key=lambda p: (p.output, p.input, p.cache_write_1h))

@@ -8,6 +8,15 @@ injection depends on instance state (a per-turn call counter), so that a retried
 
 Turns are 0-based: turn 0 is the first model call of a run, matching the number of assistant
 messages already in the conversation.
+
+Prompt caching is billed honestly: only a request that asks for it (``ModelRequest.cache_ttl``,
+which the Anthropic provider turns into breakpoints) reads or writes the cache, by the same model
+as the Messages API stand-in (:mod:`quarterdeck.kit.prompt_cache`: minimum cacheable length per
+model, prefix matching, lookback), applied to the run's synthetic conversation laid out as the
+Anthropic provider would send it. The cache is assumed warm from the previous turn (the API's
+cache is shared across a deployment's workers and lives at least five minutes), which keeps usage
+a pure function of ``(run_id, turn, cache_ttl)``, so a resumed run still bills like one that was
+never interrupted.
 """
 
 from __future__ import annotations
@@ -23,6 +32,7 @@ from typing import Any
 
 from quarterdeck.exceptions import ProviderError
 from quarterdeck.kit.latency import LatencyProfile
+from quarterdeck.kit.prompt_cache import CacheTTL, PromptBlock, PromptCache
 from quarterdeck.providers.types import (
     ContentBlock,
     Message,
@@ -126,19 +136,47 @@ def _context_tokens(run_h: int, turn: int) -> tuple[int, int]:
     return ctx, prev
 
 
-def _usage(run_h: int, turn: int, bits: _Bits, final: bool) -> Usage:
-    ctx, prev = _context_tokens(run_h, turn)
+def _usage(
+    run_h: int, turn: int, bits: _Bits, final: bool, model: str, ttl: CacheTTL | None
+) -> Usage:
     output = 200 + bits.pick(601) if final else 50 + bits.pick(450)
-    if turn == 0:  # the first call writes the cache; only the tail after the breakpoint is not
-        uncached = 50 + bits.pick(300)
-        written = ctx - uncached
-        return Usage(
-            input_tokens=uncached,
-            output_tokens=output,
-            cache_creation_input_tokens=written,
-            cache_creation_5m_tokens=written,
-        )
-    return Usage(input_tokens=ctx - prev, output_tokens=output, cache_read_input_tokens=prev)
+    if ttl is None:
+        return Usage(input_tokens=_context_tokens(run_h, turn)[0], output_tokens=output)
+    cache = PromptCache()  # warm from the previous turn: it wrote what this one may read
+    if turn > 0:
+        cache.account_blocks(model, _prompt_blocks(run_h, turn - 1, ttl), 0.0, head=2)
+    cached = cache.account_blocks(model, _prompt_blocks(run_h, turn, ttl), 0.0, head=2)
+    return Usage(
+        input_tokens=cached.input_tokens,
+        output_tokens=output,
+        cache_creation_input_tokens=cached.cache_creation_input_tokens,
+        cache_creation_5m_tokens=cached.cache_creation_5m_tokens,
+        cache_creation_1h_tokens=cached.cache_creation_1h_tokens,
+        cache_read_input_tokens=cached.cache_read_input_tokens,
+    )
+
+
+def _prompt_blocks(run_h: int, turn: int, ttl: CacheTTL) -> list[PromptBlock]:
+    """The synthetic prompt of ``turn`` as blocks, with the Anthropic provider's breakpoints: the
+    tool definitions, the system prompt, then the task and one (reply, tool results) pair per
+    earlier turn; the newest two user messages carry the rolling breakpoints."""
+    base = _context_tokens(run_h, 0)[0]
+    tools, system = base * 2 // 5, base // 5
+    blocks = [
+        PromptBlock(f"{run_h:x}/tools", tools, ttl),
+        PromptBlock(f"{run_h:x}/system", system, ttl),
+        PromptBlock(f"{run_h:x}/task", base - tools - system),
+    ]
+    seed = run_h >> 16
+    for k in range(1, turn + 1):
+        step = 300 + ((seed ^ (k * 0x9E3779B1)) % 1701)  # as _context_tokens grows it
+        blocks.append(PromptBlock(f"{run_h:x}/reply/{k}", step // 3))
+        blocks.append(PromptBlock(f"{run_h:x}/results/{k}", step - step // 3))
+    for back in (1, 3):  # the newest user message, and the one before it
+        if back <= len(blocks) - 2:
+            block = blocks[-back]
+            blocks[-back] = PromptBlock(block.key, block.tokens, ttl)
+    return blocks
 
 
 @functools.lru_cache(maxsize=4096)
@@ -280,7 +318,7 @@ class SimulatedProvider:
         else:
             content = _tool_turn(turn, n - 1, bits, prompt, fix, f"toolu_sim_{hexid[:22]}")
         stop: StopReason = "end_turn" if final else "tool_use"
-        usage = _usage(run_h, turn, bits, final)
+        usage = _usage(run_h, turn, bits, final, request.model, request.cache_ttl)
         delay = self._delay(h)
         model = request.model
         if not model.startswith("simulated-"):

@@ -1,9 +1,9 @@
 """Feeds provider calls and failures into the Prometheus metrics.
 
 One place decides how a call is counted, so the agent loop, the proxy and the simulated provider
-all produce the same series. Label values go through :func:`metrics.bounded` because model names
-and error types come from remote servers and user config, and an unbounded label value is a
-cardinality leak.
+all produce the same series. Model names go through :func:`metrics.model` (configured models and
+the price table's, else ``other``) and error types through :func:`metrics.bounded`, because they
+come from remote servers and user input, and an unbounded label value is a cardinality leak.
 """
 
 from __future__ import annotations
@@ -25,20 +25,26 @@ def record_call(
     cost: Decimal | None,
     latency_s: float,
     ttft_s: float | None = None,
+    *,
+    unpriced: bool = False,
 ) -> None:
-    """Count tokens, cost (only when known; unknown-cost tokens go to UNPRICED_TOKENS so the gap
-    is visible rather than a silent zero), latency and, for streamed calls, time to first token."""
+    """Count tokens, cost, latency and, for streamed calls, time to first token.
+
+    A model without a price of its own (``unpriced``: its cost is the fallback model's
+    estimate) or with no cost at all (``cost`` None) also counts its tokens in
+    UNPRICED_TOKENS, so the gap in exact pricing stays visible; an estimated cost is added to
+    the cost series like any other, since budgets charge it."""
+    label = metrics.model(model)
     tokens = usage.total_tokens
     if tokens:
-        metrics.child(metrics.TOKENS, agent_type, model).inc(tokens)
-    if cost is None:
-        if tokens:
-            metrics.child(metrics.UNPRICED_TOKENS, agent_type, model).inc(tokens)
-    elif cost > 0:
-        metrics.child(metrics.COST, agent_type, model).inc(float(cost))
-    metrics.child(metrics.PROVIDER_LATENCY, provider, model).observe(max(0.0, latency_s))
+        metrics.child(metrics.TOKENS, agent_type, label).inc(tokens)
+        if cost is None or unpriced:
+            metrics.child(metrics.UNPRICED_TOKENS, agent_type, label).inc(tokens)
+    if cost is not None and cost > 0:
+        metrics.child(metrics.COST, agent_type, label).inc(float(cost))
+    metrics.child(metrics.PROVIDER_LATENCY, provider, label).observe(max(0.0, latency_s))
     if ttft_s is not None:
-        metrics.child(metrics.PROVIDER_TTFT, provider, model).observe(max(0.0, ttft_s))
+        metrics.child(metrics.PROVIDER_TTFT, provider, label).observe(max(0.0, ttft_s))
 
 
 def severity(error: ProviderError) -> str:

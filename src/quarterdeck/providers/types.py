@@ -11,6 +11,8 @@ from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal, Protocol, runtime_checkable
 
+from quarterdeck.kit.prompt_cache import CacheTTL
+
 Role = Literal["user", "assistant"]
 StopReason = Literal[
     "end_turn", "tool_use", "max_tokens", "stop_sequence", "pause_turn", "refusal", "error"
@@ -31,6 +33,31 @@ class ThinkingBlock:
 
 
 @dataclass
+class RedactedThinkingBlock:
+    """Thinking the safety systems encrypted: opaque ``data`` that must go back unchanged."""
+
+    data: str
+    type: Literal["redacted_thinking"] = "redacted_thinking"
+
+
+@dataclass
+class ServerToolBlock:
+    """A block of a tool the API runs itself (``server_tool_use``, ``web_search_tool_result``,
+    ``code_execution_tool_result``, ...), kept as the API's raw dict.
+
+    We never interpret these, only hand them back in later turns: the model's next turn needs them
+    exactly as sent (a ``server_tool_use`` without its result is a 400), and their shapes change
+    with every new server tool, so a typed copy would drop whatever it did not know.
+    """
+
+    raw: dict[str, Any]
+
+    @property
+    def type(self) -> str:
+        return str(self.raw.get("type", ""))
+
+
+@dataclass
 class ToolUseBlock:
     id: str
     name: str
@@ -46,7 +73,24 @@ class ToolResultBlock:
     type: Literal["tool_result"] = "tool_result"
 
 
-ContentBlock = TextBlock | ThinkingBlock | ToolUseBlock | ToolResultBlock
+ContentBlock = (
+    TextBlock
+    | ThinkingBlock
+    | RedactedThinkingBlock
+    | ToolUseBlock
+    | ToolResultBlock
+    | ServerToolBlock
+)
+
+
+def is_server_tool_type(kind: object) -> bool:
+    """Block types the API's own tools produce: ``server_tool_use``, ``mcp_tool_use``,
+    ``container_upload`` and every ``*_tool_result`` except our own ``tool_result``."""
+    if not isinstance(kind, str):
+        return False
+    return kind in ("server_tool_use", "mcp_tool_use", "container_upload") or (
+        kind.endswith("_tool_result") and kind != "tool_result"
+    )
 
 
 def block_from_dict(data: dict[str, Any]) -> ContentBlock:
@@ -55,6 +99,10 @@ def block_from_dict(data: dict[str, Any]) -> ContentBlock:
         return TextBlock(text=data["text"])
     if kind == "thinking":
         return ThinkingBlock(thinking=data["thinking"], signature=data.get("signature", ""))
+    if kind == "redacted_thinking":
+        return RedactedThinkingBlock(data=data["data"])
+    if is_server_tool_type(kind):
+        return ServerToolBlock(raw=dict(data))
     if kind == "tool_use":
         return ToolUseBlock(id=data["id"], name=data["name"], input=dict(data.get("input") or {}))
     if kind == "tool_result":
@@ -66,13 +114,20 @@ def block_from_dict(data: dict[str, Any]) -> ContentBlock:
     raise ValueError(f"unknown content block type {kind!r}")
 
 
+def block_to_dict(block: ContentBlock) -> dict[str, Any]:
+    """The block as the API spells it; a server-tool block is its raw dict, unchanged."""
+    if isinstance(block, ServerToolBlock):
+        return dict(block.raw)
+    return asdict(block)
+
+
 @dataclass
 class Message:
     role: Role
     content: list[ContentBlock]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"role": self.role, "content": [asdict(b) for b in self.content]}
+        return {"role": self.role, "content": [block_to_dict(b) for b in self.content]}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Message:
@@ -144,6 +199,11 @@ class ModelRequest:
     tools: list[ToolSpec] = field(default_factory=list)
     max_tokens: int = 4096
     temperature: float | None = None
+    cache_ttl: CacheTTL | None = None
+    """Prompt caching: breakpoints with this TTL on the tools, the system prompt and the newest
+    messages (providers that support it); None sends none, so nothing is cached."""
+    thinking_budget: int | None = None
+    """Extended thinking's token budget (at least 1024, below ``max_tokens``); None: off."""
     metadata: dict[str, str] = field(default_factory=dict)
     """Opaque hints; the simulated provider reads ``run_id`` and ``turn`` from here."""
 

@@ -373,7 +373,7 @@ class Breakers:
         if cb is None:
             cb = CircuitBreaker.from_config(name, self._configs.get(name, self._config))
             self._breakers[name] = cb
-            self._gauges[name] = metrics.CIRCUIT_STATE.labels(metrics.bounded(name))
+            self._gauges[name] = metrics.CIRCUIT_STATE.labels(metrics.dependency(name))
             self._gauges[name].set(0)
         return cb
 

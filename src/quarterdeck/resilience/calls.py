@@ -3,7 +3,10 @@
 This is the one place that decides what happens when a provider call fails, so the provider SDKs
 run with their own retries off. Per call:
 
-1. wait for rate-limit capacity (a run waiting for capacity is delayed, never failed);
+1. wait for rate-limit capacity (a run waiting for capacity is delayed, never failed): one
+   request and the call's estimated tokens, settled to its real usage when it answers (a call
+   the provider refused before doing any work gives its tokens back; see
+   :mod:`~quarterdeck.resilience.tokens`);
 2. call through the breaker of ``provider:model`` (an open breaker fails fast);
 3. on failure ask :class:`~quarterdeck.resilience.retry.RetryPolicy` whether and when to retry
    (the guide's 1/5/15/30 s schedule, ``retry-after`` honoured and capped, a total budget);
@@ -11,9 +14,10 @@ run with their own retries off. Per call:
    order (configured per model; the guide's example is a smaller model);
 5. a context-window error moves to a larger-context model when one is configured.
 
-It is also the one place that counts provider calls (tokens, cost, latency, time to first token,
-errors, retries, fallbacks), so every caller of a model gets the same series; what a *run* did
-(turns, outcome) is counted by the run worker.
+It is also the one place that prices and counts provider calls (tokens, cost, latency, time to
+first token, errors, retries, fallbacks), so every caller of a model gets the same series; what a
+*run* did (turns, outcome) is counted by the run worker. With :class:`Pricing` every model has a
+price: one without its own pays the fallback's, and the result says the cost is estimated.
 """
 
 from __future__ import annotations
@@ -30,9 +34,11 @@ import structlog
 from quarterdeck import metrics
 from quarterdeck.exceptions import ProviderError
 from quarterdeck.providers import telemetry
+from quarterdeck.providers.pricing import Pricing
 from quarterdeck.providers.types import ModelRequest, ModelResponse, Provider, Usage
+from quarterdeck.resilience import tokens
 from quarterdeck.resilience.breaker import Breakers, CircuitOpenError, breaker_name
-from quarterdeck.resilience.ratelimit import ProviderLimiter
+from quarterdeck.resilience.ratelimit import Grant, ProviderLimiter
 from quarterdeck.resilience.retry import GiveUp, RetryPolicy, is_context_overflow
 from quarterdeck.resilience.traffic import observe_provider_call
 
@@ -50,6 +56,16 @@ class CallResult:
     attempts: int = 1
     cost: Decimal | None = None
     """What the answering call cost (None: unknown price, or the caller has no ``cost_of``)."""
+    cost_estimated: bool = False
+    """The model has no price of its own: ``cost`` is at the fallback model's price."""
+
+
+def refused_unprocessed(error: ProviderError) -> bool:
+    """A failure the provider answered without processing the prompt (a 4xx, an overload), so
+    its tokens do not count against the limits; other failures (5xx, timeouts, a stream cut
+    short) may have been processed and keep what they took."""
+    status = error.status_code
+    return error.overloaded or (status is not None and 400 <= status < 500)
 
 
 class _GaveUp(Exception):
@@ -74,9 +90,13 @@ class ResilientCaller:
         clock: Callable[[], float] = time.monotonic,
         streaming: bool = False,
         cost_of: CostFn | None = None,
+        pricing: Pricing | None = None,
     ) -> None:
+        """``pricing`` prices every call (unknown models at its fallback, marked estimated);
+        without it, ``cost_of`` (None for an unknown price), else nothing is priced."""
         self.provider = provider
         self.cost_of = cost_of
+        self.pricing = pricing
         self.streaming = streaming
         self.policy = policy or RetryPolicy()
         self.breakers = breakers or Breakers()
@@ -85,6 +105,19 @@ class ResilientCaller:
         self.context_fallbacks = {k: list(v) for k, v in (context_fallbacks or {}).items()}
         self.sleep = sleep
         self.clock = clock
+
+    def models_for(self, model: str) -> list[str]:
+        """Every model a call of ``model`` may end up at (its fallbacks, and theirs for a
+        context-window error): a budget hold must cover the dearest of them."""
+        found: list[str] = []
+        todo = [model]
+        while todo and len(found) < 64:
+            current = todo.pop(0)
+            if current in found:
+                continue
+            found.append(current)
+            todo += self.fallbacks.get(current, []) + self.context_fallbacks.get(current, [])
+        return found
 
     async def call(self, agent_type: str, request: ModelRequest) -> CallResult:
         """The response of the first model in the chain that answers; raises the last error.
@@ -122,20 +155,26 @@ class ResilientCaller:
                 )
                 index += 1
                 continue
-            cost = self._record(agent_type, response)
+            cost, estimated = self._record(agent_type, response)
             if index == 0:
-                return CallResult(response, attempts=attempts, cost=cost)
+                return CallResult(response, attempts=attempts, cost=cost, cost_estimated=estimated)
             metrics.FALLBACKS.labels(
-                metrics.bounded(request.model),
-                metrics.bounded(model),
+                metrics.model(request.model),
+                metrics.model(model),
                 metrics.bounded(reason or ""),
             ).inc()
-            return CallResult(response, request.model, reason, attempts, cost)
+            return CallResult(response, request.model, reason, attempts, cost, estimated)
         raise AssertionError("unreachable: the chain is never empty")
 
-    def _record(self, agent_type: str, response: ModelResponse) -> Decimal | None:
-        """Price the answer and count it: tokens, cost, latency and time to first token."""
-        cost = self.cost_of(response.model, response.usage) if self.cost_of else None
+    def _record(self, agent_type: str, response: ModelResponse) -> tuple[Decimal | None, bool]:
+        """Price the answer and count it: tokens, cost, latency and time to first token.
+        Returns the cost and whether it is an estimate (the model has no price of its own)."""
+        cost: Decimal | None
+        if self.pricing is not None:
+            cost, estimated = self.pricing.priced(response.model, response.usage)
+        else:
+            cost = self.cost_of(response.model, response.usage) if self.cost_of else None
+            estimated = False
         telemetry.record_call(
             agent_type,
             self.provider.name,
@@ -144,8 +183,9 @@ class ResilientCaller:
             cost,
             response.latency_s,
             response.ttft_s,
+            unpriced=estimated,
         )
-        return cost
+        return cost, estimated
 
     async def _once(self, request: ModelRequest) -> ModelResponse:
         """One call. Streaming (for real providers) is what gives time to first token."""
@@ -172,12 +212,12 @@ class ResilientCaller:
         attempt = 0
         while True:
             attempt += 1
-            if self.limiter is not None:
-                await self.limiter.acquire()
+            grant = await self._reserve(request)
             try:
                 async with self.breakers.guard(name):
                     response = await self._once(request)
             except CircuitOpenError as exc:
+                await self._settle(grant, request.model, None)  # no call was made
                 error = ProviderError(
                     f"circuit breaker for {request.model} is open: {exc.detail}",
                     status_code=503,
@@ -190,8 +230,11 @@ class ResilientCaller:
             except ProviderError as exc:
                 telemetry.record_error(agent_type, exc)
                 observe_provider_call(False, exc.status_code)
+                if refused_unprocessed(exc):
+                    await self._settle(grant, request.model, None)
                 error = exc
             else:
+                await self._settle(grant, response.model, response.usage)
                 observe_provider_call(True, 200)
                 headers = getattr(self.provider, "last_rate_limit_headers", None)
                 if self.limiter is not None and headers:
@@ -204,3 +247,18 @@ class ResilientCaller:
                 metrics.bounded(self.provider.name), metrics.bounded(error.error_type)
             ).inc()
             await self.sleep(decision.delay)
+
+    async def _reserve(self, request: ModelRequest) -> Grant | None:
+        """Wait for one request and the call's estimated tokens (see :mod:`.tokens`)."""
+        if self.limiter is None:
+            return None
+        charge = tokens.before_call(request)
+        return await self.limiter.reserve({f: charge.family(f) for f in tokens.TOKEN_FAMILIES})
+
+    async def _settle(self, grant: Grant | None, model: str, usage: Usage | None) -> None:
+        """Charge or refund the difference between what was reserved and what the call used
+        (``usage`` None: nothing, the provider did no work)."""
+        if self.limiter is None or grant is None or not grant.held:
+            return
+        actual = tokens.after_call(model, usage or Usage())
+        await self.limiter.adjust(tokens.settlement(grant.held, actual))

@@ -154,6 +154,16 @@ class TokenBucket:
             wait = self.slow_until - now
         return wait + need / self.refill_per_s
 
+    def adjust(self, delta: float, now: float) -> None:
+        """Settle a grant to what was really used: take ``delta`` more (positive) or give it
+        back (negative), at once and without waiting.
+
+        A charge may leave the bucket in debt (below zero, at most one capacity), which the next
+        :meth:`take` waits out: the tokens were used, so the limit must see them. A refund never
+        fills the bucket past its capacity."""
+        self._refill(now)
+        self.tokens = min(self.capacity, max(-self.capacity, self.tokens - delta))
+
     def update(
         self, limit: float | None, remaining: float | None, reset_at: float | None, now: float
     ) -> None:
@@ -193,6 +203,9 @@ class BucketStore(Protocol):
     async def take(
         self, key: str, capacity: float, refill_per_s: float, n: float, ceiling: float | None
     ) -> float: ...
+
+    async def adjust(self, key: str, capacity: float, refill_per_s: float, delta: float) -> None:
+        """Atomically :meth:`TokenBucket.adjust` the stored bucket."""
 
     async def close(self) -> None: ...
 
@@ -279,6 +292,25 @@ class SharedBucket:
                 await self._sleep(wait)
                 waited += wait
 
+    async def adjust(self, delta: float) -> None:
+        """Charge (positive) or refund (negative) ``delta`` tokens now: the settlement of a
+        grant to real usage. In the store when reachable, else in the local bucket (charged
+        ``delta / local_share``, as :meth:`take` charges)."""
+        if delta == 0:
+            return
+        if self.store is not None and self.store.available:
+            try:
+                await self.store.adjust(
+                    self.key, self.bucket.capacity, self.bucket.refill_per_s, delta
+                )
+            except SharedStateUnavailable as exc:
+                if not self._degraded:
+                    log.warning("ratelimit.shared_state_unavailable", key=self.key, error=str(exc))
+                self._degraded = True
+            else:
+                return
+        self.bucket.adjust(delta / self.local_share, self._clock())
+
     async def update(self, found: HeaderLimit) -> None:
         """Tighten limits from response headers, locally and (``remaining``) in the store."""
         self.bucket.update(found.limit, found.remaining, found.reset_at, self._clock())
@@ -286,18 +318,29 @@ class SharedBucket:
             await self._take(0.0, found.remaining)
 
 
+@dataclass(frozen=True)
+class Grant:
+    """What :meth:`ProviderLimiter.reserve` took: tokens per configured token family (the
+    amounts to settle against real usage) and the seconds it waited for them."""
+
+    held: dict[str, float]
+    waited_s: float
+
+
 class ProviderLimiter:
     """A provider's buckets: requests per minute plus whichever token limits are configured.
 
     Keys are ``quarterdeck:ratelimit:<provider>:<family>``, so every replica using the same
-    provider (and API key) shares them.
+    provider (and API key) shares them. A call reserves its request and estimated tokens before
+    it is made (:meth:`reserve`) and settles them to its real usage after (:meth:`adjust`; see
+    :mod:`quarterdeck.resilience.tokens` for what is counted).
     """
 
     def __init__(
         self,
         provider: str,
         *,
-        requests_per_minute: float,
+        requests_per_minute: float | None = None,
         tokens_per_minute: float | None = None,
         input_tokens_per_minute: float | None = None,
         output_tokens_per_minute: float | None = None,
@@ -325,24 +368,49 @@ class ProviderLimiter:
             for family, limit in limits.items()
             if limit
         }
+        self.waits: dict[str, float] = dict.fromkeys(self.buckets, 0.0)
+        """Seconds spent waiting for each bucket, in total: which limit paces the calls."""
+
+    async def reserve(self, tokens: Mapping[str, float]) -> Grant:
+        """Wait for one request and ``tokens`` (family -> amount); returns what was taken of
+        each configured token family, for :meth:`adjust` once the real usage is known.
+
+        An amount above a bucket's capacity takes the whole bucket (see :meth:`TokenBucket.take`)
+        and is held as that, so the settlement charges the rest.
+        """
+        held: dict[str, float] = {}
+        total = 0.0
+        for family, bucket in self.buckets.items():
+            n = 1.0 if family == "requests" else max(0.0, float(tokens.get(family, 0)))
+            if n > 0:
+                waited = await bucket.acquire(n)
+                self.waits[family] += waited
+                total += waited
+            if family != "requests":
+                held[family] = min(n, bucket.bucket.capacity)
+        return Grant(held, total)
+
+    async def adjust(self, deltas: Mapping[str, float]) -> None:
+        """Charge (positive) or refund (negative) tokens per family, without waiting."""
+        for family, delta in deltas.items():
+            bucket = self.buckets.get(family)
+            if bucket is not None and delta:
+                await bucket.adjust(delta)
 
     async def acquire(self, input_tokens: int = 0, output_tokens: int = 0) -> float:
         """Wait for one request and the given tokens; returns seconds waited.
 
         ``output_tokens`` is an estimate (e.g. ``max_tokens``, or 0): the real count is known
-        only afterwards, and the next response's headers correct the buckets.
+        only afterwards (:meth:`adjust` settles it; the next response's headers correct too).
         """
-        wanted = {
-            "requests": 1,
-            "tokens": input_tokens + output_tokens,
-            "input-tokens": input_tokens,
-            "output-tokens": output_tokens,
-        }
-        waited = 0.0
-        for family, bucket in self.buckets.items():
-            if wanted[family] > 0:
-                waited += await bucket.acquire(wanted[family])
-        return waited
+        grant = await self.reserve(
+            {
+                "tokens": input_tokens + output_tokens,
+                "input-tokens": input_tokens,
+                "output-tokens": output_tokens,
+            }
+        )
+        return grant.waited_s
 
     async def update_from_headers(self, headers: Mapping[str, str]) -> None:
         """Tighten every configured bucket from a response's ``anthropic-ratelimit-*``."""

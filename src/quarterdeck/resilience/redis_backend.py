@@ -10,7 +10,8 @@ answers again.
   uses, so there is one state machine, not a Python one and a Lua one. Reads that change
   nothing (the common ``allow`` on a closed circuit) do not write.
 - Buckets: a hash ``{tokens, ts}`` per key, updated by one Lua script that uses Redis's own
-  clock (``TIME``), so replica clock skew cannot mint tokens.
+  clock (``TIME``), so replica clock skew cannot mint tokens. The same script settles a grant
+  to real usage (``adjust``: a charge that may leave the bucket in debt, or a refund).
 
 Keys carry a TTL: an untouched breaker or bucket reverts to its fresh state anyway, so expiry
 loses nothing, and a Redis restart (we run it without persistence) is the same as expiry.
@@ -63,7 +64,9 @@ if now > ts then tokens = tokens + (now - ts) * rate else now = ts end
 if tokens > capacity then tokens = capacity end
 if ceiling >= 0 and tokens > ceiling then tokens = ceiling end
 local wait = 0
-if n > 0 then
+if ARGV[6] == 'adjust' then
+  tokens = math.min(capacity, math.max(-capacity, tokens - n))
+elseif n > 0 then
   if tokens + 1e-9 >= n then
     tokens = math.max(0, tokens - n)
   else
@@ -244,6 +247,25 @@ class RedisBucketStore:
             return float(result)
 
         return await self.link.run(run)
+
+    async def adjust(self, key: str, capacity: float, refill_per_s: float, delta: float) -> None:
+        """Charge (positive) or refund (negative) ``delta`` at once, as
+        :meth:`~quarterdeck.resilience.ratelimit.TokenBucket.adjust` does (debt down to minus
+        one capacity)."""
+        ttl_ms = math.ceil((capacity / refill_per_s + 60.0) * 1000)
+        args: list[str | int] = [
+            repr(float(capacity)),
+            repr(float(refill_per_s)),
+            repr(float(delta)),
+            ttl_ms,
+            repr(-1.0),
+            "adjust",
+        ]
+
+        async def run(r: aioredis.Redis) -> None:
+            await self._script(keys=[key], args=args, client=r)
+
+        await self.link.run(run)
 
     async def close(self) -> None:
         await self.link.close()

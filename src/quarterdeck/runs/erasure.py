@@ -11,8 +11,11 @@ from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import datetime
 
+import asyncpg
+
 from quarterdeck.exceptions import InvalidState
 from quarterdeck.runs import repository as repo
+from quarterdeck.runs import workspace_repository as workspaces
 from quarterdeck.runs.models import RunStatus
 from quarterdeck.store.pool import Database
 
@@ -60,8 +63,10 @@ async def erase_tenant(db: Database, tenant: str) -> Erased:
             await repo.delete_jobs(conn, jobs)
         ids = [r for r, _, _ in runs]
         if not ids:
+            # Blobs a purge spared for its grace period may outlive the tenant's last run.
+            await workspaces.collect_blobs(conn, [tenant], grace=False)
             return Erased()
-        counts = await repo.delete_runs(conn, ids)
+        counts = await delete_runs(conn, ids, [tenant], grace=False)
     return Erased(tuple(ids), counts, {tenant: len(ids)})
 
 
@@ -80,6 +85,18 @@ async def purge_finished(
                 by_tenant: dict[str, int] = {}
                 for _, owner in found:
                     by_tenant[owner] = by_tenant.get(owner, 0) + 1
-                total += Erased(tuple(ids), await repo.delete_runs(conn, ids), by_tenant)
+                counts = await delete_runs(conn, ids, list(by_tenant), grace=True)
+                total += Erased(tuple(ids), counts, by_tenant)
         if len(found) < PURGE_BATCH:
             return total
+
+
+async def delete_runs(
+    conn: asyncpg.Connection, ids: list[str], tenants: list[str], *, grace: bool
+) -> dict[str, int]:
+    """The runs with every child row, their workspace checkpoints included, then the tenants'
+    blobs no run of theirs references any more (see ``collect_blobs`` for ``grace``)."""
+    counts = await workspaces.delete_for_runs(conn, ids)
+    counts.update(await repo.delete_runs(conn, ids))
+    counts["workspace_blobs"] = await workspaces.collect_blobs(conn, tenants, grace=grace)
+    return counts

@@ -9,7 +9,7 @@ again.
 from __future__ import annotations
 
 import asyncio
-import json
+import functools
 import time
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -18,8 +18,9 @@ from typing import Any, Protocol
 import structlog
 
 from quarterdeck import metrics
-from quarterdeck.budgets.service import BudgetExceeded, BudgetService
-from quarterdeck.exceptions import ProviderError
+from quarterdeck.budgets.models import BudgetExceeded
+from quarterdeck.exceptions import Fenced, ProviderError
+from quarterdeck.kit.prompt_cache import CacheTTL
 from quarterdeck.providers.types import (
     Message,
     ModelRequest,
@@ -31,8 +32,15 @@ from quarterdeck.providers.types import (
     Usage,
 )
 from quarterdeck.resilience.calls import CallResult, CostFn, ResilientCaller
+from quarterdeck.runs.fencing import discarded_call
 from quarterdeck.runs.models import Run, RunStatus
+from quarterdeck.runs.precall import CallGuard, Reserver
 from quarterdeck.runs.store import RunStore, TurnRecord
+from quarterdeck.runs.workspace_state import (
+    CheckpointTooLarge,
+    RestoreFailed,
+    WorkspaceCheckpointer,
+)
 from quarterdeck.security.redaction import redact_message
 
 log = structlog.get_logger(__name__)
@@ -91,9 +99,16 @@ class RunPlan:
     timeout_s: float
     budget_usd: float | None = None
     max_tokens: int = 4096
+    thinking_budget: int | None = None
+    """Extended thinking's budget per call (below ``max_tokens``); None: off."""
+    cache_ttl: CacheTTL | None = "5m"
+    """Prompt caching of tools, system prompt and conversation; None: no breakpoints."""
     refusal: str | None = None
     """Why the run cannot start at all (e.g. its workspace source was refused): it fails with
     this reason before any model call."""
+    checkpoints: WorkspaceCheckpointer | None = None
+    """Captures the run's workspace after each turn's tools and restores it on resume, so the
+    run can continue on any replica (runs/workspace_state.py); None: no workspace to keep."""
 
 
 class Planner(Protocol):
@@ -104,15 +119,12 @@ class Planner(Protocol):
     async def finalize(self, run: Run, outcome: Outcome) -> None: ...
 
 
-def worst_case_usage(messages: list[Message], system: str, max_tokens: int) -> Usage:
-    """A deliberately high estimate of one call's usage, for the budget check before it.
-
-    Three characters per token over-counts English and code for Claude's tokenizer, and the
-    output is assumed to use all of ``max_tokens``; so a run stops before a call that *could*
-    overspend, which keeps overspend to less than one call.
-    """
-    chars = len(system) + sum(len(json.dumps(m.to_dict())) for m in messages)
-    return Usage(input_tokens=chars // 3 + 1, output_tokens=max_tokens)
+BUDGET_ERRORS = {
+    "run": "budget_exceeded",
+    "tenant": "tenant_budget_exceeded",
+    "key": "key_budget_exceeded",
+}
+"""A refused reservation's ``error_type``, by whose budget refused it."""
 
 
 class RunExecutor:
@@ -124,13 +136,15 @@ class RunExecutor:
         cost_of: CostFn,
         config: ExecutorConfig,
         caller: ResilientCaller | None = None,
-        budgets: BudgetService | None = None,
+        holds: Reserver | None = None,
     ) -> None:
-        """``caller`` prices and counts each model call (give it ``cost_of``); the default does."""
-        self.budgets = budgets
+        """``caller`` prices and counts each model call (give it ``cost_of``); the default does.
+        ``holds`` reserves each call's worst case against the tenant and run budgets (the
+        gateway's ``BudgetHolds``); without it no budget is enforced, only the attempt."""
         self.store = store
         self.provider = provider
         self.caller = caller or ResilientCaller(provider, cost_of=cost_of)
+        self.guard = CallGuard(store, cost_of, holds, models_for=self.caller.models_for)
         self.planner = planner
         self.cost_of = cost_of
         self.config = config
@@ -140,7 +154,11 @@ class RunExecutor:
         if plan.refusal is not None:
             outcome = Outcome(RunStatus.failed, error=plan.refusal, error_type="workspace")
         else:
-            outcome = await self._loop(run, plan)
+            try:
+                outcome = await self._loop(run, plan)
+            except (CheckpointTooLarge, RestoreFailed) as exc:
+                # Never carry on without the checkpoint: a resume elsewhere would lose the work.
+                outcome = Outcome(RunStatus.failed, error=exc.detail, error_type=exc.error_type)
         await self.planner.finalize(run, outcome)
         return outcome
 
@@ -153,8 +171,15 @@ class RunExecutor:
             messages = [Message.from_dict(m) for m in raw]
         else:
             turn, messages = 0, [Message(role="user", content=[TextBlock(run.prompt)])]
+        if run.attempts > 1 and plan.checkpoints is not None:
+            # The workspace as of the last recorded tool results, wherever this replica is: the
+            # local tree is kept if it already is that, else rebuilt (tree and diff baseline).
+            state = await self.store.workspace_state(run.id)
+            if state is not None:
+                await plan.checkpoints.restore(
+                    state, functools.partial(self.store.workspace_blobs, run.id)
+                )
         max_turns, timeout_s = plan.max_turns, plan.timeout_s
-        spent = run.cost_usd or 0.0  # completed turns, including those before a resume
         started = run.started_at.timestamp() if run.started_at else time.time()
         deadline = started + timeout_s
         total = Usage()
@@ -187,62 +212,51 @@ class RunExecutor:
                     error_type="timeout",
                     usage=total,
                 )
-            if plan.budget_usd is not None:
-                estimate = self.cost_of(
-                    run.model, worst_case_usage(messages, plan.system_prompt, plan.max_tokens)
-                )
-                if estimate is not None and spent + float(estimate) > plan.budget_usd:
-                    return Outcome(
-                        RunStatus.budget_exceeded,
-                        result=last_text or None,
-                        error=f"stopped before turn {turn + 1}: ${spent:.4f} spent of a "
-                        f"${plan.budget_usd:.4f} budget, and the next call could cost up to "
-                        f"${float(estimate):.4f}",
-                        error_type="budget_exceeded",
-                        usage=total,
-                    )
-            if self.budgets is not None:
-
-                def worst(messages: list[Message] = messages) -> float:
-                    usage = worst_case_usage(messages, plan.system_prompt, plan.max_tokens)
-                    return float(self.cost_of(run.model, usage) or 0)
-
-                try:
-                    await self.budgets.check(run.tenant, worst)
-                except BudgetExceeded as exc:
-                    return Outcome(
-                        RunStatus.budget_exceeded,
-                        result=last_text or None,
-                        error=f"stopped before turn {turn + 1}: {exc.detail}",
-                        error_type="tenant_budget_exceeded",
-                        usage=total,
-                    )
             request = ModelRequest(
                 model=run.model,
                 messages=messages,
                 system=plan.system_prompt,
                 tools=plan.tools.specs(),
                 max_tokens=plan.max_tokens,
+                cache_ttl=plan.cache_ttl,
+                thinking_budget=plan.thinking_budget,
                 metadata={"run_id": run.id, "turn": str(turn), "agent_type": run.agent_type},
             )
             try:
-                # asyncio.timeout, not wait_for: no extra task per call on the hot path.
-                async with asyncio.timeout(max(0.001, deadline - time.time())):
-                    called = await self._call(run, request)
-            except TimeoutError:
-                continue  # the deadline check above ends the run
-            except ProviderError as exc:
+                # Reserve the worst case against every budget, then confirm the attempt still
+                # holds the run (runs/precall.py); Fenced propagates: the worker stops quietly.
+                hold = await self.guard.before_call(run, request)
+            except BudgetExceeded as exc:
                 return Outcome(
-                    RunStatus.failed,
-                    error=f"model call failed: {exc.detail}",
-                    error_type=exc.error_type,
+                    RunStatus.budget_exceeded,
+                    result=last_text or None,
+                    error=f"stopped before turn {turn + 1}: {exc.detail}",
+                    error_type=BUDGET_ERRORS.get(exc.extra.get("scope", ""), "budget_exceeded"),
                     usage=total,
                 )
-            response = called.response
-            turn += 1
-            stored, secrets = redact_message(response.message)
-            cost = await self._complete_turn(run, turn, messages, called, stored, secrets)
-            spent += float(cost or 0)
+            settled = False
+            try:
+                try:
+                    # asyncio.timeout, not wait_for: no extra task per call on the hot path.
+                    async with asyncio.timeout(max(0.001, deadline - time.time())):
+                        called = await self._call(run, request)
+                except TimeoutError:
+                    continue  # the deadline check above ends the run
+                except ProviderError as exc:
+                    return Outcome(
+                        RunStatus.failed,
+                        error=f"model call failed: {exc.detail}",
+                        error_type=exc.error_type,
+                        usage=total,
+                    )
+                response = called.response
+                turn += 1
+                stored, secrets = redact_message(response.message)
+                await self._complete_turn(run, turn, messages, called, stored, secrets, hold)
+                settled = True  # the turn's statement deleted the hold
+            finally:
+                if not settled:  # failed, timed out, cancelled or fenced: nothing to bill
+                    await asyncio.shield(self.guard.release(hold))
             total = total + response.usage
             messages = [*messages, stored]
             last_text = stored.text
@@ -256,6 +270,12 @@ class RunExecutor:
         return await self.caller.call(run.agent_type, request)
 
     async def _run_tools(self, run: Run, plan: RunPlan, turn: int, assistant: Message) -> Message:
+        checkpoints = plan.checkpoints
+        if checkpoints is not None and not checkpoints.started:
+            # The workspace as prepared, before any tool touched it: the base every resume
+            # rebuilds from, and the diff baseline.
+            base = await checkpoints.capture()
+            await self.store.save_workspace_base(run.id, base, epoch=run.attempts)
         results: list[ToolResultBlock] = []
         events: list[tuple[str, int | None, dict[str, Any]]] = []
         for call in assistant.tool_uses:
@@ -264,9 +284,18 @@ class RunExecutor:
             events.append(("tool_call", turn, data))
         reply = Message(role="user", content=list(results))
         # Recorded with the calls, so a resumed run reuses these results instead of re-running
-        # tools that already had their effect.
+        # tools that already had their effect; and with what they did to the workspace, so a
+        # resume on another replica finds the files the results speak of.
         events.append(("tool_results", turn, {"message": reply.to_dict()}))
-        await self.store.append_events(run.id, events)
+        delta, too_large = None, None
+        if checkpoints is not None:
+            try:
+                delta = await checkpoints.capture()
+            except CheckpointTooLarge as exc:
+                too_large = exc  # the calls are still recorded; then the run fails
+        await self.store.save_tool_results(run.id, turn, events, delta, epoch=run.attempts)
+        if too_large is not None:
+            raise too_large
         return reply
 
     async def _complete_turn(
@@ -277,8 +306,12 @@ class RunExecutor:
         called: CallResult,
         stored: Message,
         secrets: list[str],
+        hold: str | None = None,
     ) -> Decimal | None:
-        """Checkpoint the turn; ``stored`` is the model's reply with secrets redacted."""
+        """Checkpoint the turn and settle its budget ``hold``; ``stored`` is the model's reply
+        with secrets redacted. If the attempt lost the run while the call was in flight, the
+        call was paid but cannot be recorded: a ``discarded_call`` event says so (the only
+        write of a fenced attempt) and ``Fenced`` propagates."""
         response = called.response
         usage = response.usage
         cost = called.cost
@@ -295,6 +328,8 @@ class RunExecutor:
         }
         if secrets:
             event["secrets_redacted"] = secrets
+        if called.cost_estimated:  # an unpriced model, charged at the fallback's price
+            event["cost_estimated"] = True
         if called.fallback_from:
             event["fallback_from"] = called.fallback_from
             event["fallback_reason"] = called.fallback_reason
@@ -308,11 +343,17 @@ class RunExecutor:
             cost,
             response.stop_reason,
             event,
+            hold_id=hold,
         )
         # Group-committed with other runs' turns; the write completes even if this run is
         # cancelled while it waits, so a cancel never leaves a half-recorded turn.
-        await self.store.save_turn(record)
+        try:
+            await self.store.save_turn(record, epoch=run.attempts)
+        except Fenced:
+            data = discarded_call(run.attempts, turn, response.model, usage.to_dict(), cost)
+            await self.store.discarded_call(run.id, data)
+            raise
         # A turn, not a call: counted once checkpointed. The call itself (tokens, cost, latency)
         # was counted by the resilient caller when it answered.
-        metrics.TURNS.labels(run.agent_type, metrics.bounded(response.model)).inc()
+        metrics.TURNS.labels(run.agent_type, metrics.model(response.model)).inc()
         return cost

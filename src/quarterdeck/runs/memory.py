@@ -20,6 +20,7 @@ from typing import Any
 
 from quarterdeck.exceptions import NotFound
 from quarterdeck.runs import transitions
+from quarterdeck.runs.fencing import DISCARDED_CALL, fenced, holds
 from quarterdeck.runs.models import Run, RunEvent, RunFilter, RunStatus
 from quarterdeck.runs.store import (
     CANCELLED_BEFORE_START,
@@ -35,10 +36,12 @@ from quarterdeck.runs.store import (
     still_running,
     timeout_error,
 )
+from quarterdeck.runs.workspace_memory import InMemoryWorkspaces
+from quarterdeck.runs.workspace_state import WorkspaceDelta, WorkspaceState
 
 _INSERTED = (
     *("id", "tenant", "agent_type", "operation", "prompt", "model", "max_attempts"),
-    *("idempotency_key", "params", "budget_usd"),
+    *("idempotency_key", "params", "budget_usd", "key_id"),
 )
 _COUNTERS = ("attempts", "input_tokens", "output_tokens", "cache_creation_tokens", "turns")
 _FRESH: dict[str, Any] = {
@@ -76,6 +79,8 @@ class InMemoryRunStore:
         self.cancelled_jobs: list[int] = []
         self._ids = itertools.count(1)
         self._job_ids = itertools.count(1)
+        self.workspaces = InMemoryWorkspaces()
+        self.settled_holds: list[str] = []  # budget holds save_turn deleted (settled or fenced)
 
     # -- helpers tests use --------------------------------------------------------------------
     def next_job(self) -> tuple[int, str] | None:
@@ -242,7 +247,7 @@ class InMemoryRunStore:
         row = self.rows.get(run_id)
         if row is None or row.run.status not in transitions.CLAIMABLE:
             return None
-        attempts = row.run.attempts + 1
+        attempts, was = row.run.attempts + 1, (row.run.status, row.worker_id)
         self._move(
             row,
             RunStatus.running,
@@ -250,12 +255,24 @@ class InMemoryRunStore:
             started_at=row.run.started_at or self._now(),
         )
         row.worker_id, row.heartbeat = worker_id, self.clock()
-        data = {"status": "running", "attempt": attempts, "worker": worker_id}
-        self._event(run_id, "status", {**data, "resumed": attempts > 1})
+        data: dict[str, Any] = {"status": "running", "attempt": attempts, "worker": worker_id}
+        data["resumed"] = attempts > 1
+        if was[0] is RunStatus.running:  # taken from an attempt that went silent
+            data["superseded"] = {"attempt": attempts - 1, "worker": was[1]}
+        self._event(run_id, "status", data)
         return row.run, attempts == 1
 
-    async def save_turn(self, turn: TurnRecord) -> None:
-        row = self.rows[turn.run_id]
+    def _fence(self, run_id: str, epoch: int) -> _Row:
+        """The run's row if attempt ``epoch`` holds it; else ``Fenced`` (the Postgres guard)."""
+        row = self.rows.get(run_id)
+        if row is None or not holds(row.run.status, row.run.attempts, epoch):
+            raise fenced(run_id, epoch)
+        return row
+
+    async def save_turn(self, turn: TurnRecord, *, epoch: int) -> None:
+        if turn.hold_id is not None:
+            self.settled_holds.append(turn.hold_id)  # deleted recorded or not, as in Postgres
+        row = self._fence(turn.run_id, epoch)
         if turn.turn in row.checkpoints:
             raise ValueError(f"turn {turn.turn} of {turn.run_id} is already checkpointed")
         row.checkpoints[turn.turn] = list(turn.messages)
@@ -276,21 +293,68 @@ class InMemoryRunStore:
         self._event(turn.run_id, "turn", turn.event, turn.turn)
 
     async def append_events(
-        self, run_id: str, events: list[tuple[str, int | None, dict[str, Any]]]
+        self, run_id: str, events: list[tuple[str, int | None, dict[str, Any]]], *, epoch: int
     ) -> None:
+        if events:
+            self._fence(run_id, epoch)
         for type_, turn, data in events:
             self._event(run_id, type_, data, turn)
 
-    async def heartbeat(self, run_ids: list[str]) -> None:
-        for run_id in run_ids:
-            if run_id in self.rows:
-                self.rows[run_id].heartbeat = self.clock()
+    async def check_attempt(self, run_id: str, *, epoch: int) -> None:
+        self._fence(run_id, epoch)
 
-    async def finish(self, item: Finish) -> Run | None:
+    async def discarded_call(self, run_id: str, data: dict[str, Any]) -> None:
+        if run_id in self.rows:
+            self._event(run_id, DISCARDED_CALL, data, data.get("turn"))
+
+    # -- workspace checkpoints (the rules: runs/workspace_store.py) ------------------------------
+    def _held(self, run_id: str, epoch: int) -> str:
+        row = self.rows.get(run_id)
+        status, attempts = (row.run.status, row.run.attempts) if row else (RunStatus.failed, -1)
+        self.workspaces.check(run_id, status, attempts, epoch)
+        assert row is not None
+        return row.run.tenant
+
+    async def save_workspace_base(self, run_id: str, base: WorkspaceDelta, *, epoch: int) -> None:
+        self.workspaces.save(run_id, self._held(run_id, epoch), 0, base)
+
+    async def save_tool_results(
+        self,
+        run_id: str,
+        turn: int,
+        events: list[tuple[str, int | None, dict[str, Any]]],
+        workspace: WorkspaceDelta | None,
+        *,
+        epoch: int,
+    ) -> None:
+        self.workspaces.save(run_id, self._held(run_id, epoch), turn, workspace)
+        for type_, at, data in events:
+            self._event(run_id, type_, data, at)
+
+    async def workspace_state(self, run_id: str) -> WorkspaceState | None:
+        return self.workspaces.state(run_id)
+
+    async def workspace_blobs(self, run_id: str, shas: list[str]) -> dict[str, bytes]:
+        row = self.rows.get(run_id)
+        return self.workspaces.load(row.run.tenant, shas) if row else {}
+
+    async def heartbeat(self, run_ids: list[str], *, epochs: list[int]) -> list[str]:
+        lost = []
+        for run_id, epoch in zip(run_ids, epochs, strict=True):
+            row = self.rows.get(run_id)
+            if row is not None and holds(row.run.status, row.run.attempts, epoch):
+                row.heartbeat = self.clock()
+            else:
+                lost.append(run_id)
+        return lost
+
+    async def finish(self, item: Finish, *, epoch: int | None = None) -> Run | None:
         transitions.require_end(item.status)
         row = self.rows.get(item.run_id)
         if row is None or row.run.status not in transitions.ENDABLE:
             return None
+        if epoch is not None:
+            self._fence(item.run_id, epoch)
         now = self._now()
         self._move(
             row,
@@ -340,6 +404,8 @@ class InMemoryRunStore:
             row = self.rows.get(item.run_id)
             if row is None or row.run.status not in accepted:
                 continue
+            if item.epoch is not None and row.run.attempts != item.epoch:
+                continue  # fenced: another attempt holds the run now
             self._move(row, RunStatus.queued)
             row.job_id, row.worker_id, row.heartbeat = (
                 self._enqueue(item.run_id),
@@ -446,6 +512,7 @@ class InMemoryRunStore:
         for run_id in ids:
             del self.rows[run_id]
         counts = {"run_events": events, "run_turns": turns, "run_archives": archives}
+        counts.update(self.workspaces.delete(ids, set(by_tenant)))
         return Erased(tuple(ids), {**counts, "runs": len(ids)}, by_tenant)
 
     async def aclose(self) -> None:

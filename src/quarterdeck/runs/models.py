@@ -142,6 +142,8 @@ class Run(BaseModel):
     idempotency_key: str | None
     params: dict[str, Any]
     budget_usd: float | None = None
+    key_id: str | None = None
+    """The API key that submitted the run (None without auth): its budget holds the run too."""
     changed_files: list[str] = Field(default_factory=list)
     quality_score: float | None = None
     coverage_percent: float | None = None

@@ -38,16 +38,17 @@ _RUN_COLUMNS = (
     "job_id",
     "params",
     "budget_usd",
+    "key_id",
 )
 
 
 _INSERT_RUNS = """
     WITH r AS (
         INSERT INTO runs (id, tenant, agent_type, operation, prompt, model, max_attempts,
-                          idempotency_key, request_hash, job_id, params, budget_usd)
+                          idempotency_key, request_hash, job_id, params, budget_usd, key_id)
         SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
                              $6::text[], $7::int[], $8::text[], $9::text[], $10::bigint[],
-                             $11::jsonb[], $12::numeric[])
+                             $11::jsonb[], $12::numeric[], $13::text[])
         ON CONFLICT (tenant, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
         RETURNING *
     ), e AS (
@@ -97,14 +98,39 @@ async def append_event(
 
 
 async def append_events(
-    conn: asyncpg.Connection, run_id: str, events: list[tuple[str, int | None, dict[str, Any]]]
-) -> None:
+    conn: asyncpg.Connection,
+    run_id: str,
+    events: list[tuple[str, int | None, dict[str, Any]]],
+    epoch: int,
+) -> bool:
+    """Record an attempt's events, only while attempt ``epoch`` holds the run; False if fenced.
+
+    ``FOR SHARE`` re-reads the row if a claim changed it meanwhile and keeps a new claim waiting
+    until these events are committed, so they never land after the attempt lost the run.
+    """
     if not events:
-        return
-    await conn.executemany(
-        "INSERT INTO run_events (run_id, type, turn, data) VALUES ($1, $2, $3, $4)",
-        [(run_id, t, turn, d) for t, turn, d in events],
+        return True
+    inserted = await conn.fetchval(
+        """
+        WITH held AS (
+            SELECT id FROM runs WHERE id = $1 AND status = 'running' AND attempts = $5 FOR SHARE
+        ), i AS (
+            INSERT INTO run_events (run_id, type, turn, data)
+            SELECT held.id, e.type, e.turn, e.data
+              FROM held, unnest($2::text[], $3::int[], $4::jsonb[]) WITH ORDINALITY
+                   AS e(type, turn, data, n)
+             ORDER BY e.n
+            RETURNING 1
+        )
+        SELECT count(*) FROM i
+        """,
+        run_id,
+        [t for t, _, _ in events],
+        [turn for _, turn, _ in events],
+        [d for _, _, d in events],
+        epoch,
     )
+    return bool(inserted)
 
 
 async def start_attempts(
@@ -113,20 +139,30 @@ async def start_attempts(
     """Claim runs for execution: bump attempts, mark running, record it. One statement.
 
     Returns {run id: (run, first_start)}; a run missing from it could not be claimed (already
-    terminal: a stale or duplicate job for a finished or cancelled run).
+    terminal: a stale or duplicate job for a finished or cancelled run). A run claimed while
+    still ``running`` takes it from an attempt that went silent (its job was picked up again):
+    the status event names that attempt as ``superseded``, which fencing then keeps from
+    recording anything more.
     """
     rows = await conn.fetch(
         """
-        WITH u AS (
-            UPDATE runs
-               SET status = 'running', attempts = attempts + 1, worker_id = $2,
-                   started_at = coalesce(started_at, now()), heartbeat_at = now()
-             WHERE id = ANY($1::text[]) AND status = ANY($3::text[])
-            RETURNING *
+        WITH o AS (
+            SELECT id, status AS was, worker_id AS was_worker FROM runs
+             WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE
+        ), u AS (
+            UPDATE runs r
+               SET status = 'running', attempts = r.attempts + 1, worker_id = $2,
+                   started_at = coalesce(r.started_at, now()), heartbeat_at = now()
+              FROM o
+             WHERE r.id = o.id AND r.status = ANY($3::text[])
+            RETURNING r.*, o.was, o.was_worker
         ), e AS (
             INSERT INTO run_events (run_id, type, data)
             SELECT id, 'status', jsonb_build_object('status', 'running', 'attempt', attempts,
                                                     'worker', $2::text, 'resumed', attempts > 1)
+                   || CASE WHEN was = 'running' THEN jsonb_build_object('superseded',
+                          jsonb_build_object('attempt', attempts - 1, 'worker', was_worker))
+                      ELSE '{}'::jsonb END
               FROM u
         )
         SELECT u.*, (u.attempts = 1) AS first_start FROM u
@@ -150,28 +186,33 @@ class TurnRecord:
     cost: Decimal | None
     stop_reason: str
     event: dict[str, Any]
+    hold_id: str | None = None
+    """The budget hold reserved for this turn's call: deleted in the statement that records the
+    metered cost (or releases it when the attempt is fenced)."""
+    epoch: int = 0
+    """The attempt recording it (``runs.attempts`` at claim); set by the store's ``save_turn``."""
 
 
-async def save_turns(conn: asyncpg.Connection, turns: list[TurnRecord]) -> None:
-    """Checkpoint completed turns, add their usage to their runs and record their events.
+async def save_turns(conn: asyncpg.Connection, turns: list[TurnRecord]) -> set[tuple[str, int]]:
+    """Checkpoint completed turns, add their usage to their runs, record their events and settle
+    their budget holds; returns (run, epoch) of each turn recorded.
 
     One statement, so each turn is atomic without an explicit transaction: either it is fully
-    recorded and billed, or not at all. A batch holds at most one turn per run.
+    recorded and billed, or not at all. A batch holds at most one turn per run. Fenced: a turn is
+    recorded only while its attempt holds the run (``running`` at attempt ``epoch``); the
+    ``UPDATE`` decides, and re-checks a row a concurrent claim changed, so the turn row, the
+    event and the totals follow one decision. The others are left out (the caller raises
+    ``Fenced`` for them) while their neighbours commit; every hold in the batch is deleted.
     """
-    await conn.execute(
+    rows = await conn.fetch(
         """
         WITH v AS (
             SELECT * FROM unnest($1::text[], $2::int[], $3::text[], $4::text[], $5::bigint[],
                                  $6::bigint[], $7::bigint[], $8::bigint[], $9::numeric[],
-                                 $10::text[], $11::jsonb[])
+                                 $10::text[], $11::jsonb[], $12::int[])
                 AS v(run_id, turn, messages, model, input_tokens, output_tokens,
-                     cache_creation_tokens, cache_read_tokens, cost_usd, stop_reason, event)
-        ), t AS (
-            INSERT INTO run_turns (run_id, turn, messages, model, input_tokens, output_tokens,
-                                   cache_creation_tokens, cache_read_tokens, cost_usd,
-                                   stop_reason)
-            SELECT run_id, turn, messages::jsonb, model, input_tokens, output_tokens,
-                   cache_creation_tokens, cache_read_tokens, cost_usd, stop_reason FROM v
+                     cache_creation_tokens, cache_read_tokens, cost_usd, stop_reason, event,
+                     epoch)
         ), u AS (
             UPDATE runs r
                SET turns = v.turn,
@@ -182,9 +223,23 @@ async def save_turns(conn: asyncpg.Connection, turns: list[TurnRecord]) -> None:
                    cost_usd = r.cost_usd + coalesce(v.cost_usd, 0),
                    cost_known = r.cost_known AND v.cost_usd IS NOT NULL,
                    heartbeat_at = now()
-              FROM v WHERE r.id = v.run_id
+              FROM v WHERE r.id = v.run_id AND r.status = 'running' AND r.attempts = v.epoch
+            RETURNING r.id, v.epoch
+        ), t AS (
+            INSERT INTO run_turns (run_id, turn, messages, model, input_tokens, output_tokens,
+                                   cache_creation_tokens, cache_read_tokens, cost_usd,
+                                   stop_reason)
+            SELECT run_id, turn, messages::jsonb, model, input_tokens, output_tokens,
+                   cache_creation_tokens, cache_read_tokens, cost_usd, stop_reason
+              FROM v JOIN u ON u.id = v.run_id AND u.epoch = v.epoch
+        ), h AS (
+            DELETE FROM budget_holds WHERE id = ANY($13::text[])
+        ), e AS (
+            INSERT INTO run_events (run_id, type, turn, data)
+            SELECT run_id, 'turn', turn, event
+              FROM v JOIN u ON u.id = v.run_id AND u.epoch = v.epoch
         )
-        INSERT INTO run_events (run_id, type, turn, data) SELECT run_id, 'turn', turn, event FROM v
+        SELECT id, epoch FROM u
         """,
         [t.run_id for t in turns],
         [t.turn for t in turns],
@@ -198,7 +253,10 @@ async def save_turns(conn: asyncpg.Connection, turns: list[TurnRecord]) -> None:
         [t.cost for t in turns],
         [t.stop_reason for t in turns],
         [t.event for t in turns],
+        [t.epoch for t in turns],
+        [t.hold_id for t in turns],
     )
+    return {(r["id"], r["epoch"]) for r in rows}
 
 
 @dataclass(frozen=True)
@@ -208,6 +266,9 @@ class Finish:
     result: str | None = None
     error: str | None = None
     event: dict[str, Any] | None = None
+    epoch: int | None = None
+    """The attempt ending the run (its worker's own finish), or None for an end decided by no
+    attempt (a cancel before start, the health monitor's timeout)."""
 
 
 async def finish(
@@ -231,13 +292,15 @@ async def finish_many(conn: asyncpg.Connection, items: list[Finish]) -> dict[str
     rows = await conn.fetch(
         """
         WITH v AS (
-            SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::jsonb[])
-                AS v(id, status, result, error, data)
+            SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::jsonb[],
+                                 $7::int[])
+                AS v(id, status, result, error, data, epoch)
         ), u AS (
             UPDATE runs r SET status = v.status, result = v.result, error = v.error,
                               finished_at = now(), started_at = coalesce(r.started_at, now())
               FROM v
              WHERE r.id = v.id AND r.status = ANY($6::text[])
+               AND (v.epoch IS NULL OR (r.status = 'running' AND r.attempts = v.epoch))
             RETURNING r.*
         ), e AS (
             INSERT INTO run_events (run_id, type, data)
@@ -251,12 +314,46 @@ async def finish_many(conn: asyncpg.Connection, items: list[Finish]) -> dict[str
         [i.error for i in items],
         [{"status": i.status.value, "error": i.error, **(i.event or {})} for i in items],
         _END_FROM,
+        [i.epoch for i in items],
     )
     return {r["id"]: Run.from_row(r) for r in rows}
 
 
-async def heartbeat(conn: asyncpg.Connection, run_ids: list[str]) -> None:
-    await conn.execute("UPDATE runs SET heartbeat_at = now() WHERE id = ANY($1::text[])", run_ids)
+async def unfinished(conn: asyncpg.Connection, run_ids: list[str]) -> set[str]:
+    """Which of these runs have not ended: a fenced finish that found one of them lost it to
+    another attempt; one that ended meanwhile simply lost a race."""
+    rows = await conn.fetch(
+        "SELECT id FROM runs WHERE id = ANY($1::text[]) AND NOT (status = ANY($2::text[]))",
+        run_ids,
+        _TERMINAL,
+    )
+    return {r["id"] for r in rows}
+
+
+async def heartbeat(conn: asyncpg.Connection, run_ids: list[str], epochs: list[int]) -> set[str]:
+    """Mark runs alive for the attempts that still hold them; returns the runs marked."""
+    rows = await conn.fetch(
+        """
+        UPDATE runs r SET heartbeat_at = now()
+          FROM unnest($1::text[], $2::int[]) AS v(id, epoch)
+         WHERE r.id = v.id AND r.status = 'running' AND r.attempts = v.epoch
+        RETURNING r.id
+        """,
+        run_ids,
+        epochs,
+    )
+    return {r["id"] for r in rows}
+
+
+async def attempt_held(conn: asyncpg.Connection, run_id: str, epoch: int) -> bool:
+    """Does attempt ``epoch`` still hold the run? The executor's fence check before a model
+    call: one primary-key read."""
+    held = await conn.fetchval(
+        "SELECT EXISTS (SELECT 1 FROM runs WHERE id = $1 AND status = 'running' AND attempts = $2)",
+        run_id,
+        epoch,
+    )
+    return bool(held)
 
 
 async def save_archive(conn: asyncpg.Connection, run_id: str, archive: bytes) -> None:
@@ -297,8 +394,11 @@ async def requeue(
     job_ids: list[int],
     events: list[dict[str, Any]],
     expect: list[str] | None = None,
+    epochs: list[int | None] | None = None,
 ) -> set[str]:
     """Put runs back to ``queued`` under new jobs and record why; returns the runs moved.
+
+    ``epochs``: per run, the attempt that must still hold it (a worker's own release), or None.
 
     ``expect`` narrows the statuses accepted (a subset of the table's requeue sources): a run
     found in any other status is left alone and missing from the result.
@@ -306,12 +406,14 @@ async def requeue(
     rows = await conn.fetch(
         """
         WITH v AS (
-            SELECT * FROM unnest($1::text[], $2::bigint[], $3::jsonb[]) AS v(id, job_id, data)
+            SELECT * FROM unnest($1::text[], $2::bigint[], $3::jsonb[], $5::int[])
+                AS v(id, job_id, data, epoch)
         ), u AS (
             UPDATE runs r SET status = 'queued', worker_id = NULL, job_id = v.job_id,
                               heartbeat_at = now()
               FROM v
              WHERE r.id = v.id AND r.status = ANY($4::text[])
+               AND (v.epoch IS NULL OR r.attempts = v.epoch)
             RETURNING r.id
         ), e AS (
             INSERT INTO run_events (run_id, type, data)
@@ -323,6 +425,7 @@ async def requeue(
         job_ids,
         events,
         expect if expect is not None else _REQUEUE_FROM,
+        epochs if epochs is not None else [None] * len(run_ids),
     )
     return {r["id"] for r in rows}
 

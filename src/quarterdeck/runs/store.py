@@ -14,19 +14,21 @@ requeue, whoever asks for it, goes through one operation (:meth:`RunStore.requeu
 from __future__ import annotations
 
 from collections.abc import Collection
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Protocol
 
 import asyncpg
 
 from quarterdeck.exceptions import NotFound
-from quarterdeck.runs import erasure, queue, transitions
+from quarterdeck.runs import erasure, queue, transitions, workspace_store
 from quarterdeck.runs import read_repository as reads
 from quarterdeck.runs import repository as repo
 from quarterdeck.runs.erasure import Erased, still_running
+from quarterdeck.runs.fencing import DISCARDED_CALL, fenced
 from quarterdeck.runs.models import Run, RunEvent, RunFilter, RunStatus
 from quarterdeck.runs.repository import Finish, TurnRecord
+from quarterdeck.runs.workspace_state import WorkspaceDelta, WorkspaceState
 from quarterdeck.runs.writes import RunWriter
 from quarterdeck.store.pool import Database
 
@@ -55,12 +57,15 @@ class Requeue:
     """Hand one run back to the queue under a new job, saying why (its ``status`` event).
 
     ``drop_job``: a job to delete first, so the run is never owned by two jobs at once.
+    ``epoch``: a worker handing back its own attempt (drain) -- fenced, so a worker that lost
+    the run meanwhile cannot requeue it from under the attempt that holds it now.
     """
 
     run_id: str
     reason: str
     data: dict[str, Any] = field(default_factory=dict)
     drop_job: int | None = None
+    epoch: int | None = None
 
     def event(self) -> dict[str, Any]:
         return {"status": RunStatus.queued.value, "reason": self.reason, **self.data}
@@ -136,17 +141,56 @@ class RunStore(Protocol):
     async def claim(self, run_id: str, worker_id: str) -> tuple[Run, bool] | None:
         """queued/running -> running, attempts + 1: (run, first start), or None if terminal."""
 
-    async def save_turn(self, turn: TurnRecord) -> None:
-        """Checkpoint a completed turn, add its usage and cost, record its event: atomically."""
+    # Writes of an attempt are fenced (:mod:`.fencing`): ``epoch`` is the attempt's
+    # ``Run.attempts`` from :meth:`claim`, and a write is refused with ``Fenced`` unless the run
+    # is still ``running`` at that attempt.
+    async def save_turn(self, turn: TurnRecord, *, epoch: int) -> None:
+        """Checkpoint a completed turn, add its usage and cost, record its event and settle its
+        budget hold (``turn.hold_id``): atomically. ``Fenced`` (hold released) if lost."""
 
     async def append_events(
-        self, run_id: str, events: list[tuple[str, int | None, dict[str, Any]]]
+        self, run_id: str, events: list[tuple[str, int | None, dict[str, Any]]], *, epoch: int
+    ) -> None:
+        """Record an attempt's events (tool calls); ``Fenced`` if the attempt lost the run."""
+
+    async def check_attempt(self, run_id: str, *, epoch: int) -> None:
+        """Raise ``Fenced`` unless attempt ``epoch`` still holds the run (before a model call)."""
+
+    async def discarded_call(self, run_id: str, data: dict[str, Any]) -> None:
+        """The one unfenced write of an attempt: a ``discarded_call`` event for a call that
+        completed after the attempt lost the run (paid, never recorded as a turn)."""
+
+    # Workspace checkpoints (:mod:`.workspace_store`): the base before the first tools run,
+    # then each turn's delta with that turn's tool events, in one fenced transaction.
+    async def save_workspace_base(
+        self, run_id: str, base: WorkspaceDelta, *, epoch: int
     ) -> None: ...
 
-    async def heartbeat(self, run_ids: list[str]) -> None: ...
+    async def save_tool_results(
+        self,
+        run_id: str,
+        turn: int,
+        events: list[tuple[str, int | None, dict[str, Any]]],
+        workspace: WorkspaceDelta | None,
+        *,
+        epoch: int,
+    ) -> None:
+        """Record a turn's tool events and its workspace delta atomically; ``Fenced`` if lost."""
 
-    async def finish(self, item: Finish) -> Run | None:
-        """-> a terminal status, recorded; None if the run already ended (a lost race)."""
+    async def workspace_state(self, run_id: str) -> WorkspaceState | None: ...
+
+    async def workspace_blobs(self, run_id: str, shas: list[str]) -> dict[str, bytes]:
+        """Compressed contents by sha256, of the run's tenant only."""
+
+    async def heartbeat(self, run_ids: list[str], *, epochs: list[int]) -> list[str]:
+        """Mark runs alive for their attempts (``epochs``, in order); returns those lost."""
+
+    async def finish(self, item: Finish, *, epoch: int | None = None) -> Run | None:
+        """-> a terminal status, recorded; None if the run already ended (a lost race).
+
+        With ``epoch`` (a worker ending its own attempt) ``Fenced`` if the run is still going
+        under another attempt; without it (cancel, time out) no attempt is checked.
+        """
 
     async def save_results(
         self,
@@ -300,22 +344,56 @@ class PostgresRunStore:
     async def claim(self, run_id: str, worker_id: str) -> tuple[Run, bool] | None:
         return await self.writer.start(run_id, worker_id)
 
-    async def save_turn(self, turn: TurnRecord) -> None:
-        await self.writer.save_turn(turn)
+    async def save_turn(self, turn: TurnRecord, *, epoch: int) -> None:
+        await self.writer.save_turn(replace(turn, epoch=epoch))
 
     async def append_events(
-        self, run_id: str, events: list[tuple[str, int | None, dict[str, Any]]]
+        self, run_id: str, events: list[tuple[str, int | None, dict[str, Any]]], *, epoch: int
     ) -> None:
-        async with self.db.transaction() as conn:
-            await repo.append_events(conn, run_id, events)
-
-    async def heartbeat(self, run_ids: list[str]) -> None:
         async with self.db.acquire() as conn:
-            await repo.heartbeat(conn, run_ids)
+            if not await repo.append_events(conn, run_id, events, epoch):
+                raise fenced(run_id, epoch)
 
-    async def finish(self, item: Finish) -> Run | None:
+    async def check_attempt(self, run_id: str, *, epoch: int) -> None:
+        async with self.db.acquire() as conn:
+            if not await repo.attempt_held(conn, run_id, epoch):
+                raise fenced(run_id, epoch)
+
+    async def discarded_call(self, run_id: str, data: dict[str, Any]) -> None:
+        async with self.db.acquire() as conn:
+            await repo.append_event(conn, run_id, DISCARDED_CALL, data, data.get("turn"))
+
+    async def save_workspace_base(self, run_id: str, base: WorkspaceDelta, *, epoch: int) -> None:
+        await workspace_store.save_base(self.db, run_id, base, epoch)
+
+    async def save_tool_results(
+        self,
+        run_id: str,
+        turn: int,
+        events: list[tuple[str, int | None, dict[str, Any]]],
+        workspace: WorkspaceDelta | None,
+        *,
+        epoch: int,
+    ) -> None:
+        if workspace is None:  # nothing to checkpoint (stand-in tools): one fenced statement
+            await self.append_events(run_id, events, epoch=epoch)
+            return
+        await workspace_store.save_tool_results(self.db, run_id, turn, events, workspace, epoch)
+
+    async def workspace_state(self, run_id: str) -> WorkspaceState | None:
+        return await workspace_store.load_state(self.db, run_id)
+
+    async def workspace_blobs(self, run_id: str, shas: list[str]) -> dict[str, bytes]:
+        return await workspace_store.load_blobs(self.db, run_id, shas)
+
+    async def heartbeat(self, run_ids: list[str], *, epochs: list[int]) -> list[str]:
+        async with self.db.acquire() as conn:
+            held = await repo.heartbeat(conn, run_ids, epochs)
+        return [r for r in run_ids if r not in held]
+
+    async def finish(self, item: Finish, *, epoch: int | None = None) -> Run | None:
         transitions.require_end(item.status)
-        return await self.writer.finish(item)
+        return await self.writer.finish(replace(item, epoch=epoch))
 
     async def save_results(
         self,
@@ -353,7 +431,9 @@ class PostgresRunStore:
             await repo.delete_jobs(conn, dropped)
         run_ids = [i.run_id for i in items]
         job_ids = await queue.enqueue_runs(conn, run_ids)
-        moved = await repo.requeue(conn, run_ids, job_ids, [i.event() for i in items], accepted)
+        moved = await repo.requeue(
+            conn, run_ids, job_ids, [i.event() for i in items], accepted, [i.epoch for i in items]
+        )
         stray = [job for run_id, job in zip(run_ids, job_ids, strict=True) if run_id not in moved]
         if stray:  # a run that moved meanwhile must not get a second job
             await repo.delete_jobs(conn, stray)

@@ -66,6 +66,9 @@ class AgentDefaults(Protocol):
     @property
     def model(self) -> str | None: ...
 
+    @property
+    def budget_usd(self) -> float | None: ...
+
 
 class Submissions:
     """Creating runs: the write side that :class:`~quarterdeck.runs.service.RunService` holds."""
@@ -147,8 +150,10 @@ class Submissions:
         idempotency_key: str | None,
         digest: str | None,
         params: dict[str, Any],
+        context: RequestContext | None,
     ) -> dict[str, Any]:
-        """The ``runs`` row to insert; the store fills in ``job_id`` when it enqueues."""
+        """The ``runs`` row to insert; the store fills in ``job_id`` when it enqueues. The
+        submitting key is kept so the key's budget holds the run's calls too."""
         agent_type = body.agent_type or self.settings.default_agent_type
         return {
             "id": run_id,
@@ -162,8 +167,16 @@ class Submissions:
             "request_hash": digest,
             "job_id": 0,
             "params": params,
-            "budget_usd": body.budget_usd,
+            "budget_usd": self.resolve_budget(body.budget_usd, agent_type),
+            "key_id": context.key_id if context is not None else None,
         }
+
+    def resolve_budget(self, requested: float | None, agent_type: str) -> float | None:
+        """The run's own budget: the request's, else its agent type's. Stored on the run, so the
+        budget reservation before each model call (``budgets.holds``) enforces it."""
+        if requested is None and self.catalog is not None:
+            return self.catalog.get(agent_type).budget_usd
+        return requested
 
     async def submit_batch(
         self,
@@ -222,7 +235,7 @@ class Submissions:
         context: RequestContext | None = None,
     ) -> tuple[list[str], bool]:
         rows = [
-            self._row(rid, b, tenant, keys[i] if keys else None, digests[i], params)
+            self._row(rid, b, tenant, keys[i] if keys else None, digests[i], params, context)
             for i, (rid, b, params) in enumerate(zip(run_ids, bodies, prepared, strict=True))
         ]
         await self.store.create_batch(rows)  # KeyTaken: another request holds these keys
@@ -258,7 +271,7 @@ class Submissions:
         archive: bytes | None,
         context: RequestContext | None = None,
     ) -> tuple[Run, bool]:
-        row = self._row(run_id, body, tenant, idempotency_key, digest, params)
+        row = self._row(run_id, body, tenant, idempotency_key, digest, params, context)
         # Group-committed with concurrent submissions: one transaction, one enqueue. A key that
         # another request holds fails the whole transaction (so no job is left without its
         # run); the coalescer then retries each submission alone and only that one sees KeyTaken.

@@ -24,7 +24,7 @@ import structlog
 
 from quarterdeck import metrics
 from quarterdeck.config import Settings
-from quarterdeck.exceptions import StoreError, Unavailable
+from quarterdeck.exceptions import Fenced, StoreError, Unavailable
 from quarterdeck.kit.ids import ulid
 from quarterdeck.runs import queue
 from quarterdeck.runs.executor import Outcome, RunExecutor
@@ -41,6 +41,7 @@ class InFlight:
     run: Run
     scope: Any  # anyio.CancelScope from the pgqueuer job context
     release: bool = False
+    fenced: bool = False  # its attempt lost the run: stop, record nothing
     started: float = field(default_factory=time.monotonic)
 
 
@@ -167,12 +168,29 @@ class WorkerPool:
             await asyncio.sleep(0.05)
 
     async def _heartbeat_loop(self) -> None:
-        """Mark in-flight runs alive, so the health monitor can tell a stuck run from a slow one."""
+        """Mark in-flight runs alive, so the health monitor can tell a stuck run from a slow one.
+
+        Only the attempt holding a run counts: a run this worker lost while it was stalled is
+        reported back and marked. Its execution is not cancelled here: it stops at its next
+        write or model call (``Fenced``), so a call that was in flight when the run was lost
+        still leaves its ``discarded_call`` event."""
+        interval = min(5.0, self.settings.worker_heartbeat_timeout)
         while True:
-            await asyncio.sleep(5.0)
-            if self.inflight:
-                with contextlib.suppress(Exception):
-                    await self.store.heartbeat(list(self.inflight))
+            await asyncio.sleep(interval)
+            if not self.inflight:
+                continue
+            items = list(self.inflight.values())
+            try:
+                lost = await self.store.heartbeat(
+                    [i.run.id for i in items], epochs=[i.run.attempts for i in items]
+                )
+            except Exception:
+                continue
+            for run_id in lost:
+                item = self.inflight.get(run_id)
+                if item is not None and not item.fenced:
+                    item.fenced = True
+                    log.warning("run.heartbeat_lost", run_id=run_id, attempt=item.run.attempts)
 
     async def _repair_loop(self) -> None:
         """Safety net: requeue runs whose job vanished (e.g. a failure while Postgres restarted)."""
@@ -226,6 +244,8 @@ class WorkerPool:
         try:
             with ctx.cancellation:
                 outcome = await self.executor.execute(run)
+        except Fenced:
+            item.fenced = True
         except (Unavailable, StoreError):
             raise
         except Exception as exc:  # a bug: fail this run loudly rather than retry it forever
@@ -236,6 +256,9 @@ class WorkerPool:
         finally:
             metrics.child(metrics.ACTIVE, agent).dec()
             self.inflight.pop(run.id, None)
+        if item.fenced:
+            self._fenced(run)
+            return
         settled = settle(outcome, item.release)
         if settled is None:
             await self._release(run)
@@ -245,21 +268,31 @@ class WorkerPool:
     async def _release(self, run: Run) -> None:
         """Hand the run back to the queue under a new job; it resumes from its checkpoint."""
         await self.store.requeue(
-            [Requeue(run.id, RELEASED, {"worker": self.worker_id})],
+            [Requeue(run.id, RELEASED, {"worker": self.worker_id}, epoch=run.attempts)],
             expect=frozenset({RunStatus.running}),
         )
         log.info("run_released", run_id=run.id)
 
+    def _fenced(self, run: Run) -> None:
+        """This attempt lost the run to another (its job was picked up again while this worker
+        stalled): neither finish nor requeue it; the holder does."""
+        log.warning("run.fenced", run_id=run.id, attempt=run.attempts, worker=self.worker_id)
+
     async def _finish(self, run: Run, outcome: Outcome) -> None:
-        done = await self.store.finish(
-            Finish(
-                run.id,
-                outcome.status,
-                outcome.result,
-                outcome.error,
-                {"error_type": outcome.error_type},
+        try:
+            done = await self.store.finish(
+                Finish(
+                    run.id,
+                    outcome.status,
+                    outcome.result,
+                    outcome.error,
+                    {"error_type": outcome.error_type},
+                ),
+                epoch=run.attempts,
             )
-        )
+        except Fenced:
+            self._fenced(run)
+            return
         if done is None:
             return
         record_outcome(done, outcome.error_type)
@@ -268,7 +301,7 @@ class WorkerPool:
 
 
 def record_outcome(run: Run, error_type: str | None = None) -> None:
-    agent, op = run.agent_type, run.operation
+    agent, op = run.agent_type, metrics.operation(run.operation)
     metrics.child(metrics.REQUESTS, agent, run.status.outcome, op).inc()
     metrics.child(metrics.RUN_OUTCOMES, agent, run.status.value).inc()
     if run.started_at and run.finished_at:

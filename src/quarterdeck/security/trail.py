@@ -81,6 +81,11 @@ class RequestContext:
     source_ip: str | None = None
     request_id: str | None = None
 
+    @property
+    def key_id(self) -> str | None:
+        """The calling key's id, when a key made the call."""
+        return self.actor.removeprefix("key:") if self.actor.startswith("key:") else None
+
     @classmethod
     def of(cls, request: Request, key_id: str | None) -> RequestContext:
         """From a Starlette request and the calling key's id."""

@@ -59,6 +59,8 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(10, "gateway calls, key budgets and budget holds", sql_file="0010_gateway.sql"),
     Migration(11, "per-key gateway fallback, daily gateway spend", sql_file="0011_key_gateway.sql"),
     Migration(12, "run-data retention and maintenance runs", sql_file="0012_run_retention.sql"),
+    Migration(14, "workspace checkpoints", sql_file="0014_workspace_checkpoints.sql"),
+    Migration(15, "the key that submitted a run", sql_file="0015_run_key.sql"),
 )
 
 HEAD = MIGRATIONS[-1].version

@@ -254,6 +254,21 @@ def test_a_manifest_path_out_of_the_tree_is_refused(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_manifest_entry_under_a_symlink_is_refused(tmp_path: Path) -> None:
+    # Written in order (dirs, files, links), "d/x" would be created through "d" -> outside.
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    manifest = {
+        "d": Entry("d", "symlink", 0o777, target=str(outside)),
+        "d/x": Entry("d/x", "symlink", 0o777, target="/etc/passwd"),
+    }
+    with pytest.raises(RestoreFailed, match="under the symlink 'd'"):
+        write_tree(tree, manifest, {})
+    assert list(outside.iterdir()) == [] and list(tree.iterdir()) == []
+
+
 # -- the executor: a cap fails the run, clearly ---------------------------------------------
 class OneToolCall:
     name = "scripted"

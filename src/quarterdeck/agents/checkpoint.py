@@ -306,6 +306,11 @@ def write_tree(root: Path, manifest: dict[str, Entry], blobs: dict[str, bytes]) 
     checked against its sha256."""
     order = {"dir": 0, "file": 1, "symlink": 2}
     entries = sorted(manifest.values(), key=lambda e: (order.get(e.kind, 3), e.path))
+    links = {e.path for e in entries if e.kind == "symlink"}
+    for e in entries:  # a real tree never has this; a manifest that does would write through
+        inside = next((p for p in PurePosixPath(e.path).parents if str(p) in links), None)
+        if inside is not None:
+            raise RestoreFailed(f"{e.path!r} lies under the symlink {str(inside)!r}")
     dirs: list[Entry] = []
     for e in entries:
         full = root / _safe(e.path)

@@ -40,7 +40,7 @@ from quarterdeck.exceptions import QuarterdeckError
 from quarterdeck.providers.types import ToolResultBlock, ToolSpec, ToolUseBlock
 from quarterdeck.runs.executor import Outcome, RunPlan, SimulatedTools, ToolRunner
 from quarterdeck.runs.models import Run, RunStatus
-from quarterdeck.runs.store import RunStore
+from quarterdeck.runs.store_protocol import RunStore
 
 log = structlog.get_logger(__name__)
 NETWORK_LISTED = 100

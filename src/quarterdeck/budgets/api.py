@@ -83,7 +83,7 @@ async def get_key_budget(
 @router.put(
     "/v1/keys/{key_id}/budget",
     response_model=KeyBudgetStatus,
-    summary="Set an API key's gateway limits; null means no limit for that period",
+    summary="Set an API key's limits (its gateway calls and the runs it submits); null means no limit for that period",
 )
 async def put_key_budget(
     key_id: KeyId,

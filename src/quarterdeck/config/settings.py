@@ -7,14 +7,12 @@ the YAML file, then defaults (see :mod:`quarterdeck.config.sources`).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
+from typing import Any, Literal
 
 import structlog
-from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import (
     BaseSettings,
-    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
 )
@@ -23,15 +21,24 @@ from quarterdeck.config.sources import (
     GUIDE_ENV_NAMES,
     SECRET_FIELDS,
     YamlSource,
-    comma_or_json_list,
     guide,
     secrets_dir,
     with_password,
 )
-from quarterdeck.kit.durations import parse_duration
+from quarterdeck.config.validators import (
+    Duration,
+    HostList,
+    LabelList,
+    LatencySpec,
+    PathList,
+    PostgresUrl,
+    RedisPassword,
+    RedisUrl,
+    StrList,
+)
 from quarterdeck.kit.latency import LatencyProfile, parse_latency
 from quarterdeck.kit.secret_files import SecretDirSource
-from quarterdeck.metrics import DEFAULT_OPERATIONS, LABEL_VALUE
+from quarterdeck.metrics import DEFAULT_OPERATIONS
 
 log = structlog.get_logger(__name__)
 
@@ -48,13 +55,13 @@ class Settings(BaseSettings):
         default="info", validation_alias=guide("log_level")
     )
 
-    postgres_url: SecretStr | None = Field(default=None, validation_alias=guide("postgres_url"))
-    redis_url: SecretStr | None = Field(default=None, validation_alias=guide("redis_url"))
+    postgres_url: PostgresUrl = Field(default=None, validation_alias=guide("postgres_url"))
+    redis_url: RedisUrl = Field(default=None, validation_alias=guide("redis_url"))
     anthropic_api_key: SecretStr | None = Field(
         default=None, validation_alias=guide("anthropic_api_key")
     )
     admin_api_key: SecretStr | None = Field(default=None, description="Bootstrap admin key.")
-    redis_password: SecretStr | None = Field(
+    redis_password: RedisPassword = Field(
         default=None,
         description="Password added to REDIS_URL (which then must carry none), so the URL can "
         "live in the ConfigMap and only the password in a secret file.",
@@ -77,16 +84,16 @@ class Settings(BaseSettings):
         description="Expose tenant names in metric labels; false: t-<8 hex of their SHA-256>.",
     )
     # Label values that reach Prometheus: anything outside these sets is counted as "other".
-    metric_operations: Annotated[list[str], NoDecode] = Field(
+    metric_operations: LabelList = Field(
         default_factory=lambda: list(DEFAULT_OPERATIONS),
         description="Run operations (comma list) kept as the operation label; others: other.",
     )
-    metric_projects: Annotated[list[str], NoDecode] = Field(
+    metric_projects: LabelList = Field(
         default_factory=list,
         description="Projects (comma list) kept as the coverage project label; empty: every "
         "named project is other.",
     )
-    metric_models: Annotated[list[str], NoDecode] = Field(
+    metric_models: LabelList = Field(
         default_factory=list,
         description="Model names (comma list) kept as the model label besides the price table's.",
     )
@@ -110,26 +117,26 @@ class Settings(BaseSettings):
         "on the HTTP port (SO_REUSEPORT): one event loop uses one core, and the gateway's "
         "relay is CPU-bound at a few hundred calls per second.",
     )
-    worker_heartbeat_timeout: float = 10.0
-    worker_dequeue_timeout: float = 5.0
+    worker_heartbeat_timeout: Duration = 10.0
+    worker_dequeue_timeout: Duration = 5.0
     worker_poll_interval: float = Field(
         default=0.02,
         ge=0.001,
         le=5.0,
         description="Re-poll delay when work arrived during a dispatch (seconds).",
     )
-    drain_timeout: float = 30.0
+    drain_timeout: Duration = 30.0
     max_attempts: int = Field(default=3, ge=1, le=100)
 
     provider: Literal["auto", "anthropic", "openai", "simulated"] = "auto"
     anthropic_base_url: str | None = None
     openai_base_url: str | None = None
     openai_api_key: SecretStr | None = None
-    provider_timeout: float = 600.0
+    provider_timeout: Duration = 600.0
     pricing_overrides: dict[str, dict[str, Any]] = Field(default_factory=dict)
     default_model: str | None = None
     default_agent_type: str = "coder"
-    run_timeout: float = 3600.0
+    run_timeout: Duration = 3600.0
     max_turns: int = Field(default=50, ge=1, le=10_000)
 
     retry_schedule: list[float] = Field(
@@ -138,10 +145,10 @@ class Settings(BaseSettings):
         description="Seconds before retry 1, 2, 3, ... (the guide's schedule); the last repeats.",
     )
     retry_max_attempts: int = Field(default=5, ge=1, le=100)
-    retry_budget: float = 120.0
+    retry_budget: Duration = 120.0
     breaker_failure_threshold: int = Field(default=5, ge=1, le=10_000)
-    breaker_open_for: float = 60.0
-    breaker_window: float = 30.0
+    breaker_open_for: Duration = 60.0
+    breaker_window: Duration = 30.0
     provider_requests_per_minute: float | None = Field(default=None, gt=0)
     provider_tokens_per_minute: float | None = Field(default=None, gt=0)
     provider_input_tokens_per_minute: float | None = Field(default=None, gt=0)
@@ -155,13 +162,13 @@ class Settings(BaseSettings):
     context_fallbacks: dict[str, list[str]] = Field(default_factory=dict)
 
     health_monitor_enabled: bool = True
-    health_check_interval: float = 10.0
-    health_leader_retry: float = 5.0
+    health_check_interval: Duration = 10.0
+    health_leader_retry: Duration = 5.0
     health_leader_backend: Literal["postgres", "kubernetes"] = "postgres"
-    health_lease_duration: float = 15.0
+    health_lease_duration: Duration = 15.0
     kubernetes_api_url: str | None = None
     kubernetes_namespace: str | None = None
-    health_provider_window: float = 300.0
+    health_provider_window: Duration = 300.0
     health_provider_max_error_rate: float = Field(default=0.5, gt=0, le=1)
     health_min_free_bytes: int = Field(default=1024**3, ge=0)
     health_min_free_ratio: float = Field(default=0.05, ge=0, lt=1)
@@ -176,13 +183,13 @@ class Settings(BaseSettings):
     notify_smtp_host: str | None = None
     notify_smtp_port: int = Field(default=25, ge=1, le=65535)
     notify_smtp_from: str = "quarterdeck@localhost"
-    notify_smtp_to: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    notify_smtp_to: StrList = Field(default_factory=list)
     notify_smtp_username: str | None = None
     notify_smtp_password: SecretStr | None = None
     notify_smtp_starttls: bool = False
     notify_min_severity: Literal["info", "low", "medium", "high", "critical"] = "medium"
     notify_pagerduty_min_severity: Literal["info", "low", "medium", "high", "critical"] = "high"
-    notify_escalate_after_s: float = 14400.0
+    notify_escalate_after_s: Duration = 14400.0
     notify_rate_limits: dict[str, float] = Field(default_factory=dict)
     notify_max_attempts: int = Field(default=3, ge=1, le=20)
 
@@ -190,7 +197,7 @@ class Settings(BaseSettings):
         default_factory=dict, description="Extra or overriding agent types (YAML)."
     )
     workspace_retention: Literal["keep", "delete_succeeded", "delete"] = "keep"
-    command_timeout: float = 120.0
+    command_timeout: Duration = 120.0
     tool_output_limit: int = Field(default=30_000, ge=1_000, le=10_000_000)
     sandbox_network: bool = Field(
         default=False,
@@ -206,13 +213,13 @@ class Settings(BaseSettings):
     sandbox_tmp_limit: int = Field(
         default=256 * 1024**2, ge=1024**2, description="Size of bwrap's private /tmp (memory)."
     )
-    http_fetch_allowlist: Annotated[list[str], NoDecode] = Field(default_factory=list)
-    egress_allowed_hosts: Annotated[list[str], NoDecode] = Field(
+    http_fetch_allowlist: StrList = Field(default_factory=list)
+    egress_allowed_hosts: HostList = Field(
         default_factory=list,
         description="Hosts (comma list of names or globs) commands of agent types with "
         "network: egress may reach through the egress proxy; empty: none.",
     )
-    workspace_roots: Annotated[list[Path], NoDecode] = Field(
+    workspace_roots: PathList = Field(
         default_factory=list,
         description="Server directories admins may seed workspaces from (path, local git); "
         "empty: none.",
@@ -237,12 +244,12 @@ class Settings(BaseSettings):
         description="Compressed bytes one turn's workspace change may add; past it the run "
         "fails (workspace_checkpoint_too_large).",
     )
-    git_allowed_hosts: Annotated[list[str], NoDecode] = Field(
+    git_allowed_hosts: StrList = Field(
         default_factory=lambda: ["github.com", "gitlab.com", "bitbucket.org"],
         description="Hosts https git workspaces may be cloned from; empty: any public host.",
     )
 
-    simulated_latency: str = Field(default="0", description="0, 2s, or lognormal:1.5s:0.6")
+    simulated_latency: LatencySpec = Field(default="0", description="0, 2s, or lognormal:1.5s:0.6")
     simulated_error_rate: float = Field(default=0.0, ge=0.0, le=1.0)
     simulated_turns: int = Field(
         default=0, ge=0, le=1000, description="Turns per simulated run; 0 lets the script choose."
@@ -257,22 +264,22 @@ class Settings(BaseSettings):
     audit_master_key: SecretStr | None = None
     audit_master_key_file: Path | None = None
     audit_signing_key_file: Path | None = None
-    audit_checkpoint_interval: float = 60.0
-    audit_retention: float = 7 * 31_536_000.0
+    audit_checkpoint_interval: Duration = 60.0
+    audit_retention: Duration = 7 * 31_536_000.0
     run_retention_days: float = Field(
         default=90.0, gt=0, description="Finished runs older than this are purged (tenants/)."
     )
-    run_purge_interval: float = 3600.0
-    audit_purge_interval: float = 86_400.0
-    audit_verify_interval: float = 86_400.0
+    run_purge_interval: Duration = 3600.0
+    audit_purge_interval: Duration = 86_400.0
+    audit_verify_interval: Duration = 86_400.0
     maintenance_enabled: bool = Field(
         default=True, description="Scheduled run-data purge, audit purge and full verification."
     )
-    tenant_erase_wait: float = 60.0
+    tenant_erase_wait: Duration = 60.0
     policy_rules_file: Path | None = None
     policy_egress_mode: Literal["blocklist", "allowlist"] = "blocklist"
-    policy_egress_allowlist: Annotated[list[str], NoDecode] = Field(default_factory=list)
-    policy_approval_timeout: float = 3600.0
+    policy_egress_allowlist: StrList = Field(default_factory=list)
+    policy_approval_timeout: Duration = 3600.0
 
     # The Anthropic-compatible gateway (POST /v1/messages and friends on the API port).
     gateway_enabled: bool = True
@@ -291,7 +298,7 @@ class Settings(BaseSettings):
     gateway_max_retries: int = Field(
         default=1, ge=0, le=2, description="Retries before the first byte reaches the client."
     )
-    gateway_retry_after_cap: float = Field(
+    gateway_retry_after_cap: Duration = Field(
         default=10.0, gt=0, description="Longest upstream retry-after the gateway waits out."
     )
     gateway_fallback: bool = Field(
@@ -307,8 +314,8 @@ class Settings(BaseSettings):
         default=False,
         description="Admit a call when the budget check cannot finish in time (default: refuse).",
     )
-    gateway_budget_timeout: float = 2.0
-    gateway_hold_ttl: float = 900.0
+    gateway_budget_timeout: Duration = 2.0
+    gateway_hold_ttl: Duration = 900.0
     gateway_key_tokens_per_minute: float | None = Field(default=None, gt=0)
     gateway_secrets: Literal["flag", "redact", "refuse"] = "flag"
     gateway_drain_on_disconnect: bool = Field(
@@ -316,119 +323,6 @@ class Settings(BaseSettings):
         description="Keep reading an upstream stream its client left, to bill it exactly.",
     )
     gateway_max_drains: int = Field(default=64, ge=0, le=100_000)
-
-    @field_validator(
-        "worker_heartbeat_timeout",
-        "worker_dequeue_timeout",
-        "drain_timeout",
-        "run_timeout",
-        "provider_timeout",
-        "command_timeout",
-        "retry_budget",
-        "breaker_open_for",
-        "breaker_window",
-        "notify_escalate_after_s",
-        "health_check_interval",
-        "health_leader_retry",
-        "health_lease_duration",
-        "health_provider_window",
-        "audit_checkpoint_interval",
-        "audit_retention",
-        "run_purge_interval",
-        "audit_purge_interval",
-        "audit_verify_interval",
-        "tenant_erase_wait",
-        "policy_approval_timeout",
-        "gateway_retry_after_cap",
-        "gateway_budget_timeout",
-        "gateway_hold_ttl",
-        mode="before",
-    )
-    @classmethod
-    def _duration(cls, value: Any) -> float:
-        seconds = parse_duration(value)
-        if seconds <= 0:
-            raise ValueError("must be greater than zero")
-        return seconds
-
-    @field_validator("simulated_latency", mode="before")
-    @classmethod
-    def _latency(cls, value: Any) -> str:
-        parse_latency(str(value))
-        return str(value)
-
-    @field_validator("postgres_url")
-    @classmethod
-    def _pg_url(cls, value: SecretStr | None) -> SecretStr | None:
-        if value is not None and not value.get_secret_value().startswith(
-            ("postgres://", "postgresql://")
-        ):
-            raise ValueError("must start with postgresql:// (or postgres://)")
-        return value
-
-    @field_validator("redis_url")
-    @classmethod
-    def _redis_url(cls, value: SecretStr | None) -> SecretStr | None:
-        if value is not None and not value.get_secret_value().startswith(
-            ("redis://", "rediss://", "unix://")
-        ):
-            raise ValueError("must start with redis://, rediss:// or unix://")
-        return value
-
-    @field_validator(
-        "workspace_roots",
-        "git_allowed_hosts",
-        "http_fetch_allowlist",
-        "notify_smtp_to",
-        "policy_egress_allowlist",
-        mode="before",
-    )
-    @classmethod
-    def _plain_list(cls, value: Any) -> Any:
-        """A list from the environment as ``a, b`` or as JSON (``["a", "b"]``)."""
-        return comma_or_json_list(value)
-
-    @field_validator("egress_allowed_hosts", mode="before")
-    @classmethod
-    def _host_list(cls, value: Any) -> Any:
-        """``a.example, *.b.example`` from the environment; a list from YAML or overrides."""
-        if isinstance(value, str):
-            value = [h.strip() for h in value.split(",") if h.strip()]
-        if isinstance(value, list):
-            for host in value:
-                if not isinstance(host, str) or not host.strip() or any(c in host for c in " /@"):
-                    raise ValueError(f"{host!r} is not a host name or glob")
-        return value
-
-    @field_validator("metric_operations", "metric_projects", "metric_models", mode="before")
-    @classmethod
-    def _label_list(cls, value: Any) -> Any:
-        """``task, review`` from the environment; a list from YAML or overrides. Each must be a
-        value Prometheus label sets can hold as is (1-64 of letters, digits, ``_.:-``)."""
-        if isinstance(value, str):
-            value = [v.strip() for v in value.split(",") if v.strip()]
-        if isinstance(value, list):
-            for item in value:
-                if not isinstance(item, str) or not LABEL_VALUE.match(item):
-                    raise ValueError(
-                        f"{item!r} is not a label value (1-64 of letters, digits, _ . : -)"
-                    )
-        return value
-
-    @field_validator("redis_password")
-    @classmethod
-    def _redis_password(cls, value: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
-        if value is None:
-            return value
-        url = info.data.get("redis_url")
-        if url is None:
-            if "redis_url" in info.data:  # absent from data: REDIS_URL itself was invalid
-                raise ValueError("set REDIS_URL too (the password is added to it)")
-            return value
-        parsed = urlsplit(url.get_secret_value())
-        if parsed.password or "password=" in parsed.query:
-            raise ValueError("REDIS_URL already carries a password: set one or the other")
-        return value
 
     @model_validator(mode="after")
     def _deprecated_names(self) -> Settings:

@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from quarterdeck.incidents.models import Severity
 from quarterdeck.resilience.breaker import Breakers, CircuitStatus
-from quarterdeck.runs.store import PostgresRunStore, RunStore
+from quarterdeck.runs.store import PostgresRunStore
+from quarterdeck.runs.store_protocol import RunStore
 from quarterdeck.store.pool import Database
 
 ANTHROPIC_API = "anthropic_api"

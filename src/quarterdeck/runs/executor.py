@@ -35,7 +35,7 @@ from quarterdeck.resilience.calls import CallResult, CostFn, ResilientCaller
 from quarterdeck.runs.fencing import discarded_call
 from quarterdeck.runs.models import Run, RunStatus
 from quarterdeck.runs.precall import CallGuard, Reserver
-from quarterdeck.runs.store import RunStore, TurnRecord
+from quarterdeck.runs.store_protocol import RunStore, TurnRecord
 from quarterdeck.runs.workspace_state import (
     CheckpointTooLarge,
     RestoreFailed,

@@ -5,38 +5,20 @@ logic run against it in unit tests without Postgres, and a parity test runs one 
 both stores. It keeps a tiny job queue of its own (``jobs``, ``next_job``) standing in for
 pgqueuer, so requeues and cancels can be observed. Every status change goes through
 :func:`quarterdeck.runs.transitions.check`, so a rule the SQL guards would refuse is refused here
-too; not for production (no durability, one process).
+too; not for production (no durability, one process). Its tables and their primitives are
+:mod:`.memory_tables`; the repair, cancel and erasure half is :mod:`.memory_repair`.
 """
 
 from __future__ import annotations
 
-import itertools
-import time
-from collections.abc import Callable, Collection
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from decimal import Decimal
 from typing import Any
 
-from quarterdeck.exceptions import NotFound
 from quarterdeck.runs import transitions
 from quarterdeck.runs.fencing import DISCARDED_CALL, fenced, holds
+from quarterdeck.runs.memory_repair import MemoryRepairs
+from quarterdeck.runs.memory_tables import MemoryRow
 from quarterdeck.runs.models import Run, RunEvent, RunFilter, RunStatus
-from quarterdeck.runs.store import (
-    CANCELLED_BEFORE_START,
-    ORPHAN_REASON,
-    Erased,
-    Finish,
-    KeyTaken,
-    QueueStats,
-    Requeue,
-    TurnRecord,
-    check_requeue,
-    lapsed_reason,
-    still_running,
-    timeout_error,
-)
-from quarterdeck.runs.workspace_memory import InMemoryWorkspaces
+from quarterdeck.runs.store_protocol import Finish, KeyTaken, QueueStats, TurnRecord
 from quarterdeck.runs.workspace_state import WorkspaceDelta, WorkspaceState
 
 _INSERTED = (
@@ -51,69 +33,8 @@ _FRESH: dict[str, Any] = {
 """What the ``runs`` table's defaults give a new row."""
 
 
-@dataclass
-class _Row:
-    """A run and what the ``runs`` table keeps beside the :class:`Run` model."""
-
-    run: Run
-    job_id: int | None = None
-    worker_id: str | None = None
-    heartbeat: float | None = None
-    cancel_requested: bool = False
-    request_hash: str | None = None
-    diff: str | None = None
-    archive: bytes | None = None
-    cost: Decimal = Decimal(0)
-    cost_known: bool = True
-    checkpoints: dict[int, list[Any]] = field(default_factory=dict)
-
-
-class InMemoryRunStore:
+class InMemoryRunStore(MemoryRepairs):
     """:class:`~quarterdeck.runs.store.RunStore` in plain dicts; ``clock`` is seconds (time)."""
-
-    def __init__(self, *, clock: Callable[[], float] = time.time) -> None:
-        self.clock = clock
-        self.rows: dict[str, _Row] = {}
-        self.timeline: list[RunEvent] = []
-        self.jobs: dict[int, str] = {}  # pending job id -> run id, oldest first
-        self.cancelled_jobs: list[int] = []
-        self._ids = itertools.count(1)
-        self._job_ids = itertools.count(1)
-        self.workspaces = InMemoryWorkspaces()
-        self.settled_holds: list[str] = []  # budget holds save_turn deleted (settled or fenced)
-
-    # -- helpers tests use --------------------------------------------------------------------
-    def next_job(self) -> tuple[int, str] | None:
-        """Dequeue the oldest job, as pgqueuer would: (job id, run id)."""
-        for job_id in self.jobs:
-            return job_id, self.jobs.pop(job_id)
-        return None
-
-    def lose_job(self, run_id: str) -> None:
-        """Simulate a job that vanished (the case orphan repair exists for)."""
-        self.jobs = {j: r for j, r in self.jobs.items() if r != run_id}
-
-    # -- internals ----------------------------------------------------------------------------
-    def _now(self) -> datetime:
-        return datetime.fromtimestamp(self.clock(), UTC)
-
-    def _event(
-        self, run_id: str, type_: str, data: dict[str, Any], turn: int | None = None
-    ) -> None:
-        self.timeline.append(
-            RunEvent(
-                id=next(self._ids), run_id=run_id, ts=self._now(), type=type_, turn=turn, data=data
-            )
-        )
-
-    def _enqueue(self, run_id: str) -> int:
-        job_id = next(self._job_ids)
-        self.jobs[job_id] = run_id
-        return job_id
-
-    def _move(self, row: _Row, target: RunStatus, **changes: Any) -> None:
-        transitions.check(row.run.status, target)
-        row.run = row.run.model_copy(update={"status": target, **changes})
 
     # -- submission ---------------------------------------------------------------------------
     async def create(self, items: list[tuple[dict[str, Any], bytes | None]]) -> list[Run]:
@@ -139,7 +60,7 @@ class InMemoryRunStore:
             created_at=self._now(),
             cost_usd=0.0,
         )
-        self.rows[run.id] = _Row(
+        self.rows[run.id] = MemoryRow(
             run, job_id=row["job_id"], request_hash=row["request_hash"], archive=archive
         )
         self._event(run.id, "status", {"status": "queued"})
@@ -206,29 +127,6 @@ class InMemoryRunStore:
                 return dict(e.data["message"])
         return None
 
-    def _stale(self, row: _Row, stale_after_s: float) -> bool:
-        return row.heartbeat is None or row.heartbeat < self.clock() - stale_after_s
-
-    async def lapsed(self, stale_after_s: float, limit: int = 100) -> list[str]:
-        return sorted(
-            r.run.id
-            for r in self.rows.values()
-            if r.run.status is RunStatus.running and self._stale(r, stale_after_s)
-        )[:limit]
-
-    async def overdue(
-        self, default_timeout_s: float, grace_s: float, limit: int = 100
-    ) -> list[str]:
-        now = self.clock()
-        return sorted(
-            r.run.id
-            for r in self.rows.values()
-            if r.run.status is RunStatus.running
-            and r.run.started_at is not None
-            and r.run.started_at.timestamp()
-            < now - float(r.run.params.get("timeout_s") or default_timeout_s) - grace_s
-        )[:limit]
-
     async def stats(self) -> QueueStats:
         queued: dict[str, int] = {}
         states: dict[str, int] = {}
@@ -262,7 +160,7 @@ class InMemoryRunStore:
         self._event(run_id, "status", data)
         return row.run, attempts == 1
 
-    def _fence(self, run_id: str, epoch: int) -> _Row:
+    def _fence(self, run_id: str, epoch: int) -> MemoryRow:
         """The run's row if attempt ``epoch`` holds it; else ``Fenced`` (the Postgres guard)."""
         row = self.rows.get(run_id)
         if row is None or not holds(row.run.status, row.run.attempts, epoch):
@@ -391,129 +289,6 @@ class InMemoryRunStore:
             }
         )
         self._event(run_id, "result", event)
-
-    # -- repair and cancel --------------------------------------------------------------------
-    async def requeue(
-        self, items: list[Requeue], *, expect: frozenset[RunStatus] | None = None
-    ) -> list[str]:
-        accepted = check_requeue(expect)
-        moved = []
-        for item in items:
-            if item.drop_job is not None:
-                self.jobs.pop(item.drop_job, None)
-            row = self.rows.get(item.run_id)
-            if row is None or row.run.status not in accepted:
-                continue
-            if item.epoch is not None and row.run.attempts != item.epoch:
-                continue  # fenced: another attempt holds the run now
-            self._move(row, RunStatus.queued)
-            row.job_id, row.worker_id, row.heartbeat = (
-                self._enqueue(item.run_id),
-                None,
-                self.clock(),
-            )
-            self._event(item.run_id, "status", item.event())
-            moved.append(item.run_id)
-        return moved
-
-    async def requeue_orphans(self, stale_after_s: float) -> list[str]:
-        orphans = sorted(
-            r.run.id
-            for r in self.rows.values()
-            if r.run.status in transitions.REQUEUEABLE
-            and (r.heartbeat or r.run.created_at.timestamp()) < self.clock() - stale_after_s
-            and r.job_id not in self.jobs
-        )[:500]
-        return await self.requeue([Requeue(r, ORPHAN_REASON) for r in orphans])
-
-    async def requeue_lapsed(self, stale_after_s: float, limit: int = 500) -> list[str]:
-        reason = lapsed_reason(stale_after_s)
-        lapsed = await self.lapsed(stale_after_s, limit)
-        items = [Requeue(r, reason, drop_job=self.rows[r].job_id) for r in lapsed]
-        return await self.requeue(items, expect=frozenset({RunStatus.running}))
-
-    async def cancel(self, run_id: str, tenant: str | None) -> Run | None:
-        run = await self.get(run_id, tenant)
-        if run is None:
-            raise NotFound(f"run {run_id} not found")
-        if run.status.terminal:
-            raise transitions.IllegalTransition(f"run {run_id} is already {run.status.value}")
-        row = self.rows[run_id]
-        finished = None
-        if run.status is RunStatus.queued:
-            finished = await self.finish(
-                Finish(run_id, RunStatus.cancelled, error=CANCELLED_BEFORE_START)
-            )
-        else:
-            row.cancel_requested = True
-            self._event(run_id, "cancel_requested", {})
-        self._cancel_job(row.job_id)
-        return finished
-
-    def _cancel_job(self, job_id: int | None) -> None:
-        if job_id is not None:
-            self.jobs.pop(job_id, None)
-            self.cancelled_jobs.append(job_id)
-
-    async def time_out(self, run_ids: list[str], default_timeout_s: float) -> list[str]:
-        ended = []
-        for run_id in run_ids:
-            row = self.rows.get(run_id)
-            if row is None:
-                continue
-            running, row.cancel_requested = row.run.status is RunStatus.running, True
-            error = timeout_error(float(row.run.params.get("timeout_s") or default_timeout_s))
-            event = {"error_type": "timeout", "by": "health_monitor"}
-            if await self.finish(Finish(run_id, RunStatus.timed_out, error=error, event=event)):
-                self._cancel_job(row.job_id if running else None)
-                ended.append(run_id)
-        return ended
-
-    # -- erasure and retention ----------------------------------------------------------------
-    async def erase_tenant(self, tenant: str) -> Erased:
-        ids = sorted(r.run.id for r in self.rows.values() if r.run.tenant == tenant)
-        running = [i for i in ids if self.rows[i].run.status is RunStatus.running]
-        if running:
-            raise still_running(tenant, running)
-        self.jobs = {j: r for j, r in self.jobs.items() if r not in set(ids)}
-        return self._delete(ids)
-
-    async def purge_finished(
-        self, before: datetime, tenant: str | None = None, *, exclude: Collection[str] = ()
-    ) -> Erased:
-        rows = sorted(
-            (r.run for r in self.rows.values()),
-            key=lambda run: (run.finished_at or before, run.id),
-        )
-        return self._delete(
-            [
-                run.id
-                for run in rows
-                if run.status.terminal
-                and run.finished_at is not None
-                and run.finished_at < before
-                and (run.tenant == tenant if tenant is not None else run.tenant not in exclude)
-            ]
-        )
-
-    def _delete(self, ids: list[str]) -> Erased:
-        """Drop runs with what the Postgres tables keep beside them, counted the same way."""
-        if not ids:
-            return Erased()
-        gone = set(ids)
-        events = sum(1 for e in self.timeline if e.run_id in gone)
-        turns = sum(len(self.rows[i].checkpoints) for i in ids)
-        archives = sum(1 for i in ids if self.rows[i].archive is not None)
-        by_tenant: dict[str, int] = {}
-        for run_id in ids:
-            owner = self.rows[run_id].run.tenant
-            by_tenant[owner] = by_tenant.get(owner, 0) + 1
-        self.timeline = [e for e in self.timeline if e.run_id not in gone]
-        for run_id in ids:
-            del self.rows[run_id]
-        counts = {"run_events": events, "run_turns": turns, "run_archives": archives}
-        counts.update(self.workspaces.delete(ids, set(by_tenant)))
-        return Erased(tuple(ids), {**counts, "runs": len(ids)}, by_tenant)
 
     async def aclose(self) -> None:
         return None

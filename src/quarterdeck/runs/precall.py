@@ -6,8 +6,8 @@ call's worst case with the gateway's own machinery (:class:`~quarterdeck.budgets
 BudgetHolds`: one server-side function that locks the tenant, key and run budget rows and admits
 the hold only if spend (``run_turns``, the gateway's calls) plus live holds plus this amount stay
 within every limit, the run's own ``runs.budget_usd`` included). The hold rides on the turn's
-:class:`~.repository.TurnRecord` and the statement that records the metered cost deletes it, so
-spend + holds only ever steps down to the truth; a call that fails, is cancelled or is fenced
+:class:`~.attempt_repository.TurnRecord` and the statement that records the metered cost deletes
+it, so spend + holds only ever steps down to the truth; a call that fails, is cancelled or is fenced
 releases it (:meth:`CallGuard.release`).
 
 Fencing. Then the attempt is confirmed (:meth:`RunStore.check_attempt`, one primary-key read):
@@ -31,7 +31,7 @@ import structlog
 from quarterdeck.providers.types import ModelRequest, Usage
 from quarterdeck.resilience.calls import CostFn
 from quarterdeck.runs.models import Run
-from quarterdeck.runs.store import RunStore
+from quarterdeck.runs.store_protocol import RunStore
 
 log = structlog.get_logger(__name__)
 

@@ -3,8 +3,8 @@
 The repair selections lock what they return (an advisory lock, ``FOR UPDATE``) so that the
 requeue that follows in the same transaction is the only one; they change nothing themselves.
 
-The write half is :mod:`quarterdeck.runs.repository`, the only module that changes runs and their
-events. Functions take an open connection so the store chooses the transaction.
+The write half is :mod:`.repository` and :mod:`.attempt_repository`, the only modules that change
+runs and their events. Functions take an open connection so the store chooses the transaction.
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ from quarterdeck.exceptions import NotFound, Unavailable
 from quarterdeck.runs.events import RunEventHub
 from quarterdeck.runs.models import Run, RunCreate, RunEvent, RunFilter, RunPage
 from quarterdeck.runs.sources import ServerSourceForbidden, SourceRefused, check_workspace
-from quarterdeck.runs.store import RunStore
+from quarterdeck.runs.store_protocol import RunStore
 from quarterdeck.runs.submission import DEFAULT_TENANT, AgentTypes, Submissions
 from quarterdeck.runs.worker import record_outcome
 from quarterdeck.security.trail import AuditTrail, RequestContext

@@ -24,7 +24,7 @@ from quarterdeck.exceptions import (
 from quarterdeck.kit.coalesce import Coalescer
 from quarterdeck.kit.ids import new_id
 from quarterdeck.runs.models import Run, RunCreate
-from quarterdeck.runs.store import KeyTaken, RunStore
+from quarterdeck.runs.store_protocol import KeyTaken, RunStore
 from quarterdeck.security.trail import AuditTrail, RequestContext
 
 DEFAULT_TENANT = "default"

@@ -29,7 +29,7 @@ from quarterdeck.kit.ids import ulid
 from quarterdeck.runs import queue
 from quarterdeck.runs.executor import Outcome, RunExecutor
 from quarterdeck.runs.models import Run, RunStatus
-from quarterdeck.runs.store import Finish, Requeue, RunStore
+from quarterdeck.runs.store_protocol import Finish, Requeue, RunStore
 from quarterdeck.security.trail import AuditTrail
 from quarterdeck.store.pool import connect_once
 

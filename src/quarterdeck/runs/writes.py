@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from quarterdeck.exceptions import StoreError, Unavailable
 from quarterdeck.kit.coalesce import Coalescer
-from quarterdeck.runs import repository as repo
+from quarterdeck.runs import attempt_repository as repo
 from quarterdeck.runs.fencing import fenced
 from quarterdeck.runs.models import Run
 from quarterdeck.store.pool import Database

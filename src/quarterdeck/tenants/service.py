@@ -28,7 +28,7 @@ from quarterdeck.exceptions import InvalidState, NotFound, ValidationFailed
 from quarterdeck.gateway import repository as gateway_repo
 from quarterdeck.incidents import repository as incidents_repo
 from quarterdeck.runs.models import RunFilter, RunStatus
-from quarterdeck.runs.store import Erased, RunStore
+from quarterdeck.runs.store_protocol import Erased, RunStore
 from quarterdeck.runs.transitions import IllegalTransition
 from quarterdeck.security.audit import AuditEvent, AuditLog, EventFilter
 from quarterdeck.security.audit import event_types as et

@@ -73,7 +73,7 @@ typecheck: $(STAMP)
 # Everything, the six chaos scenarios included (about 4 of the minutes); `make test-chaos` runs
 # only those.
 test: deps lint typecheck
-	$(BIN)/pytest -q -p no:cacheprovider tests
+	$(BIN)/pytest -q -p no:cacheprovider --durations=25 tests
 
 test-chaos: deps
 	$(BIN)/pytest -q -p no:cacheprovider -m chaos tests/e2e/test_chaos.py

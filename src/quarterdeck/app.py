@@ -7,13 +7,13 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import structlog
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Receive, Scope, Send
 
-from quarterdeck import __version__
+from quarterdeck import __version__, openapi
 from quarterdeck.agents import api as agents_api
 from quarterdeck.approvals import api as approvals_api
 from quarterdeck.budgets import api as budgets_api
@@ -25,13 +25,17 @@ from quarterdeck.gateway import reports_api as gateway_reports_api
 from quarterdeck.health import api as health_api
 from quarterdeck.health import probes
 from quarterdeck.incidents import api as incidents_api
+from quarterdeck.kit.text import json_syntax_message
 from quarterdeck.kit.wiring import services
 from quarterdeck.runs import api as runs_api
 from quarterdeck.runtime import Runtime
 from quarterdeck.security.audit import api as audit_api
 from quarterdeck.security.auth import api as auth_api
+from quarterdeck.security.auth.body_gate import BodyGate, BodyLimits
 from quarterdeck.security.auth.dependencies import AUTH_REQUIRED_STATE
 from quarterdeck.security.auth.middleware import RateLimitHeaders
+from quarterdeck.security.compliance import api as compliance_api
+from quarterdeck.security.inputs import NulGuard
 from quarterdeck.tenants import api as tenants_api
 
 log = structlog.get_logger(__name__)
@@ -81,6 +85,12 @@ def install_error_handlers(app: FastAPI) -> None:
             return anthropic_error_response(exc)
         errors = []
         for err in exc.errors():
+            if err.get("type") == "json_invalid":  # loc is ("body", offset): name the body
+                loc_ = err.get("loc", ())
+                why = (err.get("ctx") or {}).get("error")
+                message = json_syntax_message(exc.body, loc_[-1] if loc_ else None, why)
+                errors.append({"field": "body", "message": message})
+                continue
             loc = [str(p) for p in err.get("loc", ()) if p not in ("body",)]
             errors.append({"field": ".".join(loc) or "body", "message": err.get("msg", "")})
         detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
@@ -96,8 +106,16 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> Response:
         if is_gateway_path(request.url.path):
-            return anthropic_error_response(exc)
-        return problem(exc.status_code, str(exc.detail), str(exc.detail), instance=request.url.path)
+            response = anthropic_error_response(exc)
+            response.headers.update(exc.headers or {})  # 405's Allow
+            return response
+        return problem(
+            exc.status_code,
+            str(exc.detail),
+            str(exc.detail),
+            headers=exc.headers,  # 405's Allow (RFC 9110)
+            instance=request.url.path,
+        )
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> Response:
@@ -127,6 +145,17 @@ class QuarterdeckAPI(FastAPI):
         await super().__call__(scope, receive, send)
 
 
+def body_limits(settings: Settings) -> BodyLimits:
+    """The largest body each path takes: run submissions carry tar workspaces, the gateway
+    takes what the Messages API takes, every other route far less."""
+    runs = settings.run_max_body_bytes
+    return BodyLimits(
+        default=settings.max_body_bytes,
+        exact={"/v1/runs": runs, "/v1/runs/batch": runs},
+        under=(("/v1/messages", settings.gateway_max_body_bytes),),
+    )
+
+
 def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
     """The app. With ``runtime`` given, its lifecycle belongs to the caller (``quarterdeck up``),
     who starts it first: its services are registered for the routes here. An app that owns its
@@ -150,6 +179,8 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
         version=__version__,
         description="Durable control plane for AI coding agents.",
         lifespan=lifespan,
+        # Every route refuses NUL in its query, path and JSON body (422 naming the field).
+        dependencies=[Depends(NulGuard(skip=is_gateway_path))],
     )
     registry = services(app)
     readiness: probes.Readiness = rt  # before start too: /ready then reports what is missing
@@ -159,6 +190,10 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
     setattr(app.state, AUTH_REQUIRED_STATE, settings.auth_required)  # fail closed if unset
     install_error_handlers(app)
     app.add_middleware(RateLimitHeaders)
+    # Outermost of ours: the key is checked and the body capped before any route reads it.
+    app.add_middleware(
+        BodyGate, limits=body_limits(settings), refuse=app.exception_handlers[QuarterdeckError]
+    )
     app.include_router(probes.router)
     app.include_router(runs_api.router)
     app.include_router(approvals_api.router)
@@ -171,7 +206,9 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
     app.include_router(auth_api.router)
     app.include_router(gateway_reports_api.router)
     app.include_router(tenants_api.router)
+    app.include_router(compliance_api.router_for(settings))
     if settings.gateway_enabled:
         app.include_router(gateway_api.router)
         app.gateway_fast = gateway_api.FastGateway(app)
+    openapi.install(app, settings)  # after every router: it documents and guards them all
     return app

@@ -2,23 +2,21 @@
 
 from __future__ import annotations
 
-import asyncio
+import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.table import Table
 
 from quarterdeck import __version__
 from quarterdeck.approvals.cli import app as approvals_app
 from quarterdeck.chaos.cli import app as chaos_app
-from quarterdeck.config import cli_settings, set_cli_config
 from quarterdeck.exceptions import ConfigError, QuarterdeckError
 from quarterdeck.gateway.cli import app as gateway_app
 from quarterdeck.incidents.cli import app as incidents_app
-from quarterdeck.kit.console import console, err_console, fail, print_json
-from quarterdeck.kit.logs import configure_logging
+from quarterdeck.kit.console import console, err_console, fail, hide_flag_metavars
 from quarterdeck.runs.cli import app as run_app
 from quarterdeck.security.audit.cli import app as audit_app
 from quarterdeck.security.auth.cli import app as keys_app
@@ -26,12 +24,19 @@ from quarterdeck.security.compliance.cli import app as compliance_app
 from quarterdeck.security.policy.cli import app as policy_app
 from quarterdeck.tenants.cli import app as tenants_app
 
+if TYPE_CHECKING:  # settings, logging and asyncio are imported by the commands that use them
+    import asyncio
+
+    from quarterdeck.config import Settings
+    from quarterdeck.kit.logs import LogFormat
+
 app = typer.Typer(
     help="Quarterdeck: a durable control plane for AI coding agents.\n\n"
     'Start everything with `quarterdeck up`, then `quarterdeck run submit "..."`.',
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
+hide_flag_metavars()
 db_app = typer.Typer(help="Database schema management.", no_args_is_help=True)
 app.add_typer(run_app, name="run")
 app.add_typer(db_app, name="db")
@@ -65,24 +70,66 @@ def _root(
         ),
     ] = None,
 ) -> None:
-    set_cli_config(config)
+    # Settings (pydantic-settings, YAML) are loaded only by the commands that need them, so
+    # `quarterdeck version` and `run list` do not pay for them. A process whose settings module
+    # is not loaded yet holds no earlier --config to reset (CliRunner tests run many commands).
+    if config is not None or "quarterdeck.config.loading" in sys.modules:
+        from quarterdeck.config import set_cli_config
+
+        set_cli_config(config)
 
 
-settings = cli_settings
+def settings() -> Settings:
+    """Settings for a command, or exit 2 listing every bad field (:func:`cli_settings`)."""
+    from quarterdeck.config import cli_settings
+
+    return cli_settings()
+
+
+def configure_logging(level: str = "info", fmt: LogFormat = "auto") -> None:
+    """:func:`quarterdeck.kit.logs.configure_logging`, imported (with structlog) only by the
+    commands that log."""
+    from quarterdeck.kit.logs import configure_logging as configure
+
+    configure(level, fmt)
+
+
+# The simulated provider's latency under `quarterdeck up` in development when none is set: with
+# the setting's default, 0, a tour's run ends in ~45 ms, before `run logs --follow` or
+# `run cancel` can show anything. A model call of about a second (a few seconds a run) is what a
+# real one feels like. Tests and benchmarks set QUARTERDECK_SIMULATED_LATENCY themselves.
+DEMO_LATENCY = "lognormal:1s:0.5"
+
+
+def with_demo_latency(s: Settings) -> Settings:
+    """``s`` with :data:`DEMO_LATENCY` when ``up`` runs a simulated, development deployment
+    whose latency nobody set (environment, YAML or secret file). It goes into this process's
+    environment too, so worker children started by ``up`` use it as well."""
+    if (
+        s.provider_name != "simulated"
+        or s.env != "development"
+        or "simulated_latency" in s.model_fields_set
+    ):
+        return s
+    os.environ["QUARTERDECK_SIMULATED_LATENCY"] = DEMO_LATENCY
+    return s.model_copy(update={"simulated_latency": DEMO_LATENCY})
 
 
 def _serve(
-    api: bool, workers: bool, processes: int | None = None, supervised: bool = False
+    api: bool,
+    workers: bool,
+    processes: int | None = None,
+    supervised: bool = False,
+    demo: bool = False,
 ) -> None:
     s = settings()
     if processes is not None:
         s = s.model_copy(update={"worker_processes": processes})
-    configure_logging(s.log_level)
-    if not s.auth_required:
-        err_console.print(
-            "[bold yellow]WARNING:[/] authentication is OFF (development mode): every caller is"
-            " an admin. Set QUARTERDECK_AUTH_ENABLED=true, or use production mode."
-        )
+    if demo:
+        s = with_demo_latency(s)
+    configure_logging(s.log_level, s.log_format)
+    import asyncio
+
     from quarterdeck.server import serve
 
     try:
@@ -124,9 +171,11 @@ def up(processes: ProcessesOption = None) -> None:
     """Run everything: API (:8080), metrics (:9090) and a worker pool, in one process unless
     --worker-processes asks for more.
 
-    With POSTGRES_URL unset, an embedded Postgres is started in the data directory.
+    With POSTGRES_URL unset, an embedded Postgres is started in the data directory. With the
+    simulated provider in development, model calls take about a second
+    (QUARTERDECK_SIMULATED_LATENCY, default here: lognormal:1s:0.5) so runs can be followed.
     """
-    _serve(api=True, workers=True, processes=processes)
+    _serve(api=True, workers=True, processes=processes, demo=True)
 
 
 @app.command()
@@ -149,6 +198,8 @@ def db_upgrade() -> None:
     """Apply pending schema migrations."""
     s = settings()
     configure_logging("warning")
+    import asyncio
+
     from quarterdeck.store import migrations
     from quarterdeck.store.pool import database_url
 
@@ -163,27 +214,35 @@ def db_upgrade() -> None:
 
 
 @app.command()
-def doctor(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
-    """Check the config, Postgres, Redis and the provider key; say what is wrong and how to fix it."""
+def doctor(
+    url: Annotated[
+        str | None, typer.Option("--url", help="API base URL [env: QUARTERDECK_URL]")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
+    preflight: Annotated[
+        bool,
+        typer.Option(
+            "--preflight",
+            help="Check this host before a server starts (config, provider key, Postgres, "
+            "Redis, isolation, ports); do not call a running server.",
+        ),
+    ] = False,
+) -> None:
+    """Check the running server (/health, /ready: Postgres, Redis, migrations, draining; auth;
+    isolation) and this shell's config; say what is wrong and how to fix it. Exit 1 if any
+    check fails (the server not running is one, unless --preflight)."""
     s = settings()
     configure_logging("warning")
     from quarterdeck.agents import sandbox
-    from quarterdeck.monitoring.doctor import run_checks
+    from quarterdeck.monitoring.cli import run_doctor
 
-    sandbox.configure(
-        sandbox.SandboxConfig(s.sandbox_mode, s.workspace_max_bytes, s.sandbox_tmp_limit)
-    )
-    checks = asyncio.run(run_checks(s, isolation=sandbox.isolation_report()))
-    if as_json:
-        print_json([c.__dict__ for c in checks])
-    else:
-        table = Table("check", "status", "detail", "fix")
-        colours = {"ok": "green", "warn": "yellow", "fail": "red"}
-        for c in checks:
-            table.add_row(c.name, f"[{colours[c.status]}]{c.status}[/]", c.detail, c.fix)
-        console.print(table)
-    if any(c.status == "fail" for c in checks):
-        raise typer.Exit(1)
+    def local_isolation() -> dict[str, object]:  # used only when no server answers
+        sandbox.configure(
+            sandbox.SandboxConfig(s.sandbox_mode, s.workspace_max_bytes, s.sandbox_tmp_limit)
+        )
+        return sandbox.isolation_report()
+
+    run_doctor(s, url, as_json, local_isolation, preflight=preflight)
 
 
 @app.command()

@@ -20,9 +20,13 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 import structlog
 import uvicorn
 
+from quarterdeck import __version__
+from quarterdeck.agents.sandbox.report import mode_in_use
 from quarterdeck.app import create_app
 from quarterdeck.config import Settings
 from quarterdeck.health.heartbeat import PROBE_PATHS, LoopHeartbeat, ProcessState, probe_response
+from quarterdeck.kit import banner
+from quarterdeck.kit.logs import wants_console
 from quarterdeck.metrics import REGISTRY, TenantPseudonyms
 from quarterdeck.processes import WorkerProcesses, exit_with_parent
 from quarterdeck.runtime import Runtime
@@ -152,6 +156,60 @@ def _shared_port(settings: Settings) -> socket.socket:
     return sock
 
 
+async def _announce_ready(
+    settings: Settings,
+    workers: bool,
+    server: _Server | None,
+    server_task: asyncio.Task[None] | None,
+) -> None:
+    """Once the API answers (uvicorn ``started``), say so once: a banner on a console, one
+    ``quarterdeck_ready`` event on a JSON log stream (a banner would break its lines)."""
+    if server is not None and server_task is not None:
+        while not server.started and not server_task.done():
+            await asyncio.sleep(0.02)
+        if not server.started:
+            return  # it failed to start; its error is logged
+    info = ready_info(settings, api=server is not None, workers=workers)
+    if wants_console(settings.log_format):
+        from rich.console import Console
+
+        Console(stderr=True).print(banner.render(info))
+    else:
+        log.info("quarterdeck_ready", **info.fields())
+
+
+def ready_info(settings: Settings, *, api: bool, workers: bool) -> banner.ReadyInfo:
+    """The facts of the ready banner, from the settings and the sandbox this process chose."""
+    isolation: str | None = None
+    problem: str | None = None
+    if workers:
+        mode, problem = mode_in_use()
+        isolation = str(mode) if mode is not None else None
+    simulated = settings.provider_name == "simulated"
+    return banner.ReadyInfo(
+        version=__version__,
+        api_url=banner.local_url(settings.http_host, settings.http_port) if api else None,
+        metrics_url=(
+            banner.local_url(settings.http_host, settings.metrics_port) + "/metrics"
+            if settings.metrics_port
+            else None
+        ),
+        provider=settings.provider_name,
+        simulated_latency=str(settings.simulated_latency) if simulated else None,
+        auth=settings.auth_required,
+        isolation=isolation,
+        isolation_problem=problem,
+        postgres=(
+            f"embedded ({settings.data_dir / 'pg'})" if settings.embedded_postgres else "external"
+        ),
+        workers=(
+            f"{settings.worker_processes} process(es) x {settings.worker_concurrency} runs"
+            if workers
+            else None
+        ),
+    )
+
+
 async def serve(
     settings: Settings, *, api: bool = True, workers: bool = True, supervised: bool = False
 ) -> None:
@@ -197,6 +255,8 @@ async def serve(
         provider=settings.provider_name,
         embedded_postgres=settings.embedded_postgres,
     )
+    if not supervised:
+        await _announce_ready(settings, workers, server, server_task)
     waiters: list[asyncio.Future[object]] = [asyncio.ensure_future(stop.wait())]
     if server_task is not None:
         waiters.append(server_task)  # type: ignore[arg-type]

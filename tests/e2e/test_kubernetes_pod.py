@@ -316,7 +316,7 @@ def shipped_pod(
 def test_doctor_in_the_shipped_pod_reports_bubblewrap_and_reads_every_secret_file(
     pod: dict[str, Any], shipped_pod: dict[str, Any]
 ) -> None:
-    argv = as_pod(pod, [str(BIN), "doctor", "--json"], profile=pod["profile"])
+    argv = as_pod(pod, [str(BIN), "doctor", "--preflight", "--json"], profile=pod["profile"])
     done = subprocess.run(
         argv, capture_output=True, text=True, timeout=120, env=shipped_pod["env"], cwd="/tmp"
     )
@@ -468,7 +468,7 @@ def test_the_weak_fallback_starts_on_rlimits_and_says_so(
     path = shipped_pod["tmp"] / "runtime-default-like.json"
     path.write_text(json.dumps(profile))
     path.chmod(0o644)
-    argv = as_pod(pod, [str(BIN), "doctor", "--json"], profile=path, masked=True)
+    argv = as_pod(pod, [str(BIN), "doctor", "--preflight", "--json"], profile=path, masked=True)
     done = subprocess.run(argv, capture_output=True, text=True, timeout=120, env=env, cwd="/tmp")
     assert done.stdout.startswith("["), done.stderr
     checks = {c["name"]: c for c in json.loads(done.stdout)}

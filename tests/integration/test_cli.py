@@ -8,6 +8,7 @@ Postgres runs as its own OS user. Functional checks only: no timing assertions.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -16,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 
 from quarterdeck.kit.ids import new_id
@@ -299,25 +301,56 @@ def test_version_prints_something():
     assert _ok(qd("version", env=_clean_env())).stdout.strip()
 
 
-# -- doctor and db upgrade on a fresh data dir ------------------------------------------------
+# -- doctor, keys --direct and db upgrade ------------------------------------------------------
 
 
-def test_doctor_json_lists_every_check(fresh_env: dict[str, str]):
-    result = qd("doctor", "--json", env=fresh_env)
+def test_doctor_checks_the_running_server_not_its_own_ports(server: Deployment):
+    """Pointed at a live `up`, doctor reports what /health and /ready say, and finds both of the
+    server's ports held by Quarterdeck (the API and its metrics listener): no port warning."""
+    replica = server.procs[0]
+    env = _clean_env(
+        QUARTERDECK_URL=server.url,
+        QUARTERDECK_HTTP_PORT=str(replica.http_port),
+        QUARTERDECK_METRICS_PORT=str(replica.metrics_port),
+    )
+    result = qd("doctor", "--json", env=env)
     checks = json.loads(result.stdout)
     by_name = {c["name"]: c for c in checks}
-    for name in ("config", "data_dir", "postgres", "redis", "provider"):
-        assert name in by_name, by_name
     for check in checks:
         assert check["status"] in {"ok", "warn", "fail"}
         assert set(check) >= {"name", "status", "detail", "fix"}
-    assert by_name["postgres"]["status"] == "ok", by_name["postgres"]
-    assert "embedded" in by_name["postgres"]["detail"]
-    assert by_name["data_dir"]["status"] == "ok"
-    assert by_name["redis"]["status"] == "ok"  # not configured is fine
+    for name in ("config", "server", "ready", "migrations", "draining", "postgres", "redis"):
+        assert by_name[name]["status"] == "ok", by_name[name]
     assert by_name["provider"]["status"] == "warn"  # simulated
-    assert by_name["migrations"]["status"] == "warn"  # nothing applied yet
+    assert "http_port" not in by_name and "metrics_port" not in by_name
     assert result.returncode == 0, result.stderr
+
+
+def test_doctor_without_a_server_says_so_and_creates_nothing(fresh_env: dict[str, str]):
+    result = qd("doctor", "--json", env=fresh_env)
+    by_name = {c["name"]: c for c in json.loads(result.stdout)}
+    assert by_name["server"]["status"] == "fail"
+    assert "not running" in by_name["server"]["detail"]
+    assert by_name["data_dir"]["status"] == "ok"
+    assert "embedded" in by_name["postgres"]["detail"]
+    assert result.returncode == 1
+    assert not Path(fresh_env["QUARTERDECK_DATA_DIR"]).exists()  # no embedded Postgres started
+
+
+def test_the_first_admin_key_is_made_direct_where_the_data_dir_is(server: Deployment):
+    env = _clean_env(QUARTERDECK_DATA_DIR=str(server.data_dir))
+    args = ("keys", "create", "--direct", "--name", "first-admin", "--role", "admin")
+    created = json.loads(_ok(qd(*args, "--tenant", "*", "--json", env=env)).stdout)
+    assert created["role"] == "admin" and created["api_key"]
+
+    async def stored() -> str | None:  # in the server's own database, not a new one
+        conn = await asyncpg.connect(server.database_url())
+        try:
+            return await conn.fetchval("SELECT role FROM api_keys WHERE id = $1", created["id"])
+        finally:
+            await conn.close()
+
+    assert asyncio.run(stored()) == "admin"
 
 
 def test_db_upgrade_applies_then_reports_current(fresh_env: dict[str, str]):
@@ -325,8 +358,6 @@ def test_db_upgrade_applies_then_reports_current(fresh_env: dict[str, str]):
     assert "applied migrations" in first.stdout
     second = _ok(qd("db", "upgrade", env=fresh_env))
     assert "schema is current" in second.stdout
-    doctor = json.loads(qd("doctor", "--json", env=fresh_env).stdout)
-    assert {c["name"]: c["status"] for c in doctor}["migrations"] == "ok"
 
 
 # -- bad settings and unreachable servers -----------------------------------------------------

@@ -110,6 +110,7 @@ def test_error_rate_alert_goes_pending_then_firing(tmp_path: Path) -> None:
             "QUARTERDECK_METRICS_TOKEN": TOKEN,
             "QUARTERDECK_SIMULATED_ERROR_RATE": ERROR_RATE,
             "QUARTERDECK_SIMULATED_TURNS": "1",
+            "QUARTERDECK_SIMULATED_LATENCY": "0",  # not `up`'s demo latency
             # One attempt per call: a failing run fails at once instead of after the guide's
             # 1+2+4+8 s of retries, so the error ratio builds in seconds (this test is about the
             # alert pipeline, not retries).

@@ -138,14 +138,29 @@ async def test_provider_errors_are_retried_and_counted(make_settings):
         return total
 
     before = errors()
-    rt = Runtime(make_settings(simulated_error_rate=0.5, simulated_turns=2))
+    # The guide's 1/5/15/30 s schedule and 60 s breaker are the defaults (unit-tested on their
+    # own, with a fake clock); short ones of the same shape keep this test about retries, not
+    # about waiting (73 s -> ~5 s).
+    rt = Runtime(
+        make_settings(
+            simulated_error_rate=0.6,
+            simulated_turns=2,
+            retry_schedule=[0.05, 0.25, 0.75, 1.5],
+            breaker_open_for=1.0,
+        )
+    )
     await rt.start()
     try:
-        # Retries use the guide's 1/5/15/30 s schedule, so give them room.
         runs = [(await rt.runs.submit(RunCreate(prompt=f"flaky {i}")))[0] for i in range(4)]
         finals = [await rt.runs.wait(r.id, 120) for r in runs]
         assert all(f.status.terminal for f in finals)
-        assert errors() > before
+        events = [e for f in finals for e in await rt.runs.events(f.id)]
+        turns = [e.data for e in events if e.type == "turn"]
+        retried = sum(t["attempts"] - 1 for t in turns)
+        seen = [(f.status, f.error, f.turns) for f in finals]
+        assert retried > 0, f"no call was retried: {seen}"
+        # Attempts include waits on an open breaker, which are not provider errors.
+        assert errors() > before, (errors(), before, retried, seen)
     finally:
         await rt.stop()
 

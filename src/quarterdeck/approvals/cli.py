@@ -7,7 +7,15 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from quarterdeck.kit.console import Api, JsonOpt, UrlOpt, console, print_json
+from quarterdeck.kit.console import (
+    Api,
+    JsonOpt,
+    UrlOpt,
+    console,
+    print_empty,
+    print_json,
+    safe_text,
+)
 
 app = typer.Typer(
     help="Tool calls held by the policy gate (require_approval): list, approve, reject.\n\n"
@@ -20,7 +28,7 @@ NoteOpt = Annotated[str | None, typer.Option("--note", help="Why; kept with the 
 @app.command("list")
 def list_approvals(
     status: Annotated[
-        str, typer.Option(help="pending, approved, rejected or expired.")
+        str, typer.Option(help="pending, approved, rejected, expired or cancelled.")
     ] = "pending",
     url: UrlOpt = None,
     as_json: JsonOpt = False,
@@ -30,10 +38,18 @@ def list_approvals(
     if as_json:
         print_json(items)
         return
+    if not items:
+        print_empty(
+            f"No {status} approvals. Tool calls a policy rule holds for a person show here."
+        )
+        return
     table = Table("id", "run", "tool", "rule", "severity", "status", "reason")
     for a in items:
         table.add_row(
-            a["id"], a["run_id"], a["tool"], a["rule_id"], a["severity"], a["status"], a["reason"]
+            *(
+                safe_text(a.get(k) or "")
+                for k in ("id", "run_id", "tool", "rule_id", "severity", "status", "reason")
+            )
         )
     console.print(table)
 

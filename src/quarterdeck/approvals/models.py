@@ -7,7 +7,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-ApprovalStatus = Literal["pending", "approved", "rejected", "expired"]
+ApprovalStatus = Literal["pending", "approved", "rejected", "expired", "cancelled"]
+"""``cancelled``: the run ended while the request was pending (nobody can act on it any more)."""
 
 
 class Approval(BaseModel):

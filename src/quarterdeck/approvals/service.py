@@ -5,6 +5,11 @@ measurable: approvals are rare) until an operator approves or rejects the call t
 or CLI, the run is cancelled, or ``QUARTERDECK_POLICY_APPROVAL_TIMEOUT`` passes (then the call is
 rejected as expired). The request is keyed by the tool call, so a run resumed on another worker
 waits on the same request rather than asking twice.
+
+A request still pending when its run ends (cancelled, failed, timed out: any terminal status)
+becomes ``cancelled`` in the transaction that ends the run: a trigger on ``runs`` does it
+(migration 0016), because a run ends through several statements of the run store and none may
+forget it. Deciding it afterwards is a 409, as for any request already decided.
 """
 
 from __future__ import annotations

@@ -8,14 +8,26 @@ and it cannot target a remote cluster (see :mod:`quarterdeck.chaos.deploy`).
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
 
-from quarterdeck.chaos.runner import Result, Runner, dumps
-from quarterdeck.chaos.scenarios import SCENARIOS
 from quarterdeck.kit.console import console, err_console
+
+if TYPE_CHECKING:  # the runner brings uvicorn, Starlette and Prometheus: only `chaos run` needs it
+    from quarterdeck.chaos.runner import Result
+
+# The scenarios' names, for `--help` without importing them (a unit test keeps this list equal to
+# quarterdeck.chaos.scenarios.SCENARIOS).
+SCENARIO_NAMES = (
+    "provider-errors",
+    "primary-down",
+    "redis-kill",
+    "postgres-restart",
+    "worker-kill",
+    "leader-kill",
+)
 
 app = typer.Typer(help="Chaos scenarios against a local deployment.", no_args_is_help=True)
 
@@ -63,7 +75,7 @@ def table(results: list[Result]) -> Table:
 def run(
     scenarios: Annotated[
         list[str] | None,
-        typer.Argument(help=f"Scenarios to run (default: all): {', '.join(SCENARIOS)}"),
+        typer.Argument(help=f"Scenarios to run (default: all): {', '.join(SCENARIO_NAMES)}"),
     ] = None,
     runs: Annotated[int, typer.Option("--runs", "-n", min=1, help="Runs per scenario.")] = 500,
     fast: Annotated[
@@ -74,6 +86,9 @@ def run(
     keep: Annotated[bool, typer.Option("--keep", help="Keep each temp deployment's logs.")] = False,
 ) -> None:
     """Run scenarios against fresh local deployments and print a table of what happened."""
+    from quarterdeck.chaos.runner import Runner, dumps
+    from quarterdeck.chaos.scenarios import SCENARIOS
+
     names = scenarios or list(SCENARIOS)
     unknown = [n for n in names if n not in SCENARIOS]
     if unknown:

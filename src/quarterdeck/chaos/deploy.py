@@ -253,6 +253,8 @@ class LocalDeployment:
             if not k.startswith("QUARTERDECK_") and k not in STRIPPED
         }
         env.update({"QUARTERDECK_DATA_DIR": str(self.data_dir), "LOG_LEVEL": "warning"})
+        # `up` would otherwise give the simulated provider its demo latency (cli.py).
+        env["QUARTERDECK_SIMULATED_LATENCY"] = "0"
         if self.redis is not None:
             env["REDIS_URL"] = self.redis.url
         env.update(self.env_extra)

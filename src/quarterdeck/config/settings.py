@@ -54,6 +54,11 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         default="info", validation_alias=guide("log_level")
     )
+    log_format: Literal["auto", "json", "console"] = Field(
+        default="auto",
+        description="Log lines on stderr: JSON, coloured console lines, or auto (console on a "
+        "terminal, JSON otherwise).",
+    )
 
     postgres_url: PostgresUrl = Field(default=None, validation_alias=guide("postgres_url"))
     redis_url: RedisUrl = Field(default=None, validation_alias=guide("redis_url"))
@@ -74,6 +79,20 @@ class Settings(BaseSettings):
 
     http_host: str = "127.0.0.1"
     http_port: int = Field(default=8080, ge=0, le=65535)
+    # Request bodies (security/auth/body_gate.py); larger ones get 413 before they are read.
+    max_body_bytes: int = Field(
+        default=4 * 1024 * 1024,
+        ge=1024,
+        le=1024 * 1024 * 1024,
+        description="Largest request body of every route but run submission and the gateway.",
+    )
+    run_max_body_bytes: int = Field(
+        default=80 * 1024 * 1024,
+        ge=1024,
+        le=1024 * 1024 * 1024,
+        description="Largest body of POST /v1/runs and /v1/runs/batch: a tar workspace is up "
+        "to 70,000,000 base64 characters (the CLI's 50 MiB upload), plus the prompt.",
+    )
     metrics_port: int = Field(default=9090, ge=0, le=65535)
     metrics_token: SecretStr | None = Field(
         default=None,
@@ -249,7 +268,11 @@ class Settings(BaseSettings):
         description="Hosts https git workspaces may be cloned from; empty: any public host.",
     )
 
-    simulated_latency: LatencySpec = Field(default="0", description="0, 2s, or lognormal:1.5s:0.6")
+    simulated_latency: LatencySpec = Field(
+        default="0",
+        description="0, 2s, or lognormal:1.5s:0.6; unset, `up` with the simulated provider "
+        "uses DEMO_LATENCY (cli.py) so a demo's runs last long enough to follow and cancel.",
+    )
     simulated_error_rate: float = Field(default=0.0, ge=0.0, le=1.0)
     simulated_turns: int = Field(
         default=0, ge=0, le=1000, description="Turns per simulated run; 0 lets the script choose."

@@ -23,7 +23,7 @@ from fastapi import APIRouter, Depends, Request, Response
 from fastapi import routing as fastapi_routing
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from quarterdeck.config import Settings
 from quarterdeck.exceptions import QuarterdeckError
@@ -46,6 +46,7 @@ from quarterdeck.kit.wiring import provide
 from quarterdeck.resilience.breaker import Breakers
 from quarterdeck.resilience.retry import RetryPolicy
 from quarterdeck.security.auth import Permission, Principal, require
+from quarterdeck.security.auth.body_gate import declared_length, keep_alive
 from quarterdeck.security.auth.dependencies import Requirement, authorize
 from quarterdeck.security.auth.middleware import RateLimitHeaders
 from quarterdeck.security.auth.permissions import TENANT_RE
@@ -122,8 +123,8 @@ def attribution(headers: Mapping[str, str], name: str) -> str | None:
 
 async def read_body(request: Request, limit: int) -> bytes:
     """The request body, refusing with 413 as soon as it is known to pass ``limit`` bytes."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
+    declared = declared_length(request.headers)
+    if declared is not None and declared > limit:
         raise RequestTooLarge(_too_large(limit))
     chunks: list[bytes] = []
     size = 0
@@ -284,16 +285,20 @@ class FastGateway:
     """The gateway's two POST routes served before the app's middleware stack and router.
 
     Why: through Starlette's and FastAPI's stack (server-error, telemetry, body-limit, our
-    rate-limit-headers, exception and exit-stack middlewares, then a router that tries every
-    route's pattern in turn) a relayed call paid more CPU than the relay itself. ``app.py``'s
-    app hands these two paths here first; the routes stay declared on :data:`router` (OpenAPI,
-    the route walk that proves every route is guarded) and serve any app without this.
+    body-gate and rate-limit-headers, exception and exit-stack middlewares, then a router that
+    tries every route's pattern in turn) a relayed call paid more CPU than the relay itself.
+    ``app.py``'s app hands these two paths here first; the routes stay declared on
+    :data:`router` (OpenAPI, the route walk that proves every route is guarded) and serve any
+    app without this.
 
     It keeps what those layers do for these routes: the same ``gateway:use`` check as the
     route's dependency (:func:`authorize`: 401, the key's and tenant's request limits, 403),
     the ``RateLimit-*`` headers (:class:`RateLimitHeaders`), and every error, expected or not,
-    answered in Anthropic's envelope as ``app.py``'s handler does on gateway paths. The body
-    limit is the gateway's own (``read_body``).
+    answered in Anthropic's envelope as ``app.py``'s handler does on gateway paths. The key is
+    checked before the body is read, the body is capped by the gateway's own limit
+    (``read_body``, as the app's ``BodyGate`` would), and an error answered with the body not
+    read to its end skips a short rest or closes the connection (``keep_alive``) rather than
+    have the server read and discard the rest of a refused upload.
     """
 
     def __init__(self, app: ASGIApp) -> None:
@@ -318,13 +323,24 @@ class FastGateway:
         await self._serve(scope, receive, send)
 
     async def _handle(self, scope: Scope, receive: Receive, send: Send) -> None:
-        request = Request(scope, receive)
+        finished = False
+
+        async def tracked() -> Message:
+            nonlocal finished
+            message = await receive()
+            finished = message["type"] != "http.request" or not message.get("more_body", False)
+            return message
+
+        request = Request(scope, tracked)
         try:
-            principal = await authorize(USE, request)
+            principal = await authorize(USE, request)  # before a byte of the body is read
             gateway = PROVIDE_GATEWAY(request)
             response = await FAST_ROUTES[scope["path"]](request, principal, gateway)
         except Exception as exc:
             if not isinstance(exc, QuarterdeckError | HTTPException):
                 log.exception("unhandled_error", path=scope["path"])
             response = anthropic_error_response(exc)
+            length = declared_length(request.headers)
+            if not finished and not await keep_alive(request.headers, length, tracked):
+                response.headers["connection"] = "close"  # refused: not worth reading the rest
         await response(scope, receive, send)

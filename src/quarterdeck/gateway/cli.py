@@ -12,7 +12,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from quarterdeck.kit.console import Api, JsonOpt, UrlOpt, console, print_json, query
+from quarterdeck.kit.console import Api, JsonOpt, UrlOpt, console, print_empty, print_json, query
 
 app = typer.Typer(
     help="Calls relayed by the Anthropic-compatible gateway, and their cost (talks to the API).",
@@ -75,6 +75,12 @@ def calls(
     if as_json:
         print_json(page)
         return
+    if not page["items"]:
+        print_empty(
+            "No gateway calls match. Point a client at the gateway: "
+            "ANTHROPIC_BASE_URL=http://127.0.0.1:8080."
+        )
+        return
     table = Table("created_at", "tenant", "key", "model", "status", "tokens", "cost_usd", "ms")
     for call in page["items"]:
         served = call.get("served_model")
@@ -89,8 +95,6 @@ def calls(
             f"{call['duration_ms']:.0f}",
         )
     console.print(table)
-    if not page["items"]:
-        console.print("no calls match")
     if page.get("next_cursor"):
         console.print(f"next page: --cursor {page['next_cursor']}")
 
@@ -114,6 +118,9 @@ def usage(
     report = Api(url).json("GET", "/v1/gateway/usage", params=params)
     if as_json:
         print_json(report)
+        return
+    if not report["rows"]:
+        print_empty(f"No gateway calls between {report['since']} and {report['until']}.")
         return
     groups = report["group_by"]
     table = Table(title=f"gateway usage {report['since']} .. {report['until']}")

@@ -8,7 +8,16 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from quarterdeck.kit.console import Api, JsonOpt, UrlOpt, console, print_json, query
+from quarterdeck.kit.console import (
+    Api,
+    JsonOpt,
+    UrlOpt,
+    console,
+    print_empty,
+    print_json,
+    query,
+    safe_text,
+)
 
 app = typer.Typer(
     help="List, inspect, acknowledge and resolve incidents (talks to the API).",
@@ -51,10 +60,10 @@ def _summary(incident: dict[str, Any]) -> None:
     ):
         value = incident.get(key)
         if value not in (None, ""):
-            table.add_row(f"[bold]{key}[/]", str(value))
+            table.add_row(f"[bold]{key}[/]", safe_text(value))
     for key in ("affected_components", "suggested_actions"):
         if incident.get(key):
-            table.add_row(f"[bold]{key}[/]", "\n".join(incident[key]))
+            table.add_row(f"[bold]{key}[/]", safe_text("\n".join(incident[key])))
     console.print(table)
 
 
@@ -87,6 +96,10 @@ def list_incidents(
     if as_json:
         print_json(page)
         return
+    if not page["items"]:
+        filtered = params.keys() - {"limit"}
+        print_empty("No incidents match these filters." if filtered else "No incidents yet.")
+        return
     table = Table()
     table.add_column("id", no_wrap=True, min_width=30)  # ids are what you paste into `show`
     for name in ("status", "severity", "service", "title", "opened_at"):
@@ -97,13 +110,11 @@ def list_incidents(
             inc["id"],
             inc["status"],
             f"[{colour}]{inc['severity']}[/]" if colour else inc["severity"],
-            inc["service"],
-            inc["title"],
+            safe_text(inc["service"]),
+            safe_text(inc["title"]),
             inc["opened_at"],
         )
     console.print(table)
-    if not page["items"]:
-        console.print("no incidents")
     if page.get("next_cursor"):
         console.print(f"next page: --cursor {page['next_cursor']}")
 

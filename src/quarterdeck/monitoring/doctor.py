@@ -1,23 +1,28 @@
-"""``quarterdeck doctor``: checks the config, Postgres, Redis and the provider key, with fixes."""
+"""``quarterdeck doctor``: checks the running server it is pointed at, then this shell's config.
+
+The server is asked (:mod:`.live`): ``/health``, ``/ready`` (Postgres, Redis, migrations,
+draining, event loop, as the server sees them), ``/v1/me`` (authentication and the CLI's key)
+and ``/v1/system`` (isolation). Only when no Quarterdeck answers does the doctor look at what
+``quarterdeck up`` would need here: the data dir, an external Postgres, Redis, this host's
+sandbox. It never starts an embedded database and never creates the data dir: that is what the
+old doctor did, run away from the deployment's directory. A busy port is reported only when no
+Quarterdeck answers on it (something else holds it, and ``up`` would fail to listen).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import os
 import socket
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 from quarterdeck.config import Settings
+from quarterdeck.monitoring.checks import Check, isolation_checks
+from quarterdeck.monitoring.live import quarterdeck_on_port, server_checks
 
-
-@dataclass
-class Check:
-    name: str
-    status: str  # ok, warn, fail
-    detail: str
-    fix: str = ""
+__all__ = ["Check", "isolation_checks", "run_checks"]
 
 
 def _port_free(host: str, port: int) -> bool:
@@ -31,24 +36,33 @@ def _port_free(host: str, port: int) -> bool:
 
 
 async def _postgres(settings: Settings) -> list[Check]:
+    """Without a running server: an external Postgres is connected to (``up`` would need it);
+    the embedded one is only looked for, never started."""
     from quarterdeck.store import migrations
-    from quarterdeck.store.pool import connect_once, database_url
+    from quarterdeck.store.pool import connect_once
 
+    if settings.postgres_url is None:
+        pg = settings.data_dir / "pg"
+        if pg.is_dir():
+            detail = f"embedded, in {pg.resolve()} (started by `quarterdeck up`)"
+        else:
+            detail = f"embedded: none yet in {settings.data_dir}; `quarterdeck up` creates it"
+        return [Check("postgres", "ok", detail)]
     checks = []
     try:
-        url = await asyncio.to_thread(database_url, settings)
-        conn = await asyncio.wait_for(connect_once(url), 10)
+        conn = await asyncio.wait_for(connect_once(settings.postgres_url.get_secret_value()), 10)
     except Exception as exc:
-        hint = (
-            "set POSTGRES_URL to a reachable server"
-            if settings.postgres_url
-            else f"check that {settings.data_dir} is writable; see {settings.data_dir}/pg/log"
-        )
-        return [Check("postgres", "fail", f"cannot connect: {exc}", hint)]
+        return [
+            Check(
+                "postgres",
+                "fail",
+                f"cannot connect: {exc}",
+                "set POSTGRES_URL to a reachable server",
+            )
+        ]
     try:
         version = await conn.fetchval("SHOW server_version")
-        where = "embedded" if settings.embedded_postgres else "external"
-        checks.append(Check("postgres", "ok", f"{where} PostgreSQL {version} reachable"))
+        checks.append(Check("postgres", "ok", f"external PostgreSQL {version} reachable"))
         have = await migrations.current_version(conn)
         if have < migrations.HEAD:
             checks.append(
@@ -97,7 +111,7 @@ def _provider(settings: Settings) -> Check:
         return Check(
             "provider",
             "warn",
-            "simulated provider: no real model is called",
+            "simulated provider: no real model is called (this shell's settings)",
             "set ANTHROPIC_API_KEY to run real agents",
         )
     if name == "anthropic":
@@ -120,74 +134,83 @@ def _provider(settings: Settings) -> Check:
     return Check("provider", "ok", f"{name}, default model {settings.model}")
 
 
-def isolation_checks(report: Mapping[str, Any]) -> list[Check]:
-    """One check per sandbox mode (``sandbox.<mode>``), from the sandbox's own isolation report
-    (passed in: the sandbox lives on a higher floor). A missing mode is a warning; a forced mode
-    this host cannot give, or production left with rlimits only, is a failure."""
-    checks = []
-    for entry in report["modes"]:
-        name, in_use = f"sandbox.{entry['mode']}", entry["in_use"]
-        tag = " (in use)" if in_use else ""
-        if entry["available"]:
-            weak = entry["mode"] == "rlimits" and in_use
-            status = "warn" if weak else "ok"
-            fix = "install bubblewrap and allow user namespaces" if weak else ""
-            checks.append(Check(name, status, f"available{tag}: {entry['gives'][0]}", fix))
-        else:
-            checks.append(Check(name, "warn", f"not available: {entry['missing_because']}"))
-    if report.get("problem"):
+def _data_dir(settings: Settings) -> Check:
+    """Whether ``up`` could use the data dir, without creating it."""
+    path = settings.data_dir
+    existing: Path = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if os.access(existing, os.W_OK):
+        where = "exists" if existing == path else f"will be created (under {existing.resolve()})"
+        return Check("data_dir", "ok", f"{path} {where}, writable")
+    return Check(
+        "data_dir",
+        "fail",
+        f"{path}: {existing} is not writable",
+        "set QUARTERDECK_DATA_DIR to a writable directory",
+    )
+
+
+def _preflight_isolation(settings: Settings, isolation: Mapping[str, Any]) -> list[Check]:
+    checks = isolation_checks(isolation)
+    weak = isolation["in_use"] == "rlimits" and not settings.sandbox_allow_weak
+    if weak and settings.env == "production":
         checks.append(
-            Check("sandbox", "fail", report["problem"], "set QUARTERDECK_SANDBOX_MODE=auto")
+            Check(
+                "sandbox",
+                "fail",
+                "production refuses to start: agent commands would get rlimits only",
+                "give the host bubblewrap with user namespaces, or set "
+                "QUARTERDECK_SANDBOX_ALLOW_WEAK=true to accept weak isolation",
+            )
+        )
+    return checks
+
+
+async def _ports(settings: Settings) -> list[Check]:
+    checks = []
+    for label, port in (("http_port", settings.http_port), ("metrics_port", settings.metrics_port)):
+        if not port or _port_free(settings.http_host, port):
+            continue
+        if await quarterdeck_on_port(settings.http_host, port):
+            continue  # the server itself: nothing to fix
+        checks.append(
+            Check(
+                label,
+                "warn",
+                f"port {port} is held by something that is not Quarterdeck: `quarterdeck up` "
+                "here could not listen on it",
+                f"stop what holds it, or set QUARTERDECK_{label.upper()}",
+            )
         )
     return checks
 
 
 async def run_checks(
-    settings: Settings, check_ports: bool = True, isolation: Mapping[str, Any] | None = None
+    settings: Settings,
+    url: str,
+    api_key: str | None = None,
+    local_isolation: Callable[[], Mapping[str, Any]] | None = None,
+    check_ports: bool = True,
+    preflight: bool = False,
 ) -> list[Check]:
-    checks = [Check("config", "ok", f"{settings.env} mode, data dir {settings.data_dir}")]
-    try:
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
-        if not os.access(settings.data_dir, os.W_OK):
-            raise PermissionError("not writable")
-        checks.append(Check("data_dir", "ok", f"{settings.data_dir.resolve()} writable"))
-    except OSError as exc:
-        checks.append(
-            Check(
-                "data_dir",
-                "fail",
-                f"{settings.data_dir}: {exc}",
-                "set QUARTERDECK_DATA_DIR to a writable directory",
-            )
-        )
-    checks += await _postgres(settings)
-    checks.append(await _redis(settings))
-    checks.append(_provider(settings))
-    if isolation is not None:
-        checks += isolation_checks(isolation)
-        weak = isolation["in_use"] == "rlimits" and not settings.sandbox_allow_weak
-        if weak and settings.env == "production":
-            checks.append(
-                Check(
-                    "sandbox",
-                    "fail",
-                    "production refuses to start: agent commands would get rlimits only",
-                    "give the host bubblewrap with user namespaces, or set "
-                    "QUARTERDECK_SANDBOX_ALLOW_WEAK=true to accept weak isolation",
-                )
-            )
+    """Every check, in the order shown. ``local_isolation`` gives this host's sandbox report
+    (the sandbox sits floors above this module); it is used only when no server answers, or
+    with ``preflight``: the checks of a host about to start one (a pod's init step, a deploy
+    script), where no server is expected to answer yet."""
+    checks = [
+        Check("config", "ok", f"{settings.env} mode, data dir {settings.data_dir}"),
+        _provider(settings),
+    ]
+    answered, found = (False, []) if preflight else await server_checks(url, api_key)
+    checks += found
+    if not answered:
+        if settings.embedded_postgres:
+            checks.append(_data_dir(settings))
+        checks += await _postgres(settings)
+        checks.append(await _redis(settings))
+        if local_isolation is not None:
+            checks += _preflight_isolation(settings, local_isolation())
     if check_ports:
-        for label, port in (
-            ("http_port", settings.http_port),
-            ("metrics_port", settings.metrics_port),
-        ):
-            if port and not _port_free(settings.http_host, port):
-                checks.append(
-                    Check(
-                        label,
-                        "warn",
-                        f"port {port} is in use (Quarterdeck may already be running)",
-                        f"set QUARTERDECK_{label.upper()}",
-                    )
-                )
+        checks += await _ports(settings)
     return checks

@@ -47,6 +47,20 @@ def _check_id(run_id: str) -> str:
     return run_id
 
 
+MAX_EVENT_ID = 2**63 - 1
+"""Event ids are Postgres ``bigint``: a larger cursor is refused (422), not sent to the query."""
+
+
+def _event_id(value: str) -> int:
+    """The ``Last-Event-ID`` an SSE client resumes after: a non-negative int64, else 422."""
+    if not (value.isascii() and value.isdigit()) or int(value) > MAX_EVENT_ID:
+        raise ValidationFailed(
+            f"Last-Event-ID must be an event id (an integer from 0 to {MAX_EVENT_ID})",
+            errors=[{"field": "header.Last-Event-ID", "message": "not an event id"}],
+        )
+    return int(value)
+
+
 @router.post("", status_code=202, response_model=Run, summary="Submit a run")
 async def submit_run(
     body: RunCreate,
@@ -190,7 +204,7 @@ async def run_events(
     request: Request,
     principal: CanRead,
     runs: Runs,
-    after: Annotated[int, Query(ge=0)] = 0,
+    after: Annotated[int, Query(ge=0, le=MAX_EVENT_ID)] = 0,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
     stream: bool = False,
     last_event_id: Annotated[str | None, Header()] = None,
@@ -203,14 +217,7 @@ async def run_events(
             content=json.dumps([e.model_dump(mode="json") for e in events]),
             media_type="application/json",
         )
-    start = after
-    if last_event_id:
-        if not last_event_id.isdigit():
-            raise ValidationFailed(
-                "Last-Event-ID must be an event id (an integer)",
-                errors=[{"field": "Last-Event-ID", "message": "not an integer"}],
-            )
-        start = int(last_event_id)
+    start = _event_id(last_event_id) if last_event_id else after
     await runs.get(run_id, principal.tenant_filter())  # 404 before the stream starts
 
     async def sse() -> AsyncIterator[str]:

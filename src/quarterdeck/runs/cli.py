@@ -3,18 +3,35 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import fnmatch
 import io
 import json
 import tarfile
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-import httpx
 import typer
+from rich.console import Console
 from rich.table import Table
 
-from quarterdeck.kit.console import Api, JsonOpt, UrlOpt, console, fail, print_json, query
+from quarterdeck.kit.console import (
+    Api,
+    JsonOpt,
+    UrlOpt,
+    console,
+    err_console,
+    fail,
+    print_empty,
+    print_json,
+    query,
+    safe_text,
+)
+from quarterdeck.runs.timeline import STATUS_STYLES, Timeline
+
+if TYPE_CHECKING:
+    from rich.status import Status
 
 app = typer.Typer(
     help="Submit, inspect, follow and cancel agent runs (talks to the API).", no_args_is_help=True
@@ -49,8 +66,57 @@ def pack_directory(path: Path, exclude: list[str]) -> str:
 TERMINAL = {"succeeded", "failed", "cancelled", "timed_out", "max_turns", "budget_exceeded"}
 
 
+def _age(ts: str, now: datetime) -> str:
+    """How long ago ``ts`` was, in the unit a person reads at a glance: 12s, 3m, 5h, 2d."""
+    try:
+        then = datetime.fromisoformat(ts.replace("Z", "+00:00"))
+    except (TypeError, ValueError):
+        return safe_text(ts)
+    seconds = max(0, int((now - then).total_seconds()))
+    for unit, size in (("d", 86_400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit} ago"
+    return f"{seconds}s ago"
+
+
+def _tokens(run: dict[str, Any]) -> int:
+    keys = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_creation_tokens")
+    return sum(int(run.get(k) or 0) for k in keys)
+
+
+def _progress(run: dict[str, Any]) -> str:
+    """One line of where a run is: status, turn, tokens, cost."""
+    return (
+        f"{run['status']} · turn {run.get('turns') or 0} · {_tokens(run):,} tokens · "
+        f"${float(run.get('cost_usd') or 0):.4f}"
+    )
+
+
+def _follow(api: Api, run: dict[str, Any], out: Console) -> dict[str, Any]:
+    """Wait for ``run`` to end, showing its progress: a live status line on a terminal, a plain
+    line per change otherwise (a log or a pipe gets no spinner frames). ``/wait`` returns as
+    soon as the run ends, else after a second with the run as it is."""
+    last = ""
+    live = out.is_terminal
+    spinner: contextlib.AbstractContextManager[Status | None] = (
+        out.status(_progress(run)) if live else contextlib.nullcontext()
+    )
+    with spinner as status:
+        while run["status"] not in TERMINAL:
+            line = _progress(run)
+            if status is not None:
+                status.update(line)
+            elif line != last:
+                out.print(f"  {line}", highlight=False)
+            last = line
+            run = api.json("GET", f"/v1/runs/{run['id']}/wait", params={"timeout": 1}, timeout=15)
+    return run
+
+
 def _summary(run: dict[str, Any]) -> None:
     table = Table(show_header=False, box=None)
+    table.add_column(no_wrap=True)
+    table.add_column(overflow="fold")
     for key in (
         "id",
         "status",
@@ -62,6 +128,7 @@ def _summary(run: dict[str, Any]) -> None:
         "input_tokens",
         "output_tokens",
         "cache_read_tokens",
+        "cache_creation_tokens",
         "cost_usd",
         "created_at",
         "started_at",
@@ -71,7 +138,7 @@ def _summary(run: dict[str, Any]) -> None:
     ):
         value = run.get(key)
         if value is not None:
-            table.add_row(f"[bold]{key}[/]", str(value))
+            table.add_row(f"[bold]{key}[/]", safe_text(value))
     console.print(table)
 
 
@@ -105,11 +172,17 @@ def submit(
         typer.Option("--budget", min=0.0001, help="Stop the run before it spends more USD."),
     ] = None,
     max_turns: Annotated[int | None, typer.Option(min=1, help="Turn limit for this run.")] = None,
-    wait: Annotated[bool, typer.Option("--wait", help="Wait until the run finishes.")] = False,
+    wait: Annotated[
+        bool, typer.Option("--wait", help="Follow the run to its end, showing its progress.")
+    ] = False,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="Print only the run id (for id=$(...)).")
+    ] = False,
     url: UrlOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Create a run. Prints its id; with --wait, follows it to the end."""
+    """Create a run. Prints its id at once; with --wait, then a live progress line (status,
+    turn, tokens, cost) until it ends, and its summary."""
     api = Api(url)
     body: dict[str, Any] = {"prompt": prompt, "operation": operation}
     if agent:
@@ -128,15 +201,27 @@ def submit(
         body["workspace"] = {"type": "git", "value": git}
     headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
     run = api.json("POST", "/v1/runs", json=body, headers=headers)
+    if quiet and not as_json:
+        typer.echo(run["id"])
+    out = err_console if as_json or quiet else console  # stdout: only the JSON, or the id
+    if not (as_json or quiet) or wait:
+        out.print(f"[green]submitted[/] {run['id']} ({run['status']})", highlight=False)
     if wait:
-        while run["status"] not in TERMINAL:
-            run = api.json("GET", f"/v1/runs/{run['id']}/wait", params={"timeout": 30}, timeout=40)
+        try:
+            run = _follow(api, run, out)
+        except KeyboardInterrupt:  # the run goes on; say how to pick it up again
+            err_console.print(
+                f"stopped waiting; {run['id']} goes on. Follow it with "
+                f"`quarterdeck run logs {run['id']} --follow`, stop it with "
+                f"`quarterdeck run cancel {run['id']}`.",
+                highlight=False,
+                markup=False,
+            )
+            raise typer.Exit(130) from None
     if as_json:
         print_json(run)
-    elif wait:
+    elif wait and not quiet:
         _summary(run)
-    else:
-        console.print(f"[green]submitted[/] {run['id']} ({run['status']})")
     if wait and run["status"] != "succeeded":
         raise typer.Exit(1)
 
@@ -162,17 +247,35 @@ def list_runs(
     if as_json:
         print_json(page)
         return
-    table = Table("id", "status", "agent", "model", "turns", "cost_usd", "created_at")
-    for run in page["items"]:
-        table.add_row(
-            run["id"],
-            run["status"],
-            run["agent_type"],
-            run["model"],
-            str(run["turns"]),
-            str(run["cost_usd"]),
-            run["created_at"],
+    if not page["items"]:
+        print_empty(
+            "No runs match these filters."
+            if params.keys() - {"limit"}
+            else 'No runs yet. Submit one with `quarterdeck run submit "fix the failing test"`.'
         )
+        return
+    # Ids are what every other command takes: never cut, never wrapped. At 80 columns the rest
+    # must give way: a compact table, ages instead of timestamps, the model only when wide.
+    wide = console.width >= 100
+    table = Table(box=None, padding=(0, 1), pad_edge=False, header_style="bold")
+    table.add_column("id", no_wrap=True, min_width=max(len(r["id"]) for r in page["items"]))
+    table.add_column("status", overflow="fold")
+    table.add_column("agent", overflow="fold")
+    if wide:
+        table.add_column("model", overflow="fold")
+    table.add_column("turns", justify="right")
+    table.add_column("cost_usd", justify="right")
+    table.add_column("created", justify="right", no_wrap=True)
+    now = datetime.now(UTC)
+    for run in page["items"]:
+        style = STATUS_STYLES.get(run["status"], "")
+        cells = [run["id"], f"[{style}]{safe_text(run['status'])}[/]"]
+        cells.append(safe_text(run["agent_type"]))
+        if wide:
+            cells.append(safe_text(run["model"]))
+        cells += [str(run["turns"]), f"{float(run['cost_usd'] or 0):.4f}"]
+        cells.append(_age(run["created_at"], now))
+        table.add_row(*cells)
     console.print(table)
     if page.get("next_cursor"):
         console.print(f"next page: --cursor {page['next_cursor']}")
@@ -212,11 +315,12 @@ def wait(
     print_json(run) if as_json else _summary(run)
 
 
-def _line(event: dict[str, Any]) -> str:
-    data = event.get("data") or {}
-    brief = ", ".join(f"{k}={v}" for k, v in data.items() if k not in ("input", "output"))
-    turn = f" turn {event['turn']}" if event.get("turn") is not None else ""
-    return f"{event['ts']}  #{event['id']:<6} {event['type']}{turn}  {brief}"
+def _show(timeline: Timeline, event: dict[str, Any]) -> None:
+    for line in timeline.render(event):
+        console.print(line, highlight=False)
+    total = timeline.summary() if event.get("type") == "status" else None
+    if total is not None:
+        console.print(total, highlight=False)
 
 
 @app.command("logs")
@@ -226,15 +330,20 @@ def logs(
     url: UrlOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Print a run's event timeline; --follow streams new events live (SSE)."""
+    """Print a run's history: status changes, what the agent said each turn, its tool calls with
+    the policy decision and their (clipped) results, and the cost; --follow streams it live
+    (SSE); --json prints the raw events."""
+    import httpx  # here, not at the top: `quarterdeck --help` needs no HTTP client
+
     api = Api(url, timeout=None)  # type: ignore[arg-type]
+    timeline = Timeline()
     if not follow:
         events = api.json("GET", f"/v1/runs/{run_id}/events")
         if as_json:
             print_json(events)
         else:
             for event in events:
-                console.print(_line(event), highlight=False)
+                _show(timeline, event)
         return
     try:
         with api.client.stream(
@@ -249,9 +358,7 @@ def logs(
                 event = json.loads(line[6:])
                 if not event:
                     break
-                typer.echo(json.dumps(event)) if as_json else console.print(
-                    _line(event), highlight=False
-                )
+                typer.echo(json.dumps(event)) if as_json else _show(timeline, event)
     except httpx.ConnectError:
         fail(
             f"cannot reach Quarterdeck at {api.base}. Is `quarterdeck up` running? "

@@ -152,7 +152,9 @@ class RunExecutor:
     async def execute(self, run: Run) -> Outcome:
         plan = await self.planner.plan(run)
         if plan.refusal is not None:
-            outcome = Outcome(RunStatus.failed, error=plan.refusal, error_type="workspace")
+            outcome = Outcome(
+                RunStatus.failed, error=plan.refusal, error_type="workspace_unavailable"
+            )
         else:
             try:
                 outcome = await self._loop(run, plan)
@@ -326,6 +328,8 @@ class RunExecutor:
             "tool_calls": [t.name for t in response.message.tool_uses],
             "attempts": called.attempts,
         }
+        if stored.text:  # what the agent said (redacted, clipped): `run logs` shows it
+            event["text"] = stored.text[:4000]
         if secrets:
             event["secrets_redacted"] = secrets
         if called.cost_estimated:  # an unpriced model, charged at the fallback's price

@@ -35,6 +35,8 @@ _HOST = re.compile(
     r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)+$"
 )
 ADMIN_ONLY = "admin role (workspace sources on the server's filesystem)"
+UNAVAILABLE = "is not available: no readable directory there (missing, not a directory or denied)"
+"""One answer for every reason a path under a root cannot be used, so none is told apart."""
 
 
 class SourceRefused(ValidationFailed):
@@ -70,10 +72,18 @@ def _inside(path: Path, root: Path) -> bool:
     return path == root or root in path.parents
 
 
-def resolve_server_path(value: str, roots: list[Path], deny: list[Path] | None = None) -> Path:
+def resolve_server_path(
+    value: str, roots: list[Path], deny: list[Path] | None = None, *, must_exist: bool = True
+) -> Path:
     """The real directory ``value`` names, if it is inside one of ``roots`` and outside every
     ``deny`` tree (Quarterdeck's data directory: keys, the database, other runs' workspaces);
-    else :class:`SourceRefused`. Symlinks and ``..`` are resolved *before* the checks."""
+    else :class:`SourceRefused`. Symlinks and ``..`` are resolved *before* the checks.
+
+    ``must_exist=False`` (at submission) stops there: whether a path under a root exists, or
+    is a directory, is not said to the caller then, since a 422 for a missing path and a 202 for
+    an existing one would let any admin-key holder probe the server's tree. The worker checks
+    with ``must_exist=True`` and fails the run, with one message for a path that is missing,
+    not a directory or unreadable (:data:`UNAVAILABLE`)."""
     if "\0" in value or not value.startswith("/"):
         raise SourceRefused(f"workspace path {value!r} must be an absolute path")
     real = Path(os.path.realpath(value))
@@ -102,12 +112,14 @@ def resolve_server_path(value: str, roots: list[Path], deny: list[Path] | None =
             f"workspace path {value!r} resolves to {str(real)!r}, outside the configured "
             f"workspace roots ({shown})"
         )
+    if not must_exist:
+        return real
     try:
-        mode = os.stat(real).st_mode
-    except OSError as exc:
-        raise SourceRefused(f"workspace path {value!r}: {exc.strerror}") from None
-    if not stat.S_ISDIR(mode):
-        raise SourceRefused(f"workspace path {value!r} is not a directory")
+        is_dir = stat.S_ISDIR(os.stat(real).st_mode)
+    except OSError:
+        is_dir = False
+    if not is_dir:
+        raise SourceRefused(f"workspace path {value!r} {UNAVAILABLE}")
     return real
 
 
@@ -128,13 +140,19 @@ def host_refusal(host: str, allowed: list[str]) -> str | None:
 
 
 def check_git(
-    url: str, roots: list[Path], allowed_hosts: list[str], deny: list[Path] | None = None
+    url: str,
+    roots: list[Path],
+    allowed_hosts: list[str],
+    deny: list[Path] | None = None,
+    *,
+    must_exist: bool = True,
 ) -> GitSource:
-    """Classify and check a git source (see the module docstring)."""
+    """Classify and check a git source (see the module docstring; ``must_exist`` as for
+    :func:`resolve_server_path`)."""
     if url.startswith("-") or any(c in url for c in "\0\n\r\t "):
         raise SourceRefused(f"refusing git URL {url!r}")
     if url.startswith("/"):
-        local = resolve_server_path(url, roots, deny)
+        local = resolve_server_path(url, roots, deny, must_exist=must_exist)
         return GitSource(local.as_uri(), local)  # a local-path clone would ignore --depth
     match = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*)://", url)
     if not match:
@@ -149,7 +167,7 @@ def check_git(
         parts = urlsplit(url)
         if parts.netloc not in ("", "localhost"):
             raise SourceRefused(f"file URL {url!r} names a remote host")
-        local = resolve_server_path(unquote(parts.path), roots, deny)
+        local = resolve_server_path(unquote(parts.path), roots, deny, must_exist=must_exist)
         return GitSource(local.as_uri(), local)
     if scheme == "ssh":
         raise SourceRefused(
@@ -194,7 +212,8 @@ def check_workspace(
 ) -> None:
     """Submission-time check of ``{"type": kind, "value": value}``: 403 for a non-admin asking
     for the server's filesystem, 422 for anything refused whoever asks. ``tar`` archives are
-    checked member by member when the worker extracts them."""
+    checked member by member when the worker extracts them. Whether a server path exists is
+    left to the worker (see :func:`resolve_server_path`)."""
     if reads_server(kind, value) and not admin:
         raise ServerSourceForbidden(
             f"a {kind!r} workspace that reads the server's filesystem ({value!r}) needs the "
@@ -202,6 +221,6 @@ def check_workspace(
             "--workspace DIR) or use an https git URL"
         )
     if kind == "path":
-        resolve_server_path(value or "", roots, deny)
+        resolve_server_path(value or "", roots, deny, must_exist=False)
     elif kind == "git":
-        check_git(value or "", roots, allowed_hosts, deny)
+        check_git(value or "", roots, allowed_hosts, deny, must_exist=False)

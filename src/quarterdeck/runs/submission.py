@@ -11,7 +11,10 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import io
 import json
+import tarfile
+import zlib
 from typing import Any, Protocol
 
 from quarterdeck.config import Settings
@@ -46,7 +49,23 @@ def _decode_archive(value: str) -> bytes:
             f"workspace archive is {len(data)} bytes; the limit is {MAX_ARCHIVE_BYTES}",
             errors=[{"field": "workspace.value", "message": "archive too large"}],
         )
+    _check_archive(data)
     return data
+
+
+def _check_archive(data: bytes) -> None:
+    """422 now for bytes that are not a tar archive (plain, gzip, bzip2 or xz), rather than a
+    run that fails once a worker tries to extract them. Only the first member's header is read
+    (what ``tarfile.open`` reads), so the check costs the same for any size and cannot be made
+    to decompress a bomb; members are checked one by one when the worker extracts them."""
+    try:
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r:*"):
+            pass
+    except (tarfile.TarError, OSError, EOFError, ValueError, zlib.error):
+        raise ValidationFailed(
+            "workspace.value is not a readable tar archive (plain, gzip, bzip2 or xz)",
+            errors=[{"field": "workspace.value", "message": "not a readable tar archive"}],
+        ) from None
 
 
 def request_hash(body: RunCreate) -> str:
@@ -54,6 +73,16 @@ def request_hash(body: RunCreate) -> str:
     computed (and stored) for keyed submissions; nothing else reads it."""
     canonical = json.dumps(body.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def batch_hash(bodies: list[RunCreate]) -> str:
+    """The fingerprint of a whole batch, stored on each of its runs: a replay under the same key
+    must be the same batch, so a shorter, longer or reordered one is a 409, never a replay of
+    the runs it shares with the first."""
+    canonical = json.dumps(
+        [b.model_dump(mode="json") for b in bodies], sort_keys=True, separators=(",", ":")
+    )
+    return hashlib.sha256(f"batch:{canonical}".encode()).hexdigest()
 
 
 class AgentTypes(Protocol):
@@ -190,11 +219,13 @@ class Submissions:
 
         One multi-row INSERT and one pgqueuer enqueue for the whole batch, so a batch costs about
         as much as a single submission. With an ``Idempotency-Key`` each run is keyed
-        ``KEY#index``; a replay of the same batch returns the same ids (created False), and a
-        replay with a different body is a 409. Tar workspaces must go through ``POST /v1/runs``.
+        ``KEY#index`` and stores the fingerprint of the whole batch; a replay of the same batch
+        returns the same ids (created False), and any other batch under that key (another body,
+        fewer or more runs) is a 409. Tar workspaces must go through ``POST /v1/runs``.
         """
         keys = [f"{idempotency_key}#{i}" for i in range(len(bodies))] if idempotency_key else None
-        digests: list[str | None] = [request_hash(b) if keys else None for b in bodies]
+        digest = batch_hash(bodies) if keys else None
+        digests: list[str | None] = [digest] * len(bodies)
         if keys is not None:
             replayed = await self._replay_batch(tenant, keys, digests)
             if replayed is not None:

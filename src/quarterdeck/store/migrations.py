@@ -61,6 +61,9 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(12, "run-data retention and maintenance runs", sql_file="0012_run_retention.sql"),
     Migration(14, "workspace checkpoints", sql_file="0014_workspace_checkpoints.sql"),
     Migration(15, "the key that submitted a run", sql_file="0015_run_key.sql"),
+    Migration(
+        16, "pending approvals end with their run", sql_file="0016_approvals_end_with_run.sql"
+    ),
 )
 
 HEAD = MIGRATIONS[-1].version

@@ -10,7 +10,7 @@ import asyncpg
 import structlog
 
 from quarterdeck.config import Settings
-from quarterdeck.exceptions import StoreError, Unavailable
+from quarterdeck.exceptions import StoreError, Unavailable, ValidationFailed
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
@@ -29,6 +29,30 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     # when Postgres restarts under load): the connection is unusable, the database may be back.
     asyncpg.exceptions.InternalClientError,
 )
+
+# Errors that mean "a value given to the query cannot be stored": SQLSTATE class 22, "data
+# exception" (a NUL in text, a number out of range, text too long), which asyncpg also raises
+# for its own check of an argument (an int past int64). The caller's input, not the database's
+# health. Checked before CONNECTION_ERRORS: asyncpg's client-side ``DataError`` is an
+# ``InterfaceError`` and would otherwise read as "database unavailable".
+DATA_ERRORS: tuple[type[BaseException], ...] = (
+    asyncpg.exceptions.DataError,
+    asyncpg.exceptions._base.DataError,
+)
+
+
+class UnstorableValue(ValidationFailed, ValueError):
+    """422: Postgres refused a value of the request (the last resort behind the API's own
+    validation, so no such input ever surfaces as a 500). Also a ``ValueError``, as asyncpg's
+    argument errors are, so code that skips an unstorable row (the gateway's call recorder)
+    still recognises it."""
+
+    type_slug = "unstorable-value"
+    title = "Value cannot be stored"
+
+    def __init__(self, reason: str) -> None:
+        detail = f"a value in the request cannot be stored: {reason}"
+        super().__init__(detail, errors=[{"field": "request", "message": reason}])
 
 
 class _PooledConnection(asyncpg.Connection):
@@ -104,6 +128,8 @@ class Database:
         try:
             async with self.pool.acquire() as conn:
                 yield cast(asyncpg.Connection, conn)
+        except DATA_ERRORS as exc:
+            raise UnstorableValue(str(exc)) from exc
         except CONNECTION_ERRORS as exc:
             raise Unavailable(f"database unavailable: {exc}") from exc
 
@@ -112,6 +138,8 @@ class Database:
         try:
             async with self.pool.acquire() as conn, conn.transaction():
                 yield cast(asyncpg.Connection, conn)
+        except DATA_ERRORS as exc:
+            raise UnstorableValue(str(exc)) from exc
         except CONNECTION_ERRORS as exc:
             raise Unavailable(f"database unavailable: {exc}") from exc
 

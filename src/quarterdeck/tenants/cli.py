@@ -7,17 +7,18 @@ audit keys: an erasure must be possible while the API is down, and it needs the 
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable
-from typing import Annotated, TypeVar
+from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
 
 from quarterdeck.exceptions import QuarterdeckError
 from quarterdeck.kit.console import JsonOpt, console, fail, print_json
 from quarterdeck.kit.durations import parse_duration
-from quarterdeck.tenants.models import ErasureResult, PurgeReport, RetentionOut
-from quarterdeck.tenants.service import TenantData
+
+if TYPE_CHECKING:  # the service reaches every domain (FastAPI, asyncpg): imported by `_run`
+    from quarterdeck.tenants.models import ErasureResult, PurgeReport, RetentionOut
+    from quarterdeck.tenants.service import TenantData
 
 T = TypeVar("T")
 app = typer.Typer(
@@ -35,6 +36,7 @@ def _run(fn: Callable[[TenantData], Awaitable[T]]) -> T:
     from quarterdeck.security.auth import build_auth_service
     from quarterdeck.store import migrations
     from quarterdeck.store.pool import Database, database_url
+    from quarterdeck.tenants.service import TenantData
 
     s = cli_settings()
     configure_logging("warning")
@@ -66,6 +68,8 @@ def _run(fn: Callable[[TenantData], Awaitable[T]]) -> T:
                 await audit.aclose()
         finally:
             await db.close()
+
+    import asyncio
 
     try:
         return asyncio.run(main())

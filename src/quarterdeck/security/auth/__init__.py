@@ -7,20 +7,33 @@
 - :mod:`.dependencies`: ``require(Permission.X)`` for routes; ``served_routes`` reads them back.
 - :mod:`.limiter`, :mod:`.quota`, :mod:`.shared_quota`: per-key and per-tenant limits.
 - :mod:`.api`, :mod:`.cli`: ``/v1/admin/keys``, ``/v1/me`` and ``quarterdeck keys``.
+
+The names below are imported on first use (:mod:`quarterdeck.kit.lazy`): every ``quarterdeck``
+command goes through this package for ``auth.cli``, and :mod:`.dependencies` brings FastAPI.
 """
 
 from __future__ import annotations
 
-from quarterdeck.security.auth.dependencies import (
-    Requirement,
-    require,
-    route_permissions,
-    served_routes,
-)
-from quarterdeck.security.auth.errors import Forbidden, RateLimited, Unauthenticated
-from quarterdeck.security.auth.permissions import ALL_TENANTS, ROLE_PERMISSIONS, Permission, Role
-from quarterdeck.security.auth.principal import DEV_PRINCIPAL, DEV_TENANT, Principal
-from quarterdeck.security.auth.service import AuthService, build_auth_service
+from typing import TYPE_CHECKING
+
+from quarterdeck.kit.lazy import lazy_exports
+
+if TYPE_CHECKING:
+    from quarterdeck.security.auth.dependencies import (
+        Requirement,
+        require,
+        route_permissions,
+        served_routes,
+    )
+    from quarterdeck.security.auth.errors import Forbidden, RateLimited, Unauthenticated
+    from quarterdeck.security.auth.permissions import (
+        ALL_TENANTS,
+        ROLE_PERMISSIONS,
+        Permission,
+        Role,
+    )
+    from quarterdeck.security.auth.principal import DEV_PRINCIPAL, DEV_TENANT, Principal
+    from quarterdeck.security.auth.service import AuthService, build_auth_service
 
 __all__ = [
     "ALL_TENANTS",
@@ -40,3 +53,23 @@ __all__ = [
     "route_permissions",
     "served_routes",
 ]
+__getattr__ = lazy_exports(
+    __name__,
+    {
+        "quarterdeck.security.auth.dependencies": (
+            "Requirement",
+            "require",
+            "route_permissions",
+            "served_routes",
+        ),
+        "quarterdeck.security.auth.errors": ("Forbidden", "RateLimited", "Unauthenticated"),
+        "quarterdeck.security.auth.permissions": (
+            "ALL_TENANTS",
+            "ROLE_PERMISSIONS",
+            "Permission",
+            "Role",
+        ),
+        "quarterdeck.security.auth.principal": ("DEV_PRINCIPAL", "DEV_TENANT", "Principal"),
+        "quarterdeck.security.auth.service": ("AuthService", "build_auth_service"),
+    },
+)

@@ -1,34 +1,40 @@
-"""``quarterdeck keys create|list|revoke``: manage API keys straight in Postgres.
+"""``quarterdeck keys create|list|update|revoke``: manage API keys.
 
-Unlike the other client commands this one does not go through the API: it connects to the
-database with the same settings as ``quarterdeck db upgrade``, so an administrator with access
-to the deployment's configuration can make the first keys before any key exists (and revoke a
-leaked one even when the API is down).
+Through the running server's API by default (``/v1/admin/keys``, with an admin
+``QUARTERDECK_API_KEY``), like every other client command. Directly in Postgres with
+``--direct`` (or when ``POSTGRES_URL`` is set and no API URL is given): that is how the first
+admin key is made, before any key exists, and how a leaked key is revoked while the API is down.
+Direct access needs the database credentials (more than any key: they could write the keys table)
+and never creates a database: see :mod:`quarterdeck.security.direct`.
 """
 
 from __future__ import annotations
 
-import asyncio
 import getpass
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+from urllib.parse import quote
 
 import typer
 from rich.table import Table
 
-from quarterdeck.config import Settings, load_settings
 from quarterdeck.exceptions import ConfigError, QuarterdeckError
 from quarterdeck.kit.clock import utcnow
-from quarterdeck.kit.console import JsonOpt, console, err_console, fail, print_json
+from quarterdeck.kit.console import JsonOpt, UrlOpt, console, err_console, fail, print_json
 from quarterdeck.kit.durations import parse_duration
 from quarterdeck.security.auth.permissions import Role
-from quarterdeck.security.auth.service import AuthService, build_auth_service
+from quarterdeck.security.direct import DirectOpt, api_request, direct_database_url, use_direct
+
+if TYPE_CHECKING:  # settings and the key service (asyncpg, Redis) are imported by the commands
+    from quarterdeck.config import Settings
+    from quarterdeck.security.auth.service import AuthService
 
 T = TypeVar("T")
 app = typer.Typer(
-    help="Create, list, update and revoke API keys (connects to Postgres directly).",
+    help="Create, list, update and revoke API keys (through the API with an admin key; "
+    "--direct for the first admin key).",
     no_args_is_help=True,
 )
 STATUS_COLOUR = {"active": "green", "expired": "yellow", "revoked": "red"}
@@ -43,6 +49,8 @@ def _actor() -> str:
 
 def _settings(ctx: typer.Context) -> Settings:
     """Settings as the root command loaded them: ``quarterdeck --config FILE keys ...``."""
+    from quarterdeck.config import load_settings
+
     config: Path | None = ctx.find_root().params.get("config")
     try:
         return load_settings(config)
@@ -51,16 +59,32 @@ def _settings(ctx: typer.Context) -> Settings:
         raise typer.Exit(2) from None
 
 
-def _run(ctx: typer.Context, use: Callable[[AuthService], Awaitable[T]]) -> T:
-    settings = _settings(ctx)
+BOOTSTRAP_HINT = (
+    "The first admin key is made directly in the database: run `quarterdeck keys create "
+    "--direct --name admin --role admin --tenant '*'` where the server's data dir is (or with "
+    "POSTGRES_URL set)."
+)
 
+
+def _direct(ctx: typer.Context, direct: bool, url: str | None) -> Settings | None:
+    """The settings when this command goes to Postgres directly, None when it uses the API."""
+    settings = _settings(ctx)
+    return settings if use_direct(settings, direct, url) else None
+
+
+def _api(url: str | None, method: str, path: str, **kwargs: Any) -> Any:
+    return api_request(url, method, path, hint=BOOTSTRAP_HINT, **kwargs).json()
+
+
+def _run(settings: Settings, use: Callable[[AuthService], Awaitable[T]]) -> T:
     async def go() -> T:
         from quarterdeck.kit.logs import configure_logging
+        from quarterdeck.security.auth.service import build_auth_service
         from quarterdeck.store import migrations
-        from quarterdeck.store.pool import Database, connect_once, database_url
+        from quarterdeck.store.pool import Database, connect_once
 
         configure_logging("warning")
-        url = database_url(settings)
+        url = direct_database_url(settings)
         conn = await connect_once(url)
         try:
             version = await migrations.current_version(conn)
@@ -79,6 +103,8 @@ def _run(ctx: typer.Context, use: Callable[[AuthService], Awaitable[T]]) -> T:
         finally:
             await service.aclose()
             await db.close()
+
+    import asyncio
 
     try:
         return asyncio.run(go())
@@ -142,22 +168,41 @@ def create(
     ] = None,
     gateway_fallback: Annotated[str, typer.Option(help=FALLBACK_HELP)] = "default",
     as_json: JsonOpt = False,
+    url: UrlOpt = None,
+    direct: DirectOpt = False,
 ) -> None:
-    """Create a key and print it. It is shown only this once: store it now."""
+    """Create a key and print it. It is shown only this once: store it now.
+
+    The first admin key: `keys create --direct --name admin --role admin --tenant '*'`, run
+    where the server's data dir is (or with POSTGRES_URL set).
+    """
+    from quarterdeck.security.auth.models import CreatedKey
+
     lifetime = _expiry(expires_in)
     expires_at = utcnow() + lifetime if lifetime is not None else None
     fallback = parse_fallback(gateway_fallback)
-    created = _run(
-        ctx,
-        lambda s: s.create(
-            name,
-            role,
-            tenant,
-            expires_at=expires_at,
-            actor=_actor(),
-            gateway_fallback=fallback,
-        ),
-    )
+    settings = _direct(ctx, direct, url)
+    if settings is None:
+        body = {
+            "name": name,
+            "role": role.value,
+            "tenant": tenant,
+            "expires_at": expires_at.isoformat() if expires_at else None,
+            "gateway_fallback": fallback,
+        }
+        created = CreatedKey.model_validate(_api(url, "POST", "/v1/admin/keys", json=body))
+    else:
+        created = _run(
+            settings,
+            lambda s: s.create(
+                name,
+                role,
+                tenant,
+                expires_at=expires_at,
+                actor=_actor(),
+                gateway_fallback=fallback,
+            ),
+        )
     if as_json:
         print_json(created.model_dump(mode="json"))
         return
@@ -176,11 +221,28 @@ def list_keys(
         bool, typer.Option("--all", help="Include revoked and expired keys.")
     ] = False,
     as_json: JsonOpt = False,
+    url: UrlOpt = None,
+    direct: DirectOpt = False,
 ) -> None:
     """List keys, newest first (never the keys themselves)."""
-    items = _run(ctx, lambda s: s.list_keys(tenant, include_inactive=show_all))
+    from quarterdeck.security.auth.models import ApiKey
+
+    settings = _direct(ctx, direct, url)
+    if settings is None:
+        params: dict[str, Any] = {"include_inactive": show_all}
+        if tenant is not None:
+            params["tenant"] = tenant
+        page = _api(url, "GET", "/v1/admin/keys", params=params)
+        items = [ApiKey.model_validate(k) for k in page["items"]]
+    else:
+        items = _run(settings, lambda s: s.list_keys(tenant, include_inactive=show_all))
     if as_json:
         print_json([k.model_dump(mode="json") for k in items])
+        return
+    if not items:
+        which = f" of tenant {tenant}" if tenant else ""
+        more = "" if show_all else " (--all also lists revoked and expired keys)"
+        console.print(f"No{' active' if not show_all else ''} keys{which}{more}.")
         return
     table = Table()
     table.add_column("id", no_wrap=True)  # what `keys revoke` takes
@@ -200,8 +262,6 @@ def list_keys(
             _when(key.created_at),
         )
     console.print(table)
-    if not items:
-        console.print("no keys")
 
 
 @app.command("update")
@@ -210,10 +270,19 @@ def update(
     key_id: Annotated[str, typer.Argument(help="The key id (from `keys list`).")],
     gateway_fallback: Annotated[str, typer.Option(help=FALLBACK_HELP)],
     as_json: JsonOpt = False,
+    url: UrlOpt = None,
+    direct: DirectOpt = False,
 ) -> None:
     """Change a key's gateway fallback. It applies within seconds on every replica."""
+    from quarterdeck.security.auth.models import ApiKey
+
     fallback = parse_fallback(gateway_fallback)
-    key = _run(ctx, lambda s: s.set_gateway_fallback(key_id, fallback, actor=_actor()))
+    settings = _direct(ctx, direct, url)
+    if settings is None:
+        path = f"/v1/admin/keys/{quote(key_id, safe='')}"
+        key = ApiKey.model_validate(_api(url, "PATCH", path, json={"gateway_fallback": fallback}))
+    else:
+        key = _run(settings, lambda s: s.set_gateway_fallback(key_id, fallback, actor=_actor()))
     if as_json:
         print_json(key.model_dump(mode="json"))
     else:
@@ -225,9 +294,17 @@ def revoke(
     ctx: typer.Context,
     key_id: Annotated[str, typer.Argument(help="The key id (from `keys list`).")],
     as_json: JsonOpt = False,
+    url: UrlOpt = None,
+    direct: DirectOpt = False,
 ) -> None:
     """Revoke a key. It stops working within seconds on every replica."""
-    key = _run(ctx, lambda s: s.revoke(key_id, actor=_actor()))
+    from quarterdeck.security.auth.models import ApiKey
+
+    settings = _direct(ctx, direct, url)
+    if settings is None:
+        key = ApiKey.model_validate(_api(url, "DELETE", f"/v1/admin/keys/{quote(key_id, safe='')}"))
+    else:
+        key = _run(settings, lambda s: s.revoke(key_id, actor=_actor()))
     if as_json:
         print_json(key.model_dump(mode="json"))
     else:

@@ -17,13 +17,21 @@ facts, :mod:`.rules` loads and merges rule files, :mod:`.matchers`, :mod:`.condi
 :mod:`.combinators` compile them (:mod:`.literals` puts costly regexes behind a literal test),
 :mod:`.prefilter` skips rules that cannot match, :mod:`.gate` decides, :mod:`.decision` is its answer, :mod:`.secrets` finds and
 redacts secrets, :mod:`.corpus` and :mod:`.cli` evaluate the gate against a labelled corpus.
+
+The names below are imported on first use (:mod:`quarterdeck.kit.lazy`): every ``quarterdeck``
+command goes through this package for ``policy.cli``, and the gate loads its rules and YAML.
 """
 
 from __future__ import annotations
 
-from quarterdeck.security.policy.decision import Action, Decision, RuleMatch, Severity
-from quarterdeck.security.policy.gate import PolicyGate, Rule
-from quarterdeck.security.policy.secrets import Finding, Redaction, find_secrets, redact
+from typing import TYPE_CHECKING
+
+from quarterdeck.kit.lazy import lazy_exports
+
+if TYPE_CHECKING:
+    from quarterdeck.security.policy.decision import Action, Decision, RuleMatch, Severity
+    from quarterdeck.security.policy.gate import PolicyGate, Rule
+    from quarterdeck.security.policy.secrets import Finding, Redaction, find_secrets, redact
 
 __all__ = [
     "Action",
@@ -37,3 +45,11 @@ __all__ = [
     "find_secrets",
     "redact",
 ]
+__getattr__ = lazy_exports(
+    __name__,
+    {
+        "quarterdeck.security.policy.decision": ("Action", "Decision", "RuleMatch", "Severity"),
+        "quarterdeck.security.policy.gate": ("PolicyGate", "Rule"),
+        "quarterdeck.security.policy.secrets": ("Finding", "Redaction", "find_secrets", "redact"),
+    },
+)

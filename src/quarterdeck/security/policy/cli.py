@@ -9,23 +9,17 @@ Exit codes: 0 done, 1 a ``--fail-under-recall`` / ``--max-fp-rate`` threshold wa
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
 
 from quarterdeck.exceptions import ConfigError
 from quarterdeck.kit.console import console, err_console, print_json
-from quarterdeck.security.policy.corpus import (
-    Case,
-    CorpusError,
-    Report,
-    RuleStats,
-    evaluate,
-    load,
-)
-from quarterdeck.security.policy.decision import Decision
-from quarterdeck.security.policy.gate import PolicyGate
+
+if TYPE_CHECKING:  # the gate compiles its rules from YAML: imported by `policy eval` itself
+    from quarterdeck.security.policy.corpus import Case, Report, RuleStats
+    from quarterdeck.security.policy.decision import Decision
 
 app = typer.Typer(help="The tool-call policy gate.", no_args_is_help=True)
 
@@ -130,6 +124,9 @@ def eval_corpus(
 
     Recall counts flag, deny and require_approval as detected; the false-positive rate counts
     benign cases that were denied or sent for approval (flags on benign are shown apart)."""
+    from quarterdeck.security.policy.corpus import CorpusError, evaluate, load
+    from quarterdeck.security.policy.gate import PolicyGate
+
     if egress_mode not in ("blocklist", "allowlist"):
         raise _bad([f"--egress-mode must be blocklist or allowlist, not {egress_mode!r}"])
     if rules is not None and not rules.is_file():

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
-import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -13,30 +11,20 @@ from typing import Annotated, Any
 
 import asyncpg
 import pytest
-import structlog
 import typer
 from typer.testing import CliRunner
 
 from quarterdeck.security.auth import keys
 from quarterdeck.security.auth.cli import app as keys_app
+from tests.support.cli_env import logs_to_the_real_stderr
 
 runner = CliRunner()
 
 
 @pytest.fixture(autouse=True)
 def _logs_to_the_real_stderr(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """The CLI configures process-wide logging on the stderr it starts with. Under CliRunner
-    that is a temporary stream, closed after the command, which every logger cached meanwhile
-    would keep writing to in later tests; so here logs go to the real stderr, uncached."""
-    saved = structlog.get_config()
-    structlog.configure(
-        wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.__stderr__),
-        cache_logger_on_first_use=False,
-    )
-    monkeypatch.setattr("quarterdeck.kit.logs.configure_logging", lambda *a, **k: None)
-    yield
-    structlog.configure(**saved)
+    with logs_to_the_real_stderr(monkeypatch):
+        yield
 
 
 @pytest.fixture

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import os
-import sys
 import threading
 from collections.abc import AsyncIterator, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -20,12 +18,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import structlog
 from typer.testing import CliRunner
 
 from quarterdeck.cli import app
 from quarterdeck.runtime import Runtime
 from tests.conftest import free_port
+from tests.support.cli_env import forget_settings_env, logs_to_the_real_stderr
 from tests.support.live_app import serving
 
 ADMIN_KEY = "doctor-bootstrap-admin-key-0123456789abcdef"
@@ -36,20 +34,11 @@ runner = CliRunner()
 def _clean(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Path]:
     """No settings from the caller's environment; run from an empty directory; logs to the real
     stderr (see test_auth_cli)."""
-    for name in list(os.environ):
-        if name.startswith("QUARTERDECK_") or name in ("POSTGRES_URL", "REDIS_URL"):
-            monkeypatch.delenv(name)
+    forget_settings_env(monkeypatch)
     monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
     monkeypatch.chdir(tmp_path)
-    saved = structlog.get_config()
-    structlog.configure(
-        wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.__stderr__),
-        cache_logger_on_first_use=False,
-    )
-    monkeypatch.setattr("quarterdeck.cli.configure_logging", lambda *a, **k: None)
-    yield tmp_path
-    structlog.configure(**saved)
+    with logs_to_the_real_stderr(monkeypatch):
+        yield tmp_path
 
 
 class _NotQuarterdeck(BaseHTTPRequestHandler):

@@ -6,21 +6,19 @@ it makes no sense. What it does to calls is in ``test_gateway_relay.py``
 from __future__ import annotations
 
 import json
-import logging
-import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-import structlog
 from typer.testing import CliRunner
 
 from quarterdeck.app import create_app
 from quarterdeck.runtime import Runtime
 from quarterdeck.security.audit.models import EventFilter
 from quarterdeck.security.auth.cli import app as keys_app
+from tests.support.cli_env import logs_to_the_real_stderr
 
 ADMIN = "bootstrap-admin-key-for-key-config-0123456789"
 AUTH = {"Authorization": f"Bearer {ADMIN}"}
@@ -90,15 +88,8 @@ def cli_env(
     db_url: str, data_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[dict[str, str]]:
     """As in test_auth_cli: logs to the real stderr, not CliRunner's temporary one."""
-    saved = structlog.get_config()
-    structlog.configure(
-        wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.__stderr__),
-        cache_logger_on_first_use=False,
-    )
-    monkeypatch.setattr("quarterdeck.kit.logs.configure_logging", lambda *a, **k: None)
-    yield {"POSTGRES_URL": db_url, "QUARTERDECK_DATA_DIR": str(data_dir)}
-    structlog.configure(**saved)
+    with logs_to_the_real_stderr(monkeypatch):
+        yield {"POSTGRES_URL": db_url, "QUARTERDECK_DATA_DIR": str(data_dir)}
 
 
 def _json(env: dict[str, str], *args: str) -> Any:

@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import os
 import shutil
-import sys
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
@@ -23,7 +21,6 @@ from typing import Any
 
 import httpx
 import pytest
-import structlog
 from typer.testing import CliRunner
 
 from quarterdeck.app import create_app
@@ -32,6 +29,7 @@ from quarterdeck.runtime import Runtime
 from quarterdeck.security.audit.models import AuditEvent
 from quarterdeck.security.auth.permissions import Role
 from tests.conftest import free_port
+from tests.support.cli_env import forget_settings_env, logs_to_the_real_stderr
 from tests.support.live_app import serving
 
 ADMIN_KEY = "remote-cli-bootstrap-admin-key-0123456789abcdef"
@@ -42,19 +40,10 @@ runner = CliRunner()
 def cwd(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Path]:
     """An empty working directory, no settings from the caller's environment, logs to the real
     stderr (see test_auth_cli)."""
-    for name in list(os.environ):
-        if name.startswith("QUARTERDECK_") or name in ("POSTGRES_URL", "REDIS_URL"):
-            monkeypatch.delenv(name)
+    forget_settings_env(monkeypatch)
     monkeypatch.chdir(tmp_path)
-    saved = structlog.get_config()
-    structlog.configure(
-        wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.__stderr__),
-        cache_logger_on_first_use=False,
-    )
-    monkeypatch.setattr("quarterdeck.kit.logs.configure_logging", lambda *a, **k: None)
-    yield tmp_path
-    structlog.configure(**saved)
+    with logs_to_the_real_stderr(monkeypatch):
+        yield tmp_path
     assert os.listdir(tmp_path) == [], "a command created files where it ran"
 
 

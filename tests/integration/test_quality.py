@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from quarterdeck import metrics
-from quarterdeck.agents import quality, sandbox
+from quarterdeck.agents import coverage, quality, sandbox
 
 
 @dataclass
@@ -263,7 +263,7 @@ async def test_coverage_of_a_tiny_project(
 ) -> None:
     ws = make_ws(COVERED_PROJECT)
     before = sorted(p.relative_to(ws) for p in ws.rglob("*"))
-    result = await quality.measure_coverage(ws, runner=sandboxed.runner)
+    result = await coverage.measure_coverage(ws, runner=sandboxed.runner)
     assert result is not None, "tests exist"
     assert result.error is None, result
     assert result.tests_passed and result.exit_code == 0
@@ -283,7 +283,7 @@ async def test_failing_tests_still_measure_coverage(
     project["test_more.py"] = (
         "from calc import sub\n\n\ndef test_sub():\n    assert sub(1, 1) == 5\n"
     )
-    result = await quality.measure_coverage(make_ws(project), runner=sandboxed.runner)
+    result = await coverage.measure_coverage(make_ws(project), runner=sandboxed.runner)
     assert result is not None
     assert not result.tests_passed and result.exit_code == 1
     assert "1 failed, 1 passed" in result.summary
@@ -294,7 +294,7 @@ async def test_no_coverage_data_is_an_error_not_zero(
     make_ws: Callable[..., Path], sandboxed: Sandboxed
 ) -> None:
     ws = make_ws({"tests/test_x.py": "import not_a_module\n\n\ndef test_x():\n    pass\n"})
-    result = await quality.measure_coverage(ws, runner=sandboxed.runner)
+    result = await coverage.measure_coverage(ws, runner=sandboxed.runner)
     assert result is not None
     assert result.percent is None and not result.tests_passed
     assert result.error and "no coverage data" in result.error
@@ -303,7 +303,7 @@ async def test_no_coverage_data_is_an_error_not_zero(
 async def test_test_timeout_is_reported(make_ws: Callable[..., Path], sandboxed: Sandboxed) -> None:
     slow = "import time\n\n\ndef test_slow():\n    time.sleep(60)\n"
     ws = make_ws({"src/calc.py": COVERED_PROJECT["src/calc.py"], "slow_test.py": slow})
-    result = await quality.measure_coverage(ws, runner=sandboxed.runner, timeout_s=3)
+    result = await coverage.measure_coverage(ws, runner=sandboxed.runner, timeout_s=3)
     assert result is not None
     assert result.timed_out and result.percent is None and not result.tests_passed
     assert result.error and "timed out" in result.error
@@ -313,8 +313,8 @@ async def test_workspace_without_tests_is_none(
     make_ws: Callable[..., Path], sandboxed: Sandboxed
 ) -> None:
     ws = make_ws({"src/calc.py": COVERED_PROJECT["src/calc.py"], ".venv/test_vendor.py": ""})
-    assert await quality.measure_coverage(ws, runner=sandboxed.runner) is None
-    assert quality.has_tests(make_ws({"pkg/calc_test.py": ""}))
+    assert await coverage.measure_coverage(ws, runner=sandboxed.runner) is None
+    assert coverage.has_tests(make_ws({"pkg/calc_test.py": ""}))
 
 
 def _count(name: str, labels: dict[str, str]) -> float:
@@ -334,7 +334,7 @@ def test_metrics_are_recorded_with_bounded_labels() -> None:
     assert _count(q_name, q_labels) == q_before[0] + 1
     assert _sum(q_name, q_labels) == pytest.approx(q_before[1] + 0.25)
 
-    cov = quality.CoverageResult(percent=75.0, tests_passed=True, exit_code=0, summary="")
+    cov = coverage.CoverageResult(percent=75.0, tests_passed=True, exit_code=0, summary="")
     cases = [
         ("calc-repo", None, "calc-repo"),  # configured below (QUARTERDECK_METRIC_PROJECTS)
         ("other-repo", None, "other"),  # a project nobody configured
@@ -347,7 +347,7 @@ def test_metrics_are_recorded_with_bounded_labels() -> None:
         for project, known, label in cases:
             labels = {"agent_type": "test-writer", "project": label}
             before = _count(c_name, labels)
-            quality.record_coverage("test-writer", project, cov, known_projects=known)
+            coverage.record_coverage("test-writer", project, cov, known_projects=known)
             assert _count(c_name, labels) == before + 1, project
     finally:
         metrics.configure_labels(None)
@@ -356,5 +356,5 @@ def test_metrics_are_recorded_with_bounded_labels() -> None:
     labels = {"agent_type": "test-writer", "project": "workspace"}
     before = _count(c_name, labels)
     failed = cov.model_copy(update={"percent": None, "error": "no coverage data"})
-    quality.record_coverage("test-writer", None, failed)
+    coverage.record_coverage("test-writer", None, failed)
     assert _count(c_name, labels) == before

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from quarterdeck import metrics
+from quarterdeck.agents.coverage import CoverageResult, record_coverage
 from quarterdeck.agents.planner import project_label
-from quarterdeck.agents.quality import CoverageResult, record_coverage
 from quarterdeck.config import load_settings
 from quarterdeck.kit.latency import parse_latency
 from quarterdeck.providers.simulated import SimulatedProvider

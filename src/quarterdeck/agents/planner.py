@@ -21,13 +21,12 @@ from urllib.parse import urlparse
 import structlog
 
 from quarterdeck.agents.checkpoint import WorkspaceCheckpoints
+from quarterdeck.agents.coverage import measure_coverage, record_coverage
 from quarterdeck.agents.egress import RunEgress
 from quarterdeck.agents.guard import Guard, GuardedTools, refused
 from quarterdeck.agents.quality import (
     QualityError,
     diff_line_numbers,
-    measure_coverage,
-    record_coverage,
     record_quality,
     score_python,
 )

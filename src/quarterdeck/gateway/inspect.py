@@ -36,11 +36,12 @@ from quarterdeck import metrics
 from quarterdeck.exceptions import ConfigError
 from quarterdeck.gateway.meter import ToolUse
 from quarterdeck.incidents.anomalies import AnomalySink
+from quarterdeck.security.audited import AuditedCall
 from quarterdeck.security.policy import PolicyGate, find_secrets, redact
 from quarterdeck.security.policy.decision import combine
 from quarterdeck.security.policy.secrets import REDACTED
 from quarterdeck.security.redaction import redact_arguments
-from quarterdeck.security.trail import AuditedCall, AuditTrail
+from quarterdeck.security.trail import AuditTrail
 from quarterdeck.toolcalls import TOOLS
 
 log = structlog.get_logger(__name__)

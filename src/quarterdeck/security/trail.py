@@ -13,64 +13,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
-from enum import StrEnum
-from typing import Annotated, Any, Protocol
+from typing import Annotated, Any
 
 import structlog
 from fastapi import Depends, Request
 
 from quarterdeck.kit.wiring import provide_optional
 from quarterdeck.security.audit import AuditEvent, AuditLog
+from quarterdeck.security.audited import AuditedCall, AuditedRun
 
 log = structlog.get_logger(__name__)
-
-
-class AuditedRun(Protocol):
-    """What the trail reads of a run: ``runs.models.Run`` lives a floor above this one."""
-
-    @property
-    def id(self) -> str: ...
-    @property
-    def tenant(self) -> str: ...
-    @property
-    def agent_type(self) -> str: ...
-    @property
-    def operation(self) -> str: ...
-    @property
-    def model(self) -> str: ...
-    @property
-    def status(self) -> StrEnum: ...
-    @property
-    def attempts(self) -> int: ...
-    @property
-    def turns(self) -> int: ...
-    @property
-    def started_at(self) -> datetime | None: ...
-    @property
-    def finished_at(self) -> datetime | None: ...
-    @property
-    def cost_usd(self) -> float | None: ...
-    @property
-    def error(self) -> str | None: ...
-
-
-class AuditedCall(Protocol):
-    """What the trail reads of a gateway call (``gateway.service.CallContext`` is a floor up)."""
-
-    @property
-    def call_id(self) -> str: ...
-    @property
-    def tenant(self) -> str: ...
-    @property
-    def key_id(self) -> str | None: ...
-    @property
-    def run_id(self) -> str | None: ...
-    @property
-    def session_id(self) -> str | None: ...
-    @property
-    def agent_id(self) -> str | None: ...
-    @property
-    def model(self) -> str: ...
 
 
 @dataclass(frozen=True)

@@ -30,8 +30,9 @@ from quarterdeck.agents.egress.proxy import EgressProxy, EgressRecord, Resolver,
 
 if TYPE_CHECKING:
     from quarterdeck.config import Settings
+    from quarterdeck.security.audited import AuditedRun
     from quarterdeck.security.policy import PolicyGate
-    from quarterdeck.security.trail import AuditedRun, AuditTrail
+    from quarterdeck.security.trail import AuditTrail
 
 log = structlog.get_logger(__name__)
 SOCKET_NAME = "egress.sock"

@@ -96,6 +96,25 @@ async def set_key_budget(db: Database, key_id: str, daily: str | None, monthly: 
         )
 
 
+async def test_a_turn_settled_after_the_clock_was_read_still_counts(db: Database) -> None:
+    """Another process settles a $0.90 turn (its hold deleted, its cost stamped with its own
+    transaction time) just after this reservation read its clock: with $1.00 a day, a $0.20
+    reservation must see that spend and be refused, not slip into the gap between the two."""
+    await BudgetService(db).set("acme", Decimal("1.00"), None)
+    await add_run(db, "r_late", budget=None)
+    async with db.acquire() as conn:
+        await conn.execute(
+            "INSERT INTO run_turns (run_id, turn, messages, model, cost_usd, created_at)"
+            " VALUES ('r_late', 1, '[]'::jsonb, 'm', 0.90, $1)",
+            NOW + timedelta(milliseconds=50),
+        )
+    holds = BudgetHolds(db, clock=clock_at())
+    with pytest.raises(BudgetExceeded) as refused:
+        await holds.reserve(tenant="acme", key_id=None, run_id=None, amount=Decimal("0.20"))
+    assert refused.value.scope == "tenant"
+    assert await held(db) == 0
+
+
 async def test_no_budget_writes_nothing(db: Database) -> None:
     holds = BudgetHolds(db, clock=clock_at())
     assert await holds.reserve(tenant="acme", key_id="k1", run_id="r1", amount=CENT5) is None

@@ -163,6 +163,9 @@ class Reservation:
 # 0010_gateway.sql says why it is a function and not one statement): the row locks are held only
 # while Postgres executes it, never across a round trip to a busy client.
 
+RESERVE_HORIZON = timedelta(days=1)
+"""How far past ``now`` a reservation counts settled spend (see :func:`reserve_hold`)."""
+
 _RESERVE = "SELECT * FROM qd_reserve_budget($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
 
 
@@ -183,7 +186,13 @@ async def reserve_hold(
     called outside one.
     None when no limit applies; a :class:`Reservation` with ``hold_id`` None when refused."""
     day, month = period_starts(now)
-    end = now + timedelta(microseconds=1)
+    # No upper bound that could hide spend: a turn another process settles after ``now`` was
+    # read (while this call waited for a pool connection or the budget row's lock) has its
+    # hold deleted and its cost stamped with its own, later, transaction time. Bounded at
+    # ``now``, that cost was in neither sum, and concurrent runs overspent their tenant's
+    # budget (seen with 100 runs on two worker processes). Counting up to a day ahead is
+    # conservative: nothing is dated later but by clock skew, which should count too.
+    end = now + RESERVE_HORIZON
     args = (
         hold_id,
         tenant,

@@ -31,7 +31,24 @@ SUITES: dict[str, Callable[[], dict[str, Any]]] = {
 }
 
 
+USAGE = """usage: python -m benchmarks.run [PREFIX ...]   (make bench: all of them)
+
+Runs the benchmarks whose names start with a PREFIX (all without one), writes
+benchmarks/results/bench-*.json and latest.json, and prints a table. Benchmarks:
+"""
+
+
 def main(selected: list[str]) -> None:
+    if any(arg in ("-h", "--help") for arg in selected):
+        print(USAGE + "".join(f"  {name}\n" for name in SUITES))
+        return
+    unknown = [s for s in selected if not any(name.startswith(s) for name in SUITES)]
+    if unknown:
+        print(
+            f"error: no benchmark starts with {', '.join(unknown)}; --help lists them",
+            file=sys.stderr,
+        )
+        raise SystemExit(2)
     RESULTS.mkdir(exist_ok=True)
     results: dict[str, Any] = {}
     for name, fn in SUITES.items():

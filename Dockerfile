@@ -2,9 +2,11 @@
 # Quarterdeck container image: `docker build -t your-registry/quarterdeck:0.1.0 .`
 #
 # Stage 1 builds wheels for Quarterdeck and all of its dependencies (compilers live only here);
-# stage 2 installs those wheels offline into a clean slim image and runs as a non-root user.
+# stage 2 installs the pinned Claude Code CLI from the npm registry (like `make deps`); stage 3
+# installs those wheels offline into a clean slim image, adds the CLI, and runs as a non-root user.
 
 ARG PYTHON_VERSION=3.11
+ARG CLAUDE_CODE_VERSION=2.1.197
 
 FROM python:${PYTHON_VERSION}-slim AS builder
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
@@ -16,6 +18,17 @@ COPY pyproject.toml README.md ./
 COPY src ./src
 RUN pip wheel --wheel-dir /wheels .
 
+# The CLI that claude-code agent types run. The npm package ships a native binary (its postinstall
+# links the platform package's binary to bin/claude.exe) linked only against glibc, so the runtime
+# image needs no Node. The platform package is removed after: bin/claude.exe is the same file,
+# and copying both would store it twice.
+FROM node:20-bookworm-slim AS claude-code
+ARG CLAUDE_CODE_VERSION
+RUN npm install --no-audit --no-fund --loglevel=error --prefix /opt/claude-code \
+        @anthropic-ai/claude-code@${CLAUDE_CODE_VERSION} \
+    && rm -rf /opt/claude-code/node_modules/@anthropic-ai/claude-code-* \
+    && /opt/claude-code/node_modules/.bin/claude --version
+
 FROM python:${PYTHON_VERSION}-slim AS runtime
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -24,7 +37,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     QUARTERDECK_HTTP_HOST=0.0.0.0 \
     QUARTERDECK_HTTP_PORT=8080 \
     QUARTERDECK_METRICS_PORT=9090 \
-    QUARTERDECK_DATA_DIR=/app/data
+    QUARTERDECK_DATA_DIR=/app/data \
+    QUARTERDECK_CLAUDE_CODE_PATH=/opt/claude-code/node_modules/.bin/claude
 # git: workspaces record their baseline and diffs with it. bubblewrap: run_command's strong
 # sandbox (with util-linux's prlimit and setpriv, already in the base image); socat: the bridge
 # from a sandboxed command to the egress proxy.
@@ -37,6 +51,7 @@ RUN groupadd --system --gid 10001 quarterdeck \
     && chown -R quarterdeck:quarterdeck /app
 RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
     pip install --no-index --find-links /wheels quarterdeck
+COPY --from=claude-code /opt/claude-code /opt/claude-code
 WORKDIR /app
 USER 10001:10001
 EXPOSE 8080 9090

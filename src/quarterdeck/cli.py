@@ -242,7 +242,12 @@ def doctor(
         )
         return sandbox.isolation_report()
 
-    run_doctor(s, url, as_json, local_isolation, preflight=preflight)
+    def local_claude_code() -> dict[str, object]:  # likewise; the sandbox is configured above
+        from quarterdeck.agents.claude_code.install import probe_cli
+
+        return probe_cli(s).as_dict()
+
+    run_doctor(s, url, as_json, local_isolation, preflight, local_claude_code)
 
 
 @app.command()

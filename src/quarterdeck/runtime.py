@@ -14,6 +14,7 @@ import structlog
 
 from quarterdeck import metrics
 from quarterdeck.agents import sandbox
+from quarterdeck.agents.claude_code.plan import ClaudeCodeDeps
 from quarterdeck.agents.guard import Guard
 from quarterdeck.agents.planner import AgentPlanner
 from quarterdeck.agents.templates import AgentCatalog
@@ -50,6 +51,7 @@ from quarterdeck.runs.store import PostgresRunStore
 from quarterdeck.runs.worker import WorkerPool
 from quarterdeck.security.audit import AuditLog
 from quarterdeck.security.auth import AuthService, build_auth_service
+from quarterdeck.security.auth.run_tokens import RunTokens
 from quarterdeck.security.policy import PolicyGate
 from quarterdeck.security.trail import AuditTrail
 from quarterdeck.store import migrations
@@ -139,7 +141,9 @@ class Runtime:
         self.hub = RunEventHub(self.db.url)
         if self.with_api:
             await self.hub.start()
-        self.agent_catalog = AgentCatalog.from_settings(self.settings)
+        self.agent_catalog = AgentCatalog.from_settings(
+            self.settings, need_sandbox=self.with_workers
+        )
         # The audit trail first: the run service and the workers take it at construction.
         self.audit = AuditLog.from_settings(self.settings, self.db)
         await self.audit.start()
@@ -200,6 +204,7 @@ class Runtime:
                         anomalies=self.anomalies,
                         trail=self.trail,
                     ),
+                    claude_code=ClaudeCodeDeps(RunTokens(self.db), self.gateway_calls),
                 ),
                 cost_of,
                 config,

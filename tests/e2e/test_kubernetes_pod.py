@@ -19,7 +19,12 @@ Then ``quarterdeck doctor`` and the worker Deployment's ``quarterdeck worker`` r
 and the API Deployment's ``quarterdeck serve`` as the API pod (RuntimeDefault seccomp, masked
 ``/proc``: no bubblewrap, which it does not need), with the production overlay's environment and
 ConfigMap, every secret a file laid out as the kubelet writes a projected volume (0440
-root:10001), a password-protected Redis and an external Postgres.
+root:10001), a password-protected Redis and an external Postgres. The two pods run once for the
+module (``pods``), and a claude-code run goes from one to the other: submitted to ``serve``,
+executed by ``worker`` with the real claude CLI in bubblewrap under the pod's uid and seccomp
+profile, its model calls through ``serve``'s gateway at the worker's
+``QUARTERDECK_AGENT_GATEWAY_URL``. (The CLI, a Bun binary, calls one system call the profile
+denies, ``get_mempolicy``, once at start; it carries on without it, as this run shows.)
 """
 
 from __future__ import annotations
@@ -32,11 +37,14 @@ import secrets
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+import asyncpg
 import httpx
 import pytest
 import yaml
@@ -44,8 +52,10 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from quarterdeck.chaos.deploy import redis_server_binary
+from quarterdeck.chaos.fake_http import Reply
+from quarterdeck.chaos.messages_api import MessagesAPIServer, make_usage, message, text, tool_use
 from quarterdeck.chaos.process import Process, free_port, http_ok, port_open
-from tests.conftest import world_readable_tmpdir
+from tests.conftest import with_database, world_readable_tmpdir
 from tests.integration.test_deploy_kubernetes import (
     KUBE,
     api,
@@ -126,15 +136,24 @@ def python_shim() -> str:
 
 
 def as_pod(
-    pod: dict[str, Any], argv: list[str], *, profile: Path, masked: bool = False
+    pod: dict[str, Any],
+    argv: list[str],
+    *,
+    profile: Path,
+    masked: bool = False,
+    hosts: Path | None = None,
 ) -> list[str]:
     """``argv`` run as the pod's process: its uid/gids, no capabilities, the seccomp profile, in
-    a private mount namespace (with runc's masked /proc when ``masked``)."""
+    a private mount namespace (with runc's masked /proc when ``masked``; with ``hosts`` as its
+    /etc/hosts, the cluster DNS names it resolves)."""
     command = [sys.executable, str(SECCOMP_EXEC), str(profile), "--"]
     command += ["setpriv", "--reuid", str(pod["uid"]), "--regid", str(pod["gid"])]
     command += ["--groups", str(pod["fs_group"]), "--inh-caps=-all", "--bounding-set=-all"]
     command += ["--", *argv]
-    script = python_shim() + (MASK_PROC if masked else 'exec "$@"\n')
+    script = python_shim()
+    if hosts is not None:
+        script += f"mount --bind {hosts} /etc/hosts || exit 96\n"
+    script += MASK_PROC if masked else 'exec "$@"\n'
     mount_ns = ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", script]
     return [*mount_ns, "sh", *command]
 
@@ -211,11 +230,30 @@ def kubelet_volume(root: Path, files: dict[str, str], gid: int) -> Path:
     return root
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
+async def pod_db_url(pg_base_url: str, template_url: str) -> AsyncIterator[str]:
+    """The pods' external Postgres: one database for the module, whose pods are started once
+    (``pods``) and shared by the tests that need them running."""
+    name = f"qd_test_pods_{os.getpid()}"
+    conn = await asyncpg.connect(pg_base_url)
+    try:
+        await conn.execute(f"CREATE DATABASE {name} TEMPLATE qd_template")
+    finally:
+        await conn.close()
+    yield with_database(pg_base_url, name)
+    conn = await asyncpg.connect(pg_base_url)
+    try:
+        await conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(scope="module")
 def shipped_pod(
-    pod: dict[str, Any], prod: list[dict[str, Any]], db_url: str
+    pod: dict[str, Any], prod: list[dict[str, Any]], pod_db_url: str
 ) -> Iterator[dict[str, Any]]:
     """Everything `quarterdeck` needs to start as the production pod, and its secret values."""
+    db_url = pod_db_url
     tmp_path = world_readable_tmpdir("qd-pod-")  # pytest's tmp_path is root-only
     redis_bin = redis_server_binary()
     if redis_bin is None:
@@ -364,61 +402,118 @@ def assert_the_pods_process(
     assert httpx.get(metrics, headers=bearer, timeout=10).status_code == 200
 
 
-def test_the_worker_starts_as_the_shipped_worker_pod_with_secrets_only_in_files(
-    pod: dict[str, Any], shipped_pod: dict[str, Any]
-) -> None:
-    """The worker Deployment's own command: bubblewrap in use, probes on the metrics port
-    (no token), and no API port at all."""
-    env, values = shipped_pod["env"], shipped_pod["values"]
-    assert shipped_pod["args"] == ["worker"]
-    proc = Process(
-        as_pod(pod, [str(BIN), *shipped_pod["args"]], profile=pod["profile"]),
+@pytest.fixture(scope="module")
+def upstream() -> Iterator[MessagesAPIServer]:
+    """The Messages API stand-in behind the API pod's gateway (the model of claude-code runs)."""
+    server = MessagesAPIServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def pods(
+    pod: dict[str, Any],
+    prod: list[dict[str, Any]],
+    shipped_pod: dict[str, Any],
+    upstream: MessagesAPIServer,
+) -> Iterator[dict[str, Any]]:
+    """The API Deployment's ``serve`` as the API pod (RuntimeDefault's refusals, masked /proc)
+    and the worker Deployment's ``worker`` as the worker pod, started together once for the
+    tests below. When the module is done with them, each must have stopped with 0 and never
+    logged a secret (a failure is reported as this fixture's teardown error).
+
+    The API pod's gateway forwards to the stand-in, with its key as one more secret file. The
+    worker pod gets the manifest's QUARTERDECK_AGENT_GATEWAY_URL: the API Service's cluster DNS
+    name, resolved to this machine by the pod's /etc/hosts, with the API pod's port here."""
+    tmp, values = shipped_pod["tmp"], shipped_pod["values"]
+    assert (shipped_pod["api_args"], shipped_pod["args"]) == (["serve"], ["worker"])
+    upstream_key = "sk-upstream-" + secrets.token_hex(16)
+    api_files = {**values, "gateway_upstream_api_key": upstream_key}
+    api_env = dict(shipped_pod["api_env"], QUARTERDECK_GATEWAY_UPSTREAM_URL=upstream.base_url)
+    api_env["QUARTERDECK_SECRETS_DIR"] = str(
+        kubelet_volume(
+            tmp / "api-secrets", {k: v + "\n" for k, v in api_files.items()}, pod["fs_group"]
+        )
+    )
+    gateway = urlsplit(env_of(worker(prod))["QUARTERDECK_AGENT_GATEWAY_URL"]["value"])
+    assert gateway.hostname and gateway.port == 8080, gateway
+    hosts = tmp / "hosts"
+    hosts.write_text(Path("/etc/hosts").read_text() + f"\n127.0.0.1 {gateway.hostname}\n")
+    hosts.chmod(0o644)
+    env = dict(shipped_pod["env"])
+    here = f"{gateway.hostname}:{api_env['QUARTERDECK_HTTP_PORT']}"
+    env["QUARTERDECK_AGENT_GATEWAY_URL"] = gateway._replace(netloc=here).geturl()
+    api_pod = Process(
+        as_pod(
+            pod,
+            [str(BIN), *shipped_pod["api_args"]],
+            profile=runtime_default_like(pod, tmp),
+            masked=True,
+        ),
+        env=api_env,
+        log=tmp / "serve.log",
+        name="quarterdeck-serve",
+        cwd=Path("/tmp"),
+    )
+    worker_pod = Process(
+        as_pod(pod, [str(BIN), *shipped_pod["args"]], profile=pod["profile"], hosts=hosts),
         env=env,
-        log=shipped_pod["tmp"] / "worker.log",
+        log=tmp / "worker.log",
         name="quarterdeck-worker",
         cwd=Path("/tmp"),
     )
+    url = f"http://127.0.0.1:{api_env['QUARTERDECK_HTTP_PORT']}"
     probes = f"http://127.0.0.1:{env['QUARTERDECK_METRICS_PORT']}"
-    with proc:
-        proc.wait_ready(http_ok(f"{probes}/ready"), 90)
-        assert httpx.get(f"{probes}/health", timeout=10).status_code == 200
-        assert_the_pods_process(pod, proc.pid, env, values)
-        assert not port_open(int(env["QUARTERDECK_HTTP_PORT"]))(), "a worker serves no API"
-    assert proc.returncode == 0, proc.log_tail()
-    log = proc.log_tail(200_000)
-    for secret in values.values():
-        assert secret not in log
+    try:
+        api_pod.start()  # both start at once: each waits on the other's start only here
+        worker_pod.start()
+        api_pod.wait_ready(http_ok(f"{url}/ready"), 90)
+        worker_pod.wait_ready(http_ok(f"{probes}/ready"), 90)
+        yield {
+            "api": api_pod,
+            "worker": worker_pod,
+            "api_env": api_env,
+            "env": env,
+            "url": url,
+            "values": api_files,
+        }
+    finally:
+        with ThreadPoolExecutor(2) as stopping:
+            codes = list(stopping.map(Process.stop, (worker_pod, api_pod)))
+    for proc, code in zip((worker_pod, api_pod), codes, strict=True):
+        assert code == 0, proc.log_tail()
+        log = proc.log_tail(200_000)
+        for name, secret in api_files.items():
+            assert secret not in log, f"{proc.name} logged {name}"
+
+
+def test_the_worker_starts_as_the_shipped_worker_pod_with_secrets_only_in_files(
+    pod: dict[str, Any], pods: dict[str, Any]
+) -> None:
+    """The worker Deployment's own command: bubblewrap in use, probes on the metrics port
+    (no token), and no API port at all."""
+    env = pods["env"]
+    probes = f"http://127.0.0.1:{env['QUARTERDECK_METRICS_PORT']}"
+    assert httpx.get(f"{probes}/ready", timeout=10).status_code == 200
+    assert httpx.get(f"{probes}/health", timeout=10).status_code == 200
+    assert_the_pods_process(pod, pods["worker"].pid, env, pods["values"])
+    assert not port_open(int(env["QUARTERDECK_HTTP_PORT"]))(), "a worker serves no API"
 
 
 def test_the_api_starts_as_the_shipped_api_pod_without_bubblewrap(
-    pod: dict[str, Any], shipped_pod: dict[str, Any]
+    pod: dict[str, Any], pods: dict[str, Any]
 ) -> None:
     """The API Deployment's `serve` in the API pod's shape (RuntimeDefault's refusals, masked
     /proc): it runs no agent command, so it starts without bubblewrap, and the admin key from
     its file authenticates."""
-    env, values = shipped_pod["api_env"], shipped_pod["values"]
-    assert shipped_pod["api_args"] == ["serve"]
-    profile = runtime_default_like(pod, shipped_pod["tmp"])
-    proc = Process(
-        as_pod(pod, [str(BIN), *shipped_pod["api_args"]], profile=profile, masked=True),
-        env=env,
-        log=shipped_pod["tmp"] / "serve.log",
-        name="quarterdeck-serve",
-        cwd=Path("/tmp"),
-    )
-    url = f"http://127.0.0.1:{env['QUARTERDECK_HTTP_PORT']}"
-    with proc:
-        proc.wait_ready(http_ok(f"{url}/ready"), 90)
-        assert_the_pods_process(pod, proc.pid, env, values)
-        admin = {"x-api-key": values["admin_api_key"]}
-        assert httpx.get(f"{url}/v1/system", timeout=10).status_code == 401
-        system = httpx.get(f"{url}/v1/system", headers=admin, timeout=10)
-        assert system.status_code == 200, system.text
-        assert system.json()["isolation"]["running_as_root"] is False
-        assert system.json()["isolation"]["in_use"] != "bwrap", "no bubblewrap in the API pod"
-    assert proc.returncode == 0, proc.log_tail()
-    for secret in values.values():
-        assert secret not in proc.log_tail(200_000)
+    env, values, url = pods["api_env"], pods["values"], pods["url"]
+    assert_the_pods_process(pod, pods["api"].pid, env, values)
+    admin = {"x-api-key": values["admin_api_key"]}
+    assert httpx.get(f"{url}/v1/system", timeout=10).status_code == 401
+    system = httpx.get(f"{url}/v1/system", headers=admin, timeout=10)
+    assert system.status_code == 200, system.text
+    assert system.json()["isolation"]["running_as_root"] is False
+    assert system.json()["isolation"]["in_use"] != "bwrap", "no bubblewrap in the API pod"
 
 
 def test_a_pod_without_bubblewrap_refuses_to_start(
@@ -478,3 +573,63 @@ def test_the_weak_fallback_starts_on_rlimits_and_says_so(
     assert checks["sandbox.rlimits"]["status"] == "warn"
     assert checks["sandbox.rlimits"]["detail"].startswith("available (in use)")
     assert "sandbox" not in checks, "QUARTERDECK_SANDBOX_ALLOW_WEAK=true accepted it"
+
+
+# ------------------------------------------------------- a claude-code run across the two pods
+CLAUDE = Path(sys.prefix) / "claude-code" / "node_modules" / ".bin" / "claude"  # make deps
+MODEL = "claude-sonnet-4-5"
+# What the tool call writes: how the pod's kernel sees the command the CLI ran in bubblewrap.
+SHOW_THE_COMMAND = "grep -E '^(NoNewPrivs|Seccomp):' /proc/self/status > pod.txt"
+
+
+def scripted_model(model: str, payload: Any) -> Reply:
+    """Turn 1 runs SHOW_THE_COMMAND, turn 2 ends; turn ``t`` bills 100t in and 10t out."""
+    turn = 1 + sum(1 for m in payload.get("messages", []) if m.get("role") == "assistant")
+    blocks = [tool_use("Bash", {"command": SHOW_THE_COMMAND})] if turn == 1 else [text("Done.")]
+    usage = make_usage(input_tokens=100 * turn, output_tokens=10 * turn)
+    return message(*blocks, usage=usage, model=model)
+
+
+def test_a_claude_code_run_submitted_to_the_api_pod_runs_in_the_worker_pod(
+    pods: dict[str, Any], upstream: MessagesAPIServer
+) -> None:
+    """The real claude CLI, started by `worker` as the shipped worker pod (uid 10001, the Localhost
+    seccomp profile, bubblewrap), reaches the gateway of `serve` as the API pod through the
+    manifest's QUARTERDECK_AGENT_GATEWAY_URL (the API Service's name, resolved as in the
+    cluster): the run succeeds, metered and billed by the API pod's gateway."""
+    if not CLAUDE.exists():
+        pytest.skip("Claude Code CLI not installed (make deps installs it)")
+    url, values = pods["url"], pods["values"]
+    upstream.conversation = scripted_model  # type: ignore[assignment]  # any (model, payload)
+    sent_before = len(upstream.requests)
+    made = httpx.post(
+        f"{url}/v1/admin/keys",
+        json={"name": "pod submitter", "role": "submitter", "tenant": "acme"},
+        headers={"authorization": f"Bearer {values['admin_api_key']}"},
+        timeout=10,
+    )
+    assert made.status_code == 201, made.text
+    key = {"x-api-key": made.json()["api_key"]}
+    body = {"prompt": "Show how you run.", "agent_type": "claude-code", "model": MODEL}
+    submitted = httpx.post(f"{url}/v1/runs", json=body, headers=key, timeout=10)
+    assert submitted.status_code == 202, submitted.text
+    run_id = submitted.json()["id"]
+    waited = httpx.get(
+        f"{url}/v1/runs/{run_id}/wait", params={"timeout": 60}, headers=key, timeout=70
+    )
+    run = waited.json()
+    assert run["status"] == "succeeded", (run, pods["worker"].log_tail(), pods["api"].log_tail())
+    assert run["result"] == "Done." and run["changed_files"] == ["pod.txt"]
+    diff = httpx.get(f"{url}/v1/runs/{run_id}/diff", headers=key, timeout=10).text
+    # The command ran under the pod's seccomp filter (inherited through bubblewrap and the CLI;
+    # this test's own process has none).
+    assert "+NoNewPrivs:\t1" in diff and "+Seccomp:\t2" in diff, diff
+    # Both model calls went through the API pod's gateway, metered for this run, and upstream
+    # with the gateway's key from its file: the run's own token never left Quarterdeck.
+    sent = upstream.requests[sent_before:]
+    assert len(sent) == 2
+    for request in sent:
+        assert request.headers["x-api-key"] == values["gateway_upstream_api_key"]
+        assert "qd_run_" not in str(dict(request.headers))
+    assert run["turns"] == 2 and (run["input_tokens"], run["output_tokens"]) == (300, 30)
+    assert Decimal(str(run["cost_usd"])) == (Decimal(3) * 300 + Decimal(15) * 30) / 10**6

@@ -13,6 +13,8 @@ Each claim of deploy/kubernetes/README.md ("Isolation") is checked on the render
   Pod Security ``baseline`` (what that allows) and audits ``restricted``;
 * the egress NetworkPolicy (API and worker pods) lets out exactly DNS, Postgres, Redis and HTTPS
   to public addresses, evaluated on addresses (metadata service and private networks refused);
+  workers get one way more, the gateway on the API pods, which their
+  ``QUARTERDECK_AGENT_GATEWAY_URL`` names (claude-code runs' model calls);
 * the weak-sandbox fallback says what it is (and keeps the secrets out of the environment).
 
 What the seccomp profile and the unmasked ``/proc`` do on a real kernel is proved by
@@ -345,7 +347,9 @@ def test_network_policy_egress_is_exactly_as_documented() -> None:
     egress_policies = [
         d for d in docs if d["kind"] == "NetworkPolicy" and "Egress" in d["spec"]["policyTypes"]
     ]
-    assert egress_policies == [policy], "one egress policy, for API and worker pods alike"
+    # One egress policy for API and worker pods alike, and the workers' one addition (the
+    # gateway on the API pods: test_workers_reach_the_gateway_on_the_api_pods_only).
+    assert egress_policies == [policy, find(docs, "NetworkPolicy", WORKER)]
     rules = policy["spec"]["egress"]
     assert all(rule.get("ports") for rule in rules), "no all-ports egress"
     shape = sorted(
@@ -389,12 +393,62 @@ def test_network_policy_egress_is_exactly_as_documented() -> None:
     # Ingress: the API takes 8080 and 9090, a worker only 9090 (it serves no API).
     for name, ports in ((API, {8080, 9090}), (WORKER, {9090})):
         ingress = find(docs, "NetworkPolicy", name)
-        assert ingress["spec"]["policyTypes"] == ["Ingress"]
+        assert "Ingress" in ingress["spec"]["policyTypes"]
         assert (
             ingress["spec"]["podSelector"]["matchLabels"]
             == find(docs, "Deployment", name)["spec"]["selector"]["matchLabels"]
         )
         assert {p["port"] for rule in ingress["spec"]["ingress"] for p in rule["ports"]} == ports
+
+
+def selects(selector: dict[str, Any], docs: list[dict[str, Any]], deployment: str) -> bool:
+    labels = find(docs, "Deployment", deployment)["spec"]["template"]["metadata"]["labels"]
+    return bool(selector["matchLabels"].items() <= labels.items())
+
+
+def test_workers_reach_the_gateway_on_the_api_pods_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A claude-code run's CLI calls the model through the gateway, which the API pods serve; a
+    worker serves none. So the worker's QUARTERDECK_AGENT_GATEWAY_URL is the API Service, and the
+    policies open exactly that path: worker egress to API pods on 8080, API ingress from them."""
+    from quarterdeck.agents.claude_code.bridge import gateway_address
+    from quarterdeck.agents.claude_code.plan import gateway_url
+
+    docs = render("overlays/production")
+    url = env_of(worker(docs))["QUARTERDECK_AGENT_GATEWAY_URL"]["value"]
+    assert "QUARTERDECK_AGENT_GATEWAY_URL" not in env_of(container_of(docs, API))
+    for var in set(config.env_names().values()) | {"QUARTERDECK_CONFIG"}:
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("QUARTERDECK_AGENT_GATEWAY_URL", url)
+    host, port = gateway_address(gateway_url(load_settings(None)))
+    # The URL names the API Service by its cluster DNS name and port...
+    service = find(docs, "Service", "claude-agent-service")
+    assert host == f"{service['metadata']['name']}.{service['metadata']['namespace']}.svc"
+    (service_port,) = service["spec"]["ports"]
+    assert port == service_port["port"]
+    assert selects({"matchLabels": service["spec"]["selector"]}, docs, API)
+    ports = {p["name"]: p["containerPort"] for p in container_of(docs, API)["ports"]}
+    pod_port = ports[service_port["targetPort"]]
+    # ...the workers' own policy adds exactly that way out: the API pods' port, nothing else...
+    egress = find(docs, "NetworkPolicy", WORKER)["spec"]["egress"]
+    assert [r["ports"] for r in egress] == [[{"port": pod_port, "protocol": "TCP"}]]
+    (peer,) = egress[0]["to"]
+    assert set(peer) == {"podSelector"} and selects(peer["podSelector"], docs, API)
+    assert not selects(peer["podSelector"], docs, WORKER), "not other workers"
+    # ...and the API pods let the workers in on it (and only on it).
+    ingress = find(docs, "NetworkPolicy", API)["spec"]["ingress"]
+    from_workers = [
+        {p["port"] for p in rule["ports"]}
+        for rule in ingress
+        for peer in rule["from"]
+        if "podSelector" in peer and selects(peer["podSelector"], docs, WORKER)
+    ]
+    assert from_workers == [{pod_port}]
+    # Dev runs `up`, which serves the gateway itself: the default, its own port on loopback.
+    dev = env_of(worker(render("overlays/dev")))
+    assert "QUARTERDECK_AGENT_GATEWAY_URL" not in dev
+    monkeypatch.delenv("QUARTERDECK_AGENT_GATEWAY_URL")
+    monkeypatch.setenv("QUARTERDECK_HTTP_PORT", dev["QUARTERDECK_HTTP_PORT"]["value"])
+    assert gateway_url(load_settings(None)) == f"http://127.0.0.1:{pod_port}"
 
 
 # ------------------------------------------------------------------- the weak fallback

@@ -60,6 +60,7 @@ async def fenced_writes(store: RunStore, run_id: str) -> list[Any]:
         store.append_events(run_id, [("tool_call", 2, {"stale": True})], epoch=1),
         store.check_attempt(run_id, epoch=1),
         store.finish(Finish(run_id, RunStatus.failed, error="stale"), epoch=1),
+        store.record_usage(run_id, {"turns": 99, "cost_usd": "9"}, epoch=1),
     ]
     for write in writes:
         with pytest.raises(Fenced, match="attempt 1 no longer holds it"):
@@ -68,6 +69,11 @@ async def fenced_writes(store: RunStore, run_id: str) -> list[Any]:
     await store.check_attempt(run_id, epoch=2)
     await store.append_events(run_id, [("tool_call", 1, {"fresh": True})], epoch=2)
     await store.discarded_call(run_id, {"turn": 2, "attempt": 1, "cost_usd": 0.01})
+    # Totals metered elsewhere (a claude-code run's, by the gateway) set by the holder only.
+    await store.record_usage(run_id, {"turns": 7, "output_tokens": 70, "cost_usd": "0.5"}, epoch=2)
+    metered = await store.get(run_id)
+    assert metered is not None
+    usage = (metered.turns, metered.output_tokens, metered.cost_usd)
     lost = await store.heartbeat([run_id], epochs=[1])
     held = await store.heartbeat([run_id], epochs=[2])
     # A stale worker draining hands back nothing: its release is fenced too.
@@ -76,7 +82,7 @@ async def fenced_writes(store: RunStore, run_id: str) -> list[Any]:
     # Attempt 2 goes silent and attempt 3 takes the run over while it is still running.
     await store.claim(run_id, "w3")
     took_over = (await store.events(run_id))[-1].data
-    return [refused, lost, held, took_over]
+    return [refused, lost, held, took_over, usage]
 
 
 async def test_the_twin_and_postgres_agree(db: Database) -> None:
@@ -89,7 +95,8 @@ async def test_the_twin_and_postgres_agree(db: Database) -> None:
     assert real == twin
     assert real["moved"] == ["run_pg_a", "run_pg_b"]
     assert real["events"][-1] == ("status", None, "succeeded")
-    assert real["fenced"][:3] == [[True] * 4, ["run_pg_a"], []]
+    assert real["fenced"][:3] == [[True] * 5, ["run_pg_a"], []]
+    assert real["fenced"][4] == (7, 70, 0.5)
     assert real["fenced"][3] == {
         "status": "running",
         "attempt": 3,

@@ -3,13 +3,20 @@ exactly what the module docstring promises (nothing of the host beyond the liste
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from quarterdeck.agents.sandbox.bwrap import (
+    Bridge,
     BwrapInputs,
+    Mount,
     account_files,
+    bridge_prelude,
+    bridge_socket,
     build_argv,
     egress_bridge,
     egress_env,
     inside_ids,
+    layout_problems,
 )
 from quarterdeck.agents.sandbox.spec import EGRESS_SOCKET, INSIDE_UID
 
@@ -155,3 +162,122 @@ def test_account_files_show_only_the_sandbox_user() -> None:
 def test_inside_ids() -> None:
     assert inside_ids(True, (5, 6)) == (5, 6)
     assert inside_ids(False, None) == (INSIDE_UID, INSIDE_UID)
+
+
+def test_egress_argv_is_what_it_was_before_bridges_were_general() -> None:
+    """The egress bridge is now one bridge among others; its argv has not changed."""
+    argv = build_argv(inputs(egress_socket="/srv/egress.sock", socat="/usr/bin/socat"), ["cmd"])
+    i = argv.index(EGRESS_SOCKET)
+    assert argv[i - 10 : i + 1] == [
+        *("--perms", "0755", "--dir", "/run", "--perms", "0755", "--dir", "/run/quarterdeck"),
+        *("--bind", "/srv/egress.sock", EGRESS_SOCKET),
+    ]
+    assert egress_bridge("/usr/bin/socat") == (
+        "/usr/bin/socat TCP-LISTEN:3128,bind=127.0.0.1,fork,reuseaddr "
+        "UNIX-CONNECT:/run/quarterdeck/egress.sock & i=0; while [ $i -lt 200 ] && "
+        "! grep -q '0100007F:0C38' /proc/net/tcp; do sleep 0.01; i=$((i+1)); done; exec \"$@\""
+    )
+
+
+def test_mounts_are_read_only_unless_writable() -> None:
+    ro = Mount(source=Path("/opt/tool/pkg"), target="/opt/tool/pkg")
+    rw = Mount(source=Path("/srv/qd/gate.sock"), target="/run/qd/gate.sock", writable=True)
+    argv = build_argv(inputs(mounts=[ro, rw]), ["cmd"])
+    m = mounts(argv)
+    assert m["/opt/tool/pkg"] == ("--ro-bind", "/opt/tool/pkg")
+    assert m["/run/qd/gate.sock"] == ("--bind", "/srv/qd/gate.sock")
+    writable = {d for d, (kind, _) in m.items() if kind == "--bind"}
+    assert writable == {"/data/workspaces/run-1", "/run/qd/gate.sock"}
+    # Their parents are made world-traversable, each once; nothing else of the host's appears.
+    for parent in ("/opt", "/opt/tool", "/run", "/run/qd"):
+        assert m[parent] == ("--dir", "")
+        j = argv.index(parent)
+        assert argv[j - 3 : j] == ["--perms", "0755", "--dir"]
+    assert argv.count("/opt") == 1  # made once (for /opt/py), not again
+    assert argv.index("/opt/tool/pkg") > argv.index("/data/workspaces/run-1")  # may overlay it
+    assert "/bin/sh" not in argv  # no bridge, no prelude
+
+
+def test_a_mount_inside_the_workspace_or_python_prefix_makes_no_dir_over_them() -> None:
+    inner = Mount(source=Path("/srv/x"), target="/data/workspaces/run-1/.quarterdeck-agent/x")
+    py = Mount(source=Path("/srv/y"), target="/opt/py/lib/y")
+    argv = build_argv(inputs(mounts=[inner, py]), ["cmd"])
+    dirs = [argv[k + 1] for k, a in enumerate(argv) if a == "--dir"]
+    assert "/data/workspaces/run-1" not in dirs and "/opt/py" not in dirs
+    assert "/data/workspaces/run-1/.quarterdeck-agent" in dirs and "/opt/py/lib" in dirs
+
+
+def test_bridges_bind_their_sockets_and_each_gets_a_listener() -> None:
+    gateway = Bridge(port=41000, socket=Path("/srv/gw.sock"))
+    other = Bridge(port=41001, socket=Path("/srv/other.sock"))
+    argv = build_argv(inputs(bridges=[gateway, other], socat="/usr/bin/socat"), ["claude", "-p"])
+    m = mounts(argv)
+    assert bridge_socket(41000) == "/run/quarterdeck/bridge-41000.sock"
+    assert m["/run/quarterdeck/bridge-41000.sock"] == ("--bind", "/srv/gw.sock")
+    assert m["/run/quarterdeck/bridge-41001.sock"] == ("--bind", "/srv/other.sock")
+    assert EGRESS_SOCKET not in m
+    i = argv.index("-c")
+    prelude = argv[i + 1]
+    assert argv[i - 1] == "/bin/sh" and argv[i + 2 :] == ["sh", "claude", "-p"]
+    assert prelude == bridge_prelude(
+        "/usr/bin/socat",
+        [
+            (41000, "/run/quarterdeck/bridge-41000.sock"),
+            (41001, "/run/quarterdeck/bridge-41001.sock"),
+        ],
+    )
+    for port in (41000, 41001):
+        assert (
+            f"TCP-LISTEN:{port},bind=127.0.0.1,fork,reuseaddr "
+            f"UNIX-CONNECT:/run/quarterdeck/bridge-{port}.sock &"
+        ) in prelude
+        assert f"grep -q '0100007F:{port:04X}' /proc/net/tcp" in prelude  # waits for each
+    assert prelude.index("0100007F:A028") > prelude.rindex("TCP-LISTEN")  # both start first
+    assert prelude.endswith('exec "$@"')
+    assert "--unshare-net" in argv and "--share-net" not in argv  # still no host network
+
+
+def test_egress_and_bridges_together() -> None:
+    gateway = Bridge(port=41000, socket=Path("/srv/gw.sock"))
+    argv = build_argv(
+        inputs(egress_socket="/srv/egress.sock", bridges=[gateway], socat="/s/socat"), ["cmd"]
+    )
+    m = mounts(argv)
+    assert m[EGRESS_SOCKET] == ("--bind", "/srv/egress.sock")
+    assert m["/run/quarterdeck/bridge-41000.sock"] == ("--bind", "/srv/gw.sock")
+    assert argv.count("/run/quarterdeck") == 1  # the directory is made once
+    prelude = argv[argv.index("-c") + 1]
+    assert prelude == bridge_prelude(
+        "/s/socat", [(3128, EGRESS_SOCKET), (41000, "/run/quarterdeck/bridge-41000.sock")]
+    )
+
+
+def test_layout_problems_name_what_cannot_be_honoured() -> None:
+    ws = "/data/workspaces/run-1"
+    ok = [Mount(Path("/a"), "/opt/a"), Mount(Path("/b"), f"{ws}/sub/b", writable=True)]
+    assert layout_problems(ws, ok, [Bridge(41000, Path("/s"))]) == []
+    bad_mounts = [
+        Mount(Path("/a"), "relative/x"),
+        Mount(Path("/a"), "/opt/../etc/x"),
+        Mount(Path("/a"), "/etc"),
+        Mount(Path("/a"), "/run/quarterdeck/bridge-41000.sock"),
+        Mount(Path("/a"), "/data/workspaces"),  # would hide the workspace
+        Mount(Path("/a"), ws),
+    ]
+    bad_bridges = [
+        Bridge(80, Path("/s")),
+        Bridge(41000, Path("/s")),
+        Bridge(41000, Path("/t")),
+        Bridge(3128, Path("/s")),
+    ]
+    problems = layout_problems(ws, bad_mounts, bad_bridges, egress=True)
+    assert [name for name, _ in problems] == ["mounts"] * 6 + ["bridges"] * 3
+    reasons = [reason for _, reason in problems]
+    assert "not a clean absolute path" in reasons[0] and "not a clean absolute path" in reasons[1]
+    assert all("would hide" in r for r in reasons[2:6])
+    assert reasons[6:] == [
+        "port 80 is not in 1024..65535",
+        "port 41000 is bridged twice",
+        "port 3128 is bridged twice",
+    ]
+    assert layout_problems(ws, [], [Bridge(3128, Path("/s"))]) == []  # free without egress

@@ -37,7 +37,7 @@ def _errors(overrides: dict[str, Any], **kw: Any) -> list[tuple[str, str]]:
 
 def test_builtins_exist_with_the_expected_tools() -> None:
     catalog = AgentCatalog.from_settings(load_settings())
-    assert catalog.names == ["coder", "reviewer", "test-writer"]
+    assert catalog.names == ["claude-code", "coder", "reviewer", "test-writer"]
     coder, reviewer, writer = (
         catalog.get("coder"),
         catalog.get("reviewer"),
@@ -99,7 +99,14 @@ agent_types:
     assert docs.max_turns == settings.max_turns
     # a new type without tools gets the read-only set, never write or shell access
     assert catalog.get("auditor").tools == READ_ONLY_TOOLS
-    assert catalog.names == ["auditor", "coder", "docs-writer", "reviewer", "test-writer"]
+    assert catalog.names == [
+        "auditor",
+        "claude-code",
+        "coder",
+        "docs-writer",
+        "reviewer",
+        "test-writer",
+    ]
 
 
 def test_unknown_tool_is_named_with_its_field() -> None:
@@ -167,11 +174,11 @@ def test_unknown_type_is_422_naming_the_known_types() -> None:
     exc = info.value
     assert exc.status == 422
     assert "'painter'" in exc.detail
-    assert "coder, reviewer, test-writer" in exc.detail
+    assert "claude-code, coder, reviewer, test-writer" in exc.detail
     (err,) = exc.extra["errors"]
     assert err["field"] == "agent_type"
-    assert err["known"] == ["coder", "reviewer", "test-writer"]
-    assert "painter" not in catalog and "coder" in catalog and len(catalog) == 3
+    assert err["known"] == ["claude-code", "coder", "reviewer", "test-writer"]
+    assert "painter" not in catalog and "coder" in catalog and len(catalog) == 4
 
 
 def test_agent_type_is_immutable() -> None:
@@ -196,10 +203,16 @@ async def test_api_lists_agent_types() -> None:
         response = await client.get("/v1/agent-types")
     assert response.status_code == 200
     body = response.json()
-    assert [t["name"] for t in body] == ["coder", "docs-writer", "reviewer", "test-writer"]
+    assert [t["name"] for t in body] == [
+        "claude-code",
+        "coder",
+        "docs-writer",
+        "reviewer",
+        "test-writer",
+    ]
     reviewer = next(t for t in body if t["name"] == "reviewer")
     assert reviewer["tools"] == ["read_file", "list_files", "search"]
-    assert set(reviewer) == set(AgentType.model_fields)
+    assert set(reviewer) == set(AgentType.model_fields) | {"available", "unavailable_reason"}
     assert app.openapi()["paths"]["/v1/agent-types"]["get"]["tags"] == ["agents"]
 
 

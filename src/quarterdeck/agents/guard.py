@@ -16,6 +16,10 @@ intent cannot be written the call does not run (the model gets a tool error sayi
 
 Whatever a tool returns is passed through secret redaction before the model sees it or it is
 stored, so a key that a test prints never reaches a checkpoint, an event or the provider.
+
+The decision half is :func:`admit`, so that a run executed by Claude Code (whose tools run in
+the CLI, asked through its PreToolUse hook: ``agents/claude_code/gate.py``) is refused, held
+and audited by exactly the same code as a native run.
 """
 
 from __future__ import annotations
@@ -50,6 +54,107 @@ class Guard:
     trail: AuditTrail | None = None
 
 
+@dataclass(frozen=True)
+class Admission:
+    """The guard's verdict on one tool call, before it runs.
+
+    ``allowed``: run it (the ``tool.intent`` is already durable when a trail is configured);
+    otherwise ``message`` is the tool error the model gets. ``policy`` is the record every audit
+    event of the call carries (the gate's decision, plus ``approval`` when an operator decided);
+    ``arguments`` the input with secrets redacted and ``secrets`` the kinds found in it.
+    """
+
+    allowed: bool
+    policy: dict[str, Any]
+    arguments: dict[str, Any]
+    message: str = ""
+    secrets: tuple[str, ...] = ()
+
+
+async def admit(
+    guard: Guard,
+    run: Run,
+    *,
+    tool: str,
+    tool_input: dict[str, Any],
+    tool_use_id: str,
+    workspace: Path | None,
+    judged_as: tuple[str, dict[str, Any]] | None = None,
+) -> Admission:
+    """Decide whether one tool call may run: gate, metrics, anomaly, an operator's approval
+    when a rule asks for one, and the durable ``tool.intent`` record before it may run.
+
+    Shared by the native loop (:class:`GuardedTools`) and Claude Code's PreToolUse hook
+    (``agents/claude_code/gate.py``), so both runners refuse and audit the same way.
+    ``judged_as`` is the (tool, input) the gate judges when it differs from what is recorded
+    (a Claude Code call translated into the gate's vocabulary); the audit, anomaly and approval
+    records keep the caller's own ``tool`` and ``tool_input``.
+    """
+    gate_tool, gate_input = judged_as if judged_as is not None else (tool, tool_input)
+    decision = guard.gate.check(gate_tool, gate_input, workspace=workspace)
+    record = decision.to_dict()
+    arguments, in_input = redact_arguments(tool_input)
+
+    def refuse(message: str) -> Admission:
+        return Admission(False, record, arguments, message, tuple(in_input))
+
+    metrics.POLICY_DECISIONS.labels(
+        decision.action, metrics.bounded(decision.rule_id or "none")
+    ).inc()
+    if decision.action in ("flag", "deny") and guard.anomalies is not None:
+        await guard.anomalies.record(
+            run_id=run.id,
+            tenant=run.tenant,
+            agent_type=run.agent_type,
+            tool=tool,
+            decision=record,
+        )
+    if decision.action == "deny":
+        return refuse(f"blocked by policy rule {decision.rule_id}: {decision.reason}")
+    if decision.action == "require_approval":
+        if guard.approvals is None:
+            return refuse(
+                f"policy rule {decision.rule_id} requires an "
+                "operator's approval, and none can be asked here"
+            )
+        approval = await guard.approvals.request(
+            run_id=run.id,
+            tenant=run.tenant,
+            tool_use_id=tool_use_id,
+            tool=tool,
+            tool_input=tool_input,
+            rule_id=decision.rule_id or "",
+            severity=decision.severity,
+            reason=decision.reason,
+        )
+        ended = await guard.approvals.wait(approval)
+        record["approval"] = {
+            "id": ended.id,
+            "status": ended.status,
+            "decided_by": ended.decided_by,
+            "note": ended.note,
+        }
+        if ended.status != "approved":
+            why = f"{ended.status} by {ended.decided_by}" if ended.decided_by else ended.status
+            note = f" ({ended.note})" if ended.note else ""
+            return refuse(
+                f"an operator's approval was required by policy rule "
+                f"{decision.rule_id} and the call was {why}{note}"
+            )
+    if guard.trail is not None:
+        try:  # durable before the call has any effect; no record, no call
+            await guard.trail.tool_intent(
+                run, tool=tool, tool_use_id=tool_use_id, arguments=arguments, policy=record
+            )
+        except Exception as exc:
+            log.error("tool.intent_not_recorded", run_id=run.id, tool=tool, error=str(exc))
+            return refuse(
+                "not run: the audit log could not record the call before it ran "
+                f"({str(exc) or type(exc).__name__}); try again later"
+            )
+    return Admission(True, record, arguments, secrets=tuple(in_input))
+
+
 class GuardedTools:
     def __init__(self, inner: ToolRunner, guard: Guard, *, workspace: Path | None) -> None:
         self.inner = inner
@@ -66,86 +171,27 @@ class GuardedTools:
         return result, event
 
     async def _run(self, run: Run, call: ToolUseBlock) -> tuple[ToolResultBlock, dict[str, Any]]:
-        decision = self.guard.gate.check(call.name, call.input, workspace=self.workspace)
-        record = decision.to_dict()
-        metrics.POLICY_DECISIONS.labels(
-            decision.action, metrics.bounded(decision.rule_id or "none")
-        ).inc()
-        if decision.action in ("flag", "deny") and self.guard.anomalies is not None:
-            await self.guard.anomalies.record(
-                run_id=run.id,
-                tenant=run.tenant,
-                agent_type=run.agent_type,
-                tool=call.name,
-                decision=record,
-            )
-        if decision.action == "deny":
-            return self._refused(
-                call, f"blocked by policy rule {decision.rule_id}: {decision.reason}", record
-            )
-        if decision.action == "require_approval":
-            if self.guard.approvals is None:
-                return self._refused(
-                    call,
-                    f"policy rule {decision.rule_id} requires an "
-                    "operator's approval, and none can be asked here",
-                    record,
-                )
-            approval = await self.guard.approvals.request(
-                run_id=run.id,
-                tenant=run.tenant,
-                tool_use_id=call.id,
-                tool=call.name,
-                tool_input=call.input,
-                rule_id=decision.rule_id or "",
-                severity=decision.severity,
-                reason=decision.reason,
-            )
-            ended = await self.guard.approvals.wait(approval)
-            record["approval"] = {
-                "id": ended.id,
-                "status": ended.status,
-                "decided_by": ended.decided_by,
-                "note": ended.note,
-            }
-            if ended.status != "approved":
-                why = f"{ended.status} by {ended.decided_by}" if ended.decided_by else ended.status
-                note = f" ({ended.note})" if ended.note else ""
-                return self._refused(
-                    call,
-                    f"an operator's approval was required by policy rule "
-                    f"{decision.rule_id} and the call was {why}{note}",
-                    record,
-                )
-        arguments, in_input = redact_arguments(call.input)
-        if self.guard.trail is not None:
-            try:  # durable before the call has any effect; no record, no call
-                await self.guard.trail.tool_intent(
-                    run, tool=call.name, tool_use_id=call.id, arguments=arguments, policy=record
-                )
-            except Exception as exc:
-                log.error("tool.intent_not_recorded", run_id=run.id, tool=call.name, error=str(exc))
-                return self._refused(
-                    call,
-                    "not run: the audit log could not record the call before it ran "
-                    f"({str(exc) or type(exc).__name__}); try again later",
-                    record,
-                )
+        admission = await admit(
+            self.guard,
+            run,
+            tool=call.name,
+            tool_input=call.input,
+            tool_use_id=call.id,
+            workspace=self.workspace,
+        )
+        if not admission.allowed:
+            return refused(call, admission.message, policy=admission.policy)
         result, event = await self.inner.run(run, call)
         cleaned = redact(result.content)
-        if cleaned.findings or in_input:
+        if cleaned.findings or admission.secrets:
             result = dataclasses.replace(result, content=cleaned.text)
             event["output"] = redact(str(event.get("output", ""))).text
-            event["input"] = arguments
-            event["secrets_redacted"] = sorted({f.type for f in cleaned.findings} | set(in_input))
-        event["policy"] = record
+            event["input"] = admission.arguments
+            event["secrets_redacted"] = sorted(
+                {f.type for f in cleaned.findings} | set(admission.secrets)
+            )
+        event["policy"] = admission.policy
         return result, event
-
-    @staticmethod
-    def _refused(
-        call: ToolUseBlock, message: str, record: dict[str, Any]
-    ) -> tuple[ToolResultBlock, dict[str, Any]]:
-        return refused(call, message, policy=record)
 
 
 def refused(

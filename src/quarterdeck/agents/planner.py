@@ -21,6 +21,7 @@ from urllib.parse import urlparse
 import structlog
 
 from quarterdeck.agents.checkpoint import WorkspaceCheckpoints
+from quarterdeck.agents.claude_code.plan import ClaudeCodeDeps, claude_code_plan
 from quarterdeck.agents.coverage import measure_coverage, record_coverage
 from quarterdeck.agents.egress import RunEgress
 from quarterdeck.agents.guard import Guard, GuardedTools, refused
@@ -106,8 +107,12 @@ class AgentPlanner:
         simulated: bool,
         guard: Guard | None = None,
         egress: RunEgress | None = None,
+        claude_code: ClaudeCodeDeps | None = None,
     ) -> None:
+        """``claude_code``: what runs of ``runner: claude-code`` types need (a run token
+        minter and the gateway's metering); without it such runs fail with the reason."""
         self.guard = guard
+        self.claude_code = claude_code
         self.egress = egress or RunEgress.from_settings(
             settings, guard.gate if guard else None, guard.trail if guard else None
         )
@@ -119,6 +124,8 @@ class AgentPlanner:
         self.stand_in = SimulatedTools()
 
     def uses_workspace(self, run: Run) -> bool:
+        if run.agent_type in self.catalog and self.agent(run).runner == "claude-code":
+            return True  # the CLI always works in a real directory
         return run.params.get("workspace") is not None or not self.simulated
 
     def agent(self, run: Run) -> AgentType:
@@ -155,6 +162,20 @@ class AgentPlanner:
             checkpoints = self.checkpoints(run)
         if self.guard is not None:
             tools = GuardedTools(tools, self.guard, workspace=workspace)
+        plan = self._limits(run, agent, tools, checkpoints)
+        if agent.runner == "claude-code":
+            return await claude_code_plan(
+                plan, agent, self.settings, self.store, self.claude_code, self.guard, checkpoints
+            )
+        return plan
+
+    def _limits(
+        self,
+        run: Run,
+        agent: AgentType,
+        tools: ToolRunner,
+        checkpoints: WorkspaceCheckpoints | None,
+    ) -> RunPlan:
         requested_turns = int(run.params.get("max_turns") or agent.max_turns)
         requested_timeout = float(run.params.get("timeout_s") or agent.timeout_s)
         return RunPlan(

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import builtins
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import (
@@ -86,6 +86,28 @@ class AgentType(BaseModel):
         default="5m",
         description="Prompt caching: how long the cached prefix (tools, system prompt, "
         "conversation) lives after its last use; off sends no breakpoints.",
+    )
+    runner: Literal["native", "claude-code"] = Field(
+        default="native",
+        description="native: Quarterdeck's own tool loop over the Messages API; claude-code: the "
+        "real claude CLI, headless in the run's sandbox, its model calls through the gateway "
+        "(system_prompt is appended to Claude Code's own).",
+    )
+    claude_tools: tuple[str, ...] | None = Field(
+        default=None,
+        description="claude-code only: the built-in tools the CLI offers (--tools, e.g. Bash, "
+        "Read, Edit, Write, Glob, Grep); unset: its defaults. Every call of any of them still "
+        "passes the policy gate.",
+    )
+    denied_tools: tuple[str, ...] = Field(
+        default=(),
+        description="claude-code only: permission deny rules, evaluated by the CLI whatever the "
+        "gate says (a static second net).",
+    )
+    mcp_config: dict[str, Any] | None = Field(
+        default=None,
+        description="claude-code only: an MCP config ({'mcpServers': {...}}) passed with "
+        "--strict-mcp-config; unset: no MCP servers.",
     )
     network: Literal["none", "egress"] = Field(
         default="none",
@@ -153,6 +175,12 @@ behaviour, edge cases and error paths; keep each test small and independent. Run
 run_command and iterate until they pass, changing production code only to fix a real bug you
 found (and say so). Finish with a summary of what the new tests cover and their results."""
 
+_CLAUDE_CODE_PROMPT = """\
+You are running unattended under Quarterdeck: nobody will answer questions, so make reasonable
+choices and finish the task. Work only inside your current directory. A tool call may be refused
+by policy; read the reason and choose another way. End with a short summary of what you changed
+and how you verified it."""
+
 _BUILTINS: dict[str, dict[str, Any]] = {
     "coder": {
         "description": "Implements a change: reads, edits and runs code in the workspace.",
@@ -167,6 +195,13 @@ _BUILTINS: dict[str, dict[str, Any]] = {
     "test-writer": {
         "description": "Writes tests for existing code and runs them until they pass.",
         "system_prompt": _TEST_WRITER_PROMPT,
+        "tools": WRITE_TOOLS,
+    },
+    "claude-code": {
+        "description": "The real Claude Code CLI, headless in the run's sandbox: every model "
+        "call through the gateway, every tool call through the policy gate.",
+        "system_prompt": _CLAUDE_CODE_PROMPT,
+        "runner": "claude-code",
         "tools": WRITE_TOOLS,
     },
 }
@@ -186,11 +221,23 @@ def _errors_for(name: str, exc: ValidationError) -> list[tuple[str, str]]:
     return out
 
 
-class AgentCatalog:
-    """The agent types this deployment offers; immutable once built."""
+Availability = Callable[[AgentType], str | None]
+"""Whether this process can run an agent type now: None, or why not (with how to fix it)."""
 
-    def __init__(self, types: Mapping[str, AgentType]) -> None:
+
+class AgentCatalog:
+    """The agent types this deployment offers; immutable once built.
+
+    ``availability`` answers whether a type can run here (a ``claude-code`` type needs its CLI
+    and the bwrap sandbox). It is asked only when a type is listed or selected, never when the
+    catalog is built: probing runs a binary, and many catalogs are built (every runtime, the
+    OpenAPI document) that never list a type."""
+
+    def __init__(
+        self, types: Mapping[str, AgentType], availability: Availability | None = None
+    ) -> None:
         self._types = dict(sorted(types.items()))
+        self.availability = availability
 
     @classmethod
     def defaults(cls, *, max_turns: int = 50, timeout_s: float = 3600.0) -> AgentCatalog:
@@ -202,8 +249,12 @@ class AgentCatalog:
         )
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> AgentCatalog:
+    def from_settings(cls, settings: Settings, *, need_sandbox: bool = True) -> AgentCatalog:
         """Built-ins (using the global ``max_turns``/``run_timeout``) with YAML entries merged over.
+
+        Availability is the Claude Code probe (:mod:`quarterdeck.agents.claude_code.install`);
+        ``need_sandbox`` is False in a process that runs no workers, where only the CLI itself
+        is checked (the worker checks the sandbox before it starts the run).
 
         ``model`` stays unset unless a type sets it, so a run falls back to the deployment's
         default model (``settings.model``) rather than a copy of it frozen at startup.
@@ -212,12 +263,15 @@ class AgentCatalog:
         ``default_agent_type`` names a type that does not exist, because every run submitted
         without an ``agent_type`` would then fail.
         """
-        return cls.from_mapping(
+        from quarterdeck.agents.claude_code.install import ClaudeCodeProbe
+
+        catalog = cls.from_mapping(
             settings.agent_types,
             max_turns=settings.max_turns,
             timeout_s=settings.run_timeout,
             default_agent_type=settings.default_agent_type,
         )
+        return cls(catalog._types, ClaudeCodeProbe(settings, need_sandbox=need_sandbox))
 
     @classmethod
     def from_mapping(
@@ -306,3 +360,9 @@ class AgentCatalog:
 
     def list(self) -> builtins.list[AgentType]:
         return list(self._types.values())
+
+    def unavailable_reason(self, name: str) -> str | None:
+        """None when the type called ``name`` can run here, else why not and how to fix it
+        (a 422 when there is no such type). May run the CLI probe: call it off the event loop."""
+        agent_type = self.get(name)
+        return None if self.availability is None else self.availability(agent_type)

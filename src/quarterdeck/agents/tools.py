@@ -23,7 +23,12 @@ from pydantic import ValidationError
 
 from quarterdeck.agents.changes import Snapshot, command_record
 from quarterdeck.agents.fetch import http_fetch
-from quarterdeck.agents.sandbox import TMP_DIRNAME, SandboxLimits, run_sandboxed
+from quarterdeck.agents.sandbox import (
+    AGENT_STATE_DIRNAME,
+    TMP_DIRNAME,
+    SandboxLimits,
+    run_sandboxed,
+)
 from quarterdeck.agents.workspace import SourcePolicy, Workspace, WorkspaceError, parse_source
 from quarterdeck.config import Settings
 from quarterdeck.providers.types import ToolResultBlock, ToolSpec, ToolUseBlock
@@ -48,7 +53,7 @@ RECORD_INPUT_CHARS = 2_000
 RECORD_OUTPUT_CHARS = 4_000
 SEARCH_MAX_LINES = 500
 LIST_MAX_ENTRIES = 2_000
-_NOISE_DIRS = {".git", TMP_DIRNAME}
+_NOISE_DIRS = {".git", TMP_DIRNAME, AGENT_STATE_DIRNAME}
 
 
 def _clip(text: str, limit: int, what: str = "characters") -> str:

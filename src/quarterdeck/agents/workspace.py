@@ -29,7 +29,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from quarterdeck.agents.changes import Snapshot, snapshot
-from quarterdeck.agents.sandbox import TMP_DIRNAME, prepare_dir, run_identity
+from quarterdeck.agents.sandbox import AGENT_STATE_DIRNAME, TMP_DIRNAME, prepare_dir, run_identity
 from quarterdeck.agents.sources import (
     Source,
     SourcePolicy,
@@ -165,7 +165,10 @@ class Workspace:
         await self._git("init", "--quiet", env_extra={"GIT_DIR": str(self.git_dir)})
         (self.git_dir / "info").mkdir(exist_ok=True)
         (self.git_dir / "info" / "exclude").write_text(
-            "".join(f"{line}\n" for line in (f"/{TMP_DIRNAME}/", *CACHE_PATTERNS))
+            "".join(
+                f"{line}\n"
+                for line in (f"/{TMP_DIRNAME}/", f"/{AGENT_STATE_DIRNAME}/", *CACHE_PATTERNS)
+            )
         )
         await self._git("add", "--all")
         await self._git("commit", "--quiet", "--allow-empty", "--no-verify", "-m", "baseline")

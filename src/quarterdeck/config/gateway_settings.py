@@ -62,3 +62,22 @@ class GatewaySettings(BaseSettings):
         description="Keep reading an upstream stream its client left, to bill it exactly.",
     )
     gateway_max_drains: int = Field(default=64, ge=0, le=100_000)
+
+    # Claude Code as a run's agent (agent types with runner: claude-code): the CLI reaches the
+    # model only through this gateway, with a token minted for its run.
+    claude_code_path: str | None = Field(
+        default=None,
+        description="The claude CLI (pinned @anthropic-ai/claude-code); unset: the one `make "
+        "deps` installs under the venv, else `claude` on PATH.",
+    )
+    agent_gateway_url: str | None = Field(
+        default=None,
+        description="Where a worker's claude-code runs reach the gateway (http://host:port); "
+        "unset: this host's API port on 127.0.0.1.",
+    )
+    claude_code_hook_timeout: Duration = Field(
+        default=3600.0,
+        gt=0,
+        description="How long a claude-code tool call may wait at the policy gate (an operator's "
+        "approval included) before it is refused.",
+    )

@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 
 from quarterdeck.exceptions import ValidationFailed
 from quarterdeck.gateway import repository
-from quarterdeck.gateway.models import CallFilter, CallPage, UsageGroup, UsageReport
+from quarterdeck.gateway.models import CallFilter, CallPage, UsageGroup, UsageReport, UsageRow
 from quarterdeck.store.pool import Database
 
 
@@ -68,3 +68,8 @@ class GatewayCalls:
         async with self._db.acquire() as conn:
             rows = await repository.usage(conn, start, end, groups, tenant)
         return UsageReport(since=start, until=end, group_by=groups, rows=rows)
+
+    async def run_usage(self, run_id: str) -> UsageRow:
+        """What the gateway metered for one run (a claude-code run's every model call)."""
+        async with self._db.acquire() as conn:
+            return await repository.run_usage(conn, run_id)

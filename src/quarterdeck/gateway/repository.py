@@ -187,6 +187,18 @@ async def list_calls(conn: asyncpg.Connection, f: CallFilter, tenant: str | None
     return CallPage(items=items, next_cursor=next_cursor)
 
 
+_TOTALS = """count(*) AS calls,
+       count(*) FILTER (WHERE status >= 400 OR error_type IS NOT NULL) AS errors,
+       coalesce(sum(input_tokens), 0) AS input_tokens,
+       coalesce(sum(output_tokens), 0) AS output_tokens,
+       coalesce(sum(cache_write_5m_tokens + cache_write_1h_tokens), 0) AS cache_write_tokens,
+       coalesce(sum(cache_read_tokens), 0) AS cache_read_tokens,
+       coalesce(sum(web_search_requests), 0) AS web_search_requests,
+       coalesce(sum(cost_usd), 0) AS cost_usd,
+       count(*) FILTER (WHERE cost_estimated) AS cost_estimated_calls"""
+"""The totals of a set of gateway calls: one ``UsageRow``'s fields."""
+
+
 async def usage(
     conn: asyncpg.Connection,
     since: datetime,
@@ -204,16 +216,7 @@ async def usage(
     positions = ", ".join(str(i + 1) for i in range(len(group_by)))
     sql = f"""
         SELECT {"".join(g + ", " for g in groups)}
-               count(*) AS calls,
-               count(*) FILTER (WHERE status >= 400 OR error_type IS NOT NULL) AS errors,
-               coalesce(sum(input_tokens), 0) AS input_tokens,
-               coalesce(sum(output_tokens), 0) AS output_tokens,
-               coalesce(sum(cache_write_5m_tokens + cache_write_1h_tokens), 0)
-                   AS cache_write_tokens,
-               coalesce(sum(cache_read_tokens), 0) AS cache_read_tokens,
-               coalesce(sum(web_search_requests), 0) AS web_search_requests,
-               coalesce(sum(cost_usd), 0) AS cost_usd,
-               count(*) FILTER (WHERE cost_estimated) AS cost_estimated_calls
+               {_TOTALS}
           FROM gateway_calls
          WHERE {where}
         {f"GROUP BY {positions} ORDER BY {positions}" if group_by else ""}
@@ -235,6 +238,13 @@ async def usage(
             )
         )
     return out
+
+
+async def run_usage(conn: asyncpg.Connection, run_id: str) -> UsageRow:
+    """Totals of every call attributed to one run (the ``gateway_calls_run`` index)."""
+    row = await conn.fetchrow(f"SELECT {_TOTALS} FROM gateway_calls WHERE run_id = $1", run_id)
+    assert row is not None  # an aggregate without GROUP BY always answers one row
+    return UsageRow(group={}, **{k: row[k] for k in row.keys()})
 
 
 async def delete_tenant(conn: asyncpg.Connection, tenant: str) -> dict[str, int]:

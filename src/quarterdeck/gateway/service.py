@@ -1,11 +1,12 @@
 """The gateway's use-case: one ``POST /v1/messages`` from a client, relayed, metered, recorded.
 
 In order, per call: parse the body once (model, stream, max_tokens), attribute it (tenant from
-the key, run, Claude Code session and agent from headers), take the key's tokens-per-minute,
-reserve the worst case against every budget that applies, look at the new outgoing content for
-secrets, then hand the original bytes to the :class:`~quarterdeck.gateway.relay.Relay`. After
-the response ended (or the client left) a :class:`~quarterdeck.gateway.models.GatewayCall` goes
-to the recorder, which writes it and settles the hold off the response path.
+the key, run from a run token or else a header, Claude Code session and agent from headers),
+take the key's tokens-per-minute, reserve the worst case against every budget that applies,
+look at the new outgoing content for secrets, then hand the original bytes to the
+:class:`~quarterdeck.gateway.relay.Relay`. After the response ended (or the client left) a
+:class:`~quarterdeck.gateway.models.GatewayCall` goes to the recorder, which writes it and
+settles the hold off the response path.
 
 The collaborators are protocols so the relay can be tested with real parts in any combination:
 ``BudgetHolds`` (budgets/holds.py), ``GatewayPrices`` (prices.py), ``CallRecorder``
@@ -172,6 +173,26 @@ class CallRequest:
     agent_id: str | None = None
 
 
+def attributed_run(principal: Principal, named: str | None) -> str | None:
+    """The run a call is for: a run token's run, else what ``x-quarterdeck-run`` names.
+
+    A run token (``principal.run_id``) acts for one run, so its calls are that run's whatever
+    the header says: the header may repeat the run (or be absent), but naming another run is
+    refused with 400 rather than ignored, since a process that holds one run's token and names
+    another is confused or trying to bill someone else, and silently re-attributing its call
+    would hide that. For any other caller the header is the client's word, as before (its
+    tenant still bounds which run budget it can touch: ``qd_reserve_budget``).
+    """
+    if principal.run_id is None:
+        return named
+    if named is not None and named != principal.run_id:
+        raise InvalidRequest(
+            f"quarterdeck: x-quarterdeck-run names {named}, but this token belongs to run "
+            f"{principal.run_id}; a run token calls for its own run only"
+        )
+    return principal.run_id
+
+
 def estimate_input_tokens(body_bytes: int) -> int:
     return body_bytes // BYTES_PER_TOKEN + 1
 
@@ -269,7 +290,7 @@ class Gateway:
             new_id("gwc"),
             principal.tenant_for_new(request.tenant),
             key_id,
-            request.run_id,
+            attributed_run(principal, request.run_id),
             request.session_id,
             request.agent_id,
             parsed.model,

@@ -38,3 +38,26 @@ def isolation_checks(report: Mapping[str, Any]) -> list[Check]:
             Check("sandbox", "fail", report["problem"], "set QUARTERDECK_SANDBOX_MODE=auto")
         )
     return checks
+
+
+CLAUDE_CODE = "claude-code CLI"
+
+
+def claude_code_check(info: Mapping[str, Any]) -> Check:
+    """The ``claude-code CLI`` check, from the install report of ``quarterdeck.agents.claude_code``
+    (``/v1/system``'s ``claude_code``, or this host's). Unavailable is a warning: native agent
+    types run without it. A ``QUARTERDECK_CLAUDE_CODE_PATH`` that does not work is a failure:
+    someone asked for that binary."""
+    if info.get("available"):
+        where = f"Claude Code {info.get('version')} at {info.get('path')}"
+        if info.get("note"):
+            return Check(CLAUDE_CODE, "warn", f"{where}: {info['note']}", "run `make deps`")
+        return Check(CLAUDE_CODE, "ok", f"{where}: claude-code agent types can run")
+    status: Status = "fail" if info.get("misconfigured") else "warn"
+    problem = info.get("problem") or "unavailable"
+    return Check(
+        CLAUDE_CODE,
+        status,
+        f"claude-code agent types are unavailable: {problem}",
+        str(info.get("fix") or ""),
+    )

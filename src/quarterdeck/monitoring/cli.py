@@ -94,6 +94,7 @@ def run_doctor(
     as_json: bool,
     local_isolation: Callable[[], Mapping[str, Any]] | None = None,
     preflight: bool = False,
+    local_claude_code: Callable[[], Mapping[str, Any]] | None = None,
 ) -> None:
     """Run the checks, print them (a table, or ``--json``), exit 1 when any failed."""
     import asyncio
@@ -102,7 +103,16 @@ def run_doctor(
 
     base = doctor_url(settings, url)
     key = os.environ.get("QUARTERDECK_API_KEY") or None
-    checks = asyncio.run(run_checks(settings, base, key, local_isolation, preflight=preflight))
+    checks = asyncio.run(
+        run_checks(
+            settings,
+            base,
+            key,
+            local_isolation,
+            preflight=preflight,
+            local_claude_code=local_claude_code,
+        )
+    )
     if as_json:
         print_json([c.__dict__ for c in checks])
     else:

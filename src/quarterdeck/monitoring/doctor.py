@@ -2,9 +2,9 @@
 
 The server is asked (:mod:`.live`): ``/health``, ``/ready`` (Postgres, Redis, migrations,
 draining, event loop, as the server sees them), ``/v1/me`` (authentication and the CLI's key)
-and ``/v1/system`` (isolation). Only when no Quarterdeck answers does the doctor look at what
-``quarterdeck up`` would need here: the data dir, an external Postgres, Redis, this host's
-sandbox. It never starts an embedded database and never creates the data dir: that is what the
+and ``/v1/system`` (isolation, the Claude Code CLI). Only when no Quarterdeck answers does the
+doctor look at what ``quarterdeck up`` would need here: the data dir, an external Postgres,
+Redis, this host's sandbox and Claude Code CLI. It never starts an embedded database and never creates the data dir: that is what the
 old doctor did, run away from the deployment's directory. A busy port is reported only when no
 Quarterdeck answers on it (something else holds it, and ``up`` would fail to listen).
 """
@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from quarterdeck.config import Settings
-from quarterdeck.monitoring.checks import Check, isolation_checks
+from quarterdeck.monitoring.checks import Check, claude_code_check, isolation_checks
 from quarterdeck.monitoring.live import quarterdeck_on_port, server_checks
 
 __all__ = ["Check", "isolation_checks", "run_checks"]
@@ -193,11 +193,13 @@ async def run_checks(
     local_isolation: Callable[[], Mapping[str, Any]] | None = None,
     check_ports: bool = True,
     preflight: bool = False,
+    local_claude_code: Callable[[], Mapping[str, Any]] | None = None,
 ) -> list[Check]:
     """Every check, in the order shown. ``local_isolation`` gives this host's sandbox report
     (the sandbox sits floors above this module); it is used only when no server answers, or
     with ``preflight``: the checks of a host about to start one (a pod's init step, a deploy
-    script), where no server is expected to answer yet."""
+    script), where no server is expected to answer yet. ``local_claude_code`` likewise gives
+    this host's Claude Code CLI report (called after ``local_isolation``)."""
     checks = [
         Check("config", "ok", f"{settings.env} mode, data dir {settings.data_dir}"),
         _provider(settings),
@@ -211,6 +213,8 @@ async def run_checks(
         checks.append(await _redis(settings))
         if local_isolation is not None:
             checks += _preflight_isolation(settings, local_isolation())
+        if local_claude_code is not None:
+            checks.append(claude_code_check(local_claude_code()))
     if check_ports:
         checks += await _ports(settings)
     return checks

@@ -1,5 +1,5 @@
 """What ``quarterdeck doctor`` asks the running server: ``/health``, ``/ready``, ``/v1/me``,
-``/v1/system``, and whether a busy port is held by Quarterdeck or by something else.
+``/v1/system`` (isolation, the Claude Code CLI), and whether a busy port is held by Quarterdeck or by something else.
 
 The doctor used to check only its own shell: it opened the database itself (starting a second
 embedded Postgres when run away from the data dir) and warned that 8080 and 9090 were in use,
@@ -16,7 +16,7 @@ from typing import Any
 
 import httpx
 
-from quarterdeck.monitoring.checks import Check, Status, isolation_checks
+from quarterdeck.monitoring.checks import Check, Status, claude_code_check, isolation_checks
 
 TIMEOUT_S = 5.0
 LOCAL_ANY = {"", "0.0.0.0", "::", "[::]"}
@@ -188,7 +188,9 @@ async def _isolation(client: httpx.AsyncClient) -> list[Check]:
     body = _json(response) or {}
     report = body.get("isolation")
     if response.status_code == 200 and isinstance(report, dict):
-        return isolation_checks(report)
+        claude_code = body.get("claude_code")  # the server's own probe of the CLI
+        extra = [claude_code_check(claude_code)] if isinstance(claude_code, dict) else []
+        return isolation_checks(report) + extra
     if response.status_code in (401, 403):
         return [
             Check(

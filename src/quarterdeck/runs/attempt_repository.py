@@ -162,6 +162,10 @@ class Finish:
     epoch: int | None = None
     """The attempt ending the run (its worker's own finish), or None for an end decided by no
     attempt (a cancel before start, the health monitor's timeout)."""
+    usage: dict[str, Any] | None = None
+    """Totals metered elsewhere (a claude-code run's calls, by the gateway): ``turns``,
+    ``input_tokens``, ``output_tokens``, ``cache_creation_tokens``, ``cache_read_tokens``,
+    ``cost_usd``; each given one replaces the run's. None: the turns' own totals stand."""
 
 
 async def finish(
@@ -186,11 +190,22 @@ async def finish_many(conn: asyncpg.Connection, items: list[Finish]) -> dict[str
         """
         WITH v AS (
             SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::jsonb[],
-                                 $7::int[])
-                AS v(id, status, result, error, data, epoch)
+                                 $7::int[], $8::jsonb[])
+                AS v(id, status, result, error, data, epoch, usage)
         ), u AS (
             UPDATE runs r SET status = v.status, result = v.result, error = v.error,
-                              finished_at = now(), started_at = coalesce(r.started_at, now())
+                              finished_at = now(), started_at = coalesce(r.started_at, now()),
+                              turns = coalesce((v.usage->>'turns')::int, r.turns),
+                              input_tokens = coalesce((v.usage->>'input_tokens')::bigint,
+                                                      r.input_tokens),
+                              output_tokens = coalesce((v.usage->>'output_tokens')::bigint,
+                                                       r.output_tokens),
+                              cache_creation_tokens = coalesce(
+                                  (v.usage->>'cache_creation_tokens')::bigint,
+                                  r.cache_creation_tokens),
+                              cache_read_tokens = coalesce((v.usage->>'cache_read_tokens')::bigint,
+                                                           r.cache_read_tokens),
+                              cost_usd = coalesce((v.usage->>'cost_usd')::numeric, r.cost_usd)
               FROM v
              WHERE r.id = v.id AND r.status = ANY($6::text[])
                AND (v.epoch IS NULL OR (r.status = 'running' AND r.attempts = v.epoch))
@@ -208,6 +223,7 @@ async def finish_many(conn: asyncpg.Connection, items: list[Finish]) -> dict[str
         [{"status": i.status.value, "error": i.error, **(i.event or {})} for i in items],
         _END_FROM,
         [i.epoch for i in items],
+        [i.usage for i in items],
     )
     return {r["id"]: Run.from_row(r) for r in rows}
 
@@ -236,6 +252,32 @@ async def heartbeat(conn: asyncpg.Connection, run_ids: list[str], epochs: list[i
         epochs,
     )
     return {r["id"] for r in rows}
+
+
+async def record_usage(
+    conn: asyncpg.Connection, run_id: str, epoch: int, usage: dict[str, Any]
+) -> bool:
+    """Set the run's totals to ``usage`` (see ``Finish.usage``) while attempt ``epoch`` holds
+    it; False when it does not."""
+    done = await conn.fetchval(
+        """
+        UPDATE runs SET turns = coalesce(($3::jsonb->>'turns')::int, turns),
+                        input_tokens = coalesce(($3::jsonb->>'input_tokens')::bigint, input_tokens),
+                        output_tokens = coalesce(($3::jsonb->>'output_tokens')::bigint,
+                                                 output_tokens),
+                        cache_creation_tokens = coalesce(
+                            ($3::jsonb->>'cache_creation_tokens')::bigint, cache_creation_tokens),
+                        cache_read_tokens = coalesce(($3::jsonb->>'cache_read_tokens')::bigint,
+                                                     cache_read_tokens),
+                        cost_usd = coalesce(($3::jsonb->>'cost_usd')::numeric, cost_usd)
+         WHERE id = $1 AND status = 'running' AND attempts = $2
+        RETURNING true
+        """,
+        run_id,
+        epoch,
+        usage,
+    )
+    return bool(done)
 
 
 async def attempt_held(conn: asyncpg.Connection, run_id: str, epoch: int) -> bool:

@@ -79,6 +79,9 @@ class Outcome:
     error: str | None = None
     error_type: str | None = None
     usage: Usage = field(default_factory=Usage)
+    metered: dict[str, Any] | None = None
+    """The run's totals when its model calls were metered outside its turns (a claude-code
+    run's, by the gateway); recorded on the run when it ends (``Finish.usage``)."""
 
 
 @dataclass
@@ -106,9 +109,20 @@ class RunPlan:
     refusal: str | None = None
     """Why the run cannot start at all (e.g. its workspace source was refused): it fails with
     this reason before any model call."""
+    refusal_type: str = "workspace_unavailable"
     checkpoints: WorkspaceCheckpointer | None = None
     """Captures the run's workspace after each turn's tools and restores it on resume, so the
     run can continue on any replica (runs/workspace_state.py); None: no workspace to keep."""
+    agent: ExternalAgent | None = None
+    """An agent that runs the whole loop itself (Claude Code); None: this executor's own loop."""
+
+
+class ExternalAgent(Protocol):
+    """A run's agent that is not this executor's turn loop: it makes its own model calls (the
+    gateway meters them) and keeps its own checkpoints through the run store, so the executor
+    only hands it the run and its plan."""
+
+    async def execute(self, run: Run, plan: RunPlan) -> Outcome: ...
 
 
 class Planner(Protocol):
@@ -152,12 +166,13 @@ class RunExecutor:
     async def execute(self, run: Run) -> Outcome:
         plan = await self.planner.plan(run)
         if plan.refusal is not None:
-            outcome = Outcome(
-                RunStatus.failed, error=plan.refusal, error_type="workspace_unavailable"
-            )
+            outcome = Outcome(RunStatus.failed, error=plan.refusal, error_type=plan.refusal_type)
         else:
             try:
-                outcome = await self._loop(run, plan)
+                if plan.agent is not None:
+                    outcome = await plan.agent.execute(run, plan)
+                else:
+                    outcome = await self._loop(run, plan)
             except (CheckpointTooLarge, RestoreFailed) as exc:
                 # Never carry on without the checkpoint: a resume elsewhere would lose the work.
                 outcome = Outcome(RunStatus.failed, error=exc.detail, error_type=exc.error_type)

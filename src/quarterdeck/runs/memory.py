@@ -201,6 +201,11 @@ class InMemoryRunStore(MemoryRepairs):
     async def check_attempt(self, run_id: str, *, epoch: int) -> None:
         self._fence(run_id, epoch)
 
+    async def record_usage(self, run_id: str, usage: dict[str, Any], *, epoch: int) -> None:
+        self._fence(run_id, epoch)
+        row = self.rows[run_id]
+        row.run = row.run.model_copy(update=metered(usage))
+
     async def discarded_call(self, run_id: str, data: dict[str, Any]) -> None:
         if run_id in self.rows:
             self._event(run_id, DISCARDED_CALL, data, data.get("turn"))
@@ -261,6 +266,7 @@ class InMemoryRunStore(MemoryRepairs):
             error=item.error,
             finished_at=now,
             started_at=row.run.started_at or now,
+            **metered(item.usage),
         )
         data = {"status": item.status.value, "error": item.error, **(item.event or {})}
         self._event(item.run_id, "status", data)
@@ -292,3 +298,16 @@ class InMemoryRunStore(MemoryRepairs):
 
     async def aclose(self) -> None:
         return None
+
+
+def metered(usage: dict[str, Any] | None) -> dict[str, Any]:
+    """The run fields a finish with totals metered elsewhere replaces (see ``Finish.usage``)."""
+    fields = ("turns", "input_tokens", "output_tokens", "cache_creation_tokens")
+    out: dict[str, Any] = {
+        k: int(usage[k])
+        for k in (*fields, "cache_read_tokens")
+        if usage and usage.get(k) is not None
+    }
+    if usage and usage.get("cost_usd") is not None:
+        out["cost_usd"] = float(usage["cost_usd"])
+    return out

@@ -170,6 +170,11 @@ class PostgresRunStore:
             if not await attempt_repo.attempt_held(conn, run_id, epoch):
                 raise fenced(run_id, epoch)
 
+    async def record_usage(self, run_id: str, usage: dict[str, Any], *, epoch: int) -> None:
+        async with self.db.acquire() as conn:
+            if not await attempt_repo.record_usage(conn, run_id, epoch, usage):
+                raise fenced(run_id, epoch)
+
     async def discarded_call(self, run_id: str, data: dict[str, Any]) -> None:
         async with self.db.acquire() as conn:
             await repo.append_event(conn, run_id, DISCARDED_CALL, data, data.get("turn"))

@@ -148,6 +148,11 @@ class RunStore(Protocol):
     async def check_attempt(self, run_id: str, *, epoch: int) -> None:
         """Raise ``Fenced`` unless attempt ``epoch`` still holds the run (before a model call)."""
 
+    async def record_usage(self, run_id: str, usage: dict[str, Any], *, epoch: int) -> None:
+        """Set the run's totals to ones metered outside its turns (``Finish.usage``: a
+        claude-code run's, by the gateway) while attempt ``epoch`` holds it; ``Fenced`` if not.
+        For a run that stops without a finish of its own (cancelled, released)."""
+
     async def discarded_call(self, run_id: str, data: dict[str, Any]) -> None:
         """The one unfenced write of an attempt: a ``discarded_call`` event for a call that
         completed after the attempt lost the run (paid, never recorded as a turn)."""

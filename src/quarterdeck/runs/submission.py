@@ -8,6 +8,7 @@ capped the API near one submission per fsync.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import hashlib
@@ -86,9 +87,12 @@ def batch_hash(bodies: list[RunCreate]) -> str:
 
 
 class AgentTypes(Protocol):
-    """What submission needs of the agent catalog: an agent type by name (422 if unknown)."""
+    """What submission needs of the agent catalog: an agent type by name (422 if unknown), and
+    whether this deployment can run it now (None, or why not and how to fix it)."""
 
     def get(self, name: str) -> AgentDefaults: ...
+
+    def unavailable_reason(self, name: str) -> str | None: ...
 
 
 class AgentDefaults(Protocol):
@@ -97,6 +101,9 @@ class AgentDefaults(Protocol):
 
     @property
     def budget_usd(self) -> float | None: ...
+
+    @property
+    def runner(self) -> str: ...
 
 
 class Submissions:
@@ -142,6 +149,7 @@ class Submissions:
             if existing:
                 return existing, False
         params, archive = self._prepare(body)
+        await self._require_available([body])
         run_id = new_id("run")
         try:
             return await self._insert(
@@ -170,6 +178,31 @@ class Submissions:
         if self.catalog is not None:
             self.catalog.get(body.agent_type or self.settings.default_agent_type)  # 422 if unknown
         return params, archive
+
+    async def _require_available(self, bodies: list[RunCreate], *, batch: bool = False) -> None:
+        """422 for a run of a type this deployment cannot run now (a claude-code type without its
+        CLI): refused here, saying how to fix it, not failed later on a worker. Native types are
+        always runnable; the others are checked off the event loop (the first check runs the
+        CLI's ``--version``)."""
+        if self.catalog is None:
+            return
+        reasons: dict[str, str | None] = {}
+        for i, body in enumerate(bodies):
+            name = body.agent_type or self.settings.default_agent_type
+            if name not in reasons:
+                native = self.catalog.get(name).runner == "native"
+                reasons[name] = (
+                    None
+                    if native
+                    else await asyncio.to_thread(self.catalog.unavailable_reason, name)
+                )
+            reason = reasons[name]
+            if reason is not None:
+                field = f"runs.{i}.agent_type" if batch else "agent_type"
+                raise ValidationFailed(
+                    f"{field}: agent type {name!r} is unavailable on this deployment: {reason}",
+                    errors=[{"field": field, "message": f"unavailable: {reason}"}],
+                )
 
     def _row(
         self,
@@ -244,6 +277,7 @@ class Submissions:
                     {**e, "field": f"runs.{i}.{e['field']}"} for e in exc.extra.get("errors", [])
                 ]
                 raise ValidationFailed(f"runs.{i}: {exc.detail}", errors=errors) from None
+        await self._require_available(bodies, batch=True)
         run_ids = [new_id("run") for _ in bodies]
         try:
             return await self._insert_batch(

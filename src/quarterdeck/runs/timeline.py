@@ -202,6 +202,46 @@ class Timeline:
             line.append(_plain(_inline(data)), style="dim")
         return [line]
 
+    # -- a claude-code run: the CLI's own account, and the gateway's metering of it ----------
+
+    def _agent_started(
+        self, event: dict[str, Any], data: dict[str, Any]
+    ) -> list[RenderableType | None]:
+        line = self._head(event.get("ts"), "agent", "bold")
+        how = "resumed its session" if data.get("resumed") else "started"
+        line.append(f"Claude Code {how} (session {_plain(data.get('session_id', '?'))})")
+        return [line]
+
+    def _agent_init(
+        self, event: dict[str, Any], data: dict[str, Any]
+    ) -> list[RenderableType | None]:
+        return []  # the CLI's version and model, for --json readers
+
+    def _agent_result(
+        self, event: dict[str, Any], data: dict[str, Any]
+    ) -> list[RenderableType | None]:
+        line = self._head(event.get("ts"), "agent", "bold")
+        outcome = "error" if data.get("is_error") else "done"
+        line.append(f"Claude Code {outcome}: {_plain(data.get('terminal_reason') or '?')}")
+        denials = data.get("permission_denials") or []
+        if denials:
+            line.append(f"  ({len(denials)} tool call(s) refused)", style="yellow")
+        return [line]
+
+    def _metered(self, event: dict[str, Any], data: dict[str, Any]) -> list[RenderableType | None]:
+        keys = ("input_tokens", "output_tokens", "cache_creation_tokens", "cache_read_tokens")
+        tokens = sum(int(data.get(k) or 0) for k in keys)
+        cost = float(data.get("cost_usd") or 0)
+        self.tokens += tokens
+        self.cost += cost
+        self.turns = max(self.turns, int(data.get("turns") or 0))
+        line = self._head(event.get("ts"), "metered", "bold magenta")
+        line.append(f"{int(data.get('calls') or 0)} gateway call(s) · {tokens:,} tokens")
+        line.append(f" · ${cost:.4f}")
+        if data.get("cli_cost_usd") is not None:
+            line.append(f"  (the CLI estimated ${float(data['cli_cost_usd']):.4f})", style="dim")
+        return [line]
+
     def _other(self, event: dict[str, Any], data: dict[str, Any]) -> list[RenderableType | None]:
         line = self._head(event.get("ts"), _plain(event.get("type", "?")))
         if data:

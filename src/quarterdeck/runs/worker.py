@@ -287,6 +287,7 @@ class WorkerPool:
                     outcome.result,
                     outcome.error,
                     {"error_type": outcome.error_type},
+                    usage=outcome.metered,
                 ),
                 epoch=run.attempts,
             )

@@ -64,6 +64,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         16, "pending approvals end with their run", sql_file="0016_approvals_end_with_run.sql"
     ),
+    Migration(17, "gateway tokens minted for one run", sql_file="0017_run_tokens.sql"),
 )
 
 HEAD = MIGRATIONS[-1].version

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, replace
@@ -44,6 +43,7 @@ from quarterdeck.agents.egress.policy import (
     connect_order,
 )
 from quarterdeck.kit.clock import Clock, SystemClock
+from quarterdeck.kit.unix_server import UnixServer
 
 log = structlog.get_logger(__name__)
 
@@ -98,7 +98,7 @@ class _Conn:
         self.silent = False  # closed before sending a byte (a port probe): nothing to record
 
 
-class EgressProxy:
+class EgressProxy(UnixServer):
     """An HTTP proxy on a UNIX socket for one run. Use ``async with`` or start/close."""
 
     def __init__(
@@ -116,54 +116,21 @@ class EgressProxy:
         max_connections: int = MAX_CONNECTIONS,
     ) -> None:
         self.run_id = run_id
-        self.socket_path = socket_path
+        super().__init__(socket_path, limit=MAX_HEAD_BYTES, mode=0o600, owner=owner)
         self.policy = policy
         self.on_connection = on_connection
         self.resolver = resolver
         self.address_check = address_check
-        self.owner = owner
         self.clock = clock or SystemClock()
         self.idle_timeout_s = idle_timeout_s
         self.max_connections = max_connections
         self.records: list[EgressRecord] = []
-        self._server: asyncio.Server | None = None
-        self._handlers: set[asyncio.Task[None]] = set()
-
-    async def start(self) -> EgressProxy:
-        self._server = await asyncio.start_unix_server(
-            self._accept, path=str(self.socket_path), limit=MAX_HEAD_BYTES
-        )
-        os.chmod(self.socket_path, 0o600)
-        if self.owner is not None:
-            os.chown(self.socket_path, *self.owner)
-        return self
-
-    async def close(self) -> None:
-        """Stop listening and cut every open connection (each still gets its record)."""
-        if self._server is not None:
-            self._server.close()
-            self._server = None
-        for task in list(self._handlers):
-            task.cancel()
-        if self._handlers:
-            await asyncio.gather(*self._handlers, return_exceptions=True)
-        with contextlib.suppress(FileNotFoundError):
-            self.socket_path.unlink()
-
-    async def __aenter__(self) -> EgressProxy:
-        return await self.start()
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
 
     # -- one connection ----------------------------------------------------------------------
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._handlers.add(task)
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         conn = _Conn(self.clock.wall())
         try:
-            if len(self._handlers) > self.max_connections:
+            if self.open_connections > self.max_connections:
                 conn.verdict = Verdict(
                     False, f"more than {self.max_connections} open connections", "egress.busy"
                 )
@@ -184,7 +151,6 @@ class EgressProxy:
             log.exception("egress.proxy_failed", run_id=self.run_id)
             conn.verdict = Verdict(conn.verdict.allowed, "internal proxy error", "egress.error")
         finally:
-            self._handlers.discard(task)
             writer.close()
             self._record(conn)
 

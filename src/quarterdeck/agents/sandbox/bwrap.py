@@ -10,7 +10,9 @@ synthesized: the host's account list is not shown); a private tmpfs ``/tmp`` of 
 a fresh ``/proc`` for a new PID namespace; a minimal ``/dev``; the run's workspace read-write at
 its own host path (so paths the file tools report work unchanged in commands); optionally the
 Python installation read-only (quality measurement runs the worker's interpreter). Nothing else:
-no data dir, no home, no other workspace, no socket of ours (but the egress socket when given).
+no data dir, no home, no other workspace, no socket of ours but those the caller names: the egress
+socket, :class:`Bridge` sockets (each served on a loopback port inside by ``socat``) and
+:class:`Mount` paths (read-only unless marked writable).
 
 Two shapes, by who runs the worker:
 
@@ -27,12 +29,19 @@ Two shapes, by who runs the worker:
 
 from __future__ import annotations
 
+import posixpath
 import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 
 from quarterdeck.agents.sandbox.spec import EGRESS_PORT, EGRESS_SOCKET, INSIDE_UID
+
+BRIDGE_DIR = str(PurePosixPath(EGRESS_SOCKET).parent)
+"""Where bridged sockets appear inside the sandbox (``/run/quarterdeck``)."""
+LISTEN_WAIT_TICKS = 200
+"""How many 10 ms ticks the prelude waits for each bridge to listen (2 s) before it execs the
+command anyway (which then sees a refused connection, and socat's own error on stderr)."""
 
 ETC_FILES = (
     "/etc/ld.so.cache",
@@ -68,11 +77,70 @@ read-only."""
 
 
 @dataclass(frozen=True)
+class Bridge:
+    """A loopback TCP port inside the sandbox forwarded (socat, like the egress bridge) to a Unix
+    socket the worker serves outside. The sandbox has no network; this is how a long-lived
+    agent reaches a worker-side service (the gateway) that only speaks TCP to its clients."""
+
+    port: int
+    socket: Path
+    """Host path of the unix socket; it must be connectable by the sandbox's uid."""
+
+
+@dataclass(frozen=True)
+class Mount:
+    """A host path bound into the sandbox at ``target`` (read-only unless ``writable``; use
+    writable=True for a unix socket the process must connect to)."""
+
+    source: Path
+    target: str
+    writable: bool = False
+
+
+def bridge_socket(port: int) -> str:
+    """Where a bridge's unix socket appears inside the sandbox."""
+    return f"{BRIDGE_DIR}/bridge-{port}.sock"
+
+
+_RESERVED_TARGETS = ("/", "/usr", "/etc", "/proc", "/dev", "/tmp", "/run", BRIDGE_DIR)
+
+
+def layout_problems(
+    workspace: str, mounts: Sequence[Mount], bridges: Sequence[Bridge], *, egress: bool = False
+) -> list[tuple[str, str]]:
+    """(field, reason) for every mount or bridge the sandbox cannot honour: a target that is not
+    a clean absolute path or would hide a part of the view the sandbox relies on (the system
+    directories, the workspace, the bridges' sockets), a port an unprivileged listener cannot
+    bind, or one used twice (the egress bridge owns 3128)."""
+    problems: list[tuple[str, str]] = []
+    for mount in mounts:
+        target = mount.target
+        if not target.startswith("/") or posixpath.normpath(target) != target:
+            problems.append(("mounts", f"target {target!r} is not a clean absolute path"))
+        elif (
+            target in _RESERVED_TARGETS
+            or target.startswith(BRIDGE_DIR + "/")
+            or f"{workspace}/".startswith(f"{target}/")
+        ):
+            problems.append(("mounts", f"target {target!r} would hide the sandbox's own view"))
+    seen = {EGRESS_PORT} if egress else set()
+    for bridge in bridges:
+        if not 1024 <= bridge.port <= 65535:
+            problems.append(("bridges", f"port {bridge.port} is not in 1024..65535"))
+        elif bridge.port in seen:
+            problems.append(("bridges", f"port {bridge.port} is bridged twice"))
+        seen.add(bridge.port)
+    return problems
+
+
+@dataclass(frozen=True)
 class BwrapInputs:
     """Everything the argv depends on. ``system`` maps each of :data:`SYSTEM_LINKS` that exists
     on the host to its symlink target (or None when it is a real directory); ``etc`` lists the
     host ``/etc`` entries that exist; ``data_fds`` maps a sandbox path (``/etc/passwd``) to an
-    open fd whose content bwrap copies there."""
+    open fd whose content bwrap copies there. ``egress_socket`` is the egress proxy's socket,
+    which is one more bridge (port :data:`EGRESS_PORT`, inside at :data:`EGRESS_SOCKET`);
+    ``bridges`` and ``mounts`` are a long-lived agent's (:mod:`.session`)."""
 
     bwrap: str
     setpriv: str
@@ -86,6 +154,8 @@ class BwrapInputs:
     data_fds: Mapping[str, int] = field(default_factory=dict)
     egress_socket: str | None = None
     socat: str | None = None
+    mounts: Sequence[Mount] = ()
+    bridges: Sequence[Bridge] = ()
 
 
 def account_files(uid: int, gid: int, home: str) -> dict[str, bytes]:
@@ -125,7 +195,7 @@ class _Dirs:
 
     def __init__(self, argv: list[str]) -> None:
         self.argv = argv
-        self.made = {"/", "/tmp", "/usr", "/etc", "/run", "/proc", "/dev"}
+        self.made = {"/", "/tmp", "/usr", "/etc", "/proc", "/dev"}
 
     def parents_of(self, path: str) -> None:
         for parent in _ancestors(path):
@@ -134,20 +204,27 @@ class _Dirs:
                 self.made.add(parent)
 
 
-def egress_bridge(socat: str) -> str:
-    """A shell prelude that starts the loopback -> unix socket bridge and waits (≤ 2 s) until it
-    listens, then execs the command. ``/proc/net/tcp`` is the sandbox's own network namespace."""
-    port_hex = f"{EGRESS_PORT:04X}"
-    listen = (
-        f"{shlex.quote(socat)} TCP-LISTEN:{EGRESS_PORT},bind=127.0.0.1,fork,reuseaddr "
-        f"UNIX-CONNECT:{EGRESS_SOCKET} &"
-    )
-    wait = (
-        "i=0; while [ $i -lt 200 ] && ! grep -q '0100007F:"
-        + port_hex
+def bridge_prelude(socat: str, bridges: Sequence[tuple[int, str]]) -> str:
+    """A shell prelude that starts one loopback -> unix socket bridge per (port, inside socket),
+    waits (≤ 2 s each) until each listens, then execs the command. ``/proc/net/tcp`` is the
+    sandbox's own network namespace."""
+    listens = [
+        f"{shlex.quote(socat)} TCP-LISTEN:{port},bind=127.0.0.1,fork,reuseaddr "
+        f"UNIX-CONNECT:{socket} &"
+        for port, socket in bridges
+    ]
+    waits = [
+        f"i=0; while [ $i -lt {LISTEN_WAIT_TICKS} ] && ! grep -q '0100007F:"
+        + f"{port:04X}"
         + "' /proc/net/tcp; do sleep 0.01; i=$((i+1)); done"
-    )
-    return f'{listen} {wait}; exec "$@"'
+        for port, _ in bridges
+    ]
+    return f'{" ".join(listens)} {"; ".join(waits)}; exec "$@"'
+
+
+def egress_bridge(socat: str) -> str:
+    """The egress proxy's bridge alone: ``127.0.0.1:3128`` -> :data:`EGRESS_SOCKET`."""
+    return bridge_prelude(socat, [(EGRESS_PORT, EGRESS_SOCKET)])
 
 
 def egress_env() -> dict[str, str]:
@@ -194,12 +271,17 @@ def build_argv(inputs: BwrapInputs, command: Sequence[str]) -> list[str]:
     for path in i.ro_extra:
         dirs.parents_of(path)
         argv += ["--ro-bind-try", path, path]
+        dirs.made.add(path)
     dirs.parents_of(i.workspace)
     argv += ["--bind", i.workspace, i.workspace]
-    if i.egress_socket:
-        argv += ["--perms", "0755", "--dir", "/run", "--perms", "0755"]
-        argv += ["--dir", str(PurePosixPath(EGRESS_SOCKET).parent)]
-        argv += ["--bind", i.egress_socket, EGRESS_SOCKET]
+    dirs.made.add(i.workspace)  # a mount may go inside either: their dirs exist
+    for mount in i.mounts:
+        dirs.parents_of(mount.target)
+        argv += ["--bind" if mount.writable else "--ro-bind", str(mount.source), mount.target]
+    bridged = _bridged(i)
+    for _, host, inside in bridged:
+        dirs.parents_of(inside)
+        argv += ["--bind", host, inside]
     argv += ["--chdir", i.workspace]
     argv += ["--cap-drop", "ALL"]
     if i.root:  # what setpriv needs to drop to the run's uid (and to enter its 0700 workspace);
@@ -211,7 +293,17 @@ def build_argv(inputs: BwrapInputs, command: Sequence[str]) -> list[str]:
         uid, gid = i.ident or (65534, 65534)
         argv += [i.setpriv, "--reuid", str(uid), "--regid", str(gid), "--clear-groups"]
         argv += ["--bounding-set=-all", "--inh-caps=-all", "--no-new-privs", "--"]
-    if i.egress_socket:
-        argv += ["/bin/sh", "-c", egress_bridge(i.socat or "/usr/bin/socat"), "sh"]
+    if bridged:
+        prelude = bridge_prelude(i.socat or "/usr/bin/socat", [(p, s) for p, _, s in bridged])
+        argv += ["/bin/sh", "-c", prelude, "sh"]
     argv += list(command)
     return argv
+
+
+def _bridged(i: BwrapInputs) -> list[tuple[int, str, str]]:
+    """(port, host socket, inside socket) of every bridge, the egress proxy's first."""
+    out: list[tuple[int, str, str]] = []
+    if i.egress_socket:
+        out.append((EGRESS_PORT, i.egress_socket, EGRESS_SOCKET))
+    out += [(b.port, str(b.socket), bridge_socket(b.port)) for b in i.bridges]
+    return out

@@ -14,11 +14,19 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from quarterdeck.agents.sandbox.bwrap import ETC_FILES, SYSTEM_LINKS, BwrapInputs, build_argv
+from quarterdeck.agents.sandbox.bwrap import (
+    ETC_FILES,
+    SYSTEM_LINKS,
+    Bridge,
+    BwrapInputs,
+    Mount,
+    build_argv,
+)
 from quarterdeck.agents.sandbox.identity import prepare_dir, shared_identity, which
 from quarterdeck.agents.sandbox.spec import STRENGTH, Mode, SandboxConfig
 from quarterdeck.exceptions import ConfigError
@@ -81,6 +89,8 @@ def bwrap_inputs(
     tmp_bytes: int,
     data_fds: dict[str, int] | None = None,
     egress_socket: Path | None = None,
+    mounts: Sequence[Mount] = (),
+    bridges: Sequence[Bridge] = (),
 ) -> BwrapInputs:
     """Host facts (which system links exist, which ``/etc`` entries) for the pure builder."""
     system: dict[str, str | None] = {}
@@ -102,6 +112,8 @@ def bwrap_inputs(
         data_fds=data_fds or {},
         egress_socket=str(egress_socket) if egress_socket else None,
         socat=caps.socat,
+        mounts=tuple(mounts),
+        bridges=tuple(bridges),
     )
 
 

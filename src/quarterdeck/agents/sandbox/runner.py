@@ -15,10 +15,19 @@ import contextlib
 import os
 import signal
 import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from quarterdeck.agents.sandbox.bwrap import account_files, build_argv, egress_env, inside_ids
+from quarterdeck.agents.sandbox.bwrap import (
+    Bridge,
+    Mount,
+    account_files,
+    build_argv,
+    egress_env,
+    inside_ids,
+)
 from quarterdeck.agents.sandbox.identity import shared_identity
 from quarterdeck.agents.sandbox.probe import (
     Capabilities,
@@ -75,7 +84,7 @@ class _Capture:
         return out
 
 
-def _group_alive(pgid: int) -> bool:
+def group_alive(pgid: int) -> bool:
     """Whether any non-zombie process is still in ``pgid``. Zombies cannot run; they linger only
     until whatever reaps orphans (host PID 1, which may be slow) gets to them."""
     for entry in os.scandir("/proc"):
@@ -91,7 +100,7 @@ def _group_alive(pgid: int) -> bool:
     return False
 
 
-async def _kill_group(proc: asyncio.subprocess.Process, waiter: asyncio.Future[int]) -> None:
+async def kill_group(proc: asyncio.subprocess.Process, waiter: asyncio.Future[int]) -> None:
     """SIGKILL the whole process group and reap its leader, repeating until no live member is
     left (a fork racing the first signal can add one). Bounded to about a second. In bwrap mode
     the group is bwrap itself: its child dies with it (``--die-with-parent``) and takes the whole
@@ -104,7 +113,7 @@ async def _kill_group(proc: asyncio.subprocess.Process, waiter: asyncio.Future[i
         if attempt == 0:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(waiter), timeout=0.5)
-        if not _group_alive(proc.pid):
+        if not group_alive(proc.pid):
             return
         await asyncio.sleep(0.02)
 
@@ -119,17 +128,76 @@ def _data_fd(content: bytes) -> int:
     return read
 
 
-def _bwrap_label(caps: Capabilities, ident: tuple[int, int] | None, egress: bool) -> str:
+def _bwrap_label(
+    caps: Capabilities, ident: tuple[int, int] | None, egress: bool, ports: Sequence[int] = ()
+) -> str:
     parts = ["bwrap", "fsview", "netns", "pidns", "ipcns", "utsns"]
     parts += ["uid"] if caps.root else ["userns"]
     parts += ["rlimits", "nnp"]
-    notes = ["network: egress proxy only" if egress else "network: none"]
+    if egress:
+        notes = ["network: egress proxy only"]
+    elif ports:
+        notes = [f"network: none but loopback ports {', '.join(map(str, ports))} bridged out"]
+    else:
+        notes = ["network: none"]
     if not caps.root:
         notes.append("host uid is the worker's own (not root: no per-run uid)")
     return "+".join(parts) + f" ({'; '.join(notes)})"
 
 
-async def _watch_workspace(cwd: Path, ceiling: int) -> int:
+def sandbox_env(
+    cwd: Path, ident: tuple[int, int] | None, extra: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """The whole environment of a sandboxed process: a tiny allowlist (nothing of the worker's:
+    API keys, database URLs, ``QUARTERDECK_*``), ``HOME`` the workspace, ``TMPDIR`` the
+    workspace's own tmp dir (made here, owned by ``ident``), then ``extra`` on top."""
+    tmp = cwd / TMP_DIRNAME
+    if tmp.is_symlink() or (tmp.exists() and not tmp.is_dir()):
+        tmp.unlink()  # the command may have replaced it; only its own runs would suffer
+    tmp.mkdir(exist_ok=True)
+    if ident:
+        os.chown(tmp, *ident, follow_symlinks=False)
+    env = {"PATH": SAFE_PATH, "HOME": str(cwd), "LANG": "C.UTF-8", "TERM": "dumb"}
+    env["TMPDIR"] = str(tmp)
+    env.update(extra or {})
+    return env
+
+
+@dataclass(frozen=True)
+class BwrapLaunch:
+    """What spawning one bwrap sandbox takes: its argv, the fds it reads the synthesized
+    account files from (pass them to the child, close them after the spawn) and its label."""
+
+    argv: list[str]
+    fds: dict[str, int]
+    label: str
+
+
+def bwrap_launch(
+    caps: Capabilities,
+    cwd: Path,
+    ident: tuple[int, int] | None,
+    limits: SandboxLimits | None,
+    inner: Sequence[str],
+    *,
+    egress_socket: Path | None = None,
+    mounts: Sequence[Mount] = (),
+    bridges: Sequence[Bridge] = (),
+) -> BwrapLaunch:
+    """``inner`` under prlimit inside bwrap: the one way both a command (:func:`run_sandboxed`)
+    and a long-lived agent (:mod:`.session`) are put in the strong sandbox."""
+    uid, gid = inside_ids(caps.root, ident)
+    fds = {dest: _data_fd(data) for dest, data in account_files(uid, gid, str(cwd)).items()}
+    rlimits = rlimit_pairs(limits or SandboxLimits())
+    limited = [*prlimit_argv(caps.prlimit or "prlimit", rlimits), *inner]
+    inputs = bwrap_inputs(
+        caps, cwd, ident, current_config().tmp_bytes, fds, egress_socket, mounts, bridges
+    )
+    label = _bwrap_label(caps, ident, egress_socket is not None, [b.port for b in bridges])
+    return BwrapLaunch(build_argv(inputs, limited), fds, label)
+
+
+async def watch_workspace(cwd: Path, ceiling: int) -> int:
     """Returns (ending the wait) only when the workspace grows above ``ceiling``."""
     spent = 0.0
     while True:
@@ -169,17 +237,8 @@ async def run_sandboxed(
     chosen = select_mode(mode)
     config = current_config()
     ident = (run_as or await asyncio.to_thread(shared_identity)) if caps.root else None
-    rlimits = rlimit_pairs(limits or SandboxLimits())
     inner = ["/bin/sh", "-c", command] if isinstance(command, str) else list(command)
-    tmp = cwd / TMP_DIRNAME
-    if tmp.is_symlink() or (tmp.exists() and not tmp.is_dir()):
-        tmp.unlink()  # the command may have replaced it; only its own runs would suffer
-    tmp.mkdir(exist_ok=True)
-    if ident:
-        os.chown(tmp, *ident, follow_symlinks=False)
-    env = {"PATH": SAFE_PATH, "HOME": str(cwd), "LANG": "C.UTF-8", "TERM": "dumb"}
-    env["TMPDIR"] = str(tmp)
-    env.update(extra_env or {})
+    env = sandbox_env(cwd, ident, extra_env)
     kwargs: dict[str, Any] = {}
     fds: dict[str, int] = {}
     if egress_socket is not None:
@@ -189,16 +248,13 @@ async def run_sandboxed(
             raise ConfigError([("socat", "the egress bridge needs socat (apt-get install socat)")])
         env.update(egress_env())
     if chosen is Mode.BWRAP:
-        uid, gid = inside_ids(caps.root, ident)
-        fds = {dest: _data_fd(data) for dest, data in account_files(uid, gid, str(cwd)).items()}
-        limited = [*prlimit_argv(caps.prlimit or "prlimit", rlimits), *inner]
-        inputs = bwrap_inputs(caps, cwd, ident, config.tmp_bytes, fds, egress_socket)
-        argv = build_argv(inputs, limited)
-        label = _bwrap_label(caps, ident, egress_socket is not None)
+        launch = bwrap_launch(caps, cwd, ident, limits, inner, egress_socket=egress_socket)
+        argv, fds, label = launch.argv, launch.fds, launch.label
         kwargs["pass_fds"] = tuple(fds.values())
         if network:
             label += " [sandbox_network ignored: in bwrap mode the network is off or egress-only]"
     else:
+        rlimits = rlimit_pairs(limits or SandboxLimits())
         argv, kwargs, label = build_weak(chosen, inner, caps, network, ident, rlimits)
     limit = workspace_limit if workspace_limit is not None else config.workspace_bytes
     ceiling = max(limit, await asyncio.to_thread(disk_usage, str(cwd)))
@@ -221,27 +277,27 @@ async def run_sandboxed(
     pumps = asyncio.gather(capture.pump("stdout", proc.stdout), capture.pump("stderr", proc.stderr))
     waiter = asyncio.ensure_future(proc.wait())
     flood = asyncio.ensure_future(capture.flooded.wait())
-    watch = asyncio.ensure_future(_watch_workspace(cwd, ceiling))
+    watch = asyncio.ensure_future(watch_workspace(cwd, ceiling))
     timed_out = False
     try:
         await asyncio.wait({waiter, flood, watch}, timeout=timeout_s, return_when="FIRST_COMPLETED")
         if not waiter.done():
             timed_out = not capture.flooded.is_set() and not watch.done()
-            await _kill_group(proc, waiter)
+            await kill_group(proc, waiter)
             await waiter
         # The shell may have exited while background children still hold the pipes: give them a
         # moment, then kill whatever is left so nothing outlives the call.
         remaining = max(0.0, timeout_s - (time.monotonic() - started))
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.shield(pumps), timeout=min(remaining, 1.0))
-        await _kill_group(proc, waiter)
+        await kill_group(proc, waiter)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.shield(pumps), timeout=1.0)
     finally:
         flood.cancel()
         watch.cancel()
         if not waiter.done():
-            await _kill_group(proc, waiter)
+            await kill_group(proc, waiter)
             waiter.cancel()
         pumps.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):

@@ -14,6 +14,9 @@ SAFE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 SANDBOX_USER = "quarterdeck-sandbox"
 TMP_DIRNAME = ".sandbox-tmp"
 """Per-workspace TMPDIR; workspaces leave it out of diffs."""
+AGENT_STATE_DIRNAME = ".quarterdeck-agent"
+"""Per-workspace home of an external agent (Claude Code's HOME and session transcript): left
+out of diffs, but checkpointed with the workspace so a resumed run finds its session."""
 RUN_UID_BASE = 1_000_000_000
 RUN_UID_SPAN = 100_000_000
 INSIDE_UID = 1000

@@ -43,6 +43,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from quarterdeck.exceptions import QuarterdeckError
 from quarterdeck.security.auth.dependencies import auth_service
+from quarterdeck.security.auth.run_tokens import is_run_token
 
 DRAIN_MAX = 1024 * 1024
 """The most of a refused body skipped to keep the connection (and the client able to read the
@@ -217,8 +218,10 @@ class BodyGate:
 
     async def _authenticate(self, request: Request, headers: Headers) -> None:
         service = auth_service(request)  # 503 when auth is required but not ready
-        if service is not None and service.required:
-            await service.authenticate(presented_key(headers))
+        key = presented_key(headers)
+        # A run token is resolved even with auth off, as ``require(...)`` does (see there).
+        if service is not None and (service.required or is_run_token(key)):
+            await service.authenticate(key)
 
     async def _answer(
         self,

@@ -35,6 +35,7 @@ from quarterdeck.kit.wiring import services
 from quarterdeck.security.auth.errors import Forbidden, RateLimited
 from quarterdeck.security.auth.permissions import Permission
 from quarterdeck.security.auth.principal import DEV_PRINCIPAL, Principal
+from quarterdeck.security.auth.run_tokens import is_run_token
 from quarterdeck.security.auth.service import AuthService
 
 log = structlog.get_logger(__name__)
@@ -86,11 +87,16 @@ class Requirement:
     async def __call__(
         self, request: Request, service: MaybeAuth, bearer: Bearer, api_key: ApiKeyHeader
     ) -> Principal:
+        token = bearer.credentials if bearer is not None else api_key
         if service is None or not service.required:
-            principal = DEV_PRINCIPAL
+            # Auth off: every caller is the dev principal, except a run token, which is still
+            # resolved (401 when dead): the gateway attributes the call to its run by it.
+            if service is not None and is_run_token(token):
+                principal = await service.authenticate(token)
+            else:
+                principal = DEV_PRINCIPAL
             setattr(request.state, PRINCIPAL_STATE, principal)
         else:
-            token = bearer.credentials if bearer is not None else api_key
             principal = await service.authenticate(token)
             setattr(request.state, PRINCIPAL_STATE, principal)  # for audit and request logs
             decision = await service.limiter.hit(principal)
@@ -116,6 +122,8 @@ class Requirement:
 
 
 def _why_not(principal: Principal, permission: Permission) -> str:
+    if principal.run_id is not None:
+        return f"a run token can only call the gateway ({Permission.GATEWAY_USE.value})"
     if permission.platform_only and not principal.all_tenants:
         return (
             f"{permission.value} acts across tenants; a key of tenant {principal.tenant!r} "

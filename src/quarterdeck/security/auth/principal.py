@@ -28,6 +28,8 @@ class AuthMethod(StrEnum):
     api_key = "api_key"
     bootstrap = "bootstrap"
     disabled = "disabled"
+    run_token = "run_token"
+    """A gateway token minted for one run's agent process (``security/auth/run_tokens.py``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +42,10 @@ class Principal:
     method: AuthMethod = AuthMethod.api_key
     gateway_fallback: tuple[str, ...] | None = None
     """The key's gateway fallback config (``api_keys.gateway_fallback``; None: the default)."""
+    run_id: str | None = None
+    """Set for a run token: the one run this principal acts for. Its agent process (a CLI in
+    the run's sandbox, whatever it was told to do) may call the gateway for that run and
+    nothing else, so :meth:`can` allows only ``gateway:use``, whatever the role says."""
 
     @property
     def all_tenants(self) -> bool:
@@ -51,6 +57,8 @@ class Principal:
         return frozenset(p for p in ROLE_PERMISSIONS[self.role] if self.can(p))
 
     def can(self, permission: Permission) -> bool:
+        if self.run_id is not None and permission is not Permission.GATEWAY_USE:
+            return False
         return allows(self.role, self.tenant, permission)
 
     def tenant_filter(self) -> str | None:

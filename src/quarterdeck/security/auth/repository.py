@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 
 import asyncpg
@@ -119,3 +120,75 @@ async def revoke_created_by(
         now,
     )
     return [KeyRecord.from_row(r) for r in rows]
+
+
+# -- run tokens (security/auth/run_tokens.py) ---------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class RunTokenRow:
+    """A run's token row with what deciding about it needs from the run (one indexed join)."""
+
+    attempt: int
+    digest: bytes
+    tenant: str
+    key_id: str | None
+    """``runs.key_id``: the key that submitted the run (None without auth)."""
+    gateway_fallback: tuple[str, ...] | None
+    """That key's gateway fallback config (None: no such key, or the deployment default)."""
+    status: str
+    attempts: int
+    cancel_requested: bool
+
+
+async def upsert_run_token(
+    conn: asyncpg.Connection, run_id: str, attempt: int, digest: bytes, now: datetime
+) -> bool:
+    """Store the token digest of ``attempt``, replacing the run's earlier one, only while that
+    attempt holds the run (``running`` at ``attempts = attempt``); False when it does not (or
+    the run is gone). A newer attempt's token is never replaced by an older attempt's."""
+    stored = await conn.fetchval(
+        """
+        INSERT INTO run_tokens (run_id, attempt, digest, created_at)
+        SELECT id, $2, $3, $4 FROM runs
+         WHERE id = $1 AND status = 'running' AND attempts = $2
+        ON CONFLICT (run_id) DO UPDATE
+           SET attempt = EXCLUDED.attempt, digest = EXCLUDED.digest,
+               created_at = EXCLUDED.created_at
+         WHERE run_tokens.attempt <= EXCLUDED.attempt
+        RETURNING run_id
+        """,
+        run_id,
+        attempt,
+        digest,
+        now,
+    )
+    return stored is not None
+
+
+async def get_run_token(conn: asyncpg.Connection, run_id: str) -> RunTokenRow | None:
+    """The run's token row joined to its run (and the run's submitting key); None when the run
+    has no token (or no longer exists). Primary-key lookups only."""
+    row = await conn.fetchrow(
+        """
+        SELECT t.attempt, t.digest, r.tenant, r.key_id, k.gateway_fallback,
+               r.status, r.attempts, r.cancel_requested
+          FROM run_tokens t
+          JOIN runs r ON r.id = t.run_id
+          LEFT JOIN api_keys k ON k.id = r.key_id
+         WHERE t.run_id = $1
+        """,
+        run_id,
+    )
+    if row is None:
+        return None
+    return RunTokenRow(
+        attempt=row["attempt"],
+        digest=bytes(row["digest"]),
+        tenant=row["tenant"],
+        key_id=row["key_id"],
+        gateway_fallback=(
+            tuple(row["gateway_fallback"]) if row["gateway_fallback"] is not None else None
+        ),
+        status=row["status"],
+        attempts=row["attempts"],
+        cancel_requested=row["cancel_requested"],
+    )

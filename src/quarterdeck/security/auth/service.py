@@ -34,6 +34,7 @@ from quarterdeck.security.auth.models import (
 )
 from quarterdeck.security.auth.permissions import ALL_TENANTS, Role, assignment_problem
 from quarterdeck.security.auth.principal import DEV_PRINCIPAL, AuthMethod, Principal
+from quarterdeck.security.auth.run_tokens import RunTokens, is_run_token
 from quarterdeck.store.pool import Database
 
 log = structlog.get_logger(__name__)
@@ -69,6 +70,8 @@ class AuthService:
         self.on_change = on_change
         """Async ``(action, details)``, given to feed the audit log. Never given secrets."""
         self.clock = clock
+        self.run_tokens = RunTokens(db, clock=clock)
+        """Gateway tokens minted for one run (``qd_run_...``); see :mod:`.run_tokens`."""
 
     # -- managing keys ---------------------------------------------------------------------
     async def create(
@@ -223,7 +226,11 @@ class AuthService:
 
     # -- authenticating ----------------------------------------------------------------------
     async def authenticate(self, token: str | None) -> Principal:
-        """The principal a presented key stands for, or :class:`Unauthenticated`."""
+        """The principal a presented key (or run token) stands for, or :class:`Unauthenticated`.
+
+        A run token (``qd_run_...``) is resolved on every use, never cached: it dies the moment
+        its run stops running at the attempt that minted it (see :mod:`.run_tokens`).
+        """
         if not token:
             raise Unauthenticated(
                 "an API key is required: send 'Authorization: Bearer <key>' (or 'x-api-key')",
@@ -237,6 +244,8 @@ class AuthService:
                 ALL_TENANTS,
                 AuthMethod.bootstrap,
             )
+        if is_run_token(token):
+            return await self.run_tokens.resolve(token)
         parsed = keys.parse(token)
         if parsed is None:
             raise Unauthenticated("the API key is malformed")

@@ -1,0 +1,404 @@
+"""One claude-code run: the real CLI, headless in the run's sandbox, with Quarterdeck around it.
+
+:class:`ClaudeCodeAgent` is the executor's :class:`~quarterdeck.runs.executor.ExternalAgent`
+for agent types with ``runner: claude-code``. Per attempt it
+
+1. restores the workspace (the transcript rides in it, under ``.quarterdeck-agent/``) when the
+   run resumes, and records the base checkpoint when it starts;
+2. mints a gateway token for this attempt only (``security/auth/run_tokens.py``): the gateway
+   meters, budgets and audits every model call against the run, and refuses the token once the
+   run ends or another attempt takes it over;
+3. serves two Unix sockets bound into the sandbox: the gateway bridge (``bridge.py``) and the
+   policy gate (``gate.py``) that the CLI's fail-closed ``PreToolUse`` hook asks before every
+   tool call;
+4. starts ``claude -p`` (``command.py``) and turns its stream-json into run events
+   (``stream.py``); after each batch of tool results the workspace delta (transcript included)
+   is checkpointed with them, fenced by the attempt, so a resume anywhere continues with
+   ``--resume`` from the last completed tool batch;
+5. when it exits, judges the end from its result and takes turns, tokens and cost from the
+   gateway's metering (the CLI's own ``total_cost_usd`` is kept beside it; a mismatch is an
+   event).
+
+Cancellation (a cancel request, or a draining worker releasing the run) kills the CLI's whole
+process group at once; a drain also checkpoints the workspace first so the run resumes
+elsewhere without losing a completed tool call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, Protocol
+
+import anyio
+import structlog
+
+from quarterdeck.agents.checkpoint import WorkspaceCheckpoints
+from quarterdeck.agents.claude_code import command, stream
+from quarterdeck.agents.claude_code.bridge import GatewayBridge
+from quarterdeck.agents.claude_code.gate import HOOK_PATH, GateServer
+from quarterdeck.agents.guard import Guard
+from quarterdeck.agents.sandbox import AGENT_STATE_DIRNAME, SandboxLimits, prepare_dir
+from quarterdeck.agents.sandbox import run_identity as sandbox_identity
+from quarterdeck.agents.sandbox.session import Bridge, Mount, SandboxProcess, open_sandboxed
+from quarterdeck.agents.templates import AgentType
+from quarterdeck.exceptions import Fenced
+from quarterdeck.gateway.models import UsageRow
+from quarterdeck.runs.executor import Outcome, RunPlan
+from quarterdeck.runs.models import Run, RunStatus
+from quarterdeck.runs.store_protocol import RunStore
+
+log = structlog.get_logger(__name__)
+
+METER_WAIT_S = 10.0
+"""How long to wait, after the CLI exits, for the gateway to record its last calls (they are
+written in batches every ~0.2 s, possibly by another process)."""
+TRANSCRIPT_WAIT_S = 3.0
+"""How long a checkpoint waits for the transcript to catch up with the stream."""
+COST_TOLERANCE = Decimal("0.01")
+"""Relative difference between the CLI's own cost estimate and the gateway's metering above
+which a ``cost_mismatch`` event is recorded."""
+
+
+def _transcript_has(state: Path, session: str, needles: list[str]) -> bool:
+    found = command.transcript(state, session)
+    if found is None:
+        return False
+    try:
+        tail = found.read_bytes()[-4 * 1024 * 1024 :]
+    except OSError:
+        return False
+    # A result names its call as "tool_use_id" (the call itself has only "id"); the CLI writes
+    # its transcript with JSON.stringify, so without spaces.
+    return all(f'"tool_use_id":"{n}"'.encode() in tail for n in needles)
+
+
+class RunTokenMinter(Protocol):
+    async def mint(self, run_id: str, attempt: int) -> str: ...
+
+
+class RunUsage(Protocol):
+    async def run_usage(self, run_id: str) -> UsageRow: ...
+
+
+@dataclass(frozen=True)
+class ClaudeCodeConfig:
+    cli: Path
+    """The CLI's binary, symlinks resolved (its npm package directory is bound read-only)."""
+    gateway: tuple[str, int]
+    hook_timeout_s: float
+    data_dir: Path
+
+
+class ClaudeCodeAgent:
+    def __init__(
+        self,
+        config: ClaudeCodeConfig,
+        agent: AgentType,
+        store: RunStore,
+        tokens: RunTokenMinter,
+        usage: RunUsage,
+        checkpoints: WorkspaceCheckpoints,
+        guard: Guard | None,
+    ) -> None:
+        self.config = config
+        self.agent = agent
+        self.store = store
+        self.tokens = tokens
+        self.usage = usage
+        self.checkpoints = checkpoints
+        self.guard = guard
+        self.state = Path()
+        self.session = ""
+        self.captured = 0
+        """The last workspace capture's number: one per checkpoint, never reused (several tool
+        results can arrive in one turn, and the transcript changes with each)."""
+
+    async def execute(self, run: Run, plan: RunPlan) -> Outcome:
+        ws = self.checkpoints.ws.path
+        state = self.state = ws / AGENT_STATE_DIRNAME
+        session = self.session = command.session_id(run.id)
+        resume = await self._prepare(run, ws, state, session)
+        token = await self.tokens.mint(run.id, run.attempts)
+        sockets = Path(tempfile.mkdtemp(prefix="qd-cc-"))  # short: a socket path has 108 bytes
+        os.chmod(sockets, 0o711)
+        # The gate answers (refusing an approval nobody gave) before the hook would give up.
+        answer_s = max(1.0, self.config.hook_timeout_s - 5)
+        gate = GateServer(self.guard, run, ws, sockets / "gate.sock", answer_timeout_s=answer_s)
+        bridge = GatewayBridge(sockets / "gateway.sock", *self.config.gateway)
+        try:
+            await gate.start()
+            await bridge.start()
+            return await self._run(run, plan, ws, state, session, resume, token, gate, sockets)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await gate.close()
+                await bridge.close()
+                shutil.rmtree(sockets, ignore_errors=True)
+
+    async def _prepare(self, run: Run, ws: Path, state: Path, session: str) -> bool:
+        """Restore a resumed run's workspace (and with it the transcript), record the base of
+        a new one; True when there is a session to resume."""
+        if run.attempts > 1:
+            saved = await self.store.workspace_state(run.id)
+            if saved is not None:
+                self.captured = saved.turn
+                await self.checkpoints.restore(
+                    saved, functools.partial(self.store.workspace_blobs, run.id)
+                )
+        for sub in ("home", "claude"):
+            (state / sub).mkdir(parents=True, exist_ok=True)
+        await asyncio.to_thread(prepare_dir, state, sandbox_identity(run.id))
+        if not self.checkpoints.started:
+            base = await self.checkpoints.capture()
+            await self.store.save_workspace_base(run.id, base, epoch=run.attempts)
+        return run.attempts > 1 and command.place_transcript(state, session, ws)
+
+    def _argv(self, run: Run, plan: RunPlan, session: str, resume: bool) -> list[str]:
+        agent = self.agent
+        python = os.path.realpath(sys.executable)
+        doc = command.settings(
+            python=python, hook_timeout_s=self.config.hook_timeout_s, deny=agent.denied_tools
+        )
+        return command.argv(
+            str(self.config.cli),
+            prompt=command.RESUME_PROMPT if resume else run.prompt,
+            model=run.model,
+            session=session,
+            resume=resume,
+            limits=command.Limits(plan.max_turns, plan.budget_usd),
+            settings_json=json.dumps(doc),
+            system_prompt=plan.system_prompt,
+            tools=agent.claude_tools,
+            mcp_config=agent.mcp_config,
+        )
+
+    async def _run(
+        self,
+        run: Run,
+        plan: RunPlan,
+        ws: Path,
+        state: Path,
+        session: str,
+        resume: bool,
+        token: str,
+        gate: GateServer,
+        sockets: Path,
+    ) -> Outcome:
+        cli = self.config.cli
+        mounts = [
+            Mount(cli.parent.parent, str(cli.parent.parent)),  # the npm package (binary + vendor)
+            Mount(HOOK_PATH, command.HOOK_PATH),
+            Mount(sockets / "gate.sock", command.GATE_SOCKET, writable=True),
+        ]
+        bridges = [Bridge(command.GATEWAY_PORT, sockets / "gateway.sock")]
+        limits = SandboxLimits(
+            cpu_s=int(plan.timeout_s) + 60, address_space=2**40, nproc=512, open_files=4096
+        )
+        deadline = time.monotonic() + max(
+            0.0,
+            plan.timeout_s - (time.time() - run.started_at.timestamp())
+            if run.started_at
+            else plan.timeout_s,
+        )
+        seen = stream.Transcript(turns=await self._turns_so_far(run))
+        await self.store.append_events(
+            run.id,
+            [
+                (
+                    "agent_started",
+                    None,
+                    {
+                        "agent": "claude-code",
+                        "session_id": session,
+                        "resumed": resume,
+                        "attempt": run.attempts,
+                    },
+                )
+            ],
+            epoch=run.attempts,
+        )
+        timed_out = False
+        async with open_sandboxed(
+            self._argv(run, plan, session, resume),
+            ws,
+            env=command.environment(state=state, token=token),
+            run_as=sandbox_identity(run.id),
+            limits=limits,
+            mounts=mounts,
+            bridges=bridges,
+        ) as proc:
+            try:
+                timed_out = await self._follow(run, proc, seen, gate, deadline)
+            except BaseException as exc:
+                # Cancelled (a cancel request, or a drain releasing the run), fenced, or a bug:
+                # the CLI stops now; a drain's last completed tool results are already stored,
+                # and what the CLI wrote since is checkpointed so the resume finds it.
+                with anyio.CancelScope(shield=True):
+                    await proc.kill()
+                    if not isinstance(exc, Fenced):
+                        with contextlib.suppress(Exception):
+                            await self._checkpoint(run, [])
+                        with contextlib.suppress(Exception):  # its spend so far, on the run
+                            usage = await self._metered(run, seen, wait_s=0.0)
+                            await self.store.record_usage(run.id, usage, epoch=run.attempts)
+                raise
+            if timed_out:
+                await proc.kill()
+            returncode = await proc.wait()
+            stderr = proc.stderr_tail()
+        metered = await self._metered(run, seen)
+        if timed_out:
+            return Outcome(
+                RunStatus.timed_out,
+                result=seen.last_text or None,
+                error=f"run exceeded its wall-clock timeout of {plan.timeout_s:g}s",
+                error_type="timeout",
+                metered=metered,
+            )
+        verdict = stream.judge(seen.result, returncode, stderr)
+        return Outcome(
+            verdict.status,
+            result=verdict.result,
+            error=verdict.error,
+            error_type=verdict.error_type,
+            metered=metered,
+        )
+
+    async def _turns_so_far(self, run: Run) -> int:
+        """Turns recorded by earlier attempts, so a resumed run keeps numbering them."""
+        if run.attempts <= 1:
+            return 0
+        events = await self.store.events(run.id, 0, 100_000)
+        return max((e.turn or 0 for e in events if e.type == "turn"), default=0)
+
+    async def _follow(
+        self,
+        run: Run,
+        proc: SandboxProcess,
+        seen: stream.Transcript,
+        gate: GateServer,
+        deadline: float,
+    ) -> bool:
+        """Read the CLI's stream until it ends; True if the run's deadline passed first."""
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return True
+            try:
+                line = await asyncio.wait_for(proc.stdout.readline(), timeout=left)
+            except TimeoutError:
+                return True
+            if not line:
+                return False
+            msg = stream.parse(line)
+            if msg is None:
+                continue
+            kind = msg.get("type")
+            if kind == "system" and msg.get("subtype") == "init":
+                seen.session = msg.get("session_id")
+                info = {
+                    k: msg.get(k)
+                    for k in ("model", "claude_code_version", "permissionMode", "session_id")
+                }
+                await self._events(run, [("agent_init", None, info)])
+            elif kind == "assistant":
+                event = seen.assistant(msg)
+                if event is not None:
+                    await self._events(run, [event])
+            elif kind == "user":
+                calls = seen.tool_results(msg)
+                if calls:
+                    events: list[tuple[str, int | None, dict[str, Any]]] = [
+                        ("tool_call", seen.turns, self._audited(run, c, gate)) for c in calls
+                    ]
+                    await self._transcribed([c["tool_use_id"] for c in calls])
+                    await self._checkpoint(run, events)
+            elif kind == "result":
+                seen.result = msg
+                await self._events(run, [("agent_result", None, stream.result_event(msg))])
+
+    async def _transcribed(self, tool_use_ids: list[str]) -> None:
+        """Wait (briefly) until the session transcript holds these tool results: the CLI
+        prints a result on its stream before it appends it to the transcript, and a checkpoint
+        taken in between would resume without the result and have the model redo the call."""
+        deadline = time.monotonic() + TRANSCRIPT_WAIT_S
+        while True:
+            found = await asyncio.to_thread(_transcript_has, self.state, self.session, tool_use_ids)
+            if found or time.monotonic() >= deadline:
+                if not found:
+                    log.warning("claude_code.transcript_behind", tool_use_ids=tool_use_ids)
+                return
+            await asyncio.sleep(0.02)
+
+    def _audited(self, run: Run, call: dict[str, Any], gate: GateServer) -> dict[str, Any]:
+        """A tool call's event with the gate's decision; audited like a native call (a call
+        the gate refused was audited by the gate already)."""
+        decision = gate.decisions.get(call["tool_use_id"])
+        if decision is not None:
+            call["policy"] = decision
+        refused = call["tool_use_id"] in gate.refusals  # denied, rejected, expired, unrecorded
+        if self.guard is not None and self.guard.trail is not None and not refused:
+            self.guard.trail.tool_call(run, dict(call))
+        return call
+
+    async def _events(self, run: Run, events: list[tuple[str, int | None, dict[str, Any]]]) -> None:
+        await self.store.append_events(run.id, events, epoch=run.attempts)
+
+    async def _checkpoint(
+        self, run: Run, events: list[tuple[str, int | None, dict[str, Any]]]
+    ) -> None:
+        """The tool calls and what they (and the transcript) changed, in one fenced write."""
+        delta = await self.checkpoints.capture()
+        self.captured += 1
+        await self.store.save_tool_results(run.id, self.captured, events, delta, epoch=run.attempts)
+
+    async def _metered(
+        self, run: Run, seen: stream.Transcript, wait_s: float = METER_WAIT_S
+    ) -> dict[str, Any]:
+        """The run's totals from the gateway, once its last calls are recorded: at least one
+        call per model reply the stream showed, and no new one for half a second (``wait_s``
+        0: what is recorded now)."""
+        wanted = len(seen.message_ids)
+        deadline = time.monotonic() + wait_s
+        row = await self.usage.run_usage(run.id)
+        stable_since = time.monotonic()
+        while time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+            again = await self.usage.run_usage(run.id)
+            if again.calls != row.calls:
+                row, stable_since = again, time.monotonic()
+            elif row.calls >= wanted and time.monotonic() - stable_since >= 0.5:
+                break
+        metered: dict[str, Any] = {
+            "turns": seen.turns,
+            "input_tokens": row.input_tokens,
+            "output_tokens": row.output_tokens,
+            "cache_creation_tokens": row.cache_write_tokens,
+            "cache_read_tokens": row.cache_read_tokens,
+            "cost_usd": str(row.cost_usd),
+        }
+        data: dict[str, Any] = {**metered, "calls": row.calls, "errors": row.errors}
+        cli_cost = (seen.result or {}).get("total_cost_usd")
+        events: list[tuple[str, int | None, dict[str, Any]]] = []
+        if isinstance(cli_cost, int | float):
+            data["cli_cost_usd"] = cli_cost
+            gateway = Decimal(row.cost_usd)
+            claimed = Decimal(str(cli_cost))
+            if abs(claimed - gateway) > max(Decimal("0.0001"), COST_TOLERANCE * gateway):
+                events.append(
+                    ("cost_mismatch", None, {"gateway_usd": str(gateway), "cli_usd": str(claimed)})
+                )
+        events.insert(0, ("metered", None, data))
+        await self._events(run, events)
+        return metered

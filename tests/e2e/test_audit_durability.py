@@ -28,7 +28,7 @@ pytestmark = pytest.mark.e2e
 WINDOW_S = 0.1  # the documented flush window (the appender's max_delay)
 # Long enough to still be running when the process is killed. The rerun sleeps again: a resumed
 # run's workspace is rebuilt as of its last checkpoint, so a command cut short leaves no trace.
-SLOW_ONCE = "sleep 12"
+SLOW_ONCE = "sleep 7"
 
 
 def _events(client: httpx.Client, run_id: str) -> list[dict[str, object]]:

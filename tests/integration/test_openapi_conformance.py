@@ -50,7 +50,7 @@ from quarterdeck.security.audit.reader import encode_cursor as audit_cursor
 from quarterdeck.security.auth.permissions import Role
 from quarterdeck.security.auth.service import AuthService
 
-MAX_EXAMPLES = 3
+MAX_EXAMPLES = 2
 SEED = 16
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 ACCEPT_422 = ["2xx", "3xx", "401", "403", "404", "409", "422", "429", "5xx"]

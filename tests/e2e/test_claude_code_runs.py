@@ -25,6 +25,7 @@ import httpx
 import pytest
 
 from quarterdeck.agents.claude_code.command import session_id
+from quarterdeck.chaos.deploy import stop_postgres
 from quarterdeck.chaos.fake_http import Reply
 from quarterdeck.chaos.messages_api import MessagesAPIServer, make_usage, message, text, tool_use
 from tests.conftest import world_readable_tmpdir
@@ -430,6 +431,7 @@ def test_a_killed_worker_s_run_resumes_on_another_with_workspace_and_transcript(
     finally:
         two.stop_all()  # first: it is a client of the first one's Postgres
         one.stop_all()
+        stop_postgres(one.pgdata)  # started by the killed process, so it outlived it
 
 
 def test_a_draining_worker_checkpoints_and_releases_the_run_to_resume(

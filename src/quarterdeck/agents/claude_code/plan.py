@@ -65,7 +65,6 @@ async def claude_code_plan(
         cli=install.path.resolve(),
         gateway=address,
         hook_timeout_s=settings.claude_code_hook_timeout,
-        data_dir=settings.data_dir,
     )
     runner = ClaudeCodeAgent(config, agent, store, deps.tokens, deps.usage, checkpoints, guard)
     return dataclasses.replace(plan, agent=runner)

@@ -63,6 +63,8 @@ log = structlog.get_logger(__name__)
 METER_WAIT_S = 10.0
 """How long to wait, after the CLI exits, for the gateway to record its last calls (they are
 written in batches every ~0.2 s, possibly by another process)."""
+TRANSCRIPT_TAIL_BYTES = 4 * 1024 * 1024
+"""How much of the transcript's end is searched for the tool results just printed."""
 TRANSCRIPT_WAIT_S = 3.0
 """How long a checkpoint waits for the transcript to catch up with the stream."""
 COST_TOLERANCE = Decimal("0.01")
@@ -75,7 +77,9 @@ def _transcript_has(state: Path, session: str, needles: list[str]) -> bool:
     if found is None:
         return False
     try:
-        tail = found.read_bytes()[-4 * 1024 * 1024 :]
+        with found.open("rb") as fh:  # only the end: a long run's transcript is megabytes
+            fh.seek(max(0, fh.seek(0, os.SEEK_END) - TRANSCRIPT_TAIL_BYTES))
+            tail = fh.read()
     except OSError:
         return False
     # A result names its call as "tool_use_id" (the call itself has only "id"); the CLI writes
@@ -97,7 +101,6 @@ class ClaudeCodeConfig:
     """The CLI's binary, symlinks resolved (its npm package directory is bound read-only)."""
     gateway: tuple[str, int]
     hook_timeout_s: float
-    data_dir: Path
 
 
 class ClaudeCodeAgent:

@@ -15,17 +15,13 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from quarterdeck.runs.executor import BUDGET_ERRORS
 from quarterdeck.runs.models import RunStatus
 from quarterdeck.security.policy import redact
 
 TEXT_CHARS = 4_000
 """Assistant text and tool output kept per event (the rest is in the workspace or transcript)."""
 _BUDGET = re.compile(r"quarterdeck: (run|tenant|key) '[^']*' (?:\w+ )?budget exceeded")
-BUDGET_ERRORS = {
-    "run": "budget_exceeded",
-    "tenant": "tenant_budget_exceeded",
-    "key": "key_budget_exceeded",
-}
 
 
 def parse(line: bytes | str) -> dict[str, Any] | None:

@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 PY     := $(BIN)/python
 STAMP  := $(VENV)/.installed
-APT_PACKAGES := redis-server prometheus prometheus-alertmanager bubblewrap socat
+APT_PACKAGES := redis-server prometheus prometheus-alertmanager bubblewrap socat chromium
 APT_STAMP := $(VENV)/.apt-installed
 
 .PHONY: up test test-unit test-integration test-e2e test-chaos lint typecheck bench install deps clean help claude-code
@@ -26,7 +26,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 # Debian packages the tests drive for real (Redis, Prometheus/promtool, Alertmanager/amtool).
-$(APT_STAMP):
+$(APT_STAMP): Makefile
 	@missing=""; for p in $(APT_PACKAGES); do \
 	  dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
@@ -81,16 +81,24 @@ typecheck: $(STAMP)
 # only those. The unit tests (in-process, about a minute of one core) run beside the chaos
 # scenarios, which mostly wait on faults and recoveries and assert outcomes, never timings; the
 # rest runs after both, alone. Any failure fails the target (each part's output is printed).
+# The dashboard's tests (its pages in-process, and Chromium against a running server).
+UI_TESTS := $(wildcard tests/integration/test_ui_*.py) tests/e2e/test_ui_browser.py
+
 test: deps lint typecheck
-	@log=$$(mktemp); \
-	$(BIN)/pytest -q -p no:cacheprovider tests/unit > $$log 2>&1 & unit=$$!; \
+	@unit_log=$$(mktemp); ui_log=$$(mktemp); rcs=$$(mktemp -d); \
+	( $(BIN)/pytest -q -p no:cacheprovider tests/unit > $$unit_log 2>&1; echo $$? > $$rcs/unit; \
+	  $(BIN)/pytest -q -p no:cacheprovider --durations=8 $(UI_TESTS) > $$ui_log 2>&1; \
+	  echo $$? > $$rcs/ui ) & side=$$!; \
 	chaos=0; $(BIN)/pytest -q -p no:cacheprovider --durations=8 tests/e2e/test_chaos.py || chaos=$$?; \
-	units=0; wait $$unit || units=$$?; \
-	echo "--- tests/unit (run beside the chaos scenarios)"; cat $$log; rm -f $$log; \
+	wait $$side; units=$$(cat $$rcs/unit); ui=$$(cat $$rcs/ui); \
+	echo "--- tests/unit (run beside the chaos scenarios)"; cat $$unit_log; \
+	echo "--- the dashboard's tests (run beside the chaos scenarios, after the unit tests)"; cat $$ui_log; \
+	rm -rf $$unit_log $$ui_log $$rcs; \
 	rest=0; $(BIN)/pytest -q -p no:cacheprovider --durations=25 tests \
-	  --ignore=tests/unit --ignore=tests/e2e/test_chaos.py || rest=$$?; \
-	echo "exit codes: chaos $$chaos, unit $$units, the rest $$rest"; \
-	[ $$chaos -eq 0 ] && [ $$units -eq 0 ] && [ $$rest -eq 0 ]
+	  --ignore=tests/unit --ignore=tests/e2e/test_chaos.py \
+	  $(foreach t,$(UI_TESTS),--ignore=$(t)) || rest=$$?; \
+	echo "exit codes: chaos $$chaos, unit $$units, ui $$ui, the rest $$rest"; \
+	[ $$chaos -eq 0 ] && [ $$units -eq 0 ] && [ $$ui -eq 0 ] && [ $$rest -eq 0 ]
 
 test-chaos: deps
 	$(BIN)/pytest -q -p no:cacheprovider -m chaos tests/e2e/test_chaos.py

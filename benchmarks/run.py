@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from benchmarks import audit, caching, checkpoint, core_runs, gateway, policy, resilience
+from benchmarks import audit, caching, checkpoint, core_runs, gateway, policy, resilience, ui_pages
 
 RESULTS = Path(__file__).parent / "results"
 SUITES: dict[str, Callable[[], dict[str, Any]]] = {
@@ -28,6 +28,7 @@ SUITES: dict[str, Callable[[], dict[str, Any]]] = {
     "gateway.overhead": gateway.overhead,
     "workspace.checkpoint": checkpoint.per_turn,
     "caching.savings": caching.savings,
+    "ui.pages": ui_pages.pages,
 }
 
 

@@ -37,6 +37,10 @@ from quarterdeck.security.auth.middleware import RateLimitHeaders
 from quarterdeck.security.compliance import api as compliance_api
 from quarterdeck.security.inputs import NulGuard
 from quarterdeck.tenants import api as tenants_api
+from quarterdeck.ui import errors as ui_errors
+from quarterdeck.ui import is_ui_path
+from quarterdeck.ui import routes as ui_routes
+from quarterdeck.ui.paths import LOGIN_PATH
 
 log = structlog.get_logger(__name__)
 PROBLEM = "application/problem+json"
@@ -69,6 +73,12 @@ def install_error_handlers(app: FastAPI) -> None:
             return anthropic_error_response(exc)
         if exc.status >= 500 and not isinstance(exc, Unavailable):
             log.error("request_failed", path=request.url.path, error=exc.detail)
+        if is_ui_path(request.url.path):
+            page = ui_errors.error_page(
+                request, exc.status, exc.title, exc.detail, getattr(exc, "headers", None)
+            )
+            if page is not None:
+                return page
         return problem(
             exc.status,
             exc.title,
@@ -94,6 +104,10 @@ def install_error_handlers(app: FastAPI) -> None:
             loc = [str(p) for p in err.get("loc", ()) if p not in ("body",)]
             errors.append({"field": ".".join(loc) or "body", "message": err.get("msg", "")})
         detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
+        if is_ui_path(request.url.path):
+            page = ui_errors.error_page(request, 422, "Invalid input", detail)
+            if page is not None:
+                return page
         return problem(
             422,
             "Request validation failed",
@@ -109,6 +123,12 @@ def install_error_handlers(app: FastAPI) -> None:
             response = anthropic_error_response(exc)
             response.headers.update(exc.headers or {})  # 405's Allow
             return response
+        if is_ui_path(request.url.path):
+            page = ui_errors.error_page(
+                request, exc.status_code, str(exc.detail), str(exc.detail), exc.headers
+            )
+            if page is not None:
+                return page
         return problem(
             exc.status_code,
             str(exc.detail),
@@ -192,7 +212,11 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
     app.add_middleware(RateLimitHeaders)
     # Outermost of ours: the key is checked and the body capped before any route reads it.
     app.add_middleware(
-        BodyGate, limits=body_limits(settings), refuse=app.exception_handlers[QuarterdeckError]
+        BodyGate,
+        limits=body_limits(settings),
+        refuse=app.exception_handlers[QuarterdeckError],
+        cookie_paths=is_ui_path,  # the dashboard's session cookie stands in for a key there
+        cookie_open=frozenset({LOGIN_PATH}),
     )
     app.include_router(probes.router)
     app.include_router(runs_api.router)
@@ -207,6 +231,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
     app.include_router(gateway_reports_api.router)
     app.include_router(tenants_api.router)
     app.include_router(compliance_api.router_for(settings))
+    ui_routes.install(app)
     if settings.gateway_enabled:
         app.include_router(gateway_api.router)
         app.gateway_fast = gateway_api.FastGateway(app)

@@ -9,13 +9,14 @@ import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 import structlog
 
 from quarterdeck import metrics
 from quarterdeck.agents import sandbox
 from quarterdeck.agents.claude_code.plan import ClaudeCodeDeps
-from quarterdeck.agents.guard import Guard
+from quarterdeck.agents.guard import Guard, hold_recorder
 from quarterdeck.agents.planner import AgentPlanner
 from quarterdeck.agents.templates import AgentCatalog
 from quarterdeck.approvals.service import ApprovalService
@@ -46,12 +47,14 @@ from quarterdeck.resilience import (
 from quarterdeck.resilience.calls import ResilientCaller
 from quarterdeck.runs.events import RunEventHub
 from quarterdeck.runs.executor import ExecutorConfig, RunExecutor
+from quarterdeck.runs.insights import RunInsights
 from quarterdeck.runs.service import RunService
 from quarterdeck.runs.store import PostgresRunStore
 from quarterdeck.runs.worker import WorkerPool
 from quarterdeck.security.audit import AuditLog
 from quarterdeck.security.auth import AuthService, build_auth_service
 from quarterdeck.security.auth.run_tokens import RunTokens
+from quarterdeck.security.auth.sessions import SessionService
 from quarterdeck.security.policy import PolicyGate
 from quarterdeck.security.trail import AuditTrail
 from quarterdeck.store import migrations
@@ -93,6 +96,7 @@ class Runtime:
     db: Database = field(init=False)
     hub: RunEventHub = field(init=False)
     runs: RunService = field(init=False)
+    insights: RunInsights = field(init=False)
     run_store: PostgresRunStore = field(init=False)
     agent_catalog: AgentCatalog = field(init=False)
     incidents: IncidentService = field(init=False)
@@ -102,6 +106,7 @@ class Runtime:
     trail: AuditTrail = field(init=False)
     anomalies: AnomalySink = field(init=False)
     auth: AuthService = field(init=False)
+    sessions: SessionService = field(init=False)
     leader: Elector | None = field(init=False, default=None)
     health: HealthMonitor | None = field(init=False, default=None)
     provider: Provider | None = field(init=False, default=None)
@@ -156,6 +161,7 @@ class Runtime:
             self.agent_catalog,
             trail=self.trail,
         )
+        self.insights = RunInsights(self.db, stale_after_s=self.settings.worker_heartbeat_timeout)
         self.incidents = build_incident_service(self.settings, self.db)
         self._tasks.append(asyncio.create_task(self.incidents.run_forever(15.0)))
         self.holds = BudgetHolds(
@@ -176,6 +182,13 @@ class Runtime:
         if self.settings.auth_required:  # keys an anonymous caller made while it was off
             await self.auth.retire_keys_made_while_auth_off()
         self._closers.append(self.auth.aclose)
+        secure = self.settings.ui_secure_cookies
+        self.sessions = SessionService(
+            self.db,
+            self.auth,
+            lifetime=timedelta(seconds=self.settings.ui_session_lifetime),
+            secure_cookies=self.settings.env == "production" if secure is None else secure,
+        )
         self._start_maintenance()
         self.breakers = self._build_breakers()
         gate = PolicyGate.from_settings(self.settings)
@@ -203,6 +216,7 @@ class Runtime:
                         approvals=self.approvals,
                         anomalies=self.anomalies,
                         trail=self.trail,
+                        on_hold=hold_recorder(self.run_store),
                     ),
                     claude_code=ClaudeCodeDeps(RunTokens(self.db), self.gateway_calls),
                 ),
@@ -410,11 +424,13 @@ class Runtime:
                     metrics.RUNS_IN_STATE.labels(status).set(states.get(status, 0))
                 await self.budgets.refresh_metrics()
                 await self.holds.purge_expired()  # holds of calls whose process died
+                await self.sessions.purge_expired()
             await asyncio.sleep(5.0)
 
     def register(self, registry: Services) -> None:
         """Offer the started services to the API routes, each under the type routes ask for."""
         registry.add(RunService, self.runs)
+        registry.add(RunInsights, self.insights)
         registry.add(AgentCatalog, self.agent_catalog)
         registry.add(IncidentService, self.incidents)
         registry.add(BudgetService, self.budgets)
@@ -422,6 +438,7 @@ class Runtime:
         registry.add(AuditLog, self.audit)
         registry.add(AuditTrail, self.trail)
         registry.add(AuthService, self.auth)
+        registry.add(SessionService, self.sessions)
         registry.add(GatewayCalls, self.gateway_calls)
         registry.add(TenantData, self.tenant_data)
         if self.health is not None:

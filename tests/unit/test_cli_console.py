@@ -128,6 +128,7 @@ def test_banner_shows_where_and_in_which_mode():
     for needle in (
         "Quarterdeck 1.2.3 is ready",
         "API http://127.0.0.1:8080",
+        "Dashboard http://127.0.0.1:8080/ui",
         "Docs http://127.0.0.1:8080/docs",
         "Metrics http://127.0.0.1:9090/metrics",
         f"simulated (no model is called; latency {DEMO_LATENCY})",
@@ -152,6 +153,7 @@ def test_banner_of_a_worker_and_of_a_refused_sandbox():
     info = _info(api_url=None, isolation=None, isolation_problem="bwrap is not installed")
     text = " ".join(_printed(banner.render(info)).split())
     assert "API http" not in text and "Docs" not in text and "Try" not in text
+    assert "Dashboard" not in text
     assert "Sandbox none: bwrap is not installed" in text
 
 

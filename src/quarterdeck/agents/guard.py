@@ -25,6 +25,7 @@ and audited by exactly the same code as a native run.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,16 +33,21 @@ from typing import Any
 import structlog
 
 from quarterdeck import metrics
+from quarterdeck.approvals.models import Approval
 from quarterdeck.approvals.service import ApprovalService
 from quarterdeck.incidents.anomalies import AnomalySink
 from quarterdeck.providers.types import ToolResultBlock, ToolSpec, ToolUseBlock
 from quarterdeck.runs.executor import ToolRunner
 from quarterdeck.runs.models import Run
+from quarterdeck.runs.store_protocol import RunStore
 from quarterdeck.security.policy import PolicyGate, redact
 from quarterdeck.security.redaction import redact_arguments
 from quarterdeck.security.trail import AuditTrail
 
 log = structlog.get_logger(__name__)
+
+
+OnHold = Callable[[Run, Approval], Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -52,6 +58,25 @@ class Guard:
     approvals: ApprovalService | None = None
     anomalies: AnomalySink | None = None
     trail: AuditTrail | None = None
+    on_hold: OnHold | None = None
+    """Told when a call is held for a person (``hold_recorder``: a run event, so the run's
+    watchers, such as its dashboard page, see the held call without a reload)."""
+
+
+def hold_recorder(store: RunStore) -> OnHold:
+    """``Guard.on_hold`` writing an ``approval_requested`` event through the run store, fenced
+    by the attempt that holds the run (``run.attempts``)."""
+
+    async def record(run: Run, approval: Approval) -> None:
+        data = {
+            "approval_id": approval.id,
+            "tool": approval.tool,
+            "rule_id": approval.rule_id,
+            "reason": approval.reason,
+        }
+        await store.append_events(run.id, [("approval_requested", None, data)], epoch=run.attempts)
+
+    return record
 
 
 @dataclass(frozen=True)
@@ -127,6 +152,11 @@ async def admit(
             severity=decision.severity,
             reason=decision.reason,
         )
+        if guard.on_hold is not None:
+            try:
+                await guard.on_hold(run, approval)
+            except Exception as exc:  # a hint for watchers; the approval row is the record
+                log.warning("approval_event_failed", run_id=run.id, error=str(exc))
         ended = await guard.approvals.wait(approval)
         record["approval"] = {
             "id": ended.id,

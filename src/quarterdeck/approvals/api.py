@@ -35,8 +35,9 @@ async def list_approvals(
     approvals: Approvals,
     status: ApprovalStatus | None = "pending",
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
+    run_id: Annotated[str | None, Query(max_length=64, description="Only this run's")] = None,
 ) -> list[Approval]:
-    return await approvals.list(principal.tenant_filter(), status, limit)
+    return await approvals.list(principal.tenant_filter(), status, limit, run_id=run_id)
 
 
 @router.get("/{approval_id}", response_model=Approval, summary="One approval request")
@@ -44,7 +45,7 @@ async def get_approval(approval_id: str, principal: CanRead, approvals: Approval
     return await approvals.get(_check(approval_id), principal.tenant_filter())
 
 
-async def _decide(
+async def decide_as(
     approvals: ApprovalService,
     changes: ChangeRecorder,
     principal: Principal,
@@ -52,6 +53,8 @@ async def _decide(
     approve: bool,
     note: str | None,
 ) -> Approval:
+    """An approval decided by ``principal``, within its tenant, and recorded as a change: the
+    API's and the dashboard's one way to decide (``ui/run_actions.py``)."""
     done = await approvals.decide(
         _check(approval_id),
         approve,
@@ -83,7 +86,7 @@ async def approve(
     body: Decision | None = None,
 ) -> Approval:
     note = body.note if body else None
-    return await _decide(approvals, changes, principal, approval_id, True, note)
+    return await decide_as(approvals, changes, principal, approval_id, True, note)
 
 
 @router.post("/{approval_id}/reject", response_model=Approval, summary="Refuse the tool call")
@@ -95,4 +98,4 @@ async def reject(
     body: Decision | None = None,
 ) -> Approval:
     note = body.note if body else None
-    return await _decide(approvals, changes, principal, approval_id, False, note)
+    return await decide_as(approvals, changes, principal, approval_id, False, note)

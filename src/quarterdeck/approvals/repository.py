@@ -54,14 +54,21 @@ async def get(
 
 
 async def listing(
-    conn: asyncpg.Connection, tenant: str | None, status: str | None, limit: int
+    conn: asyncpg.Connection,
+    tenant: str | None,
+    status: str | None,
+    limit: int,
+    run_id: str | None = None,
 ) -> list[asyncpg.Record]:
+    """Newest first; one run's (the unique ``(run_id, tool_use_id)`` index finds them)."""
     rows: list[asyncpg.Record] = await conn.fetch(
         "SELECT * FROM run_approvals WHERE ($1::text IS NULL OR tenant = $1)"
-        " AND ($2::text IS NULL OR status = $2) ORDER BY requested_at DESC LIMIT $3",
+        " AND ($2::text IS NULL OR status = $2) AND ($4::text IS NULL OR run_id = $4)"
+        " ORDER BY requested_at DESC LIMIT $3",
         tenant,
         status,
         limit,
+        run_id,
     )
     return rows
 

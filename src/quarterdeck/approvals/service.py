@@ -79,10 +79,15 @@ class ApprovalService:
         return Approval.model_validate(dict(row))
 
     async def list(
-        self, tenant: str | None, status: ApprovalStatus | None = None, limit: int = 100
+        self,
+        tenant: str | None,
+        status: ApprovalStatus | None = None,
+        limit: int = 100,
+        *,
+        run_id: str | None = None,
     ) -> list[Approval]:
         async with self.db.acquire() as conn:
-            rows = await repo.listing(conn, tenant, status, limit)
+            rows = await repo.listing(conn, tenant, status, limit, run_id)
         return [Approval.model_validate(dict(r)) for r in rows]
 
     async def decide(

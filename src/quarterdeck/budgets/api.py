@@ -22,7 +22,7 @@ from quarterdeck.budgets.models import (
 from quarterdeck.budgets.service import BudgetService
 from quarterdeck.kit.wiring import provide
 from quarterdeck.security.auth import Permission, Principal, require
-from quarterdeck.security.trail import Changes
+from quarterdeck.security.trail import ChangeRecorder, Changes
 
 router = APIRouter(tags=["budgets"])
 Tenant = Annotated[str, Path(pattern=TENANT_PATTERN)]
@@ -56,14 +56,7 @@ async def put_budget(
     budgets: Budgets,
     changes: Changes,
 ) -> BudgetStatus:
-    principal.ensure_tenant(tenant, "tenant", tenant)
-    await budgets.set(tenant, body.daily_usd, body.monthly_usd)
-    await changes.record(
-        principal.key_id,
-        "config.changed",
-        tenant,
-        {"setting": "budget", "daily_usd": body.daily_usd, "monthly_usd": body.monthly_usd},
-    )
+    await set_tenant_budget_as(budgets, changes, principal, tenant, body)
     return await budgets.status(tenant)
 
 
@@ -92,6 +85,37 @@ async def put_key_budget(
     budgets: Budgets,
     changes: Changes,
 ) -> KeyBudgetStatus:
+    await set_key_budget_as(budgets, changes, principal, key_id, body)
+    return await budgets.key_status(key_id, principal.tenant_filter())
+
+
+async def set_tenant_budget_as(
+    budgets: BudgetService,
+    changes: ChangeRecorder,
+    principal: Principal,
+    tenant: str,
+    body: BudgetUpdate,
+) -> None:
+    """Set a tenant's limits as ``principal`` (within its reach) and record the change: the
+    API's and the dashboard's one way (``ui/budgets_page.py``)."""
+    principal.ensure_tenant(tenant, "tenant", tenant)
+    await budgets.set(tenant, body.daily_usd, body.monthly_usd)
+    await changes.record(
+        principal.key_id,
+        "config.changed",
+        tenant,
+        {"setting": "budget", "daily_usd": body.daily_usd, "monthly_usd": body.monthly_usd},
+    )
+
+
+async def set_key_budget_as(
+    budgets: BudgetService,
+    changes: ChangeRecorder,
+    principal: Principal,
+    key_id: str,
+    body: BudgetUpdate,
+) -> None:
+    """Set an API key's limits as ``principal`` and record the change (as above)."""
     tenant, _ = await budgets.set_key(key_id, body.daily_usd, body.monthly_usd)
     await changes.record(
         principal.key_id,
@@ -104,4 +128,3 @@ async def put_key_budget(
             "monthly_usd": body.monthly_usd,
         },
     )
-    return await budgets.key_status(key_id, principal.tenant_filter())

@@ -127,6 +127,21 @@ async def get_key(conn: asyncpg.Connection, key_id: str) -> KeyBudget | None:
     return KeyBudget.model_validate(dict(row)) if row else None
 
 
+async def list_keys(conn: asyncpg.Connection, tenant: str | None) -> list[tuple[str, KeyBudget]]:
+    """Every key budget with its key's tenant (``tenant`` None: every tenant's), by tenant and
+    key id. A budget whose key no longer exists (an erased tenant's) is left out."""
+    rows = await conn.fetch(
+        """
+        SELECT b.key_id, b.daily_usd, b.monthly_usd, b.updated_at, k.tenant
+          FROM key_budgets b JOIN api_keys k ON k.id = b.key_id
+         WHERE $1::text IS NULL OR k.tenant = $1
+         ORDER BY k.tenant, b.key_id
+        """,
+        tenant,
+    )
+    return [(r["tenant"], KeyBudget.model_validate(dict(r))) for r in rows]
+
+
 # -- holds ---------------------------------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
 class AppliedLimits:

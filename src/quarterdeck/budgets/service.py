@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import datetime
 from decimal import Decimal
+from typing import Any
 
 import asyncpg
 from prometheus_client import Gauge
@@ -47,6 +48,24 @@ __all__ = [
     "TenantBudget",
     "period_starts",
 ]
+
+
+def _figures(
+    budget: TenantBudget | KeyBudget | None, day: Decimal, month: Decimal, now: datetime
+) -> dict[str, Any]:
+    """A budget status's limits, spend and remaining USD (no limit: None), tenant's or key's."""
+    daily = budget.daily_usd if budget else None
+    monthly = budget.monthly_usd if budget else None
+    return {
+        "daily_limit_usd": daily,
+        "monthly_limit_usd": monthly,
+        "daily_spent_usd": day,
+        "monthly_spent_usd": month,
+        "daily_remaining_usd": remaining(daily, day),
+        "monthly_remaining_usd": remaining(monthly, month),
+        "as_of": now,
+        "updated_at": budget.updated_at if budget else None,
+    }
 
 
 class BudgetService:
@@ -87,19 +106,7 @@ class BudgetService:
         async with self.db.acquire() as conn:
             budget = await repo.get(conn, tenant)
             day, month = await repo.spend(conn, tenant, now)
-        daily = budget.daily_usd if budget else None
-        monthly = budget.monthly_usd if budget else None
-        return BudgetStatus(
-            tenant=tenant,
-            daily_limit_usd=daily,
-            monthly_limit_usd=monthly,
-            daily_spent_usd=day,
-            monthly_spent_usd=month,
-            daily_remaining_usd=remaining(daily, day),
-            monthly_remaining_usd=remaining(monthly, month),
-            as_of=now,
-            updated_at=budget.updated_at if budget else None,
-        )
+        return BudgetStatus(tenant=tenant, **_figures(budget, day, month, now))
 
     async def remaining(
         self, tenant: str, now: datetime | None = None
@@ -133,20 +140,36 @@ class BudgetService:
             owner = await _key_tenant(conn, key_id, tenant)
             budget = await repo.get_key(conn, key_id)
             day, month = await repo.key_spend(conn, key_id, now)
-        daily = budget.daily_usd if budget else None
-        monthly = budget.monthly_usd if budget else None
-        return KeyBudgetStatus(
-            key_id=key_id,
-            tenant=owner,
-            daily_limit_usd=daily,
-            monthly_limit_usd=monthly,
-            daily_spent_usd=day,
-            monthly_spent_usd=month,
-            daily_remaining_usd=remaining(daily, day),
-            monthly_remaining_usd=remaining(monthly, month),
-            as_of=now,
-            updated_at=budget.updated_at if budget else None,
-        )
+        return KeyBudgetStatus(key_id=key_id, tenant=owner, **_figures(budget, day, month, now))
+
+    # -- listings (the dashboard's budgets page) ----------------------------------------------
+    async def list_tenants(
+        self, tenant: str | None = None, now: datetime | None = None
+    ) -> list[BudgetStatus]:
+        """The status of every tenant that has a budget (``tenant``: only that one, if it has
+        one), by tenant; spend is computed as :meth:`status` computes it."""
+        now = now or utcnow()
+        async with self.db.acquire() as conn:
+            budgets = [b for b in await repo.list_all(conn) if tenant in (None, b.tenant)]
+            spends = [await repo.spend(conn, b.tenant, now) for b in budgets]
+        return [
+            BudgetStatus(tenant=b.tenant, **_figures(b, day, month, now))
+            for b, (day, month) in zip(budgets, spends, strict=True)
+        ]
+
+    async def list_keys(
+        self, tenant: str | None = None, now: datetime | None = None
+    ) -> list[KeyBudgetStatus]:
+        """The status of every API key that has a budget, of ``tenant``'s keys (None: every
+        tenant's), by tenant and key id; spend as :meth:`key_status` computes it."""
+        now = now or utcnow()
+        async with self.db.acquire() as conn:
+            budgets = await repo.list_keys(conn, tenant)
+            spends = [await repo.key_spend(conn, b.key_id, now) for _, b in budgets]
+        return [
+            KeyBudgetStatus(key_id=b.key_id, tenant=owner, **_figures(b, day, month, now))
+            for (owner, b), (day, month) in zip(budgets, spends, strict=True)
+        ]
 
     async def refresh_metrics(self, now: datetime | None = None) -> None:
         """Mirror every budgeted tenant's limits and remaining USD into the gauges."""

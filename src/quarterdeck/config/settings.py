@@ -283,6 +283,16 @@ class Settings(GatewaySettings):
         default=None,
         description="Require API keys; unset means on in production, off in development.",
     )
+    ui_session_lifetime: Duration = Field(
+        default=43_200.0,
+        description="How long a web dashboard sign-in lasts (its key is re-checked on every "
+        "request, so a revoked key ends it at once).",
+    )
+    ui_secure_cookies: bool | None = Field(
+        default=None,
+        description="Mark the dashboard's cookies Secure (HTTPS only); unset means on in "
+        "production, and on for any request that came over HTTPS.",
+    )
     rate_limit_key_per_minute: float = Field(default=600.0, ge=0)
     rate_limit_tenant_per_minute: float = Field(default=3000.0, ge=0)
     audit_master_key: SecretStr | None = None

@@ -49,6 +49,7 @@ def render(info: ReadyInfo) -> Group:
     grid.add_column(overflow="fold")
     if info.api_url:
         grid.add_row("API", Text(info.api_url, style="cyan"))
+        grid.add_row("Dashboard", Text(f"{info.api_url}/ui", style="cyan"))
         grid.add_row("Docs", Text(f"{info.api_url}/docs", style="cyan"))
         grid.add_row("Gateway", f"ANTHROPIC_BASE_URL={info.api_url}")
     if info.metrics_url:

@@ -25,7 +25,7 @@ from quarterdeck.runs.models import (
     RunStatus,
 )
 from quarterdeck.runs.service import RunService
-from quarterdeck.security.auth import Permission, Principal, Role, require
+from quarterdeck.security.auth import Forbidden, Permission, Principal, Role, require
 from quarterdeck.security.trail import RequestContext
 
 router = APIRouter(prefix="/v1/runs", tags=["runs"])
@@ -59,6 +59,18 @@ def _event_id(value: str) -> int:
             errors=[{"field": "header.Last-Event-ID", "message": "not an event id"}],
         )
     return int(value)
+
+
+def tenant_reach(principal: Principal, tenant: str | None) -> str | None:
+    """The tenant a listing is narrowed to (None: as far as the caller reaches). A ``*`` caller
+    may name any tenant; a tenant's key naming another tenant is refused (403), not ignored."""
+    own = principal.tenant_filter()
+    if own is not None and tenant is not None and tenant != own:
+        raise Forbidden(
+            f"a key of tenant {own!r} cannot read tenant {tenant!r}",
+            permission=Permission.RUNS_READ.value,
+        )
+    return tenant
 
 
 @router.post("", status_code=202, response_model=Run, summary="Submit a run")
@@ -119,6 +131,14 @@ async def list_runs(
     runs: Runs,
     status: Annotated[list[RunStatus] | None, Query()] = None,
     agent_type: Annotated[str | None, Query(max_length=64)] = None,
+    model: Annotated[str | None, Query(max_length=128)] = None,
+    tenant: Annotated[
+        str | None, Query(max_length=64, description="Only this tenant's runs (`*` keys).")
+    ] = None,
+    q: Annotated[
+        str | None,
+        Query(max_length=200, description="A run id or id prefix, or words of the prompt."),
+    ] = None,
     created_after: datetime | None = None,
     created_before: datetime | None = None,
     cursor: Annotated[str | None, Query(max_length=64)] = None,
@@ -131,6 +151,9 @@ async def list_runs(
     f = RunFilter(
         status=status,
         agent_type=agent_type,
+        model=model or None,
+        tenant=tenant_reach(principal, tenant or None),
+        q=(q or "").strip() or None,
         created_after=created_after,
         created_before=created_before,
         cursor=cursor,

@@ -94,8 +94,11 @@ class InMemoryRunStore(MemoryRepairs):
             r.run
             for r in self.rows.values()
             if (tenant is None or r.run.tenant == tenant)
+            and (f.tenant is None or r.run.tenant == f.tenant)
             and (not f.status or r.run.status in f.status)
             and (not f.agent_type or r.run.agent_type == f.agent_type)
+            and (not f.model or r.run.model == f.model)
+            and (not f.q or _found(r.run, f))
             and (not f.created_after or r.run.created_at >= f.created_after)
             and (not f.created_before or r.run.created_at < f.created_before)
             and (not f.cursor or r.run.id < f.cursor)
@@ -298,6 +301,17 @@ class InMemoryRunStore(MemoryRepairs):
 
     async def aclose(self) -> None:
         return None
+
+
+def _found(run: Run, f: RunFilter) -> bool:
+    """The twin's search: the id prefix ``q`` names, or every word of ``q`` in the prompt (a
+    substring match, where Postgres matches whole words)."""
+    prefix = f.id_prefix()
+    if prefix is not None and run.id.startswith(prefix):
+        return True
+    words = f.words()
+    prompt = run.prompt.lower()
+    return bool(words) and all(word in prompt for word in words)
 
 
 def metered(usage: dict[str, Any] | None) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from enum import StrEnum
 from typing import Any, Literal
@@ -9,6 +10,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 _NAME = r"^[a-z][a-z0-9_\-]{0,62}$"
+_ID_SEARCH = re.compile(r"^run_[0-9A-HJKMNP-TV-Z]{1,26}$")
 
 
 class RunStatus(StrEnum):
@@ -179,9 +181,29 @@ class RunPage(BaseModel):
 
 
 class RunFilter(BaseModel):
+    """What a run listing is narrowed to. ``tenant`` narrows an all-tenant reader's listing to
+    one tenant (the caller's reach is passed separately, so a tenant's key naming another tenant
+    gets nothing); ``q`` is a search: a run id (exact, or an id prefix) or words of the prompt."""
+
     status: list[RunStatus] | None = None
     agent_type: str | None = None
+    model: str | None = None
+    tenant: str | None = None
+    q: str | None = None
     created_after: datetime | None = None
     created_before: datetime | None = None
     cursor: str | None = None
     limit: int = 50
+
+    def id_prefix(self) -> str | None:
+        """The run id (or id prefix) ``q`` names, normalised (``run_`` lower, the rest upper),
+        or None when ``q`` is not shaped like one."""
+        text = (self.q or "").strip()
+        if text[:4].lower() != "run_":
+            return None
+        text = "run_" + text[4:].upper()
+        return text if _ID_SEARCH.fullmatch(text) else None
+
+    def words(self) -> list[str]:
+        """The words of ``q``, lower-cased, for the in-memory twin's prompt match."""
+        return re.findall(r"\w+", (self.q or "").lower())

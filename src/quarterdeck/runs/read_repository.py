@@ -51,22 +51,108 @@ async def get_run(conn: asyncpg.Connection, run_id: str, tenant: str | None = No
 
 
 async def list_runs(conn: asyncpg.Connection, tenant: str | None, f: RunFilter) -> list[Run]:
-    clauses, arg = ["true"], Params()
+    """One keyset page, newest first (``id < cursor``). ``tenant`` is the caller's reach (None:
+    every tenant); ``f.tenant`` narrows within it, so a value outside the reach finds nothing.
+    Each common filter has an ``(column, id DESC)`` index (migration 19), so a page is read
+    in index order and stops after ``limit`` rows."""
+    if f.q:
+        return await _search_runs(conn, tenant, f)
+    arg = Params()
+    where = _where(tenant, f, arg)
+    sql = f"SELECT * FROM runs WHERE {where} ORDER BY id DESC LIMIT {arg(f.limit)}"
+    return [Run.from_row(r) for r in await conn.fetch(sql, *arg.values)]
 
+
+SEARCH_WINDOW = 2000
+"""Newest filtered runs a search checks one by one before it asks the prompt index."""
+
+
+def _where(tenant: str | None, f: RunFilter, arg: Params) -> str:
+    clauses = ["true"]
     if tenant is not None:
         clauses.append(f"tenant = {arg(tenant)}")
+    if f.tenant is not None:
+        clauses.append(f"tenant = {arg(f.tenant)}")
     if f.status:
         clauses.append(f"status = ANY({arg([s.value for s in f.status])}::text[])")
     if f.agent_type:
         clauses.append(f"agent_type = {arg(f.agent_type)}")
+    if f.model:
+        clauses.append(f"model = {arg(f.model)}")
     if f.created_after:
         clauses.append(f"created_at >= {arg(f.created_after)}")
     if f.created_before:
         clauses.append(f"created_at < {arg(f.created_before)}")
     if f.cursor:
         clauses.append(f"id < {arg(f.cursor)}")
-    sql = f"SELECT * FROM runs WHERE {' AND '.join(clauses)} ORDER BY id DESC LIMIT {arg(f.limit)}"
-    return [Run.from_row(r) for r in await conn.fetch(sql, *arg.values)]
+    return " AND ".join(clauses)
+
+
+def _matches(f: RunFilter, arg: Params) -> str:
+    """``q`` as a predicate: words of the prompt (the ``runs_prompt_fts`` GIN index's
+    expression, verbatim, so the index applies) or, for an id-shaped ``q``, the id range it is
+    a prefix of (ids are ``run_`` and 26 Crockford characters, none above ``Z``)."""
+    words = f"to_tsvector('simple', prompt) @@ plainto_tsquery('simple', {arg(f.q)})"
+    prefix = f.id_prefix()
+    if prefix is None:
+        return f"({words})" if f.words() else "false"
+    last = prefix + "Z" * (30 - len(prefix))
+    return f"(({words}) OR (id >= {arg(prefix)} AND id <= {arg(last)}))"
+
+
+async def _search_runs(conn: asyncpg.Connection, tenant: str | None, f: RunFilter) -> list[Run]:
+    """A search page in at most three cheap statements, whatever the words' frequency.
+
+    A word in many prompts is found among the newest runs: the first statement checks the
+    newest ``SEARCH_WINDOW`` filtered runs (index order) and is done when ``limit`` matched. A
+    rare word (or one in no prompt) is what the GIN index is for: the rest of the page comes
+    from a materialised index lookup older than the window, whose cost follows the matches.
+    Left to itself the planner walks the primary key for both (it cannot tell a rare word from
+    a common one in a generic plan) and re-tokenises every prompt: 1.3 s on 200k runs.
+    """
+    arg = Params()
+    window = (
+        f"SELECT count(*) AS seen, min(id) AS floor,"
+        f" coalesce(array_agg(id ORDER BY id DESC) FILTER (WHERE hit), '{{}}') AS hits"
+        f" FROM (SELECT id, {_matches(f, arg)} AS hit FROM runs WHERE {_where(tenant, f, arg)}"
+        f" ORDER BY id DESC LIMIT {arg(SEARCH_WINDOW)}) w"
+    )
+    head = await conn.fetchrow(window, *arg.values)
+    assert head is not None  # an aggregate always answers one row
+    ids: list[str] = list(head["hits"])[: f.limit]
+    if len(ids) < f.limit and head["seen"] == SEARCH_WINDOW:
+        arg = Params()
+        rest = (
+            f"WITH m AS MATERIALIZED (SELECT id FROM runs WHERE {_where(tenant, f, arg)}"
+            f" AND id < {arg(head['floor'])} AND {_matches(f, arg)})"
+            f" SELECT id FROM m ORDER BY id DESC LIMIT {arg(f.limit - len(ids))}"
+        )
+        ids += [r["id"] for r in await conn.fetch(rest, *arg.values)]
+    if not ids:
+        return []
+    rows = await conn.fetch("SELECT * FROM runs WHERE id = ANY($1::text[]) ORDER BY id DESC", ids)
+    return [Run.from_row(r) for r in rows]
+
+
+async def latest_event_id(conn: asyncpg.Connection) -> int:
+    """The newest event id of any run (0 for none): one backward step of the primary key, what
+    the all-runs live signal polls."""
+    value = await conn.fetchval("SELECT max(id) FROM run_events")
+    return int(value or 0)
+
+
+async def event_tenants_after(
+    conn: asyncpg.Connection, after_id: int, limit: int
+) -> list[tuple[int, str]]:
+    """Events above ``after_id`` (oldest first, at most ``limit``) with their run's tenant: what
+    the all-runs live signal reads to wake only the pages of the tenants whose runs moved."""
+    rows = await conn.fetch(
+        "SELECT e.id, r.tenant FROM run_events e JOIN runs r ON r.id = e.run_id"
+        " WHERE e.id > $1 ORDER BY e.id LIMIT $2",
+        after_id,
+        limit,
+    )
+    return [(int(r["id"]), str(r["tenant"])) for r in rows]
 
 
 async def list_events(

@@ -199,6 +199,12 @@ class RunService:
                     return
                 await self._wait_change(changed, 1.0)
 
+    def watch(self, run_id: str) -> contextlib.AbstractContextManager[asyncio.Event | None]:
+        """The process hub's wake-up for ``run_id``: set when the run gets a new event, cleared
+        by the watcher. Live pages wait on it rather than each querying on a timer (the hub makes
+        one query per interval for every watched run). None where this process has no hub."""
+        return self._subscribe(run_id)  # type: ignore[no-any-return]
+
     def _subscribe(self, run_id: str) -> Any:
         if self.hub is None:
             return contextlib.nullcontext(None)

@@ -41,7 +41,7 @@ class NulRefused(ValidationFailed):
 
 
 async def request_nul_fields(request: Request) -> list[str]:
-    """Every field of ``request`` (query, path, JSON body) whose text holds a NUL."""
+    """Every field of ``request`` (query, path, JSON or form body) whose text holds a NUL."""
     found: list[str] = []
     for key, value in request.query_params.multi_items():
         if NUL in key or NUL in value:
@@ -52,7 +52,12 @@ async def request_nul_fields(request: Request) -> list[str]:
         if isinstance(value, str) and NUL in value:
             found.append(f"path.{name}")
     route = request.scope.get("route")
-    if getattr(route, "body_field", None) is not None:
+    form = getattr(request, "_form", None)  # a form FastAPI parsed (the dashboard's posts)
+    if form is not None:
+        for key, value in form.multi_items():
+            if NUL in key or (isinstance(value, str) and NUL in value):
+                found.append(f"form.{shown(key)}")
+    elif getattr(route, "body_field", None) is not None:
         raw = await request.body()  # already read by FastAPI: cached
         if JSON_NUL_ESCAPE in raw:
             try:

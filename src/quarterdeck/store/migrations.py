@@ -65,6 +65,8 @@ MIGRATIONS: tuple[Migration, ...] = (
         16, "pending approvals end with their run", sql_file="0016_approvals_end_with_run.sql"
     ),
     Migration(17, "gateway tokens minted for one run", sql_file="0017_run_tokens.sql"),
+    Migration(18, "web dashboard sessions", sql_file="0018_ui_sessions.sql"),
+    Migration(19, "run list filters and prompt search", sql_file="0019_run_list_indexes.sql"),
 )
 
 HEAD = MIGRATIONS[-1].version

@@ -43,6 +43,14 @@ async def last_run(conn: asyncpg.Connection, task: str) -> datetime | None:
     return value if isinstance(value, datetime) else None
 
 
+async def maintenance_run(conn: asyncpg.Connection, task: str) -> asyncpg.Record | None:
+    """When ``task`` last ran, whether it went well, and its summary (None: never)."""
+    row: asyncpg.Record | None = await conn.fetchrow(
+        "SELECT last_run_at, ok, summary FROM maintenance_runs WHERE task = $1", task
+    )
+    return row
+
+
 async def record_run(
     conn: asyncpg.Connection, task: str, at: datetime, ok: bool, summary: dict[str, Any]
 ) -> None:

@@ -19,6 +19,7 @@ import contextlib
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import structlog
 
@@ -162,6 +163,16 @@ class TenantData:
         )
 
     # -- retention -----------------------------------------------------------------------------
+    async def last_maintenance(self, task: str) -> tuple[datetime, bool, dict[str, Any]] | None:
+        """When scheduled maintenance ``task`` (``maintenance.py``: e.g. ``audit.verify``) last
+        ran, whether it went well and its summary; None if it never ran."""
+        async with self.db.acquire() as conn:
+            row = await repo.maintenance_run(conn, task)
+        if row is None:
+            return None
+        summary = row["summary"]
+        return row["last_run_at"], bool(row["ok"]), dict(summary) if summary else {}
+
     async def get_retention(self, tenant: str) -> RetentionOut:
         async with self.db.acquire() as conn:
             seconds = await repo.retention(conn, check_tenant(tenant))

@@ -10,6 +10,9 @@ unauthenticated 400 MB upload took a process from 112 MB to 1.28 GB before its 4
    the request against the limits and checks the permission (the key is cached, so the second
    look costs a hash);
 2. refuses a declared ``Content-Length`` over the route's limit at once (413);
+   On the web dashboard's paths (``cookie_paths``) the session cookie stands in for the key:
+   a post there needs a live session (``sessions.py``), except the sign-in form itself
+   (``cookie_open``), whose body is one key and is capped like any other;
 3. counts the bytes of any other body (chunked, or with no length) as the route reads them and
    cuts it at the limit (413), so no route ever holds more than the limit.
 
@@ -41,9 +44,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from quarterdeck.exceptions import QuarterdeckError
+from quarterdeck.exceptions import QuarterdeckError, Unavailable
+from quarterdeck.kit.wiring import services
 from quarterdeck.security.auth.dependencies import auth_service
 from quarterdeck.security.auth.run_tokens import is_run_token
+from quarterdeck.security.auth.sessions import SESSION_COOKIE, SessionService
 
 DRAIN_MAX = 1024 * 1024
 """The most of a refused body skipped to keep the connection (and the client able to read the
@@ -180,10 +185,20 @@ class _Counter:
 class BodyGate:
     """Pure ASGI middleware; see the module docstring. Requests without a body pass untouched."""
 
-    def __init__(self, app: ASGIApp, *, limits: BodyLimits, refuse: Refuse) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        limits: BodyLimits,
+        refuse: Refuse,
+        cookie_paths: Callable[[str], bool] = lambda path: False,
+        cookie_open: frozenset[str] = frozenset(),
+    ) -> None:
         self.app = app
         self.limits = limits
         self._refuse = refuse
+        self._cookie_paths = cookie_paths
+        self._cookie_open = cookie_open
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -217,6 +232,15 @@ class BodyGate:
             )
 
     async def _authenticate(self, request: Request, headers: Headers) -> None:
+        path = request.url.path
+        if self._cookie_paths(path):
+            if path in self._cookie_open:
+                return
+            sessions = services(request.app).get(SessionService)
+            if sessions is None:
+                raise Unavailable("the dashboard is not ready yet")
+            await sessions.resolve(request.cookies.get(SESSION_COOKIE))
+            return
         service = auth_service(request)  # 503 when auth is required but not ready
         key = presented_key(headers)
         # A run token is resolved even with auth off, as ``require(...)`` does (see there).

@@ -253,13 +253,17 @@ class AuthService:
         if record is None or not keys.verify(token, record.digest):
             log.info("auth.rejected", key_id=parsed.key_id, reason="unknown key or wrong secret")
             raise Unauthenticated("the API key is not valid")
+        # Only a caller holding the real key learns that it was revoked or expired.
+        return self._active(record)
+
+    def _active(self, record: KeyRecord) -> Principal:
+        """The principal of a key record that may act now, or :class:`Unauthenticated`."""
         if record.created_by == MADE_WHILE_AUTH_OFF and record.revoked_at is None:
             log.warning("auth.rejected", key_id=record.id, reason="made while auth was off")
             raise Unauthenticated(
                 "the API key was created while authentication was off, so it is not trusted; "
                 "create a new one"
             )
-        # Only a caller holding the real key learns that it was revoked or expired.
         status = record.status(self.clock())
         if status is not KeyStatus.active:
             log.info("auth.rejected", key_id=record.id, reason=status.value)
@@ -271,6 +275,30 @@ class AuthService:
             record.tenant,
             gateway_fallback=record.gateway_fallback,
         )
+
+    async def principal_for(self, key_id: str) -> Principal:
+        """The principal key ``key_id`` stands for now, without its secret: what a web session
+        (``sessions.py``) acts as. It is checked on every request exactly as a presented key
+        is (revoked, expired, made while auth was off: :class:`Unauthenticated`), so revoking a
+        key ends its sessions within the key cache's lifetime, as it does its API calls."""
+        if key_id == BOOTSTRAP_KEY_ID:
+            if self._bootstrap is None:
+                raise Unauthenticated("the bootstrap admin key is no longer configured")
+            return Principal(
+                BOOTSTRAP_KEY_ID,
+                "bootstrap admin key",
+                Role.admin,
+                ALL_TENANTS,
+                AuthMethod.bootstrap,
+            )
+        if key_id == DEV_PRINCIPAL.key_id:
+            if self.required:
+                raise Unauthenticated("authentication is on: sign in with an API key")
+            return DEV_PRINCIPAL
+        record = await self.cache.get(key_id, self._load)
+        if record is None:
+            raise Unauthenticated("the API key no longer exists")
+        return self._active(record)
 
     async def _load(self, key_id: str) -> KeyRecord | None:
         async with self.db.acquire() as conn:

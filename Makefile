@@ -81,23 +81,27 @@ typecheck: $(STAMP)
 # only those. The unit tests (in-process, about a minute of one core) run beside the chaos
 # scenarios, which mostly wait on faults and recoveries and assert outcomes, never timings; the
 # rest runs after both, alone. Any failure fails the target (each part's output is printed).
-# The dashboard's tests (its pages in-process, and Chromium against a running server).
-UI_TESTS := $(wildcard tests/integration/test_ui_*.py) tests/e2e/test_ui_browser.py
+# Run after the unit tests, beside the chaos scenarios (which mostly wait on faults): the
+# dashboard's tests (its pages in process, Chromium against a running server) and the monitoring
+# bundle's (promtool, a real Prometheus). Together they end about when the chaos scenarios do.
+SIDE_TESTS := $(wildcard tests/integration/test_ui_*.py) tests/e2e/test_ui_browser.py \
+  tests/integration/test_deploy_monitoring.py tests/integration/test_prometheus_scrape.py
 
 test: deps lint typecheck
 	@unit_log=$$(mktemp); ui_log=$$(mktemp); rcs=$$(mktemp -d); \
 	( $(BIN)/pytest -q -p no:cacheprovider tests/unit > $$unit_log 2>&1; echo $$? > $$rcs/unit; \
-	  $(BIN)/pytest -q -p no:cacheprovider --durations=8 $(UI_TESTS) > $$ui_log 2>&1; \
+	  $(BIN)/pytest -q -p no:cacheprovider --durations=8 $(SIDE_TESTS) > $$ui_log 2>&1; \
 	  echo $$? > $$rcs/ui ) & side=$$!; \
 	chaos=0; $(BIN)/pytest -q -p no:cacheprovider --durations=8 tests/e2e/test_chaos.py || chaos=$$?; \
 	wait $$side; units=$$(cat $$rcs/unit); ui=$$(cat $$rcs/ui); \
 	echo "--- tests/unit (run beside the chaos scenarios)"; cat $$unit_log; \
-	echo "--- the dashboard's tests (run beside the chaos scenarios, after the unit tests)"; cat $$ui_log; \
+	echo "--- the dashboard's and monitoring tests (beside the chaos scenarios, after the unit tests)"; \
+	cat $$ui_log; \
 	rm -rf $$unit_log $$ui_log $$rcs; \
 	rest=0; $(BIN)/pytest -q -p no:cacheprovider --durations=25 tests \
 	  --ignore=tests/unit --ignore=tests/e2e/test_chaos.py \
-	  $(foreach t,$(UI_TESTS),--ignore=$(t)) || rest=$$?; \
-	echo "exit codes: chaos $$chaos, unit $$units, ui $$ui, the rest $$rest"; \
+	  $(foreach t,$(SIDE_TESTS),--ignore=$(t)) || rest=$$?; \
+	echo "exit codes: chaos $$chaos, unit $$units, side $$ui, the rest $$rest"; \
 	[ $$chaos -eq 0 ] && [ $$units -eq 0 ] && [ $$ui -eq 0 ] && [ $$rest -eq 0 ]
 
 test-chaos: deps

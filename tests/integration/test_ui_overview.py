@@ -7,6 +7,7 @@ queue and live workers, each within the viewer's tenant.
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
@@ -15,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from quarterdeck.kit.clock import utcnow
+from quarterdeck.kit.clock import FakeClock, utcnow
 from quarterdeck.runs.insights import RunInsights, day_start, month_start
 from quarterdeck.runtime import Runtime
 from quarterdeck.security.auth import Role
@@ -200,3 +201,24 @@ async def test_overview_shows_each_viewer_its_own_reach(rt: Runtime) -> None:
         assert 'data-tenant="acme"' in page.text  # budgets:read, every tenant
         assert stat(page.text, "gateway-calls") == "0"
         assert (await aud.get("/ui/fragments/overview", headers=HTML)).status_code == 200
+
+
+async def test_open_overview_pages_share_one_read_per_reach(rt: Runtime) -> None:
+    clock = FakeClock()
+    insights = RunInsights(rt.db, max_age_s=5.0, clock=clock.now)
+    reads: list[str | None] = []
+    real = insights.overview
+
+    async def counted(tenant: str | None, now: datetime) -> Any:
+        reads.append(tenant)
+        return await real(tenant, now)
+
+    insights.overview = counted  # type: ignore[method-assign]
+    pages = await asyncio.gather(*(insights.latest("acme") for _ in range(100)))
+    assert reads == ["acme"] and all(p is pages[0] for p in pages)
+    await insights.latest(None)  # another reach: its own read
+    assert reads == ["acme", None]
+    clock.advance(4.0)
+    assert await insights.latest("acme") is pages[0]
+    clock.advance(1.5)  # older than max_age_s: read again
+    assert await insights.latest("acme") is not pages[0] and reads == ["acme", None, "acme"]

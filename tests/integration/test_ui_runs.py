@@ -233,7 +233,7 @@ async def test_the_live_signal_fires_when_any_run_changes(rt: Runtime) -> None:
             return seen
 
         async def keep_changing() -> None:
-            while True:  # until the stream has seen one: its first poll is its baseline
+            while True:  # until the stream has said so
                 await submit(rt, "acme", "another change")
                 await asyncio.sleep(0.2)
 
@@ -243,6 +243,19 @@ async def test_the_live_signal_fires_when_any_run_changes(rt: Runtime) -> None:
         finally:
             changer.cancel()
         assert seen[0] == "retry: 3000" and seen[-1] == "event: runs"
+
+        # A draining server ends its streams (the browser reconnects elsewhere) rather than
+        # holding up its shutdown for their lifetime.
+        async def until_the_end() -> None:
+            async with client.stream("GET", "/ui/live/changes", headers=HTML) as stream:
+                async for line in stream.aiter_lines():
+                    if line == "event: runs":  # the first, at once: then drain
+                        rt.draining = True
+
+        try:
+            await asyncio.wait_for(until_the_end(), 10)
+        finally:
+            rt.draining = False
     # A stream that ended leaves no subscription behind: the hub stops polling for it.
     await asyncio.sleep(0.2)
     assert not rt.hub._all

@@ -9,7 +9,9 @@ gateway usage count them, so the figures on one page agree with each other.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import asyncio
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -137,9 +139,43 @@ class RunOverview:
 class RunInsights:
     """The overview's run figures, read in one connection."""
 
-    def __init__(self, db: Database, *, stale_after_s: float = 10.0) -> None:
+    def __init__(
+        self,
+        db: Database,
+        *,
+        stale_after_s: float = 10.0,
+        max_age_s: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._db = db
         self._stale_after = timedelta(seconds=stale_after_s)
+        self.max_age_s = max_age_s
+        self._clock = clock
+        self._recent: dict[str | None, tuple[float, asyncio.Future[RunOverview]]] = {}
+        """Per reach: when its last read started, and that read."""
+
+    async def latest(self, tenant: str | None) -> RunOverview:
+        """:meth:`overview` now, shared: every page of one reach (``tenant``) that asks within
+        ``max_age_s`` of a read gets that read, and callers that ask while it runs wait for
+        it. The overview's aggregates cost tens of milliseconds at 100,000 runs; a hundred open
+        overview pages, each refreshed on every change, would otherwise each pay them (the
+        complaint about Temporal's UI at 15M workflows)."""
+        now = self._clock()
+        cached = self._recent.get(tenant)
+        if cached is not None and now - cached[0] < self.max_age_s:
+            read = cached[1]
+            if not read.done() or (not read.cancelled() and read.exception() is None):
+                return await asyncio.shield(read)
+        # Its own task: a page that goes away (a cancelled request) does not cancel the read
+        # that the other pages wait for.
+        read = asyncio.ensure_future(self.overview(tenant, datetime.now(UTC)))
+        self._recent[tenant] = (now, read)
+        try:
+            return await asyncio.shield(read)
+        except Exception:
+            if self._recent.get(tenant, (0.0, None))[1] is read:
+                del self._recent[tenant]  # the next page tries again
+            raise
 
     async def overview(self, tenant: str | None, now: datetime) -> RunOverview:
         """Figures for ``tenant`` (None: every tenant) as of ``now``."""

@@ -23,7 +23,8 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
 
 from quarterdeck.exceptions import Unavailable
-from quarterdeck.kit.wiring import provide
+from quarterdeck.health import probes
+from quarterdeck.kit.wiring import provide, services
 from quarterdeck.runs.events import RunEventHub
 from quarterdeck.runs.service import RunService
 from quarterdeck.ui.guard import SignedIn
@@ -36,6 +37,13 @@ HEARTBEAT_S = 15.0
 LIFETIME_S = 300.0
 TICK_S = 1.0
 """How often the stream checks that its client is still there while nothing happens."""
+
+
+def gone(request: Request) -> bool:
+    """Whether a stream should end now: its server is draining (SIGTERM; the browser reconnects
+    to a replica that is not, rather than holding up this one's shutdown)."""
+    ready = services(request.app).get(probes.Readiness)
+    return ready is not None and ready.draining
 
 
 async def changes(
@@ -54,7 +62,7 @@ async def changes(
     yield "retry: 3000\n\n"
     with hub.subscribe_all(tenant) as changed:
         while (now := time.monotonic()) - start < lifetime:
-            if await request.is_disconnected():
+            if await request.is_disconnected() or gone(request):
                 return
             wait = min(TICK_S, max(0.0, start + lifetime - now))
             if changed.is_set():

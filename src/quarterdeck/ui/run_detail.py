@@ -29,6 +29,7 @@ from quarterdeck.security.auth import Permission
 from quarterdeck.ui import run_actions
 from quarterdeck.ui.diffs import INLINE_LINES, highlight, line_count
 from quarterdeck.ui.guard import RunsReader
+from quarterdeck.ui.live import gone
 from quarterdeck.ui.run_actions import PREFIX, Approvals, Runs, checked, resubmit_blocked
 from quarterdeck.ui.run_view import Timeline
 from quarterdeck.ui.web import SECURITY_HEADERS, Viewer, render
@@ -229,7 +230,7 @@ async def changes(
             return
         start = beat = checked_at = clock()
         status = run.status
-        while not await request.is_disconnected():
+        while not (await request.is_disconnected() or gone(request)):
             now = clock()
             if now - start >= LIFETIME_S:
                 return

@@ -13,7 +13,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from benchmarks import audit, caching, checkpoint, core_runs, gateway, policy, resilience, ui_pages
+from benchmarks import (
+    audit,
+    caching,
+    checkpoint,
+    core_runs,
+    gateway,
+    policy,
+    resilience,
+    scaling,
+    ui_pages,
+)
 
 RESULTS = Path(__file__).parent / "results"
 SUITES: dict[str, Callable[[], dict[str, Any]]] = {
@@ -29,6 +39,7 @@ SUITES: dict[str, Callable[[], dict[str, Any]]] = {
     "workspace.checkpoint": checkpoint.per_turn,
     "caching.savings": caching.savings,
     "ui.pages": ui_pages.pages,
+    "scaling.policies": scaling.policies,
 }
 
 

@@ -1,0 +1,231 @@
+"""The shared interface of the scaling policies, and the pure helpers they share.
+
+Why this shape: every policy is a small state machine (stabilization windows, cooldowns) that is
+fed observations carrying their own time, and answers with a :class:`Decision` that records every
+input and intermediate it used.  Nothing here reads a clock or does I/O, so the simulator and the
+tests can drive the policies with plain numbers, and a decision can always be explained after the
+fact from its ``factors``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass, fields
+from typing import Literal, Protocol
+
+__all__ = [
+    "Decision",
+    "FactorValue",
+    "Observation",
+    "Policy",
+    "PolicyName",
+    "ScalerConfig",
+    "StabilizationWindow",
+    "clamp",
+    "make_policy",
+    "within_tolerance",
+]
+
+PolicyName = Literal["quarterdeck", "guide-hpa", "guide-pressure"]
+FactorValue = float | int | str | bool | None
+
+
+@dataclass(frozen=True, slots=True)
+class Observation:
+    """What a policy sees at one instant; ``None`` means the metric is missing, not zero."""
+
+    at: float  # seconds (any epoch; only differences matter)
+    replicas: int  # worker replicas now (desired count last set)
+    ready: int | None = None  # ready replicas (None: unknown)
+    queued: int | None = None  # queued runs (None: the metric is missing)
+    running: int | None = None  # running runs
+    oldest_queued_s: float | None = None
+    arrivals_per_s: float | None = None  # runs submitted per second, recent window
+    cpu_ratio: float | None = None  # mean CPU use / CPU limit, 0..1+
+    memory_ratio: float | None = None  # mean memory use / memory limit, 0..1+
+    p95_latency_s: float | None = None  # (for the guide's pressure score)
+    error_rate: float | None = None  # (ditto)
+    requests_per_s: float | None = None  # (ditto, and the guide's HPA pods metric)
+    memory_bytes: float | None = None  # (the guide's pressure score compares THIS with 0.8)
+    provider_failing: bool = False  # a model provider's breaker is open
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """One policy answer: the replica count it wants, and why, with every factor it used."""
+
+    at: float
+    policy: str
+    current: int
+    desired: int
+    reason: str  # one sentence a person reads
+    factors: dict[str, FactorValue]  # every input and intermediate used
+
+    @property
+    def direction(self) -> Literal["up", "down", "hold"]:
+        """``up``/``down`` when the desired count differs from the current one, else ``hold``."""
+        if self.desired > self.current:
+            return "up"
+        if self.desired < self.current:
+            return "down"
+        return "hold"
+
+
+class Policy(Protocol):
+    """A stateful decision maker: feed it observations in time order, one decision each."""
+
+    name: str
+
+    def decide(self, obs: Observation) -> Decision: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ScalerConfig:
+    """Quarterdeck's scaling knobs (the guide's policies carry their own, as the guide wrote them)."""
+
+    min_replicas: int = 3
+    max_replicas: int = 20
+    concurrency_per_worker: int = 50  # settings.worker_concurrency
+    target_utilization: float = 0.7  # in-flight target = concurrency * this (Knative-style)
+    tolerance: float = 0.1  # no change within ±10 % of current
+    max_backlog_age_s: float = 60.0  # oldest queued older than this: add capacity
+    scale_up_stabilization_s: float = 0.0  # fast up
+    scale_down_stabilization_s: float = 300.0  # slow down: highest recommendation in window
+    cooldown_s: float = 30.0  # minimum time between changes
+    max_scale_up_step: int = 10  # pods added per decision at most
+    cpu_guard: float = 0.9  # above: never scale down
+    memory_guard: float = 0.9
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the first bad field, so a bad config fails at startup."""
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"{f.name} must be finite, got {value!r}")
+        if self.min_replicas < 0:
+            raise ValueError(f"min_replicas must be >= 0, got {self.min_replicas}")
+        if self.max_replicas < 1:
+            raise ValueError(f"max_replicas must be >= 1, got {self.max_replicas}")
+        if self.max_replicas < self.min_replicas:
+            raise ValueError(
+                f"max_replicas ({self.max_replicas}) must be >= min_replicas ({self.min_replicas})"
+            )
+        if self.concurrency_per_worker < 1:
+            raise ValueError(
+                f"concurrency_per_worker must be >= 1, got {self.concurrency_per_worker}"
+            )
+        if not 0.0 < self.target_utilization <= 1.0:
+            raise ValueError(f"target_utilization must be in (0, 1], got {self.target_utilization}")
+        if not 0.0 <= self.tolerance < 1.0:
+            raise ValueError(f"tolerance must be in [0, 1), got {self.tolerance}")
+        if self.max_backlog_age_s <= 0.0:
+            raise ValueError(f"max_backlog_age_s must be > 0, got {self.max_backlog_age_s}")
+        if self.scale_up_stabilization_s < 0.0:
+            raise ValueError(
+                f"scale_up_stabilization_s must be >= 0, got {self.scale_up_stabilization_s}"
+            )
+        if self.scale_down_stabilization_s < 0.0:
+            raise ValueError(
+                f"scale_down_stabilization_s must be >= 0, got {self.scale_down_stabilization_s}"
+            )
+        if self.cooldown_s < 0.0:
+            raise ValueError(f"cooldown_s must be >= 0, got {self.cooldown_s}")
+        if self.max_scale_up_step < 1:
+            raise ValueError(f"max_scale_up_step must be >= 1, got {self.max_scale_up_step}")
+        if self.cpu_guard <= 0.0:
+            raise ValueError(f"cpu_guard must be > 0, got {self.cpu_guard}")
+        if self.memory_guard <= 0.0:
+            raise ValueError(f"memory_guard must be > 0, got {self.memory_guard}")
+
+
+def clamp(value: int, lo: int, hi: int) -> int:
+    """Bound ``value`` to ``[lo, hi]``; ``lo`` wins if the bounds cross (never below the floor)."""
+    return max(lo, min(hi, value))
+
+
+def within_tolerance(current: int, ratio: float, tolerance: float) -> bool:
+    """The HPA rule: a usage/target ``ratio`` within ``1 ± tolerance`` changes nothing.
+
+    Why a ratio and not a count: at small replica counts a one-pod change is a large relative
+    step, and the HPA (which operators know) judges the metric ratio, not the pod delta.
+    ``current == 0`` is never within tolerance: an empty pool with work must be able to start.
+    """
+    if current <= 0:
+        return False
+    return abs(ratio - 1.0) <= tolerance
+
+
+class StabilizationWindow:
+    """The recommendations of the last ``window_s`` seconds, as the HPA v2 keeps them.
+
+    Why: reacting to the newest recommendation alone makes a pool flap with a noisy load.  The
+    HPA scales down only to the *highest* recommendation of its scale-down window, and up only to
+    the *lowest* of its scale-up window.  As in ``horizontal.go`` a recommendation counts while
+    its time is strictly after ``now - window_s``, and the newest one always counts, so a window
+    of 0 s keeps only the newest.  Observations must arrive in non-decreasing time order.
+    """
+
+    __slots__ = ("_items", "window_s")
+
+    def __init__(self, window_s: float) -> None:
+        if window_s < 0.0:
+            raise ValueError(f"window_s must be >= 0, got {window_s}")
+        self.window_s = window_s
+        self._items: deque[tuple[float, int]] = deque()
+
+    def add(self, at: float, recommendation: int) -> None:
+        """Record ``recommendation`` at ``at`` and forget those older than the window."""
+        if self._items and at < self._items[-1][0]:
+            raise ValueError(f"time went backwards: {at} < {self._items[-1][0]}")
+        while self._items and self._items[0][0] <= at - self.window_s:
+            self._items.popleft()
+        self._items.append((at, recommendation))
+
+    def seed(self, at: float, current: int) -> None:
+        """On first sight, count the current size as a recommendation, as the HPA does.
+
+        Why (``maybeInitScaleDownStabilizationWindow``): a restarted scaler has no history, and
+        without a seed its first low recommendation would shrink the pool at once.
+        """
+        if not self._items:
+            self.add(at, current)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def highest(self) -> int:
+        """The highest recommendation in the window (the scale-down bound)."""
+        if not self._items:
+            raise ValueError("empty stabilization window")
+        return max(r for _, r in self._items)
+
+    def lowest(self) -> int:
+        """The lowest recommendation in the window (the scale-up bound)."""
+        if not self._items:
+            raise ValueError("empty stabilization window")
+        return min(r for _, r in self._items)
+
+
+def make_policy(name: PolicyName, config: ScalerConfig) -> Policy:
+    """Build a fresh policy (empty windows, no history) by name; the config is validated first.
+
+    Only Quarterdeck's policy is tuned by ``config``.  The guide's two policies keep the guide's
+    own numbers — bounds 3..20, thresholds, windows and intervals — because reproducing them
+    exactly is their whole point; they accept the config so every policy is built the same way.
+    """
+    config.validate()
+    # Imported here: the policy modules import this one, and this keeps the import acyclic.
+    if name == "quarterdeck":
+        from quarterdeck.scaling.quarterdeck_policy import QuarterdeckPolicy
+
+        return QuarterdeckPolicy(config)
+    if name == "guide-hpa":
+        from quarterdeck.scaling.guide_policies import GuideHpaPolicy
+
+        return GuideHpaPolicy(config)
+    if name == "guide-pressure":
+        from quarterdeck.scaling.guide_policies import GuidePressurePolicy
+
+        return GuidePressurePolicy(config)
+    raise ValueError(f"unknown policy {name!r}; expected quarterdeck, guide-hpa or guide-pressure")

@@ -1,0 +1,236 @@
+"""Quarterdeck's own scaling policy: size the worker pool to the agent work in flight.
+
+Why not CPU: an agent run spends minutes waiting on a model and uses little CPU, so CPU says
+nothing about the backlog.  The signal that does is the number of runs in flight (queued plus
+running) against what a worker can hold: ``ceil(in_flight / (concurrency * target_utilization))``,
+the in-flight targeting Knative uses.  Around it sit the HPA's safety rails — a tolerance band,
+fast-up/slow-down stabilization windows, a cooldown, min/max and a step limit — and three rules
+the guide's policies lack:
+
+* an old backlog adds capacity even when the in-flight count looks served;
+* a failing model provider never adds pods (a backlog the model cannot serve is the breakers'
+  business, and more workers only push harder on an overloaded upstream);
+* a missing ``queued``/``running`` metric holds the pool as it is instead of reading as zero.
+
+CPU and memory only guard: above the guard, the pool never shrinks.
+"""
+
+from __future__ import annotations
+
+import math
+
+from quarterdeck.scaling.policy import (
+    Decision,
+    FactorValue,
+    Observation,
+    ScalerConfig,
+    StabilizationWindow,
+    clamp,
+    within_tolerance,
+)
+
+__all__ = ["QuarterdeckPolicy"]
+
+
+class QuarterdeckPolicy:
+    """Stateful: keeps both stabilization windows and the time of the last change.
+
+    Feed it observations in time order; each call returns one :class:`Decision`.  The caller is
+    expected to apply a decision's ``desired`` (the next observation's ``replicas``); the
+    cooldown starts when a decision asks for a change.
+    """
+
+    name = "quarterdeck"
+
+    def __init__(self, config: ScalerConfig) -> None:
+        config.validate()
+        self.config = config
+        self._up = StabilizationWindow(config.scale_up_stabilization_s)
+        self._down = StabilizationWindow(config.scale_down_stabilization_s)
+        self._last_change_at: float | None = None
+
+    def decide(self, obs: Observation) -> Decision:
+        """Return the replica count the pool should have at ``obs.at``, with every factor."""
+        cfg = self.config
+        current = obs.replicas
+        factors: dict[str, FactorValue] = _inputs(obs, cfg)
+        self._up.seed(obs.at, current)
+        self._down.seed(obs.at, current)
+
+        missing = [n for n, v in (("queued", obs.queued), ("running", obs.running)) if v is None]
+        if missing:
+            names = " and ".join(missing)
+            factors["missing_metrics"] = ",".join(missing)
+            desired = clamp(current, cfg.min_replicas, cfg.max_replicas)
+            why = f"hold at {current}: the {names} metric is missing, and a missing metric is "
+            why += "not zero"
+            if desired != current:
+                why += f" (bounds {cfg.min_replicas}..{cfg.max_replicas} move it to {desired})"
+            return self._decision(obs, desired, why + ".", factors)
+        assert obs.queued is not None and obs.running is not None
+        factors["missing_metrics"] = None
+
+        # 1. What the work in flight needs.
+        in_flight = obs.queued + obs.running
+        per_worker = cfg.concurrency_per_worker * cfg.target_utilization
+        raw = math.ceil(in_flight / per_worker)
+        capacity = current * per_worker
+        ratio = in_flight / capacity if capacity > 0 else math.inf
+        factors.update(
+            in_flight=in_flight,
+            per_worker_target=per_worker,
+            capacity_at_target=capacity,
+            utilization_ratio=ratio if math.isfinite(ratio) else None,
+            raw_recommendation=raw,
+        )
+
+        # 2. An old backlog means the pool is not keeping up, whatever the in-flight count says.
+        #    Pods still starting (ready < replicas) will soon serve it: do not pile on.
+        starting = obs.ready is not None and obs.ready < current
+        backlog_old = (
+            obs.oldest_queued_s is not None and obs.oldest_queued_s > cfg.max_backlog_age_s
+        )
+        backlog_floor: int | None = None
+        if backlog_old and not starting:
+            extra = 1
+            if obs.arrivals_per_s is not None and obs.arrivals_per_s > 0:
+                # The runs that arrive during one more backlog age need workers of their own.
+                extra = max(1, math.ceil(obs.arrivals_per_s * cfg.max_backlog_age_s / per_worker))
+            backlog_floor = current + extra
+        factors.update(
+            backlog_old=backlog_old,
+            pods_starting=starting,
+            backlog_floor=backlog_floor,
+        )
+
+        # 3. Tolerance band: a ratio close to 1 changes nothing (unless the backlog is old).
+        in_band = backlog_floor is None and within_tolerance(current, ratio, cfg.tolerance)
+        recommendation = current if in_band else raw
+        if backlog_floor is not None:
+            recommendation = max(recommendation, backlog_floor)
+        recommendation = clamp(recommendation, cfg.min_replicas, cfg.max_replicas)
+        factors.update(within_tolerance=in_band, recommendation=recommendation)
+
+        # 4. A failing provider with a backlog: hold.  Pods do not fix a model that cannot serve.
+        backlog = obs.queued > 0
+        if obs.provider_failing and backlog:
+            factors["provider_hold"] = True
+            desired = clamp(current, cfg.min_replicas, cfg.max_replicas)
+            why = (
+                f"hold at {current}: a model provider is failing with {obs.queued} runs queued, "
+                "and more pods cannot serve a backlog the model cannot"
+            )
+            return self._decision(obs, desired, why + ".", factors)
+        factors["provider_hold"] = False
+
+        # 5. Stabilization as the HPA v2 does: up to the lowest recommendation of the up window,
+        #    down to the highest of the down window; in between, stay.
+        self._up.add(obs.at, recommendation)
+        self._down.add(obs.at, recommendation)
+        up_bound, down_bound = self._up.lowest(), self._down.highest()
+        stabilized = current
+        if stabilized < up_bound:
+            stabilized = up_bound
+        if stabilized > down_bound:
+            stabilized = down_bound
+        factors.update(window_up_min=up_bound, window_down_max=down_bound, stabilized=stabilized)
+
+        # 6. Guards, cooldown, step, bounds.
+        cpu_hot = obs.cpu_ratio is not None and obs.cpu_ratio > cfg.cpu_guard
+        mem_hot = obs.memory_ratio is not None and obs.memory_ratio > cfg.memory_guard
+        since = None if self._last_change_at is None else obs.at - self._last_change_at
+        cooling = since is not None and since < cfg.cooldown_s
+        factors.update(
+            cpu_guard_active=cpu_hot,
+            memory_guard_active=mem_hot,
+            seconds_since_change=since,
+            cooldown_active=cooling,
+        )
+        desired, why = self._settle(obs, recommendation, stabilized, cpu_hot, mem_hot, cooling)
+        factors["step_limited"] = stabilized > current + cfg.max_scale_up_step and desired > current
+        return self._decision(obs, desired, why, factors)
+
+    def _settle(
+        self,
+        obs: Observation,
+        recommendation: int,
+        stabilized: int,
+        cpu_hot: bool,
+        mem_hot: bool,
+        cooling: bool,
+    ) -> tuple[int, str]:
+        """Apply guards, cooldown, step limit and bounds to the stabilized count; say why."""
+        cfg = self.config
+        current = obs.replicas
+        bounded = clamp(current, cfg.min_replicas, cfg.max_replicas)
+        if stabilized < current and (cpu_hot or mem_hot):
+            hot = "CPU" if cpu_hot else "memory"
+            return bounded, f"hold at {current}: {hot} is above its guard, so never scale down."
+        if stabilized != current and cooling:
+            return bounded, (
+                f"hold at {current}: the last change was under {cfg.cooldown_s:g} s ago "
+                f"(wanted {stabilized})."
+            )
+        desired = min(stabilized, current + cfg.max_scale_up_step)
+        desired = clamp(desired, cfg.min_replicas, cfg.max_replicas)
+        if desired > current:
+            why = f"scale up {current}→{desired}: {obs.queued} queued + {obs.running} running "
+            why += f"need {recommendation} workers"
+            if desired < stabilized:
+                why += f" (step limited to +{cfg.max_scale_up_step})"
+            return desired, why + "."
+        if desired < current:
+            return desired, (
+                f"scale down {current}→{desired}: the highest need in the last "
+                f"{cfg.scale_down_stabilization_s:g} s is {stabilized} workers."
+            )
+        if recommendation > current:
+            return desired, (
+                f"hold at {current}: the need ({recommendation}) has not lasted the "
+                f"{cfg.scale_up_stabilization_s:g} s scale-up window."
+            )
+        if recommendation < current:
+            return desired, (
+                f"hold at {current}: the need fell to {recommendation}, but the highest need in "
+                f"the last {cfg.scale_down_stabilization_s:g} s is still {stabilized}."
+            )
+        return desired, f"hold at {current}: the work in flight fits the pool."
+
+    def _decision(
+        self, obs: Observation, desired: int, reason: str, factors: dict[str, FactorValue]
+    ) -> Decision:
+        if desired != obs.replicas:
+            self._last_change_at = obs.at
+        factors["desired"] = desired
+        return Decision(
+            at=obs.at,
+            policy=self.name,
+            current=obs.replicas,
+            desired=desired,
+            reason=reason,
+            factors=factors,
+        )
+
+
+def _inputs(obs: Observation, cfg: ScalerConfig) -> dict[str, FactorValue]:
+    """Every input of the decision, so a stored decision explains itself."""
+    return {
+        "replicas": obs.replicas,
+        "ready": obs.ready,
+        "queued": obs.queued,
+        "running": obs.running,
+        "oldest_queued_s": obs.oldest_queued_s,
+        "arrivals_per_s": obs.arrivals_per_s,
+        "cpu_ratio": obs.cpu_ratio,
+        "memory_ratio": obs.memory_ratio,
+        "provider_failing": obs.provider_failing,
+        "min_replicas": cfg.min_replicas,
+        "max_replicas": cfg.max_replicas,
+        "concurrency_per_worker": cfg.concurrency_per_worker,
+        "target_utilization": cfg.target_utilization,
+        "tolerance": cfg.tolerance,
+        "max_backlog_age_s": cfg.max_backlog_age_s,
+        "cooldown_s": cfg.cooldown_s,
+        "cpu_guard": cfg.cpu_guard,
+        "memory_guard": cfg.memory_guard,
+    }

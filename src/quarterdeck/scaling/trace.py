@@ -1,0 +1,360 @@
+"""Load traces for the scaling simulator: the format, its reader and writer, and two generators.
+
+Why a format of our own: no public trace of agent runs can be downloaded here, and the simulator
+needs only when each run arrived and how long it held a worker slot.  A trace is a list of runs:
+
+========== ========================================================================
+column     meaning
+========== ========================================================================
+arrival_s  seconds from the trace start at which the run was submitted (>= 0)
+duration_s seconds the run holds one worker slot once started (>= 0); queue wait is
+           *not* included: the simulator adds it
+tenant     optional, free text (empty in CSV or absent in JSON: none)
+kind       optional, free text, e.g. ``interactive``, ``ci``, ``agent``
+========== ========================================================================
+
+Two encodings, chosen by the file name (``.gz`` on top of either is gunzipped):
+
+- **CSV** (``.csv``): a header row naming the columns (any order; ``tenant`` and ``kind`` may be
+  left out), then one run per row::
+
+      arrival_s,duration_s,tenant,kind
+      0,180,acme,interactive
+      12.5,95,,ci
+
+- **JSON** (``.json``): ``{"name": "...", "runs": [{"arrival_s": 0, "duration_s": 180}, ...]}``.
+
+Every value is checked: a negative, non-finite or non-numeric time is refused with a
+``ValueError`` naming the row (``row 1`` is the first run; in CSV that is the line after the
+header).  Rows need not be sorted; a loaded :class:`Trace` is sorted by arrival, stable.
+
+The generators (:func:`synthetic_day`, :func:`coding_agent_day`) are deterministic: each draws
+only from its own ``random.Random(seed)``, in a fixed order, so one seed always gives the same
+trace.  The sample traces shipped in ``scaling/traces/`` were written by :func:`write_samples`.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import json
+import math
+import random
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "SAMPLES_DIR",
+    "Run",
+    "Trace",
+    "coding_agent_day",
+    "dump_csv",
+    "dump_json",
+    "load_trace",
+    "parse_csv",
+    "parse_json",
+    "save_trace",
+    "synthetic_day",
+    "write_samples",
+]
+
+SAMPLES_DIR = Path(__file__).parent / "traces"
+DAY_S = 86_400.0
+_COLUMNS = ("arrival_s", "duration_s", "tenant", "kind")
+
+
+@dataclass(frozen=True, slots=True)
+class Run:
+    """One run of a trace; times in seconds."""
+
+    arrival_s: float
+    duration_s: float
+    tenant: str | None = None
+    kind: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Trace:
+    """A named list of runs, sorted by arrival."""
+
+    name: str
+    runs: tuple[Run, ...]
+
+    @property
+    def span_s(self) -> float:
+        """When the last run would end if none ever waited: the trace's natural length."""
+        return max((r.arrival_s + r.duration_s for r in self.runs), default=0.0)
+
+
+def _number(value: Any, column: str, row: int) -> float:
+    """A finite, non-negative number, or a ``ValueError`` naming the row and column."""
+    if isinstance(value, bool) or value is None:
+        raise ValueError(f"row {row}: {column} must be a number, got {value!r}")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"row {row}: {column} must be a number, got {value!r}") from None
+    if not math.isfinite(number):
+        raise ValueError(f"row {row}: {column} must be finite, got {value!r}")
+    if number < 0:
+        raise ValueError(f"row {row}: {column} must be >= 0, got {value!r}")
+    return number
+
+
+def _label(value: Any, column: str, row: int) -> str | None:
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise ValueError(f"row {row}: {column} must be text, got {value!r}")
+    return value
+
+
+def _run(record: Mapping[str, Any], row: int) -> Run:
+    for column in ("arrival_s", "duration_s"):
+        if column not in record:
+            raise ValueError(f"row {row}: {column} is missing")
+    return Run(
+        arrival_s=_number(record["arrival_s"], "arrival_s", row),
+        duration_s=_number(record["duration_s"], "duration_s", row),
+        tenant=_label(record.get("tenant"), "tenant", row),
+        kind=_label(record.get("kind"), "kind", row),
+    )
+
+
+def _sorted(name: str, runs: Iterable[Run]) -> Trace:
+    return Trace(name=name, runs=tuple(sorted(runs, key=lambda r: r.arrival_s)))
+
+
+def parse_csv(text: str, name: str = "trace") -> Trace:
+    """Parse the CSV encoding (header first); see the module docstring."""
+    reader = csv.DictReader(io.StringIO(text))
+    header = reader.fieldnames or []
+    missing = [c for c in ("arrival_s", "duration_s") if c not in header]
+    if missing:
+        raise ValueError(f"CSV header must name {', '.join(missing)}; got {header!r}")
+    runs = []
+    for row, record in enumerate(reader, start=1):
+        if None in record:  # more fields than the header has
+            raise ValueError(f"row {row}: more values than the header has columns")
+        runs.append(_run(record, row))
+    return _sorted(name, runs)
+
+
+def parse_json(text: str, name: str = "trace") -> Trace:
+    """Parse the JSON encoding; a ``name`` in the document wins over the ``name`` argument."""
+    document = json.loads(text)
+    if not isinstance(document, dict) or not isinstance(document.get("runs"), list):
+        raise ValueError('a JSON trace must be an object with a "runs" list')
+    runs = []
+    for row, record in enumerate(document["runs"], start=1):
+        if not isinstance(record, dict):
+            raise ValueError(f"row {row}: a run must be an object, got {record!r}")
+        runs.append(_run(record, row))
+    doc_name = document.get("name")
+    return _sorted(doc_name if isinstance(doc_name, str) and doc_name else name, runs)
+
+
+def _fmt(value: float) -> str:
+    """Shortest exact-enough text: whole seconds without ``.0``, else up to 3 decimals."""
+    text = f"{value:.3f}".rstrip("0").rstrip(".")
+    return text or "0"
+
+
+def dump_csv(trace: Trace) -> str:
+    """The CSV encoding (times to the millisecond, which is all the simulator resolves)."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(_COLUMNS)
+    for r in trace.runs:
+        writer.writerow((_fmt(r.arrival_s), _fmt(r.duration_s), r.tenant or "", r.kind or ""))
+    return out.getvalue()
+
+
+def dump_json(trace: Trace) -> str:
+    """The JSON encoding; absent labels are left out."""
+    runs: list[dict[str, float | str]] = []
+    for r in trace.runs:
+        record: dict[str, float | str] = {"arrival_s": r.arrival_s, "duration_s": r.duration_s}
+        if r.tenant is not None:
+            record["tenant"] = r.tenant
+        if r.kind is not None:
+            record["kind"] = r.kind
+        runs.append(record)
+    return json.dumps({"name": trace.name, "runs": runs}, separators=(",", ":"))
+
+
+def _stem(path: Path) -> str:
+    name = path.name
+    for suffix in (".gz", ".csv", ".json"):
+        name = name.removesuffix(suffix)
+    return name
+
+
+def load_trace(path: str | Path) -> Trace:
+    """Read a trace file: ``.csv``/``.json``, optionally gzipped (``.csv.gz``/``.json.gz``)."""
+    path = Path(path)
+    data = path.read_bytes()
+    if path.suffix == ".gz":
+        data = gzip.decompress(data)
+    text = data.decode("utf-8")
+    kind = path.with_suffix("").suffix if path.suffix == ".gz" else path.suffix
+    if kind == ".csv":
+        return parse_csv(text, _stem(path))
+    if kind == ".json":
+        return parse_json(text, _stem(path))
+    raise ValueError(f"{path}: a trace file must end in .csv, .json, .csv.gz or .json.gz")
+
+
+def save_trace(trace: Trace, path: str | Path) -> Path:
+    """Write ``trace`` in the encoding its file name asks for; gzip with ``mtime=0`` (stable)."""
+    path = Path(path)
+    gz = path.suffix == ".gz"
+    kind = path.with_suffix("").suffix if gz else path.suffix
+    if kind == ".csv":
+        text = dump_csv(trace)
+    elif kind == ".json":
+        text = dump_json(trace)
+    else:
+        raise ValueError(f"{path}: a trace file must end in .csv, .json, .csv.gz or .json.gz")
+    data = text.encode("utf-8")
+    path.write_bytes(gzip.compress(data, mtime=0) if gz else data)
+    return path
+
+
+# --- generators -------------------------------------------------------------------------------
+
+
+def _diurnal(t: float, night: float, peak: float, peak_hour: float) -> float:
+    """A rate that is ``night`` around 12 h before ``peak_hour`` and ``peak`` at it.
+
+    A raised cosine over the day, sharpened (``** 2``) so nights are long and quiet and the
+    working day is a hump, as request rates of office-hours tools look.
+    """
+    phase = 2 * math.pi * ((t / 3600.0 - peak_hour) / 24.0)
+    shape = ((1 + math.cos(phase)) / 2) ** 2
+    return night + (peak - night) * shape
+
+
+def _poisson_arrivals(
+    rng: random.Random, rate_at: Callable[[float], float], peak_rate: float, end_s: float
+) -> list[float]:
+    """Arrival times of a Poisson process with a time-varying rate, by thinning (Lewis-Shedler):
+    candidates at ``peak_rate`` (an upper bound of ``rate_at``), each kept with probability
+    ``rate_at(t) / peak_rate``."""
+    times: list[float] = []
+    t = 0.0
+    while True:
+        t += rng.expovariate(peak_rate)
+        if t >= end_s:
+            return times
+        if rng.random() * peak_rate < rate_at(t):
+            times.append(t)
+
+
+def synthetic_day(
+    seed: int = 19,
+    *,
+    night_per_min: float = 6.0,
+    peak_per_min: float = 80.0,
+    peak_hour: float = 15.0,
+    bursts: Iterable[tuple[float, int, float]] = ((10.5, 300, 120.0), (16.25, 300, 120.0)),
+    median_duration_s: float = 180.0,
+    sigma: float = 0.6,
+) -> Trace:
+    """A 24 h trace: a diurnal Poisson stream plus sudden CI waves.
+
+    How: interactive runs arrive as a Poisson process whose rate follows :func:`_diurnal`
+    (``night_per_min`` at 03:00, ``peak_per_min`` at ``peak_hour`` = 15:00), sampled by thinning.
+    Each burst ``(hour, count, spread_s)`` adds ``count`` runs of kind ``ci`` uniformly within
+    ``spread_s`` seconds from ``hour`` (the default: two waves of 300 runs in 2 minutes, at 10:30
+    and 16:15).  Durations are lognormal with median ``median_duration_s`` (3 min) and shape
+    ``sigma``, i.e. most runs take 1 to 8 minutes.  With the defaults the afternoon peak keeps
+    about 300 runs in flight.  All draws come from ``random.Random(seed)``, in that order.
+    """
+    rng = random.Random(seed)
+    mu = math.log(median_duration_s)
+
+    def rate_at(t: float) -> float:
+        return _diurnal(t, night_per_min, peak_per_min, peak_hour) / 60.0
+
+    runs = [
+        Run(t, rng.lognormvariate(mu, sigma), kind="interactive")
+        for t in _poisson_arrivals(rng, rate_at, peak_per_min / 60.0, DAY_S)
+    ]
+    for hour, count, spread_s in bursts:
+        start = hour * 3600.0
+        for _ in range(count):
+            runs.append(
+                Run(start + rng.uniform(0, spread_s), rng.lognormvariate(mu, sigma), kind="ci")
+            )
+    return _sorted(f"synthetic-day-{seed}", _rounded(runs))
+
+
+def _agent_duration(rng: random.Random) -> float:
+    """Heavy-tailed: 85 % lognormal around 2.5 min (most 1-5 min), 15 % Pareto from 20 min
+    (shape 1.5: a few exceed an hour), capped at 4 h."""
+    if rng.random() < 0.85:
+        return min(rng.lognormvariate(math.log(150.0), 0.45), 4 * 3600.0)
+    return min(1200.0 * rng.paretovariate(1.5), 4 * 3600.0)
+
+
+def coding_agent_day(
+    seed: int = 19,
+    *,
+    night_sessions_per_h: float = 6.0,
+    peak_sessions_per_h: float = 240.0,
+    peak_hour: float = 14.0,
+    mean_turns: float = 6.0,
+    tenants: int = 12,
+) -> Trace:
+    """24 h of coding-agent sessions: each session submits many runs in sequence.
+
+    How: sessions start as a Poisson process whose rate follows :func:`_diurnal` (few at night,
+    ``peak_sessions_per_h`` at ``peak_hour``).  A session belongs to one of ``tenants`` tenants and
+    has a geometric number of turns (mean ``mean_turns``); each turn submits a burst of 1-3 runs
+    at once (the agent fanning out), their durations heavy-tailed (:func:`_agent_duration`); the
+    next turn comes after the turn's longest run plus a think time (lognormal, median 90 s).  The
+    trace is open-loop: a turn's arrival assumes its previous runs never waited (a replay cannot
+    know the wait).  Sessions still running at midnight are cut there.  All draws come from
+    ``random.Random(seed)``, session by session, in order.
+    """
+    rng = random.Random(seed)
+
+    def rate_at(t: float) -> float:
+        return _diurnal(t, night_sessions_per_h, peak_sessions_per_h, peak_hour) / 3600.0
+
+    runs: list[Run] = []
+    starts = _poisson_arrivals(rng, rate_at, peak_sessions_per_h / 3600.0, DAY_S)
+    for start in starts:
+        tenant = f"t{rng.randrange(tenants):02d}"
+        t = start
+        turns = 1
+        while rng.random() > 1.0 / mean_turns:
+            turns += 1
+        for _ in range(turns):
+            if t >= DAY_S:
+                break
+            fan_out = rng.choice((1, 1, 1, 1, 2, 2, 3))
+            durations = [_agent_duration(rng) for _ in range(fan_out)]
+            runs.extend(Run(t, d, tenant=tenant, kind="agent") for d in durations)
+            t += max(durations) + rng.lognormvariate(math.log(90.0), 0.8)
+    return _sorted(f"coding-agent-day-{seed}", _rounded(runs))
+
+
+def _rounded(runs: Iterable[Run]) -> list[Run]:
+    """Times to 0.1 s: keeps the shipped files small, far below what a 1-5 s step resolves."""
+    return [
+        Run(round(r.arrival_s, 1), max(round(r.duration_s, 1), 0.1), r.tenant, r.kind) for r in runs
+    ]
+
+
+def write_samples(directory: Path = SAMPLES_DIR, seed: int = 19) -> list[Path]:
+    """Regenerate the shipped sample traces (gzipped CSV, deterministic bytes)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    return [
+        save_trace(synthetic_day(seed), directory / "synthetic-day.csv.gz"),
+        save_trace(coding_agent_day(seed), directory / "coding-agent-day.csv.gz"),
+    ]

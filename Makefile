@@ -88,7 +88,7 @@ SIDE_TESTS := $(wildcard tests/integration/test_ui_*.py) tests/e2e/test_ui_brows
   tests/integration/test_deploy_monitoring.py tests/integration/test_prometheus_scrape.py
 
 test: deps lint typecheck
-	@unit_log=$$(mktemp); ui_log=$$(mktemp); rcs=$$(mktemp -d); \
+	@unit_log=$$(mktemp); ui_log=$$(mktemp); e2e_log=$$(mktemp); rcs=$$(mktemp -d); \
 	( $(BIN)/pytest -q -p no:cacheprovider tests/unit > $$unit_log 2>&1; echo $$? > $$rcs/unit; \
 	  $(BIN)/pytest -q -p no:cacheprovider --durations=8 $(SIDE_TESTS) > $$ui_log 2>&1; \
 	  echo $$? > $$rcs/ui ) & side=$$!; \
@@ -97,12 +97,17 @@ test: deps lint typecheck
 	echo "--- tests/unit (run beside the chaos scenarios)"; cat $$unit_log; \
 	echo "--- the dashboard's and monitoring tests (beside the chaos scenarios, after the unit tests)"; \
 	cat $$ui_log; \
-	rm -rf $$unit_log $$ui_log $$rcs; \
+	( $(BIN)/pytest -q -p no:cacheprovider --durations=15 tests/e2e \
+	    --ignore=tests/e2e/test_chaos.py $(foreach t,$(SIDE_TESTS),--ignore=$(t)) > $$e2e_log 2>&1; \
+	  echo $$? > $$rcs/e2e ) & e2e_pid=$$!; \
 	rest=0; $(BIN)/pytest -q -p no:cacheprovider --durations=25 tests \
-	  --ignore=tests/unit --ignore=tests/e2e/test_chaos.py \
+	  --ignore=tests/unit --ignore=tests/e2e \
 	  $(foreach t,$(SIDE_TESTS),--ignore=$(t)) || rest=$$?; \
-	echo "exit codes: chaos $$chaos, unit $$units, side $$ui, the rest $$rest"; \
-	[ $$chaos -eq 0 ] && [ $$units -eq 0 ] && [ $$ui -eq 0 ] && [ $$rest -eq 0 ]
+	wait $$e2e_pid; e2e=$$(cat $$rcs/e2e); \
+	echo "--- tests/e2e (beside the integration tests: they mostly wait on the processes they start)"; \
+	cat $$e2e_log; rm -rf $$unit_log $$ui_log $$e2e_log $$rcs; \
+	echo "exit codes: chaos $$chaos, unit $$units, side $$ui, integration $$rest, e2e $$e2e"; \
+	[ $$chaos -eq 0 ] && [ $$units -eq 0 ] && [ $$ui -eq 0 ] && [ $$rest -eq 0 ] && [ $$e2e -eq 0 ]
 
 test-chaos: deps
 	$(BIN)/pytest -q -p no:cacheprovider -m chaos tests/e2e/test_chaos.py

@@ -424,7 +424,6 @@ class Runtime:
                     metrics.RUNS_IN_STATE.labels(status).set(states.get(status, 0))
                 await self.budgets.refresh_metrics()
                 await self.holds.purge_expired()  # holds of calls whose process died
-                await self.sessions.purge_expired()
             await asyncio.sleep(5.0)
 
     def register(self, registry: Services) -> None:

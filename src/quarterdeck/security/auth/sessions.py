@@ -87,13 +87,17 @@ class SessionService:
             principal = await self.auth.authenticate(key or None)
         token = secrets.token_urlsafe(32)
         csrf = secrets.token_urlsafe(24)
+        now = self.clock()
         async with self.db.acquire() as conn:
+            # Expired rows already count for nothing (``get_session`` reads live ones only):
+            # sweeping them when a session is made keeps the table small with no timer.
+            await repo.delete_expired(conn, now)
             row = await repo.insert_session(
                 conn,
                 digest=_digest(token),
                 key_id=principal.key_id,
                 csrf=csrf,
-                expires_at=self.clock() + self.lifetime,
+                expires_at=now + self.lifetime,
             )
         return token, Session(principal, row.csrf, row.expires_at)
 
@@ -113,7 +117,3 @@ class SessionService:
         if token:
             async with self.db.acquire() as conn:
                 await repo.delete_session(conn, _digest(token))
-
-    async def purge_expired(self) -> int:
-        async with self.db.acquire() as conn:
-            return await repo.delete_expired(conn, self.clock())

@@ -86,6 +86,9 @@ typecheck: $(STAMP)
 # bundle's (promtool, a real Prometheus). Together they end about when the chaos scenarios do.
 SIDE_TESTS := $(wildcard tests/integration/test_ui_*.py) tests/e2e/test_ui_browser.py \
   tests/integration/test_deploy_monitoring.py tests/integration/test_prometheus_scrape.py
+# Run in the end-to-end tests' process (which mostly waits on the processes it starts), not
+# with the other integration tests: they render manifests with kubectl, on their own.
+BESIDE_E2E := tests/integration/test_deploy_kubernetes.py tests/integration/test_deploy_scaling.py
 
 test: deps lint typecheck
 	@unit_log=$$(mktemp); ui_log=$$(mktemp); e2e_log=$$(mktemp); rcs=$$(mktemp -d); \
@@ -97,12 +100,12 @@ test: deps lint typecheck
 	echo "--- tests/unit (run beside the chaos scenarios)"; cat $$unit_log; \
 	echo "--- the dashboard's and monitoring tests (beside the chaos scenarios, after the unit tests)"; \
 	cat $$ui_log; \
-	( $(BIN)/pytest -q -p no:cacheprovider --durations=15 tests/e2e \
+	( $(BIN)/pytest -q -p no:cacheprovider --durations=15 tests/e2e $(BESIDE_E2E) \
 	    --ignore=tests/e2e/test_chaos.py $(foreach t,$(SIDE_TESTS),--ignore=$(t)) > $$e2e_log 2>&1; \
 	  echo $$? > $$rcs/e2e ) & e2e_pid=$$!; \
 	rest=0; $(BIN)/pytest -q -p no:cacheprovider --durations=25 tests \
 	  --ignore=tests/unit --ignore=tests/e2e \
-	  $(foreach t,$(SIDE_TESTS),--ignore=$(t)) || rest=$$?; \
+	  $(foreach t,$(SIDE_TESTS) $(BESIDE_E2E),--ignore=$(t)) || rest=$$?; \
 	wait $$e2e_pid; e2e=$$(cat $$rcs/e2e); \
 	echo "--- tests/e2e (beside the integration tests: they mostly wait on the processes they start)"; \
 	cat $$e2e_log; rm -rf $$unit_log $$ui_log $$e2e_log $$rcs; \

@@ -29,6 +29,7 @@ from quarterdeck.kit.text import json_syntax_message
 from quarterdeck.kit.wiring import services
 from quarterdeck.runs import api as runs_api
 from quarterdeck.runtime import Runtime
+from quarterdeck.scaling import api as scaling_api
 from quarterdeck.security.audit import api as audit_api
 from quarterdeck.security.auth import api as auth_api
 from quarterdeck.security.auth.body_gate import BodyGate, BodyLimits
@@ -226,6 +227,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
     app.include_router(agents_api.system_router)
     app.include_router(incidents_api.router)
     app.include_router(health_api.router)
+    app.include_router(scaling_api.router)
     app.include_router(budgets_api.router)
     app.include_router(auth_api.router)
     app.include_router(gateway_reports_api.router)

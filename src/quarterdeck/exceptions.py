@@ -82,6 +82,22 @@ class Fenced(Conflict):
     type_slug = "run-attempt-lost"
 
 
+class ScalingConflict(Conflict):
+    """Another autoscaler (an HPA, KEDA's included) already writes the worker Deployment's
+    replicas; a second writer would fight it over the same count, so the scaler refuses."""
+
+    type_slug = "scaling-conflict"
+    title = "Another autoscaler owns the Deployment"
+
+
+class ScalingError(QuarterdeckError):
+    """The Kubernetes API refused or failed a call the scaler made (its reason in ``detail``)."""
+
+    status = 502
+    type_slug = "scaling-error"
+    title = "Kubernetes API error"
+
+
 class Unavailable(QuarterdeckError):
     """A dependency is down; the caller should retry after ``retry_after`` seconds."""
 

@@ -51,6 +51,9 @@ from quarterdeck.runs.insights import RunInsights
 from quarterdeck.runs.service import RunService
 from quarterdeck.runs.store import PostgresRunStore
 from quarterdeck.runs.worker import WorkerPool
+from quarterdeck.scaling.scaler import Scaler
+from quarterdeck.scaling.service import ScalingService
+from quarterdeck.scaling.wiring import build_scaling
 from quarterdeck.security.audit import AuditLog
 from quarterdeck.security.auth import AuthService, build_auth_service
 from quarterdeck.security.auth.run_tokens import RunTokens
@@ -121,6 +124,8 @@ class Runtime:
     gateway_calls: GatewayCalls = field(init=False)
     tenant_data: TenantData = field(init=False)
     maintenance: Maintenance | None = field(init=False, default=None)
+    scaling: ScalingService = field(init=False)
+    scaler: Scaler | None = field(init=False, default=None)
     _tasks: list[asyncio.Task[None]] = field(init=False, default_factory=list)
     _closers: list[Callable[[], Awaitable[None]]] = field(init=False, default_factory=list)
 
@@ -246,6 +251,12 @@ class Runtime:
             self._tasks.append(asyncio.create_task(self.leader.run()))
             self._tasks.append(asyncio.create_task(self.health.run()))
             self._closers.append(self.health.aclose)
+        # The scaler: its status (every process) and its loop (mode != off; own election).
+        self.scaling, self.scaler = build_scaling(
+            self.settings, self.db, self.run_store, self.breakers
+        )
+        if self.scaler is not None:
+            self._tasks.append(asyncio.create_task(self.scaler.run()))
         metrics.READY.set(1)
 
     def _start_maintenance(self) -> None:
@@ -440,6 +451,7 @@ class Runtime:
         registry.add(SessionService, self.sessions)
         registry.add(GatewayCalls, self.gateway_calls)
         registry.add(TenantData, self.tenant_data)
+        registry.add(ScalingService, self.scaling)
         if self.health is not None:
             registry.add(HealthMonitor, self.health)
         if self.gateway is not None:

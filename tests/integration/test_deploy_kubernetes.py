@@ -344,7 +344,7 @@ def test_production_and_dev_overlays_differ_as_documented() -> None:
     assert prod_files["audit_master_key"] == ("quarterdeck-audit", "master-key", False)
     assert "QUARTERDECK_AUDIT_SIGNING_KEY_FILE" in prod_env
     assert find(prod, "Deployment", API)["spec"]["replicas"] == 2
-    assert find(prod, "Deployment", WORKER)["spec"]["replicas"] == 3
+    assert "replicas" not in find(prod, "Deployment", WORKER)["spec"], "the HPA owns it"
     assert dev_env["QUARTERDECK_ENV"]["value"] == "development"
     assert "postgres_url" not in dev_files, "dev uses the embedded Postgres"
     assert "audit_master_key" not in dev_files, "dev generates its audit keys"
@@ -472,11 +472,12 @@ def test_hpa_scales_the_workers_on_a_metric_the_adapter_produces_from_a_real_one
         "claude-agent-hpa"
     ], "one HPA, on the workers"
     assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (3, 20)
-    assert find(docs, "Deployment", WORKER)["spec"]["replicas"] == hpa["spec"]["minReplicas"]
+    # The HPA owns the count: a `replicas` in the manifest would reset it on every apply.
+    assert "replicas" not in find(docs, "Deployment", WORKER)["spec"]
     pod_metrics = {
         m["pods"]["metric"]["name"] for m in hpa["spec"]["metrics"] if m["type"] == "Pods"
     }
-    assert pod_metrics == {"claude_agent_requests_per_second"}
+    assert pod_metrics == {"claude_agent_runs_in_flight"}
 
     adapter = find(render("prometheus-adapter"), "ConfigMap", "adapter-config")
     rules = yaml.safe_load(adapter["data"]["config.yaml"])["rules"]
@@ -484,12 +485,13 @@ def test_hpa_scales_the_workers_on_a_metric_the_adapter_produces_from_a_real_one
     assert values["rules"]["custom"] == rules, "Helm values and ConfigMap rules differ"
     produced = {r["name"]["as"]: r for r in rules}
     assert pod_metrics <= set(produced)
-    rule = produced["claude_agent_requests_per_second"]
+    rule = produced["claude_agent_runs_in_flight"]
     series = re.match(r"([a-zA-Z_:][a-zA-Z0-9_:]*)", rule["seriesQuery"])
     assert series is not None and series.group(1) in registry_series()
     assert re.fullmatch(rule["name"]["matches"], series.group(1))
     assert set(rule["resources"]["overrides"]) == {"namespace", "pod"}
-    assert "rate(" in rule["metricsQuery"], "a counter must be turned into a per-second rate"
+    # A gauge (runs in flight), summed per pod over its agent types: no rate().
+    assert "rate(" not in rule["metricsQuery"] and rule["metricsQuery"].startswith("sum(")
 
 
 # ------------------------------------------------------------------- guide defects fixed
@@ -526,7 +528,8 @@ def test_redis_password_comes_from_a_secret_and_not_from_the_conf() -> None:
 
 
 def test_rbac_is_least_privilege() -> None:
-    """The one API call Quarterdeck makes is the health monitor's Lease (health/lease.py)."""
+    """The base's only API calls are the leader Leases (health/lease.py); the scaler's own
+    calls have their own account and Role (components/scaler, test_deploy_scaling.py)."""
     docs = render("overlays/production")
     role = find(docs, "Role", "claude-agent")
     grants = {
@@ -538,7 +541,10 @@ def test_rbac_is_least_privilege() -> None:
     }
     # read_namespaced_lease -> get, create_namespaced_lease -> create, replace -> update; get
     # and update only on the elector's own Lease.
-    lease = (inspect.signature(LeaseElector).parameters["name"].default,)
+    # The scaler elects its leader on a Lease of its own (scaling/wiring.py).
+    from quarterdeck.scaling.wiring import SCALER_LEASE
+
+    lease = (inspect.signature(LeaseElector).parameters["name"].default, SCALER_LEASE)
     assert grants == {
         ("coordination.k8s.io", "leases", "create", ()),
         ("coordination.k8s.io", "leases", "get", lease),

@@ -41,3 +41,30 @@ def test_simulate_refuses_bad_input_with_a_clear_error(tmp_path: Path) -> None:
         app, ["scaler", "simulate", "--min-replicas", "9", "--max-replicas", "2"]
     )
     assert limits.exit_code == 1
+
+
+def test_simulate_takes_a_sample_name_and_fits_80_columns() -> None:
+    runner = CliRunner()
+    shown = runner.invoke(
+        app,
+        [
+            "scaler",
+            "simulate",
+            "--trace",
+            "coding-agent-day",
+            "-p",
+            "quarterdeck",
+            "-p",
+            "guide-hpa",
+        ],
+        env={"COLUMNS": "80"},
+    )
+    assert shown.exit_code == 0, shown.output
+    assert "coding-agent-day" in shown.output
+    table = [line for line in shown.output.splitlines() if line.startswith(("┃", "│"))]
+    assert table and all(len(line) <= 80 for line in table)
+    assert "…" not in shown.output  # no header or value cut short
+    assert "quarterdeck" in table[0] and "guide-hpa" in table[0]
+    assert any(line.startswith("goal met: ") for line in shown.output.splitlines())
+    unknown = runner.invoke(app, ["scaler", "simulate", "--trace", "no-such-day"])
+    assert unknown.exit_code == 1 and "overload-day" in unknown.output

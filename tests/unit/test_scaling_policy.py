@@ -1,6 +1,8 @@
 """The shared scaling interface and Quarterdeck's policy, driven by a fake clock (plain numbers).
 
-Defaults: 50 runs per worker at 70 % target utilization, i.e. 35 runs in flight per worker.
+The hand-worked numbers below use ``HAND``: 50 runs per worker at 70 % target utilization, i.e.
+35 runs in flight per worker, min 3 (the defaults before issue 19's tuning; the tests of the
+defaults themselves come last).
 """
 
 from __future__ import annotations
@@ -22,6 +24,11 @@ from quarterdeck.scaling.policy import (
 from quarterdeck.scaling.quarterdeck_policy import QuarterdeckPolicy
 
 PER_WORKER = 35  # 50 * 0.7
+HAND = ScalerConfig(min_replicas=3, target_utilization=0.7)
+
+
+def hand(**changes: Any) -> ScalerConfig:
+    return dataclasses.replace(HAND, **changes)
 
 
 def obs(at: float, replicas: int, in_flight: int | None, **kw: object) -> Observation:
@@ -71,7 +78,7 @@ def test_default_config_is_valid() -> None:
     [
         ("min_replicas", -1),
         ("max_replicas", 0),
-        ("max_replicas", 2),  # below min_replicas 3
+        ("max_replicas", 1),  # below min_replicas 2
         ("concurrency_per_worker", 0),
         ("target_utilization", 0.0),
         ("target_utilization", 1.5),
@@ -133,7 +140,7 @@ def test_stabilization_window_keeps_strictly_newer_than_cutoff() -> None:
 
 
 def test_burst_scales_up_at_once_in_steps_then_to_max() -> None:
-    p = QuarterdeckPolicy(ScalerConfig())
+    p = QuarterdeckPolicy(HAND)
     ds = run(p, 3, [(0, 50), (15, 1000), (30, 1000), (45, 1000), (60, 1000)])
     assert ds[0].direction == "hold"
     # ceil(1000 / 35) = 29 → max 20; the first step is capped at +10, the next waits the 30 s
@@ -146,7 +153,7 @@ def test_burst_scales_up_at_once_in_steps_then_to_max() -> None:
 
 
 def test_scale_down_waits_for_the_whole_down_window() -> None:
-    p = QuarterdeckPolicy(ScalerConfig())
+    p = QuarterdeckPolicy(HAND)
     loads = [(float(t), 700 if t < 300 else 70) for t in range(0, 1200, 15)]
     ds = run(p, 20, loads)
     downs = [c for c in changes(ds) if c[2] < c[1]]
@@ -157,7 +164,7 @@ def test_scale_down_waits_for_the_whole_down_window() -> None:
 
 
 def test_flapping_load_never_changes_direction_within_the_down_window() -> None:
-    p = QuarterdeckPolicy(ScalerConfig())
+    p = QuarterdeckPolicy(HAND)
     # Load flips between high and low every minute for an hour.
     loads = [(float(t), 600 if (t // 60) % 2 == 0 else 60) for t in range(0, 3600, 15)]
     moves = changes(run(p, 3, loads))
@@ -168,7 +175,7 @@ def test_flapping_load_never_changes_direction_within_the_down_window() -> None:
 
 @pytest.mark.parametrize("missing", ["queued", "running"])
 def test_missing_metric_holds_at_current_never_min(missing: str) -> None:
-    p = QuarterdeckPolicy(ScalerConfig())
+    p = QuarterdeckPolicy(HAND)
     run(p, 12, [(0, 400)])  # 12 workers in use
     kw = {"queued": 0, "running": 0}
     kw[missing] = None  # type: ignore[assignment]
@@ -179,22 +186,22 @@ def test_missing_metric_holds_at_current_never_min(missing: str) -> None:
 
 
 def test_provider_failing_with_backlog_holds() -> None:
-    p = QuarterdeckPolicy(ScalerConfig())
+    p = QuarterdeckPolicy(HAND)
     d = p.decide(obs(0, 5, 1000, provider_failing=True, oldest_queued_s=600.0))
     assert d.desired == 5 and d.factors["provider_hold"] is True
     assert "provider" in d.reason
     # Same load, provider healthy: it scales out.
-    assert QuarterdeckPolicy(ScalerConfig()).decide(obs(0, 5, 1000)).desired == 15
+    assert QuarterdeckPolicy(HAND).decide(obs(0, 5, 1000)).desired == 15
 
 
 def test_provider_failing_without_backlog_still_scales_down() -> None:
-    p = QuarterdeckPolicy(ScalerConfig(scale_down_stabilization_s=0.0))
+    p = QuarterdeckPolicy(hand(scale_down_stabilization_s=0.0))
     d = p.decide(Observation(at=0, replicas=10, queued=0, running=35, provider_failing=True))
     assert d.desired == 3 and d.factors["provider_hold"] is False
 
 
 def test_cpu_guard_blocks_scale_down_and_says_so() -> None:
-    p = QuarterdeckPolicy(ScalerConfig(scale_down_stabilization_s=0.0))
+    p = QuarterdeckPolicy(hand(scale_down_stabilization_s=0.0))
     d = p.decide(obs(0, 10, 40, cpu_ratio=0.95))
     assert d.desired == 10 and d.factors["cpu_guard_active"] is True and "CPU" in d.reason
     d = p.decide(obs(15, 10, 40, memory_ratio=0.97))
@@ -202,11 +209,11 @@ def test_cpu_guard_blocks_scale_down_and_says_so() -> None:
     d = p.decide(obs(30, 10, 40, cpu_ratio=0.5, memory_ratio=0.5))
     assert d.desired == 3
     # A guard never blocks a scale-up.
-    assert QuarterdeckPolicy(ScalerConfig()).decide(obs(0, 3, 700, cpu_ratio=0.99)).desired == 13
+    assert QuarterdeckPolicy(HAND).decide(obs(0, 3, 700, cpu_ratio=0.99)).desired == 13
 
 
 def test_tolerance_band() -> None:
-    cfg = ScalerConfig(scale_down_stabilization_s=0.0)
+    cfg = hand(scale_down_stabilization_s=0.0)
     inside = QuarterdeckPolicy(cfg).decide(obs(0, 10, 367))  # ratio 1.049: hold
     assert inside.desired == 10 and inside.factors["within_tolerance"] is True
     below = QuarterdeckPolicy(cfg).decide(obs(0, 10, 320))  # ratio 0.914: hold
@@ -216,22 +223,22 @@ def test_tolerance_band() -> None:
 
 
 def test_cooldown_between_changes() -> None:
-    p = QuarterdeckPolicy(ScalerConfig())
+    p = QuarterdeckPolicy(HAND)
     ds = run(p, 3, [(0, 200), (15, 400), (29, 400), (30, 400)])
     assert [d.desired for d in ds] == [6, 6, 6, 12]
     assert ds[1].factors["cooldown_active"] is True and "ago" in ds[1].reason
 
 
 def test_min_and_max_bounds() -> None:
-    p = QuarterdeckPolicy(ScalerConfig(scale_down_stabilization_s=0.0))
+    p = QuarterdeckPolicy(hand(scale_down_stabilization_s=0.0))
     assert p.decide(obs(0, 3, 0)).desired == 3  # no work: never below min
     assert p.decide(obs(100, 5, 0)).desired == 3
-    big = QuarterdeckPolicy(ScalerConfig(max_scale_up_step=100)).decide(obs(0, 3, 10_000))
+    big = QuarterdeckPolicy(hand(max_scale_up_step=100)).decide(obs(0, 3, 10_000))
     assert big.desired == 20
 
 
 def test_old_backlog_adds_capacity_in_proportion_to_arrivals() -> None:
-    cfg = ScalerConfig()
+    cfg = HAND
     # 10 workers, 300 in flight: within what they hold, but the oldest run waited 2 minutes.
     plain = QuarterdeckPolicy(cfg).decide(obs(0, 10, 300, oldest_queued_s=120.0))
     assert plain.desired == 11 and plain.factors["backlog_floor"] == 11
@@ -248,7 +255,7 @@ def test_old_backlog_adds_capacity_in_proportion_to_arrivals() -> None:
 
 
 def test_factors_carry_every_input_and_intermediate() -> None:
-    d = QuarterdeckPolicy(ScalerConfig()).decide(obs(0, 4, 200, cpu_ratio=0.3))
+    d = QuarterdeckPolicy(HAND).decide(obs(0, 4, 200, cpu_ratio=0.3))
     for key in (
         "replicas",
         "ready",

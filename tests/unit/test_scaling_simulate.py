@@ -119,18 +119,24 @@ def test_flapping_policy_loses_no_run_and_its_flaps_are_counted() -> None:
 def test_the_observation_models_the_world() -> None:
     runs = trace((0, 100), (0, 100), (0, 100))
     policy = Scripted(lambda _t: 1)
-    simulate(runs, policy, config(2), step_s=5, start_replicas=1)
+    simulate(runs, policy, config(2), step_s=5, start_replicas=1, until_s=400)
     first, second = policy.seen[0], policy.seen[1]
     assert (first.at, first.replicas, first.ready, first.queued, first.running) == (0, 1, 1, 1, 2)
     assert first.arrivals_per_s == pytest.approx(3 / 60)
     assert first.cpu_ratio == pytest.approx(0.3)  # both slots busy, x 0.3
     assert first.memory_ratio == pytest.approx(0.5)
     assert first.memory_bytes == pytest.approx(0.5 * 2 * 1024**3)
-    assert first.requests_per_s == pytest.approx(0.4)
+    assert first.requests_per_s == 0.0  # finished runs per second (the HPA's pods metric)
     assert first.p95_latency_s is None  # nothing finished yet
     assert (second.at, second.oldest_queued_s) == (15, 15)
     later = [o for o in policy.seen if o.at >= 105]
     assert later[0].p95_latency_s == 100  # the two first runs: no wait, 100 s each
+    # rate(claude_agent_requests_total[2m]): the 2 runs that ended at 100 s count for 120 s.
+    assert later[0].requests_per_s == pytest.approx(2 / 120)
+    by_time = {o.at: o.requests_per_s for o in policy.seen}
+    assert by_time[210] == pytest.approx(3 / 120)  # the third run ended at 200 s
+    assert by_time[225] == pytest.approx(1 / 120)  # the first two left the window at 220 s
+    assert by_time[330] == 0.0
 
 
 def test_a_policy_interval_sets_the_decision_period() -> None:
@@ -176,10 +182,49 @@ def test_compare_tables_json_and_ratios() -> None:
     ratios = comparison.ratios()
     assert ratios is not None and set(ratios) == {
         "p99_wait_ratio",
+        "p99_ok",
         "worker_hours_ratio",
+        "worker_hours_ok",
+        "flaps",
+        "flaps_ok",
         "goal_met",
     }
     assert document["ratios"]["worker_hours_ratio"] == pytest.approx(ratios["worker_hours_ratio"])
+    ours, theirs = comparison.results["quarterdeck"], comparison.results["guide-hpa"]
+    assert ratios["worker_hours_ok"] == (ours.worker_hours <= theirs.worker_hours)
+    assert ratios["flaps"] == ours.flaps and ratios["flaps_ok"] == (ours.flaps == 0)
+    assert ratios["goal_met"] == (
+        ratios["p99_ok"] and ratios["worker_hours_ok"] and ratios["flaps_ok"]
+    )
+    lines = comparison.goal_lines()
+    assert len(lines) == 4 and lines[-1] == f"goal met: {'yes' if ratios['goal_met'] else 'NO'}"
+    header, table = comparison.table_columns()
+    assert header == ["", "quarterdeck", "guide-hpa"]
+    assert [row[0] for row in table][:3] == ["wait p50", "wait p95", "wait p99"]
+    assert all(len(row) == 3 for row in table)
+
+
+def flap_count(wanted: Callable[[float], int], **kw: float) -> tuple[list[str], int]:
+    """Directions and flaps of a scripted pool deciding every second over one long run."""
+    result = simulate(
+        trace((0, 2000)), Scripted(wanted), config(1), step_s=1, decide_every_s=1, **kw
+    )
+    return [e.direction for e in result.events], result.flaps
+
+
+def test_a_flap_is_a_direction_change_within_the_window() -> None:
+    # Up at 100, down at 200: 100 s apart, within 300 s.
+    assert flap_count(lambda t: 1 if t < 100 else 3 if t < 200 else 2) == (["up", "down"], 1)
+    # Down at 100, up at 250: a flap too.
+    assert flap_count(lambda t: 3 if t < 100 else 2 if t < 250 else 4, start_replicas=3) == (
+        ["down", "up"],
+        1,
+    )
+    # Exactly the window apart is not within it; the same direction twice never flaps.
+    assert flap_count(lambda t: 1 if t < 100 else 3 if t < 400 else 2)[1] == 0
+    assert flap_count(lambda t: 1 if t < 100 else 3 if t < 150 else 5)[1] == 0
+    # The window is scale_down_stabilization_s unless given.
+    assert flap_count(lambda t: 1 if t < 100 else 3 if t < 400 else 2, flap_window_s=301)[1] == 1
 
 
 def test_render_svg_is_well_formed_with_a_panel_per_policy() -> None:

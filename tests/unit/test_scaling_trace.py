@@ -10,15 +10,20 @@ from pathlib import Path
 import pytest
 
 from quarterdeck.scaling.trace import (
+    DEFAULT_SAMPLE,
+    SAMPLES,
     SAMPLES_DIR,
     Run,
     Trace,
     coding_agent_day,
     dump_csv,
     dump_json,
+    load_sample_or_file,
     load_trace,
+    overload_day,
     parse_csv,
     parse_json,
+    sample_path,
     save_trace,
     synthetic_day,
 )
@@ -138,10 +143,43 @@ def test_coding_agent_day_is_deterministic_sessions_in_sequence_heavy_tail() -> 
     )
 
 
-@pytest.mark.parametrize("file_name", ["synthetic-day.csv.gz", "coding-agent-day.csv.gz"])
-def test_shipped_samples_are_small_and_in_the_format(file_name: str) -> None:
-    path = SAMPLES_DIR / file_name
+@pytest.mark.parametrize("name", list(SAMPLES))
+def test_shipped_samples_are_small_and_in_the_format(name: str) -> None:
+    path = sample_path(name)
+    assert path.parent == SAMPLES_DIR and path.name == f"{name}.csv.gz"
     assert path.stat().st_size <= 300 * 1024
     head = gzip.decompress(path.read_bytes()).decode().splitlines()[:200]
     assert head[0] == "arrival_s,duration_s,tenant,kind"
     assert len(parse_csv("\n".join(head)).runs) == 199
+
+
+def in_flight_at(trace: Trace, hour: float) -> int:
+    """Runs in flight at ``hour`` if none waited (what the pool must hold)."""
+    t = hour * 3600
+    return sum(1 for r in trace.runs if r.arrival_s <= t < r.arrival_s + r.duration_s)
+
+
+def test_the_sample_day_is_sized_to_the_guides_deployment() -> None:
+    day = load_sample_or_file(DEFAULT_SAMPLE)
+    assert DEFAULT_SAMPLE == "synthetic-day" and day.name == "synthetic-day"
+    # 50 slots a worker: the night fits in one, the 15:00 peak needs about 6 (of 3..20).
+    assert max(in_flight_at(day, h) for h in (1, 3, 4, 5)) <= 50
+    assert 180 <= in_flight_at(day, 15) <= 300
+    # The 10:30 CI wave: several times the minutes before it.
+    assert between(day, 10.5, 10.5 + 4 / 60) > 4 * between(day, 10.4, 10.4 + 4 / 60)
+
+
+def test_overload_day_is_the_old_sample_and_overloads_three_pods() -> None:
+    heavy = load_sample_or_file("overload-day")
+    assert heavy.runs == overload_day(19).runs and len(heavy.runs) == 49_132
+    assert in_flight_at(heavy, 12) > 150  # more than the guide's 3 pods hold, from noon
+
+
+def test_load_sample_or_file_takes_names_and_paths(tmp_path: Path) -> None:
+    path = save_trace(SAMPLE, tmp_path / "mine.csv")
+    assert load_sample_or_file(path).runs == SAMPLE.runs
+    assert load_sample_or_file(str(path)).name == "mine"
+    with pytest.raises(FileNotFoundError, match="coding-agent-day"):
+        load_sample_or_file(tmp_path / "absent.csv")
+    with pytest.raises(ValueError, match="no sample trace"):
+        sample_path("absent")

@@ -7,10 +7,17 @@ the YAML file, then defaults (see :mod:`quarterdeck.config.sources`).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import structlog
-from pydantic import Field, SecretStr, model_validator
+from pydantic import (
+    BeforeValidator,
+    Field,
+    SecretStr,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -37,6 +44,7 @@ from quarterdeck.config.validators import (
     RedisUrl,
     StrList,
 )
+from quarterdeck.kit.durations import parse_duration
 from quarterdeck.kit.latency import LatencyProfile, parse_latency
 from quarterdeck.kit.secret_files import SecretDirSource
 from quarterdeck.metrics import DEFAULT_OPERATIONS
@@ -194,6 +202,39 @@ class Settings(GatewaySettings):
     health_min_free_ratio: float = Field(default=0.05, ge=0, lt=1)
     health_max_loop_lag_ms: float = Field(default=500.0, gt=0)
     health_escalate_after_failed_recoveries: int = Field(default=3, ge=1, le=1000)
+
+    # The autoscaler (scaling/). The defaults are scaling.policy.ScalerConfig's (config/ sits
+    # below scaling/ and cannot read them; a unit test keeps the two equal). The mode's values
+    # are scaling.models.ScalerMode's. Concurrency per worker is worker_concurrency; the
+    # kubernetes mode's API and namespace are kubernetes_api_url and kubernetes_namespace.
+    scaler_mode: Literal["off", "dry-run", "metric", "kubernetes"] = Field(
+        default="off",
+        description="off; dry-run (decide and record only); metric (export the desired count "
+        "for KEDA or an HPA); kubernetes (write the worker Deployment's scale subresource).",
+    )
+    scaler_policy: Literal["quarterdeck", "guide-hpa", "guide-pressure"] = "quarterdeck"
+    scaler_interval: Duration = 15.0
+    scaler_deployment: str = Field(default="claude-agent-worker", min_length=1)
+    scaler_min_replicas: int = Field(default=2, ge=0, le=10_000)
+    scaler_max_replicas: int = Field(default=20, ge=1, le=10_000)
+    scaler_target_utilization: float = Field(default=0.8, gt=0, le=1)
+    scaler_tolerance: float = Field(default=0.1, ge=0, lt=1)
+    scaler_max_backlog_age: Duration = 60.0
+    scaler_scale_up_stabilization: Annotated[float, BeforeValidator(parse_duration)] = 0.0
+    scaler_scale_down_stabilization: Annotated[float, BeforeValidator(parse_duration)] = 300.0
+    scaler_cooldown: Annotated[float, BeforeValidator(parse_duration)] = 30.0
+    scaler_max_step: int = Field(default=10, ge=1, le=10_000)
+    scaler_cpu_guard: float = Field(default=0.9, gt=0)
+    scaler_memory_guard: float = Field(default=0.9, gt=0)
+    scaler_decision_retention: Duration = 7 * 86_400.0
+
+    @field_validator("scaler_max_replicas")
+    @classmethod
+    def _scaler_max_not_below_min(cls, value: int, info: ValidationInfo) -> int:
+        low = info.data.get("scaler_min_replicas")  # absent when itself invalid
+        if low is not None and value < low:
+            raise ValueError(f"must be >= QUARTERDECK_SCALER_MIN_REPLICAS ({low})")
+        return value
 
     notify_slack_webhook_url: SecretStr | None = None
     notify_pagerduty_routing_key: SecretStr | None = None

@@ -143,6 +143,15 @@ class InMemoryRunStore(MemoryRepairs):
                 oldest = max(oldest, self.clock() - r.run.created_at.timestamp())
         return QueueStats(queued, oldest, states)
 
+    async def running_per_worker(self, *, stale_after_s: float = 30.0) -> dict[str, int]:
+        busy: dict[str, int] = {}
+        for r in self.rows.values():
+            fresh = r.heartbeat is not None and r.heartbeat >= self.clock() - stale_after_s
+            if r.run.status is RunStatus.running and r.worker_id and fresh:
+                host = r.worker_id.split(":", 1)[0]
+                busy[host] = busy.get(host, 0) + 1
+        return busy
+
     # -- execution ----------------------------------------------------------------------------
     async def claim(self, run_id: str, worker_id: str) -> tuple[Run, bool] | None:
         row = self.rows.get(run_id)

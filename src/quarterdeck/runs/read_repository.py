@@ -216,6 +216,17 @@ async def queue_stats(conn: asyncpg.Connection) -> tuple[dict[str, int], float]:
     return {r["agent_type"]: int(r["n"]) for r in rows}, oldest
 
 
+async def running_per_worker(conn: asyncpg.Connection, stale_after_s: float) -> dict[str, int]:
+    """Running runs per worker host (``worker_id`` is ``host:pid:suffix``), fresh heartbeats."""
+    rows = await conn.fetch(
+        "SELECT split_part(worker_id, ':', 1) AS host, count(*) AS n FROM runs"
+        " WHERE status = 'running' AND worker_id IS NOT NULL"
+        " AND heartbeat_at >= now() - make_interval(secs => $1) GROUP BY 1",
+        stale_after_s,
+    )
+    return {r["host"]: int(r["n"]) for r in rows}
+
+
 async def load_archive(conn: asyncpg.Connection, run_id: str) -> bytes | None:
     data: bytes | None = await conn.fetchval(
         "SELECT archive FROM run_archives WHERE run_id = $1", run_id

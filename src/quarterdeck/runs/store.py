@@ -151,6 +151,10 @@ class PostgresRunStore:
             states = await reads.state_counts(conn)
         return QueueStats(per_type, oldest, states)
 
+    async def running_per_worker(self, *, stale_after_s: float = 30.0) -> dict[str, int]:
+        async with self.db.acquire() as conn:
+            return await reads.running_per_worker(conn, stale_after_s)
+
     # -- execution ----------------------------------------------------------------------------
     async def claim(self, run_id: str, worker_id: str) -> tuple[Run, bool] | None:
         return await self.writer.start(run_id, worker_id)

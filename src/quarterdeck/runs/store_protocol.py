@@ -129,6 +129,10 @@ class RunStore(Protocol):
 
     async def stats(self) -> QueueStats: ...
 
+    async def running_per_worker(self, *, stale_after_s: float = 30.0) -> dict[str, int]:
+        """Running runs per worker host (``worker_id`` up to its first ``:``, a pod's name),
+        counting only runs heartbeated within ``stale_after_s``: the scaler marks busy pods."""
+
     # -- execution ----------------------------------------------------------------------------
     async def claim(self, run_id: str, worker_id: str) -> tuple[Run, bool] | None:
         """queued/running -> running, attempts + 1: (run, first start), or None if terminal."""

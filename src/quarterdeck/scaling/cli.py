@@ -1,4 +1,7 @@
-"""``quarterdeck scaler simulate``: replay a load trace through the scaling policies, offline.
+"""``quarterdeck scaler simulate|status|decisions``: the simulator here, the live scaler's
+status and stored decisions in ``cli_decisions.py``.
+
+``simulate`` replays a load trace through the scaling policies, offline.
 
 The simulation runs the same pure policy code the scaler will run (``policy.py`` and its
 policies) against a modelled pool of workers (``simulate.py``), so a policy can be judged on a
@@ -13,12 +16,16 @@ from typing import Annotated, get_args
 import typer
 
 from quarterdeck.kit.console import JsonOpt, console, fail, print_json
+from quarterdeck.scaling.cli_decisions import register
 
 app = typer.Typer(
-    help="The queue-aware scaler: replay a load trace through scaling policies (simulate).",
+    help="The queue-aware scaler: its status and decisions (from the server), and a simulator "
+    "that replays a load trace through the scaling policies offline.",
     no_args_is_help=True,
 )
-SAMPLES = ("synthetic-day", "coding-agent-day")
+SAMPLES = ("synthetic-day", "coding-agent-day", "overload-day")  # trace.SAMPLES, not imported
+# at start-up: the CLI loads the scaling package only when the command runs.
+register(app)
 
 
 @app.command()
@@ -29,9 +36,9 @@ def simulate(
             "--trace",
             "-t",
             help="A trace file (CSV or JSON, optionally .gz; format: `quarterdeck.scaling.trace`)"
-            f" or a shipped sample: {', '.join(SAMPLES)}.",
+            f" or a shipped sample's name: {', '.join(SAMPLES)}.",
         ),
-    ] = "synthetic-day",
+    ] = SAMPLES[0],
     policy: Annotated[
         list[str] | None,
         typer.Option(
@@ -41,9 +48,15 @@ def simulate(
             "[default: all three].",
         ),
     ] = None,
-    min_replicas: Annotated[int, typer.Option(help="Fewest workers.")] = 3,
-    max_replicas: Annotated[int, typer.Option(help="Most workers.")] = 20,
-    concurrency: Annotated[int, typer.Option(help="Runs one worker holds at once.")] = 50,
+    min_replicas: Annotated[
+        int | None, typer.Option(help="Fewest workers [default: the scaler's, 2].")
+    ] = None,
+    max_replicas: Annotated[
+        int | None, typer.Option(help="Most workers [default: the scaler's, 20].")
+    ] = None,
+    concurrency: Annotated[
+        int | None, typer.Option(help="Runs one worker holds at once [default: 50].")
+    ] = None,
     pod_start: Annotated[
         float, typer.Option(help="Seconds from a scale-up until a new worker serves.")
     ] = 60.0,
@@ -58,30 +71,39 @@ def simulate(
     ] = None,
     json_: JsonOpt = False,
 ) -> None:
-    """Replay TRACE through each policy with the same pool and load; print queue waits,
-    worker-hours, scale events and flaps side by side."""
+    """Replay a load trace through each policy; compare waits, worker-hours and flaps.
+
+    Every policy gets the same pool model and load; the table shows queue wait p50/p99,
+    worker-hours, scale events and flaps side by side, then the issue's goal clauses.
+    """
+    import dataclasses
+
     from quarterdeck.scaling.policy import PolicyName, ScalerConfig
     from quarterdeck.scaling.report import compare, render_svg
-    from quarterdeck.scaling.trace import SAMPLES_DIR, load_trace
+    from quarterdeck.scaling.trace import load_sample_or_file
 
     names = policy or list(get_args(PolicyName))
     unknown = [n for n in names if n not in get_args(PolicyName)]
     if unknown:
         fail(f"unknown policy {unknown[0]!r}; choose from {', '.join(get_args(PolicyName))}")
-    config = ScalerConfig(
-        min_replicas=min_replicas, max_replicas=max_replicas, concurrency_per_worker=concurrency
+    given = {
+        "min_replicas": min_replicas,
+        "max_replicas": max_replicas,
+        "concurrency_per_worker": concurrency,
+    }
+    config = dataclasses.replace(
+        ScalerConfig(), **{k: v for k, v in given.items() if v is not None}
     )
     try:
         config.validate()
     except ValueError as exc:
         fail(str(exc))
-    path = SAMPLES_DIR / f"{trace}.csv.gz" if trace in SAMPLES else Path(trace)
-    if not path.is_file():
-        fail(f"no trace file {str(path)!r}; give a CSV or JSON file or one of {', '.join(SAMPLES)}")
     try:
-        loaded = load_trace(path)
+        loaded = load_sample_or_file(trace)
+    except FileNotFoundError as exc:
+        fail(str(exc))
     except ValueError as exc:
-        fail(f"{path}: {exc}")
+        fail(f"{trace}: {exc}")
     with console.status(f"replaying {len(loaded.runs):,} runs through {len(names)} policies"):
         result = compare(
             loaded,
@@ -99,22 +121,16 @@ def simulate(
         return
     from rich.table import Table
 
-    rows = result.table_rows()
+    header, rows = result.table_columns()
     table = Table(title=f"{loaded.name}: {len(loaded.runs):,} runs")
-    for column in rows[0]:
-        if column == "policy":  # the name is the row's point: never cut on a narrow terminal
-            table.add_column(column, no_wrap=True, min_width=len("guide-pressure"))
-        else:
-            table.add_column(column, justify="right")
+    table.add_column(header[0], no_wrap=True)
+    for name in header[1:]:
+        table.add_column(name, justify="right", no_wrap=True)
     for row in rows:
-        table.add_row(*row.values())
+        table.add_row(*row)
     console.print(table)
-    ratios = result.ratios()
-    if ratios:
-        shown = {k: f"{v:.2f}" if isinstance(v, float) else str(v) for k, v in ratios.items()}
-        console.print(
-            " · ".join(f"{k.replace('_', ' ')}: {v}" for k, v in shown.items()), highlight=False
-        )
+    for line in result.goal_lines():
+        console.print(line, highlight=False, soft_wrap=True)
     for written in (svg, out):
         if written is not None:
             console.print(f"wrote {written}")

@@ -84,10 +84,10 @@ class Policy(Protocol):
 class ScalerConfig:
     """Quarterdeck's scaling knobs (the guide's policies carry their own, as the guide wrote them)."""
 
-    min_replicas: int = 3
+    min_replicas: int = 2  # one worker drains while another serves (see quarterdeck_policy)
     max_replicas: int = 20
     concurrency_per_worker: int = 50  # settings.worker_concurrency
-    target_utilization: float = 0.7  # in-flight target = concurrency * this (Knative-style)
+    target_utilization: float = 0.8  # in-flight target = concurrency * this (Knative-style)
     tolerance: float = 0.1  # no change within ±10 % of current
     max_backlog_age_s: float = 60.0  # oldest queued older than this: add capacity
     scale_up_stabilization_s: float = 0.0  # fast up

@@ -36,23 +36,56 @@ class Comparison:
     results: dict[str, SimResult]  # in the order the policies were asked for
 
     def ratios(self) -> dict[str, Any] | None:
-        """Quarterdeck against the guide's HPA, if both ran: what the issue's goal asks for.
+        """Quarterdeck against the guide's HPA, if both ran: the issue's goal, clause by clause.
 
         ``p99_wait_ratio`` is HPA p99 / Quarterdeck p99 (higher is better; ``None`` when
-        Quarterdeck's p99 is 0), ``worker_hours_ratio`` Quarterdeck / HPA (at most 1 is the goal).
+        Quarterdeck's p99 is 0, which meets the clause whenever the HPA's is not 0 too),
+        ``worker_hours_ratio`` Quarterdeck / HPA (at most 1 is the goal), ``flaps`` Quarterdeck's
+        direction changes within the flap window.  Each clause has its own ``*_ok`` flag, so a
+        miss says which clause missed; ``goal_met`` is all three.
         """
         ours, theirs = self.results.get("quarterdeck"), self.results.get("guide-hpa")
         if ours is None or theirs is None:
             return None
         p99 = theirs.wait_p99_s / ours.wait_p99_s if ours.wait_p99_s > 0 else None
         hours = ours.worker_hours / theirs.worker_hours if theirs.worker_hours > 0 else None
+        p99_ok = theirs.wait_p99_s >= GOAL_P99_FACTOR * ours.wait_p99_s and (
+            ours.wait_p99_s > 0 or theirs.wait_p99_s > 0
+        )
+        hours_ok = ours.worker_hours <= theirs.worker_hours
+        flaps_ok = ours.flaps == 0
         return {
             "p99_wait_ratio": p99,
+            "p99_ok": p99_ok,
             "worker_hours_ratio": hours,
-            "goal_met": theirs.wait_p99_s >= GOAL_P99_FACTOR * ours.wait_p99_s
-            and ours.worker_hours <= theirs.worker_hours
-            and ours.flaps == 0,
+            "worker_hours_ok": hours_ok,
+            "flaps": ours.flaps,
+            "flaps_ok": flaps_ok,
+            "goal_met": p99_ok and hours_ok and flaps_ok,
         }
+
+    def goal_lines(self) -> list[str]:
+        """The goal's clauses as short lines a person reads (empty without both policies)."""
+        r = self.ratios()
+        if r is None:
+            return []
+        ours, theirs = self.results["quarterdeck"], self.results["guide-hpa"]
+
+        def mark(ok: bool) -> str:
+            return "yes" if ok else "NO"
+
+        p99 = "inf" if r["p99_wait_ratio"] is None else f"{r['p99_wait_ratio']:.1f}"
+        hours = "n/a" if r["worker_hours_ratio"] is None else f"{r['worker_hours_ratio']:.2f}"
+        return [
+            f"wait p99, guide-hpa / quarterdeck: {p99}x "
+            f"({_duration(theirs.wait_p99_s)} vs {_duration(ours.wait_p99_s)}); "
+            f">= {GOAL_P99_FACTOR:g}: {mark(r['p99_ok'])}",
+            f"worker-hours, quarterdeck / guide-hpa: {hours} "
+            f"({ours.worker_hours:.1f} vs {theirs.worker_hours:.1f}); <= 1: {mark(r['worker_hours_ok'])}",
+            f"quarterdeck flaps (direction change within {ours.flap_window_s:g} s): {ours.flaps}; "
+            f"= 0: {mark(r['flaps_ok'])}",
+            f"goal met: {mark(r['goal_met'])}",
+        ]
 
     def to_dict(self, *, series: bool = True) -> dict[str, Any]:
         """Everything, JSON-ready; ``series`` adds each policy's per-minute samples as columns."""
@@ -97,6 +130,16 @@ class Comparison:
                 }
             )
         return rows
+
+    def table_columns(self) -> tuple[list[str], list[list[str]]]:
+        """The table transposed — metrics as rows, policies as columns — so it fits 80 columns
+        whatever the metric names: ``(header, rows)``, header ``["", policy, ...]``."""
+        per_policy = self.table_rows()
+        if not per_policy:
+            return [""], []
+        metrics = [k for k in per_policy[0] if k != "policy"]
+        header = ["", *(row["policy"] for row in per_policy)]
+        return header, [[m, *(row[m] for row in per_policy)] for m in metrics]
 
 
 def compare(

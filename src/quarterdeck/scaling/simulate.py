@@ -20,8 +20,13 @@ modelled, and the model is deliberately small so its numbers can be checked by h
   until it leaves, draining included.
 - **Metrics** the policy sees are modelled, not measured: CPU is ``busy slots / capacity x 0.3``
   (agent runs wait on models and use little CPU), memory ``0.2 + 0.3 x busy fraction`` of the
-  limit (a Python worker's base footprint plus its runs), model calls ``0.2/s`` per running run,
-  p95 latency over the runs finished in the last 5 min (wait + duration), errors 0.
+  limit (a Python worker's base footprint plus its runs), p95 latency over the runs finished in
+  the last 5 min (wait + duration), errors 0.  ``requests_per_s`` is what the deployment serves as
+  the HPA's pods metric ``claude_agent_requests_per_second``: prometheus-adapter's
+  ``rate(claude_agent_requests_total[2m])``, a counter the worker bumps once per *finished run*
+  (``deploy/kubernetes/prometheus-adapter/adapter-config.yaml``), so here it is the runs that
+  finished in the last 120 s over 120, pool-wide (the HPA divides by its pods).  Model calls
+  would be the wrong model: no metric the guide's HPA reads counts them.
 
 The simulation runs until every run has finished and at least until the trace's span; a policy
 that strands runs (zero replicas with a backlog) is stopped a day later, and the stranded runs
@@ -47,6 +52,8 @@ DEFAULT_DECIDE_EVERY_S = 15.0
 """The HPA's sync period; a policy's ``decide_every_s`` (or ``interval_s``) attribute wins."""
 LATENCY_WINDOW_S = 300.0
 ARRIVALS_WINDOW_S = 60.0
+REQUESTS_WINDOW_S = 120.0
+"""prometheus-adapter's ``rate(claude_agent_requests_total[2m])``: finished runs over 2 min."""
 MAX_OVERRUN_S = 86_400.0
 
 
@@ -134,6 +141,7 @@ class _World:
         self.next_arrival = 0
         self.recent_arrivals: deque[float] = deque()
         self.recent_latencies: deque[tuple[float, float]] = deque()  # (end, wait + duration)
+        self.recent_finishes: deque[float] = deque()  # end times, for requests_per_s
         self.desired = replicas
         for _ in range(replicas):
             self.pods.append(_Pod(len(self.pods) + len(self.gone), 0.0, 0.0))
@@ -146,6 +154,7 @@ class _World:
                 end, arrival = heapq.heappop(pod.ends)
                 pod.last_end = max(pod.last_end, end)
                 self.recent_latencies.append((end, end - arrival))
+                self.recent_finishes.append(end)
                 self.finished += 1
             if pod.draining and not pod.ends:
                 self._leave(pod, pod.last_end)
@@ -199,11 +208,13 @@ class _World:
     def ready_count(self, t: float) -> int:
         return sum(1 for p in self.pods if not p.draining and p.ready(t))
 
-    def observe(
-        self, t: float, model_calls_per_run_s: float, memory_limit_bytes: float
-    ) -> Observation:
+    def observe(self, t: float, memory_limit_bytes: float) -> Observation:
         while self.recent_arrivals and self.recent_arrivals[0] <= t - ARRIVALS_WINDOW_S:
             self.recent_arrivals.popleft()
+        while self.recent_finishes and self.recent_finishes[0] <= t - REQUESTS_WINDOW_S:
+            self.recent_finishes.popleft()  # appended per pod per tick: nearly in end order
+        cutoff = t - REQUESTS_WINDOW_S
+        finished_recently = sum(1 for end in self.recent_finishes if end > cutoff)
         running = self.running()
         serving = sum(1 for p in self.pods if p.ready(t))  # draining pods still report metrics
         capacity = serving * self.config.concurrency_per_worker
@@ -222,7 +233,7 @@ class _World:
             memory_ratio=memory_ratio,
             p95_latency_s=self._p95_latency(t),
             error_rate=0.0,
-            requests_per_s=running * model_calls_per_run_s,
+            requests_per_s=finished_recently / REQUESTS_WINDOW_S,
             memory_bytes=None if memory_ratio is None else memory_ratio * memory_limit_bytes,
             provider_failing=False,
         )
@@ -270,7 +281,6 @@ def simulate(
     wait_target_s: float = 60.0,
     flap_window_s: float | None = None,
     until_s: float | None = None,
-    model_calls_per_run_s: float = 0.2,
     memory_limit_bytes: float = 2 * 1024**3,
 ) -> SimResult:
     """Replay ``trace`` through ``policy`` and measure waits, worker-hours and scale events.
@@ -314,7 +324,7 @@ def simulate(
         world.admit(t)
         world.dispatch(t)
         if t >= next_decision:
-            decision = policy.decide(world.observe(t, model_calls_per_run_s, memory_limit_bytes))
+            decision = policy.decide(world.observe(t, memory_limit_bytes))
             if decision.desired != world.desired:
                 events.append(decision)
                 world.apply(decision.desired, t)

@@ -22,6 +22,7 @@ from quarterdeck.ui import (
     overview,
     run_detail,
     runs_list,
+    scaling_page,
 )
 from quarterdeck.ui.paths import STATIC_PREFIX
 
@@ -37,6 +38,7 @@ def build_router() -> APIRouter:
     router.include_router(audit_page.router)
     router.include_router(budgets_page.router)
     router.include_router(keys_page.router)
+    router.include_router(scaling_page.router)
     router.include_router(live.router)
     router.include_router(runs_list.router)
     router.include_router(run_detail.router)  # last: /ui/runs/{run_id} after literal /ui/runs/x

@@ -1,0 +1,350 @@
+"""The scaler's loop: every interval, on the leader only, observe, decide, act, record.
+
+Why leader-only: two scalers writing one replica count fight each other exactly as the guide's
+scaler fights its own HPA. Every replica runs a :class:`Scaler`, but only the one whose
+:class:`~quarterdeck.health.leader.Elector` holds leadership ticks; the others wait, export no
+replica gauges (see :mod:`quarterdeck.scaling.gauges`) and take over within one elector retry
+when the leader dies.
+
+Why one policy instance kept across ticks, rebuilt on gaining leadership: the policies are
+small state machines (stabilization windows, cooldown). A new leader knows nothing of the old
+one's windows, so it starts fresh; the policy seeds its windows with the current replica count
+(as the HPA does after a restart), so a new leader never shrinks the pool on its first tick.
+
+Why every decision is stored, holds and failures included: the table is how a person finds out
+later why the pool was the size it was. An action that fails (the Kubernetes API refused, an
+HPA owns the Deployment) is a row with ``error`` set and ``applied`` null, never a crash of the
+loop: the next tick tries again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Literal
+
+import structlog
+
+from quarterdeck.exceptions import ScalingConflict, ScalingError
+from quarterdeck.health.leader import Elector
+from quarterdeck.kit.clock import utcnow
+from quarterdeck.scaling import repository as repo
+from quarterdeck.scaling.gauges import CURRENT, DECISIONS, DESIRED, ERRORS
+from quarterdeck.scaling.kube import ScaleTarget
+from quarterdeck.scaling.models import DecisionRecord, ScalerMode
+from quarterdeck.scaling.observe import Observer
+from quarterdeck.scaling.policy import (
+    Decision,
+    FactorValue,
+    Policy,
+    PolicyName,
+    ScalerConfig,
+    clamp,
+    make_policy,
+)
+from quarterdeck.store.pool import Database
+
+log = structlog.get_logger(__name__)
+
+__all__ = ["PURGE_EVERY_S", "Scaler"]
+
+PURGE_EVERY_S = 3600.0
+"""Old decisions are purged at most this often (by the leader)."""
+
+
+@dataclass
+class _Outcome:
+    """A decision and what became of it, ready to be stored."""
+
+    current: int
+    desired: int
+    reason: str
+    factors: dict[str, FactorValue] = field(default_factory=dict)
+    applied: int | None = None
+    error: str | None = None
+
+    @property
+    def direction(self) -> Literal["up", "down", "hold"]:
+        if self.desired > self.current:
+            return "up"
+        return "down" if self.desired < self.current else "hold"
+
+    @classmethod
+    def of(cls, d: Decision) -> _Outcome:
+        return cls(d.current, d.desired, d.reason, dict(d.factors))
+
+
+class Scaler:
+    """One process's scaler loop; it acts only while ``elector`` says this process leads.
+
+    ``mode`` ``kubernetes`` needs ``target``; ``metric`` and ``dry-run`` act on nothing, and
+    their "current" count is the last desired one (seeded from the newest stored decision).
+    ``own_elector``: this scaler started the elector and runs and stops it with itself; a
+    shared one (the health monitor's) is run by its owner.
+    """
+
+    def __init__(
+        self,
+        db: Database,
+        observer: Observer,
+        elector: Elector,
+        *,
+        mode: ScalerMode,
+        policy: PolicyName,
+        config: ScalerConfig,
+        interval_s: float,
+        target_name: str,
+        target: ScaleTarget | None = None,
+        own_elector: bool = False,
+        retention_s: float = 7 * 86_400.0,
+        clock: Callable[[], datetime] = utcnow,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if mode == "off":
+            raise ValueError("a scaler in mode off is not built")
+        if (mode == "kubernetes") != (target is not None):
+            raise ValueError("mode kubernetes needs a scale target, and only it takes one")
+        config.validate()
+        self.db, self.observer, self.elector = db, observer, elector
+        self.mode: ScalerMode = mode
+        self.policy_name: PolicyName = policy
+        self.config = config
+        self.interval_s = interval_s
+        self.target_name = target.name if target is not None else target_name
+        self.target = target
+        self.own_elector = own_elector
+        self.retention_s = retention_s
+        self.clock, self.monotonic = clock, monotonic
+        self._policy: Policy | None = None  # None while not leading
+        self._current: int | None = None  # last known replicas (virtual count off kubernetes)
+        self._owner_checked = False
+        self._last_purge: float | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def is_leader(self) -> bool:
+        return self.elector.is_leader
+
+    # -- the loop ---------------------------------------------------------------------------
+    async def run(self) -> None:
+        """Tick every ``interval_s`` until cancelled or :meth:`stop`; a failing tick is logged
+        and counted, never fatal."""
+        self._task = asyncio.current_task()
+        elector_task = asyncio.create_task(self.elector.run()) if self.own_elector else None
+        log.info("scaler.started", mode=self.mode, policy=self.policy_name, target=self.target_name)
+        try:
+            while True:
+                try:
+                    await self.tick()
+                except Exception:
+                    ERRORS.inc()
+                    log.exception("scaler.tick_failed", target=self.target_name)
+                await asyncio.sleep(self.interval_s)
+        finally:
+            self._step_down()
+            if elector_task is not None:
+                # Stop before cancelling: the elector must release its lock or Lease even if a
+                # cancellation is swallowed inside one of its waits (see Runtime.stop).
+                with contextlib.suppress(Exception):
+                    await self.elector.stop()
+                elector_task.cancel()
+                await asyncio.wait([elector_task], timeout=5.0)
+
+    async def stop(self) -> None:
+        """End :meth:`run` (from another task) and wait for it."""
+        task, self._task = self._task, None
+        if task is not None and not task.done():
+            task.cancel()
+            await asyncio.wait([task], timeout=10.0)
+
+    async def tick(self) -> DecisionRecord | None:
+        """One pass: nothing unless leading; else decide, act by mode, store and count.
+
+        Returns the stored decision (None when not leading, or when storing it failed).
+        """
+        if not self.elector.is_leader:
+            if self._policy is not None:
+                log.info("scaler.leadership_lost", target=self.target_name)
+                self._step_down()
+            return None
+        if self._policy is None:
+            await self._step_up()
+        at = self.monotonic()
+        if self.target is not None:
+            outcome = await self._tick_kubernetes(at, self.target)
+        else:
+            outcome = await self._tick_virtual(at)
+        record = await self._record(outcome)
+        await self._purge_if_due()
+        return record
+
+    # -- leadership ---------------------------------------------------------------------------
+    async def _step_up(self) -> None:
+        """A fresh policy and arrival rate; off Kubernetes, the count to continue from."""
+        if self.target is None:
+            async with self.db.acquire() as conn:
+                last = await repo.latest_decision(conn)
+            seed = int(last["desired"]) if last is not None else self.config.min_replicas
+            self._current = clamp(seed, self.config.min_replicas, self.config.max_replicas)
+        self._policy = make_policy(self.policy_name, self.config)
+        self.observer.reset()
+        self._owner_checked = False
+        log.info("scaler.leadership_gained", target=self.target_name, current=self._current)
+
+    def _step_down(self) -> None:
+        """Forget the policy and stop exporting the replica gauges (a follower exports none)."""
+        self._policy = None
+        DESIRED.clear()
+        CURRENT.clear()
+
+    # -- acting ---------------------------------------------------------------------------------
+    async def _tick_virtual(self, at: float) -> _Outcome:
+        """``metric``/``dry-run``: decide on the last desired count; only metric exports it."""
+        assert self._policy is not None and self._current is not None
+        obs = await self.observer.observe(at, replicas=self._current)
+        outcome = _Outcome.of(self._policy.decide(obs))
+        self._current = outcome.desired  # what KEDA is told (metric) or would be (dry-run)
+        CURRENT.set(outcome.current)
+        if self.mode == "metric":
+            DESIRED.set(outcome.desired)
+        return outcome
+
+    async def _tick_kubernetes(self, at: float, target: ScaleTarget) -> _Outcome:
+        """Read the Deployment, decide, and write its scale unless another autoscaler owns it."""
+        assert self._policy is not None
+        try:
+            state = await target.read()
+        except ScalingError as exc:
+            known = self._current if self._current is not None else 0
+            return self._failed(known, "could not read the target's replicas", exc)
+        self._current = state.replicas
+        CURRENT.set(state.replicas)
+        checked_now = not self._owner_checked
+        if checked_now:  # on gaining leadership, and every tick until a conflict is gone
+            refused = await self._check_owner(target, state.replicas)
+            if refused is not None:
+                return refused
+        obs = await self.observer.observe(at, replicas=state.replicas, ready=state.ready)
+        outcome = _Outcome.of(self._policy.decide(obs))
+        DESIRED.set(outcome.desired)
+        if outcome.direction == "hold":
+            return outcome
+        try:
+            if not checked_now:  # an HPA created since: never write against it
+                await target.check_owner()
+            if outcome.direction == "down":
+                # Busy pods get a higher deletion cost first, so the ReplicaSet removes idle
+                # ones; if that cannot be done, no scale-down this tick (it is never urgent).
+                await target.mark_busy(await self.observer.busy_pods())
+            await target.write(outcome.desired)
+        except (ScalingConflict, ScalingError) as exc:
+            self._owner_checked = not isinstance(exc, ScalingConflict)
+            return self._with_error(outcome, exc)
+        except Exception as exc:  # the busy-pod read (Postgres) failed: same rule
+            return self._with_error(outcome, exc)
+        outcome.applied = outcome.desired
+        self._current = outcome.desired
+        return outcome
+
+    async def _check_owner(self, target: ScaleTarget, current: int) -> _Outcome | None:
+        """None when no other autoscaler owns the target; else the refusal to record."""
+        try:
+            await target.check_owner()
+        except ScalingConflict as exc:
+            log.error("scaler.refused", target=self.target_name, error=exc.detail)
+            return self._failed(current, "refused to act: another autoscaler owns it", exc)
+        except ScalingError as exc:
+            return self._failed(current, "could not check for another autoscaler", exc)
+        self._owner_checked = True
+        return None
+
+    def _failed(self, current: int, why: str, exc: BaseException) -> _Outcome:
+        """A hold that is no decision of the policy: the action could not even be considered."""
+        ERRORS.inc()
+        detail = _detail(exc)
+        log.warning("scaler.failed", target=self.target_name, reason=why, error=detail)
+        return _Outcome(current, current, f"hold at {current}: {why}.", {}, None, detail)
+
+    def _with_error(self, outcome: _Outcome, exc: BaseException) -> _Outcome:
+        ERRORS.inc()
+        outcome.error = _detail(exc)
+        refused = isinstance(exc, ScalingConflict)  # never fight another autoscaler: loud
+        (log.error if refused else log.warning)(
+            "scaler.refused" if refused else "scaler.action_failed",
+            target=self.target_name,
+            error=outcome.error,
+        )
+        return outcome
+
+    # -- recording ------------------------------------------------------------------------------
+    async def _record(self, outcome: _Outcome) -> DecisionRecord | None:
+        DECISIONS.labels(outcome.direction).inc()
+        at = self.clock()
+        try:
+            async with self.db.acquire() as conn:
+                new_id = await repo.insert_decision(
+                    conn,
+                    at=at,
+                    policy=self.policy_name,
+                    mode=self.mode,
+                    target=self.target_name,
+                    current=outcome.current,
+                    desired=outcome.desired,
+                    applied=outcome.applied,
+                    direction=outcome.direction,
+                    reason=outcome.reason,
+                    factors=outcome.factors,
+                    error=outcome.error,
+                )
+        except Exception as exc:
+            ERRORS.inc()
+            log.error("scaler.record_failed", target=self.target_name, error=_detail(exc))
+            return None
+        log.info(
+            "scaler.decision",
+            target=self.target_name,
+            direction=outcome.direction,
+            current=outcome.current,
+            desired=outcome.desired,
+            applied=outcome.applied,
+            error=outcome.error,
+        )
+        return DecisionRecord(
+            id=new_id,
+            at=at,
+            policy=self.policy_name,
+            mode=self.mode,
+            target=self.target_name,
+            current=outcome.current,
+            desired=outcome.desired,
+            applied=outcome.applied,
+            direction=outcome.direction,
+            reason=outcome.reason,
+            factors=outcome.factors,
+            error=outcome.error,
+        )
+
+    async def _purge_if_due(self) -> None:
+        now = self.monotonic()
+        if self._last_purge is not None and now - self._last_purge < PURGE_EVERY_S:
+            return
+        self._last_purge = now
+        try:
+            async with self.db.acquire() as conn:
+                purged = await repo.purge_decisions(
+                    conn, self.clock() - timedelta(seconds=self.retention_s)
+                )
+        except Exception as exc:
+            log.warning("scaler.purge_failed", error=_detail(exc))
+            return
+        if purged:
+            log.info("scaler.purged", decisions=purged)
+
+
+def _detail(exc: BaseException) -> str:
+    text = getattr(exc, "detail", None) or str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

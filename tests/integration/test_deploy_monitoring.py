@@ -86,8 +86,11 @@ def run(*args: str, cwd: Path = MON) -> subprocess.CompletedProcess[str]:
 
 
 def exported_metric_names() -> set[str]:
-    """Every series name the registry can expose, including histogram/counter suffixes."""
+    """Every series name the registry can expose, including histogram/counter suffixes, and
+    the names of collectors that export only at times (the scaler's leader-only gauges)."""
     names: set[str] = set()
+    for registered in REGISTRY._collector_to_names.values():
+        names |= set(registered)
     for family in REGISTRY.collect():
         if family.type == "counter":
             names |= {family.name + "_total", family.name + "_created"}

@@ -32,7 +32,6 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -230,7 +229,6 @@ async def serve(
 
 @pytest.mark.parametrize("auth", [False, True], ids=["auth-off", "auth-on"])
 async def test_the_server_does_what_its_openapi_document_says(serve: Any, auth: bool) -> None:
-    started = time.monotonic()
     served = await serve(auth)
     failures, ran = await asyncio.to_thread(failures_of, served)  # schemathesis blocks
     async with httpx.AsyncClient() as client:
@@ -238,5 +236,3 @@ async def test_the_server_does_what_its_openapi_document_says(serve: Any, auth: 
     operations = {f"{m.upper()} {p}" for p, ops in document["paths"].items() for m in ops}
     assert len(operations) > 40 and operations <= ran, f"not tested: {operations - ran}"
     assert not failures, f"{len(failures)} failures:\n" + "\n".join(failures)
-    took = time.monotonic() - started
-    assert took < 60, f"took {took:.0f} s: over the budget this test is bounded to"

@@ -238,7 +238,7 @@ async def test_dry_run_records_holds_and_ups_without_acting(
     assert up is not None
     assert (up.direction, up.current, up.desired, up.applied) == ("up", 1, 4, None)
     assert up.factors["queued"] == 4 and up.factors["running"] == 0
-    assert up.factors["arrivals_per_s"] == pytest.approx(4 / 15)
+    assert up.factors["arrivals_per_s"] == pytest.approx(4 / 60)  # 4 submitted in the last 60 s
     clock.advance(15)
     again = await scaler.tick()  # "current" continues from the last desired count
     assert again is not None and (again.direction, again.current) == ("hold", 4)

@@ -48,25 +48,25 @@ def test_settings_defaults_are_the_policy_config_defaults() -> None:
     assert get_args(Settings.model_fields["scaler_mode"].annotation) == get_args(ScalerMode)
 
 
-async def test_observes_queue_running_oldest_and_arrivals_between_ticks() -> None:
+async def test_observes_queue_running_oldest_and_the_arrival_rate() -> None:
     clock = Clock()
     store = InMemoryRunStore(clock=clock)
-    observer = Observer(store)
+    observer = Observer(store, arrivals_window_s=60.0)
     empty = await observer.observe(0.0, replicas=3, ready=2)
     assert (empty.queued, empty.running, empty.oldest_queued_s) == (0, 0, 0.0)
-    assert empty.arrivals_per_s is None and (empty.replicas, empty.ready) == (3, 2)
+    assert empty.arrivals_per_s == 0.0 and (empty.replicas, empty.ready) == (3, 2)
     r1, r2, _, _ = await add_runs(store, 4)
     assert await store.claim(r1, "pod-a:1:x") is not None
     clock.t += 30
     obs = await observer.observe(10.0, replicas=3)
     assert (obs.queued, obs.running) == (3, 1)
     assert obs.oldest_queued_s is not None and 29 < obs.oldest_queued_s <= 31
-    assert obs.arrivals_per_s == 0.4  # 4 more in flight over 10 s
+    assert obs.arrivals_per_s == 4 / 60
+    # A run that ended still arrived: the rate counts submissions, not what is in flight.
     await store.cancel(r2, None)
-    fewer = await observer.observe(20.0, replicas=3)
-    assert fewer.arrivals_per_s == 0.0  # in flight fell: clipped, never negative
-    observer.reset()
-    assert (await observer.observe(30.0, replicas=3)).arrivals_per_s is None
+    assert (await observer.observe(20.0, replicas=3)).arrivals_per_s == 4 / 60
+    clock.t += 31  # the four are older than the window now
+    assert (await observer.observe(30.0, replicas=3)).arrivals_per_s == 0.0
 
 
 async def test_an_open_provider_breaker_is_seen_and_the_database_breaker_is_not() -> None:

@@ -143,6 +143,10 @@ class InMemoryRunStore(MemoryRepairs):
                 oldest = max(oldest, self.clock() - r.run.created_at.timestamp())
         return QueueStats(queued, oldest, states)
 
+    async def created_since(self, window_s: float) -> int:
+        since = self.clock() - window_s
+        return sum(1 for r in self.rows.values() if r.run.created_at.timestamp() >= since)
+
     async def running_per_worker(self, *, stale_after_s: float = 30.0) -> dict[str, int]:
         busy: dict[str, int] = {}
         for r in self.rows.values():

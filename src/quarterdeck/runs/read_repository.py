@@ -216,6 +216,15 @@ async def queue_stats(conn: asyncpg.Connection) -> tuple[dict[str, int], float]:
     return {r["agent_type"]: int(r["n"]) for r in rows}, oldest
 
 
+async def created_since(conn: asyncpg.Connection, window_s: float) -> int:
+    """Runs submitted in the last ``window_s`` seconds (index ``runs_created_at``)."""
+    n: int = await conn.fetchval(
+        "SELECT count(*) FROM runs WHERE created_at >= now() - make_interval(secs => $1)",
+        window_s,
+    )
+    return n
+
+
 async def running_per_worker(conn: asyncpg.Connection, stale_after_s: float) -> dict[str, int]:
     """Running runs per worker host (``worker_id`` is ``host:pid:suffix``), fresh heartbeats."""
     rows = await conn.fetch(

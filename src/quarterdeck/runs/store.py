@@ -151,6 +151,10 @@ class PostgresRunStore:
             states = await reads.state_counts(conn)
         return QueueStats(per_type, oldest, states)
 
+    async def created_since(self, window_s: float) -> int:
+        async with self.db.acquire() as conn:
+            return await reads.created_since(conn, window_s)
+
     async def running_per_worker(self, *, stale_after_s: float = 30.0) -> dict[str, int]:
         async with self.db.acquire() as conn:
             return await reads.running_per_worker(conn, stale_after_s)

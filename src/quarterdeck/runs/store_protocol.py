@@ -129,6 +129,10 @@ class RunStore(Protocol):
 
     async def stats(self) -> QueueStats: ...
 
+    async def created_since(self, window_s: float) -> int:
+        """Runs submitted in the last ``window_s`` seconds, whatever became of them since: the
+        scaler's arrival rate (erased or purged runs are not counted)."""
+
     async def running_per_worker(self, *, stale_after_s: float = 30.0) -> dict[str, int]:
         """Running runs per worker host (``worker_id`` up to its first ``:``, a pod's name),
         counting only runs heartbeated within ``stale_after_s``: the scaler marks busy pods."""

@@ -26,16 +26,17 @@ log = structlog.get_logger(__name__)
 __all__ = ["Observer"]
 
 _NOT_PROVIDERS = frozenset({DATABASE, REDIS})
+ARRIVALS_WINDOW_S = 60.0
+"""The window of the arrival rate (the simulator's ``ARRIVALS_WINDOW_S`` is the same)."""
 
 
 class Observer:
     """Turns the store's stats and the breakers into one :class:`Observation` per tick.
 
-    Stateful only for the arrival rate, which needs the previous tick's run count. That rate is
-    the growth of the runs in flight (queued + running) per second, clipped at 0: the store
-    counts runs by state, not runs created, so runs that arrived and finished between two ticks
-    are not seen. It is a lower bound of arrivals, and only feeds the policy's backlog boost,
-    where under-counting errs towards fewer pods.
+    The arrival rate is the runs submitted in the last ``arrivals_window_s`` (60 s) over that
+    window, counted by the store from ``created_at`` (whatever became of them since), so a
+    steady stream of short runs that never piles up still counts. A new leader sees it at once:
+    the count is in Postgres, not in this process.
     """
 
     def __init__(
@@ -45,16 +46,17 @@ class Observer:
         *,
         provider_breakers: Iterable[str] = (),
         heartbeat_stale_s: float = 30.0,
+        arrivals_window_s: float = ARRIVALS_WINDOW_S,
     ) -> None:
         self.run_store = run_store
         self.breakers = breakers
         self.provider_breakers = tuple(provider_breakers)
         self.heartbeat_stale_s = heartbeat_stale_s
-        self._last: tuple[float, int] | None = None  # (at, runs in flight)
+        self.arrivals_window_s = arrivals_window_s
 
     def reset(self) -> None:
-        """Forget the previous count (a new leader's first tick has no rate)."""
-        self._last = None
+        """Nothing to forget: every input is read afresh each tick (kept for the scaler's
+        leadership hand-over, which calls it)."""
 
     async def observe(self, at: float, *, replicas: int, ready: int | None = None) -> Observation:
         """The observation at ``at`` (monotonic seconds) for a pool of ``replicas``."""
@@ -70,10 +72,12 @@ class Observer:
             queued = sum(stats.queued.values())
             running = stats.states.get("running", 0)
             oldest = stats.oldest_s if queued else 0.0
-            total = sum(stats.states.values())
-            if self._last is not None and at > self._last[0]:
-                arrivals = max(0.0, (total - self._last[1]) / (at - self._last[0]))
-            self._last = (at, total)
+            try:
+                created = await self.run_store.created_since(self.arrivals_window_s)
+            except Exception as exc:  # the rate only sizes the backlog boost: missing is fine
+                log.warning("scaler.arrivals_failed", error=str(exc) or type(exc).__name__)
+            else:
+                arrivals = created / self.arrivals_window_s
         return Observation(
             at=at,
             replicas=replicas,

@@ -39,6 +39,7 @@ NAV = {  # nav href -> (the page's <h1>, screenshot name)
     "/ui/runs": ("Runs", "runs"),
     "/ui/gateway": ("Gateway", "gateway"),
     "/ui/incidents": ("Incidents", "incidents"),
+    "/ui/scaling": ("Scaling", "scaling"),
     "/ui/audit": ("Audit log", "audit"),
     "/ui/budgets": ("Budgets", "budgets"),
     "/ui/keys": ("API keys", "keys"),

@@ -200,14 +200,14 @@ class QuarterdeckPolicy:
         desired = clamp(desired, cfg.min_replicas, cfg.max_replicas)
         if desired > current:
             why = f"scale up {current}→{desired}: {obs.queued} queued + {obs.running} running "
-            why += f"need {recommendation} workers"
+            why += f"need {_workers(recommendation)}"
             if desired < stabilized:
                 why += f" (step limited to +{cfg.max_scale_up_step})"
             return desired, why + "."
         if desired < current:
             return desired, (
                 f"scale down {current}→{desired}: the highest need in the last "
-                f"{cfg.scale_down_stabilization_s:g} s is {stabilized} workers."
+                f"{cfg.scale_down_stabilization_s:g} s is {_workers(stabilized)}."
             )
         if recommendation > current:
             return desired, (
@@ -299,3 +299,7 @@ def _inputs(obs: Observation, cfg: ScalerConfig) -> dict[str, FactorValue]:
         "cpu_guard": cfg.cpu_guard,
         "memory_guard": cfg.memory_guard,
     }
+
+
+def _workers(n: int) -> str:
+    return f"{n} worker" if n == 1 else f"{n} workers"

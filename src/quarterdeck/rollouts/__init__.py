@@ -1,0 +1,1 @@
+"""Progressive delivery (issue 20): rollouts of Quarterdeck itself, with analysis and rollback."""

@@ -87,8 +87,10 @@ typecheck: $(STAMP)
 SIDE_TESTS := $(wildcard tests/integration/test_ui_*.py) tests/e2e/test_ui_browser.py \
   tests/integration/test_deploy_monitoring.py tests/integration/test_prometheus_scrape.py
 # Run in the end-to-end tests' process (which mostly waits on the processes it starts), not
-# with the other integration tests: they render manifests with kubectl, on their own.
-BESIDE_E2E := tests/integration/test_deploy_kubernetes.py tests/integration/test_deploy_scaling.py
+# with the other integration tests, so the two halves end together: these render manifests
+# with kubectl, or drive a server process of their own.
+BESIDE_E2E := tests/integration/test_deploy_kubernetes.py tests/integration/test_deploy_scaling.py \
+  tests/integration/test_openapi_conformance.py
 
 test: deps lint typecheck
 	@unit_log=$$(mktemp); ui_log=$$(mktemp); e2e_log=$$(mktemp); rcs=$$(mktemp -d); \

@@ -17,6 +17,7 @@ from quarterdeck.exceptions import ConfigError, QuarterdeckError
 from quarterdeck.gateway.cli import app as gateway_app
 from quarterdeck.incidents.cli import app as incidents_app
 from quarterdeck.kit.console import console, err_console, fail, hide_flag_metavars
+from quarterdeck.rollouts.cli import app as rollout_app
 from quarterdeck.runs.cli import app as run_app
 from quarterdeck.scaling.cli import app as scaler_app
 from quarterdeck.security.audit.cli import app as audit_app
@@ -58,6 +59,7 @@ app.add_typer(chaos_app, name="chaos")
 app.add_typer(gateway_app, name="gateway")
 app.add_typer(tenants_app, name="tenants")
 app.add_typer(scaler_app, name="scaler")
+app.add_typer(rollout_app, name="rollout")
 
 
 @app.callback()

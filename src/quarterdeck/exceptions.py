@@ -98,6 +98,14 @@ class ScalingError(QuarterdeckError):
     title = "Kubernetes API error"
 
 
+class RolloutError(QuarterdeckError):
+    """A rollout's Kubernetes call was refused or failed, or its target never became ready."""
+
+    status = 502
+    type_slug = "rollout-error"
+    title = "Rollout Kubernetes error"
+
+
 class Unavailable(QuarterdeckError):
     """A dependency is down; the caller should retry after ``retry_after`` seconds."""
 

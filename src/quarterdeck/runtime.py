@@ -45,6 +45,9 @@ from quarterdeck.resilience import (
     RetryPolicy,
 )
 from quarterdeck.resilience.calls import ResilientCaller
+from quarterdeck.rollouts.controller import RolloutController
+from quarterdeck.rollouts.service import RolloutService
+from quarterdeck.rollouts.wiring import build_rollouts
 from quarterdeck.runs.events import RunEventHub
 from quarterdeck.runs.executor import ExecutorConfig, RunExecutor
 from quarterdeck.runs.insights import RunInsights
@@ -126,6 +129,8 @@ class Runtime:
     maintenance: Maintenance | None = field(init=False, default=None)
     scaling: ScalingService = field(init=False)
     scaler: Scaler | None = field(init=False, default=None)
+    rollouts: RolloutService = field(init=False)
+    rollout_controller: RolloutController | None = field(init=False, default=None)
     _tasks: list[asyncio.Task[None]] = field(init=False, default_factory=list)
     _closers: list[Callable[[], Awaitable[None]]] = field(init=False, default_factory=list)
 
@@ -257,6 +262,12 @@ class Runtime:
         )
         if self.scaler is not None:
             self._tasks.append(asyncio.create_task(self.scaler.run()))
+        # Rollouts: the service (every process) and the controller (enabled; own election).
+        self.rollouts, self.rollout_controller = build_rollouts(
+            self.settings, self.db, self.incidents
+        )
+        if self.rollout_controller is not None:
+            self._tasks.append(asyncio.create_task(self.rollout_controller.run()))
         metrics.READY.set(1)
 
     def _start_maintenance(self) -> None:
@@ -452,6 +463,7 @@ class Runtime:
         registry.add(GatewayCalls, self.gateway_calls)
         registry.add(TenantData, self.tenant_data)
         registry.add(ScalingService, self.scaling)
+        registry.add(RolloutService, self.rollouts)
         if self.health is not None:
             registry.add(HealthMonitor, self.health)
         if self.gateway is not None:

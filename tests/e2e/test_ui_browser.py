@@ -40,6 +40,7 @@ NAV = {  # nav href -> (the page's <h1>, screenshot name)
     "/ui/gateway": ("Gateway", "gateway"),
     "/ui/incidents": ("Incidents", "incidents"),
     "/ui/scaling": ("Scaling", "scaling"),
+    "/ui/rollouts": ("Rollouts", "rollouts"),
     "/ui/audit": ("Audit log", "audit"),
     "/ui/budgets": ("Budgets", "budgets"),
     "/ui/keys": ("API keys", "keys"),

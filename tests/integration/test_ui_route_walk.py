@@ -167,6 +167,10 @@ class Walk:
                 "ui-route-walk", "low", "ui route walk", "", "ui-route-walk"
             )
             value = incident.id
+        elif name == "rollout_id":
+            from quarterdeck.rollouts.models import RolloutCreate
+
+            value = (await self.rt.rollouts.start(RolloutCreate(image="walk:1"), by=None)).id
         elif name == "approval_id":
             run_id = await self.make_param("run_id")
             assert run_id is not None

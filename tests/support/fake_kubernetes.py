@@ -17,6 +17,8 @@ unmodified against it:
 - ``autoscaling/v2`` HorizontalPodAutoscalers: list per namespace (the scaler's owner check);
 - ``v1`` Pods: list with a ``labelSelector`` (equality terms ``a=b``, ``a==b``, ``a!=b``), and
   PATCH merging ``metadata`` (annotations and labels; ``null`` deletes a key);
+- Deployments created, replaced, patched and deleted whole, Services and Ingresses (the
+  rollouts' calls): :mod:`tests.support.fake_kubernetes_apps`;
 - errors are ``Status`` objects (``kind: Status``, ``reason``, ``code``, ``details``); an unknown
   object is 404 ``NotFound``.
 
@@ -39,6 +41,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from quarterdeck.chaos.fake_http import ScriptedServer
+from tests.support.fake_kubernetes_apps import AppsObjectsMixin
 
 LEASES = "/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases"
 DEPLOYMENT = "/apis/apps/v1/namespaces/{namespace}/deployments/{name}"
@@ -72,13 +75,15 @@ def status(
     return JSONResponse(body, status_code=code)
 
 
-class FakeKubernetes(ScriptedServer):
+class FakeKubernetes(AppsObjectsMixin, ScriptedServer):
     def __init__(self) -> None:
         super().__init__()
         self.leases: dict[tuple[str, str], dict[str, Any]] = {}
         self.deployments: dict[tuple[str, str], dict[str, Any]] = {}
         self.hpas: dict[tuple[str, str], dict[str, Any]] = {}
         self.pods: dict[tuple[str, str], dict[str, Any]] = {}
+        self.services: dict[tuple[str, str], dict[str, Any]] = {}
+        self.ingresses: dict[tuple[str, str], dict[str, Any]] = {}
         self._versions = itertools.count(1000)
 
     def reset(self) -> None:
@@ -88,6 +93,8 @@ class FakeKubernetes(ScriptedServer):
             self.deployments.clear()
             self.hpas.clear()
             self.pods.clear()
+            self.services.clear()
+            self.ingresses.clear()
 
     def routes(self) -> list[Route]:
         return [
@@ -99,6 +106,7 @@ class FakeKubernetes(ScriptedServer):
             Route(HPAS, self._list_hpas, methods=["GET"]),
             Route(PODS, self._list_pods, methods=["GET"]),
             Route(PODS + "/{name}", self._patch_pod, methods=["PATCH"]),
+            *self.apps_routes(),
         ]
 
     # -- what tests set up and read (any thread) -------------------------------------------

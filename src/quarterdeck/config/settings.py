@@ -236,6 +236,13 @@ class Settings(GatewaySettings):
             raise ValueError(f"must be >= QUARTERDECK_SCALER_MIN_REPLICAS ({low})")
         return value
 
+    # Progressive delivery (rollouts/). The service and its API always exist; this turns on
+    # the leader-elected controller loop that moves canary weights (Kubernetes: the namespace
+    # and API of kubernetes_namespace / kubernetes_api_url) and judges steps via Prometheus.
+    rollouts_enabled: bool = False
+    rollouts_interval: Duration = 15.0
+    prometheus_url: str | None = None
+
     notify_slack_webhook_url: SecretStr | None = None
     notify_pagerduty_routing_key: SecretStr | None = None
     notify_pagerduty_url: str = "https://events.pagerduty.com"

@@ -60,6 +60,7 @@ PATH_PATTERNS: Mapping[str, str] = {
     "run_id": id_pattern("run"),
     "approval_id": id_pattern("apr"),
     "incident_id": id_pattern("inc"),
+    "rollout_id": id_pattern("ro"),
     "tenant": TENANT_RE.pattern,
     "key_id": KEY_ID_RE.pattern,
 }
@@ -68,6 +69,7 @@ PATH_PATTERNS: Mapping[str, str] = {
 QUERY_SCHEMAS: Mapping[tuple[str, str], Mapping[str, Any]] = {
     ("/v1/runs", "cursor"): {"pattern": id_pattern("run")},
     ("/v1/incidents", "cursor"): {"pattern": id_pattern("inc")},
+    ("/v1/rollouts", "cursor"): {"pattern": id_pattern("ro")},
     ("/v1/gateway/calls", "cursor"): {"description": "Opaque: a `next_cursor` as returned."},
     ("/v1/audit/events", "cursor"): {"description": "Opaque: a `next_cursor` as returned."},
 }
@@ -99,6 +101,10 @@ EXTRA_STATUSES: Mapping[tuple[str, str], frozenset[int]] = {
     ("post", "/v1/approvals/{approval_id}/reject"): frozenset({409}),
     ("post", "/v1/incidents/{incident_id}/ack"): frozenset({409}),
     ("post", "/v1/tenants/{tenant}/erase"): frozenset({409}),
+    # A second live rollout of one target; promote or abort a finished one.
+    ("post", "/v1/rollouts"): frozenset({409}),
+    ("post", "/v1/rollouts/{rollout_id}/promote"): frozenset({409}),
+    ("post", "/v1/rollouts/{rollout_id}/abort"): frozenset({409}),
 }
 """Statuses a route answers beyond the ones every route of its kind does (see ``_statuses``)."""
 

@@ -68,6 +68,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(18, "web dashboard sessions", sql_file="0018_ui_sessions.sql"),
     Migration(19, "run list filters and prompt search", sql_file="0019_run_list_indexes.sql"),
     Migration(20, "the autoscaler's decisions", sql_file="0020_scaling_decisions.sql"),
+    Migration(21, "rollouts and their events", sql_file="0021_rollouts.sql"),
 )
 
 HEAD = MIGRATIONS[-1].version

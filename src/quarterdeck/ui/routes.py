@@ -20,6 +20,7 @@ from quarterdeck.ui import (
     live,
     login,
     overview,
+    rollouts_page,
     run_detail,
     runs_list,
     scaling_page,
@@ -39,6 +40,7 @@ def build_router() -> APIRouter:
     router.include_router(budgets_page.router)
     router.include_router(keys_page.router)
     router.include_router(scaling_page.router)
+    router.include_router(rollouts_page.router)
     router.include_router(live.router)
     router.include_router(runs_list.router)
     router.include_router(run_detail.router)  # last: /ui/runs/{run_id} after literal /ui/runs/x

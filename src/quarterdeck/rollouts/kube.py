@@ -1,0 +1,383 @@
+"""The rollout's hands in Kubernetes: a canary Deployment beside the stable one, and traffic.
+
+What exists during a rollout of Deployment ``T`` (``claude-agent-api``):
+
+- ``T-canary``: a copy of ``T``'s spec with the new image in ``T``'s *first* container (the one
+  named like it, ``quarterdeck-api``; sidecars keep their images) and the pod label
+  ``rollouts.quarterdeck.dev/version: canary`` on its pods *and* its selector.
+- nginx mode only: Service ``T-canary`` (the stable Service's ports, its selector plus
+  ``version=canary``) and Ingress ``T-canary`` (the stable Ingress's rules for the stable
+  Service, pointed at ``T-canary``, with ingress-nginx's canary annotations). The stable Service
+  gets ``version=stable`` added to its selector while the rollout runs, else it would also send
+  the primary Ingress's share to canary pods and the canary would get more than its weight.
+
+Why the selectors are safe although they overlap. A Deployment's selector is immutable in
+apps/v1, so ``T``'s stays ``{app, tier}``, which also matches the canary's pods. The canary's
+selector ``{app, tier, version=canary}`` never matches ``T``'s pods (labelled ``version=stable``,
+and refused here if they were labelled ``canary``), so the canary never counts or adopts them.
+The other direction is harmless because controllers adopt only orphans: the canary's
+ReplicaSets and pods carry a controllerRef to ``T-canary`` (and their own ``pod-template-hash``),
+so ``T``'s controller leaves them alone. What does see both is anything selecting ``{app,
+tier}``: the stable Service (which, in replicas mode, is exactly how traffic follows the pod
+counts), a PodDisruptionBudget and topology spreading (both fine: the canary is extra capacity).
+
+Why the stable side is never scaled down: see :mod:`.traffic` (rollback is then only taking
+traffic and pods from the canary). Promotion patches ``T``'s image and lets ``T``'s own rolling
+update replace its pods, so the stable object GitOps knows stays the one that serves.
+
+The official client is synchronous: every call runs in a thread with a timeout, and API and
+transport errors become :class:`RolloutError` (as in :mod:`quarterdeck.scaling.kube`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
+
+import structlog
+
+from quarterdeck.exceptions import RolloutError
+from quarterdeck.rollouts.kube_objects import (
+    backend_services,
+    canary_deployment,
+    canary_ingress,
+    canary_name,
+    canary_service,
+    is_nginx,
+    rolled_out,
+    selects,
+)
+from quarterdeck.rollouts.queries import POD_VERSION_LABEL
+from quarterdeck.rollouts.spec import RolloutSpec
+from quarterdeck.rollouts.traffic import describe_split, nginx_canary_annotations, replica_split
+
+if TYPE_CHECKING:
+    from kubernetes.client import AppsV1Api, CoreV1Api, NetworkingV1Api
+
+log = structlog.get_logger(__name__)
+
+REQUEST_TIMEOUT_S = 10.0
+PINNED = "rollouts.quarterdeck.dev/pinned-selector"
+"""On the stable Service while we added ``version=stable`` to its selector, so cleanup removes
+only what it added."""
+T = TypeVar("T")
+Mode = Literal["nginx", "replicas"]
+
+
+class KubernetesTraffic:
+    """:class:`TrafficActuator` over the official client; see the module docstring."""
+
+    def __init__(
+        self,
+        apps: AppsV1Api,
+        core: CoreV1Api,
+        networking: NetworkingV1Api,
+        namespace: str,
+        mode: Mode,
+        *,
+        service: str | None = None,
+        ingress: str | None = None,
+        promote_timeout_s: float = 600.0,
+        poll_s: float = 2.0,
+    ) -> None:
+        if mode == "nginx" and not (service and ingress):
+            raise ValueError("nginx mode needs the stable Service and Ingress")
+        # Any: the client's stubs want its model classes; we send and read plain JSON.
+        self.apps: Any = apps
+        self.core: Any = core
+        self.networking: Any = networking
+        self.namespace, self.mode = namespace, mode
+        self.service: str = service or ""
+        self.ingress: str = ingress or ""
+        self.promote_timeout_s, self.poll_s = promote_timeout_s, poll_s
+
+    # -- the actuator ----------------------------------------------------------------------
+    async def prepare(self, spec: RolloutSpec) -> None:
+        await self._call("prepare the canary", lambda: self._prepare(spec))
+        log.info("rollout.prepared", target=spec.target, mode=self.mode, image=spec.image)
+
+    async def set_weight(self, spec: RolloutSpec, weight: int) -> str:
+        total = await self._call("read the stable replicas", lambda: self._replicas(spec.target))
+        canary = replica_split(total, weight)[0]
+        if self.mode == "nginx":  # pods first, then traffic: never weight onto no pod
+            await self._scale(spec, max(1, canary))
+            await self._weight(spec, weight)
+        else:
+            await self._scale(spec, canary)
+        described = describe_split(self.mode, weight, total)
+        log.info("rollout.weight", target=spec.target, weight=weight, split=described)
+        return described
+
+    async def rollback(self, spec: RolloutSpec) -> None:
+        if self.mode == "nginx":  # traffic away before the pods go
+            await self._weight(spec, 0)
+        await self._scale(spec, 0)
+        log.warning("rollout.rolled_back", target=spec.target)
+
+    async def promote_fully(self, spec: RolloutSpec) -> None:
+        def patch_image() -> None:
+            stable = self._read_deployment(spec.target)
+            first = stable["spec"]["template"]["spec"]["containers"][0]["name"]
+            body = {
+                "spec": {
+                    "template": {"spec": {"containers": [{"name": first, "image": spec.image}]}}
+                }
+            }
+            self.apps.patch_namespaced_deployment(
+                spec.target, self.namespace, body, _request_timeout=REQUEST_TIMEOUT_S
+            )
+
+        await self._call("set the stable image", patch_image)
+        deadline = time.monotonic() + self.promote_timeout_s
+        while True:
+            stable = await self._call(
+                "read the stable rollout", lambda: self._read_deployment(spec.target)
+            )
+            if rolled_out(stable):
+                break
+            if time.monotonic() >= deadline:
+                status = stable.get("status") or {}
+                raise RolloutError(
+                    f"Deployment {self.namespace}/{spec.target} did not roll out {spec.image} "
+                    f"within {self.promote_timeout_s:.0f}s (updated "
+                    f"{status.get('updatedReplicas', 0)}, ready {status.get('readyReplicas', 0)} "
+                    f"of {stable['spec'].get('replicas')}); the canary keeps its traffic"
+                )
+            await asyncio.sleep(self.poll_s)
+        if self.mode == "nginx":
+            await self._weight(spec, 0)
+        await self._scale(spec, 0)
+        log.info("rollout.promoted", target=spec.target, image=spec.image)
+
+    async def cleanup(self, spec: RolloutSpec) -> None:
+        await self._call("remove the canary", lambda: self._cleanup(spec))
+
+    # -- synchronous (in a thread) ---------------------------------------------------------
+    def _json(self, obj: Any) -> dict[str, Any]:
+        out: dict[str, Any] = self.apps.api_client.sanitize_for_serialization(obj)
+        return out
+
+    def _read_deployment(self, name: str) -> dict[str, Any]:
+        return self._json(
+            self.apps.read_namespaced_deployment(
+                name, self.namespace, _request_timeout=REQUEST_TIMEOUT_S
+            )
+        )
+
+    def _replicas(self, name: str) -> int:
+        return int(self._read_deployment(name)["spec"].get("replicas", 1))
+
+    def _listed(self, fn: Callable[..., Any]) -> list[dict[str, Any]]:
+        """A namespaced list call's items as JSON, sorted by name (deterministic choices)."""
+        found = self._json(fn(self.namespace, _request_timeout=REQUEST_TIMEOUT_S))
+        return sorted(found.get("items") or [], key=lambda i: str(i["metadata"]["name"]))
+
+    def _stable_service(self) -> dict[str, Any]:
+        for item in self._listed(self.core.list_namespaced_service):
+            if item["metadata"]["name"] == self.service:
+                return item
+        raise RolloutError(f"Service {self.namespace}/{self.service} not found")
+
+    def _stable_ingress(self) -> dict[str, Any]:
+        for item in self._listed(self.networking.list_namespaced_ingress):
+            if item["metadata"]["name"] == self.ingress:
+                return item
+        raise RolloutError(f"Ingress {self.namespace}/{self.ingress} not found")
+
+    def _prepare(self, spec: RolloutSpec) -> None:
+        from kubernetes.client.exceptions import ApiException
+
+        stable = self._read_deployment(spec.target)
+        body = canary_deployment(stable, spec.image)  # refuses a template labelled canary
+        labels = (stable["spec"]["template"].get("metadata") or {}).get("labels") or {}
+        if self.mode == "nginx" and labels.get(POD_VERSION_LABEL) != "stable":
+            # The stable Service is pinned to version=stable below: without the label on the
+            # stable pods it would select none and the primary Ingress would have no endpoint.
+            raise RolloutError(
+                f"Deployment {self.namespace}/{spec.target}'s pod template lacks the label "
+                f"{POD_VERSION_LABEL}: stable (deploy/kubernetes/base sets it); add it and let "
+                "the Deployment roll out before an nginx rollout"
+            )
+        name, t = body["metadata"]["name"], REQUEST_TIMEOUT_S
+        try:
+            self.apps.create_namespaced_deployment(self.namespace, body, _request_timeout=t)
+        except ApiException as exc:
+            if exc.status != 409:
+                raise
+            current = self._read_deployment(name)  # a canary left over: replace its spec
+            body["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
+            self.apps.replace_namespaced_deployment(name, self.namespace, body, _request_timeout=t)
+        if self.mode != "nginx":
+            return
+        service = self._stable_service()
+        self._create_or_patch(
+            self.core.create_namespaced_service,
+            self.core.patch_namespaced_service,
+            canary_service(service, spec.target),
+        )
+        ingress = canary_ingress(self._stable_ingress(), service["metadata"]["name"], spec.target)
+        self._create_or_patch(
+            self.networking.create_namespaced_ingress,
+            self.networking.patch_namespaced_ingress,
+            ingress,
+        )
+        selector = service["spec"]["selector"]
+        if POD_VERSION_LABEL not in selector:  # the primary Ingress: stable pods only
+            pin = {
+                "metadata": {"annotations": {PINNED: "true"}},
+                "spec": {"selector": {POD_VERSION_LABEL: "stable"}},
+            }
+            self.core.patch_namespaced_service(
+                self.service, self.namespace, pin, _request_timeout=t
+            )
+
+    def _create_or_patch(
+        self, create: Callable[..., Any], patch: Callable[..., Any], body: dict[str, Any]
+    ) -> None:
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            create(self.namespace, body, _request_timeout=REQUEST_TIMEOUT_S)
+        except ApiException as exc:
+            if exc.status != 409:
+                raise
+            patch(
+                body["metadata"]["name"], self.namespace, body, _request_timeout=REQUEST_TIMEOUT_S
+            )
+
+    def _cleanup(self, spec: RolloutSpec) -> None:
+        from kubernetes.client.exceptions import ApiException
+
+        name, t = canary_name(spec.target), REQUEST_TIMEOUT_S
+        deletes: list[Callable[..., Any]] = [self.apps.delete_namespaced_deployment]
+        if self.mode == "nginx":  # traffic first: the Ingress, then its Service, then the pods
+            deletes = [
+                self.networking.delete_namespaced_ingress,
+                self.core.delete_namespaced_service,
+                *deletes,
+            ]
+        for delete in deletes:
+            try:
+                delete(name, self.namespace, _request_timeout=t)
+            except ApiException as exc:
+                if exc.status != 404:
+                    raise
+        if self.mode == "nginx":
+            service = self._stable_service()
+            if (service["metadata"].get("annotations") or {}).get(PINNED):
+                unpin = {
+                    "metadata": {"annotations": {PINNED: None}},
+                    "spec": {"selector": {POD_VERSION_LABEL: None}},
+                }
+                self.core.patch_namespaced_service(
+                    self.service, self.namespace, unpin, _request_timeout=t
+                )
+
+    # -- one call each -----------------------------------------------------------------------
+    async def _scale(self, spec: RolloutSpec, replicas: int) -> None:
+        await self._call(
+            f"scale the canary to {replicas}",
+            lambda: self.apps.patch_namespaced_deployment(
+                canary_name(spec.target),
+                self.namespace,
+                {"spec": {"replicas": replicas}},
+                _request_timeout=REQUEST_TIMEOUT_S,
+            ),
+        )
+
+    async def _weight(self, spec: RolloutSpec, weight: int) -> None:
+        body = {"metadata": {"annotations": nginx_canary_annotations(weight)}}
+        await self._call(
+            f"set canary-weight {weight}",
+            lambda: self.networking.patch_namespaced_ingress(
+                canary_name(spec.target), self.namespace, body, _request_timeout=REQUEST_TIMEOUT_S
+            ),
+        )
+
+    async def _call(self, what: str, fn: Callable[[], T]) -> T:
+        """``fn`` in a thread; API and transport errors become :class:`RolloutError`."""
+        from kubernetes.client.exceptions import ApiException
+        from urllib3.exceptions import HTTPError
+
+        try:
+            return await asyncio.to_thread(fn)
+        except ApiException as exc:
+            raise RolloutError(
+                f"Kubernetes API: {what} in {self.namespace} failed: {_api_message(exc)}"
+            ) from exc
+        except (HTTPError, OSError) as exc:
+            raise RolloutError(
+                f"Kubernetes API: {what} in {self.namespace} failed: {type(exc).__name__}: {exc}"
+            ) from exc
+
+
+def _api_message(exc: Any) -> str:
+    """``HTTP 404 NotFound: deployments.apps "x" not found`` from an ApiException's Status."""
+    text = f"HTTP {exc.status} {exc.reason}"
+    try:
+        body = json.loads(exc.body) if exc.body else {}
+    except (TypeError, ValueError):
+        body = {}
+    if isinstance(body, dict) and body.get("message"):
+        text = f"HTTP {exc.status} {body.get('reason') or exc.reason}: {body['message']}"
+    return text
+
+
+async def kubernetes_traffic(
+    api_url: str | None, namespace: str, spec: RolloutSpec, *, ingress: str | None = None
+) -> KubernetesTraffic:
+    """The actuator for ``spec``, its traffic mode resolved.
+
+    ``auto`` is nginx when the stable Ingress exists and has class nginx, else replicas. The
+    stable Ingress is ``ingress`` when named, else the first (by name) whose backend is a Service
+    selecting the target's pods; an explicit ``nginx`` without one is an error, not a silent
+    replicas rollout.
+    """
+    from kubernetes import client, config
+
+    if api_url:
+        configuration = client.Configuration()
+        configuration.host = api_url
+        api_client = client.ApiClient(configuration)
+    else:
+        try:
+            config.load_incluster_config()  # type: ignore[no-untyped-call]
+        except config.ConfigException:
+            config.load_kube_config()  # type: ignore[no-untyped-call]
+        api_client = client.ApiClient()
+    apps, core = client.AppsV1Api(api_client), client.CoreV1Api(api_client)
+    networking = client.NetworkingV1Api(api_client)
+    probe = KubernetesTraffic(apps, core, networking, namespace, "replicas")
+    target = await probe._call("read the target", lambda: probe._read_deployment(spec.target))
+    if spec.traffic == "replicas":
+        return probe
+
+    def find() -> tuple[str | None, str | None]:
+        labels = (target["spec"]["template"].get("metadata") or {}).get("labels") or {}
+        mine = [
+            s["metadata"]["name"]
+            for s in probe._listed(probe.core.list_namespaced_service)
+            if selects((s.get("spec") or {}).get("selector"), labels)
+        ]
+        for body in probe._listed(probe.networking.list_namespaced_ingress):
+            if ingress is not None and body["metadata"]["name"] != ingress:
+                continue
+            hits = [s for s in mine if s in backend_services(body)]
+            if hits and is_nginx(body):
+                return hits[0], body["metadata"]["name"]
+        return None, None
+
+    service, name = await probe._call("find the stable Ingress", find)
+    if service is None or name is None:
+        if spec.traffic == "nginx":
+            raise RolloutError(
+                f"no nginx Ingress {ingress or ''} in {namespace} routes to a Service of "
+                f"Deployment {spec.target}: cannot split traffic by nginx"
+            )
+        return probe
+    return KubernetesTraffic(
+        apps, core, networking, namespace, "nginx", service=service, ingress=name
+    )

@@ -1,0 +1,255 @@
+"""Rollout use-cases every API replica serves: start, read, promote, abort, export.
+
+Why the service never talks to Kubernetes: only the leader's controller does (two replicas
+moving one canary's weight would fight). A person's ``promote`` or ``abort`` runs the pure
+machine on the stored state under ``SELECT … FOR UPDATE`` and stores the actions it decides as
+*pending*; the controller carries them out on its next tick, and a controller killed before
+that leaves them for the next leader. The row is the only truth, so any replica answers reads.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from quarterdeck.exceptions import Conflict, InvalidState, NotFound, ValidationFailed
+from quarterdeck.kit.clock import utcnow
+from quarterdeck.kit.ids import is_id, new_id
+from quarterdeck.rollouts import argo, conditions, machine, queries
+from quarterdeck.rollouts import repository as repo
+from quarterdeck.rollouts.models import (
+    Rollout,
+    RolloutCreate,
+    RolloutDetail,
+    RolloutEvent,
+    RolloutPage,
+)
+from quarterdeck.rollouts.spec import Analysis, MetricCheck, RolloutSpec, parse_steps
+from quarterdeck.store.pool import Database
+
+__all__ = ["MAX_PAGE", "RolloutService", "rollout_of", "spec_of"]
+
+MAX_PAGE = 200
+_FIELD = re.compile(r"^(steps\[\d+\]\.\w+|steps|analysis\.\w+|stable_soak|target)\b")
+
+
+def _invalid(field: str, message: str) -> ValidationFailed:
+    return ValidationFailed(f"{field}: {message}", errors=[{"field": field, "message": message}])
+
+
+def _field_of(message: str) -> str:
+    """The request field a ``RolloutSpec.validate`` message is about."""
+    match = _FIELD.match(message)
+    if match:
+        return match.group(1)
+    return "steps" if "step" in message else "analysis" if "analysis" in message else "spec"
+
+
+def spec_of(body: RolloutCreate) -> RolloutSpec:
+    """The frozen plan from the request; ``ValidationFailed`` names the first bad field."""
+    try:
+        steps = parse_steps(body.steps, body.pauses)
+    except ValueError as exc:
+        raise _invalid("pauses" if "duration" in str(exc).lower() else "steps", str(exc)) from exc
+    checks: list[MetricCheck] = []
+    for i, c in enumerate(body.checks):
+        for kind, text in (("success", c.success), ("failure", c.failure)):
+            if text is not None:
+                try:
+                    conditions.validate(text)
+                except ValueError as exc:
+                    raise _invalid(f"checks[{i}].{kind}", str(exc)) from exc
+        try:
+            queries.render_check(c.query, "canary")
+        except ValueError as exc:
+            raise _invalid(f"checks[{i}].query", str(exc)) from exc
+        checks.append(MetricCheck(c.name, c.query, c.success, c.failure))
+    if len({c.name for c in checks}) != len(checks):
+        raise _invalid("checks", "check names must be unique")
+    spec = RolloutSpec(
+        target=body.target,
+        image=body.image,
+        strategy=body.strategy,
+        steps=steps,
+        analysis=Analysis(
+            interval_s=body.analysis_interval_s,
+            max_error_rate=body.max_error_rate,
+            max_latency_p95_s=body.max_latency_p95_s,
+            min_throughput_ratio=body.min_throughput_ratio,
+            min_samples=body.min_samples,
+            max_extensions=body.max_extensions,
+            checks=tuple(checks),
+        ),
+        traffic=body.traffic,
+        stable_soak_s=body.stable_soak_s,
+    )
+    try:
+        spec.validate()
+    except ValueError as exc:
+        raise _invalid(_field_of(str(exc)), str(exc)) from exc
+    return spec
+
+
+def rollout_of(row: asyncpg.Record, now: datetime) -> Rollout:
+    """A stored row as the API shows it (``remaining_pause_s`` as of ``now``)."""
+    spec = repo.spec_from_json(row["spec"])
+    state = repo.state_of(row)
+    return Rollout(
+        id=row["id"],
+        target=row["target"],
+        image=row["image"],
+        strategy=row["strategy"],
+        traffic=row["traffic_mode"] or spec.traffic,
+        phase=state.phase,
+        step_index=state.step_index,
+        steps=len(spec.steps),
+        weight=state.weight,
+        effective_weight=row["effective_weight"],
+        split=row["split"],
+        pause_reason=state.pause_reason,
+        remaining_pause_s=machine.remaining_pause_s(spec, state, now.timestamp()),
+        created_by=row["created_by"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        spec=row["spec"],
+        last_analysis=row["last_analysis"],
+    )
+
+
+class RolloutService:
+    def __init__(self, db: Database, *, clock: Callable[[], datetime] = utcnow) -> None:
+        self.db = db
+        self.clock = clock
+
+    async def start(self, body: RolloutCreate, *, by: str | None) -> Rollout:
+        """Store a new rollout at its first step; the controller applies the first weight."""
+        spec = spec_of(body)
+        now = self.clock()
+        state, actions = machine.start(spec, now.timestamp())
+        rollout_id = new_id("ro")
+        try:
+            async with self.db.transaction() as conn:
+                row = await repo.insert_rollout(
+                    conn,
+                    rollout_id=rollout_id,
+                    spec=spec,
+                    state=state,
+                    pending=repo.queue([], actions),
+                    created_by=by,
+                )
+                await repo.append_event(
+                    conn,
+                    rollout_id,
+                    "started",
+                    f"rollout of {spec.target} to {spec.image} started"
+                    + (f" by {by}" if by else ""),
+                    {
+                        "by": by,
+                        "steps": [s.weight for s in spec.steps],
+                        "spec_hash": state.spec_hash,
+                    },
+                    at=now,
+                )
+        except asyncpg.UniqueViolationError as exc:
+            async with self.db.acquire() as conn:
+                live = await conn.fetchval(
+                    "SELECT id FROM rollouts WHERE target = $1"
+                    " AND phase NOT IN ('completed', 'aborted', 'rolled_back')",
+                    spec.target,
+                )
+            raise Conflict(
+                f"a rollout of {spec.target} is already in progress ({live}); "
+                "promote or abort it first",
+                extra={"rollout_id": live},
+            ) from exc
+        return rollout_of(row, now)
+
+    async def get(self, rollout_id: str) -> RolloutDetail:
+        if not is_id(rollout_id, "ro"):
+            raise NotFound(f"rollout {rollout_id} not found")
+        async with self.db.acquire() as conn:
+            row = await repo.get_rollout(conn, rollout_id)
+            if row is None:
+                raise NotFound(f"rollout {rollout_id} not found")
+            events = await repo.list_events(conn, rollout_id)
+        rollout = rollout_of(row, self.clock())
+        return RolloutDetail(
+            **rollout.model_dump(),
+            events=[RolloutEvent.model_validate(dict(e)) for e in events],
+        )
+
+    async def list(
+        self, *, limit: int = 50, cursor: str | None = None, live_only: bool = False
+    ) -> RolloutPage:
+        """Newest first; ``cursor`` is the id of the last item of the previous page."""
+        if not 1 <= limit <= MAX_PAGE:
+            raise _invalid("limit", f"must be between 1 and {MAX_PAGE}")
+        if cursor is not None and not is_id(cursor, "ro"):
+            raise _invalid("cursor", "malformed: pass next_cursor from the previous page")
+        async with self.db.acquire() as conn:
+            rows = await repo.list_rollouts(
+                conn, limit=limit, before_id=cursor, live_only=live_only
+            )
+        now = self.clock()
+        items = [rollout_of(r, now) for r in rows]
+        return RolloutPage(items=items, next_cursor=items[-1].id if len(items) == limit else None)
+
+    async def promote(self, rollout_id: str, *, full: bool, by: str | None) -> Rollout:
+        """The next step (or with ``full`` full promotion) now; ``InvalidState`` (409) when the
+        machine refuses (soaking, spec changed) or the rollout is finished."""
+
+        def decide(spec: RolloutSpec, state: machine.RolloutState, now: float) -> Any:
+            return machine.promote(spec, state, now, full=full)
+
+        what = "fully promoted" if full else "promoted to the next step"
+        return await self._person(rollout_id, decide, "promoted", what, by, {"full": full})
+
+    async def abort(self, rollout_id: str, *, reason: str, by: str | None) -> Rollout:
+        """Traffic back to the stable version (no incident: a person decided)."""
+
+        def decide(spec: RolloutSpec, state: machine.RolloutState, now: float) -> Any:
+            return machine.abort(spec, state, now, reason)
+
+        return await self._person(
+            rollout_id, decide, "aborted", f"aborted: {reason}", by, {"reason": reason}
+        )
+
+    def export_argo(self, rollout: Rollout) -> str:
+        """The same plan as Argo Rollouts manifests (``Rollout`` + ``AnalysisTemplate``s), as one
+        YAML document: a ``v1`` ``List`` of them, which ``kubectl apply -f`` takes as it is and
+        which any YAML reader parses (a multi-document stream is not one value)."""
+        spec = repo.spec_from_json(rollout.spec)
+        return argo.to_yaml([{"apiVersion": "v1", "kind": "List", "items": argo.export_argo(spec)}])
+
+    async def _person(
+        self,
+        rollout_id: str,
+        decide: Callable[[RolloutSpec, machine.RolloutState, float], machine.Transition],
+        kind: str,
+        what: str,
+        by: str | None,
+        data: dict[str, Any],
+    ) -> Rollout:
+        if not is_id(rollout_id, "ro"):
+            raise NotFound(f"rollout {rollout_id} not found")
+        now = self.clock()
+        async with self.db.transaction() as conn:
+            row = await repo.get_rollout(conn, rollout_id, lock=True)
+            if row is None:
+                raise NotFound(f"rollout {rollout_id} not found")
+            spec, state = repo.spec_from_json(row["spec"]), repo.state_of(row)
+            if state.terminal:
+                raise InvalidState(f"rollout {rollout_id} is already {state.phase}")
+            new, actions = decide(spec, state, now.timestamp())
+            pending = repo.queue(list(row["pending"]), actions)
+            await repo.save_state(conn, rollout_id, new, pending)
+            message = f"{what}" + (f" by {by}" if by else "")
+            payload = {**data, "by": by, "phase": new.phase, "step_index": new.step_index}
+            await repo.append_event(conn, rollout_id, kind, message, payload, at=now)
+            row = await repo.get_rollout(conn, rollout_id)
+        assert row is not None
+        return rollout_of(row, now)

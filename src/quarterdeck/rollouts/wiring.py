@@ -1,0 +1,94 @@
+"""Builds the rollouts' pieces for one process from its settings (called by ``runtime.py``).
+
+Every API process gets the :class:`RolloutService` (reads, start, promote, abort: they only
+write rows). The controller loop exists only with ``rollouts_enabled``, and acts only while it
+leads. Why an election of its own (advisory lock ``0x51D_0004``, or the ``quarterdeck-rollouts``
+Lease) rather than the health monitor's or the scaler's: as with the scaler, processes differ in
+which loops they run, and a controller borrowing a lock that some processes do not hold could
+lead twice at once — two writers of one canary weight, two incidents for one rollback.
+"""
+
+from __future__ import annotations
+
+from quarterdeck.config import Settings
+from quarterdeck.health.leader import Elector, LeaderElector
+from quarterdeck.incidents.service import IncidentService
+from quarterdeck.rollouts.actuator import ActuatorFactory, TrafficActuator
+from quarterdeck.rollouts.controller import RolloutController
+from quarterdeck.rollouts.prometheus import Prometheus
+from quarterdeck.rollouts.service import RolloutService
+from quarterdeck.rollouts.spec import RolloutSpec
+from quarterdeck.store.pool import Database
+
+__all__ = ["ROLLOUTS_KEY", "ROLLOUTS_LEASE", "build_rollouts"]
+
+ROLLOUTS_KEY = 0x51D_0004
+"""Advisory lock key of the rollout controller's elector (``0x51D_0003`` is the scaler's)."""
+ROLLOUTS_LEASE = "quarterdeck-rollouts"
+"""Name of its Lease when ``health_leader_backend`` is ``kubernetes``."""
+
+
+def _namespace(settings: Settings) -> str:
+    if settings.kubernetes_namespace:
+        return settings.kubernetes_namespace
+    from quarterdeck.health.lease import pod_namespace
+
+    return pod_namespace()
+
+
+def _own_elector(settings: Settings, db: Database) -> Elector:
+    s = settings
+    if s.health_leader_backend == "kubernetes":
+        from quarterdeck.health.lease import LeaseElector, kubernetes_api
+
+        return LeaseElector(
+            kubernetes_api(s.kubernetes_api_url),
+            _namespace(s),
+            ROLLOUTS_LEASE,
+            duration_s=s.health_lease_duration,
+            retry_s=s.health_leader_retry,
+            role="rollouts",
+        )
+    return LeaderElector(db.url, key=ROLLOUTS_KEY, retry_s=s.health_leader_retry, role="rollouts")
+
+
+def kubernetes_actuators(settings: Settings) -> ActuatorFactory:
+    """The Kubernetes actuator for each rollout, in ``kubernetes_namespace`` (or the pod's)."""
+
+    async def build(spec: RolloutSpec) -> TrafficActuator:
+        from quarterdeck.rollouts.kube import kubernetes_traffic
+
+        return await kubernetes_traffic(settings.kubernetes_api_url, _namespace(settings), spec)
+
+    return build
+
+
+def build_rollouts(
+    settings: Settings,
+    db: Database,
+    incidents: IncidentService,
+    elector: Elector | None = None,
+    *,
+    actuators: ActuatorFactory | None = None,
+) -> tuple[RolloutService, RolloutController | None]:
+    """The service every API process serves, and the controller (None unless enabled).
+
+    ``elector``: None (the runtime) builds the controller's own, run and stopped with it; one
+    given is run by the caller (tests). ``actuators`` replaces the Kubernetes side (tests). The
+    caller runs :meth:`RolloutController.run` as a task and cancels it (or calls ``stop``).
+    Nothing here talks to Kubernetes or Prometheus yet.
+    """
+    s = settings
+    service = RolloutService(db)
+    if not s.rollouts_enabled:
+        return service, None
+    controller = RolloutController(
+        db,
+        elector if elector is not None else _own_elector(s, db),
+        actuators if actuators is not None else kubernetes_actuators(s),
+        incidents,
+        prometheus=Prometheus(s.prometheus_url) if s.prometheus_url else None,
+        interval_s=s.rollouts_interval,
+        own_elector=elector is None,
+    )
+    return service, controller

@@ -29,8 +29,9 @@ from quarterdeck.gateway.prices import GatewayPrices
 from quarterdeck.gateway.reads import GatewayCalls
 from quarterdeck.gateway.recorder import CallRecorder
 from quarterdeck.gateway.service import Gateway
-from quarterdeck.health import HealthMonitor, LeaderElector
-from quarterdeck.health.leader import Elector
+from quarterdeck.health import HealthMonitor
+from quarterdeck.health.electors import build_elector
+from quarterdeck.health.leader import HEALTH_MONITOR_KEY, Elector
 from quarterdeck.incidents import IncidentService, build_incident_service
 from quarterdeck.incidents.anomalies import AnomalySink
 from quarterdeck.kit.wiring import Services
@@ -297,21 +298,13 @@ class Runtime:
 
     def _build_elector(self) -> Elector:
         """The health monitor's leader election: a Postgres advisory lock or a Kubernetes Lease."""
-        s = self.settings
-        if s.health_leader_backend == "kubernetes":
-            from quarterdeck.health.lease import (
-                LeaseElector,
-                kubernetes_api,
-                pod_namespace,
-            )
-
-            return LeaseElector(
-                kubernetes_api(s.kubernetes_api_url),
-                s.kubernetes_namespace or pod_namespace(),
-                duration_s=s.health_lease_duration,
-                retry_s=s.health_leader_retry,
-            )
-        return LeaderElector(self.db.url, retry_s=s.health_leader_retry)
+        return build_elector(
+            self.settings,
+            self.db.url,
+            key=HEALTH_MONITOR_KEY,
+            lease="quarterdeck-health-monitor",
+            role="health_monitor",
+        )
 
     async def _start_gateway(self, gate: PolicyGate) -> None:
         """The Anthropic-compatible gateway: relay, meter, recorder, budget holds, inspector."""

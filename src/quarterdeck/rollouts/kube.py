@@ -32,7 +32,6 @@ transport errors become :class:`RolloutError` (as in :mod:`quarterdeck.scaling.k
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
@@ -40,6 +39,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 import structlog
 
 from quarterdeck.exceptions import RolloutError
+from quarterdeck.kit.kube_calls import call_in_thread
 from quarterdeck.rollouts.kube_objects import (
     backend_services,
     canary_deployment,
@@ -299,31 +299,7 @@ class KubernetesTraffic:
 
     async def _call(self, what: str, fn: Callable[[], T]) -> T:
         """``fn`` in a thread; API and transport errors become :class:`RolloutError`."""
-        from kubernetes.client.exceptions import ApiException
-        from urllib3.exceptions import HTTPError
-
-        try:
-            return await asyncio.to_thread(fn)
-        except ApiException as exc:
-            raise RolloutError(
-                f"Kubernetes API: {what} in {self.namespace} failed: {_api_message(exc)}"
-            ) from exc
-        except (HTTPError, OSError) as exc:
-            raise RolloutError(
-                f"Kubernetes API: {what} in {self.namespace} failed: {type(exc).__name__}: {exc}"
-            ) from exc
-
-
-def _api_message(exc: Any) -> str:
-    """``HTTP 404 NotFound: deployments.apps "x" not found`` from an ApiException's Status."""
-    text = f"HTTP {exc.status} {exc.reason}"
-    try:
-        body = json.loads(exc.body) if exc.body else {}
-    except (TypeError, ValueError):
-        body = {}
-    if isinstance(body, dict) and body.get("message"):
-        text = f"HTTP {exc.status} {body.get('reason') or exc.reason}: {body['message']}"
-    return text
+        return await call_in_thread(what, fn, RolloutError, f"in {self.namespace}")
 
 
 async def kubernetes_traffic(

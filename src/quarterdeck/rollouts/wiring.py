@@ -11,7 +11,8 @@ lead twice at once — two writers of one canary weight, two incidents for one r
 from __future__ import annotations
 
 from quarterdeck.config import Settings
-from quarterdeck.health.leader import Elector, LeaderElector
+from quarterdeck.health.electors import build_elector, namespace_of
+from quarterdeck.health.leader import Elector
 from quarterdeck.incidents.service import IncidentService
 from quarterdeck.rollouts.actuator import ActuatorFactory, TrafficActuator
 from quarterdeck.rollouts.controller import RolloutController
@@ -28,28 +29,9 @@ ROLLOUTS_LEASE = "quarterdeck-rollouts"
 """Name of its Lease when ``health_leader_backend`` is ``kubernetes``."""
 
 
-def _namespace(settings: Settings) -> str:
-    if settings.kubernetes_namespace:
-        return settings.kubernetes_namespace
-    from quarterdeck.health.lease import pod_namespace
-
-    return pod_namespace()
-
-
 def _own_elector(settings: Settings, db: Database) -> Elector:
-    s = settings
-    if s.health_leader_backend == "kubernetes":
-        from quarterdeck.health.lease import LeaseElector, kubernetes_api
-
-        return LeaseElector(
-            kubernetes_api(s.kubernetes_api_url),
-            _namespace(s),
-            ROLLOUTS_LEASE,
-            duration_s=s.health_lease_duration,
-            retry_s=s.health_leader_retry,
-            role="rollouts",
-        )
-    return LeaderElector(db.url, key=ROLLOUTS_KEY, retry_s=s.health_leader_retry, role="rollouts")
+    """An election of the rollouts's own, on the deployment's backend (see health/electors.py)."""
+    return build_elector(settings, db.url, key=ROLLOUTS_KEY, lease=ROLLOUTS_LEASE, role="rollouts")
 
 
 def kubernetes_actuators(settings: Settings) -> ActuatorFactory:
@@ -58,7 +40,7 @@ def kubernetes_actuators(settings: Settings) -> ActuatorFactory:
     async def build(spec: RolloutSpec) -> TrafficActuator:
         from quarterdeck.rollouts.kube import kubernetes_traffic
 
-        return await kubernetes_traffic(settings.kubernetes_api_url, _namespace(settings), spec)
+        return await kubernetes_traffic(settings.kubernetes_api_url, namespace_of(settings), spec)
 
     return build
 

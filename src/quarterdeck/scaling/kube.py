@@ -23,8 +23,6 @@ inside functions: most processes never scale anything.
 
 from __future__ import annotations
 
-import asyncio
-import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
@@ -32,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 import structlog
 
 from quarterdeck.exceptions import ScalingConflict, ScalingError
+from quarterdeck.kit.kube_calls import api_message, call_in_thread
 
 if TYPE_CHECKING:  # the client is imported where it is used: most processes never need it
     from kubernetes.client import AppsV1Api, AutoscalingV2Api, CoreV1Api
@@ -178,7 +177,7 @@ class KubernetesScaleTarget:
             except ApiException as exc:
                 if exc.status == 404:  # gone meanwhile: nothing to rank
                     continue
-                failed.append(f"{meta.name}: {_api_message(exc)}")
+                failed.append(f"{meta.name}: {api_message(exc)}")
                 continue
             patched += 1
         if failed:  # best effort per pod, but a refusal (RBAC, say) must be seen
@@ -190,33 +189,7 @@ class KubernetesScaleTarget:
 
     async def _call(self, what: str, fn: Callable[[], T]) -> T:
         """``fn`` in a thread; API and transport errors become :class:`ScalingError`."""
-        from kubernetes.client.exceptions import ApiException
-        from urllib3.exceptions import HTTPError
-
-        try:
-            return await asyncio.to_thread(fn)
-        except ApiException as exc:
-            raise ScalingError(
-                f"Kubernetes API: {what} on Deployment {self.name} failed: {_api_message(exc)}"
-            ) from exc
-        except (HTTPError, OSError) as exc:
-            raise ScalingError(
-                f"Kubernetes API: {what} on Deployment {self.name} failed: "
-                f"{type(exc).__name__}: {exc}"
-            ) from exc
-
-
-def _api_message(exc: Any) -> str:
-    """``HTTP 404 NotFound: deployments.apps "x" not found`` from an ApiException's Status."""
-    text = f"HTTP {exc.status} {exc.reason}"
-    try:
-        body = json.loads(exc.body) if exc.body else {}
-    except (TypeError, ValueError):
-        body = {}
-    if isinstance(body, dict) and body.get("message"):
-        reason = body.get("reason")
-        text = f"HTTP {exc.status} {reason or exc.reason}: {body['message']}"
-    return text
+        return await call_in_thread(what, fn, ScalingError, f"on Deployment {self.name}")
 
 
 def kubernetes_scale_target(

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 from quarterdeck.config import Settings
 from quarterdeck.exceptions import ConfigError
-from quarterdeck.health.leader import Elector, LeaderElector
+from quarterdeck.health.electors import build_elector, namespace_of
+from quarterdeck.health.leader import Elector
 from quarterdeck.resilience.breaker import Breakers, breaker_name
 from quarterdeck.runs.store_protocol import RunStore
 from quarterdeck.scaling.kube import ScaleTarget, kubernetes_scale_target
@@ -56,20 +57,12 @@ def scaler_config(settings: Settings) -> ScalerConfig:
     return config
 
 
-def _namespace(settings: Settings) -> str:
-    if settings.kubernetes_namespace:
-        return settings.kubernetes_namespace
-    from quarterdeck.health.lease import pod_namespace
-
-    return pod_namespace()
-
-
 def target_name(settings: Settings) -> str | None:
     """``namespace/deployment`` the scaler decides for; None when it is off."""
     if settings.scaler_mode == "off":
         return None
     if settings.scaler_mode == "kubernetes" or settings.kubernetes_namespace:
-        return f"{_namespace(settings)}/{settings.scaler_deployment}"
+        return f"{namespace_of(settings)}/{settings.scaler_deployment}"
     return settings.scaler_deployment
 
 
@@ -78,7 +71,7 @@ def _kubernetes_target(settings: Settings) -> ScaleTarget:
     (found at start-up), unlike an HPA owning the Deployment (found and recorded by a tick)."""
     s = settings
     try:
-        return kubernetes_scale_target(s.kubernetes_api_url, _namespace(s), s.scaler_deployment)
+        return kubernetes_scale_target(s.kubernetes_api_url, namespace_of(s), s.scaler_deployment)
     except Exception as exc:
         raise ConfigError(
             [
@@ -92,20 +85,8 @@ def _kubernetes_target(settings: Settings) -> ScaleTarget:
 
 
 def _own_elector(settings: Settings, db: Database) -> Elector:
-    """An elector like the health monitor's (same backend and timings), for the scaler alone."""
-    s = settings
-    if s.health_leader_backend == "kubernetes":
-        from quarterdeck.health.lease import LeaseElector, kubernetes_api
-
-        return LeaseElector(
-            kubernetes_api(s.kubernetes_api_url),
-            _namespace(s),
-            SCALER_LEASE,
-            duration_s=s.health_lease_duration,
-            retry_s=s.health_leader_retry,
-            role="scaler",
-        )
-    return LeaderElector(db.url, key=SCALER_KEY, retry_s=s.health_leader_retry, role="scaler")
+    """An election of the scaler's own, on the deployment's backend (see health/electors.py)."""
+    return build_elector(settings, db.url, key=SCALER_KEY, lease=SCALER_LEASE, role="scaler")
 
 
 def build_scaling(

@@ -373,6 +373,21 @@ def child(metric: Any, *values: str) -> Any:
     return found
 
 
+def zero_outcomes(agent_types: Iterable[str]) -> None:
+    """Create every ``claude_agent_requests_total`` series a worker can count, at 0.
+
+    Why: a labelled child appears on its first increment, and Prometheus' ``increase()`` and
+    ``rate()`` cannot count a series' first value, so the first error of a version (a canary, a
+    worker after a restart) would be invisible to the rollout analysis and the error-rate alert
+    until its second. Created at start, every later increment is counted. Bounded: agent types
+    and operations come from configuration, statuses are three.
+    """
+    for agent in agent_types:
+        for op in sorted(_LABELS.operations | {OTHER}):
+            for status in ("success", "error", "cancelled"):
+                child(REQUESTS, agent, status, op)
+
+
 def render() -> bytes:
     return generate_latest(REGISTRY)
 

@@ -236,6 +236,7 @@ class Runtime:
                 self._build_caller(self.provider, self.pricing),
                 holds=self.holds,
             )
+            metrics.zero_outcomes(self.agent_catalog.names)  # every outcome counted from its first
             self.workers = WorkerPool(
                 self.settings,
                 self.run_store,

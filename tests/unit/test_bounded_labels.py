@@ -100,3 +100,23 @@ async def test_a_thousand_distinct_values_leave_every_series_count_bounded(tmp_p
     assert value("claude_agent_unpriced_tokens_total", {"agent_type": "coder", "model": "other"})
     # ... and each metric grew by a handful of series (the "other" ones), not by thousands.
     assert max(grown.values()) <= 40, grown
+
+
+def test_every_outcome_series_exists_at_zero_before_its_first_run() -> None:
+    """``increase()`` cannot count a series' first value: a canary's first error would be lost
+    if its ``status="error"`` series appeared only then (the rollout analysis reads it)."""
+
+    def sample(status: str) -> float | None:
+        return metrics.REGISTRY.get_sample_value(
+            "claude_agent_requests_total",
+            {"agent_type": "zeroed-type", "status": status, "operation": "task"},
+        )
+
+    assert sample("error") is None
+    metrics.zero_outcomes(["zeroed-type"])
+    assert (sample("success"), sample("error"), sample("cancelled")) == (0.0, 0.0, 0.0)
+    other = metrics.REGISTRY.get_sample_value(
+        "claude_agent_requests_total",
+        {"agent_type": "zeroed-type", "status": "error", "operation": "other"},
+    )
+    assert other == 0.0

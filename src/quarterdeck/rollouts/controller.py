@@ -235,11 +235,7 @@ class RolloutController:
                 pending = repo.queue(list(row["pending"]), actions)
                 await repo.save_state(conn, rollout_id, new, pending, last_analysis=analysis)
             else:
-                await conn.execute(
-                    "UPDATE rollouts SET last_analysis = $2 WHERE id = $1",
-                    rollout_id,
-                    repo.finite(analysis),
-                )
+                await repo.set_last_analysis(conn, rollout_id, analysis)
             if changed or due:
                 verdict = analysis["verdict"] or "no result"
                 why = result.reason if result else raw.get("error", "")

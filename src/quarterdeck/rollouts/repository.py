@@ -213,6 +213,23 @@ async def get_rollout(
     return row
 
 
+async def live_rollout_of(conn: asyncpg.Connection, target: str) -> str | None:
+    """The id of the target's rollout still in progress, if any."""
+    found: str | None = await conn.fetchval(
+        "SELECT id FROM rollouts WHERE target = $1"
+        " AND phase NOT IN ('completed', 'aborted', 'rolled_back')",
+        target,
+    )
+    return found
+
+
+async def set_last_analysis(conn: asyncpg.Connection, rollout_id: str, analysis: Any) -> None:
+    """The newest analysis of a rollout whose state did not change."""
+    await conn.execute(
+        "UPDATE rollouts SET last_analysis = $2 WHERE id = $1", rollout_id, finite(analysis)
+    )
+
+
 async def save_state(
     conn: asyncpg.Connection,
     rollout_id: str,

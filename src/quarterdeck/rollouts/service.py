@@ -156,11 +156,7 @@ class RolloutService:
                 )
         except asyncpg.UniqueViolationError as exc:
             async with self.db.acquire() as conn:
-                live = await conn.fetchval(
-                    "SELECT id FROM rollouts WHERE target = $1"
-                    " AND phase NOT IN ('completed', 'aborted', 'rolled_back')",
-                    spec.target,
-                )
+                live = await repo.live_rollout_of(conn, spec.target)
             raise Conflict(
                 f"a rollout of {spec.target} is already in progress ({live}); "
                 "promote or abort it first",

@@ -40,7 +40,8 @@ def test_a_killed_agent_run_resumes_at_the_next_turn_without_rebilling(
     first.kill()
 
     deployment.start("up", **real)
-    done = client.get(f"/v1/runs/{run_id}/wait", params={"timeout": 120}).json()
+    # The read timeout outlasts the wait: the resumed run may take longer than the client's 30 s.
+    done = client.get(f"/v1/runs/{run_id}/wait", params={"timeout": 120}, timeout=150).json()
     assert done["status"] == "succeeded", done
     assert done["turns"] == 6 and done["attempts"] == 2
     # Billed exactly as an uninterrupted run: turns 1-3 once, turns 4-6 once.

@@ -69,7 +69,7 @@ def test_a_sigkill_loses_no_audit_event_of_a_finished_run_nor_a_running_call(
         assert time.monotonic() < deadline, "run B's tool.intent was never written"
         time.sleep(0.05)
     quick = _submit(client, "add a")
-    done = client.get(f"/v1/runs/{quick}/wait", params={"timeout": 60}).json()
+    done = client.get(f"/v1/runs/{quick}/wait", params={"timeout": 60}, timeout=90).json()
     assert done["status"] == "succeeded", done
     # The worker audits run.completed right after the finish that woke `wait`; allow it a few
     # flush windows, then crash while B's command still sleeps.

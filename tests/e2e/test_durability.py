@@ -119,7 +119,7 @@ def test_sigterm_drains_then_releases_in_flight_runs(deployment: Deployment):
 
     second = deployment.start("up", QUARTERDECK_SIMULATED_LATENCY="0")
     for run_id in ids:
-        done = client.get(f"/v1/runs/{run_id}/wait", params={"timeout": 60}).json()
+        done = client.get(f"/v1/runs/{run_id}/wait", params={"timeout": 60}, timeout=90).json()
         assert done["status"] == "succeeded"
         events = client.get(f"/v1/runs/{run_id}/events").json()
         assert any(e["data"].get("reason") == "released by a draining worker" for e in events)

@@ -95,7 +95,7 @@ def test_a_frozen_worker_that_lost_its_run_records_nothing_and_makes_no_call(
         os.kill(frozen, signal.SIGCONT)
         frozen = None
 
-        done = client.get(f"/v1/runs/{run_id}/wait", params={"timeout": 60}).json()
+        done = client.get(f"/v1/runs/{run_id}/wait", params={"timeout": 60}, timeout=90).json()
         assert done["status"] == "succeeded", done
         assert done["attempts"] == 2 and done["turns"] == 3
         time.sleep(1.0)  # room for a call A should not make

@@ -41,7 +41,10 @@ def test_concurrent_runs_from_two_processes_never_overspend_a_tenant_budget(
     assert batch.status_code == 202, batch.text
     ids = [r["id"] for r in batch.json()["runs"]]
     assert len(ids) == 100
-    runs = [client.get(f"/v1/runs/{run_id}/wait", params={"timeout": 60}).json() for run_id in ids]
+    runs = [
+        client.get(f"/v1/runs/{run_id}/wait", params={"timeout": 60}, timeout=90).json()
+        for run_id in ids
+    ]
     elapsed = time.monotonic() - started
 
     statuses = [r["status"] for r in runs]

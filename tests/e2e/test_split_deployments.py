@@ -51,6 +51,6 @@ def test_serve_runs_no_run_and_worker_serves_no_api(deployment: Deployment) -> N
     assert httpx.get(f"{probes}/health", timeout=5).status_code == 200
     assert httpx.get(f"{probes}/metrics", timeout=5).status_code == 401
     for run_id in ids:
-        run = client.get(f"/v1/runs/{run_id}/wait", params={"timeout": 60}).json()
+        run = client.get(f"/v1/runs/{run_id}/wait", params={"timeout": 60}, timeout=90).json()
         assert run["status"] == "succeeded", run
     assert not port_open(http_port)(), "a worker opens no API port"

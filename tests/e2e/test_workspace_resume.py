@@ -121,7 +121,9 @@ def test_a_run_killed_on_one_replica_resumes_on_another_with_its_workspace(
         shutil.rmtree(source)
 
         with httpx.Client(base_url=two.url, timeout=150) as client:
-            done = client.get(f"/v1/runs/{run_id}/wait", params={"timeout": 120}).json()
+            done = client.get(
+                f"/v1/runs/{run_id}/wait", params={"timeout": 120}, timeout=150
+            ).json()
             assert done["status"] == "succeeded", done
             assert done["attempts"] == 2 and done["turns"] == 6
             diff = client.get(f"/v1/runs/{run_id}/diff").text

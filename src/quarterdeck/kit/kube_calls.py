@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 from quarterdeck.exceptions import QuarterdeckError
 
-__all__ = ["api_message", "call_in_thread"]
+__all__ = ["api_client", "api_message", "call_in_thread"]
 
 T = TypeVar("T")
 
@@ -46,3 +46,19 @@ def api_message(exc: Any) -> str:
     if isinstance(body, dict) and body.get("message"):
         text = f"HTTP {exc.status} {body.get('reason') or exc.reason}: {body['message']}"
     return text
+
+
+def api_client(api_url: str | None) -> Any:
+    """An ``ApiClient``: ``api_url`` when given (tests: the fake API server), else the pod's
+    in-cluster config, else the local kubeconfig."""
+    from kubernetes import client, config
+
+    if api_url:
+        configuration = client.Configuration()
+        configuration.host = api_url
+        return client.ApiClient(configuration)
+    try:
+        config.load_incluster_config()  # type: ignore[no-untyped-call]
+    except config.ConfigException:
+        config.load_kube_config()  # type: ignore[no-untyped-call]
+    return client.ApiClient()

@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 import structlog
 
 from quarterdeck.exceptions import RolloutError
+from quarterdeck.kit import kube_calls
 from quarterdeck.kit.kube_calls import call_in_thread
 from quarterdeck.rollouts.kube_objects import (
     backend_services,
@@ -312,18 +313,9 @@ async def kubernetes_traffic(
     selecting the target's pods; an explicit ``nginx`` without one is an error, not a silent
     replicas rollout.
     """
-    from kubernetes import client, config
+    from kubernetes import client
 
-    if api_url:
-        configuration = client.Configuration()
-        configuration.host = api_url
-        api_client = client.ApiClient(configuration)
-    else:
-        try:
-            config.load_incluster_config()  # type: ignore[no-untyped-call]
-        except config.ConfigException:
-            config.load_kube_config()  # type: ignore[no-untyped-call]
-        api_client = client.ApiClient()
+    api_client = kube_calls.api_client(api_url)
     apps, core = client.AppsV1Api(api_client), client.CoreV1Api(api_client)
     networking = client.NetworkingV1Api(api_client)
     probe = KubernetesTraffic(apps, core, networking, namespace, "replicas")

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 import structlog
 
 from quarterdeck.exceptions import ScalingConflict, ScalingError
+from quarterdeck.kit import kube_calls
 from quarterdeck.kit.kube_calls import api_message, call_in_thread
 
 if TYPE_CHECKING:  # the client is imported where it is used: most processes never need it
@@ -197,18 +198,9 @@ def kubernetes_scale_target(
 ) -> KubernetesScaleTarget:
     """The real target: ``api_url`` when given, else in-cluster config, else kubeconfig (the
     order of :func:`quarterdeck.health.lease.kubernetes_api`); one ApiClient for the three APIs."""
-    from kubernetes import client, config
+    from kubernetes import client
 
-    if api_url:
-        configuration = client.Configuration()
-        configuration.host = api_url
-        api_client = client.ApiClient(configuration)
-    else:
-        try:
-            config.load_incluster_config()  # type: ignore[no-untyped-call]
-        except config.ConfigException:
-            config.load_kube_config()  # type: ignore[no-untyped-call]
-        api_client = client.ApiClient()
+    api_client = kube_calls.api_client(api_url)
     return KubernetesScaleTarget(
         client.AppsV1Api(api_client),
         client.AutoscalingV2Api(api_client),

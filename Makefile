@@ -6,7 +6,9 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 PY     := $(BIN)/python
 STAMP  := $(VENV)/.installed
-APT_PACKAGES := redis-server prometheus prometheus-alertmanager bubblewrap socat chromium
+# libpango…fonts-dejavu-core: what WeasyPrint loads to print the monthly report as PDF.
+APT_PACKAGES := redis-server prometheus prometheus-alertmanager bubblewrap socat chromium \
+  libpango-1.0-0 libpangoft2-1.0-0 libharfbuzz-subset0 libfontconfig1 fonts-dejavu-core
 APT_STAMP := $(VENV)/.apt-installed
 
 .PHONY: up test test-unit test-integration test-e2e test-chaos lint typecheck bench install deps clean help claude-code

@@ -27,6 +27,7 @@ from quarterdeck.health import probes
 from quarterdeck.incidents import api as incidents_api
 from quarterdeck.kit.text import json_syntax_message
 from quarterdeck.kit.wiring import services
+from quarterdeck.reports import api as reports_api
 from quarterdeck.rollouts import api as rollouts_api
 from quarterdeck.runs import api as runs_api
 from quarterdeck.runtime import Runtime
@@ -230,6 +231,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
     app.include_router(health_api.router)
     app.include_router(scaling_api.router)
     app.include_router(rollouts_api.router)
+    app.include_router(reports_api.router)
     app.include_router(budgets_api.router)
     app.include_router(auth_api.router)
     app.include_router(gateway_reports_api.router)

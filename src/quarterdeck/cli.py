@@ -17,6 +17,8 @@ from quarterdeck.exceptions import ConfigError, QuarterdeckError
 from quarterdeck.gateway.cli import app as gateway_app
 from quarterdeck.incidents.cli import app as incidents_app
 from quarterdeck.kit.console import console, err_console, fail, hide_flag_metavars
+from quarterdeck.reports.cli import app as report_app
+from quarterdeck.rollouts.canary_cli import app as canary_app
 from quarterdeck.rollouts.cli import app as rollout_app
 from quarterdeck.runs.cli import app as run_app
 from quarterdeck.scaling.cli import app as scaler_app
@@ -60,6 +62,8 @@ app.add_typer(gateway_app, name="gateway")
 app.add_typer(tenants_app, name="tenants")
 app.add_typer(scaler_app, name="scaler")
 app.add_typer(rollout_app, name="rollout")
+app.add_typer(canary_app, name="canary")
+app.add_typer(report_app, name="report")
 
 
 @app.callback()

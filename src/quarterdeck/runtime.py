@@ -38,6 +38,9 @@ from quarterdeck.kit.wiring import Services
 from quarterdeck.providers.factory import build_provider
 from quarterdeck.providers.pricing import PriceTable, Pricing
 from quarterdeck.providers.types import Provider
+from quarterdeck.reports.schedule import ReportScheduler
+from quarterdeck.reports.service import ReportService
+from quarterdeck.reports.wiring import build_reports
 from quarterdeck.resilience import (
     BreakerConfig,
     Breakers,
@@ -47,6 +50,7 @@ from quarterdeck.resilience import (
 )
 from quarterdeck.resilience.calls import ResilientCaller
 from quarterdeck.rollouts.controller import RolloutController
+from quarterdeck.rollouts.routing import CanaryRouter
 from quarterdeck.rollouts.service import RolloutService
 from quarterdeck.rollouts.wiring import build_rollouts
 from quarterdeck.runs.events import RunEventHub
@@ -129,6 +133,8 @@ class Runtime:
     tenant_data: TenantData = field(init=False)
     maintenance: Maintenance | None = field(init=False, default=None)
     scaling: ScalingService = field(init=False)
+    reports: ReportService = field(init=False)
+    report_scheduler: ReportScheduler | None = field(init=False, default=None)
     scaler: Scaler | None = field(init=False, default=None)
     rollouts: RolloutService = field(init=False)
     rollout_controller: RolloutController | None = field(init=False, default=None)
@@ -165,12 +171,15 @@ class Runtime:
         await self.audit.start()
         self.trail = AuditTrail(self.audit)
         self.run_store = PostgresRunStore(self.db)
+        # Agent-configuration canaries route a share of new runs (read every 2 s per process).
+        self.canary_routes = CanaryRouter(self.db)
         self.runs = RunService(
             self.settings,
             self.run_store,
             self.hub if self.with_api else None,
             self.agent_catalog,
             trail=self.trail,
+            routes=self.canary_routes,
         )
         self.insights = RunInsights(self.db, stale_after_s=self.settings.worker_heartbeat_timeout)
         self.incidents = build_incident_service(self.settings, self.db)
@@ -266,10 +275,20 @@ class Runtime:
             self._tasks.append(asyncio.create_task(self.scaler.run()))
         # Rollouts: the service (every process) and the controller (enabled; own election).
         self.rollouts, self.rollout_controller = build_rollouts(
-            self.settings, self.db, self.incidents
+            self.settings,
+            self.db,
+            self.incidents,
+            catalog=self.agent_catalog,
+            router=self.canary_routes,
         )
         if self.rollout_controller is not None:
             self._tasks.append(asyncio.create_task(self.rollout_controller.run()))
+        # Monthly reports: served by every process; last month's stored on the 1st by the leader
+        # of the API processes (a worker-only process does not hold a connection for it).
+        self.reports, scheduler = build_reports(self.settings, self.db)
+        if self.with_api:
+            self.report_scheduler = scheduler
+            self._tasks.append(asyncio.create_task(scheduler.run()))
         metrics.READY.set(1)
 
     def _start_maintenance(self) -> None:
@@ -457,6 +476,7 @@ class Runtime:
         registry.add(GatewayCalls, self.gateway_calls)
         registry.add(TenantData, self.tenant_data)
         registry.add(ScalingService, self.scaling)
+        registry.add(ReportService, self.reports)
         registry.add(RolloutService, self.rollouts)
         if self.health is not None:
             registry.add(HealthMonitor, self.health)

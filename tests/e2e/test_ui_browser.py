@@ -41,6 +41,7 @@ NAV = {  # nav href -> (the page's <h1>, screenshot name)
     "/ui/incidents": ("Incidents", "incidents"),
     "/ui/scaling": ("Scaling", "scaling"),
     "/ui/rollouts": ("Rollouts", "rollouts"),
+    "/ui/reports": ("Reports", "reports"),
     "/ui/audit": ("Audit log", "audit"),
     "/ui/budgets": ("Budgets", "budgets"),
     "/ui/keys": ("API keys", "keys"),

@@ -382,3 +382,67 @@ def test_cli_check_syntax_and_no_server() -> None:
     url = f"http://127.0.0.1:{free_port()}"
     result = runner.invoke(rollout_cli, ["history"], env={"QUARTERDECK_URL": url})
     assert result.exit_code == 1 and "cannot reach Quarterdeck" in flat(result.output)
+
+
+async def test_agent_configuration_canaries_through_the_api_and_cli(
+    rt: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``POST /v1/canaries`` on the app the runtime builds (its service knows the agent types):
+    platform-only, 422 naming the setting, 409 for a second live one, listed by kind, no Argo
+    export; and ``quarterdeck canary`` against a real server."""
+    from quarterdeck.rollouts.canary_cli import app as canary_cli
+
+    app = create_app(rt.settings, rt)
+    submitter = (await rt.auth.create("sub", Role.submitter, "acme")).api_key
+    body = {"agent_type": "coder", "set": {"model": "claude-haiku-4-5"}, "min_runs": 20}
+    async with client_of(app, submitter) as api:
+        denied = await api.post("/v1/canaries", json=body)
+    assert denied.status_code == 403 and denied.headers["content-type"].startswith(PROBLEM)
+    async with client_of(app) as api:
+        bad = await api.post("/v1/canaries", json={**body, "set": {"tools": "run_command"}})
+        assert problem_fields(bad) == ["set.tools"]
+        bad = await api.post("/v1/canaries", json={**body, "set": {"tools": ["run_command"]}})
+        assert all(f.startswith("set.tools") for f in problem_fields(bad))
+        bad = await api.post("/v1/canaries", json={**body, "set": {"max_turns": "3"}})
+        assert problem_fields(bad) == ["set.max_turns"], bad.text
+        bad = await api.post("/v1/canaries", json={**body, "set": {}})
+        assert problem_fields(bad) == ["set"], bad.text
+        bad = await api.post("/v1/canaries", json={**body, "agent_type": "ghost"})
+        assert problem_fields(bad) == ["agent_type"]
+        created = await api.post("/v1/canaries", json=body)
+        assert created.status_code == 201, created.text
+        canary = created.json()
+        assert created.headers["location"] == f"/v1/rollouts/{canary['id']}"
+        assert (canary["kind"], canary["target"], canary["traffic"]) == (
+            "agent-config", "agent:coder", "runs")  # fmt: skip
+        assert canary["image"].startswith("coder@") and canary["weight"] == 10
+        again = await api.post("/v1/canaries", json=body)
+        assert again.status_code == 409 and again.json()["rollout_id"] == canary["id"]
+        listed = (await api.get("/v1/rollouts", params={"kind": "agent-config"})).json()
+        assert [r["id"] for r in listed["items"]] == [canary["id"]]
+        deployments = (await api.get("/v1/rollouts", params={"kind": "deployment"})).json()
+        assert canary["id"] not in [r["id"] for r in deployments["items"]]
+        argo = await api.get(f"/v1/rollouts/{canary['id']}/argo")
+        assert argo.status_code == 409 and "no Argo Rollouts equivalent" in argo.text
+
+    forget_settings_env(monkeypatch)
+    monkeypatch.setattr(console, "_width", 200)
+    with logs_to_the_real_stderr(monkeypatch):
+        async with serving(rt) as url:
+
+            async def qd(*args: str, key: str = ADMIN) -> Any:
+                env = {"QUARTERDECK_URL": url, "QUARTERDECK_API_KEY": key}
+                return await asyncio.to_thread(runner.invoke, canary_cli, list(args), env=env)
+
+            status = await qd("status")
+            assert status.exit_code == 0, status.output
+            text = flat(status.stdout)
+            assert canary["id"] in text and "model: (as configured) -> claude-haiku-4-5" in text
+            refused = await qd("start", "--agent-type", "coder", "--set", "tools=x")
+            assert refused.exit_code == 2 and "cannot be changed by a canary" in flat(
+                refused.output
+            )
+            aborted = await qd("abort", canary["id"], "--reason", "trial over")
+            assert aborted.exit_code == 0 and "aborted" in aborted.stdout
+            history = await qd("history")
+            assert "aborted" in history.stdout and "coder@" in history.stdout

@@ -129,8 +129,9 @@ class AgentPlanner:
         return run.params.get("workspace") is not None or not self.simulated
 
     def agent(self, run: Run) -> AgentType:
+        """The run's agent type, with the settings a canary routed it (``agent_config``)."""
         if run.agent_type in self.catalog:
-            return self.catalog.get(run.agent_type)
+            return self.catalog.configured(run.agent_type, run.params.get("agent_config"))
         # Validated at submission; a type removed from config since then falls back loudly.
         log.warning("agent_type_gone", run_id=run.id, agent_type=run.agent_type)
         return self.catalog.get(self.settings.default_agent_type)

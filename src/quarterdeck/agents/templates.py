@@ -20,6 +20,7 @@ Everything is validated when the catalog is built (at startup), and every proble
 from __future__ import annotations
 
 import builtins
+import json
 import re
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Literal
@@ -238,6 +239,7 @@ class AgentCatalog:
     ) -> None:
         self._types = dict(sorted(types.items()))
         self.availability = availability
+        self._versions: dict[tuple[str, str], str] = {}  # a few entries: types x canaries
 
     @classmethod
     def defaults(cls, *, max_turns: int = 50, timeout_s: float = 3600.0) -> AgentCatalog:
@@ -366,3 +368,19 @@ class AgentCatalog:
         (a 422 when there is no such type). May run the CLI probe: call it off the event loop."""
         agent_type = self.get(name)
         return None if self.availability is None else self.availability(agent_type)
+
+    def configured(self, name: str, settings: Mapping[str, Any] | None) -> AgentType:
+        """Type ``name`` with a canary's ``settings`` applied (see ``agents/configured.py``)."""
+        from quarterdeck.agents.configured import with_settings
+
+        return with_settings(self.get(name), settings or {})
+
+    def version(self, name: str, settings: Mapping[str, Any]) -> str:
+        """The configuration version a run of ``name`` with ``settings`` records."""
+        key = (name, json.dumps(dict(settings), sort_keys=True, default=str) if settings else "")
+        found = self._versions.get(key)
+        if found is None:
+            from quarterdeck.agents.configured import config_version
+
+            found = self._versions[key] = config_version(self.configured(name, settings))
+        return found

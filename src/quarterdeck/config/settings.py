@@ -243,6 +243,19 @@ class Settings(GatewaySettings):
     rollouts_interval: Duration = 15.0
     prometheus_url: str | None = None
 
+    # The monthly report's ROI section (reports/). ROI and hours saved are assumptions, not
+    # measurements: the report computes them only from these inputs (or the request's), prints
+    # them beside the result and labels it an estimate; unset, the section says what to set.
+    report_hourly_cost_usd: float | None = Field(
+        default=None, gt=0, le=100_000, description="Loaded cost of one engineer-hour, USD."
+    )
+    report_minutes_saved_per_run: float | None = Field(
+        default=None,
+        ge=0,
+        le=100_000,
+        description="Engineer minutes one successful run saves (an estimate you supply).",
+    )
+
     notify_slack_webhook_url: SecretStr | None = None
     notify_pagerduty_routing_key: SecretStr | None = None
     notify_pagerduty_url: str = "https://events.pagerduty.com"

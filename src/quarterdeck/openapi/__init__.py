@@ -101,8 +101,11 @@ EXTRA_STATUSES: Mapping[tuple[str, str], frozenset[int]] = {
     ("post", "/v1/approvals/{approval_id}/reject"): frozenset({409}),
     ("post", "/v1/incidents/{incident_id}/ack"): frozenset({409}),
     ("post", "/v1/tenants/{tenant}/erase"): frozenset({409}),
-    # A second live rollout of one target; promote or abort a finished one.
+    # A second live rollout of one target (or canary of one agent type); promote or abort a
+    # finished one; an agent-configuration canary has no Argo export.
     ("post", "/v1/rollouts"): frozenset({409}),
+    ("post", "/v1/canaries"): frozenset({409}),
+    ("get", "/v1/rollouts/{rollout_id}/argo"): frozenset({409}),
     ("post", "/v1/rollouts/{rollout_id}/promote"): frozenset({409}),
     ("post", "/v1/rollouts/{rollout_id}/abort"): frozenset({409}),
 }

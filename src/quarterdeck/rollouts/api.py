@@ -12,7 +12,7 @@ service is asked, and an unknown well-formed one the service's 404.
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Query, Response
 from pydantic import BaseModel, Field
@@ -20,7 +20,14 @@ from pydantic import BaseModel, Field
 from quarterdeck.exceptions import ValidationFailed
 from quarterdeck.kit.ids import is_id
 from quarterdeck.kit.wiring import provide
-from quarterdeck.rollouts.models import STRICT, Rollout, RolloutCreate, RolloutDetail, RolloutPage
+from quarterdeck.rollouts.models import (
+    STRICT,
+    CanaryCreate,
+    Rollout,
+    RolloutCreate,
+    RolloutDetail,
+    RolloutPage,
+)
 from quarterdeck.rollouts.service import MAX_PAGE, RolloutService
 from quarterdeck.security.auth import Permission, Principal, require
 from quarterdeck.security.trail import Changes
@@ -92,6 +99,36 @@ async def start_rollout(
     return rollout
 
 
+@router.post(
+    "/v1/canaries",
+    status_code=201,
+    response_model=Rollout,
+    summary="Start an agent-configuration canary",
+    description="Routes a share of new runs of `agent_type` to the candidate settings (`set`: "
+    "model, system_prompt, max_turns, max_tokens, thinking_budget, cache_ttl, timeout_s, "
+    "budget_usd), compares how the two arms' runs end and promotes or rolls back. It is a "
+    "rollout of kind `agent-config` (target `agent:<type>`): read, promote and abort it under "
+    "`/v1/rollouts/{id}`. One live canary per agent type (409).",
+)
+async def start_canary(
+    body: CanaryCreate,
+    response: Response,
+    principal: CanWrite,
+    rollouts: Rollouts,
+    changes: Changes,
+) -> Rollout:
+    rollout = await rollouts.start_canary(body, by=actor_of(principal))
+    await changes.record(
+        principal.key_id,
+        "canary.started",
+        "platform",
+        {"rollout_id": rollout.id, "agent_type": body.agent_type, "version": rollout.image,
+         "set": sorted(body.set)},
+    )  # fmt: skip
+    response.headers["Location"] = f"/v1/rollouts/{rollout.id}"
+    return rollout
+
+
 @router.get(
     "/v1/rollouts",
     response_model=RolloutPage,
@@ -101,6 +138,10 @@ async def start_rollout(
 async def list_rollouts(
     rollouts: Rollouts,
     live: Annotated[bool, Query(description="Only rollouts not yet finished.")] = False,
+    kind: Annotated[
+        Literal["deployment", "agent-config"] | None,
+        Query(description="Only Deployment rollouts, or only agent-configuration canaries."),
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 50,
     cursor: Annotated[
         str | None,
@@ -109,7 +150,7 @@ async def list_rollouts(
 ) -> RolloutPage:
     if cursor is not None:
         check_id(cursor, "cursor")
-    return await rollouts.list(limit=limit, cursor=cursor, live_only=live)
+    return await rollouts.list(limit=limit, cursor=cursor, live_only=live, kind=kind)
 
 
 @router.get(

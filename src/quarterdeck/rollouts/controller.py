@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import re
 from collections.abc import Callable
 from datetime import datetime
@@ -33,10 +34,12 @@ from quarterdeck.health.leader import Elector
 from quarterdeck.incidents.models import Severity, Source
 from quarterdeck.incidents.service import IncidentService
 from quarterdeck.kit.clock import utcnow
-from quarterdeck.rollouts import machine
+from quarterdeck.rollouts import canary_repository, machine
 from quarterdeck.rollouts import repository as repo
 from quarterdeck.rollouts.actuator import ActuatorFactory, TrafficActuator
 from quarterdeck.rollouts.analysis import AnalysisResult
+from quarterdeck.rollouts.canary_spec import AgentCanarySpec
+from quarterdeck.rollouts.config_analysis import ArmSample, judge_config
 from quarterdeck.rollouts.machine import (
     Action,
     CleanupOld,
@@ -47,6 +50,7 @@ from quarterdeck.rollouts.machine import (
     SetWeight,
 )
 from quarterdeck.rollouts.prometheus import ANALYSES, ERRORS, Prometheus, clear, show
+from quarterdeck.rollouts.repository import AnyPlan
 from quarterdeck.rollouts.spec import RolloutSpec
 from quarterdeck.store.pool import Database
 
@@ -57,7 +61,7 @@ __all__ = ["RolloutController", "TrafficActuator", "analysis_window"]
 _PODS = re.compile(r"(\d+) canary of (\d+) pods")
 
 
-def analysis_window(spec: RolloutSpec, state: RolloutState, now: float) -> float:
+def analysis_window(spec: AnyPlan, state: RolloutState, now: float) -> float:
     """Seconds of history to judge: since the step (or extension, or soak) began, capped at
     what the machine is waiting for, at least one second."""
     interval = spec.analysis.interval_s
@@ -101,6 +105,7 @@ class RolloutController:
         self._actuator_cache: dict[str, TrafficActuator] = {}
         self._last_recorded: dict[str, float] = {}  # rollout id -> last analysis event (epoch)
         self._task: asyncio.Task[None] | None = None
+        self._current = ""  # the rollout being reconciled
 
     @property
     def is_leader(self) -> bool:
@@ -173,6 +178,7 @@ class RolloutController:
             row = await repo.get_rollout(conn, rollout_id)
         assert row is not None
         spec, state = repo.spec_from_json(row["spec"]), repo.state_of(row)
+        self._current = rollout_id
         if state.terminal:
             show(spec.target, state.phase, state.weight)
             self._actuator_cache.pop(rollout_id, None)
@@ -190,8 +196,10 @@ class RolloutController:
             await self._apply_pending(rollout_id)
 
     async def _measure(
-        self, spec: RolloutSpec, state: RolloutState, weight: float, now: float
+        self, spec: AnyPlan, state: RolloutState, weight: float, now: float
     ) -> tuple[AnalysisResult | None, dict[str, Any]]:
+        if isinstance(spec, AgentCanarySpec):
+            return await self._measure_runs(spec)
         window = analysis_window(spec, state, now)
         if self.prometheus is None:
             return None, {"window_s": window, "error": "no Prometheus configured"}
@@ -201,10 +209,25 @@ class RolloutController:
             log.warning("rollouts.analysis_failed", target=spec.target, error=_detail(exc))
             return None, {"window_s": window, "error": _detail(exc)}
 
+    async def _measure_runs(
+        self, spec: AgentCanarySpec
+    ) -> tuple[AnalysisResult | None, dict[str, Any]]:
+        """An agent-configuration canary: every run of each arm finished since it started."""
+        try:
+            async with self.db.acquire() as conn:
+                arms = await canary_repository.arm_samples(conn, self._current)
+        except Exception as exc:
+            log.warning("rollouts.arms_unreadable", target=spec.target, error=_detail(exc))
+            return None, {"error": _detail(exc)}
+        stable, candidate = arm_sample(arms.get("stable")), arm_sample(arms.get("candidate"))
+        raw = {"arms": {"stable": dataclasses.asdict(stable),
+                        "candidate": dataclasses.asdict(candidate)}}  # fmt: skip
+        return judge_config(spec.analysis, stable, candidate), raw
+
     async def _record(
         self,
         rollout_id: str,
-        spec: RolloutSpec,
+        spec: AnyPlan,
         state: RolloutState,
         new: RolloutState,
         actions: list[Action],
@@ -294,9 +317,11 @@ class RolloutController:
         return False
 
     async def _apply(
-        self, rollout_id: str, mode: str | None, spec: RolloutSpec, action: Action
+        self, rollout_id: str, mode: str | None, spec: AnyPlan, action: Action
     ) -> dict[str, Any]:
         """Do one action; returns what to store about it (``message`` for the event)."""
+        if isinstance(spec, AgentCanarySpec) and not isinstance(action, OpenIncident):
+            return _runs_share(spec, action)
         if isinstance(action, OpenIncident):
             incident, created = await self.incidents.open_or_update(
                 spec.target,
@@ -305,12 +330,13 @@ class RolloutController:
                 action.detail,
                 dedup_key=f"rollout:{rollout_id}",
                 source=Source.health_check,
-                affected_components=[f"deployment={spec.target}"],
+                affected_components=[_component(spec)],
                 suggested_actions=[f"quarterdeck rollout status {rollout_id}"],
                 details={"rollout_id": rollout_id, "image": spec.image},
             )
             verb = "opened" if created else "updated"
             return {"message": f"{verb} incident {incident.id}", "incident_id": incident.id}
+        assert isinstance(spec, RolloutSpec)  # an agent canary's actions returned above
         if mode is None and isinstance(action, Rollback | CleanupOld):
             return {"message": f"{_name(action)}: nothing was deployed yet"}
         actuator = self._actuator_cache.get(rollout_id)
@@ -346,7 +372,48 @@ class RolloutController:
             await repo.append_event(conn, rollout_id, kind, message, data, at=self.clock())
 
 
-def _transition(spec: RolloutSpec, old: RolloutState, new: RolloutState) -> tuple[str, str]:
+def arm_sample(row: Any) -> ArmSample:
+    """One arm's stored figures (no row: no finished run yet)."""
+    if row is None:
+        return ArmSample(0, 0, 0.0, None, None, None, 0, None, 0)
+    return ArmSample(
+        runs=int(row["runs"]),
+        succeeded=int(row["succeeded"]),
+        cost_usd=float(row["cost_usd"]),
+        turns_mean=row["turns_mean"],
+        duration_p95_s=row["duration_p95_s"],
+        quality_mean=row["quality_mean"],
+        quality_n=int(row["quality_n"]),
+        coverage_mean=row["coverage_mean"],
+        coverage_n=int(row["coverage_n"]),
+    )
+
+
+def _runs_share(spec: AgentCanarySpec, action: Action) -> dict[str, Any]:
+    """An agent-configuration canary moves no traffic itself: the stored weight *is* the share
+    of new runs every replica's router reads. The action is recorded for the history."""
+    kind = spec.agent_type
+    if isinstance(action, SetWeight):
+        message = f"{action.weight} % of new {kind} runs get {spec.version}"
+        return {"message": message, "split": message, "effective_weight": float(action.weight)}
+    if isinstance(action, Rollback):
+        message = f"new {kind} runs get {spec.stable_version} again: {action.reason}"
+        return {"message": message, "split": f"all new runs: {spec.stable_version}",
+                "effective_weight": 0.0}  # fmt: skip
+    if isinstance(action, PromoteFully):
+        message = f"{spec.version} is the configuration of every new {kind} run"
+        return {"message": message, "split": f"all new runs: {spec.version}",
+                "effective_weight": 100.0}  # fmt: skip
+    return {"message": "nothing to clean up: the configuration lives in the canary"}
+
+
+def _component(spec: AnyPlan) -> str:
+    if isinstance(spec, AgentCanarySpec):
+        return f"agent_type={spec.agent_type}"
+    return f"deployment={spec.target}"
+
+
+def _transition(spec: AnyPlan, old: RolloutState, new: RolloutState) -> tuple[str, str]:
     """The event kind and message of a state change the machine made."""
     if new.phase in ("rolled_back", "completed", "aborted"):
         return new.phase, new.pause_reason or f"rollout {new.phase}"

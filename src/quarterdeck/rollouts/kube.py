@@ -23,7 +23,16 @@ counts), a PodDisruptionBudget and topology spreading (both fine: the canary is 
 
 Why the stable side is never scaled down: see :mod:`.traffic` (rollback is then only taking
 traffic and pods from the canary). Promotion patches ``T``'s image and lets ``T``'s own rolling
-update replace its pods, so the stable object GitOps knows stays the one that serves.
+update replace its pods, so the stable object GitOps knows stays the one that serves; the image
+it had is kept in an annotation, so a failure during the soak that follows puts it back.
+
+Blue-green (nginx only: a switch needs a router) keeps both sides at full size: ``T-canary``
+(green) gets as many pods as ``T`` (blue) from the first step on, so every step, the switch to
+100 % and a rollback are only ingress weights, never a wait for pods. A first step at 0 % is the
+preview: green runs at full size behind the ``T-canary`` Service with no user traffic. Full
+promotion sends all traffic to green and leaves blue untouched for the soak (a rollback then is
+instant: blue still runs the old image); only after the soak does blue get the new image, and
+once it has rolled out, traffic returns to it and green is removed.
 
 The official client is synchronous: every call runs in a thread with a timeout, and API and
 transport errors become :class:`RolloutError` (as in :mod:`quarterdeck.scaling.kube`).
@@ -64,6 +73,9 @@ REQUEST_TIMEOUT_S = 10.0
 PINNED = "rollouts.quarterdeck.dev/pinned-selector"
 """On the stable Service while we added ``version=stable`` to its selector, so cleanup removes
 only what it added."""
+PREVIOUS_IMAGE = "rollouts.quarterdeck.dev/previous-image"
+"""On the stable Deployment from a canary's full promotion until its cleanup: the image it had,
+which a failure during the soak restores."""
 T = TypeVar("T")
 Mode = Literal["nginx", "replicas"]
 
@@ -103,6 +115,8 @@ class KubernetesTraffic:
     async def set_weight(self, spec: RolloutSpec, weight: int) -> str:
         total = await self._call("read the stable replicas", lambda: self._replicas(spec.target))
         canary = replica_split(total, weight)[0]
+        if spec.strategy == "blue-green":  # green at full size from the preview on
+            canary = total
         if self.mode == "nginx":  # pods first, then traffic: never weight onto no pod
             await self._scale(spec, max(1, canary))
             await self._weight(spec, weight)
@@ -116,20 +130,57 @@ class KubernetesTraffic:
         if self.mode == "nginx":  # traffic away before the pods go
             await self._weight(spec, 0)
         await self._scale(spec, 0)
+        if spec.strategy != "blue-green":  # blue-green's stable side was never touched
+            await self._call("restore the stable image", lambda: self._restore(spec))
         log.warning("rollout.rolled_back", target=spec.target)
 
+    def _restore(self, spec: RolloutSpec) -> None:
+        """After a canary's full promotion (during the soak) the stable Deployment runs the new
+        image: put back the one it had."""
+        stable = self._read_deployment(spec.target)
+        previous = (stable["metadata"].get("annotations") or {}).get(PREVIOUS_IMAGE)
+        first = stable["spec"]["template"]["spec"]["containers"][0]
+        if previous and first.get("image") == spec.image:
+            self._patch_image(spec.target, first["name"], previous, annotation=None)
+            log.warning("rollout.stable_image_restored", target=spec.target, image=previous)
+
+    def _patch_image(
+        self, name: str, container: str, image: str, *, annotation: str | None
+    ) -> None:
+        body = {
+            "metadata": {"annotations": {PREVIOUS_IMAGE: annotation}},
+            "spec": {"template": {"spec": {"containers": [{"name": container, "image": image}]}}},
+        }
+        self.apps.patch_namespaced_deployment(
+            name, self.namespace, body, _request_timeout=REQUEST_TIMEOUT_S
+        )
+
     async def promote_fully(self, spec: RolloutSpec) -> None:
+        if spec.strategy == "blue-green":  # the switch: all traffic to green, blue kept as it is
+            total = await self._call(
+                "read the stable replicas", lambda: self._replicas(spec.target)
+            )
+            await self._scale(spec, max(1, total))
+            await self._weight(spec, 100)
+            log.info("rollout.switched", target=spec.target, image=spec.image)
+            return
+        await self._roll_stable(spec, keep_previous=True)
+        if self.mode == "nginx":
+            await self._weight(spec, 0)
+        await self._scale(spec, 0)
+        log.info("rollout.promoted", target=spec.target, image=spec.image)
+
+    async def _roll_stable(self, spec: RolloutSpec, *, keep_previous: bool) -> None:
+        """Give the stable Deployment the new image and wait until it has rolled out (the
+        canary keeps serving meanwhile)."""
+
         def patch_image() -> None:
             stable = self._read_deployment(spec.target)
-            first = stable["spec"]["template"]["spec"]["containers"][0]["name"]
-            body = {
-                "spec": {
-                    "template": {"spec": {"containers": [{"name": first, "image": spec.image}]}}
-                }
-            }
-            self.apps.patch_namespaced_deployment(
-                spec.target, self.namespace, body, _request_timeout=REQUEST_TIMEOUT_S
+            first = stable["spec"]["template"]["spec"]["containers"][0]
+            previous = (
+                first.get("image") if keep_previous and first.get("image") != spec.image else None
             )
+            self._patch_image(spec.target, first["name"], spec.image, annotation=previous)
 
         await self._call("set the stable image", patch_image)
         deadline = time.monotonic() + self.promote_timeout_s
@@ -148,13 +199,21 @@ class KubernetesTraffic:
                     f"of {stable['spec'].get('replicas')}); the canary keeps its traffic"
                 )
             await asyncio.sleep(self.poll_s)
-        if self.mode == "nginx":
-            await self._weight(spec, 0)
-        await self._scale(spec, 0)
-        log.info("rollout.promoted", target=spec.target, image=spec.image)
 
     async def cleanup(self, spec: RolloutSpec) -> None:
+        if spec.strategy == "blue-green":  # after the soak: blue gets the image, then the traffic
+            await self._roll_stable(spec, keep_previous=False)
+            await self._weight(spec, 0)
+            await self._scale(spec, 0)
         await self._call("remove the canary", lambda: self._cleanup(spec))
+        if spec.strategy != "blue-green":
+            await self._call("forget the previous image", lambda: self._forget_previous(spec))
+
+    def _forget_previous(self, spec: RolloutSpec) -> None:
+        body = {"metadata": {"annotations": {PREVIOUS_IMAGE: None}}}
+        self.apps.patch_namespaced_deployment(
+            spec.target, self.namespace, body, _request_timeout=REQUEST_TIMEOUT_S
+        )
 
     # -- synchronous (in a thread) ---------------------------------------------------------
     def _json(self, obj: Any) -> dict[str, Any]:
@@ -320,7 +379,8 @@ async def kubernetes_traffic(
     networking = client.NetworkingV1Api(api_client)
     probe = KubernetesTraffic(apps, core, networking, namespace, "replicas")
     target = await probe._call("read the target", lambda: probe._read_deployment(spec.target))
-    if spec.traffic == "replicas":
+    blue_green = spec.strategy == "blue-green"
+    if spec.traffic == "replicas" and not blue_green:
         return probe
 
     def find() -> tuple[str | None, str | None]:
@@ -339,6 +399,12 @@ async def kubernetes_traffic(
         return None, None
 
     service, name = await probe._call("find the stable Ingress", find)
+    if blue_green and (service is None or name is None or spec.traffic == "replicas"):
+        raise RolloutError(
+            f"a blue-green rollout of {spec.target} needs an nginx Ingress in {namespace} in "
+            "front of it: both sides run at full size, so without a router the new side would "
+            "take half the traffic at once (use --strategy canary to shift by replicas)"
+        )
     if service is None or name is None:
         if spec.traffic == "nginx":
             raise RolloutError(

@@ -38,13 +38,48 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, Protocol
 
 from quarterdeck.exceptions import InvalidState, ValidationFailed
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from quarterdeck.rollouts.analysis import AnalysisResult
-    from quarterdeck.rollouts.spec import RolloutSpec, Step
+    from quarterdeck.rollouts.spec import Step
+
+
+class PlanAnalysis(Protocol):
+    @property
+    def interval_s(self) -> float: ...
+
+    @property
+    def max_extensions(self) -> int: ...
+
+
+class Plan(Protocol):
+    """What the machine reads of a plan: a deployment's ``RolloutSpec`` or an agent
+    configuration's ``AgentCanarySpec`` (steps of a share, pauses, extensions, a soak)."""
+
+    @property
+    def target(self) -> str: ...
+
+    @property
+    def image(self) -> str: ...
+
+    @property
+    def steps(self) -> Sequence[Step]: ...
+
+    @property
+    def analysis(self) -> PlanAnalysis: ...
+
+    @property
+    def stable_soak_s(self) -> float: ...
+
+    def validate(self) -> None: ...
+
+    def spec_hash(self) -> str: ...
+
 
 Phase = Literal[
     "progressing", "paused", "inconclusive", "soaking", "completed", "aborted", "rolled_back"
@@ -110,7 +145,7 @@ Action = SetWeight | Rollback | PromoteFully | CleanupOld | OpenIncident
 Transition = tuple[RolloutState, list[Action]]
 
 
-def start(spec: RolloutSpec, now: float) -> Transition:
+def start(spec: Plan, now: float) -> Transition:
     """Step 0 at its weight. Raises ``ValidationFailed`` for a spec that fails validation."""
     try:
         spec.validate()
@@ -130,7 +165,7 @@ def start(spec: RolloutSpec, now: float) -> Transition:
 
 
 def tick(
-    spec: RolloutSpec, state: RolloutState, now: float, result: AnalysisResult | None = None
+    spec: Plan, state: RolloutState, now: float, result: AnalysisResult | None = None
 ) -> Transition:
     """One reconcile: judge ``result`` (the current step's analysis, or ``None``) at ``now``."""
     if state.terminal:
@@ -162,9 +197,7 @@ def tick(
     return _pause(state, now, "inconclusive", reason), []
 
 
-def promote(
-    spec: RolloutSpec, state: RolloutState, now: float, *, full: bool = False
-) -> Transition:
+def promote(spec: Plan, state: RolloutState, now: float, *, full: bool = False) -> Transition:
     """A person moves the rollout on: to the next step, or with ``full`` straight to full promotion.
 
     Works from ``progressing`` too, skipping what is left of the step (Argo's promote). Raises
@@ -186,7 +219,7 @@ def promote(
     return _advance(spec, state, now)
 
 
-def abort(spec: RolloutSpec, state: RolloutState, now: float, reason: str) -> Transition:
+def abort(spec: Plan, state: RolloutState, now: float, reason: str) -> Transition:
     """A person stops the rollout: traffic back to the old version, no incident."""
     if state.terminal:
         return state, []
@@ -194,7 +227,7 @@ def abort(spec: RolloutSpec, state: RolloutState, now: float, reason: str) -> Tr
     return aborted, [Rollback(reason)]
 
 
-def remaining_pause_s(spec: RolloutSpec, state: RolloutState, now: float) -> float | None:
+def remaining_pause_s(spec: Plan, state: RolloutState, now: float) -> float | None:
     """Seconds until the current step (or its extension, or the soak) is judged; ``None`` when
     nothing is timed: waiting for a person, or finished."""
     if state.phase == "soaking":
@@ -210,7 +243,7 @@ def remaining_pause_s(spec: RolloutSpec, state: RolloutState, now: float) -> flo
 # --- transitions -------------------------------------------------------------------------------
 
 
-def _advance(spec: RolloutSpec, state: RolloutState, now: float) -> Transition:
+def _advance(spec: Plan, state: RolloutState, now: float) -> Transition:
     """The next step, or after the last one full promotion."""
     nxt = state.step_index + 1
     if nxt >= len(spec.steps):
@@ -218,7 +251,7 @@ def _advance(spec: RolloutSpec, state: RolloutState, now: float) -> Transition:
     return _enter_step(spec, state, nxt, now)
 
 
-def _enter_step(spec: RolloutSpec, state: RolloutState, index: int, now: float) -> Transition:
+def _enter_step(spec: Plan, state: RolloutState, index: int, now: float) -> Transition:
     step = spec.steps[index]
     manual = step.pause_s is None
     entered = _evolve(
@@ -234,7 +267,7 @@ def _enter_step(spec: RolloutSpec, state: RolloutState, index: int, now: float) 
     return entered, [SetWeight(step.weight)]
 
 
-def _promote_fully(spec: RolloutSpec, state: RolloutState, now: float) -> Transition:
+def _promote_fully(spec: Plan, state: RolloutState, now: float) -> Transition:
     soaking = _evolve(
         state,
         now,
@@ -248,9 +281,7 @@ def _promote_fully(spec: RolloutSpec, state: RolloutState, now: float) -> Transi
     return soaking, [PromoteFully()]
 
 
-def _rolled_back(
-    spec: RolloutSpec, state: RolloutState, now: float, result: AnalysisResult
-) -> Transition:
+def _rolled_back(spec: Plan, state: RolloutState, now: float, result: AnalysisResult) -> Transition:
     where = (
         "the soak after full promotion"
         if state.phase == "soaking"
@@ -280,20 +311,20 @@ def _pause(state: RolloutState, now: float, phase: Phase, reason: str) -> Rollou
 # --- helpers -----------------------------------------------------------------------------------
 
 
-def _window(spec: RolloutSpec, state: RolloutState, step: Step) -> float:
+def _window(spec: Plan, state: RolloutState, step: Step) -> float:
     """How long the current stretch lasts: the step's pause, or one interval per extension."""
     if state.extensions:
         return spec.analysis.interval_s
     return step.pause_s if step.pause_s is not None else 0.0
 
 
-def _step_name(spec: RolloutSpec, index: int) -> str:
+def _step_name(spec: Plan, index: int) -> str:
     if 0 <= index < len(spec.steps):
         return f"step {index + 1}/{len(spec.steps)} ({spec.steps[index].weight} %)"
     return f"step {index + 1}"
 
 
-def _manual_reason(spec: RolloutSpec, index: int) -> str:
+def _manual_reason(spec: Plan, index: int) -> str:
     return f"{_step_name(spec, index)} waits for promote"
 
 

@@ -57,6 +57,34 @@ class RolloutCreate(BaseModel):
     checks: list[CheckIn] = Field(default_factory=list, max_length=20)
 
 
+class CanaryCreate(BaseModel):
+    """``POST /v1/canaries``: a share of new runs of ``agent_type`` gets the candidate settings
+    (what ``quarterdeck canary start`` sends)."""
+
+    model_config = STRICT
+
+    agent_type: str = Field(pattern=r"^[a-z][a-z0-9_\-]{0,62}$")
+    set: dict[str, str | int | float | None] = Field(
+        min_length=1,
+        max_length=8,
+        description="the candidate's settings: model, system_prompt, max_turns, max_tokens, "
+        "thinking_budget, cache_ttl, timeout_s, budget_usd",
+    )
+    steps: str = Field(default="10,25,50,100", max_length=200, description="shares of new runs, %")
+    pauses: str | None = Field(
+        default="15m", max_length=200, description="e.g. 15m (last repeats; `manual` waits)"
+    )
+    analysis_interval_s: float = Field(default=60.0, ge=1, le=3600)
+    max_extensions: int = Field(default=10, ge=0, le=1000)
+    min_runs: int | None = Field(default=None, ge=1, le=1_000_000, description="per arm")
+    max_success_drop: float = Field(default=0.05, gt=0, lt=1)
+    max_cost_increase: float = Field(default=0.10, ge=0, le=100)
+    max_turns_increase: float = Field(default=0.25, ge=0, le=100)
+    max_duration_increase: float = Field(default=0.50, ge=0, le=100)
+    max_quality_drop: float = Field(default=0.10, ge=0, le=1)
+    max_coverage_drop: float = Field(default=5.0, ge=0, le=100)
+
+
 class RolloutEvent(BaseModel):
     """One entry of a rollout's history: a transition, an action, or an analysis."""
 
@@ -80,11 +108,16 @@ class RolloutEvent(BaseModel):
 
 class Rollout(BaseModel):
     id: str  # "ro_<ulid>"
+    kind: Literal["deployment", "agent-config"] = Field(
+        default="deployment",
+        description="a Deployment's image, or an agent type's configuration (target agent:<type>)",
+    )
     target: str
     image: str
     strategy: Strategy
-    traffic: Literal["auto", "nginx", "replicas"] = Field(
-        description="how traffic is actually shifted ('auto' until the controller resolved it)"
+    traffic: Literal["auto", "nginx", "replicas", "runs"] = Field(
+        description="how traffic is actually shifted ('auto' until the controller resolved it; "
+        "'runs': the share of new runs of an agent type)"
     )
     phase: Phase
     step_index: int

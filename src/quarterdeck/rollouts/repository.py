@@ -16,6 +16,8 @@ from typing import Any
 
 import asyncpg
 
+from quarterdeck.rollouts import canary_spec
+from quarterdeck.rollouts.canary_spec import AgentCanarySpec
 from quarterdeck.rollouts.machine import (
     Action,
     CleanupOld,
@@ -28,6 +30,7 @@ from quarterdeck.rollouts.machine import (
 from quarterdeck.rollouts.spec import Analysis, MetricCheck, RolloutSpec, Step
 
 __all__ = [
+    "AnyPlan",
     "action_from_json",
     "action_to_json",
     "append_event",
@@ -43,11 +46,15 @@ __all__ = [
 
 TERMINAL = ("completed", "aborted", "rolled_back")
 
+AnyPlan = RolloutSpec | AgentCanarySpec
+
 
 # --- codecs ------------------------------------------------------------------------------------
 
 
-def spec_to_json(spec: RolloutSpec) -> dict[str, Any]:
+def spec_to_json(spec: AnyPlan) -> dict[str, Any]:
+    if isinstance(spec, AgentCanarySpec):
+        return canary_spec.to_json(spec)
     a = spec.analysis
     return {
         "target": spec.target,
@@ -71,8 +78,14 @@ def spec_to_json(spec: RolloutSpec) -> dict[str, Any]:
     }
 
 
-def spec_from_json(raw: dict[str, Any]) -> RolloutSpec:
+def spec_from_json(raw: dict[str, Any]) -> AnyPlan:
     """The stored spec, with the exact types it was built with (so its hash is unchanged)."""
+    if raw.get("kind") == AgentCanarySpec.kind:
+        return canary_spec.from_json(raw)
+    return deployment_spec(raw)
+
+
+def deployment_spec(raw: dict[str, Any]) -> RolloutSpec:
     a = raw["analysis"]
     analysis = Analysis(
         interval_s=float(a["interval_s"]),
@@ -171,18 +184,19 @@ async def insert_rollout(
     conn: asyncpg.Connection,
     *,
     rollout_id: str,
-    spec: RolloutSpec,
+    spec: AnyPlan,
     state: RolloutState,
     pending: list[dict[str, Any]],
     created_by: str | None,
 ) -> asyncpg.Record:
-    """Store a new rollout; raises ``asyncpg.UniqueViolationError`` when its target is live."""
+    """Store a new rollout; raises ``asyncpg.UniqueViolationError`` when its target is live.
+    An agent-configuration canary's traffic is known from the start: the share of new runs."""
     row: asyncpg.Record | None = await conn.fetchrow(
         """
         INSERT INTO rollouts (id, target, image, strategy, spec, spec_hash, phase, step_index,
                               step_started_at, extensions, weight, pause_reason, pending,
-                              created_by, created_at, updated_at)
-        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $15)
+                              created_by, created_at, updated_at, kind, traffic_mode)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $15, $16, $17)
         RETURNING *
         """,
         rollout_id,
@@ -200,6 +214,8 @@ async def insert_rollout(
         pending,
         created_by,
         _at(state.updated_at),
+        spec.kind if isinstance(spec, AgentCanarySpec) else "deployment",
+        spec.traffic if isinstance(spec, AgentCanarySpec) else None,
     )
     assert row is not None  # INSERT … RETURNING returns the row or raises
     return row
@@ -298,7 +314,12 @@ async def work_list(conn: asyncpg.Connection) -> list[str]:
 
 
 async def list_rollouts(
-    conn: asyncpg.Connection, *, limit: int, before_id: str | None, live_only: bool
+    conn: asyncpg.Connection,
+    *,
+    limit: int,
+    before_id: str | None,
+    live_only: bool,
+    kind: str | None = None,
 ) -> list[asyncpg.Record]:
     """Newest first (ids are ULIDs: they sort by creation time), a keyset page."""
     rows: list[asyncpg.Record] = await conn.fetch(
@@ -306,12 +327,14 @@ async def list_rollouts(
         SELECT * FROM rollouts
          WHERE ($1::text IS NULL OR id < $1)
            AND (NOT $2 OR phase NOT IN ('completed', 'aborted', 'rolled_back'))
+           AND ($4::text IS NULL OR kind = $4)
          ORDER BY id DESC
          LIMIT $3
         """,
         before_id,
         live_only,
         limit,
+        kind,
     )
     return rows
 

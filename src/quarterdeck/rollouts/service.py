@@ -12,16 +12,18 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
 from quarterdeck.exceptions import Conflict, InvalidState, NotFound, ValidationFailed
 from quarterdeck.kit.clock import utcnow
 from quarterdeck.kit.ids import is_id, new_id
-from quarterdeck.rollouts import argo, conditions, machine, queries
+from quarterdeck.rollouts import argo, canary_repository, conditions, machine, queries
 from quarterdeck.rollouts import repository as repo
+from quarterdeck.rollouts.canary_spec import TARGET_PREFIX, AgentCanarySpec
 from quarterdeck.rollouts.models import (
+    CanaryCreate,
     Rollout,
     RolloutCreate,
     RolloutDetail,
@@ -30,6 +32,10 @@ from quarterdeck.rollouts.models import (
 )
 from quarterdeck.rollouts.spec import Analysis, MetricCheck, RolloutSpec, parse_steps
 from quarterdeck.store.pool import Database
+
+if TYPE_CHECKING:
+    from quarterdeck.agents.templates import AgentCatalog
+    from quarterdeck.rollouts.routing import CanaryRouter
 
 __all__ = ["MAX_PAGE", "RolloutService", "rollout_of", "spec_of"]
 
@@ -100,6 +106,7 @@ def rollout_of(row: asyncpg.Record, now: datetime) -> Rollout:
     state = repo.state_of(row)
     return Rollout(
         id=row["id"],
+        kind=row["kind"],
         target=row["target"],
         image=row["image"],
         strategy=row["strategy"],
@@ -120,14 +127,53 @@ def rollout_of(row: asyncpg.Record, now: datetime) -> Rollout:
     )
 
 
+def _started(spec: repo.AnyPlan) -> str:
+    if isinstance(spec, AgentCanarySpec):
+        changes = ", ".join(f"{k}={v!r}" for k, v in spec.changes().items())
+        return (
+            f"canary of agent type {spec.agent_type} started: {changes} "
+            f"({spec.version} against {spec.stable_version})"
+        )
+    return f"rollout of {spec.target} to {spec.image} started"
+
+
 class RolloutService:
-    def __init__(self, db: Database, *, clock: Callable[[], datetime] = utcnow) -> None:
+    def __init__(
+        self,
+        db: Database,
+        *,
+        catalog: AgentCatalog | None = None,
+        router: CanaryRouter | None = None,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        """``catalog``: the agent types, for agent-configuration canaries (None: refused);
+        ``router``: this process's routes, re-read at once after a canary changes here."""
         self.db = db
+        self.catalog, self.router = catalog, router
         self.clock = clock
 
     async def start(self, body: RolloutCreate, *, by: str | None) -> Rollout:
         """Store a new rollout at its first step; the controller applies the first weight."""
-        spec = spec_of(body)
+        return await self._start(spec_of(body), by=by)
+
+    async def start_canary(self, body: CanaryCreate, *, by: str | None) -> Rollout:
+        """A share of new runs of ``body.agent_type`` gets the candidate settings from now on
+        (every replica's router within seconds); the controller judges how their runs end."""
+        from quarterdeck.rollouts.canary_plan import canary_of
+
+        if self.catalog is None:
+            raise InvalidState("agent-configuration canaries need the agent catalog here")
+        async with self.db.acquire() as conn:
+            newest = await canary_repository.newest_canaries(
+                conn, f"{TARGET_PREFIX}{body.agent_type}"
+            )
+        spec = canary_of(body, self.catalog, newest[0] if newest else None)
+        rollout = await self._start(spec, by=by)
+        if self.router is not None:
+            self.router.forget()
+        return rollout
+
+    async def _start(self, spec: repo.AnyPlan, *, by: str | None) -> Rollout:
         now = self.clock()
         state, actions = machine.start(spec, now.timestamp())
         rollout_id = new_id("ro")
@@ -145,8 +191,7 @@ class RolloutService:
                     conn,
                     rollout_id,
                     "started",
-                    f"rollout of {spec.target} to {spec.image} started"
-                    + (f" by {by}" if by else ""),
+                    _started(spec) + (f" by {by}" if by else ""),
                     {
                         "by": by,
                         "steps": [s.weight for s in spec.steps],
@@ -179,7 +224,12 @@ class RolloutService:
         )
 
     async def list(
-        self, *, limit: int = 50, cursor: str | None = None, live_only: bool = False
+        self,
+        *,
+        limit: int = 50,
+        cursor: str | None = None,
+        live_only: bool = False,
+        kind: str | None = None,
     ) -> RolloutPage:
         """Newest first; ``cursor`` is the id of the last item of the previous page."""
         if not 1 <= limit <= MAX_PAGE:
@@ -188,7 +238,7 @@ class RolloutService:
             raise _invalid("cursor", "malformed: pass next_cursor from the previous page")
         async with self.db.acquire() as conn:
             rows = await repo.list_rollouts(
-                conn, limit=limit, before_id=cursor, live_only=live_only
+                conn, limit=limit, before_id=cursor, live_only=live_only, kind=kind
             )
         now = self.clock()
         items = [rollout_of(r, now) for r in rows]
@@ -198,7 +248,7 @@ class RolloutService:
         """The next step (or with ``full`` full promotion) now; ``InvalidState`` (409) when the
         machine refuses (soaking, spec changed) or the rollout is finished."""
 
-        def decide(spec: RolloutSpec, state: machine.RolloutState, now: float) -> Any:
+        def decide(spec: machine.Plan, state: machine.RolloutState, now: float) -> Any:
             return machine.promote(spec, state, now, full=full)
 
         what = "fully promoted" if full else "promoted to the next step"
@@ -207,7 +257,7 @@ class RolloutService:
     async def abort(self, rollout_id: str, *, reason: str, by: str | None) -> Rollout:
         """Traffic back to the stable version (no incident: a person decided)."""
 
-        def decide(spec: RolloutSpec, state: machine.RolloutState, now: float) -> Any:
+        def decide(spec: machine.Plan, state: machine.RolloutState, now: float) -> Any:
             return machine.abort(spec, state, now, reason)
 
         return await self._person(
@@ -219,12 +269,17 @@ class RolloutService:
         YAML document: a ``v1`` ``List`` of them, which ``kubectl apply -f`` takes as it is and
         which any YAML reader parses (a multi-document stream is not one value)."""
         spec = repo.spec_from_json(rollout.spec)
+        if isinstance(spec, AgentCanarySpec):
+            raise InvalidState(
+                "an agent-configuration canary has no Argo Rollouts equivalent: Argo moves "
+                "traffic between Pods, not runs between configurations"
+            )
         return argo.to_yaml([{"apiVersion": "v1", "kind": "List", "items": argo.export_argo(spec)}])
 
     async def _person(
         self,
         rollout_id: str,
-        decide: Callable[[RolloutSpec, machine.RolloutState, float], machine.Transition],
+        decide: Callable[[machine.Plan, machine.RolloutState, float], machine.Transition],
         kind: str,
         what: str,
         by: str | None,
@@ -248,4 +303,6 @@ class RolloutService:
             await repo.append_event(conn, rollout_id, kind, message, payload, at=now)
             row = await repo.get_rollout(conn, rollout_id)
         assert row is not None
+        if row["kind"] == AgentCanarySpec.kind and self.router is not None:
+            self.router.forget()
         return rollout_of(row, now)

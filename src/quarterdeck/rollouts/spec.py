@@ -31,7 +31,8 @@ GUIDE_PAUSES_S = (300.0, 180.0, 180.0, 180.0, 180.0)
 @dataclass(frozen=True, slots=True)
 class Step:
     """Send ``weight`` % of traffic to the canary, then analyse for ``pause_s`` seconds
-    (``None``: wait for a person's ``promote``)."""
+    (``None``: wait for a person's ``promote``). A blue-green rollout may start with a 0 %
+    step: the preview."""
 
     weight: int
     pause_s: float | None
@@ -91,7 +92,9 @@ class RolloutSpec:
             raise ValueError("steps: at least one step")
         last = 0
         for i, step in enumerate(self.steps):
-            if not 0 < step.weight <= 100:
+            if self.strategy == "blue-green" and i == 0 and step.weight == 0:
+                pass  # the preview: the new side at full size, no user traffic yet
+            elif not 0 < step.weight <= 100:
                 raise ValueError(f"steps[{i}].weight must be in 1..100, got {step.weight}")
             if step.weight < last:
                 raise ValueError(f"steps[{i}].weight must not decrease ({last} -> {step.weight})")

@@ -10,6 +10,7 @@ lead twice at once — two writers of one canary weight, two incidents for one r
 
 from __future__ import annotations
 
+from quarterdeck.agents.templates import AgentCatalog
 from quarterdeck.config import Settings
 from quarterdeck.health.electors import build_elector, namespace_of
 from quarterdeck.health.leader import Elector
@@ -17,6 +18,7 @@ from quarterdeck.incidents.service import IncidentService
 from quarterdeck.rollouts.actuator import ActuatorFactory, TrafficActuator
 from quarterdeck.rollouts.controller import RolloutController
 from quarterdeck.rollouts.prometheus import Prometheus
+from quarterdeck.rollouts.routing import CanaryRouter
 from quarterdeck.rollouts.service import RolloutService
 from quarterdeck.rollouts.spec import RolloutSpec
 from quarterdeck.store.pool import Database
@@ -52,16 +54,19 @@ def build_rollouts(
     elector: Elector | None = None,
     *,
     actuators: ActuatorFactory | None = None,
+    catalog: AgentCatalog | None = None,
+    router: CanaryRouter | None = None,
 ) -> tuple[RolloutService, RolloutController | None]:
     """The service every API process serves, and the controller (None unless enabled).
 
     ``elector``: None (the runtime) builds the controller's own, run and stopped with it; one
-    given is run by the caller (tests). ``actuators`` replaces the Kubernetes side (tests). The
+    given is run by the caller (tests). ``actuators`` replaces the Kubernetes side (tests).
+    ``catalog`` enables agent-configuration canaries; ``router`` is this process's routes. The
     caller runs :meth:`RolloutController.run` as a task and cancels it (or calls ``stop``).
     Nothing here talks to Kubernetes or Prometheus yet.
     """
     s = settings
-    service = RolloutService(db)
+    service = RolloutService(db, catalog=catalog, router=router)
     if not s.rollouts_enabled:
         return service, None
     controller = RolloutController(

@@ -25,6 +25,7 @@ _INSERTED = (
     *("id", "tenant", "agent_type", "operation", "prompt", "model", "max_attempts"),
     *("idempotency_key", "params", "budget_usd", "key_id"),
 )
+_ROUTED = ("config_version", "canary_id", "canary_arm")
 _COUNTERS = ("attempts", "input_tokens", "output_tokens", "cache_creation_tokens", "turns")
 _FRESH: dict[str, Any] = {
     **dict.fromkeys((*_COUNTERS, "cache_read_tokens"), 0),
@@ -55,6 +56,7 @@ class InMemoryRunStore(MemoryRepairs):
     def _insert(self, row: dict[str, Any], archive: bytes | None) -> Run:
         run = Run(
             **{k: row[k] for k in _INSERTED},
+            **{k: row.get(k) for k in _ROUTED},
             **_FRESH,
             status=RunStatus.queued,
             created_at=self._now(),

@@ -150,6 +150,11 @@ class Run(BaseModel):
     quality_score: float | None = None
     coverage_percent: float | None = None
     quality: dict[str, Any] = Field(default_factory=dict)
+    config_version: str | None = None
+    """The agent configuration the run ran with: ``<type>@<hash of its effective settings>``."""
+    canary_id: str | None = None
+    """The agent-configuration canary that routed the run (``quarterdeck canary``), if any."""
+    canary_arm: Literal["stable", "candidate"] | None = None
 
     @classmethod
     def from_row(cls, row: Any) -> Run:

@@ -35,16 +35,21 @@ _RUN_COLUMNS = (
     "params",
     "budget_usd",
     "key_id",
+    "config_version",
+    "canary_id",
+    "canary_arm",
 )
 
 
 _INSERT_RUNS = """
     WITH r AS (
         INSERT INTO runs (id, tenant, agent_type, operation, prompt, model, max_attempts,
-                          idempotency_key, request_hash, job_id, params, budget_usd, key_id)
+                          idempotency_key, request_hash, job_id, params, budget_usd, key_id,
+                          config_version, canary_id, canary_arm)
         SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
                              $6::text[], $7::int[], $8::text[], $9::text[], $10::bigint[],
-                             $11::jsonb[], $12::numeric[], $13::text[])
+                             $11::jsonb[], $12::numeric[], $13::text[], $14::text[], $15::text[],
+                             $16::text[])
         ON CONFLICT (tenant, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
         RETURNING *
     ), e AS (
@@ -62,7 +67,7 @@ async def insert_runs(conn: asyncpg.Connection, rows: list[dict[str, Any]]) -> l
 
     Rows whose idempotency key already exists are skipped, so a short list means a race lost.
     """
-    columns = [[row[c] for row in rows] for c in _RUN_COLUMNS]
+    columns = [[row.get(c) for row in rows] for c in _RUN_COLUMNS]
     inserted = await conn.fetch(_INSERT_RUNS_RETURNING, *columns)
     return [Run.from_row(r) for r in inserted]
 
@@ -70,7 +75,7 @@ async def insert_runs(conn: asyncpg.Connection, rows: list[dict[str, Any]]) -> l
 async def insert_runs_counted(conn: asyncpg.Connection, rows: list[dict[str, Any]]) -> int:
     """:func:`insert_runs` for callers that only need how many went in (a batch of 1,000
     would otherwise read every row back and build a model per run)."""
-    columns = [[row[c] for row in rows] for c in _RUN_COLUMNS]
+    columns = [[row.get(c) for row in rows] for c in _RUN_COLUMNS]
     return int(await conn.fetchval(_INSERT_RUNS_COUNTING, *columns))
 
 

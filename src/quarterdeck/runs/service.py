@@ -15,6 +15,7 @@ from typing import Any
 
 from quarterdeck.config import Settings
 from quarterdeck.exceptions import NotFound, Unavailable
+from quarterdeck.runs.config_routes import ConfigRoutes
 from quarterdeck.runs.events import RunEventHub
 from quarterdeck.runs.models import Run, RunCreate, RunEvent, RunFilter, RunPage
 from quarterdeck.runs.sources import ServerSourceForbidden, SourceRefused, check_workspace
@@ -39,12 +40,13 @@ class RunService:
         catalog: AgentTypes | None = None,
         *,
         trail: AuditTrail | None = None,
+        routes: ConfigRoutes | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
         self.hub = hub
         self.trail = trail
-        self.submissions = Submissions(settings, store, catalog, trail=trail)
+        self.submissions = Submissions(settings, store, catalog, trail=trail, routes=routes)
         self._recent: OrderedDict[str, tuple[Run, float]] = OrderedDict()
 
     # -- submission (see Submissions) ---------------------------------------------------------

@@ -16,6 +16,7 @@ import io
 import json
 import tarfile
 import zlib
+from collections.abc import Mapping
 from typing import Any, Protocol
 
 from quarterdeck.config import Settings
@@ -27,6 +28,7 @@ from quarterdeck.exceptions import (
 )
 from quarterdeck.kit.coalesce import Coalescer
 from quarterdeck.kit.ids import new_id
+from quarterdeck.runs.config_routes import UNROUTED, Assignment, ConfigRoutes, assign
 from quarterdeck.runs.models import Run, RunCreate
 from quarterdeck.runs.store_protocol import KeyTaken, RunStore
 from quarterdeck.security.trail import AuditTrail, RequestContext
@@ -94,6 +96,10 @@ class AgentTypes(Protocol):
 
     def unavailable_reason(self, name: str) -> str | None: ...
 
+    def version(self, name: str, settings: Mapping[str, Any]) -> str:
+        """The configuration version of type ``name`` with ``settings`` applied."""
+        ...
+
 
 class AgentDefaults(Protocol):
     @property
@@ -116,11 +122,14 @@ class Submissions:
         catalog: AgentTypes | None = None,
         *,
         trail: AuditTrail | None = None,
+        routes: ConfigRoutes | None = None,
     ) -> None:
+        """``routes``: the agent-configuration canaries' routing (None: YAML only)."""
         self.settings = settings
         self.store = store
         self.catalog = catalog  # validates agent types at submission
         self.trail = trail
+        self.routes = routes
         self.submits: Coalescer[tuple[dict[str, Any], bytes | None], Run] = Coalescer(
             self.store.create, max_batch=100, fatal=(Unavailable, StoreError)
         )
@@ -151,9 +160,10 @@ class Submissions:
         params, archive = self._prepare(body)
         await self._require_available([body])
         run_id = new_id("run")
+        routed = await self._assign(run_id, body, params)
         try:
             return await self._insert(
-                run_id, body, tenant, idempotency_key, digest, params, archive, context
+                run_id, body, tenant, idempotency_key, digest, params, archive, context, routed
             )
         except KeyTaken:
             existing = await self._replay(tenant, idempotency_key or "", digest)
@@ -204,6 +214,27 @@ class Submissions:
                     errors=[{"field": field, "message": f"unavailable: {reason}"}],
                 )
 
+    async def _assign(self, run_id: str, body: RunCreate, params: dict[str, Any]) -> Assignment:
+        """The run's configuration when its type has a canary (see ``config_routes``); the
+        settings go into ``params`` so every worker that runs it applies the same ones."""
+        if self.routes is None:
+            return UNROUTED
+        route = await self.routes.route(body.agent_type or self.settings.default_agent_type)
+        pinned = frozenset(
+            name
+            for name, value in (
+                ("model", body.model),
+                ("max_turns", body.max_turns),
+                ("timeout_s", body.timeout_s),
+                ("budget_usd", body.budget_usd),
+            )
+            if value is not None
+        )
+        routed = assign(run_id, route, pinned)
+        if routed.settings:
+            params["agent_config"] = dict(routed.settings)
+        return routed
+
     def _row(
         self,
         run_id: str,
@@ -213,24 +244,36 @@ class Submissions:
         digest: str | None,
         params: dict[str, Any],
         context: RequestContext | None,
+        routed: Assignment = UNROUTED,
     ) -> dict[str, Any]:
         """The ``runs`` row to insert; the store fills in ``job_id`` when it enqueues. The
-        submitting key is kept so the key's budget holds the run's calls too."""
+        submitting key is kept so the key's budget holds the run's calls too. ``routed``: the
+        canary's settings override the type's model and budget (the request's own still win)."""
         agent_type = body.agent_type or self.settings.default_agent_type
+        settings = routed.settings
+        model = body.model if body.model is not None else settings.get("model")
+        budget = body.budget_usd
+        if budget is None:
+            budget = settings.get("budget_usd", self.resolve_budget(None, agent_type))
         return {
             "id": run_id,
             "tenant": tenant,
             "agent_type": agent_type,
             "operation": body.operation,
             "prompt": body.prompt,
-            "model": self.resolve_model(body.model, agent_type),
+            "model": self.resolve_model(model, agent_type),
             "max_attempts": self.settings.max_attempts,
             "idempotency_key": idempotency_key,
             "request_hash": digest,
             "job_id": 0,
             "params": params,
-            "budget_usd": self.resolve_budget(body.budget_usd, agent_type),
+            "budget_usd": budget,
             "key_id": context.key_id if context is not None else None,
+            "config_version": (
+                self.catalog.version(agent_type, settings) if self.catalog is not None else None
+            ),
+            "canary_id": routed.canary_id,
+            "canary_arm": routed.arm,
         }
 
     def resolve_budget(self, requested: float | None, agent_type: str) -> float | None:
@@ -279,9 +322,12 @@ class Submissions:
                 raise ValidationFailed(f"runs.{i}: {exc.detail}", errors=errors) from None
         await self._require_available(bodies, batch=True)
         run_ids = [new_id("run") for _ in bodies]
+        routed = [
+            await self._assign(r, b, p) for r, b, p in zip(run_ids, bodies, prepared, strict=True)
+        ]
         try:
             return await self._insert_batch(
-                run_ids, bodies, tenant, keys, digests, prepared, context
+                run_ids, bodies, tenant, keys, digests, prepared, context, routed
             )
         except KeyTaken:
             replayed = await self._replay_batch(tenant, keys or [], digests)
@@ -298,11 +344,15 @@ class Submissions:
         digests: list[str | None],
         prepared: list[dict[str, Any]],
         context: RequestContext | None = None,
+        routed: list[Assignment] | None = None,
     ) -> tuple[list[str], bool]:
         rows = [
-            self._row(rid, b, tenant, keys[i] if keys else None, digests[i], params, context)
+            self._row(
+                rid, b, tenant, keys[i] if keys else None, digests[i], params, context,
+                routed[i] if routed else UNROUTED,
+            )
             for i, (rid, b, params) in enumerate(zip(run_ids, bodies, prepared, strict=True))
-        ]
+        ]  # fmt: skip
         await self.store.create_batch(rows)  # KeyTaken: another request holds these keys
         if self.trail is not None:
             ctx = context or RequestContext()
@@ -335,8 +385,9 @@ class Submissions:
         params: dict[str, Any],
         archive: bytes | None,
         context: RequestContext | None = None,
+        routed: Assignment = UNROUTED,
     ) -> tuple[Run, bool]:
-        row = self._row(run_id, body, tenant, idempotency_key, digest, params, context)
+        row = self._row(run_id, body, tenant, idempotency_key, digest, params, context, routed)
         # Group-committed with concurrent submissions: one transaction, one enqueue. A key that
         # another request holds fails the whole transaction (so no job is left without its
         # run); the coalescer then retries each submission alone and only that one sees KeyTaken.

@@ -69,6 +69,8 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(19, "run list filters and prompt search", sql_file="0019_run_list_indexes.sql"),
     Migration(20, "the autoscaler's decisions", sql_file="0020_scaling_decisions.sql"),
     Migration(21, "rollouts and their events", sql_file="0021_rollouts.sql"),
+    Migration(22, "agent-configuration canaries", sql_file="0022_agent_canaries.sql"),
+    Migration(23, "monthly operations reports", sql_file="0023_monthly_reports.sql"),
 )
 
 HEAD = MIGRATIONS[-1].version

@@ -20,6 +20,7 @@ from quarterdeck.ui import (
     live,
     login,
     overview,
+    reports_page,
     rollouts_page,
     run_detail,
     runs_list,
@@ -40,6 +41,7 @@ def build_router() -> APIRouter:
     router.include_router(budgets_page.router)
     router.include_router(keys_page.router)
     router.include_router(scaling_page.router)
+    router.include_router(reports_page.router)
     router.include_router(rollouts_page.router)
     router.include_router(live.router)
     router.include_router(runs_list.router)

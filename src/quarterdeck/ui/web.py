@@ -51,6 +51,7 @@ NAV: tuple[NavItem, ...] = (
     NavItem("Incidents", "/ui/incidents", Permission.INCIDENTS_READ),
     NavItem("Scaling", "/ui/scaling", Permission.SCALING_READ),
     NavItem("Rollouts", "/ui/rollouts", Permission.ROLLOUTS_READ),
+    NavItem("Reports", "/ui/reports", Permission.REPORTS_READ),
     NavItem("Audit", "/ui/audit", Permission.AUDIT_READ),
     NavItem("Budgets", "/ui/budgets", Permission.BUDGETS_READ),
     NavItem("Keys", "/ui/keys", Permission.KEYS_READ),

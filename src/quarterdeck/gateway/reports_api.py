@@ -17,7 +17,7 @@ from quarterdeck.gateway.models import CallFilter, CallPage, UsageGroup, UsageRe
 from quarterdeck.gateway.reads import GatewayCalls
 from quarterdeck.kit.clock import utcnow
 from quarterdeck.kit.wiring import provide
-from quarterdeck.security.auth import Forbidden, Permission, Principal, require
+from quarterdeck.security.auth import Permission, Principal, require
 
 router = APIRouter(prefix="/v1/gateway", tags=["gateway"])
 CanRead = Annotated[Principal, Depends(require(Permission.GATEWAY_READ))]
@@ -30,15 +30,7 @@ GROUPS: tuple[str, ...] = get_args(UsageGroup)
 def reach(principal: Principal, tenant: str | None) -> str | None:
     """The tenant a read is limited to (None: all). A ``*`` caller may narrow to ``tenant``; a
     tenant's key reads its own tenant, and asking for another one is refused, not ignored."""
-    own = principal.tenant_filter()
-    if own is None:
-        return tenant
-    if tenant is not None and tenant != own:
-        raise Forbidden(
-            f"a key of tenant {own!r} cannot read tenant {tenant!r}",
-            permission=Permission.GATEWAY_READ.value,
-        )
-    return own
+    return principal.reach(tenant, Permission.GATEWAY_READ)
 
 
 def parse_groups(values: list[str] | None) -> list[UsageGroup]:

@@ -19,7 +19,7 @@ from quarterdeck.kit.wiring import provide
 from quarterdeck.reports.compute import last_full_month
 from quarterdeck.reports.models import MonthlyReport, StoredReport
 from quarterdeck.reports.service import ReportService, check_tenant
-from quarterdeck.security.auth import Forbidden, Permission, Principal, require
+from quarterdeck.security.auth import Permission, Principal, require
 
 router = APIRouter(tags=["reports"])
 Reports = Annotated[ReportService, Depends(provide(ReportService))]
@@ -45,16 +45,7 @@ TenantQuery = Annotated[
 def reach(principal: Principal, tenant: str | None) -> str | None:
     """The tenant a report covers: a tenant key's own (naming another is 403), else the one a
     ``*`` key names, else None (all tenants)."""
-    tenant = check_tenant(tenant)
-    own = principal.tenant_filter()
-    if own is None:
-        return tenant
-    if tenant is not None and tenant != own:
-        raise Forbidden(
-            f"a key of tenant {own!r} cannot read tenant {tenant!r}",
-            permission=Permission.REPORTS_READ.value,
-        )
-    return own
+    return principal.reach(check_tenant(tenant), Permission.REPORTS_READ)
 
 
 def filename(month: str, tenant: str | None, ext: str) -> str:

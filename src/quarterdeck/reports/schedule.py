@@ -12,14 +12,13 @@ double run (leadership moving mid-generation) overwrites the same rows with the 
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from collections.abc import Callable, Collection
 from datetime import datetime
 
 import structlog
 
 from quarterdeck.health.leader import Elector
+from quarterdeck.health.loop import LeaderLoop
 from quarterdeck.kit.clock import utcnow
 from quarterdeck.reports.compute import last_full_month
 from quarterdeck.reports.service import ReportService
@@ -39,9 +38,11 @@ def due_month(now: datetime, stored_months: Collection[str]) -> str | None:
     return None if month in stored_months else month
 
 
-class ReportScheduler:
+class ReportScheduler(LeaderLoop):
     """The leader's loop: every ``interval_s``, generate and store what :func:`due_month` says
     (the all-tenant report, then one per tenant with activity that month)."""
+
+    name = "reports"
 
     def __init__(
         self,
@@ -52,41 +53,9 @@ class ReportScheduler:
         own_elector: bool = False,
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
+        super().__init__(elector, interval_s=interval_s, own_elector=own_elector)
         self.service = service
-        self.elector = elector
-        self.interval_s = interval_s
-        self.own_elector = own_elector
         self.clock = clock
-        self._task: asyncio.Task[None] | None = None
-
-    @property
-    def is_leader(self) -> bool:
-        return self.elector.is_leader
-
-    async def run(self) -> None:
-        """Tick until cancelled or :meth:`stop`; a failing tick is logged, never fatal."""
-        self._task = asyncio.current_task()
-        elector_task = asyncio.create_task(self.elector.run()) if self.own_elector else None
-        try:
-            while True:
-                try:
-                    await self.tick()
-                except Exception:
-                    log.exception("reports.tick_failed")
-                await asyncio.sleep(self.interval_s)
-        finally:
-            if elector_task is not None:
-                # Stop before cancelling: the elector must release its lock or Lease.
-                with contextlib.suppress(Exception):
-                    await self.elector.stop()
-                elector_task.cancel()
-                await asyncio.wait([elector_task], timeout=5.0)
-
-    async def stop(self) -> None:
-        task, self._task = self._task, None
-        if task is not None and not task.done():
-            task.cancel()
-            await asyncio.wait([task], timeout=10.0)
 
     async def tick(self) -> list[str | None]:
         """One pass: nothing unless leading and a month is due; else store its reports.

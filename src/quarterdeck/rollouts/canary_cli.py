@@ -142,26 +142,14 @@ def status(
     as_json: JsonOpt = False,
 ) -> None:
     """A canary's step, share, arms and last analysis (no ID: the live ones)."""
-    api = Api(url)
-    if rollout_id:
-        detail = api.json("GET", f"/v1/rollouts/{rollout_id}")
-        if as_json:
-            print_json(detail)
-            return
-        show_canary(detail)
-        rollout_cli.show_events(detail.get("events") or [])
-        return
-    page = api.json("GET", "/v1/rollouts", params={"live": "true", "limit": 50, "kind": KIND})
-    if as_json:
-        print_json(page["items"])
-        return
-    if not page["items"]:
-        print_empty("No canary is live (see `quarterdeck canary history`).")
-        return
-    for i, rollout in enumerate(page["items"]):
-        if i:
-            console.print()
-        show_canary(rollout)
+    rollout_cli.show_status(
+        rollout_id,
+        url,
+        as_json,
+        kind=KIND,
+        show=show_canary,
+        none_live="No canary is live (see `quarterdeck canary history`).",
+    )
 
 
 @app.command()

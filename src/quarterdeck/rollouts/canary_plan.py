@@ -17,7 +17,7 @@ from quarterdeck.rollouts.canary_spec import AgentCanarySpec, frozen_settings
 from quarterdeck.rollouts.config_analysis import ConfigAnalysis
 from quarterdeck.rollouts.models import CanaryCreate
 from quarterdeck.rollouts.routing import route_of
-from quarterdeck.rollouts.spec import parse_steps
+from quarterdeck.rollouts.spec import checked_steps
 
 __all__ = ["canary_of", "in_force"]
 
@@ -45,10 +45,7 @@ def canary_of(body: CanaryCreate, catalog: AgentCatalog, newest: Any | None) -> 
     candidate = base | changes
     stable_agent = catalog.configured(body.agent_type, base)
     candidate_agent = catalog.configured(body.agent_type, candidate)
-    try:
-        steps = parse_steps(body.steps, body.pauses)
-    except ValueError as exc:
-        raise _invalid("pauses" if "duration" in str(exc).lower() else "steps", str(exc)) from exc
+    steps = checked_steps(body.steps, body.pauses)
     spec = AgentCanarySpec(
         agent_type=body.agent_type,
         settings=frozen_settings(candidate),

@@ -10,6 +10,7 @@ three pods is a third), how long the pause still runs, and which measurement hol
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
@@ -247,26 +248,39 @@ def status(
     as_json: JsonOpt = False,
 ) -> None:
     """A rollout's phase, step, real split, pause and last analysis (no ID: the live ones)."""
+    show_status(rollout_id, url, as_json)
+
+
+def show_status(
+    rollout_id: str | None,
+    url: str | None,
+    as_json: bool,
+    *,
+    kind: str | None = None,
+    show: Callable[[dict[str, Any]], None] = show_rollout,
+    none_live: str = "No rollout is live (see `quarterdeck rollout history`).",
+) -> None:
+    """One rollout with its events, or every live one (of ``kind``), each drawn by ``show``."""
     api = Api(url)
     if rollout_id:
         detail = api.json("GET", f"/v1/rollouts/{rollout_id}")
         if as_json:
             print_json(detail)
             return
-        show_rollout(detail)
+        show(detail)
         show_events(detail.get("events") or [])
         return
-    page = api.json("GET", "/v1/rollouts", params={"live": "true", "limit": 50})
+    page = api.json("GET", "/v1/rollouts", params=query(live="true", limit=50, kind=kind))
     if as_json:
         print_json(page["items"])
         return
     if not page["items"]:
-        print_empty("No rollout is live (see `quarterdeck rollout history`).")
+        print_empty(none_live)
         return
     for i, rollout in enumerate(page["items"]):
         if i:
             console.print()
-        show_rollout(rollout)
+        show(rollout)
 
 
 @app.command()

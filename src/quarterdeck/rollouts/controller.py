@@ -20,7 +20,6 @@ them at once.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import dataclasses
 import re
@@ -31,6 +30,7 @@ from typing import Any
 import structlog
 
 from quarterdeck.health.leader import Elector
+from quarterdeck.health.loop import LeaderLoop
 from quarterdeck.incidents.models import Severity, Source
 from quarterdeck.incidents.service import IncidentService
 from quarterdeck.kit.clock import utcnow
@@ -83,8 +83,10 @@ def effective_weight(mode: str | None, weight: int, split: str | None) -> float:
     return 100.0 * canary / total if total else 0.0
 
 
-class RolloutController:
+class RolloutController(LeaderLoop):
     """One process's controller loop; it acts only while ``elector`` says this process leads."""
+
+    name = "rollouts"
 
     def __init__(
         self,
@@ -98,48 +100,23 @@ class RolloutController:
         own_elector: bool = False,
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
-        self.db, self.elector, self.actuators = db, elector, actuators
+        super().__init__(elector, interval_s=interval_s, own_elector=own_elector)
+        self.db, self.actuators = db, actuators
         self.incidents, self.prometheus = incidents, prometheus
-        self.interval_s, self.own_elector, self.clock = interval_s, own_elector, clock
+        self.clock = clock
         self._leading = False
         self._actuator_cache: dict[str, TrafficActuator] = {}
         self._last_recorded: dict[str, float] = {}  # rollout id -> last analysis event (epoch)
-        self._task: asyncio.Task[None] | None = None
         self._current = ""  # the rollout being reconciled
 
-    @property
-    def is_leader(self) -> bool:
-        return self.elector.is_leader
+    # -- the loop (LeaderLoop runs it) --------------------------------------------------------
+    def on_tick_error(self) -> None:
+        ERRORS.inc()
 
-    async def run(self) -> None:
-        """Tick every ``interval_s`` until cancelled or :meth:`stop`; never dies of a tick."""
-        self._task = asyncio.current_task()
-        elector_task = asyncio.create_task(self.elector.run()) if self.own_elector else None
-        log.info("rollouts.controller_started", interval_s=self.interval_s)
-        try:
-            while True:
-                try:
-                    await self.tick()
-                except Exception:
-                    ERRORS.inc()
-                    log.exception("rollouts.tick_failed")
-                await asyncio.sleep(self.interval_s)
-        finally:
-            self._step_down()
-            if elector_task is not None:
-                with contextlib.suppress(Exception):
-                    await self.elector.stop()
-                elector_task.cancel()
-                await asyncio.wait([elector_task], timeout=5.0)
-            if self.prometheus is not None:
-                with contextlib.suppress(Exception):
-                    await self.prometheus.aclose()
-
-    async def stop(self) -> None:
-        task, self._task = self._task, None
-        if task is not None and not task.done():
-            task.cancel()
-            await asyncio.wait([task], timeout=10.0)
+    async def on_stopped(self) -> None:
+        self._step_down()
+        if self.prometheus is not None:
+            await self.prometheus.aclose()
 
     async def tick(self) -> int:
         """One pass over the work list; returns how many rollouts were looked at (0 when not

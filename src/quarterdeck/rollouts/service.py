@@ -30,7 +30,7 @@ from quarterdeck.rollouts.models import (
     RolloutEvent,
     RolloutPage,
 )
-from quarterdeck.rollouts.spec import Analysis, MetricCheck, RolloutSpec, parse_steps
+from quarterdeck.rollouts.spec import Analysis, MetricCheck, RolloutSpec, checked_steps
 from quarterdeck.store.pool import Database
 
 if TYPE_CHECKING:
@@ -57,10 +57,7 @@ def _field_of(message: str) -> str:
 
 def spec_of(body: RolloutCreate) -> RolloutSpec:
     """The frozen plan from the request; ``ValidationFailed`` names the first bad field."""
-    try:
-        steps = parse_steps(body.steps, body.pauses)
-    except ValueError as exc:
-        raise _invalid("pauses" if "duration" in str(exc).lower() else "steps", str(exc)) from exc
+    steps = checked_steps(body.steps, body.pauses)
     checks: list[MetricCheck] = []
     for i, c in enumerate(body.checks):
         for kind, text in (("success", c.success), ("failure", c.failure)):

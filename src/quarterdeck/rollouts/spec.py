@@ -140,3 +140,17 @@ def parse_steps(weights: str, pauses: str | None = None) -> tuple[Step, ...]:
             pause = GUIDE_PAUSES_S[min(i, len(GUIDE_PAUSES_S) - 1)]
         out.append(Step(w, pause))
     return tuple(out)
+
+
+def checked_steps(weights: str, pauses: str | None) -> tuple[Step, ...]:
+    """:func:`parse_steps` for a request: a bad item is a ``ValidationFailed`` (422) naming
+    ``steps`` or ``pauses``."""
+    from quarterdeck.exceptions import ValidationFailed
+
+    try:
+        return parse_steps(weights, pauses)
+    except ValueError as exc:
+        field = "pauses" if "duration" in str(exc).lower() else "steps"
+        raise ValidationFailed(
+            f"{field}: {exc}", errors=[{"field": field, "message": str(exc)}]
+        ) from exc

@@ -19,18 +19,17 @@ loop: the next tick tries again.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Literal
+from typing import Any, Literal
 
 import structlog
 
 from quarterdeck.exceptions import ScalingConflict, ScalingError
 from quarterdeck.health.leader import Elector
+from quarterdeck.health.loop import LeaderLoop
 from quarterdeck.kit.clock import utcnow
 from quarterdeck.scaling import repository as repo
 from quarterdeck.scaling.gauges import CURRENT, DECISIONS, DESIRED, ERRORS
@@ -78,7 +77,7 @@ class _Outcome:
         return cls(d.current, d.desired, d.reason, dict(d.factors))
 
 
-class Scaler:
+class Scaler(LeaderLoop):
     """One process's scaler loop; it acts only while ``elector`` says this process leads.
 
     ``mode`` ``kubernetes`` needs ``target``; ``metric`` and ``dry-run`` act on nothing, and
@@ -86,6 +85,8 @@ class Scaler:
     ``own_elector``: this scaler started the elector and runs and stops it with itself; a
     shared one (the health monitor's) is run by its owner.
     """
+
+    name = "scaler"
 
     def __init__(
         self,
@@ -109,57 +110,29 @@ class Scaler:
         if (mode == "kubernetes") != (target is not None):
             raise ValueError("mode kubernetes needs a scale target, and only it takes one")
         config.validate()
-        self.db, self.observer, self.elector = db, observer, elector
+        super().__init__(elector, interval_s=interval_s, own_elector=own_elector)
+        self.db, self.observer = db, observer
         self.mode: ScalerMode = mode
         self.policy_name: PolicyName = policy
         self.config = config
-        self.interval_s = interval_s
         self.target_name = target.name if target is not None else target_name
         self.target = target
-        self.own_elector = own_elector
         self.retention_s = retention_s
         self.clock, self.monotonic = clock, monotonic
         self._policy: Policy | None = None  # None while not leading
         self._current: int | None = None  # last known replicas (virtual count off kubernetes)
         self._owner_checked = False
         self._last_purge: float | None = None
-        self._task: asyncio.Task[None] | None = None
 
-    @property
-    def is_leader(self) -> bool:
-        return self.elector.is_leader
+    # -- the loop (LeaderLoop runs it) --------------------------------------------------------
+    def log_fields(self) -> dict[str, Any]:
+        return {"mode": self.mode, "policy": self.policy_name, "target": self.target_name}
 
-    # -- the loop ---------------------------------------------------------------------------
-    async def run(self) -> None:
-        """Tick every ``interval_s`` until cancelled or :meth:`stop`; a failing tick is logged
-        and counted, never fatal."""
-        self._task = asyncio.current_task()
-        elector_task = asyncio.create_task(self.elector.run()) if self.own_elector else None
-        log.info("scaler.started", mode=self.mode, policy=self.policy_name, target=self.target_name)
-        try:
-            while True:
-                try:
-                    await self.tick()
-                except Exception:
-                    ERRORS.inc()
-                    log.exception("scaler.tick_failed", target=self.target_name)
-                await asyncio.sleep(self.interval_s)
-        finally:
-            self._step_down()
-            if elector_task is not None:
-                # Stop before cancelling: the elector must release its lock or Lease even if a
-                # cancellation is swallowed inside one of its waits (see Runtime.stop).
-                with contextlib.suppress(Exception):
-                    await self.elector.stop()
-                elector_task.cancel()
-                await asyncio.wait([elector_task], timeout=5.0)
+    def on_tick_error(self) -> None:
+        ERRORS.inc()
 
-    async def stop(self) -> None:
-        """End :meth:`run` (from another task) and wait for it."""
-        task, self._task = self._task, None
-        if task is not None and not task.done():
-            task.cancel()
-            await asyncio.wait([task], timeout=10.0)
+    async def on_stopped(self) -> None:
+        self._step_down()
 
     async def tick(self) -> DecisionRecord | None:
         """One pass: nothing unless leading; else decide, act by mode, store and count.

@@ -69,6 +69,21 @@ class Principal:
         """
         return None if self.all_tenants else self.tenant
 
+    def reach(self, tenant: str | None, permission: Permission) -> str | None:
+        """The tenant a read covers: a tenant key's own (naming another is refused, 403, not
+        silently ignored), else the one a ``*`` key names, else None (every tenant)."""
+        from quarterdeck.security.auth.errors import Forbidden
+
+        own = self.tenant_filter()
+        if own is None:
+            return tenant
+        if tenant is not None and tenant != own:
+            raise Forbidden(
+                f"a key of tenant {own!r} cannot read tenant {tenant!r}",
+                permission=permission.value,
+            )
+        return own
+
     def owns(self, tenant: str) -> bool:
         return self.all_tenants or tenant == self.tenant
 

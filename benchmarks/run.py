@@ -22,6 +22,7 @@ from benchmarks import (
     policy,
     resilience,
     scaling,
+    tracing,
     ui_pages,
 )
 
@@ -40,6 +41,8 @@ SUITES: dict[str, Callable[[], dict[str, Any]]] = {
     "caching.savings": caching.savings,
     "ui.pages": ui_pages.pages,
     "scaling.policies": scaling.policies,
+    "tracing.overhead": tracing.overhead,
+    "tracing.overhead_latency_bound": tracing.overhead_latency_bound,
 }
 
 

@@ -40,6 +40,7 @@ from quarterdeck.security.auth.middleware import RateLimitHeaders
 from quarterdeck.security.compliance import api as compliance_api
 from quarterdeck.security.inputs import NulGuard
 from quarterdeck.tenants import api as tenants_api
+from quarterdeck.tracing.setup import instrument_app
 from quarterdeck.ui import errors as ui_errors
 from quarterdeck.ui import is_ui_path
 from quarterdeck.ui import routes as ui_routes
@@ -242,4 +243,5 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
         app.include_router(gateway_api.router)
         app.gateway_fast = gateway_api.FastGateway(app)
     openapi.install(app, settings)  # after every router: it documents and guards them all
+    instrument_app(app)  # HTTP server spans, when this process's runtime installed tracing
     return app

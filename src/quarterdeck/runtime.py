@@ -72,6 +72,7 @@ from quarterdeck.store import migrations
 from quarterdeck.store.pool import Database
 from quarterdeck.tenants.maintenance import Maintenance
 from quarterdeck.tenants.service import TenantData
+from quarterdeck.tracing.setup import TracingHandle, configure_tracing, instrument_asyncpg
 
 log = structlog.get_logger(__name__)
 
@@ -138,6 +139,7 @@ class Runtime:
     scaler: Scaler | None = field(init=False, default=None)
     rollouts: RolloutService = field(init=False)
     rollout_controller: RolloutController | None = field(init=False, default=None)
+    tracing: TracingHandle | None = field(init=False, default=None)
     _tasks: list[asyncio.Task[None]] = field(init=False, default_factory=list)
     _closers: list[Callable[[], Awaitable[None]]] = field(init=False, default_factory=list)
 
@@ -156,6 +158,15 @@ class Runtime:
         # Prices first: a fallback model missing from the table is a config error, found early.
         self.pricing = build_pricing(self.settings)
         configure_metric_labels(self.settings, self.pricing)
+        # Tracing (off unless OTEL_* asks): asyncpg's classes patched before any connection.
+        roles = [r for r, on in (("api", self.with_api), ("worker", self.with_workers)) if on]
+        self.tracing = configure_tracing(
+            service_name="quarterdeck",
+            service_version=_version(),
+            role="+".join(roles),
+            record_content=self.settings.trace_content,
+        )
+        instrument_asyncpg()
         self.db = Database.from_settings(self.settings)
         await migrations.upgrade(self.db.url)
         self.migrated = True
@@ -442,6 +453,8 @@ class Runtime:
             await self.audit.aclose()
         await self.db.close()
         metrics.configure_labels(None)  # this process's label bounds go with its runtime
+        if self.tracing is not None:  # last: the spans of everything above, bounded
+            await asyncio.to_thread(self.tracing.shutdown)
 
     async def _collect_gauges(self) -> None:
         """Mirror queue depth and run states from Postgres into gauges every 5 s."""

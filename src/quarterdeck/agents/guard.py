@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import structlog
+from opentelemetry.trace import Span, get_current_span
 
 from quarterdeck import metrics
 from quarterdeck.approvals.models import Approval
@@ -119,6 +120,8 @@ async def admit(
     decision = guard.gate.check(gate_tool, gate_input, workspace=workspace)
     record = decision.to_dict()
     arguments, in_input = redact_arguments(tool_input)
+    span = get_current_span()  # the call's ``execute_tool`` span, when there is one
+    traced_decision(span, decision.action, decision.rule_id, decision.reason)
 
     def refuse(message: str) -> Admission:
         return Admission(False, record, arguments, message, tuple(in_input))
@@ -164,6 +167,7 @@ async def admit(
             "decided_by": ended.decided_by,
             "note": ended.note,
         }
+        traced_decision(span, ended.status)  # approved, rejected or expired
         if ended.status != "approved":
             why = f"{ended.status} by {ended.decided_by}" if ended.decided_by else ended.status
             note = f" ({ended.note})" if ended.note else ""
@@ -178,11 +182,27 @@ async def admit(
             )
         except Exception as exc:
             log.error("tool.intent_not_recorded", run_id=run.id, tool=tool, error=str(exc))
+            traced_decision(span, "not_recorded", reason="the audit log could not record it")
             return refuse(
                 "not run: the audit log could not record the call before it ran "
                 f"({str(exc) or type(exc).__name__}); try again later"
             )
     return Admission(True, record, arguments, secrets=tuple(in_input))
+
+
+def traced_decision(
+    span: Span, decision: str, rule_id: str | None = None, reason: str | None = None
+) -> None:
+    """The guard's verdict on the tool call's span: ``quarterdeck.policy.decision`` is the
+    gate's action (allow, flag, deny, require_approval), then what became of it (approved,
+    rejected, expired; ``not_recorded``: its audit intent failed, so it did not run)."""
+    if not span.is_recording():
+        return
+    span.set_attribute("quarterdeck.policy.decision", decision)
+    if rule_id:
+        span.set_attribute("quarterdeck.policy.rule", rule_id)
+    if reason:
+        span.set_attribute("quarterdeck.policy.reason", reason[:500])
 
 
 class GuardedTools:

@@ -243,6 +243,14 @@ class Settings(GatewaySettings):
     rollouts_interval: Duration = 15.0
     prometheus_url: str | None = None
 
+    # Traces (tracing/): exported only when the standard OTEL_* variables ask for it
+    # (OTEL_TRACES_EXPORTER=otlp or an OTEL_EXPORTER_OTLP_ENDPOINT). Prompts, completions and tool
+    # arguments carry code and secrets, so they go on spans only when this says so.
+    trace_content: bool = Field(
+        default=False,
+        description="Record prompt and completion content and tool arguments on spans.",
+    )
+
     # The monthly report's ROI section (reports/). ROI and hours saved are assumptions, not
     # measurements: the report computes them only from these inputs (or the request's), prints
     # them beside the result and labels it an estimate; unset, the section says what to set.

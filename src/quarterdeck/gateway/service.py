@@ -23,11 +23,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 import structlog
+from opentelemetry.trace import Span
 from starlette.responses import Response
 
 from quarterdeck.config import Settings
+from quarterdeck.gateway import spans
 from quarterdeck.gateway.errors import InvalidRequest, TokenRateLimited, classify
 from quarterdeck.gateway.meter import Metered, ToolUse
 from quarterdeck.gateway.models import GatewayCall
@@ -273,6 +276,8 @@ class Gateway:
         self.tokens = KeyTokens(tpm) if tpm else None
         self.model_list = ModelList(upstream, known_models, clock=clock)
         self._clock = clock
+        self._server_address = urlsplit(getattr(upstream, "base_url", "") or "").hostname
+        """The upstream's host for ``server.address`` on spans (None: in process)."""
 
     async def aclose(self) -> None:
         await self.upstream.aclose()
@@ -310,6 +315,13 @@ class Gateway:
             session_id=ctx.session_id,
             agent_id=ctx.agent_id,
         )
+        span = spans.open_call(
+            call,
+            request.headers,
+            provider=self.upstream.name,
+            server_address=self._server_address,
+            max_tokens=parsed.max_tokens,
+        )
         try:
             if self.tokens is not None:
                 taken = self.tokens.take(key_id, estimate)
@@ -339,7 +351,7 @@ class Gateway:
             out = Outgoing(path, headers, body, parsed.model, ctx.tenant, parsed.body, chain)
             opened = await self.relay.open(out)
         except BaseException as exc:
-            self._refused(call, exc, t0)
+            self._refused(call, exc, t0, span)
             raise
         call.served_model = opened.served_model
         call.upstream_request_id = opened.request_id
@@ -348,13 +360,13 @@ class Gateway:
         if opened.reply is None:
             call.status = opened.status
             call.error_type = opened.error_type()
-            self._finish(call, ctx, parsed, taken, t0, None)
+            self._finish(call, ctx, parsed, taken, t0, None, span)
             return VerbatimResponse(opened.status, opened.error_body, reply_headers)
         call.status = opened.status
 
         def finish(end: StreamEnd) -> None:
             call.client_disconnected = end.client_disconnected
-            self._finish(call, ctx, parsed, taken, t0, end)
+            self._finish(call, ctx, parsed, taken, t0, end, span)
 
         return RelayResponse(
             opened.reply,
@@ -366,12 +378,13 @@ class Gateway:
             clock=self._clock,
         )
 
-    def _refused(self, call: GatewayCall, exc: BaseException, t0: float) -> None:
+    def _refused(self, call: GatewayCall, exc: BaseException, t0: float, span: Span) -> None:
         """Record a call the gateway answered itself (refused, or no upstream answer): its
         refusals show in the reports, and a hold already taken is settled by the recorder."""
         call.status, call.error_type, _, _ = classify(exc)
         call.duration_ms = (self._clock() - t0) * 1000
         self.recorder.record(call)
+        spans.refused(span, call)
 
     def _finish(
         self,
@@ -381,8 +394,10 @@ class Gateway:
         taken: int,
         t0: float,
         end: StreamEnd | None,
+        span: Span,
     ) -> None:
-        """Price and record the call; charge the key's real tokens; let the inspector audit."""
+        """Price and record the call; charge the key's real tokens; let the inspector audit;
+        end its span."""
         metered = end.metered if end is not None else Metered(finished=True)
         if end is not None:
             call.ttfb_ms = None if end.ttfb_s is None else end.ttfb_s * 1000
@@ -400,6 +415,7 @@ class Gateway:
                 call.served_model or ctx.model, metered
             )
         self.recorder.record(call)
+        spans.finished(span, call, metered)
         if self.tokens is not None and call.key_id is not None:
             self.tokens.correct(call.key_id, metered.usage.total_tokens - taken)
         if self.inspector is not None and (metered.tool_uses or _has_tool_results(parsed.body)):

@@ -90,6 +90,8 @@ class AnthropicProvider:
         )
         self._clock = clock or SystemClock()
         self.last_rate_limit_headers: dict[str, str] = {}
+        self.server_address: str | None = self._client.base_url.host or None
+        """The API's host, for ``server.address`` on ``chat`` spans."""
 
     async def aclose(self) -> None:
         await self._client.close()

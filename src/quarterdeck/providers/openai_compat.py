@@ -89,6 +89,8 @@ class OpenAICompatProvider:
         )
         self._stream_usage = stream_usage
         self._clock = clock or SystemClock()
+        self.server_address: str | None = self._client.base_url.host or None
+        """The server's host, for ``server.address`` on ``chat`` spans."""
 
     async def aclose(self) -> None:
         await self._client.close()

@@ -32,13 +32,23 @@ MEDIA_TYPES: dict[str, str] = {
     "pdf": "application/pdf",
 }
 
+MONTH_PATTERN = r"^[0-9]{4}-(0[1-9]|1[0-2])$"
+TENANT_PATTERN = r"^$|^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,63}$"
 MonthQuery = Annotated[
     str | None,
-    Query(max_length=16, description="`YYYY-MM` (UTC); default: the last full month."),
+    Query(
+        max_length=16,
+        pattern=MONTH_PATTERN,
+        description="`YYYY-MM` (UTC), not in the future; default: the last full month.",
+    ),
 ]
 TenantQuery = Annotated[
     str | None,
-    Query(max_length=64, description="One tenant (keys of tenant `*`); default: your reach."),
+    Query(
+        max_length=64,
+        pattern=TENANT_PATTERN,
+        description="One tenant (keys of tenant `*`); default: your reach.",
+    ),
 ]
 
 

@@ -16,7 +16,10 @@ run with their own retries off. Per call:
 
 It is also the one place that prices and counts provider calls (tokens, cost, latency, time to
 first token, errors, retries, fallbacks), so every caller of a model gets the same series; what a
-*run* did (turns, outcome) is counted by the run worker. With :class:`Pricing` every model has a
+*run* did (turns, outcome) is counted by the run worker. For the same reason each call sent to a
+provider (every retry, every fallback model) gets its ``chat {model}`` span here, a child of
+whatever span is current (a run attempt's ``invoke_agent``); a call an open breaker refused was
+never sent, so it gets only an event on the current span. With :class:`Pricing` every model has a
 price: one without its own pays the fallback's, and the result says the cost is estimated.
 """
 
@@ -30,10 +33,12 @@ from dataclasses import dataclass
 from decimal import Decimal
 
 import structlog
+from opentelemetry import trace
+from opentelemetry.trace import Span
 
-from quarterdeck import metrics
+from quarterdeck import metrics, tracing
 from quarterdeck.exceptions import ProviderError
-from quarterdeck.providers import telemetry
+from quarterdeck.providers import genai_content, telemetry
 from quarterdeck.providers.pricing import Pricing
 from quarterdeck.providers.types import ModelRequest, ModelResponse, Provider, Usage
 from quarterdeck.resilience import tokens
@@ -134,7 +139,7 @@ class ResilientCaller:
             attempt_request = request if index == 0 else dataclasses.replace(request, model=model)
             has_fallback = index < len(chain) - 1
             try:
-                response, attempts = await self._with_retries(
+                response, attempts, cost, estimated = await self._with_retries(
                     agent_type, attempt_request, has_fallback
                 )
             except _GaveUp as gave_up:
@@ -155,7 +160,6 @@ class ResilientCaller:
                 )
                 index += 1
                 continue
-            cost, estimated = self._record(agent_type, response)
             if index == 0:
                 return CallResult(response, attempts=attempts, cost=cost, cost_estimated=estimated)
             metrics.FALLBACKS.labels(
@@ -204,9 +208,61 @@ class ResilientCaller:
             )
         return final
 
+    async def _traced(
+        self, agent_type: str, request: ModelRequest, attempt: int
+    ) -> tuple[ModelResponse, Decimal | None, bool]:
+        """One call sent to the provider, in its ``chat`` span; priced and counted on success
+        (inside the span, so the span carries the cost)."""
+        attributes: dict[str, object] = {
+            "gen_ai.request.max_tokens": request.max_tokens,
+            "quarterdeck.attempt": attempt,
+        }
+        address = getattr(self.provider, "server_address", None)
+        if address:
+            attributes["server.address"] = address
+        with tracing.chat_span(
+            request.model, provider=self.provider.name, attributes=attributes
+        ) as span:
+            content = span.is_recording() and tracing.record_content()
+            if content:
+                _request_content(span, request)
+            try:
+                response = await self._once(request)
+            except ProviderError as exc:
+                if span.is_recording():
+                    tracing.record_error(span, exc.error_type, exc.detail)
+                    if exc.status_code is not None:
+                        span.set_attribute("http.response.status_code", exc.status_code)
+                raise
+            except Exception as exc:  # not a provider's answer: still a failed call
+                tracing.record_error(span, type(exc).__qualname__, str(exc))
+                raise
+            cost, estimated = self._record(agent_type, response)
+            if span.is_recording():
+                usage = response.usage
+                tracing.record_usage(
+                    span,
+                    response_model=response.model,
+                    response_id=response.id,
+                    request_id=response.request_id,
+                    finish_reason=response.stop_reason,
+                    input_tokens=usage.input_tokens,
+                    output_tokens=usage.output_tokens,
+                    cache_read_tokens=usage.cache_read_input_tokens,
+                    cache_creation_tokens=usage.cache_creation_input_tokens,
+                    cost_usd=None if cost is None else float(cost),
+                )
+                if estimated:
+                    span.set_attribute("quarterdeck.cost_estimated", True)
+                if content:
+                    span.set_attribute(
+                        "gen_ai.output.messages", genai_content.output_messages(response)
+                    )
+            return response, cost, estimated
+
     async def _with_retries(
         self, agent_type: str, request: ModelRequest, has_fallback: bool = False
-    ) -> tuple[ModelResponse, int]:
+    ) -> tuple[ModelResponse, int, Decimal | None, bool]:
         name = breaker_name(self.provider.name, request.model)
         started = self.clock()
         attempt = 0
@@ -215,9 +271,10 @@ class ResilientCaller:
             grant = await self._reserve(request)
             try:
                 async with self.breakers.guard(name):
-                    response = await self._once(request)
+                    response, cost, estimated = await self._traced(agent_type, request, attempt)
             except CircuitOpenError as exc:
                 await self._settle(grant, request.model, None)  # no call was made
+                _breaker_event(name, exc.retry_in)
                 error = ProviderError(
                     f"circuit breaker for {request.model} is open: {exc.detail}",
                     status_code=503,
@@ -239,7 +296,7 @@ class ResilientCaller:
                 headers = getattr(self.provider, "last_rate_limit_headers", None)
                 if self.limiter is not None and headers:
                     await self.limiter.update_from_headers(headers)
-                return response, attempt
+                return response, attempt, cost, estimated
             decision = self.policy.decide(error, attempt, self.clock(), started)
             if isinstance(decision, GiveUp):
                 raise _GaveUp(error, decision.exhausted, attempt)
@@ -262,3 +319,21 @@ class ResilientCaller:
             return
         actual = tokens.after_call(model, usage or Usage())
         await self.limiter.adjust(tokens.settlement(grant.held, actual))
+
+
+def _request_content(span: Span, request: ModelRequest) -> None:
+    """The prompt on the span (content recording on): the conventions' JSON, capped."""
+    span.set_attribute("gen_ai.input.messages", genai_content.input_messages(request))
+    system = genai_content.system_instructions(request)
+    if system is not None:
+        span.set_attribute("gen_ai.system_instructions", system)
+
+
+def _breaker_event(name: str, retry_in: float) -> None:
+    """A call an open breaker refused: never sent, so no ``chat`` span, only this event."""
+    span = trace.get_current_span()
+    if span.is_recording():
+        span.add_event(
+            "circuit_open",
+            {"quarterdeck.breaker": name, "quarterdeck.breaker.retry_in_s": retry_in},
+        )

@@ -27,6 +27,7 @@ from quarterdeck.runs.models import (
 from quarterdeck.runs.service import RunService
 from quarterdeck.security.auth import Forbidden, Permission, Principal, Role, require
 from quarterdeck.security.trail import RequestContext
+from quarterdeck.tracing.propagation import submitted_with
 
 router = APIRouter(prefix="/v1/runs", tags=["runs"])
 CanRead = Annotated[Principal, Depends(require(Permission.RUNS_READ))]
@@ -82,13 +83,14 @@ async def submit_run(
     runs: Runs,
     idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
 ) -> Run:
-    run, created = await runs.submit(
-        body,
-        tenant=principal.tenant_for_new(),
-        idempotency_key=idempotency_key,
-        context=context(request, principal),
-        admin=principal.role is Role.admin,
-    )
+    with submitted_with(request.headers):  # a client's traceparent: the run continues it
+        run, created = await runs.submit(
+            body,
+            tenant=principal.tenant_for_new(),
+            idempotency_key=idempotency_key,
+            context=context(request, principal),
+            admin=principal.role is Role.admin,
+        )
     response.headers["Location"] = f"/v1/runs/{run.id}"
     if not created:
         response.headers["Idempotent-Replayed"] = "true"
@@ -111,13 +113,14 @@ async def submit_batch(
     runs: Runs,
     idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
 ) -> RunBatchAccepted:
-    ids, created = await runs.submit_batch(
-        body.runs,
-        tenant=principal.tenant_for_new(),
-        idempotency_key=idempotency_key,
-        context=context(request, principal),
-        admin=principal.role is Role.admin,
-    )
+    with submitted_with(request.headers):
+        ids, created = await runs.submit_batch(
+            body.runs,
+            tenant=principal.tenant_for_new(),
+            idempotency_key=idempotency_key,
+            context=context(request, principal),
+            admin=principal.role is Role.admin,
+        )
     if not created:
         response.headers["Idempotent-Replayed"] = "true"
     return RunBatchAccepted(

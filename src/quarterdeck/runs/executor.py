@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 import time
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Protocol
 
 import structlog
+from opentelemetry.trace import Span
 
 from quarterdeck import metrics
 from quarterdeck.budgets.models import BudgetExceeded
@@ -41,7 +43,8 @@ from quarterdeck.runs.workspace_state import (
     RestoreFailed,
     WorkspaceCheckpointer,
 )
-from quarterdeck.security.redaction import redact_message
+from quarterdeck.security.redaction import redact_arguments, redact_message
+from quarterdeck.tracing import execute_tool_span, record_content, record_error
 
 log = structlog.get_logger(__name__)
 
@@ -70,6 +73,28 @@ class SimulatedTools:
             "simulated": True,
             "duration_ms": 0.0,
         }
+
+
+def traced_tool(span: Span, call: ToolUseBlock, result: ToolResultBlock) -> None:
+    """A tool call's end on its span: an error if the model got one (refused or failed); its
+    arguments (secrets redacted) and result only when content recording is on, clipped."""
+    if result.is_error:
+        record_error(span, "tool_error", result.content)
+    if record_content():
+        arguments, _ = redact_arguments(call.input)
+        span.set_attribute(
+            "gen_ai.tool.call.arguments",
+            clip(json.dumps(arguments, separators=(",", ":"), default=str)),
+        )
+        span.set_attribute("gen_ai.tool.call.result", clip(result.content))
+
+
+CONTENT_LIMIT = 4096
+"""Characters of a tool's arguments or result put on its span (when content is recorded)."""
+
+
+def clip(text: str) -> str:
+    return text if len(text) <= CONTENT_LIMIT else text[: CONTENT_LIMIT - 1] + "…"
 
 
 @dataclass
@@ -296,7 +321,12 @@ class RunExecutor:
         results: list[ToolResultBlock] = []
         events: list[tuple[str, int | None, dict[str, Any]]] = []
         for call in assistant.tool_uses:
-            result, data = await plan.tools.run(run, call)
+            # A child of the attempt's span, beside the turn's ``chat`` span; the guard adds
+            # its policy decision to it (agents/guard.py).
+            with execute_tool_span(call.name, call_id=call.id) as span:
+                result, data = await plan.tools.run(run, call)
+                if span.is_recording():
+                    traced_tool(span, call, result)
             results.append(result)
             events.append(("tool_call", turn, data))
         reply = Message(role="user", content=list(results))

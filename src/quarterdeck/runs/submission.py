@@ -32,6 +32,7 @@ from quarterdeck.runs.config_routes import UNROUTED, Assignment, ConfigRoutes, a
 from quarterdeck.runs.models import Run, RunCreate
 from quarterdeck.runs.store_protocol import KeyTaken, RunStore
 from quarterdeck.security.trail import AuditTrail, RequestContext
+from quarterdeck.tracing.propagation import trace_to_store
 
 DEFAULT_TENANT = "default"
 
@@ -158,6 +159,9 @@ class Submissions:
             if existing:
                 return existing, False
         params, archive = self._prepare(body)
+        trace = trace_to_store()
+        if trace is not None:
+            params["trace"] = trace
         await self._require_available([body])
         run_id = new_id("run")
         routed = await self._assign(run_id, body, params)
@@ -307,6 +311,7 @@ class Submissions:
             if replayed is not None:
                 return replayed, False
         prepared = []
+        trace = trace_to_store()
         for i, body in enumerate(bodies):
             if body.workspace is not None and body.workspace.type == "tar":
                 raise ValidationFailed(
@@ -314,12 +319,15 @@ class Submissions:
                     errors=[{"field": f"runs.{i}.workspace", "message": "tar not allowed here"}],
                 )
             try:
-                prepared.append(self._prepare(body)[0])
+                params = self._prepare(body)[0]
             except ValidationFailed as exc:  # name the item: runs.3.agent_type
                 errors = [
                     {**e, "field": f"runs.{i}.{e['field']}"} for e in exc.extra.get("errors", [])
                 ]
                 raise ValidationFailed(f"runs.{i}: {exc.detail}", errors=errors) from None
+            if trace is not None:
+                params["trace"] = trace  # one request, one trace: shared, never mutated
+            prepared.append(params)
         await self._require_available(bodies, batch=True)
         run_ids = [new_id("run") for _ in bodies]
         routed = [

@@ -15,12 +15,14 @@ import contextlib
 import os
 import socket
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, Literal
 
 import structlog
+from opentelemetry.trace import Span
 
 from quarterdeck import metrics
 from quarterdeck.config import Settings
@@ -32,6 +34,7 @@ from quarterdeck.runs.models import Run, RunStatus
 from quarterdeck.runs.store_protocol import Finish, Requeue, RunStore
 from quarterdeck.security.trail import AuditTrail
 from quarterdeck.store.pool import connect_once
+from quarterdeck.tracing import invoke_agent_span, record_error
 
 log = structlog.get_logger(__name__)
 
@@ -63,6 +66,25 @@ def gave_up(run: Run) -> Outcome:
         "was lost or released it each time",
         error_type="max_attempts",
     )
+
+
+def traced_outcome(span: Span, settled: Outcome | None, *, fenced: bool = False) -> None:
+    """How the attempt ended, on its ``invoke_agent`` span: the run's status, or ``released``
+    (a draining worker handed it back) or ``fenced`` (another attempt holds the run); an error
+    for anything but success or a release."""
+    if not span.is_recording():
+        return
+    if fenced:
+        span.set_attribute("quarterdeck.run.status", "fenced")
+        record_error(span, "fenced", "another attempt holds the run")
+        return
+    if settled is None:
+        span.set_attribute("quarterdeck.run.status", "released")
+        return
+    status = settled.status.value
+    span.set_attribute("quarterdeck.run.status", status)
+    if settled.status is not RunStatus.succeeded:
+        record_error(span, settled.error_type or status, settled.error or "")
 
 
 def settle(outcome: Outcome | None, release: bool) -> Outcome | None:
@@ -99,6 +121,7 @@ class WorkerPool:
         self._stop = asyncio.Event()
         self._accepting = True
         self.repair_interval = 15.0
+        self.provider_name = getattr(executor.provider, "name", "") or "unknown"
 
     # -- lifecycle ----------------------------------------------------------------------------
     async def run(self) -> None:
@@ -240,30 +263,49 @@ class WorkerPool:
         item = InFlight(run=run, scope=ctx.cancellation)
         self.inflight[run.id] = item
         metrics.child(metrics.ACTIVE, agent).inc()
-        outcome: Outcome | None = None
-        try:
-            with ctx.cancellation:
-                outcome = await self.executor.execute(run)
-        except Fenced:
-            item.fenced = True
-        except (Unavailable, StoreError):
-            raise
-        except Exception as exc:  # a bug: fail this run loudly rather than retry it forever
-            log.exception("run_crashed", run_id=run.id)
-            outcome = Outcome(
-                RunStatus.failed, error=f"internal error: {exc}", error_type="internal"
-            )
-        finally:
-            metrics.child(metrics.ACTIVE, agent).dec()
-            self.inflight.pop(run.id, None)
-        if item.fenced:
-            self._fenced(run)
-            return
-        settled = settle(outcome, item.release)
-        if settled is None:
-            await self._release(run)
-            return
-        await self._finish(run, settled)
+        # One span per attempt, under the context stored at submission: a resumed attempt, on
+        # any worker, lands in the same trace. Current while the agent runs, so its model calls
+        # and tool calls are its children.
+        with self._attempt_span(run) as span:
+            outcome: Outcome | None = None
+            try:
+                with ctx.cancellation:
+                    outcome = await self.executor.execute(run)
+            except Fenced:
+                item.fenced = True
+            except (Unavailable, StoreError) as exc:
+                record_error(span, "unavailable", exc.detail)
+                raise
+            except Exception as exc:  # a bug: fail this run loudly rather than retry it forever
+                log.exception("run_crashed", run_id=run.id)
+                outcome = Outcome(
+                    RunStatus.failed, error=f"internal error: {exc}", error_type="internal"
+                )
+            finally:
+                metrics.child(metrics.ACTIVE, agent).dec()
+                self.inflight.pop(run.id, None)
+            settled = None if item.fenced else settle(outcome, item.release)
+            traced_outcome(span, settled, fenced=item.fenced)
+            if item.fenced:
+                self._fenced(run)
+                return
+            if settled is None:
+                await self._release(run)
+                return
+            await self._finish(run, settled)
+
+    def _attempt_span(self, run: Run) -> AbstractContextManager[Span]:
+        stored = run.params.get("trace")
+        return invoke_agent_span(
+            run.agent_type,
+            run_id=run.id,
+            tenant=run.tenant,
+            provider=self.provider_name,
+            model=run.model,
+            attempt=run.attempts,
+            parent=stored if isinstance(stored, Mapping) else None,
+            config_version=run.config_version,
+        )
 
     async def _release(self, run: Run) -> None:
         """Hand the run back to the queue under a new job; it resumes from its checkpoint."""

@@ -30,14 +30,18 @@ from pathlib import Path
 from typing import Any
 
 import structlog
+from opentelemetry import context as otel_context
+from opentelemetry.trace import Span, get_current_span
 
 from quarterdeck.agents.claude_code import hook
 from quarterdeck.agents.claude_code.tools_map import to_gate
-from quarterdeck.agents.guard import Admission, Guard, admit
+from quarterdeck.agents.guard import Admission, Guard, admit, traced_decision
 from quarterdeck.kit.unix_server import UnixServer
+from quarterdeck.runs.executor import clip
 from quarterdeck.runs.models import Run
 from quarterdeck.security.policy.decision import Action, Decision, Severity
 from quarterdeck.security.redaction import redact_arguments
+from quarterdeck.tracing import execute_tool_span, record_content, record_error
 
 log = structlog.get_logger(__name__)
 
@@ -62,8 +66,10 @@ def answer(decision: str, reason: str) -> dict[str, Any]:
 
 
 def _record(reason: str, action: Action = "allow", rule_id: str | None = None) -> dict[str, Any]:
-    """A policy record in the gate's own shape, for decisions not made by its rules."""
+    """A policy record in the gate's own shape, for decisions not made by its rules; put on
+    the call's ``execute_tool`` span like the rules' own (``admit`` does that for them)."""
     severity: Severity = "info" if action == "allow" else "high"
+    traced_decision(get_current_span(), action, rule_id, reason)
     return Decision(action, rule_id=rule_id, severity=severity, reason=reason).to_dict()
 
 
@@ -98,6 +104,8 @@ class GateServer(UnixServer):
         self.answer_timeout_s = answer_timeout_s
         self.decisions: dict[str, dict[str, Any]] = {}
         self.refusals: dict[str, str] = {}
+        self.trace_context = otel_context.get_current()
+        """Made by the runner inside the attempt's span: each tool call's span is its child."""
 
     # -- one connection ----------------------------------------------------------------------
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -130,7 +138,40 @@ class GateServer(UnixServer):
         return await self._malformed({}, why or "the request is not a JSON object")
 
     async def decide(self, hook_input: dict[str, Any]) -> dict[str, Any]:
-        """The hook output for one PreToolUse hook input; never raises (a failure denies)."""
+        """The hook output for one PreToolUse hook input; never raises (a failure denies).
+
+        Traced as the call's ``execute_tool`` span under the attempt's ``invoke_agent`` span
+        (the connection's task does not inherit it: the context is the one kept when the
+        server was made). The span covers the gate's decision, approval wait included; the
+        tool itself then runs inside the CLI, which Quarterdeck does not trace."""
+        tool, call_id = hook_input.get("tool_name"), hook_input.get("tool_use_id")
+        token = otel_context.attach(self.trace_context)
+        try:
+            with execute_tool_span(
+                tool if isinstance(tool, str) and tool else "unknown",
+                call_id=call_id if isinstance(call_id, str) else "",
+            ) as span:
+                reply = await self._decide(hook_input)
+                if span.is_recording():
+                    self._traced(span, hook_input, reply)
+                return reply
+        finally:
+            otel_context.detach(token)
+
+    @staticmethod
+    def _traced(span: Span, hook_input: dict[str, Any], reply: dict[str, Any]) -> None:
+        """A refusal as the span's error; the arguments (secrets redacted, clipped) only when
+        content recording is on."""
+        out = reply["hookSpecificOutput"]
+        if out["permissionDecision"] != "allow":
+            record_error(span, "tool_refused", str(out["permissionDecisionReason"]))
+        tool_input = hook_input.get("tool_input")
+        if record_content() and isinstance(tool_input, dict):
+            arguments, _ = redact_arguments(tool_input)
+            text = json.dumps(arguments, separators=(",", ":"), default=str)
+            span.set_attribute("gen_ai.tool.call.arguments", clip(text))
+
+    async def _decide(self, hook_input: dict[str, Any]) -> dict[str, Any]:
         tool, tool_input = hook_input.get("tool_name"), hook_input.get("tool_input")
         tool_use_id = hook_input.get("tool_use_id")
         if not isinstance(tool, str) or not tool:

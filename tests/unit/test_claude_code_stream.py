@@ -168,3 +168,12 @@ def test_a_transcript_written_under_another_path_is_moved_to_resume_here(tmp_pat
     assert moved.read_text() == "{}\n" and not old.exists()
     assert not command.place_transcript(state, "other", cwd)
     assert command.project_dir_name("/tmp/cc/e2/ws") == "-tmp-cc-e2-ws"  # as the CLI names it
+
+
+def test_the_attempt_s_trace_context_rides_on_every_model_call(tmp_path: Path) -> None:
+    """The CLI sends ANTHROPIC_CUSTOM_HEADERS on each call (verified against the real CLI in
+    the research notes); the gateway continues a call's traceparent (test_tracing_gateway.py)."""
+    parent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    env = command.environment(state=tmp_path, token="t", traceparent=parent)
+    assert env["ANTHROPIC_CUSTOM_HEADERS"] == f"traceparent: {parent}"
+    assert "ANTHROPIC_CUSTOM_HEADERS" not in command.environment(state=tmp_path, token="t")

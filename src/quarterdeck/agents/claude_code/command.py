@@ -110,9 +110,13 @@ def argv(
     return [*out, "--", prompt]
 
 
-def environment(*, state: Path, token: str) -> dict[str, str]:
-    """The CLI's whole environment on top of the sandbox's minimal one."""
+def environment(*, state: Path, token: str, traceparent: str | None = None) -> dict[str, str]:
+    """The CLI's whole environment on top of the sandbox's minimal one. ``traceparent``: the
+    attempt's span, sent on every model call (``ANTHROPIC_CUSTOM_HEADERS``), so the gateway's
+    ``chat`` spans of this run join the run's trace without a database read per call."""
+    extra = {"ANTHROPIC_CUSTOM_HEADERS": f"traceparent: {traceparent}"} if traceparent else {}
     return {
+        **extra,
         "HOME": str(state / "home"),
         "CLAUDE_CONFIG_DIR": str(state / "claude"),
         "ANTHROPIC_BASE_URL": f"http://127.0.0.1:{GATEWAY_PORT}",

@@ -57,6 +57,7 @@ from quarterdeck.gateway.models import UsageRow
 from quarterdeck.runs.executor import Outcome, RunPlan
 from quarterdeck.runs.models import Run, RunStatus
 from quarterdeck.runs.store_protocol import RunStore
+from quarterdeck.tracing import carrier_of_current
 
 log = structlog.get_logger(__name__)
 
@@ -235,7 +236,9 @@ class ClaudeCodeAgent:
         async with open_sandboxed(
             self._argv(run, plan, session, resume),
             ws,
-            env=command.environment(state=state, token=token),
+            env=command.environment(
+                state=state, token=token, traceparent=carrier_of_current().get("traceparent")
+            ),
             run_as=sandbox_identity(run.id),
             limits=limits,
             mounts=mounts,

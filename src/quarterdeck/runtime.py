@@ -42,13 +42,11 @@ from quarterdeck.reports.schedule import ReportScheduler
 from quarterdeck.reports.service import ReportService
 from quarterdeck.reports.wiring import build_reports
 from quarterdeck.resilience import (
-    BreakerConfig,
     Breakers,
     BucketStore,
-    ProviderLimiter,
-    RetryPolicy,
 )
 from quarterdeck.resilience.calls import ResilientCaller
+from quarterdeck.resilience.wiring import build_breakers, build_caller
 from quarterdeck.rollouts.controller import RolloutController
 from quarterdeck.rollouts.routing import CanaryRouter
 from quarterdeck.rollouts.service import RolloutService
@@ -361,59 +359,14 @@ class Runtime:
     def _build_breakers(self) -> Breakers:
         """Circuit breakers, shared through Redis when REDIS_URL is set, for the workers' calls
         and the gateway's alike."""
-        s = self.settings
-        breaker_store = None
-        if s.redis_url is not None:
-            from quarterdeck.resilience import redis_stores
-
-            breaker_store, self._bucket_store = redis_stores(s.redis_url.get_secret_value())
-            self._closers.append(breaker_store.close)
-        return Breakers(
-            breaker_store,
-            config=BreakerConfig(
-                failure_threshold=s.breaker_failure_threshold,
-                open_for_s=s.breaker_open_for,
-                window_s=s.breaker_window,
-            ),
-        )
+        breakers, self._bucket_store, close = build_breakers(self.settings)
+        if close is not None:
+            self._closers.append(close)
+        return breakers
 
     def _build_caller(self, provider: Provider, pricing: Pricing) -> ResilientCaller:
-        """Retries, breakers and rate limits (buckets shared through Redis when REDIS_URL is
-        set); the caller also prices and counts every provider call (``pricing``)."""
-        s = self.settings
         assert self.breakers is not None  # built in start() before any caller
-        limiter = None
-        per_minute = (
-            s.provider_requests_per_minute,
-            s.provider_tokens_per_minute,
-            s.provider_input_tokens_per_minute,
-            s.provider_output_tokens_per_minute,
-        )
-        if any(limit is not None for limit in per_minute):
-            limiter = ProviderLimiter(
-                provider.name,
-                requests_per_minute=s.provider_requests_per_minute,
-                tokens_per_minute=s.provider_tokens_per_minute,
-                input_tokens_per_minute=s.provider_input_tokens_per_minute,
-                output_tokens_per_minute=s.provider_output_tokens_per_minute,
-                store=self._bucket_store,
-                local_share=1.0 / s.worker_processes,
-            )
-        policy = RetryPolicy(
-            schedule=tuple(s.retry_schedule),
-            max_attempts=s.retry_max_attempts,
-            total_budget_s=s.retry_budget,
-        )
-        return ResilientCaller(
-            provider,
-            streaming=provider.name != "simulated",
-            policy=policy,
-            breakers=self.breakers,
-            limiter=limiter,
-            fallbacks=s.model_fallbacks,
-            context_fallbacks=s.context_fallbacks,
-            pricing=pricing,
-        )
+        return build_caller(self.settings, provider, pricing, self.breakers, self._bucket_store)
 
     async def drain(self) -> None:
         """Turn /ready to 503 and stop new pickups; in-flight runs finish or are released."""

@@ -27,6 +27,7 @@ from quarterdeck.rollouts.service import RolloutService
 from quarterdeck.rollouts.wiring import ROLLOUTS_KEY
 from quarterdeck.runs.models import Run, RunCreate, RunStatus
 from quarterdeck.runtime import Runtime
+from tests.support.ui import browser_of
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -133,6 +134,13 @@ async def test_a_candidate_that_fails_more_runs_is_rolled_back(
     after = await run_batch(rt, 10)
     assert {r.config_version for r in after} == {spec["stable_version"]}
     assert all(r.canary_id is None and "agent_config" not in r.params for r in after)
+
+    # The dashboard's rollout page shows both arms as the analysis counted them.
+    async with browser_of(rt, "") as ui:  # authentication off: signing in needs no key
+        page = await ui.get(f"/ui/rollouts/{started.id}")
+    assert page.status_code == 200 and 'id="canary-arms"' in page.text
+    row = page.text.split('data-arm="candidate"', 1)[1].split("</tr>", 1)[0]
+    assert f'<td class="num">{len(arms["candidate"])}</td>' in row
 
 
 async def test_a_cheaper_candidate_at_the_same_success_rate_is_promoted(

@@ -90,6 +90,23 @@ def record_content() -> bool:
 
 
 @contextmanager
+def _current(
+    name: str, kind: SpanKind, attributes: Mapping[str, Any], context: otel_context.Context | None
+) -> Iterator[Span]:
+    """A span made current for the block; its status and errors are set by the helpers
+    below (``record_error``), not from a Python exception, which may be a normal outcome."""
+    with tracer().start_as_current_span(
+        name,
+        context=context,
+        kind=kind,
+        attributes=attributes,
+        record_exception=False,
+        set_status_on_exception=False,
+    ) as span:
+        yield span
+
+
+@contextmanager
 def invoke_agent_span(
     agent: str,
     *,
@@ -118,13 +135,8 @@ def invoke_agent_span(
     }
     if config_version:
         attributes["quarterdeck.agent.config_version"] = config_version
-    with tracer().start_as_current_span(
-        f"invoke_agent {agent}",
-        context=context_of(parent),
-        kind=SpanKind.INTERNAL,
-        attributes=attributes,
-        record_exception=False,
-        set_status_on_exception=False,
+    with _current(
+        f"invoke_agent {agent}", SpanKind.INTERNAL, attributes, context_of(parent)
     ) as span:
         yield span
 
@@ -148,14 +160,7 @@ def chat_span(
         "gen_ai.request.model": model,
         **(attributes or {}),
     }
-    with tracer().start_as_current_span(
-        f"chat {model}",
-        context=context_of(parent),
-        kind=SpanKind.CLIENT,
-        attributes=attrs,
-        record_exception=False,
-        set_status_on_exception=False,
-    ) as span:
+    with _current(f"chat {model}", SpanKind.CLIENT, attrs, context_of(parent)) as span:
         yield span
 
 
@@ -193,13 +198,7 @@ def execute_tool_span(name: str, *, call_id: str) -> Iterator[Span]:
         "gen_ai.tool.call.id": call_id,
         "gen_ai.tool.type": "function",
     }
-    with tracer().start_as_current_span(
-        f"execute_tool {name}",
-        kind=SpanKind.INTERNAL,
-        attributes=attrs,
-        record_exception=False,
-        set_status_on_exception=False,
-    ) as span:
+    with _current(f"execute_tool {name}", SpanKind.INTERNAL, attrs, None) as span:
         yield span
 
 

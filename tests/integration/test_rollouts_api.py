@@ -392,9 +392,15 @@ async def test_agent_configuration_canaries_through_the_api_and_cli(
     export; and ``quarterdeck canary`` against a real server."""
     from quarterdeck.rollouts.canary_cli import app as canary_cli
 
-    app = create_app(rt.settings, rt)
-    submitter = (await rt.auth.create("sub", Role.submitter, "acme")).api_key
     body = {"agent_type": "coder", "set": {"model": "claude-haiku-4-5"}, "min_runs": 20}
+    async with client_of(create_app(rt.settings, rt)) as api:  # no controller runs here
+        refused = await api.post("/v1/canaries", json=body)
+    assert refused.status_code == 409 and "QUARTERDECK_ROLLOUTS_ENABLED" in refused.text
+    app = create_app(rt.settings, rt)  # as a deployment whose controller runs
+    services(app).add(
+        RolloutService, RolloutService(rt.db, catalog=rt.agent_catalog, router=rt.canary_routes)
+    )
+    submitter = (await rt.auth.create("sub", Role.submitter, "acme")).api_key
     async with client_of(app, submitter) as api:
         denied = await api.post("/v1/canaries", json=body)
     assert denied.status_code == 403 and denied.headers["content-type"].startswith(PROBLEM)

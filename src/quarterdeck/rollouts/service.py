@@ -141,12 +141,15 @@ class RolloutService:
         *,
         catalog: AgentCatalog | None = None,
         router: CanaryRouter | None = None,
+        controller_enabled: bool = True,
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
         """``catalog``: the agent types, for agent-configuration canaries (None: refused);
-        ``router``: this process's routes, re-read at once after a canary changes here."""
+        ``router``: this process's routes, re-read at once after a canary changes here;
+        ``controller_enabled``: whether this deployment runs the rollout controller."""
         self.db = db
         self.catalog, self.router = catalog, router
+        self.controller_enabled = controller_enabled
         self.clock = clock
 
     async def start(self, body: RolloutCreate, *, by: str | None) -> Rollout:
@@ -160,6 +163,13 @@ class RolloutService:
 
         if self.catalog is None:
             raise InvalidState("agent-configuration canaries need the agent catalog here")
+        if not self.controller_enabled:
+            # Unlike a Deployment rollout, which waits for a controller, a canary's share
+            # applies at submission at once: without a controller nothing would ever judge it.
+            raise InvalidState(
+                "agent-configuration canaries need the rollout controller: set "
+                "QUARTERDECK_ROLLOUTS_ENABLED=true on this deployment's API processes"
+            )
         async with self.db.acquire() as conn:
             newest = await canary_repository.newest_canaries(
                 conn, f"{TARGET_PREFIX}{body.agent_type}"

@@ -66,7 +66,9 @@ def build_rollouts(
     Nothing here talks to Kubernetes or Prometheus yet.
     """
     s = settings
-    service = RolloutService(db, catalog=catalog, router=router)
+    service = RolloutService(
+        db, catalog=catalog, router=router, controller_enabled=s.rollouts_enabled
+    )
     if not s.rollouts_enabled:
         return service, None
     controller = RolloutController(

@@ -107,7 +107,6 @@ class RolloutController(LeaderLoop):
         self._leading = False
         self._actuator_cache: dict[str, TrafficActuator] = {}
         self._last_recorded: dict[str, float] = {}  # rollout id -> last analysis event (epoch)
-        self._current = ""  # the rollout being reconciled
 
     # -- the loop (LeaderLoop runs it) --------------------------------------------------------
     def on_tick_error(self) -> None:
@@ -155,7 +154,6 @@ class RolloutController(LeaderLoop):
             row = await repo.get_rollout(conn, rollout_id)
         assert row is not None
         spec, state = repo.spec_from_json(row["spec"]), repo.state_of(row)
-        self._current = rollout_id
         if state.terminal:
             show(spec.target, state.phase, state.weight)
             self._actuator_cache.pop(rollout_id, None)
@@ -164,7 +162,7 @@ class RolloutController(LeaderLoop):
         weight = 100.0 if state.phase == "soaking" else float(state.weight)
         if row["traffic_mode"] == "replicas" and row["effective_weight"] is not None:
             weight = float(row["effective_weight"])
-        result, raw = await self._measure(spec, state, weight, now.timestamp())
+        result, raw = await self._measure(rollout_id, spec, state, weight, now.timestamp())
         ANALYSES.labels(spec.target, result.verdict if result else "error").inc()
         new, actions = machine.tick(spec, state, now.timestamp(), result)
         await self._record(rollout_id, spec, state, new, actions, result, raw, now)
@@ -173,10 +171,10 @@ class RolloutController(LeaderLoop):
             await self._apply_pending(rollout_id)
 
     async def _measure(
-        self, spec: AnyPlan, state: RolloutState, weight: float, now: float
+        self, rollout_id: str, spec: AnyPlan, state: RolloutState, weight: float, now: float
     ) -> tuple[AnalysisResult | None, dict[str, Any]]:
         if isinstance(spec, AgentCanarySpec):
-            return await self._measure_runs(spec)
+            return await self._measure_runs(rollout_id, spec)
         window = analysis_window(spec, state, now)
         if self.prometheus is None:
             return None, {"window_s": window, "error": "no Prometheus configured"}
@@ -187,12 +185,12 @@ class RolloutController(LeaderLoop):
             return None, {"window_s": window, "error": _detail(exc)}
 
     async def _measure_runs(
-        self, spec: AgentCanarySpec
+        self, rollout_id: str, spec: AgentCanarySpec
     ) -> tuple[AnalysisResult | None, dict[str, Any]]:
         """An agent-configuration canary: every run of each arm finished since it started."""
         try:
             async with self.db.acquire() as conn:
-                arms = await canary_repository.arm_samples(conn, self._current)
+                arms = await canary_repository.arm_samples(conn, rollout_id)
         except Exception as exc:
             log.warning("rollouts.arms_unreadable", target=spec.target, error=_detail(exc))
             return None, {"error": _detail(exc)}

@@ -163,18 +163,19 @@ class RolloutService:
 
         if self.catalog is None:
             raise InvalidState("agent-configuration canaries need the agent catalog here")
-        if not self.controller_enabled:
-            # Unlike a Deployment rollout, which waits for a controller, a canary's share
-            # applies at submission at once: without a controller nothing would ever judge it.
-            raise InvalidState(
-                "agent-configuration canaries need the rollout controller: set "
-                "QUARTERDECK_ROLLOUTS_ENABLED=true on this deployment's API processes"
-            )
         async with self.db.acquire() as conn:
             newest = await canary_repository.newest_canaries(
                 conn, f"{TARGET_PREFIX}{body.agent_type}"
             )
         spec = canary_of(body, self.catalog, newest[0] if newest else None)
+        if not self.controller_enabled:
+            # After the request is validated (a bad one is a 422 either way). Unlike a
+            # Deployment rollout, which waits for a controller, a canary's share applies at
+            # submission at once: without a controller nothing would ever judge it.
+            raise InvalidState(
+                "agent-configuration canaries need the rollout controller: set "
+                "QUARTERDECK_ROLLOUTS_ENABLED=true on this deployment's API processes"
+            )
         rollout = await self._start(spec, by=by)
         if self.router is not None:
             self.router.forget()

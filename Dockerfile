@@ -38,12 +38,17 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     QUARTERDECK_HTTP_PORT=8080 \
     QUARTERDECK_METRICS_PORT=9090 \
     QUARTERDECK_DATA_DIR=/app/data \
-    QUARTERDECK_CLAUDE_CODE_PATH=/opt/claude-code/node_modules/.bin/claude
+    QUARTERDECK_CLAUDE_CODE_PATH=/opt/claude-code/node_modules/.bin/claude \
+    MPLCONFIGDIR=/tmp/matplotlib \
+    XDG_CACHE_HOME=/tmp/cache
 # git: workspaces record their baseline and diffs with it. bubblewrap: run_command's strong
 # sandbox (with util-linux's prlimit and setpriv, already in the base image); socat: the bridge
-# from a sandboxed command to the egress proxy.
+# from a sandboxed command to the egress proxy. pango, harfbuzz-subset, fontconfig and DejaVu:
+# what WeasyPrint loads to print the monthly report as PDF (matplotlib's and fontconfig's caches
+# go to /tmp, writable under the manifests' read-only root filesystem).
 RUN apt-get update \
     && apt-get install -y --no-install-recommends git bubblewrap socat \
+        libpango-1.0-0 libpangoft2-1.0-0 libharfbuzz-subset0 libfontconfig1 fonts-dejavu-core \
     && rm -rf /var/lib/apt/lists/*
 RUN groupadd --system --gid 10001 quarterdeck \
     && useradd --system --uid 10001 --gid quarterdeck --home-dir /app --shell /usr/sbin/nologin quarterdeck \

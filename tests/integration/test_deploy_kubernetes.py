@@ -603,6 +603,16 @@ def dockerfile_stages() -> list[dict[str, Any]]:
     return stages
 
 
+# The shared libraries WeasyPrint loads (the Makefile installs the same ones for `make deps`).
+PDF_LIBRARIES = {
+    "libpango-1.0-0",
+    "libpangoft2-1.0-0",
+    "libharfbuzz-subset0",
+    "libfontconfig1",
+    "fonts-dejavu-core",
+}
+
+
 def test_dockerfile_is_multi_stage_and_the_final_stage_is_lean() -> None:
     stages = dockerfile_stages()
     assert len(stages) >= 2
@@ -619,9 +629,16 @@ def test_dockerfile_is_multi_stage_and_the_final_stage_is_lean() -> None:
     installed = set()
     for match in re.finditer(r"apt-get install ([^&;]+)", final_runs):
         installed |= {w for w in match.group(1).split() if not w.startswith("-")}
-    assert installed <= {"git", "ca-certificates", "bubblewrap", "socat"}, installed
+    assert installed <= {"git", "ca-certificates", "bubblewrap", "socat", *PDF_LIBRARIES}, installed
     # bubblewrap gives agent commands the strong sandbox; socat bridges its egress socket.
     assert {"bubblewrap", "socat"} <= installed, "the image cannot run the strong sandbox"
+    # WeasyPrint loads these at import: without them the monthly report's PDF answers 503.
+    assert PDF_LIBRARIES <= installed, "the image cannot print the monthly report as PDF"
+    makefile = (ROOT / "Makefile").read_text()
+    assert all(lib in makefile for lib in PDF_LIBRARIES), "make deps and the image differ"
+    env_text = " ".join(a for i, a in final["lines"] if i == "ENV")
+    # matplotlib and fontconfig write caches: under a read-only root filesystem only /tmp works.
+    assert "MPLCONFIGDIR=/tmp/" in env_text and "XDG_CACHE_HOME=/tmp/" in env_text
     assert "--no-index" in final_runs, "final stage installs only the builder's wheels"
 
 

@@ -23,7 +23,7 @@ from quarterdeck.gateway import anthropic_error_response, is_gateway_path
 from quarterdeck.gateway import api as gateway_api
 from quarterdeck.gateway import reports_api as gateway_reports_api
 from quarterdeck.health import api as health_api
-from quarterdeck.health import probes
+from quarterdeck.health import maintenance_api, probes
 from quarterdeck.incidents import api as incidents_api
 from quarterdeck.kit.text import json_syntax_message
 from quarterdeck.kit.wiring import services
@@ -233,6 +233,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> FastAPI:
     app.include_router(scaling_api.router)
     app.include_router(rollouts_api.router)
     app.include_router(reports_api.router)
+    app.include_router(maintenance_api.router)
     app.include_router(budgets_api.router)
     app.include_router(auth_api.router)
     app.include_router(gateway_reports_api.router)

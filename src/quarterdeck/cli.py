@@ -15,6 +15,7 @@ from quarterdeck.approvals.cli import app as approvals_app
 from quarterdeck.chaos.cli import app as chaos_app
 from quarterdeck.exceptions import ConfigError, QuarterdeckError
 from quarterdeck.gateway.cli import app as gateway_app
+from quarterdeck.health.maintenance_cli import app as maintenance_app
 from quarterdeck.incidents.cli import app as incidents_app
 from quarterdeck.kit.console import console, err_console, fail, hide_flag_metavars
 from quarterdeck.reports.cli import app as report_app
@@ -64,6 +65,7 @@ app.add_typer(scaler_app, name="scaler")
 app.add_typer(rollout_app, name="rollout")
 app.add_typer(canary_app, name="canary")
 app.add_typer(report_app, name="report")
+app.add_typer(maintenance_app, name="maintenance")
 
 
 @app.callback()

@@ -32,6 +32,7 @@ from quarterdeck.gateway.service import Gateway
 from quarterdeck.health import HealthMonitor
 from quarterdeck.health.electors import build_elector
 from quarterdeck.health.leader import HEALTH_MONITOR_KEY, Elector
+from quarterdeck.health.maintenance import MaintenanceService
 from quarterdeck.incidents import IncidentService, build_incident_service
 from quarterdeck.incidents.anomalies import AnomalySink
 from quarterdeck.kit.wiring import Services
@@ -443,6 +444,7 @@ class Runtime:
         registry.add(TenantData, self.tenant_data)
         registry.add(ScalingService, self.scaling)
         registry.add(ReportService, self.reports)
+        registry.add(MaintenanceService, MaintenanceService(self.db))
         registry.add(RolloutService, self.rollouts)
         if self.health is not None:
             registry.add(HealthMonitor, self.health)

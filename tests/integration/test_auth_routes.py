@@ -101,6 +101,16 @@ class Walk:
             value = approval.id
         elif name == "key_id":
             value = (await self.rt.auth.create("walk-target", Role.submitter, OWNER)).id
+        elif name == "window_id":
+            from datetime import UTC, datetime, timedelta
+
+            from quarterdeck.health.maintenance import MaintenanceRequest, MaintenanceService
+
+            start = datetime.now(UTC) + timedelta(days=1)
+            request = MaintenanceRequest(
+                starts_at=start, ends_at=start + timedelta(hours=1), reason="route walk"
+            )
+            value = (await MaintenanceService(self.rt.db).create(request, None)).id
         else:
             value = None
         if value is not None:

@@ -135,6 +135,17 @@ def _config(served: Served) -> schemathesis.Config:
                     "include-path": "/v1/compliance/report",
                     "parameters": {"query.from": SINCE, "query.to": UNTIL},
                 },
+                {
+                    "include-path": "/v1/maintenance",
+                    "include-method": "GET",
+                    "parameters": {"query.from": SINCE, "query.to": UNTIL},
+                },
+                # A window's end after its start and at most 7 days on: two fields again.
+                {
+                    "include-path": "/v1/maintenance",
+                    "include-method": "POST",
+                    "checks": {"positive_data_acceptance": {"expected-statuses": ACCEPT_422}},
+                },
                 # Durations ("30d", "> 0 and at most 100 years") are stated in the description:
                 # JSON Schema cannot state a range over a unit-suffixed string.
                 {

@@ -334,7 +334,7 @@ async def test_every_figure_of_the_month_matches_a_hand_computation(service: Rep
     assert av.period_minutes == 31 * 1440
     assert av.uptime == pytest.approx(1 - 180 / (31 * 1440))
     assert [o.incident_ids for o in av.outages] == [["i1"], ["i2", "i3"], ["i6"]]
-    assert av.scheduled_downtime_minutes is None and "not recorded" in (av.note or "")
+    assert av.scheduled_downtime_minutes == 0 and "maintenance windows" in (av.note or "")
 
     inc = report.incidents
     opened = [i for i in INCIDENTS if in_oct(i[3])]

@@ -202,6 +202,13 @@ class Settings(GatewaySettings):
     health_min_free_ratio: float = Field(default=0.05, ge=0, lt=1)
     health_max_loop_lag_ms: float = Field(default=500.0, gt=0)
     health_escalate_after_failed_recoveries: int = Field(default=3, ge=1, le=1000)
+    health_probe_retention_days: float = Field(
+        default=400.0,
+        gt=0,
+        le=36500,
+        description="Days the health monitor's per-tick probe history (the monthly report's "
+        "probe coverage and uptime) is kept; older rows are purged hourly, in batches.",
+    )
 
     # The autoscaler (scaling/). The defaults are scaling.policy.ScalerConfig's (config/ sits
     # below scaling/ and cannot read them; a unit test keeps the two equal). The mode's values

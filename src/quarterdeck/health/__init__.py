@@ -3,31 +3,39 @@
 The guide's ``AutoRecoverySystem``, made safe: checks cost nothing (no paid API call), recovery
 re-checks before claiming success, and every failure is a deduplicated incident that resolves
 itself (``by="auto"``) when the check passes again or escalates when recovery fails.
+
+The names below are imported on first use (:mod:`quarterdeck.kit.lazy`): every ``quarterdeck``
+command goes through this package for ``health.maintenance_cli``, and the monitor brings asyncpg.
 """
 
 from __future__ import annotations
 
-from quarterdeck.health.checks import (
-    AgentResponsivenessCheck,
-    CheckResult,
-    DatabaseCheck,
-    FilesystemCheck,
-    HealthCheck,
-    RedisCheck,
-)
-from quarterdeck.health.leader import HEALTH_MONITOR_KEY, LeaderElector
-from quarterdeck.health.monitor import HealthMonitor, default_checks
-from quarterdeck.health.provider import (
-    PROVIDER_CALLS,
-    ProviderCheck,
-    observe_provider_call,
-)
-from quarterdeck.health.recovery import (
-    LoggingScaleRequester,
-    RecoveryResult,
-    RecoveryStrategy,
-    ScaleRequester,
-)
+from typing import TYPE_CHECKING
+
+from quarterdeck.kit.lazy import lazy_exports
+
+if TYPE_CHECKING:
+    from quarterdeck.health.checks import (
+        AgentResponsivenessCheck,
+        CheckResult,
+        DatabaseCheck,
+        FilesystemCheck,
+        HealthCheck,
+        RedisCheck,
+    )
+    from quarterdeck.health.leader import HEALTH_MONITOR_KEY, LeaderElector
+    from quarterdeck.health.monitor import HealthMonitor, default_checks
+    from quarterdeck.health.provider import (
+        PROVIDER_CALLS,
+        ProviderCheck,
+        observe_provider_call,
+    )
+    from quarterdeck.health.recovery import (
+        LoggingScaleRequester,
+        RecoveryResult,
+        RecoveryStrategy,
+        ScaleRequester,
+    )
 
 __all__ = [
     "HEALTH_MONITOR_KEY",
@@ -48,3 +56,25 @@ __all__ = [
     "default_checks",
     "observe_provider_call",
 ]
+__getattr__ = lazy_exports(
+    __name__,
+    {
+        "quarterdeck.health.checks": (
+            "AgentResponsivenessCheck",
+            "CheckResult",
+            "DatabaseCheck",
+            "FilesystemCheck",
+            "HealthCheck",
+            "RedisCheck",
+        ),
+        "quarterdeck.health.leader": ("HEALTH_MONITOR_KEY", "LeaderElector"),
+        "quarterdeck.health.monitor": ("HealthMonitor", "default_checks"),
+        "quarterdeck.health.provider": ("PROVIDER_CALLS", "ProviderCheck", "observe_provider_call"),
+        "quarterdeck.health.recovery": (
+            "LoggingScaleRequester",
+            "RecoveryResult",
+            "RecoveryStrategy",
+            "ScaleRequester",
+        ),
+    },
+)

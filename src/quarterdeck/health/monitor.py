@@ -41,6 +41,7 @@ from quarterdeck.health.checks import (
     RedisCheck,
     breaker_states,
 )
+from quarterdeck.health.history import ProbeHistory
 from quarterdeck.health.leader import Elector
 from quarterdeck.health.provider import ProviderCheck
 from quarterdeck.health.recovery import (
@@ -125,6 +126,9 @@ class HealthMonitor:
         self.interval_s = interval_s
         self.clock = clock
         self.escalate_after = settings.health_escalate_after_failed_recoveries
+        self.history = ProbeHistory(
+            db, retention_days=settings.health_probe_retention_days, clock=clock
+        )
         if checks is None:
             built_checks, built_strategies = default_checks(settings, db, breakers, scaler)
             self.checks: list[HealthCheck] = built_checks
@@ -214,7 +218,7 @@ class HealthMonitor:
             log.warning("health.outage_unrecorded", error=str(exc))
 
     async def tick(self) -> dict[str, CheckResult]:
-        """Run every check once (concurrently), then act on each result in turn."""
+        """Run every check once (concurrently), act on each result, then store the tick."""
         raw = await asyncio.gather(*(c.check() for c in self.checks), return_exceptions=True)
         self.last_tick_at = self.clock()
         for check, outcome in zip(self.checks, raw, strict=True):
@@ -232,6 +236,7 @@ class HealthMonitor:
                     await self._unhealthy(check, result)
             except Exception as exc:
                 log.warning("health.handling_failed", check=check.name, error=str(exc))
+        await self.history.record(self.last_tick_at, self.interval_s, self.checks, self.last)
         return dict(self.last)
 
     # -- per check -------------------------------------------------------------------------------

@@ -61,6 +61,7 @@ PATH_PATTERNS: Mapping[str, str] = {
     "approval_id": id_pattern("apr"),
     "incident_id": id_pattern("inc"),
     "rollout_id": id_pattern("ro"),
+    "window_id": id_pattern("mw"),
     "tenant": TENANT_RE.pattern,
     "key_id": KEY_ID_RE.pattern,
 }
@@ -85,6 +86,7 @@ BLANK = "[^\\t-\\r \\x1c-\\x1f\\x85\\xa0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u2
 
 PROPERTY_PATTERNS: Mapping[tuple[str, str], str] = {
     ("RunCreate", "prompt"): BLANK,  # refused when blank
+    ("MaintenanceRequest", "reason"): BLANK,
     ("CheckpointOut", "tenant"): TENANT_RE.pattern,  # POST /v1/audit/verify checks it
 }
 """Text fields checked beyond their declared type, by (schema name prefix, property)."""

@@ -1,11 +1,9 @@
-"""The report's availability and incidents sections, from the incident tables.
+"""The report's incidents section, from the incident tables (availability, which also reads
+maintenance windows and probe history, is :mod:`.build_availability`).
 
-Why availability comes from incidents: Quarterdeck records an outage as a critical incident
-(opened by the health monitor, Alertmanager or a person), so the union of their open intervals
-is the unscheduled downtime it can vouch for; it records no maintenance windows, and says so
-rather than inventing scheduled downtime. Why a distribution for time to resolve: a mean is
-swamped by the heavy tail of a few long incidents (research notes §4.3), so the section gives
-p50/p90/max, a histogram and the longest incidents.
+Why a distribution for time to resolve: a mean is swamped by the heavy tail of a few long
+incidents (research notes §4.3), so the section gives p50/p90/max, a histogram and the longest
+incidents.
 """
 
 from __future__ import annotations
@@ -14,69 +12,16 @@ import asyncpg
 
 from quarterdeck.reports import incident_repository as repo
 from quarterdeck.reports.build import PLATFORM_NOTE, Period, none_note, quantile
-from quarterdeck.reports.compute import (
-    RESOLUTION_EDGES_MINUTES,
-    bucket_label,
-    ratio,
-    union_minutes,
-)
+from quarterdeck.reports.compute import RESOLUTION_EDGES_MINUTES, bucket_label, ratio
 from quarterdeck.reports.models import (
-    AvailabilitySection,
     Count,
-    DowntimeInterval,
     HistogramBucket,
     IncidentRow,
     IncidentsSection,
     ResolutionStats,
 )
 
-__all__ = ["SCHEDULED_NOTE", "availability", "incidents"]
-
-SCHEDULED_NOTE = (
-    "Scheduled downtime (maintenance windows) is not recorded by Quarterdeck, so it is not "
-    "reported; unscheduled downtime comes from critical incidents only."
-)
-
-
-async def availability(
-    conn: asyncpg.Connection, p: Period, *, activity: bool
-) -> AvailabilitySection:
-    """Uptime over the part of the period that has happened (all of it once the month is
-    over), from critical incidents' open intervals merged and clipped. ``activity``: runs or
-    gateway calls were recorded; without them and without a critical incident there is nothing
-    to say uptime of (a month before the deployment existed is not 100 % up)."""
-    end = p.observed_end
-    period_minutes = (end - p.start).total_seconds() / 60.0
-    spans = await repo.critical_spans(conn, p.start, end)
-    if not spans and not activity:
-        return AvailabilitySection(
-            has_data=False,
-            note=f"Nothing was recorded in {p.month} (no runs, gateway calls or critical "
-            "incidents), so there is no availability to report. " + SCHEDULED_NOTE,
-            period_minutes=period_minutes,
-        )
-    merged = union_minutes(
-        ((str(s["id"]), s["opened_at"], s["resolved_at"]) for s in spans), p.start, end
-    )
-    down = sum(i.minutes for i in merged)
-    return AvailabilitySection(
-        has_data=period_minutes > 0,
-        note=SCHEDULED_NOTE,
-        period_minutes=period_minutes,
-        unscheduled_downtime_minutes=down,
-        scheduled_downtime_minutes=None,
-        uptime=None if period_minutes <= 0 else 1.0 - down / period_minutes,
-        critical_incidents=len(spans),
-        outages=[
-            DowntimeInterval(
-                start=i.start,
-                end=i.end,
-                minutes=i.minutes,
-                incident_ids=list(i.ids) if p.tenant is None else [],
-            )
-            for i in merged
-        ],
-    )
+__all__ = ["incidents"]
 
 
 async def incidents(conn: asyncpg.Connection, p: Period) -> IncidentsSection:

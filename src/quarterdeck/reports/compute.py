@@ -1,4 +1,5 @@
-"""Pure helpers of the monthly report: months, ratios, interval unions, histogram labels.
+"""Pure helpers of the monthly report: months, ratios, interval unions and differences,
+histogram labels.
 
 Why apart from the SQL: these are the rules a reader checks a figure against (what "a month"
 is, that 0/0 is unknown rather than 0 %, that two overlapping outages are one stretch of
@@ -24,6 +25,8 @@ __all__ = [
     "month_of",
     "parse_month",
     "ratio",
+    "subtract_intervals",
+    "total_minutes",
     "union_minutes",
 ]
 
@@ -120,6 +123,35 @@ def union_minutes(
         else:
             merged.append(Interval(lo, hi, (ident,)))
     return merged
+
+
+def subtract_intervals(kept: Sequence[Interval], removed: Sequence[Interval]) -> list[Interval]:
+    """The parts of ``kept`` outside every interval of ``removed`` (both sorted and merged, as
+    :func:`union_minutes` returns them); each part keeps its interval's ids.
+
+    Why: downtime inside a maintenance window is scheduled, so an outage that a window covers
+    partly counts only its uncovered parts as unscheduled, and one it covers wholly vanishes.
+    """
+    out: list[Interval] = []
+    for interval in kept:
+        lo = interval.start
+        for hole in removed:
+            if hole.end <= lo:
+                continue
+            if hole.start >= interval.end:
+                break
+            if hole.start > lo:
+                out.append(Interval(lo, hole.start, interval.ids))
+            lo = max(lo, hole.end)
+            if lo >= interval.end:
+                break
+        if lo < interval.end:
+            out.append(Interval(lo, interval.end, interval.ids))
+    return out
+
+
+def total_minutes(intervals: Iterable[Interval]) -> float:
+    return sum(i.minutes for i in intervals)
 
 
 def bucket_label(edges: Sequence[float], index: int) -> str:

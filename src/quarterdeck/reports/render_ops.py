@@ -1,6 +1,9 @@
 """The report's operational sections as views: availability, incidents, delivery, scaling and
 rollouts, and the ROI estimate (see ``render_layout`` for why views exist).
 
+Why availability shows probe rows only when there were ticks: without them coverage and probe
+uptime are unknown, and a "0 %" row would read like a measurement.
+
 Why the ROI view looks as it does: its results are estimates made from two numbers the user
 supplied, so every result row says "(estimate)" and the inputs are printed right beside it, with
 who supplied them; without inputs the section only says what to configure.
@@ -32,28 +35,60 @@ def availability_view(r: MonthlyReport) -> SectionView:
     if not s.has_data:
         return empty("availability", "Availability", s, "availability data")
     scheduled = (
-        "not recorded by Quarterdeck"
+        "not recorded (a report made before maintenance windows existed)"
         if s.scheduled_downtime_minutes is None
         else number(s.scheduled_downtime_minutes, "min")
     )
+    probes: tuple[tuple[str, str], ...] = ()
+    if s.probe_covered_minutes is not None:
+        probes = (
+            ("probe coverage", f"{pct(s.probe_coverage, 2)} ({count(s.probe_ticks)} ticks)"),
+            ("probe uptime", pct(s.probe_uptime, 3)),
+            ("probe unhealthy time", number(s.probe_unhealthy_minutes, "min")),
+        )
     stats = (
         ("uptime", pct(s.uptime, 3)),
         ("unscheduled downtime", number(s.unscheduled_downtime_minutes, "min")),
         ("scheduled downtime", scheduled),
         ("critical incidents", count(s.critical_incidents)),
+        *probes,
         ("minutes in the period", number(s.period_minutes, "min", 0)),
     )
-    outages = table(
-        "Outages (critical incidents open)",
-        ("from", "to", "minutes", "incidents"),
-        (
-            (when(o.start), when(o.end), number(o.minutes), ", ".join(o.incident_ids))
-            for o in s.outages
+    tables = [
+        *table(
+            "Outages (critical incidents open)"
+            if s.scheduled_downtime_minutes is None  # a version-1 report: no windows then
+            else "Outages (critical incidents open outside maintenance windows)",
+            ("from", "to", "minutes", "incidents"),
+            (
+                (when(o.start), when(o.end), number(o.minutes), ", ".join(o.incident_ids))
+                for o in s.outages
+            ),
+            numeric_from=2,
         ),
-        numeric_from=2,
-    )
+        *table(
+            "Maintenance windows (scheduled downtime)",
+            ("from", "to", "minutes in period", "reason", "declared"),
+            (
+                (
+                    when(w.starts_at),
+                    when(w.ends_at),
+                    number(w.minutes),
+                    w.reason,
+                    when(w.created_at) + (f" by {w.created_by}" if w.created_by else ""),
+                )
+                for w in s.maintenance
+            ),
+            numeric_from=2,
+        ),
+        *table(
+            "Failing checks seen by the health monitor (outside maintenance windows)",
+            ("check", "minutes failing"),
+            ((c.key, number(c.minutes)) for c in s.unhealthy_by_check),
+        ),
+    ]
     return SectionView(
-        "availability", "Availability", True, s.note, stats, tuple(outages), (), s.definition
+        "availability", "Availability", True, s.note, stats, tuple(tables), (), s.definition
     )
 
 

@@ -20,7 +20,7 @@ from quarterdeck.config import Settings
 from quarterdeck.exceptions import ValidationFailed
 from quarterdeck.kit.clock import utcnow
 from quarterdeck.providers.pricing import PriceTable
-from quarterdeck.reports import build, build_incidents, costs, focus
+from quarterdeck.reports import build, build_availability, build_incidents, costs, focus
 from quarterdeck.reports import cost_repository as cost_repo
 from quarterdeck.reports import repository as repo
 from quarterdeck.reports.build import Period
@@ -121,7 +121,7 @@ class ReportService:
                 gateway = await build.gateway(conn, p)
                 latency = await build.latency(conn, p)
                 active = runs.total > 0 or gateway.calls > 0
-                availability = await build_incidents.availability(conn, p, activity=active)
+                availability = await build_availability.availability(conn, p, activity=active)
                 incidents = await build_incidents.incidents(conn, p)
                 cost = await costs.cost(conn, p, self.prices)
                 delivery = await build.delivery(conn, p)

@@ -71,6 +71,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(21, "rollouts and their events", sql_file="0021_rollouts.sql"),
     Migration(22, "agent-configuration canaries", sql_file="0022_agent_canaries.sql"),
     Migration(23, "monthly operations reports", sql_file="0023_monthly_reports.sql"),
+    Migration(24, "health probe history and maintenance windows", sql_file="0024_availability.sql"),
 )
 
 HEAD = MIGRATIONS[-1].version

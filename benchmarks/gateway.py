@@ -16,7 +16,9 @@ Cells: 50, 200 and 500 requests/s x 8 KB and 80 KB Claude-Code-shaped bodies (sy
 six tools, a padded history, a ``tool_result`` as the new turn) x ``json`` (full response time)
 and ``sse`` (``stream: true``; time to the first SSE event). Within a cell the three paths run
 back to back, ``seconds_for(rate)`` each, so they share the machine's state as closely as
-sequential runs can. First, ``seq`` cells: ``sequential_n`` requests one at a time on one
+sequential runs can; each run starts once every server is idle again (:func:`settle`: an
+overloaded proxy still working off its backlog would otherwise take CPU from the next path's
+run), and the wait is reported as ``settled_s``. First, ``seq`` cells: ``sequential_n`` requests one at a time on one
 connection per path, the per-call cost with no queue anywhere (what the loaded cells add on top
 is queueing: a path past its capacity shows seconds there, not its per-call cost).
 
@@ -47,7 +49,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from benchmarks.harness import Bench, percentile
+from benchmarks.harness import Bench, percentile, tree_cpu_seconds
 from quarterdeck.chaos.process import Process, free_port, http_ok, port_open
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -483,8 +485,33 @@ def _summary(sample: Sample) -> dict[str, Any]:
     }
 
 
+async def settle(
+    servers: list[int], *, idle_share: float = 0.1, window_s: float = 0.5, limit_s: float = 30.0
+) -> float:
+    """Wait until every server process (and its children) is idle; the seconds waited.
+
+    Why: a path pushed past its capacity (LiteLLM at 500 requests/s) keeps working off its
+    backlog after its own run has ended, and that CPU would be taken from the next path's run on
+    this 2-core machine. Each loaded run starts from idle servers instead, so every path is
+    measured in the same conditions. Idle: less than ``idle_share`` of one core used over
+    ``window_s`` (the servers' own timers and heartbeats stay well under it).
+    """
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    while loop.time() - start < limit_s:
+        before = tree_cpu_seconds(servers)
+        await asyncio.sleep(window_s)
+        if tree_cpu_seconds(servers) - before <= idle_share * window_s:
+            break
+    return round(loop.time() - start, 1)
+
+
 async def _measure(
-    targets: list[Target], rates: tuple[int, ...], warmup_s: float, sequential_n: int
+    targets: list[Target],
+    rates: tuple[int, ...],
+    warmup_s: float,
+    sequential_n: int,
+    servers: list[int],
 ) -> list[dict[str, Any]]:
     bodies = {
         (label, mode): claude_code_body(size, mode == "sse")
@@ -511,14 +538,12 @@ async def _measure(
                 cell: dict[str, Any] = {"rate": rate, "size": label, "mode": mode}
                 seconds = seconds_for(rate)
                 for target in targets:
+                    settled = await settle(servers)
                     await target.prime(min(64, max(8, rate // 8)))
                     request = target.request(bodies[(label, mode)])
                     sample = await drive(target, request, mode == "sse", rate, seconds)
                     target.drop_idle()
-                    cell[target.name] = _summary(sample)
-                    if sample.errors.get("timeout") or sample.errors.get("shed"):
-                        await asyncio.sleep(3)  # let an overloaded server drain before the next
-                    await asyncio.sleep(0.5)
+                    cell[target.name] = {**_summary(sample), "settled_s": settled}
                 cells.append(cell)
     return cells
 
@@ -535,7 +560,7 @@ def overhead(
     try:
         upstream, upstream_port = start_upstream(bench.root)
         upstream_url = f"http://127.0.0.1:{upstream_port}"
-        bench.start(
+        replica = bench.start(
             "up",
             QUARTERDECK_SIMULATED_LATENCY="0",
             QUARTERDECK_GATEWAY_UPSTREAM_URL=upstream_url,
@@ -544,9 +569,11 @@ def overhead(
         )
         qd_port = int(bench.url.rsplit(":", 1)[1])
         targets = [Target("direct", upstream_port), Target("quarterdeck", qd_port)]
+        servers = [upstream.pid, replica.pid]
         try:
             litellm, litellm_port = start_litellm(bench.root, upstream_url)
             targets.append(Target("litellm", litellm_port))
+            servers.append(litellm.pid)
         except Exception as exc:  # reported in the results, the other paths still measured
             litellm_error = f"{type(exc).__name__}: {str(exc)[-600:]}"
 
@@ -559,7 +586,7 @@ def overhead(
                 raise RuntimeError(f"{target.name} does not answer /v1/messages: {problem}")
             litellm_error = f"litellm /v1/messages: {problem}"
             targets.remove(target)
-        cells = _run(_measure(targets, rates, warmup_s, sequential_n))
+        cells = _run(_measure(targets, rates, warmup_s, sequential_n, servers))
     finally:
         if litellm is not None:
             litellm.stop()

@@ -117,6 +117,14 @@ def test_window_rules():
             check_window(*args)
         assert caught.value.status == 422
         assert [e["field"] for e in caught.value.extra["errors"]] == [field], args
+    # A window years away cannot touch a report: a typo for a year, refused with ``now``.
+    check_window(t(0), t(60), "r", now=t(0) + timedelta(days=731))
+    for start, field in ((t(0) - timedelta(days=732), "starts_at"), (t(0), "ends_at")):
+        far = (start, start + timedelta(hours=1))
+        now = t(0) if field == "starts_at" else t(0) - timedelta(days=731)
+        with pytest.raises(ValidationFailed) as caught:
+            check_window(*far, "r", now=now)
+        assert [e["field"] for e in caught.value.extra["errors"]] == [field]
     other_zone = datetime(2026, 10, 1, 2, tzinfo=timezone(timedelta(hours=2)))
     assert check_instant("from", other_zone) == T0
 
@@ -160,8 +168,8 @@ def test_the_section_renders_windows_probe_figures_and_failing_checks():
     assert "| probe coverage | 0.40 % (1,084 ticks) |" in md
     assert "| probe uptime | 79.926 % |" in md
     assert "| probe unhealthy time | 30.2 min |" in md
-    assert "| 2026-11-03 10:30 UTC | 2026-11-03 12:00 UTC | 90.0 | Postgres upgrade | " in md
-    assert "2026-11-02 00:00 UTC by key_ops |" in md
+    assert "| 2026-11-03 10:30 UTC | 2026-11-03 12:00 UTC | Postgres upgrade | " in md
+    assert "| 2026-11-02 00:00 UTC by key_ops | 90.0 |" in md
     assert "| redis | 40.0 |" in md and "| database | 30.2 |" in md
     html = render(report.model_copy(update={"availability": av}), "html").decode()
     assert "Postgres upgrade" in html and "probe uptime" in html

@@ -34,6 +34,8 @@ __all__ = [
 ]
 
 MAX_WINDOW = timedelta(days=7)
+MAX_DISTANCE = timedelta(days=731)
+"""How far from now (either way) a window may lie: two years."""
 MAX_LISTED = 1000
 
 
@@ -67,10 +69,24 @@ def check_instant(field: str, value: datetime | None) -> datetime | None:
     return value
 
 
-def check_window(starts_at: datetime, ends_at: datetime, reason: str | None = None) -> None:
-    """422 naming the field when the window is not one a report should excuse downtime for."""
+def check_window(
+    starts_at: datetime,
+    ends_at: datetime,
+    reason: str | None = None,
+    *,
+    now: datetime | None = None,
+) -> None:
+    """422 naming the field when the window is not one a report should excuse downtime for.
+
+    With ``now``, both ends must lie within :data:`MAX_DISTANCE` of it: a window further away
+    cannot touch any report (probe history is kept 400 days by default) and is a typo (a year
+    0001 or 9999) rather than a plan."""
     check_instant("starts_at", starts_at)
     check_instant("ends_at", ends_at)
+    if now is not None:
+        for field, value in (("starts_at", starts_at), ("ends_at", ends_at)):
+            if abs(value - now) > MAX_DISTANCE:
+                raise _invalid(field, "must be within two years of now")
     if ends_at <= starts_at:
         raise _invalid("ends_at", "must be after starts_at")
     if ends_at - starts_at > MAX_WINDOW:
@@ -93,7 +109,7 @@ class MaintenanceService:
     async def create(
         self, request: MaintenanceRequest, created_by: str | None
     ) -> MaintenanceWindow:
-        check_window(request.starts_at, request.ends_at, request.reason)
+        check_window(request.starts_at, request.ends_at, request.reason, now=self.clock())
         async with self.db.acquire() as conn:
             row = await repo.insert_window(
                 conn,

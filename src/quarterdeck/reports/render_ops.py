@@ -68,18 +68,18 @@ def availability_view(r: MonthlyReport) -> SectionView:
         ),
         *table(
             "Maintenance windows (scheduled downtime)",
-            ("from", "to", "minutes in period", "reason", "declared"),
+            ("from", "to", "reason", "declared", "minutes in period"),
             (
                 (
                     when(w.starts_at),
                     when(w.ends_at),
-                    number(w.minutes),
                     w.reason,
                     when(w.created_at) + (f" by {w.created_by}" if w.created_by else ""),
+                    number(w.minutes),
                 )
                 for w in s.maintenance
             ),
-            numeric_from=2,
+            numeric_from=4,
         ),
         *table(
             "Failing checks seen by the health monitor (outside maintenance windows)",

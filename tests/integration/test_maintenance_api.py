@@ -14,19 +14,15 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from fastapi import FastAPI
 from typer.testing import CliRunner
 
 from quarterdeck.app import create_app
-from quarterdeck.chaos.process import free_port
-from quarterdeck.health import maintenance_api
-from quarterdeck.health.maintenance import MaintenanceService
 from quarterdeck.health.maintenance_cli import app as maintenance_cli
-from quarterdeck.kit.wiring import services
 from quarterdeck.runtime import Runtime
 from quarterdeck.security.auth import Role
 from tests.support.cli_env import forget_settings_env, logs_to_the_real_stderr
+from tests.support.live_app import serving_app
 from tests.support.ui import started
 
 ADMIN = "maintenance-api-bootstrap-admin-key-0123456789"
@@ -47,12 +43,7 @@ async def rt(make_settings: Any) -> AsyncIterator[Runtime]:
 
 @pytest.fixture
 def app(rt: Runtime) -> FastAPI:
-    app = create_app(rt.settings, rt)
-    if "/v1/maintenance" not in {getattr(r, "path", None) for r in app.routes}:
-        app.include_router(maintenance_api.router)  # until app.py mounts it
-    if services(app).get(MaintenanceService) is None:
-        services(app).add(MaintenanceService, MaintenanceService(rt.db))
-    return app
+    return create_app(rt.settings, rt)
 
 
 @pytest.fixture
@@ -156,32 +147,13 @@ async def test_list_and_delete_round_trip(app: FastAPI, rt: Runtime, keys: dict[
     ]
 
 
-@asynccontextmanager
-async def serving(app: FastAPI) -> AsyncIterator[str]:
-    """``app`` on uvicorn on a free port, in this loop, for the CLI to call over HTTP."""
-    port = free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
-    try:
-        for _ in range(500):
-            if server.started or task.done():
-                break
-            await asyncio.sleep(0.01)
-        assert server.started, "uvicorn did not start"
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, 10)
-
-
 async def test_cli_add_list_and_delete_against_the_server(
     app: FastAPI, keys: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ):
     forget_settings_env(monkeypatch)
     runner = CliRunner()
     with logs_to_the_real_stderr(monkeypatch):
-        async with serving(app) as url:
+        async with serving_app(app) as url:
 
             async def qd(*args: str, key: str = keys["operator*"]) -> Any:
                 env = {"QUARTERDECK_URL": url, "QUARTERDECK_API_KEY": key}

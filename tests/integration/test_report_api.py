@@ -20,19 +20,17 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from fastapi import FastAPI
 from typer.testing import CliRunner
 
 from quarterdeck.app import create_app
-from quarterdeck.chaos.process import free_port
 from quarterdeck.kit.wiring import services
-from quarterdeck.reports import api as reports_api
 from quarterdeck.reports.cli import app as report_cli
 from quarterdeck.reports.service import ReportService
 from quarterdeck.runtime import Runtime
 from quarterdeck.security.auth import Role
 from tests.support.cli_env import forget_settings_env, logs_to_the_real_stderr
+from tests.support.live_app import serving_app
 from tests.support.ui import started
 
 ADMIN = "reports-api-bootstrap-admin-key-0123456789"
@@ -69,9 +67,6 @@ async def rt(make_settings: Any) -> AsyncIterator[Runtime]:
 @pytest.fixture
 def app(rt: Runtime) -> FastAPI:
     app = create_app(rt.settings, rt)
-    paths = {getattr(r, "path", None) for r in app.routes}
-    if "/v1/reports/monthly" not in paths:  # until app.py mounts it
-        app.include_router(reports_api.router)
     services(app).add(ReportService, ReportService(rt.db, rt.settings, clock=lambda: NOW))
     return app
 
@@ -186,25 +181,6 @@ async def test_rendered_formats_have_their_media_type(
     assert len(r.content) > 0
 
 
-@asynccontextmanager
-async def serving(app: FastAPI) -> AsyncIterator[str]:
-    """``app`` on uvicorn on a free port, in this loop, for the CLI to call over HTTP."""
-    port = free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
-    try:
-        for _ in range(500):
-            if server.started or task.done():
-                break
-            await asyncio.sleep(0.01)
-        assert server.started, "uvicorn did not start"
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, 10)
-
-
 async def test_cli_monthly_list_and_focus_against_the_server(
     app: FastAPI, rt: Runtime, keys: dict[str, str], monkeypatch: pytest.MonkeyPatch, tmp_path: Any
 ):
@@ -212,7 +188,7 @@ async def test_cli_monthly_list_and_focus_against_the_server(
     runner = CliRunner()
     await ReportService(rt.db, rt.settings, clock=lambda: NOW).generate_and_store("2026-10")
     with logs_to_the_real_stderr(monkeypatch):
-        async with serving(app) as url:
+        async with serving_app(app) as url:
 
             async def qd(*args: str, key: str = keys["operator-acme"]) -> Any:
                 env = {"QUARTERDECK_URL": url, "QUARTERDECK_API_KEY": key}

@@ -18,7 +18,6 @@ from typing import Any
 import httpx
 import pytest
 import typer
-import uvicorn
 from fastapi import FastAPI
 from typer.testing import CliRunner
 
@@ -35,6 +34,7 @@ from quarterdeck.scaling.service import ScalingService
 from quarterdeck.security.auth import Role
 from quarterdeck.store.pool import Database
 from tests.support.cli_env import forget_settings_env, logs_to_the_real_stderr
+from tests.support.live_app import serving_app
 from tests.support.ui import started
 
 ADMIN = "scaling-api-bootstrap-admin-key-0123456789"
@@ -268,26 +268,6 @@ async def test_the_openapi_document_lists_the_routes_permission_and_errors(app: 
 runner = CliRunner()
 
 
-@asynccontextmanager
-async def serving(app: FastAPI) -> AsyncIterator[str]:
-    """``app`` on uvicorn, in this loop (``tests/support/live_app.py`` builds its own app; these
-    tests choose the scaler service the app offers)."""
-    port = free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
-    try:
-        for _ in range(500):
-            if server.started or task.done():
-                break
-            await asyncio.sleep(0.01)
-        assert server.started, "uvicorn did not start"
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, 10)
-
-
 @pytest.fixture
 def scaler_cli(monkeypatch: pytest.MonkeyPatch) -> typer.Typer:
     forget_settings_env(monkeypatch)
@@ -314,7 +294,7 @@ async def test_cli_status_and_decisions_against_the_server(
     submitter = (await rt.auth.create("sub", Role.submitter, "acme")).api_key
 
     with logs_to_the_real_stderr(monkeypatch):
-        async with serving(app) as url:
+        async with serving_app(app) as url:
 
             async def qd(*args: str, key: str = operator) -> Any:
                 env = {"QUARTERDECK_URL": url, "QUARTERDECK_API_KEY": key}

@@ -22,7 +22,13 @@ async def serving(runtime: Any) -> AsyncIterator[str]:
     """Serve ``runtime``'s app (the runtime is started and stopped by the caller); yield its URL."""
     from quarterdeck.app import create_app
 
-    app = create_app(runtime.settings, runtime)
+    async with serving_app(create_app(runtime.settings, runtime)) as url:
+        yield url
+
+
+@asynccontextmanager
+async def serving_app(app: Any) -> AsyncIterator[str]:
+    """Serve an app the test built itself (its own services or keys); yield its URL."""
     port = free_port()
     config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
     server = uvicorn.Server(config)

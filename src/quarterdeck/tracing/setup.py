@@ -237,9 +237,9 @@ def _exporter(name: str) -> SpanExporter:
         from opentelemetry.sdk.trace.export import ConsoleSpanExporter
 
         return ConsoleSpanExporter()
-    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    from quarterdeck.tracing.otlp import FastOTLPSpanExporter
 
-    return OTLPSpanExporter()
+    return FastOTLPSpanExporter()
 
 
 def disabled_instrumentations(environ: Mapping[str, str]) -> frozenset[str]:
@@ -268,8 +268,10 @@ def instrument_app(app: Any, environ: Mapping[str, str] = os_environ) -> None:
 
 def instrument_asyncpg(environ: Mapping[str, str] = os_environ) -> None:
     """A span per asyncpg query (statement text, never its parameters), patched into asyncpg's
-    classes once per process, before connections are made. A no-op while no provider is
-    installed, or with ``asyncpg`` in ``OTEL_PYTHON_DISABLED_INSTRUMENTATIONS``."""
+    classes once per process, before connections are made; a query whose span the sampler
+    would drop skips the instrumentation's work (:mod:`quarterdeck.tracing.queries`). A no-op
+    while no provider is installed, or with ``asyncpg`` in
+    ``OTEL_PYTHON_DISABLED_INSTRUMENTATIONS``."""
     global _asyncpg_instrumented
     handle = _installed
     with _lock:
@@ -277,8 +279,11 @@ def instrument_asyncpg(environ: Mapping[str, str] = os_environ) -> None:
             return
         if "asyncpg" in disabled_instrumentations(environ):
             return
-        from opentelemetry.instrumentation.asyncpg import AsyncPGInstrumentor
+        from quarterdeck.tracing.queries import QuietAsyncPGInstrumentor, drops_unsampled_children
 
-        instrumentor = AsyncPGInstrumentor(capture_parameters=False)  # type: ignore[no-untyped-call]
+        instrumentor = QuietAsyncPGInstrumentor(
+            capture_parameters=False,
+            parent_decides=drops_unsampled_children(handle.provider.sampler),
+        )
         instrumentor.instrument(tracer_provider=handle.provider)
         _asyncpg_instrumented = True

@@ -22,8 +22,8 @@ from quarterdeck.gateway.errors import (
     UpstreamUnreachable,
     classify,
 )
+from quarterdeck.gateway.key_tokens import KeyTokens, estimate_input_tokens
 from quarterdeck.gateway.relay import DrainSlots, Outgoing, Relay, fallback_chain, should_retry
-from quarterdeck.gateway.service import KeyTokens, estimate_input_tokens
 from quarterdeck.gateway.upstream import (
     forwarded_headers,
     models_body,

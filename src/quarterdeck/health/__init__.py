@@ -23,8 +23,9 @@ if TYPE_CHECKING:
         HealthCheck,
         RedisCheck,
     )
+    from quarterdeck.health.defaults import default_checks
     from quarterdeck.health.leader import HEALTH_MONITOR_KEY, LeaderElector
-    from quarterdeck.health.monitor import HealthMonitor, default_checks
+    from quarterdeck.health.monitor import HealthMonitor
     from quarterdeck.health.provider import (
         PROVIDER_CALLS,
         ProviderCheck,
@@ -68,7 +69,8 @@ __getattr__ = lazy_exports(
             "RedisCheck",
         ),
         "quarterdeck.health.leader": ("HEALTH_MONITOR_KEY", "LeaderElector"),
-        "quarterdeck.health.monitor": ("HealthMonitor", "default_checks"),
+        "quarterdeck.health.defaults": ("default_checks",),
+        "quarterdeck.health.monitor": ("HealthMonitor",),
         "quarterdeck.health.provider": ("PROVIDER_CALLS", "ProviderCheck", "observe_provider_call"),
         "quarterdeck.health.recovery": (
             "LoggingScaleRequester",

@@ -344,7 +344,7 @@ class RelayResponse(Response):
         meter = StreamMeter() if self.sse else None
         pieces: list[bytes] = []
         end = StreamEnd(Metered(), None, 0.0)
-        drained = False
+        drained = complete = False
         try:
             await send(
                 {
@@ -354,9 +354,18 @@ class RelayResponse(Response):
                 }
             )
             async for chunk in self._reply.body:
-                if not end.client_disconnected:
+                if meter is not None:
+                    meter.feed(chunk)
+                else:
+                    pieces.append(chunk)
+                if not end.client_disconnected and not complete:
+                    # The chunk that ends the stream (message_stop, whole) also ends the
+                    # response: one write fewer per call than an empty last body message.
+                    complete = meter is not None and meter.result().finished
                     try:
-                        await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                        await send(
+                            {"type": "http.response.body", "body": chunk, "more_body": not complete}
+                        )
                     except OSError:  # how an ASGI 2.4 server reports a client that left
                         gone.set()
                     if end.ttfb_s is None:
@@ -364,14 +373,10 @@ class RelayResponse(Response):
                     if gone.is_set():
                         end.client_disconnected = True
                         drained = end.drained = self._drain and self._drains.try_acquire()
-                if meter is not None:
-                    meter.feed(chunk)
-                else:
-                    pieces.append(chunk)
                 if end.client_disconnected and not drained:
                     break  # not draining: the meter's floor estimate bills what was relayed
             else:
-                if not end.client_disconnected:
+                if not end.client_disconnected and not complete:
                     await send({"type": "http.response.body", "body": b"", "more_body": False})
         except ProviderError as exc:
             # The upstream broke after the status line went out: nothing to retry; the client

@@ -16,15 +16,13 @@ less with the machine's other load than a rate does.
 
 from __future__ import annotations
 
-import os
 import statistics
-from pathlib import Path
 from typing import Any
 
 from tests.support.otlp_receiver import OtlpReceiver
 
 from benchmarks.core_runs import _measure
-from benchmarks.harness import Bench
+from benchmarks.harness import Bench, cpu_seconds
 
 RUN_SETTINGS = {
     "QUARTERDECK_SIMULATED_LATENCY": "0",
@@ -57,11 +55,6 @@ def _otel(side: str, endpoint: str) -> dict[str, str]:
     return env
 
 
-def _cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def overhead(n: int = 3000, warmup: int = 1000, rounds: int = 2) -> dict[str, Any]:
     """Runs/s end to end (batched HTTP submission through to succeeded, one turn, zero model
     latency: the worst case for tracing, since no model time dilutes it) and server CPU per
@@ -78,9 +71,9 @@ def overhead(n: int = 3000, warmup: int = 1000, rounds: int = 2) -> dict[str, An
                 replica = bench.start("up", True, **RUN_SETTINGS, **_otel(side, receiver.url))
                 try:
                     _measure(bench, warmup, 4, 100)  # pool grown, statements prepared
-                    cpu_before = _cpu_s(replica.pid)
+                    cpu_before = cpu_seconds(replica.pid)
                     result = _measure(bench, n, 4, 100)
-                    cpu_ms[side].append(1000.0 * (_cpu_s(replica.pid) - cpu_before) / n)
+                    cpu_ms[side].append(1000.0 * (cpu_seconds(replica.pid) - cpu_before) / n)
                 finally:
                     replica.stop()  # SIGTERM: the exporter's queue is flushed on the way out
                 if result["succeeded"] < n:
@@ -130,9 +123,9 @@ def overhead_latency_bound(n: int = 1500, rounds: int = 2) -> dict[str, Any]:
                 before = receiver.count
                 replica = bench.start("up", True, **LATENCY_BOUND, **_otel(side, receiver.url))
                 try:
-                    cpu_before = _cpu_s(replica.pid)
+                    cpu_before = cpu_seconds(replica.pid)
                     result = _measure(bench, n, 4, 100)
-                    cpu_ms[side].append(1000.0 * (_cpu_s(replica.pid) - cpu_before) / n)
+                    cpu_ms[side].append(1000.0 * (cpu_seconds(replica.pid) - cpu_before) / n)
                 finally:
                     replica.stop()
                 if result["succeeded"] < n:

@@ -22,6 +22,7 @@ from quarterdeck.gateway.inspect import (
     workspace_of,
 )
 from quarterdeck.gateway.meter import ToolUse
+from quarterdeck.gateway.service import CallContext
 from quarterdeck.incidents.anomalies import AnomalySink
 from quarterdeck.security.policy import PolicyGate
 
@@ -345,6 +346,67 @@ def test_outside_the_workspace_only_counts_when_the_workspace_is_known(gate: Pol
     _, outside = insp.judge("Write", {"file_path": "/opt/x.py", "content": ""}, Path("/home/dev"))
     assert outside is not None and outside["gate_action"] != "allow"
     assert outside["rule_id"].startswith("workspace.")
+
+
+CTX = CallContext("gwc_test", "acme", "key1", None, "session-1", None, "claude-sonnet-4-5", True)
+
+
+class CountingGate(PolicyGate):
+    """The real gate, counting how often it is asked."""
+
+    checks = 0
+
+    def check(self, tool: str, tool_input: Any, *, workspace: Path | None = None) -> Any:
+        type(self).checks += 1
+        return super().check(tool, tool_input, workspace=workspace)
+
+
+def test_a_decision_is_remembered_by_tool_input_and_workspace() -> None:
+    counting = CountingGate.load()
+    insp = inspector(gate=counting)
+    shadow = {"file_path": "/etc/shadow"}
+    first = insp.judge("Read", shadow, None)
+    first[1]["action"] = "tampered"  # type: ignore[index]  # the caller's copy, not the memory's
+    again = insp.judge("Read", dict(shadow), None)
+    assert CountingGate.checks == 1
+    assert again[1] is not None and again[1]["action"] == "flag"
+    assert again[1]["gate_action"] != "allow"
+    # Another input, another workspace, another tool: asked again, judged on their own.
+    _, harmless = insp.judge("Read", {"file_path": "src/a.py"}, None)
+    assert harmless is not None and harmless["action"] == "allow"
+    insp.judge("Read", shadow, Path("/home/dev"))
+    insp.judge("Grep", {"pattern": "x", "path": "/etc/shadow"}, None)
+    assert CountingGate.checks == 4
+
+
+def test_a_tool_result_the_outgoing_scan_found_clean_is_not_scanned_again(
+    gate: PolicyGate, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from quarterdeck.gateway import inspect as inspect_module
+
+    scanned: list[str] = []
+    real = inspect_module.redact
+
+    def counting_redact(text: str) -> Any:
+        scanned.append(text)
+        return real(text)
+
+    monkeypatch.setattr(inspect_module, "redact", counting_redact)
+    insp = inspector(gate=gate)
+    code = "def f():\n    return 1\n" * 60
+    clean = claude_code_body(
+        new=[{"type": "tool_result", "tool_use_id": "toolu_0", "content": code}]
+    )
+    insp.outgoing(clean, raw(clean))
+    insp._observe(CTX, clean, [])  # the tool results of the new turn, audited
+    assert scanned == []
+    leak = f"key {AWS_ID}"
+    leaky = claude_code_body(
+        new=[{"type": "tool_result", "tool_use_id": "toolu_0", "content": leak}]
+    )
+    insp.outgoing(leaky, raw(leaky))
+    insp._observe(CTX, leaky, [])
+    assert scanned == [leak]  # a text with a secret is redacted for the audit
 
 
 def test_observe_without_a_trail_or_a_loop_never_raises(gate: PolicyGate) -> None:

@@ -22,7 +22,6 @@
 from __future__ import annotations
 
 import asyncio
-import re
 from collections import OrderedDict
 from collections.abc import Coroutine, Iterator, Mapping
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ import structlog
 
 from quarterdeck import metrics
 from quarterdeck.exceptions import ConfigError
+from quarterdeck.gateway.claude_tools import content_slots, map_tool, text_of, workspace_of
 from quarterdeck.gateway.meter import ToolUse
 from quarterdeck.incidents.anomalies import AnomalySink
 from quarterdeck.security.audited import AuditedCall
@@ -49,6 +49,13 @@ log = structlog.get_logger(__name__)
 SecretsMode = Literal["flag", "redact", "refuse"]
 MODES: tuple[SecretsMode, ...] = ("flag", "redact", "refuse")
 OUTPUT_EXCERPT = 8192
+REMEMBER_DECISIONS = 1024
+"""Gate decisions kept per process (inputs of at most ``REMEMBER_INPUT_BYTES``: 4 MB at most)."""
+REMEMBER_INPUT_BYTES = 4096
+REMEMBER_TEXTS = 256
+"""Clean texts kept per process (of at most ``REMEMBER_TEXT_CHARS``: 8 M characters at most);
+one pushed out before its call ends is simply scanned again."""
+REMEMBER_TEXT_CHARS = 32_768
 """Characters of a tool result kept (redacted) in its audit record."""
 
 
@@ -76,25 +83,6 @@ def new_start(messages: list[Any]) -> int:
     return 0
 
 
-def _content_slots(
-    holder: dict[str, Any], key: str, nested: bool = False
-) -> Iterator[tuple[dict[str, Any], str]]:
-    """(dict, key) of every text under ``holder[key]``: a string, ``text`` blocks, and the
-    content of ``tool_result`` blocks (a string or text blocks). Odd shapes hold no text."""
-    value = holder.get(key)
-    if isinstance(value, str):
-        yield holder, key
-    elif isinstance(value, list):
-        for block in value:
-            if not isinstance(block, dict):
-                continue
-            kind = block.get("type")
-            if kind == "text" and isinstance(block.get("text"), str):
-                yield block, "text"
-            elif kind == "tool_result" and not nested:
-                yield from _content_slots(block, "content", True)
-
-
 def text_slots(body: Mapping[str, Any], *, everything: bool = False) -> Iterator[tuple[Any, str]]:
     """(holder, key) of each text of the new content (``everything``: of the whole body)."""
     messages = body.get("messages")
@@ -102,67 +90,10 @@ def text_slots(body: Mapping[str, Any], *, everything: bool = False) -> Iterator
         return
     start = 0 if everything else new_start(messages)
     if start == 0 and isinstance(body, dict):
-        yield from _content_slots(body, "system")
+        yield from content_slots(body, "system")
     for message in messages[start:]:
         if isinstance(message, dict):
-            yield from _content_slots(message, "content")
-
-
-# -- Claude Code's tools as ours -----------------------------------------------------------------
-_FIELDS: dict[str, tuple[str, tuple[tuple[str, str], ...]]] = {
-    # their name -> (our tool, ((our field, their field), ...))
-    "Bash": ("run_command", (("command", "command"),)),
-    "Read": ("read_file", (("path", "file_path"),)),
-    "Write": ("write_file", (("path", "file_path"), ("content", "content"))),
-    "Edit": ("edit_file", (("path", "file_path"), ("old", "old_string"), ("new", "new_string"))),
-    "NotebookEdit": ("edit_file", (("path", "notebook_path"), ("new", "new_source"))),
-    "WebFetch": ("http_fetch", (("url", "url"),)),
-    "Grep": ("search", (("pattern", "pattern"), ("path", "path"), ("glob", "glob"))),
-    "Glob": ("list_files", (("path", "path"),)),
-    "LS": ("list_files", (("path", "path"),)),
-}
-
-
-def map_tool(name: str, given: Mapping[str, Any]) -> tuple[str, dict[str, Any]] | None:
-    """(our tool, its input) for a client's tool call, or None for a tool we do not know.
-    Our own names pass as they are."""
-    if name in TOOLS:
-        return name, dict(given)
-    if name == "MultiEdit":
-        edits = [e for e in given.get("edits") or [] if isinstance(e, dict)]
-        return "edit_file", {
-            "path": given.get("file_path"),
-            "old": "\n".join(str(e.get("old_string", "")) for e in edits),
-            "new": "\n".join(str(e.get("new_string", "")) for e in edits),
-        }
-    spec = _FIELDS.get(name)
-    if spec is None:
-        return None
-    tool, fields = spec
-    mapped = {ours: given[theirs] for ours, theirs in fields if given.get(theirs) is not None}
-    pattern = given.get("pattern")
-    if name == "Glob" and "path" not in mapped and isinstance(pattern, str):
-        if pattern[:1] in ("/", "~"):  # the directory part before the first wildcard
-            mapped["path"] = re.split(r"[*?[{]", pattern, maxsplit=1)[0].rsplit("/", 1)[0] or "/"
-    return tool, mapped
-
-
-def workspace_of(request: Mapping[str, Any]) -> Path | None:
-    """The client's working directory, from Claude Code's environment block in ``system``
-    ("Working directory: /abs/path" or "Primary working directory: ..."); None if absent."""
-    text = _text(request.get("system"))
-    at = text.find("orking directory: ")
-    if at >= 0:
-        end = text.find("\n", at)
-        line = text[at + 18 : end if end >= 0 else len(text)].strip()
-        if line.startswith("/"):
-            return Path(line)
-    return None
-
-
-def _text(content: Any) -> str:
-    """The text of a string or of a list of blocks (their text blocks, joined)."""
-    return "\n".join(h[k] for h, k in _content_slots({"c": content}, "c", nested=True))
+            yield from content_slots(message, "content")
 
 
 class Inspector:
@@ -187,6 +118,16 @@ class Inspector:
         self._pending: set[asyncio.Task[None]] = set()
         # scope -> {secret: type}, redact mode only (see the module docstring)
         self._redacted: OrderedDict[str, dict[str, str]] = OrderedDict()
+        # Texts the outgoing scan found no secret in: the audit of the same tool result (moments
+        # later, once the response ended) then needs no second scan. Keyed by the text itself,
+        # so only an equal text is ever taken as clean.
+        self._clean: OrderedDict[str, None] = OrderedDict()
+        # The gate's decision by (tool, input, workspace): the gate is pure, and a Claude Code
+        # tool_use judged in one response comes back judged again as the next request's
+        # tool_result.
+        self._judged: OrderedDict[
+            tuple[str, bytes, str | None], tuple[str | None, dict[str, Any] | None]
+        ] = OrderedDict()
 
     # -- secrets in outgoing content -----------------------------------------------------------
     def outgoing(
@@ -195,8 +136,12 @@ class Inspector:
         """Scan the new content of a request; see the module docstring. Never raises."""
         kinds: dict[str, int] = {}
         for holder, key in text_slots(parsed):
-            for finding in find_secrets(holder[key]):
+            text = holder[key]
+            findings = find_secrets(text)
+            for finding in findings:
                 kinds[finding.type] = kinds.get(finding.type, 0) + 1
+            if not findings and len(text) <= REMEMBER_TEXT_CHARS:
+                _remember(self._clean, text, None, REMEMBER_TEXTS)
         known = self._known(ctx, raw) if self._redacted and ctx is not None else {}
         if not kinds and not known:
             return CLEAN
@@ -310,7 +255,8 @@ class Inspector:
         for block in results:
             use_id = block.get("tool_use_id")
             name, given = asked.get(use_id, ("unknown", {}))
-            output = redact(_text(block.get("content"))).text[:OUTPUT_EXCERPT]
+            text = text_of(block.get("content"))
+            output = (text if text in self._clean else redact(text).text)[:OUTPUT_EXCERPT]
             is_error = block.get("is_error") is True
             self._one(ctx, "tool_result", use_id, name, given, workspace, output, is_error)
         for use in tool_uses:
@@ -321,7 +267,28 @@ class Inspector:
     ) -> tuple[str | None, dict[str, Any] | None]:
         """(our tool, the gate's decision as recorded: ``action`` "flag" unless allowed, the
         gate's own in ``gate_action``). Without a known workspace, "outside the workspace"
-        means nothing, so the ``workspace.*`` rules are left out."""
+        means nothing, so the ``workspace.*`` rules are left out. Remembered by tool, input
+        and workspace (the gate is pure); the record returned is the caller's own copy."""
+        try:
+            encoded = orjson.dumps(given, option=orjson.OPT_SORT_KEYS)
+        except TypeError:
+            encoded = b""
+        key = None
+        if 0 < len(encoded) <= REMEMBER_INPUT_BYTES:
+            key = (name, encoded, str(workspace) if workspace is not None else None)
+            known = self._judged.get(key)
+            if known is not None:
+                self._judged.move_to_end(key)
+                return known[0], (dict(known[1]) if known[1] is not None else None)
+        tool, record = self._judge(name, given, workspace)
+        if key is not None:
+            _remember(self._judged, key, (tool, record), REMEMBER_DECISIONS)
+            record = dict(record) if record is not None else None
+        return tool, record
+
+    def _judge(
+        self, name: str, given: Mapping[str, Any], workspace: Path | None
+    ) -> tuple[str | None, dict[str, Any] | None]:
         mapped = map_tool(name, given)
         if mapped is None or self.gate is None:
             return (mapped[0] if mapped else None), None
@@ -398,6 +365,14 @@ class Inspector:
         """Wait for the anomalies being recorded (shutdown, tests)."""
         while self._pending:
             await asyncio.gather(*list(self._pending), return_exceptions=True)
+
+
+def _remember(memory: OrderedDict[Any, Any], key: Any, value: Any, limit: int) -> None:
+    """Keep ``key`` as the newest entry of a memory of at most ``limit`` (oldest go first)."""
+    memory[key] = value
+    memory.move_to_end(key)
+    while len(memory) > limit:
+        memory.popitem(last=False)
 
 
 async def _quietly(work: Coroutine[Any, Any, None]) -> None:

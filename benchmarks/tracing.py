@@ -59,43 +59,7 @@ def overhead(n: int = 3000, warmup: int = 1000, rounds: int = 2) -> dict[str, An
     """Runs/s end to end (batched HTTP submission through to succeeded, one turn, zero model
     latency: the worst case for tracing, since no model time dilutes it) and server CPU per
     run, each side measured ``rounds`` times; means, and what export costs against off."""
-    bench = Bench("tracing")
-    receiver = OtlpReceiver(keep=False)
-    rates: dict[str, list[float]] = {side: [] for side in SIDES}
-    cpu_ms: dict[str, list[float]] = {side: [] for side in SIDES}
-    spans: dict[str, list[float]] = {side: [] for side in SIDES}
-    try:
-        for i in range(rounds):
-            for side in SIDES if i % 2 == 0 else SIDES[::-1]:
-                before = receiver.count
-                replica = bench.start("up", True, **RUN_SETTINGS, **_otel(side, receiver.url))
-                try:
-                    _measure(bench, warmup, 4, 100)  # pool grown, statements prepared
-                    cpu_before = cpu_seconds(replica.pid)
-                    result = _measure(bench, n, 4, 100)
-                    cpu_ms[side].append(1000.0 * (cpu_seconds(replica.pid) - cpu_before) / n)
-                finally:
-                    replica.stop()  # SIGTERM: the exporter's queue is flushed on the way out
-                if result["succeeded"] < n:
-                    raise RuntimeError(f"{result['succeeded']} of {n} runs succeeded ({side})")
-                rates[side].append(float(result["runs_per_s"]))
-                spans[side].append((receiver.count - before) / (warmup + n))
-    finally:
-        bench.stop()
-        receiver.close()
-    rate = {side: statistics.mean(values) for side, values in rates.items()}
-    cpu = {side: statistics.mean(values) for side, values in cpu_ms.items()}
-    out: dict[str, Any] = {"runs_per_measurement": n, "rounds": rounds}
-    for side in SIDES:
-        out[f"{side}_runs_per_s"] = round(rate[side], 1)
-        out[f"{side}_runs_per_s_each"] = rates[side]
-        out[f"{side}_cpu_ms_per_run"] = round(cpu[side], 3)
-        if side != "off":
-            out[f"{side}_spans_per_run"] = round(statistics.mean(spans[side]), 1)
-            out[f"{side}_overhead_percent"] = round(100.0 * (1.0 - rate[side] / rate["off"]), 1)
-            out[f"{side}_cpu_overhead_percent"] = round(100.0 * (cpu[side] / cpu["off"] - 1), 1)
-    out["goal_overhead_percent"] = "< 5 (on)"
-    return out
+    return _compare("tracing", SIDES, RUN_SETTINGS, n, warmup, rounds)
 
 
 LATENCY_BOUND = {
@@ -111,9 +75,21 @@ LATENCY_BOUND = {
 def overhead_latency_bound(n: int = 1500, rounds: int = 2) -> dict[str, Any]:
     """The same comparison with realistic model latency: runs/s and server CPU per run, tracing
     off and on (every span exported), alternating order over ``rounds``."""
-    bench = Bench("tracing-latency")
+    return _compare("tracing-latency", ("off", "on"), LATENCY_BOUND, n, 0, rounds)
+
+
+def _compare(
+    name: str,
+    sides: tuple[str, ...],
+    settings: dict[str, str],
+    n: int,
+    warmup: int,
+    rounds: int,
+) -> dict[str, Any]:
+    """Each side ``rounds`` times (in reverse order every other round), on a fresh server:
+    ``warmup`` runs first (not measured), then ``n`` measured."""
+    bench = Bench(name)
     receiver = OtlpReceiver(keep=False)
-    sides = ("off", "on")
     rates: dict[str, list[float]] = {side: [] for side in sides}
     cpu_ms: dict[str, list[float]] = {side: [] for side in sides}
     spans: dict[str, list[float]] = {side: [] for side in sides}
@@ -121,31 +97,32 @@ def overhead_latency_bound(n: int = 1500, rounds: int = 2) -> dict[str, Any]:
         for i in range(rounds):
             for side in sides if i % 2 == 0 else sides[::-1]:
                 before = receiver.count
-                replica = bench.start("up", True, **LATENCY_BOUND, **_otel(side, receiver.url))
+                replica = bench.start("up", True, **settings, **_otel(side, receiver.url))
                 try:
+                    if warmup:
+                        _measure(bench, warmup, 4, 100)  # pool grown, statements prepared
                     cpu_before = cpu_seconds(replica.pid)
                     result = _measure(bench, n, 4, 100)
                     cpu_ms[side].append(1000.0 * (cpu_seconds(replica.pid) - cpu_before) / n)
                 finally:
-                    replica.stop()
+                    replica.stop()  # SIGTERM: the exporter's queue is flushed on the way out
                 if result["succeeded"] < n:
                     raise RuntimeError(f"{result['succeeded']} of {n} runs succeeded ({side})")
                 rates[side].append(float(result["runs_per_s"]))
-                spans[side].append((receiver.count - before) / n)
+                spans[side].append((receiver.count - before) / (warmup + n))
     finally:
         bench.stop()
         receiver.close()
-    rate = {side: statistics.mean(v) for side, v in rates.items()}
-    cpu = {side: statistics.mean(v) for side, v in cpu_ms.items()}
-    return {
-        "runs_per_measurement": n,
-        "rounds": rounds,
-        "off_runs_per_s": round(rate["off"], 1),
-        "on_runs_per_s": round(rate["on"], 1),
-        "on_spans_per_run": round(statistics.mean(spans["on"]), 1),
-        "on_overhead_percent": round(100.0 * (1.0 - rate["on"] / rate["off"]), 1),
-        "off_cpu_ms_per_run": round(cpu["off"], 3),
-        "on_cpu_ms_per_run": round(cpu["on"], 3),
-        "on_cpu_overhead_percent": round(100.0 * (cpu["on"] / cpu["off"] - 1), 1),
-        "goal_overhead_percent": "< 5 (on)",
-    }
+    rate = {side: statistics.mean(values) for side, values in rates.items()}
+    cpu = {side: statistics.mean(values) for side, values in cpu_ms.items()}
+    out: dict[str, Any] = {"runs_per_measurement": n, "rounds": rounds}
+    for side in sides:
+        out[f"{side}_runs_per_s"] = round(rate[side], 1)
+        out[f"{side}_runs_per_s_each"] = rates[side]
+        out[f"{side}_cpu_ms_per_run"] = round(cpu[side], 3)
+        if side != "off":
+            out[f"{side}_spans_per_run"] = round(statistics.mean(spans[side]), 1)
+            out[f"{side}_overhead_percent"] = round(100.0 * (1.0 - rate[side] / rate["off"]), 1)
+            out[f"{side}_cpu_overhead_percent"] = round(100.0 * (cpu[side] / cpu["off"] - 1), 1)
+    out["goal_overhead_percent"] = "< 5 (on)"
+    return out

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import httpx
@@ -22,7 +22,7 @@ from quarterdeck.health.maintenance_cli import app as maintenance_cli
 from quarterdeck.runtime import Runtime
 from quarterdeck.security.auth import Role
 from tests.support.cli_env import forget_settings_env, logs_to_the_real_stderr
-from tests.support.live_app import serving_app
+from tests.support.live_app import asgi_client, serving_app
 from tests.support.ui import started
 
 ADMIN = "maintenance-api-bootstrap-admin-key-0123456789"
@@ -56,12 +56,8 @@ async def keys(rt: Runtime) -> dict[str, str]:
     }
 
 
-@asynccontextmanager
-async def client_of(app: FastAPI, key: str) -> AsyncIterator[httpx.AsyncClient]:
-    transport = httpx.ASGITransport(app=app)
-    headers = {"Authorization": f"Bearer {key}"}
-    async with httpx.AsyncClient(transport=transport, base_url="http://qd", headers=headers) as c:
-        yield c
+def client_of(app: FastAPI, key: str) -> AbstractAsyncContextManager[httpx.AsyncClient]:
+    return asgi_client(app, key)
 
 
 async def audited(rt: Runtime) -> list[str]:

@@ -13,7 +13,7 @@ import importlib.util
 import io
 import json
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -30,7 +30,7 @@ from quarterdeck.reports.service import ReportService
 from quarterdeck.runtime import Runtime
 from quarterdeck.security.auth import Role
 from tests.support.cli_env import forget_settings_env, logs_to_the_real_stderr
-from tests.support.live_app import serving_app
+from tests.support.live_app import asgi_client, serving_app
 from tests.support.ui import started
 
 ADMIN = "reports-api-bootstrap-admin-key-0123456789"
@@ -81,12 +81,8 @@ async def keys(rt: Runtime) -> dict[str, str]:
     }
 
 
-@asynccontextmanager
-async def client_of(app: FastAPI, key: str) -> AsyncIterator[httpx.AsyncClient]:
-    transport = httpx.ASGITransport(app=app)
-    headers = {"Authorization": f"Bearer {key}"}
-    async with httpx.AsyncClient(transport=transport, base_url="http://qd", headers=headers) as c:
-        yield c
+def client_of(app: FastAPI, key: str) -> AbstractAsyncContextManager[httpx.AsyncClient]:
+    return asgi_client(app, key)
 
 
 async def test_a_tenant_key_reads_its_own_tenant_only(app: FastAPI, keys: dict[str, str]):

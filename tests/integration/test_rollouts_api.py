@@ -15,7 +15,7 @@ import dataclasses
 import json
 import re
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -41,7 +41,7 @@ from quarterdeck.runtime import Runtime
 from quarterdeck.security.audit.models import EventFilter
 from quarterdeck.security.auth import Role
 from tests.support.cli_env import forget_settings_env, logs_to_the_real_stderr
-from tests.support.live_app import serving
+from tests.support.live_app import asgi_client, serving
 from tests.support.ui import started
 
 ADMIN = "rollouts-api-bootstrap-admin-key-0123456789"
@@ -64,12 +64,10 @@ def app(rt: Runtime) -> FastAPI:
     return app
 
 
-@asynccontextmanager
-async def client_of(app: FastAPI, key: str | None = ADMIN) -> AsyncIterator[httpx.AsyncClient]:
-    headers = {"Authorization": f"Bearer {key}"} if key else {}
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://qd", headers=headers) as c:
-        yield c
+def client_of(
+    app: FastAPI, key: str | None = ADMIN
+) -> AbstractAsyncContextManager[httpx.AsyncClient]:
+    return asgi_client(app, key)
 
 
 def problem_fields(response: httpx.Response) -> list[str]:

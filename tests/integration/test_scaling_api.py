@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -34,7 +34,7 @@ from quarterdeck.scaling.service import ScalingService
 from quarterdeck.security.auth import Role
 from quarterdeck.store.pool import Database
 from tests.support.cli_env import forget_settings_env, logs_to_the_real_stderr
-from tests.support.live_app import serving_app
+from tests.support.live_app import asgi_client, serving_app
 from tests.support.ui import started
 
 ADMIN = "scaling-api-bootstrap-admin-key-0123456789"
@@ -110,12 +110,10 @@ def app(rt: Runtime) -> FastAPI:
     return app
 
 
-@asynccontextmanager
-async def client_of(app: FastAPI, key: str | None = ADMIN) -> AsyncIterator[httpx.AsyncClient]:
-    headers = {"Authorization": f"Bearer {key}"} if key else {}
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://qd", headers=headers) as c:
-        yield c
+def client_of(
+    app: FastAPI, key: str | None = ADMIN
+) -> AbstractAsyncContextManager[httpx.AsyncClient]:
+    return asgi_client(app, key)
 
 
 def problem_fields(response: httpx.Response) -> list[str]:

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import httpx
 import uvicorn
 
 from quarterdeck.chaos.process import free_port
@@ -45,3 +46,12 @@ async def serving_app(app: Any) -> AsyncIterator[str]:
     finally:
         server.should_exit = True
         await asyncio.wait_for(task, 10)
+
+
+@asynccontextmanager
+async def asgi_client(app: Any, key: str | None) -> AsyncIterator[httpx.AsyncClient]:
+    """A client of ``app`` in process (no socket), presenting ``key`` when one is given."""
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://qd", headers=headers) as c:
+        yield c

@@ -114,8 +114,10 @@ def test_a_bad_canary_rolls_back_early_and_a_good_one_is_promoted(
             # controller judges every second: the evidence is there within seconds, and the
             # rollback follows within one 5 s analysis interval of it, not at the pause's end.
             assert took < PAUSE_S / 2, f"rolled back {took:.0f} s after the start"
+            # The phase is stored first; its actions (scale the canary down, open the incident)
+            # are carried out right after, as the controller's pending actions: wait for them.
+            incidents = _wait_incidents(client, f"rollout:{bad}", timeout=15)
             assert k8s.replicas_of(NS, f"{TARGET}-canary") == 0, "the canary was not scaled down"
-            incidents = client.get("/v1/incidents").json()["items"]
             mine = [i for i in incidents if i["dedup_key"] == f"rollout:{bad}"]
             assert len(mine) == 1 and mine[0]["occurrences"] == 1, [i["title"] for i in incidents]
 
@@ -185,6 +187,16 @@ def _wait_phase(
             return rollout
         assert time.monotonic() < deadline, f"still {rollout['phase']}: {rollout}"
         time.sleep(0.5)
+
+
+def _wait_incidents(client: httpx.Client, dedup_key: str, timeout: float) -> list[dict[str, Any]]:
+    """The incidents once one with ``dedup_key`` is among them (or the last list, on timeout)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        items: list[dict[str, Any]] = client.get("/v1/incidents").json()["items"]
+        if any(i["dedup_key"] == dedup_key for i in items) or time.monotonic() > deadline:
+            return items
+        time.sleep(0.25)
 
 
 def _submit_until(client: httpx.Client, stop: threading.Event) -> None:

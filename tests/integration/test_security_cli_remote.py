@@ -118,7 +118,7 @@ def test_direct_audit_access_never_makes_new_audit_keys(db_url: str, data_dir: P
 
 
 async def test_keys_through_the_api_with_an_admin_key(server: tuple[Runtime, str]) -> None:
-    _, url = server
+    rt, url = server
     env = {"QUARTERDECK_URL": url, "QUARTERDECK_API_KEY": ADMIN_KEY}
     created = await qd(
         "keys", "create", "--name", "ci", "--role", "submitter", "--tenant", "acme", "--json", **env
@@ -129,6 +129,23 @@ async def test_keys_through_the_api_with_an_admin_key(server: tuple[Runtime, str
 
     listed = await qd("keys", "list", "--tenant", "acme", "--json", **env)
     assert [k["id"] for k in json.loads(listed.stdout)] == [key["id"]]
+    assert json.loads(listed.stdout)[0]["last_used_at"] is None
+    table = await qd("keys", "list", "--tenant", "acme", **env)
+    assert "never" in table.stdout, table.stdout
+    # One request with the key, the usage writer's round (every 30 s; here at once): last used.
+    async with httpx.AsyncClient(base_url=url) as client:
+        me = await client.get("/v1/me", headers={"Authorization": f"Bearer {key['api_key']}"})
+    assert me.status_code == 200, me.text
+    assert await rt.auth.usage.flush() == 1  # the bootstrap admin key is not a stored key
+    listed = await qd("keys", "list", "--tenant", "acme", "--json", **env)
+    used = datetime.fromisoformat(json.loads(listed.stdout)[0]["last_used_at"])
+    assert abs((datetime.now(UTC) - used).total_seconds()) < 60, used
+    idle = await qd("keys", "list", "--tenant", "acme", "--unused-for", "1d", **env)
+    assert idle.exit_code == 0 and "No active keys of tenant acme unused for 1d" in _flat(
+        idle.stdout
+    ), idle.stdout
+    bad = await qd("keys", "list", "--unused-for", "soon", **env)
+    assert bad.exit_code == 2 and "--unused-for" in bad.output, bad.output
     updated = await qd("keys", "update", key["id"], "--gateway-fallback", "off", "--json", **env)
     assert json.loads(updated.stdout)["gateway_fallback"] == []
     revoked = await qd("keys", "revoke", key["id"], **env)

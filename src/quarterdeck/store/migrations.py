@@ -72,6 +72,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(22, "agent-configuration canaries", sql_file="0022_agent_canaries.sql"),
     Migration(23, "monthly operations reports", sql_file="0023_monthly_reports.sql"),
     Migration(24, "health probe history and maintenance windows", sql_file="0024_availability.sql"),
+    Migration(26, "when each API key was last used", sql_file="0026_key_last_used.sql"),
 )
 
 HEAD = MIGRATIONS[-1].version

@@ -146,13 +146,13 @@ def _fallback_text(value: list[str] | None) -> str:
     return "on" if value == ["*"] else ",".join(value)
 
 
-def _expiry(text: str | None) -> timedelta | None:
+def _duration(text: str | None, option: str) -> timedelta | None:
     if text is None:
         return None
     try:
         return timedelta(seconds=parse_duration(text))
     except ValueError as exc:
-        raise typer.BadParameter(str(exc), param_hint="--expires-in") from None
+        raise typer.BadParameter(str(exc), param_hint=option) from None
 
 
 @app.command("create")
@@ -178,7 +178,7 @@ def create(
     """
     from quarterdeck.security.auth.models import CreatedKey
 
-    lifetime = _expiry(expires_in)
+    lifetime = _duration(expires_in, "--expires-in")
     expires_at = utcnow() + lifetime if lifetime is not None else None
     fallback = parse_fallback(gateway_fallback)
     settings = _direct(ctx, direct, url)
@@ -220,13 +220,22 @@ def list_keys(
     show_all: Annotated[
         bool, typer.Option("--all", help="Include revoked and expired keys.")
     ] = False,
+    unused_for: Annotated[
+        str | None,
+        typer.Option(
+            "--unused-for",
+            help="Only keys not used for this long, e.g. 90d (never-used keys count from "
+            "their creation): the ones to retire. Last use is written every 30 s.",
+        ),
+    ] = None,
     as_json: JsonOpt = False,
     url: UrlOpt = None,
     direct: DirectOpt = False,
 ) -> None:
-    """List keys, newest first (never the keys themselves)."""
+    """List keys, newest first (never the keys themselves), with when each was last used."""
     from quarterdeck.security.auth.models import ApiKey
 
+    idle = _duration(unused_for, "--unused-for")
     settings = _direct(ctx, direct, url)
     if settings is None:
         params: dict[str, Any] = {"include_inactive": show_all}
@@ -236,18 +245,22 @@ def list_keys(
         items = [ApiKey.model_validate(k) for k in page["items"]]
     else:
         items = _run(settings, lambda s: s.list_keys(tenant, include_inactive=show_all))
+    if idle is not None:
+        cutoff = utcnow() - idle
+        items = [k for k in items if (k.last_used_at or k.created_at) <= cutoff]
     if as_json:
         print_json([k.model_dump(mode="json") for k in items])
         return
     if not items:
         which = f" of tenant {tenant}" if tenant else ""
         more = "" if show_all else " (--all also lists revoked and expired keys)"
-        console.print(f"No{' active' if not show_all else ''} keys{which}{more}.")
+        unused = f" unused for {unused_for}" if unused_for else ""
+        console.print(f"No{' active' if not show_all else ''} keys{which}{unused}{more}.")
         return
     table = Table()
     table.add_column("id", no_wrap=True)  # what `keys revoke` takes
     table.add_column("prefix", no_wrap=True)  # what the holder sees at the start of the key
-    for column in ("name", "role", "tenant", "status", "expires", "created"):
+    for column in ("name", "role", "tenant", "status", "expires", "created", "last used"):
         table.add_column(column)
     for key in items:
         colour = STATUS_COLOUR[key.status.value]
@@ -260,6 +273,7 @@ def list_keys(
             f"[{colour}]{key.status.value}[/]",
             _when(key.expires_at),
             _when(key.created_at),
+            _when(key.last_used_at) or "never",
         )
     console.print(table)
 

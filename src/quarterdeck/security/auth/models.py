@@ -38,6 +38,8 @@ class KeyRecord:
     revoked_by: str | None
     gateway_fallback: tuple[str, ...] | None = None
     """Models the key's gateway calls may fail over to (see :data:`GATEWAY_FALLBACK_DOC`)."""
+    last_used_at: datetime | None = None
+    """When the key last authenticated a request, to within the usage writer's interval."""
 
     @classmethod
     def from_row(cls, row: Any) -> KeyRecord:
@@ -55,6 +57,7 @@ class KeyRecord:
             revoked_at=row["revoked_at"],
             revoked_by=row["revoked_by"],
             gateway_fallback=tuple(fallback) if fallback is not None else None,
+            last_used_at=row.get("last_used_at"),
         )
 
     def status(self, now: datetime) -> KeyStatus:
@@ -77,6 +80,7 @@ class KeyRecord:
             expires_at=self.expires_at,
             revoked_at=self.revoked_at,
             revoked_by=self.revoked_by,
+            last_used_at=self.last_used_at,
             gateway_fallback=list(self.gateway_fallback)
             if self.gateway_fallback is not None
             else None,
@@ -123,6 +127,11 @@ class ApiKey(BaseModel):
     expires_at: datetime | None
     revoked_at: datetime | None
     revoked_by: str | None
+    last_used_at: datetime | None = Field(
+        default=None,
+        description="When the key last authenticated a request (written every 30 s, so up to "
+        "that much behind); null if never since it was made.",
+    )
     gateway_fallback: list[str] | None = Field(default=None, description=GATEWAY_FALLBACK_DOC)
 
 

@@ -51,6 +51,22 @@ async def get_key(conn: asyncpg.Connection, key_id: str) -> KeyRecord | None:
     return KeyRecord.from_row(row) if row else None
 
 
+async def note_key_use(
+    conn: asyncpg.Connection, key_ids: list[str], used_at: list[datetime]
+) -> None:
+    """Record each key's latest use; never moves a key's time backwards (replicas race)."""
+    await conn.execute(
+        """
+        UPDATE api_keys AS k
+           SET last_used_at = greatest(k.last_used_at, u.at)
+          FROM unnest($1::text[], $2::timestamptz[]) AS u(id, at)
+         WHERE k.id = u.id
+        """,
+        key_ids,
+        used_at,
+    )
+
+
 async def list_keys(
     conn: asyncpg.Connection,
     *,

@@ -35,6 +35,7 @@ from quarterdeck.security.auth.models import (
 from quarterdeck.security.auth.permissions import ALL_TENANTS, Role, assignment_problem
 from quarterdeck.security.auth.principal import DEV_PRINCIPAL, AuthMethod, Principal
 from quarterdeck.security.auth.run_tokens import RunTokens, is_run_token
+from quarterdeck.security.auth.usage import KeyUsage
 from quarterdeck.store.pool import Database
 
 log = structlog.get_logger(__name__)
@@ -59,6 +60,7 @@ class AuthService:
         cache: KeyCache | None = None,
         on_change: OnChange | None = None,
         clock: Callable[[], datetime] = utcnow,
+        usage: KeyUsage | None = None,
     ) -> None:
         self.db = db
         self.required = required
@@ -71,6 +73,8 @@ class AuthService:
         """Async ``(action, details)``, given to feed the audit log. Never given secrets."""
         self.clock = clock
         self.run_tokens = RunTokens(db, clock=clock)
+        self.usage = usage if usage is not None else KeyUsage(db, clock=clock)
+        """Each key's last use, noted per request and written in batches (:mod:`.usage`)."""
         """Gateway tokens minted for one run (``qd_run_...``); see :mod:`.run_tokens`."""
 
     # -- managing keys ---------------------------------------------------------------------
@@ -254,7 +258,9 @@ class AuthService:
             log.info("auth.rejected", key_id=parsed.key_id, reason="unknown key or wrong secret")
             raise Unauthenticated("the API key is not valid")
         # Only a caller holding the real key learns that it was revoked or expired.
-        return self._active(record)
+        principal = self._active(record)
+        self.usage.touch(record.id)
+        return principal
 
     def _active(self, record: KeyRecord) -> Principal:
         """The principal of a key record that may act now, or :class:`Unauthenticated`."""
@@ -298,13 +304,16 @@ class AuthService:
         record = await self.cache.get(key_id, self._load)
         if record is None:
             raise Unauthenticated("the API key no longer exists")
-        return self._active(record)
+        principal = self._active(record)
+        self.usage.touch(record.id)  # a web session acting is its key in use
+        return principal
 
     async def _load(self, key_id: str) -> KeyRecord | None:
         async with self.db.acquire() as conn:
             return await repo.get_key(conn, key_id)
 
     async def aclose(self) -> None:
+        await self.usage.aclose()
         await self.limiter.aclose()
 
 

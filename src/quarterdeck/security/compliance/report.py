@@ -115,13 +115,15 @@ async def build_report(
 
 def _access_control(keys: list[dict[str, Any]], changes: dict[str, int], denied: int) -> Control:
     active = sum(int(k["active"]) for k in keys)
+    unused = sum(int(k["unused_90d"]) for k in keys)
     status: Status = "evidence" if keys else "no_data"
     return Control(
         id="CC6.1/CC6.3",
         framework="SOC 2",
         title="Logical access: keys, roles, access changes",
         status=status,
-        summary=f"{active} active API keys across {len(keys)} roles; "
+        summary=f"{active} active API keys across {len(keys)} roles ({unused} unused for 90 "
+        "days: `quarterdeck keys list --unused-for 90d`); "
         f"{sum(changes.values())} recorded access changes; {denied} denied requests audited.",
         evidence={"keys_by_role": keys, "access_changes": changes, "denied_requests": denied},
         not_covered=[

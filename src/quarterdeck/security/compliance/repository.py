@@ -13,7 +13,9 @@ async def _rows(conn: asyncpg.Connection, sql: str, *args: Any) -> list[dict[str
 
 
 async def keys(conn: asyncpg.Connection, start: datetime, end: datetime) -> list[dict[str, Any]]:
-    """Per role: keys active at the end, created and revoked in the period."""
+    """Per role: keys active at the end, created and revoked in the period, and the active ones
+    nobody used in the 90 days before its end (last use as of now, so for a past period it can
+    only undercount the unused)."""
     return await _rows(
         conn,
         """
@@ -23,6 +25,10 @@ async def keys(conn: asyncpg.Connection, start: datetime, end: datetime) -> list
                count(*) FILTER (WHERE created_at >= $1 AND created_at < $2) AS created,
                count(*) FILTER (WHERE revoked_at >= $1 AND revoked_at < $2) AS revoked,
                count(*) FILTER (WHERE expires_at IS NOT NULL AND created_at < $2) AS expiring,
+               count(*) FILTER (WHERE created_at < $2 AND (revoked_at IS NULL OR revoked_at >= $2)
+                                AND (expires_at IS NULL OR expires_at >= $2)
+                                AND coalesce(last_used_at, created_at) < $2 - interval '90 days')
+                 AS unused_90d,
                count(DISTINCT tenant) AS tenants
           FROM api_keys GROUP BY role ORDER BY role
         """,

@@ -55,6 +55,7 @@ from quarterdeck.kit.ids import new_id
 from quarterdeck.kit.wiring import services
 from quarterdeck.resilience.breaker import BreakerConfig, Breakers
 from quarterdeck.runs import queue
+from quarterdeck.store import locks
 from quarterdeck.store.pool import Database
 from tests.conftest import eventually, free_port, world_readable_tmpdir
 from tests.support.receivers import Receivers
@@ -318,6 +319,42 @@ async def test_agent_responsiveness_requeues_lapsed_runs_and_ends_overdue_ones(
         )
     assert "requeued by the health monitor" in reason
     assert (await check.check()).healthy
+
+
+@contextlib.asynccontextmanager
+async def leaders_hold_their_locks(db_url: str) -> AsyncIterator[None]:
+    """Every leader election's advisory lock held by another session, as in a deployment where
+    each role has a leader (the health monitor's, the scaler's, the rollouts', the reports')."""
+    conn = await asyncpg.connect(db_url)
+    try:
+        for key in (locks.HEALTH_MONITOR, locks.SCALER, locks.ROLLOUTS, locks.REPORTS):
+            assert await conn.fetchval("SELECT pg_try_advisory_lock($1)", key)
+        yield
+    finally:
+        await conn.close()
+
+
+async def test_runs_are_repaired_while_every_role_has_a_leader(db: Database, db_url: str) -> None:
+    """The repairs' own locks once shared numbers with two elections, so with the health
+    monitor's and the scaler's leaders holding theirs, no orphan or lapsed run was requeued."""
+    assert len(set(locks.ALL.values())) == len(locks.ALL), locks.ALL
+    check = AgentResponsivenessCheck(db, stale_after_s=30, default_timeout_s=3600)
+    lapsed, _ = await make_run(db, heartbeat_age_s=120)
+    orphan, orphan_job = await make_run(db, heartbeat_age_s=120)
+    async with db.transaction() as conn:
+        await conn.execute(
+            "UPDATE runs SET status = 'queued', started_at = NULL, worker_id = NULL, attempts = 0"
+            " WHERE id = $1",
+            orphan,
+        )
+        await conn.execute("DELETE FROM pgqueuer WHERE id = $1", orphan_job)
+    async with leaders_hold_their_locks(db_url):
+        result = await AgentRecovery(check, LoggingScaleRequester()).recover(await check.check(), 0)
+    # the lapsed run (running, silent) and the orphan (queued, its job gone) each by its repair
+    assert sorted(result.details["requeued"]) == sorted([lapsed, orphan]), result.details
+    for run_id in (lapsed, orphan):
+        row = await run_row(db, run_id)
+        assert row["status"] == "queued" and await job_exists(db, row["job_id"])
 
 
 async def test_event_loop_lag_is_measured(db: Database) -> None:

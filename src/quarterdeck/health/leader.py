@@ -30,12 +30,13 @@ import structlog
 from prometheus_client import Gauge
 
 from quarterdeck.metrics import REGISTRY
+from quarterdeck.store import locks
 from quarterdeck.store.pool import CONNECTION_ERRORS
 
 log = structlog.get_logger(__name__)
 
-HEALTH_MONITOR_KEY = 0x51D_0002
-"""Advisory lock key of the health monitor (``0x51D_0001`` is the migrations lock)."""
+HEALTH_MONITOR_KEY = locks.HEALTH_MONITOR
+"""Advisory lock key of the health monitor (every key is in :mod:`quarterdeck.store.locks`)."""
 
 LEADER = Gauge(
     "claude_agent_leader",

@@ -1,6 +1,6 @@
 """Generates last month's reports on the first of each month, on the leader only.
 
-Why a leader (advisory lock ``0x51D_0005``, or the ``quarterdeck-reports`` Lease, of its own as
+Why a leader (advisory lock ``locks.REPORTS``, or the ``quarterdeck-reports`` Lease, of its own as
 the scaler's and the rollout controller's are): every replica could compute the report, but one
 writer is enough and two would compute the same month twice. Why hourly and "not stored yet"
 rather than a cron at 00:00 on the 1st: a leader that was down at midnight, or a failed attempt,

@@ -2,7 +2,7 @@
 
 Every API process serves :class:`ReportService` (reports are read from Postgres). The
 scheduler generates last month's reports on the leader of its own election (advisory lock
-``0x51D_0005`` or the ``quarterdeck-reports`` Lease): a lock borrowed from another loop that some
+``locks.REPORTS`` or the ``quarterdeck-reports`` Lease): a lock borrowed from another loop that some
 processes do not run could let two processes lead at once.
 """
 
@@ -13,12 +13,13 @@ from quarterdeck.health.electors import build_elector
 from quarterdeck.health.leader import Elector
 from quarterdeck.reports.schedule import ReportScheduler
 from quarterdeck.reports.service import ReportService
+from quarterdeck.store import locks
 from quarterdeck.store.pool import Database
 
 __all__ = ["REPORTS_KEY", "REPORTS_LEASE", "build_reports"]
 
-REPORTS_KEY = 0x51D_0005
-"""Advisory lock key of the report scheduler's elector (``0x51D_0004`` is the rollouts')."""
+REPORTS_KEY = locks.REPORTS
+"""Advisory lock key of the report scheduler's elector (every key: :mod:`quarterdeck.store.locks`)."""
 REPORTS_LEASE = "quarterdeck-reports"
 """Name of its Lease when ``health_leader_backend`` is ``kubernetes``."""
 

@@ -2,7 +2,7 @@
 
 Why leader-only: two processes moving one canary's weight fight, and two that both roll back
 open two incidents. Every API replica may run a :class:`RolloutController`; only the one whose
-elector leads (advisory lock ``0x51D_0004``, or the ``quarterdeck-rollouts`` Lease) ticks.
+elector leads (advisory lock ``locks.ROLLOUTS``, or the ``quarterdeck-rollouts`` Lease) ticks.
 
 Why everything goes through the row: the controller keeps nothing it needs in memory. The
 machine's state, the frozen spec and the *pending* actions (decided, not yet carried out) are

@@ -2,7 +2,7 @@
 
 Every API process gets the :class:`RolloutService` (reads, start, promote, abort: they only
 write rows). The controller loop exists only with ``rollouts_enabled``, and acts only while it
-leads. Why an election of its own (advisory lock ``0x51D_0004``, or the ``quarterdeck-rollouts``
+leads. Why an election of its own (advisory lock ``locks.ROLLOUTS``, or the ``quarterdeck-rollouts``
 Lease) rather than the health monitor's or the scaler's: as with the scaler, processes differ in
 which loops they run, and a controller borrowing a lock that some processes do not hold could
 lead twice at once — two writers of one canary weight, two incidents for one rollback.
@@ -21,12 +21,13 @@ from quarterdeck.rollouts.prometheus import Prometheus
 from quarterdeck.rollouts.routing import CanaryRouter
 from quarterdeck.rollouts.service import RolloutService
 from quarterdeck.rollouts.spec import RolloutSpec
+from quarterdeck.store import locks
 from quarterdeck.store.pool import Database
 
 __all__ = ["ROLLOUTS_KEY", "ROLLOUTS_LEASE", "build_rollouts"]
 
-ROLLOUTS_KEY = 0x51D_0004
-"""Advisory lock key of the rollout controller's elector (``0x51D_0003`` is the scaler's)."""
+ROLLOUTS_KEY = locks.ROLLOUTS
+"""Advisory lock key of the rollout controller's elector (every key: :mod:`quarterdeck.store.locks`)."""
 ROLLOUTS_LEASE = "quarterdeck-rollouts"
 """Name of its Lease when ``health_leader_backend`` is ``kubernetes``."""
 

@@ -15,6 +15,7 @@ import asyncpg
 
 from quarterdeck.runs import transitions
 from quarterdeck.runs.models import Run, RunEvent, RunFilter, RunStatus
+from quarterdeck.store import locks
 from quarterdeck.store.params import Params
 
 
@@ -289,8 +290,8 @@ async def overdue_runs(
     return [r["id"] for r in rows]
 
 
-_ORPHAN_LOCK = 85786626
-_LAPSED_LOCK = 85786627  # one repairer of each kind at a time per database
+_ORPHAN_LOCK = locks.RUN_ORPHANS  # one repairer of each kind at a time per database
+_LAPSED_LOCK = locks.RUN_LAPSED
 
 
 async def lock_orphans(conn: asyncpg.Connection, stale_after_s: float) -> list[str]:

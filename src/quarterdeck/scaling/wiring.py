@@ -4,7 +4,7 @@ Apart from the composition root because ``runtime.py`` is already long, and beca
 choices here are the scaler's own: which elector decides who scales, which target
 ``kubernetes`` mode writes, and which config the settings make.
 
-Why the scaler has its own election (advisory lock ``0x51D_0003``, or Lease
+Why the scaler has its own election (advisory lock ``locks.SCALER``, or Lease
 ``quarterdeck-scaler``) instead of borrowing the health monitor's: processes differ in whether
 they run the health monitor (``processes.child_env`` turns it off in every child process, the
 chaos runner in its workers), and a scaler that used the health monitor's lock where there is
@@ -26,12 +26,13 @@ from quarterdeck.scaling.observe import Observer
 from quarterdeck.scaling.policy import ScalerConfig
 from quarterdeck.scaling.scaler import Scaler
 from quarterdeck.scaling.service import ScalingService
+from quarterdeck.store import locks
 from quarterdeck.store.pool import Database
 
 __all__ = ["SCALER_KEY", "SCALER_LEASE", "build_scaling", "scaler_config"]
 
-SCALER_KEY = 0x51D_0003
-"""Advisory lock key of the scaler's own elector (``0x51D_0002`` is the health monitor's)."""
+SCALER_KEY = locks.SCALER
+"""Advisory lock key of the scaler's own elector (every key is in :mod:`quarterdeck.store.locks`)."""
 SCALER_LEASE = "quarterdeck-scaler"
 """Name of the scaler's own Lease when ``health_leader_backend`` is ``kubernetes``."""
 

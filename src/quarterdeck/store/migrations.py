@@ -16,10 +16,11 @@ import asyncpg
 import structlog
 
 from quarterdeck.exceptions import StoreError
+from quarterdeck.store import locks
 from quarterdeck.store.pool import connect_once
 
 log = structlog.get_logger(__name__)
-_LOCK_KEY = 0x51D_0001  # arbitrary, fixed: "quarterdeck migrations"
+_LOCK_KEY = locks.MIGRATIONS
 
 
 async def _install_pgqueuer(conn: asyncpg.Connection) -> None:
@@ -72,6 +73,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(22, "agent-configuration canaries", sql_file="0022_agent_canaries.sql"),
     Migration(23, "monthly operations reports", sql_file="0023_monthly_reports.sql"),
     Migration(24, "health probe history and maintenance windows", sql_file="0024_availability.sql"),
+    Migration(25, "maintenance windows silence paging", sql_file="0025_maintenance_silence.sql"),
     Migration(26, "when each API key was last used", sql_file="0026_key_last_used.sql"),
 )
 

@@ -22,13 +22,14 @@ from quarterdeck.incidents import IncidentService
 from quarterdeck.incidents.models import Source
 from quarterdeck.metrics import REGISTRY
 from quarterdeck.security.audit import AuditLog
+from quarterdeck.store import locks
 from quarterdeck.store.pool import Database
 from quarterdeck.tenants import repository as repo
 from quarterdeck.tenants.retention import due
 from quarterdeck.tenants.service import TenantData
 
 log = structlog.get_logger(__name__)
-LOCK = 0x51D_A0E1  # arbitrary, fixed: "tenant-data maintenance"
+LOCK = locks.TENANT_MAINTENANCE
 RUNS_PURGE, AUDIT_PURGE, AUDIT_VERIFY = "runs.purge", "audit.purge", "audit.verify"
 
 LAST_RUN = Gauge(

@@ -26,10 +26,11 @@ from quarterdeck.security.audit.checkpoints import NO_PREV, Checkpoint
 from quarterdeck.security.audit.keys import AuditKeys
 from quarterdeck.security.audit.models import Problem, ProblemKind
 from quarterdeck.security.audit.verify import stream
+from quarterdeck.store import locks
 from quarterdeck.store.pool import Database
 
 log = structlog.get_logger(__name__)
-CHECKPOINT_LOCK = 0x51D_A0D1  # arbitrary, fixed: "audit checkpoint writer"
+CHECKPOINT_LOCK = locks.AUDIT_CHECKPOINT
 
 
 @dataclass(slots=True)

@@ -25,10 +25,11 @@ from quarterdeck.security.audit.checkpoints import Anchor
 from quarterdeck.security.audit.keys import AuditKeys
 from quarterdeck.security.audit.models import Problem, ProblemKind, PurgeResult
 from quarterdeck.security.audit.verify import stream
+from quarterdeck.store import locks
 from quarterdeck.store.pool import Database
 
 log = structlog.get_logger(__name__)
-PURGE_LOCK = 0x51D_A0D2  # arbitrary, fixed: "audit purge"
+PURGE_LOCK = locks.AUDIT_PURGE
 
 
 @dataclass(slots=True)

@@ -13,7 +13,8 @@ import pytest
 from quarterdeck.exceptions import ValidationFailed
 from quarterdeck.kit.text import json_syntax_message, line_column, nul_fields
 from quarterdeck.runs.models import RunCreate
-from quarterdeck.runs.submission import _decode_archive, batch_hash
+from quarterdeck.runs.submission import batch_hash
+from quarterdeck.runs.workspace_upload import decode_archive
 
 
 def test_nul_fields_name_every_path_in_document_order() -> None:
@@ -68,8 +69,8 @@ def test_an_archive_must_open_as_tar() -> None:
         info = tarfile.TarInfo("a.txt")
         info.size = 1
         tf.addfile(info, io.BytesIO(b"a"))
-    assert _decode_archive(base64.b64encode(buf.getvalue()).decode()) == buf.getvalue()
+    assert decode_archive(base64.b64encode(buf.getvalue()).decode()) == buf.getvalue()
     for bad in (b"plain text " * 100, b"\x1f\x8b" + b"\x00" * 100, buf.getvalue()[:30]):
         with pytest.raises(ValidationFailed) as exc:
-            _decode_archive(base64.b64encode(bad).decode())
+            decode_archive(base64.b64encode(bad).decode())
         assert exc.value.extra["errors"][0]["field"] == "workspace.value"

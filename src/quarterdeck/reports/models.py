@@ -14,6 +14,9 @@ Conventions every section follows:
 - a percentile is ``None`` when there were no samples;
 - days and weeks are UTC; the period is ``[period_start, period_end)``.
 
+The :class:`Section` base and the shapes sections share are in :mod:`.shapes`, the availability
+section in :mod:`.availability_models`; every name is re-exported here.
+
 This file's shape is frozen for the renderers: fields may be added, never renamed or removed.
 """
 
@@ -24,59 +27,20 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+# Re-exported: the sections' shared shapes and the availability section live in their own modules.
+from quarterdeck.reports.availability_models import AvailabilitySection as AvailabilitySection
+from quarterdeck.reports.availability_models import CheckMinutes as CheckMinutes
+from quarterdeck.reports.availability_models import DowntimeInterval as DowntimeInterval
+from quarterdeck.reports.availability_models import MaintenanceRow as MaintenanceRow
+from quarterdeck.reports.shapes import Count as Count
+from quarterdeck.reports.shapes import HistogramBucket as HistogramBucket
+from quarterdeck.reports.shapes import Quantiles as Quantiles
+from quarterdeck.reports.shapes import Section as Section
+from quarterdeck.reports.shapes import Spread as Spread
+
 REPORT_VERSION = 2
 """Bumped when a figure's definition changes, so a stored report says which rules made it
 (2: uptime excludes maintenance windows; probe figures added)."""
-
-
-class Section(BaseModel):
-    """What every section has: whether anything was recorded, and a sentence when not."""
-
-    has_data: bool = Field(description="false when nothing this section measures was recorded")
-    note: str | None = Field(
-        default=None,
-        description="a sentence for the reader: why there is no data, or a caveat on a figure",
-    )
-
-
-# ---------------------------------------------------------------------------------------------
-# Shared shapes
-
-
-class Quantiles(BaseModel):
-    """p50/p95/p99 of one measurement (``None`` without samples)."""
-
-    count: int = Field(description="number of samples")
-    p50: float | None = None
-    p95: float | None = None
-    p99: float | None = None
-
-
-class Spread(BaseModel):
-    """p10/p50/p90 of a score (quality, coverage) and how many runs had one."""
-
-    count: int = Field(description="runs with a value")
-    p10: float | None = None
-    p50: float | None = None
-    p90: float | None = None
-    min: float | None = None
-    max: float | None = None
-
-
-class HistogramBucket(BaseModel):
-    """One bar of a histogram: ``lower <= value < upper`` (``upper`` None: no upper bound)."""
-
-    label: str = Field(description='what a reader sees, e.g. "5-15 min"')
-    lower: float
-    upper: float | None
-    count: int
-
-
-class Count(BaseModel):
-    """One labelled count, kept as a list (not a dict) so the order is the one to show."""
-
-    key: str
-    count: int
 
 
 # ---------------------------------------------------------------------------------------------
@@ -193,82 +157,6 @@ class LatencySection(Section):
     gateway_duration_ms: Quantiles = Field(default_factory=lambda: Quantiles(count=0))
     gateway_ttfb_ms: Quantiles = Field(default_factory=lambda: Quantiles(count=0))
     weekly: list[LatencyWeek] = Field(default_factory=list)
-
-
-# ---------------------------------------------------------------------------------------------
-# Availability
-
-
-class DowntimeInterval(BaseModel):
-    """A merged stretch during which at least one critical incident was open (outside
-    maintenance windows, from version 2)."""
-
-    start: datetime
-    end: datetime
-    minutes: float
-    incident_ids: list[str] = Field(default_factory=list)
-
-
-class MaintenanceRow(BaseModel):
-    """A maintenance window overlapping the period, as declared."""
-
-    id: str
-    starts_at: datetime
-    ends_at: datetime
-    minutes: float = Field(description="its part inside the (observed) period")
-    reason: str
-    created_by: str | None = Field(default=None, description="null in a tenant's report")
-    created_at: datetime = Field(description="when it was declared (after starts_at: late)")
-
-
-class CheckMinutes(BaseModel):
-    """Minutes the health monitor saw one check failing (outside maintenance windows)."""
-
-    key: str
-    minutes: float
-
-
-class AvailabilitySection(Section):
-    period_minutes: float = 0.0
-    unscheduled_downtime_minutes: float = 0.0
-    scheduled_downtime_minutes: float | None = Field(
-        default=None,
-        description="the union of maintenance windows clipped to the period (null in "
-        "version-1 reports, made before windows were recorded)",
-    )
-    uptime: float | None = Field(
-        default=None, description="1 - unscheduled / (period - scheduled), a fraction"
-    )
-    critical_incidents: int = 0
-    outages: list[DowntimeInterval] = Field(default_factory=list)
-    maintenance: list[MaintenanceRow] = Field(default_factory=list)
-    probe_ticks: int = Field(default=0, description="health-monitor ticks covering the period")
-    probe_covered_minutes: float | None = Field(
-        default=None, description="the union of the ticks' [at, at + interval); null: no ticks"
-    )
-    probe_coverage: float | None = Field(
-        default=None, description="probe_covered_minutes / period_minutes (the rest is unknown)"
-    )
-    probe_uptime: float | None = Field(
-        default=None,
-        description="covered time with no critical check failing / covered time, both outside "
-        "maintenance windows",
-    )
-    probe_unhealthy_minutes: float | None = Field(
-        default=None, description="covered time with a critical check failing, outside windows"
-    )
-    unhealthy_by_check: list[CheckMinutes] = Field(
-        default_factory=list, description="per failing check (any severity), longest first"
-    )
-    definition: str = Field(
-        default="scheduled downtime = the union of maintenance windows, clipped to the period; "
-        "unscheduled downtime = the union of the open intervals (opened_at to resolved_at, or "
-        "to the period end while unresolved) of critical incidents, clipped to the period, "
-        "minus the scheduled downtime; uptime = 1 - unscheduled / (period - scheduled). "
-        "Probes: each health-monitor tick covers [at, at + interval); coverage = their union / "
-        "period; probe uptime = covered time with no critical check failing / covered time, "
-        "both outside maintenance windows; time no tick covers is unknown, neither up nor down",
-    )
 
 
 # ---------------------------------------------------------------------------------------------

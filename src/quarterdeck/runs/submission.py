@@ -3,19 +3,15 @@
 A run and its pgqueuer job are committed in one transaction. Concurrent single submissions
 share that transaction (see :mod:`quarterdeck.kit.coalesce`): pgqueuer's enqueue sends a NOTIFY,
 and Postgres serialises every notifying commit behind one lock, so one commit per submission
-capped the API near one submission per fsync.
+capped the API near one submission per fsync. A tar workspace's bytes are decoded and checked
+in :mod:`.workspace_upload` first.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import hashlib
-import io
 import json
-import tarfile
-import zlib
 from collections.abc import Mapping
 from typing import Any, Protocol
 
@@ -31,45 +27,12 @@ from quarterdeck.kit.ids import new_id
 from quarterdeck.runs.config_routes import UNROUTED, Assignment, ConfigRoutes, assign
 from quarterdeck.runs.models import Run, RunCreate
 from quarterdeck.runs.store_protocol import KeyTaken, RunStore
+from quarterdeck.runs.workspace_upload import MAX_ARCHIVE_BYTES as MAX_ARCHIVE_BYTES
+from quarterdeck.runs.workspace_upload import decode_archive
 from quarterdeck.security.trail import AuditTrail, RequestContext
 from quarterdeck.tracing.propagation import trace_to_store
 
 DEFAULT_TENANT = "default"
-
-
-MAX_ARCHIVE_BYTES = 50 * 1024 * 1024
-
-
-def _decode_archive(value: str) -> bytes:
-    try:
-        data = base64.b64decode(value, validate=True)
-    except (binascii.Error, ValueError):
-        raise ValidationFailed(
-            "workspace.value must be a base64-encoded tar archive",
-            errors=[{"field": "workspace.value", "message": "not valid base64"}],
-        ) from None
-    if len(data) > MAX_ARCHIVE_BYTES:
-        raise ValidationFailed(
-            f"workspace archive is {len(data)} bytes; the limit is {MAX_ARCHIVE_BYTES}",
-            errors=[{"field": "workspace.value", "message": "archive too large"}],
-        )
-    _check_archive(data)
-    return data
-
-
-def _check_archive(data: bytes) -> None:
-    """422 now for bytes that are not a tar archive (plain, gzip, bzip2 or xz), rather than a
-    run that fails once a worker tries to extract them. Only the first member's header is read
-    (what ``tarfile.open`` reads), so the check costs the same for any size and cannot be made
-    to decompress a bomb; members are checked one by one when the worker extracts them."""
-    try:
-        with tarfile.open(fileobj=io.BytesIO(data), mode="r:*"):
-            pass
-    except (tarfile.TarError, OSError, EOFError, ValueError, zlib.error):
-        raise ValidationFailed(
-            "workspace.value is not a readable tar archive (plain, gzip, bzip2 or xz)",
-            errors=[{"field": "workspace.value", "message": "not a readable tar archive"}],
-        ) from None
 
 
 def request_hash(body: RunCreate) -> str:
@@ -186,7 +149,7 @@ class Submissions:
         if body.workspace is not None:
             spec = body.workspace.model_dump()
             if body.workspace.type == "tar":
-                archive = _decode_archive(body.workspace.value or "")
+                archive = decode_archive(body.workspace.value or "")
                 spec["value"] = None  # the archive is stored beside the run (run_archives)
             params["workspace"] = spec
         if self.catalog is not None:

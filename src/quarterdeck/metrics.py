@@ -12,15 +12,14 @@ read from Postgres (queue length, runs by state) are the same in every process; 
 with ``max`` rather than ``sum``.
 
 Tenant names are kept in the ``tenant`` label as they are; what leaves the process is decided
-where metrics are served (:class:`TenantPseudonyms`, unless ``QUARTERDECK_METRICS_TENANT_LABELS``).
+where metrics are served (:class:`~quarterdeck.metrics_tenants.TenantPseudonyms`, re-exported here,
+unless ``QUARTERDECK_METRICS_TENANT_LABELS``).
 """
 
 from __future__ import annotations
 
-import copy
-import hashlib
 import re
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from prometheus_client import (
@@ -33,8 +32,12 @@ from prometheus_client import (
     generate_latest,
 )
 from prometheus_client.gc_collector import GCCollector
-from prometheus_client.metrics_core import Metric
-from prometheus_client.registry import Collector
+
+# Re-exported: what a scrape shows of the ``tenant`` label is decided in metrics_tenants.
+from quarterdeck.metrics_tenants import NOT_TENANTS as NOT_TENANTS
+from quarterdeck.metrics_tenants import TENANT_LABEL as TENANT_LABEL
+from quarterdeck.metrics_tenants import TenantPseudonyms as TenantPseudonyms
+from quarterdeck.metrics_tenants import tenant_pseudonym as tenant_pseudonym
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 ProcessCollector(registry=REGISTRY)
@@ -214,6 +217,13 @@ MTTR = Gauge(
     "Mean time to recover over incidents resolved in the last 30 days",
     registry=REGISTRY,
 )
+NOTIFICATIONS_SILENCED = Counter(
+    "claude_agent_notifications_silenced_total",
+    "Incident notifications a maintenance window held, released when it ended, or suppressed "
+    "(the incident opened and resolved inside it)",
+    ["outcome"],
+    registry=REGISTRY,
+)
 AUDIT_CHAIN_VALID = Gauge(
     "claude_agent_audit_chain_valid",
     "1 when the last audit-chain verification passed, 0 when it found tampering",
@@ -390,58 +400,3 @@ def zero_outcomes(agent_types: Iterable[str]) -> None:
 
 def render() -> bytes:
     return generate_latest(REGISTRY)
-
-
-# --- tenant names on the way out --------------------------------------------------------------
-TENANT_LABEL = "tenant"
-NOT_TENANTS = frozenset({"all"})
-"""``tenant`` label values that name no tenant (the audit chain's all-tenants state)."""
-
-
-def tenant_pseudonym(tenant: str) -> str:
-    """``t-`` and the first 8 hex digits of the name's SHA-256.
-
-    Stable across processes and restarts, so dashboards and alerts still split (and join) by
-    tenant, without the name itself. A pseudonym, not anonymity: whoever can guess a tenant's
-    name can compute its label (``quarterdeck``'s own logs and API map them back for operators).
-    """
-    if tenant in NOT_TENANTS:
-        return tenant
-    return "t-" + hashlib.sha256(tenant.encode()).hexdigest()[:8]
-
-
-class TenantPseudonyms(Collector):
-    """A read-only view of ``registry`` whose ``tenant`` labels are pseudonyms
-    (:func:`tenant_pseudonym`).
-
-    Rewritten at exposition rather than where the metrics are set, so no call site can forget
-    it and every metric with a ``tenant`` label, present or future, is covered.
-    """
-
-    def __init__(self, registry: CollectorRegistry, names: frozenset[str] | None = None) -> None:
-        self.registry = registry
-        self.names = names
-
-    def collect(self) -> Iterator[Metric]:
-        source: Collector = self.registry
-        if self.names is not None:
-            source = self.registry.restricted_registry(self.names)
-        for metric in source.collect():
-            if any(TENANT_LABEL in sample.labels for sample in metric.samples):
-                metric = copy.copy(metric)  # the families are fresh per collect; be safe anyway
-                metric.samples = [
-                    sample._replace(
-                        labels={
-                            **sample.labels,
-                            TENANT_LABEL: tenant_pseudonym(sample.labels[TENANT_LABEL]),
-                        }
-                    )
-                    if TENANT_LABEL in sample.labels
-                    else sample
-                    for sample in metric.samples
-                ]
-            yield metric
-
-    def restricted_registry(self, names: Iterable[str]) -> TenantPseudonyms:
-        """What prometheus_client's exposition asks for on ``?name[]=...``."""
-        return TenantPseudonyms(self.registry, frozenset(names))

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime
 from enum import StrEnum
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, computed_field, field_validator
 
 
 class Severity(StrEnum):
@@ -97,16 +98,73 @@ class IncidentEvent(BaseModel):
     data: dict[str, Any]
 
 
+NotificationStatus = Literal["pending", "sending", "sent", "failed", "held", "suppressed"]
+
+
 class Notification(BaseModel):
     id: int
     incident_id: str
     channel: str
     kind: Kind
-    status: Literal["pending", "sending", "sent", "failed"]
+    status: NotificationStatus
     attempts: int
     last_error: str | None
     created_at: datetime
     sent_at: datetime | None
+    held_by: str | None = Field(
+        default=None, description="the maintenance window that held (or suppressed) it"
+    )
+    held_until: datetime | None = Field(
+        default=None, description="that window's end when the notification was held"
+    )
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def note(self) -> str | None:
+        """Why it was held, suppressed or late, in words (the API, CLI and dashboard show it)."""
+        return silence_note(self.status, self.held_by)
+
+
+# --- maintenance windows: what silences paging ------------------------------------------------
+class WindowSpan(BaseModel):
+    """A maintenance window as incidents see it: its id and its span, nothing else.
+
+    The windows belong to ``health/`` (a floor above); incidents only read the table they live
+    in, so the rule that windows silence paging needs no import upwards.
+    """
+
+    id: str
+    starts_at: datetime
+    ends_at: datetime
+
+
+def covering_window(windows: Iterable[WindowSpan], at: datetime) -> WindowSpan | None:
+    """The window covering ``at``, or None: ``[starts_at, ends_at)``, half-open like the
+    report's, so back-to-back windows hand over without a gap or an overlap. When several cover
+    ``at``, the one ending last: that is when the held pages are expected to go out."""
+    covering = [w for w in windows if w.starts_at <= at < w.ends_at]
+    return max(covering, key=lambda w: (w.ends_at, w.id)) if covering else None
+
+
+def silenced(kind: Kind, channel_paged: bool) -> bool:
+    """Whether a maintenance window holds (or, once resolved inside it, drops) a notification.
+
+    Everything that would call a person is held: triggers, escalations, and FYIs. The one
+    exception is an all-clear on a channel whose page already went out (the incident opened
+    before the window): holding it would leave someone's pager ringing for the whole window,
+    the opposite of what a silence is for.
+    """
+    return kind is not Kind.resolve or not channel_paged
+
+
+def silence_note(status: str, held_by: str | None) -> str | None:
+    if held_by is None:
+        return None
+    if status == "held":
+        return f"held: maintenance window {held_by}"
+    if status == "suppressed":
+        return f"suppressed: opened and resolved inside maintenance window {held_by}"
+    return f"held by maintenance window {held_by} until it ended"
 
 
 class IncidentDetail(Incident):

@@ -6,18 +6,28 @@ it, and :meth:`Notifier.deliver` claims rows, sends them with retries and marks 
 failed. Because the row is unique, repeating an event (an Alertmanager redelivery, a retried API
 call, two replicas sweeping together) never pages anyone twice; because it is written before
 sending, a crash between commit and send is picked up by the next sweep instead of lost.
+
+Maintenance windows (every one platform-wide) silence paging without losing anything: before
+claiming, :meth:`Notifier.deliver` holds what a window covering ``now`` silences (status
+``held``, naming the window) and, once no window covers ``now``, puts held rows back to pending,
+so they page then, once, through the same unique row. The incident itself is opened and
+recorded as usual; what is resolved inside a window is suppressed by the incident service.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
+import asyncpg
 import httpx
 import structlog
 from pydantic import BaseModel, Field, SecretStr
 
+from quarterdeck import metrics
 from quarterdeck.config import Settings
 from quarterdeck.incidents import repository as repo
 from quarterdeck.incidents.channels import (
@@ -28,8 +38,16 @@ from quarterdeck.incidents.channels import (
     SlackChannel,
     WebhookChannel,
 )
-from quarterdeck.incidents.models import Incident, Kind, Notification, Severity
+from quarterdeck.incidents.models import (
+    Incident,
+    Kind,
+    Notification,
+    Severity,
+    covering_window,
+    silenced,
+)
 from quarterdeck.kit.backoff import scheduled_delay
+from quarterdeck.kit.clock import utcnow
 from quarterdeck.store.pool import Database
 
 log = structlog.get_logger(__name__)
@@ -144,9 +162,11 @@ class Notifier:
         *,
         channels: list[Channel] | None = None,
         client: httpx.AsyncClient | None = None,
+        clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self.settings = settings
         self.db = db
+        self.clock = clock
         self._owns_client = client is None
         self.client = client or httpx.AsyncClient(timeout=settings.request_timeout_s)
         chosen = channels if channels is not None else build_channels(settings, self.client)
@@ -212,19 +232,28 @@ class Notifier:
         if self._owns_client:
             await self.client.aclose()
 
-    async def deliver(self, incident_id: str | None = None) -> list[Notification]:
+    @property
+    def attempt_cap(self) -> int:
+        """Attempts after which a failed row is final (every sweep's retries together)."""
+        return self.settings.max_attempts * self.settings.max_rounds
+
+    async def deliver(
+        self, incident_id: str | None = None, *, now: datetime | None = None
+    ) -> list[Notification]:
         """Claim undelivered rows (for one incident, or all) and send them once each.
 
         Channels are sent to concurrently; within one channel rows go in id order, so a trigger
-        always leaves before the resolve that follows it.
+        always leaves before the resolve that follows it. Maintenance windows are applied first
+        (``now``, default the clock): held rows are not claimable.
         """
+        await self.apply_windows(incident_id, now or self.clock())
         s = self.settings
         async with self.db.acquire() as conn:
             claimed = await repo.claim_notifications(
                 conn,
                 incident_id,
                 lease_s=s.claim_lease_s,
-                max_attempts=s.max_attempts * s.max_rounds,
+                max_attempts=self.attempt_cap,
                 limit=500,
             )
         if not claimed:
@@ -236,6 +265,36 @@ class Notifier:
             *(self._deliver_channel(name, rows) for name, rows in by_channel.items())
         )
         return [n for batch in results for n in batch]
+
+    async def apply_windows(self, incident_id: str | None, now: datetime) -> list[Notification]:
+        """Hold what a window covering ``now`` silences, or release what is held when none does.
+
+        One transaction; the sweep skips rows another sender has locked (claimed rows are going
+        out already), and both moves are single-row-state changes, so a release racing a claim
+        still sends each row once. Returns the rows held or released.
+        """
+        async with self.db.transaction() as conn:
+            window = covering_window(await repo.windows_covering(conn, now), now)
+            if window is None:
+                changed = await repo.release_held(conn, incident_id)
+                outcome = "released"
+            else:
+                candidates = await repo.silence_candidates(
+                    conn,
+                    incident_id,
+                    statuses=["pending"],
+                    failed_below=self.attempt_cap,
+                    skip_locked=True,
+                )
+                ids = [n.id for n, paged in candidates if silenced(n.kind, paged)]
+                changed = await repo.silence(conn, ids, "held", window) if ids else []
+                outcome = "held"
+            for n in changed:
+                await record_silence(conn, n, outcome)
+        if changed:
+            metrics.NOTIFICATIONS_SILENCED.labels(outcome).inc(len(changed))
+            log.info("notifications_" + outcome, count=len(changed), window=changed[0].held_by)
+        return changed
 
     async def _deliver_channel(self, name: str, rows: list[Notification]) -> list[Notification]:
         done: list[Notification] = []
@@ -308,3 +367,21 @@ class Notifier:
         if not ok:
             log.warning("notification_failed", channel=n.channel, kind=n.kind.value, error=error)
         return row
+
+
+async def record_silence(conn: asyncpg.Connection, n: Notification, outcome: str) -> None:
+    """The timeline entry for a row a window held, released or suppressed (why nobody was paged,
+    or why a page went out late)."""
+    note = n.note if outcome != "released" else f"released: maintenance window {n.held_by} ended"
+    await repo.append_event(
+        conn,
+        n.incident_id,
+        "notification",
+        {
+            "channel": n.channel,
+            "kind": n.kind.value,
+            "status": n.status,
+            "window": n.held_by,
+            "note": note,
+        },
+    )

@@ -18,6 +18,7 @@ from quarterdeck.incidents.models import (
     IncidentFilter,
     Notification,
     ResolvedBy,
+    WindowSpan,
 )
 from quarterdeck.store.params import Params
 
@@ -150,11 +151,17 @@ async def escalate_stale(
     """Mark every unacknowledged incident opened before ``cutoff`` as escalated, once.
 
     One UPDATE, so two replicas sweeping at the same moment escalate each incident exactly once.
+    A maintenance window restarts the clock: an incident a window overlapped escalates only once
+    the window has been over for the whole age (``ends_at <= cutoff``), because nobody was paged
+    while it lasted and "unacknowledged for 4 hours" would otherwise fire the moment it ends.
     """
     rows = await conn.fetch(
         """
-        UPDATE incidents SET escalated_at = $2
+        UPDATE incidents i SET escalated_at = $2
          WHERE status = 'open' AND escalated_at IS NULL AND opened_at <= $1
+           AND NOT EXISTS (SELECT 1 FROM maintenance_windows w
+                            WHERE w.starts_at <= $2 AND w.ends_at > $1
+                              AND w.ends_at > i.opened_at)
         RETURNING *
         """,
         cutoff,
@@ -229,133 +236,6 @@ async def auto_recovery_share(conn: asyncpg.Connection, since: datetime) -> floa
     assert row is not None
     return None if row["total"] == 0 else row["auto"] / row["total"]
 
-
-# --- notification outbox -----------------------------------------------------------------------
-async def enqueue_notifications(
-    conn: asyncpg.Connection, incident_id: str, targets: list[tuple[str, str]]
-) -> int:
-    """Record (channel, kind) pairs to send; pairs already recorded are left alone."""
-    if not targets:
-        return 0
-    result = await conn.execute(
-        """
-        INSERT INTO notifications (incident_id, channel, kind)
-        SELECT $1, t.channel, t.kind FROM unnest($2::text[], $3::text[]) AS t(channel, kind)
-        ON CONFLICT (incident_id, channel, kind) DO NOTHING
-        """,
-        incident_id,
-        [c for c, _ in targets],
-        [k for _, k in targets],
-    )
-    return int(result.rsplit(" ", 1)[-1])
-
-
-async def paged_channels(conn: asyncpg.Connection, incident_id: str) -> set[str]:
-    """Channels that were (or are about to be) told this incident needs attention."""
-    rows = await conn.fetch(
-        "SELECT DISTINCT channel FROM notifications WHERE incident_id = $1"
-        " AND kind IN ('trigger', 'escalation')",
-        incident_id,
-    )
-    return {r["channel"] for r in rows}
-
-
-async def claim_notifications(
-    conn: asyncpg.Connection,
-    incident_id: str | None,
-    *,
-    lease_s: float,
-    max_attempts: int,
-    limit: int = 100,
-) -> list[Notification]:
-    """Claim undelivered notifications for sending, oldest first.
-
-    Claimable: pending rows, failed rows still under ``max_attempts`` in total, and rows stuck in
-    'sending' longer than ``lease_s`` (their sender died). ``SKIP LOCKED`` lets concurrent senders
-    split the work instead of both taking the same row.
-    """
-    rows = await conn.fetch(
-        """
-        WITH c AS (
-            SELECT id FROM notifications
-             WHERE status <> 'sent' AND ($1::text IS NULL OR incident_id = $1)
-               AND (status = 'pending'
-                    OR (status = 'failed' AND attempts < $3)
-                    OR (status = 'sending' AND claimed_at < now() - make_interval(secs => $2)))
-             ORDER BY id
-             LIMIT $4
-             FOR UPDATE SKIP LOCKED
-        )
-        UPDATE notifications n SET status = 'sending', claimed_at = now()
-          FROM c WHERE n.id = c.id
-        RETURNING n.*
-        """,
-        incident_id,
-        lease_s,
-        max_attempts,
-        limit,
-    )
-    return sorted((Notification.model_validate(dict(r)) for r in rows), key=lambda n: n.id)
-
-
-async def finish_notification(
-    conn: asyncpg.Connection, notification_id: int, *, ok: bool, attempts: int, error: str | None
-) -> Notification:
-    row = await conn.fetchrow(
-        """
-        UPDATE notifications
-           SET status = CASE WHEN $2 THEN 'sent' ELSE 'failed' END,
-               attempts = attempts + $3, last_error = $4,
-               sent_at = CASE WHEN $2 THEN now() ELSE sent_at END
-         WHERE id = $1
-        RETURNING *
-        """,
-        notification_id,
-        ok,
-        attempts,
-        error,
-    )
-    assert row is not None, notification_id
-    return Notification.model_validate(dict(row))
-
-
-async def list_notifications(conn: asyncpg.Connection, incident_id: str) -> list[Notification]:
-    rows = await conn.fetch(
-        "SELECT * FROM notifications WHERE incident_id = $1 ORDER BY id", incident_id
-    )
-    return [Notification.model_validate(dict(r)) for r in rows]
-
-
-async def reserve_slot(
-    conn: asyncpg.Connection, channel: str, interval_s: float, max_wait_s: float
-) -> float | None:
-    """Reserve the channel's next send slot: seconds to wait before sending, or None when the
-    next free slot is more than ``max_wait_s`` away (nothing is reserved then).
-
-    The row lock makes the schedule global: N replicas sweeping the outbox still send at the
-    configured rate between them.
-    """
-    async with conn.transaction():
-        await conn.execute(
-            "INSERT INTO notification_slots (channel, next_at) VALUES ($1, now())"
-            " ON CONFLICT (channel) DO NOTHING",
-            channel,
-        )
-        wait = await conn.fetchval(
-            "SELECT greatest(extract(epoch FROM next_at - clock_timestamp()), 0)::float8"
-            " FROM notification_slots WHERE channel = $1 FOR UPDATE",
-            channel,
-        )
-        if wait > max_wait_s:
-            return None
-        await conn.execute(
-            "UPDATE notification_slots"
-            " SET next_at = greatest(next_at, clock_timestamp()) + make_interval(secs => $2)"
-            " WHERE channel = $1",
-            channel,
-            interval_s,
-        )
-    return float(wait)
 
 
 async def delete_mentioning_tenant(conn: asyncpg.Connection, tenant: str) -> int:

@@ -3,6 +3,12 @@
 Every state change writes its timeline entry and the notifications it calls for in the same
 transaction, then asks the notifier to deliver. Endpoints, the Alertmanager receiver, health
 checks and auto-recovery all come through here, so they share one set of rules.
+
+Maintenance windows (platform-wide, declared through ``/v1/maintenance``) never stop an incident
+being opened, deduplicated or recorded; they only hold its notifications (the notifier's
+outbox). An incident resolved inside a window before its page went out has its trigger,
+escalation and all-clear suppressed here, in the resolve's own transaction, so nothing held can
+page after the fact; its timeline says which window swallowed them.
 """
 
 from __future__ import annotations
@@ -30,8 +36,10 @@ from quarterdeck.incidents.models import (
     ResolvedBy,
     Severity,
     Source,
+    covering_window,
+    silenced,
 )
-from quarterdeck.incidents.notify import Notifier
+from quarterdeck.incidents.notify import Notifier, record_silence
 from quarterdeck.kit.clock import utcnow
 from quarterdeck.kit.ids import new_id
 from quarterdeck.store.pool import Database
@@ -163,6 +171,7 @@ class IncidentService:
     ) -> Incident:
         """Resolve; repeating it returns the resolved incident and sends nothing more."""
         who = ResolvedBy(by)
+        suppressed = 0
         async with self.db.transaction() as conn:
             incident = await repo.resolve(conn, incident_id, who, note, at)
             if incident is None:
@@ -178,9 +187,40 @@ class IncidentService:
                 await repo.enqueue_notifications(
                     conn, incident_id, self.notifier.on_resolve(incident, paged)
                 )
+                suppressed = await self._suppress_inside_window(conn, incident, self.notifier)
+        if suppressed:
+            metrics.NOTIFICATIONS_SILENCED.labels("suppressed").inc(suppressed)
         await self._deliver(incident_id)
         log.info("incident_resolved", id=incident_id, by=who.value, took_s=incident.duration_s)
         return incident
+
+    @staticmethod
+    async def _suppress_inside_window(
+        conn: asyncpg.Connection, incident: Incident, notifier: Notifier
+    ) -> int:
+        """Resolved inside a window: drop every unsent notification the window silences (its
+        page never went out, so neither does its all-clear). Waits for rows another sender has
+        locked, so a row being held right now is suppressed too; one already being sent is left
+        to finish. Returns how many."""
+        at = incident.resolved_at
+        assert at is not None
+        window = covering_window(await repo.windows_covering(conn, at), at)
+        if window is None:
+            return 0
+        candidates = await repo.silence_candidates(
+            conn,
+            incident.id,
+            statuses=["pending", "held"],
+            failed_below=notifier.attempt_cap,
+            skip_locked=False,
+        )
+        ids = [n.id for n, paged in candidates if silenced(n.kind, paged)]
+        dropped = await repo.silence(conn, ids, "suppressed", window) if ids else []
+        for n in dropped:
+            await record_silence(conn, n, "suppressed")
+        if dropped:
+            log.info("notifications_suppressed", id=incident.id, window=window.id, n=len(dropped))
+        return len(dropped)
 
     async def escalate(self, incident_id: str, reason: str) -> Incident | None:
         """Call for a human (e.g. auto-recovery failed). Once per incident; None if done before."""

@@ -58,6 +58,7 @@ from quarterdeck.runs.insights import RunInsights
 from quarterdeck.runs.service import RunService
 from quarterdeck.runs.store import PostgresRunStore
 from quarterdeck.runs.worker import WorkerPool
+from quarterdeck.scaling.emergency import emergency_requester
 from quarterdeck.scaling.scaler import Scaler
 from quarterdeck.scaling.service import ScalingService
 from quarterdeck.scaling.wiring import build_scaling
@@ -264,6 +265,13 @@ class Runtime:
                 trail=self.trail,
             )
             self._tasks.append(asyncio.create_task(self.workers.run()))
+        # The scaler: its status (every process) and its loop (mode != off; own election);
+        # built before the health monitor, whose emergency scale-up goes through it.
+        self.scaling, self.scaler = build_scaling(
+            self.settings, self.db, self.run_store, self.breakers
+        )
+        if self.scaler is not None:
+            self._tasks.append(asyncio.create_task(self.scaler.run()))
         if self.settings.health_monitor_enabled:
             self.leader = self._build_elector()
             self.health = HealthMonitor(
@@ -273,16 +281,11 @@ class Runtime:
                 self.breakers,
                 elector=self.leader,
                 interval_s=self.settings.health_check_interval,
+                scaler=emergency_requester(self.scaler),  # its emergency scale-up, for real
             )
             self._tasks.append(asyncio.create_task(self.leader.run()))
             self._tasks.append(asyncio.create_task(self.health.run()))
             self._closers.append(self.health.aclose)
-        # The scaler: its status (every process) and its loop (mode != off; own election).
-        self.scaling, self.scaler = build_scaling(
-            self.settings, self.db, self.run_store, self.breakers
-        )
-        if self.scaler is not None:
-            self._tasks.append(asyncio.create_task(self.scaler.run()))
         # Rollouts: the service (every process) and the controller (enabled; own election).
         self.rollouts, self.rollout_controller = build_rollouts(
             self.settings,

@@ -51,10 +51,28 @@ class RecoveryStrategy(Protocol):
     async def recover(self, failed: CheckResult, failing_for_s: float) -> RecoveryResult: ...
 
 
-class ScaleRequester(Protocol):
-    """Asks for more workers. The autoscaler implements it; the default only logs."""
+@dataclass(frozen=True)
+class ScaleAnswer:
+    """A scale-up request's answer with its reason, so the recovery result can say why not
+    (the scaler recommends only, an HPA owns the Deployment, one was just made)."""
 
-    async def request_scale_up(self, reason: str, details: dict[str, Any]) -> bool: ...
+    accepted: bool
+    reason: str
+
+    def __bool__(self) -> bool:
+        return self.accepted
+
+
+class ScaleRequester(Protocol):
+    """Asks for more workers. The autoscaler's (``scaling/emergency.py``) adds a bounded step
+    when its scaler acts in this process; the default only logs.
+
+    Returns whether capacity was added; a :class:`ScaleAnswer` also says why or why not.
+    """
+
+    async def request_scale_up(
+        self, reason: str, details: dict[str, Any]
+    ) -> bool | ScaleAnswer: ...
 
 
 class LoggingScaleRequester:
@@ -240,10 +258,12 @@ class AgentRecovery:
             actions.append(f"timed out {len(ended)} overdue run(s)")
         scaled = None
         if requeued or orphans or failed.details.get("loop_lag_ms", 0) > self.check.max_loop_lag_ms:
-            scaled = await self.scaler.request_scale_up(
+            answer = await self.scaler.request_scale_up(
                 "agent_responsiveness", {"requeued": len(requeued) + len(orphans)}
             )
-            actions.append("requested an emergency scale-up")
+            scaled = bool(answer)
+            why = f" ({answer.reason})" if isinstance(answer, ScaleAnswer) else ""
+            actions.append(f"requested an emergency scale-up{why}")
         if requeued or orphans or ended:
             log.warning("health.runs_recovered", requeued=requeued, orphans=orphans, ended=ended)
         return _result(

@@ -16,6 +16,8 @@ from typing import Literal, Protocol
 
 __all__ = [
     "Decision",
+    "EmergencyFloor",
+    "EmergencyGrant",
     "FactorValue",
     "Observation",
     "Policy",
@@ -49,6 +51,7 @@ class Observation:
     requests_per_s: float | None = None  # (ditto, and the guide's HPA pods metric)
     memory_bytes: float | None = None  # (the guide's pressure score compares THIS with 0.8)
     provider_failing: bool = False  # a model provider's breaker is open
+    floor: int | None = None  # an emergency scale-up's count, held (see EmergencyFloor)
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,6 +208,108 @@ class StabilizationWindow:
         if not self._items:
             raise ValueError("empty stabilization window")
         return min(r for _, r in self._items)
+
+
+@dataclass(frozen=True, slots=True)
+class EmergencyGrant:
+    """The answer to one emergency request: the count to set now, or why nothing is set."""
+
+    at: float
+    current: int
+    desired: int
+    accepted: bool
+    reason: str  # one sentence a person reads (without the "health monitor: …" prefix)
+    until: float | None  # the raised floor is held until then (accepted grants only)
+    factors: dict[str, FactorValue]
+
+
+class EmergencyFloor:
+    """The health monitor's emergency scale-ups: bounded, one step, rate-limited, then held.
+
+    Why a floor and not a one-off write: the policy's next tick sees the same queue that made the
+    monitor ask and would undo the change at once (the pods it added are not serving yet).  So an
+    applied grant becomes a floor the policy honours (``Observation.floor``) for the scale-down
+    stabilization window (at least the cooldown: a change sooner would break the cooldown's
+    "minimum time between changes"), after which the policy's own windows take over.
+
+    Why a step and not max: the monitor knows the pool is behind, not by how much; the step is
+    the policy's own (its old-backlog boost, at most ``max_scale_up_step``), and a pool still
+    behind a cooldown later gets another.  Requests within ``cooldown_s`` of the last applied
+    one do not stack: the monitor asks every tick while failing, and pods take a while to start.
+
+    Pure: ``now`` comes with each call; :meth:`commit` is called only once the count was set, so a
+    refused write (an HPA, an API error) leaves neither a floor nor a cooldown behind.
+    """
+
+    __slots__ = ("_floor", "_last_at", "_until", "config")
+
+    def __init__(self, config: ScalerConfig) -> None:
+        config.validate()
+        self.config = config
+        self._floor: int | None = None
+        self._until: float | None = None
+        self._last_at: float | None = None
+
+    @property
+    def hold_s(self) -> float:
+        """How long an applied emergency count is held against the policy's scale-downs."""
+        return max(self.config.scale_down_stabilization_s, self.config.cooldown_s)
+
+    def request(
+        self, at: float, current: int, step: int, *, provider_failing: bool = False
+    ) -> EmergencyGrant:
+        """What an emergency request at ``at`` may do to a pool of ``current`` replicas.
+
+        ``step`` is the policy's own scale-up step for the pool's load; it is bounded to
+        ``1..max_scale_up_step`` and the result to ``min_replicas..max_replicas``.
+        """
+        cfg = self.config
+        since = None if self._last_at is None else at - self._last_at
+        factors: dict[str, FactorValue] = {
+            "emergency": True,
+            "replicas": current,
+            "step_wanted": step,
+            "max_scale_up_step": cfg.max_scale_up_step,
+            "min_replicas": cfg.min_replicas,
+            "max_replicas": cfg.max_replicas,
+            "cooldown_s": cfg.cooldown_s,
+            "seconds_since_emergency": since,
+            "floor_in_force": self.floor(at),
+            "provider_failing": provider_failing,
+        }
+
+        def refuse(why: str) -> EmergencyGrant:
+            return EmergencyGrant(at, current, current, False, why, None, factors)
+
+        if since is not None and since < cfg.cooldown_s:
+            return refuse(
+                f"not scaled: an emergency scale-up to {self._floor} was made {since:g} s ago, "
+                f"and requests within the {cfg.cooldown_s:g} s cooldown do not stack"
+            )
+        if provider_failing:
+            return refuse(
+                "not scaled: a model provider is failing, and more pods cannot serve a backlog "
+                "the model cannot"
+            )
+        if current >= cfg.max_replicas:
+            return refuse(f"not scaled: already at the maximum of {cfg.max_replicas} replicas")
+        bounded_step = clamp(step, 1, cfg.max_scale_up_step)
+        desired = clamp(current + bounded_step, cfg.min_replicas, cfg.max_replicas)
+        factors.update(step=bounded_step, desired=desired, hold_s=self.hold_s)
+        why = f"scale up {current}→{desired} (+{desired - current}), held for {self.hold_s:g} s"
+        return EmergencyGrant(at, current, desired, True, why, at + self.hold_s, factors)
+
+    def commit(self, grant: EmergencyGrant) -> None:
+        """The grant's count was set: hold it as the floor, and start the cooldown."""
+        if not grant.accepted or grant.until is None:
+            raise ValueError("only an accepted grant can be committed")
+        self._floor, self._until, self._last_at = grant.desired, grant.until, grant.at
+
+    def floor(self, at: float) -> int | None:
+        """The count the policy must not go below at ``at``; None once the hold is over."""
+        if self._floor is None or self._until is None or at >= self._until:
+            return None
+        return self._floor
 
 
 def make_policy(name: PolicyName, config: ScalerConfig) -> Policy:

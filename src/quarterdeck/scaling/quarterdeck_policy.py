@@ -12,7 +12,9 @@ the guide's policies lack:
   business, and more workers only push harder on an overloaded upstream);
 * a missing ``queued``/``running`` metric holds the pool as it is instead of reading as zero.
 
-CPU and memory only guard: above the guard, the pool never shrinks.
+CPU and memory only guard: above the guard, the pool never shrinks.  An emergency scale-up the
+health monitor asked for (``Observation.floor``, see ``policy.EmergencyFloor``) is a floor the
+stabilized count never goes below while it holds.
 
 The defaults (``ScalerConfig``), and why (issue 19, measured with ``quarterdeck scaler
 simulate`` on the sample days):
@@ -46,7 +48,16 @@ from quarterdeck.scaling.policy import (
     within_tolerance,
 )
 
-__all__ = ["QuarterdeckPolicy"]
+__all__ = ["QuarterdeckPolicy", "backlog_step"]
+
+
+def backlog_step(arrivals_per_s: float | None, cfg: ScalerConfig) -> int:
+    """Workers to add when the pool is not keeping up: one, or as many as the runs arriving
+    during one more backlog age need.  The old-backlog rule's step, and the emergency's."""
+    if arrivals_per_s is None or arrivals_per_s <= 0:
+        return 1
+    per_worker = cfg.concurrency_per_worker * cfg.target_utilization
+    return max(1, math.ceil(arrivals_per_s * cfg.max_backlog_age_s / per_worker))
 
 
 class QuarterdeckPolicy:
@@ -111,11 +122,7 @@ class QuarterdeckPolicy:
         )
         backlog_floor: int | None = None
         if backlog_old and not starting:
-            extra = 1
-            if obs.arrivals_per_s is not None and obs.arrivals_per_s > 0:
-                # The runs that arrive during one more backlog age need workers of their own.
-                extra = max(1, math.ceil(obs.arrivals_per_s * cfg.max_backlog_age_s / per_worker))
-            backlog_floor = current + extra
+            backlog_floor = current + backlog_step(obs.arrivals_per_s, cfg)
         factors.update(
             backlog_old=backlog_old,
             pods_starting=starting,
@@ -152,7 +159,19 @@ class QuarterdeckPolicy:
             stabilized = up_bound
         if stabilized > down_bound:
             stabilized = down_bound
-        factors.update(window_up_min=up_bound, window_down_max=down_bound, stabilized=stabilized)
+        # An emergency scale-up's count is held for its window (policy.EmergencyFloor); it is
+        # kept out of the windows, so the policy's own history resumes the moment it lapses.
+        floor = None if obs.floor is None else min(obs.floor, cfg.max_replicas)
+        held = floor is not None and stabilized < floor
+        if floor is not None and held:
+            stabilized = floor
+        factors.update(
+            window_up_min=up_bound,
+            window_down_max=down_bound,
+            emergency_floor=floor,
+            emergency_floor_held=held,
+            stabilized=stabilized,
+        )
 
         # 6. Guards, cooldown, step, bounds.
         cpu_hot = obs.cpu_ratio is not None and obs.cpu_ratio > cfg.cpu_guard
@@ -171,7 +190,9 @@ class QuarterdeckPolicy:
             desired = clamp(current, cfg.min_replicas, cfg.max_replicas)
             factors["step_limited"] = False
             return self._decision(obs, desired, reverse, factors)
-        desired, why = self._settle(obs, recommendation, stabilized, cpu_hot, mem_hot, cooling)
+        desired, why = self._settle(
+            obs, recommendation, stabilized, cpu_hot, mem_hot, cooling, held=held
+        )
         factors["step_limited"] = stabilized > current + cfg.max_scale_up_step and desired > current
         return self._decision(obs, desired, why, factors)
 
@@ -183,11 +204,18 @@ class QuarterdeckPolicy:
         cpu_hot: bool,
         mem_hot: bool,
         cooling: bool,
+        *,
+        held: bool = False,
     ) -> tuple[int, str]:
         """Apply guards, cooldown, step limit and bounds to the stabilized count; say why."""
         cfg = self.config
         current = obs.replicas
         bounded = clamp(current, cfg.min_replicas, cfg.max_replicas)
+        if held and stabilized == current:
+            return bounded, (
+                f"hold at {current}: the health monitor's emergency scale-up is held for its "
+                f"window (the need is {recommendation})."
+            )
         if stabilized < current and (cpu_hot or mem_hot):
             hot = "CPU" if cpu_hot else "memory"
             return bounded, f"hold at {current}: {hot} is above its guard, so never scale down."

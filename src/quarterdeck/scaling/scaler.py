@@ -15,10 +15,16 @@ Why every decision is stored, holds and failures included: the table is how a pe
 later why the pool was the size it was. An action that fails (the Kubernetes API refused, an
 HPA owns the Deployment) is a row with ``error`` set and ``applied`` null, never a crash of the
 loop: the next tick tries again.
+
+Why the health monitor's emergency scale-up goes through here (:meth:`Scaler.emergency_scale_up`,
+asked by ``scaling/emergency.py``): the count keeps one writer, the leader, by its own path and
+refusals, under the same lock as its ticks, and the step is held against its next ticks.
 """
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -30,6 +36,7 @@ import structlog
 from quarterdeck.exceptions import ScalingConflict, ScalingError
 from quarterdeck.health.leader import Elector
 from quarterdeck.health.loop import LeaderLoop
+from quarterdeck.health.recovery import ScaleAnswer
 from quarterdeck.kit.clock import utcnow
 from quarterdeck.scaling import repository as repo
 from quarterdeck.scaling.gauges import CURRENT, DECISIONS, DESIRED, ERRORS
@@ -38,13 +45,16 @@ from quarterdeck.scaling.models import DecisionRecord, ScalerMode
 from quarterdeck.scaling.observe import Observer
 from quarterdeck.scaling.policy import (
     Decision,
+    EmergencyFloor,
     FactorValue,
+    Observation,
     Policy,
     PolicyName,
     ScalerConfig,
     clamp,
     make_policy,
 )
+from quarterdeck.scaling.quarterdeck_policy import backlog_step
 from quarterdeck.store.pool import Database
 
 log = structlog.get_logger(__name__)
@@ -120,6 +130,8 @@ class Scaler(LeaderLoop):
         self.retention_s = retention_s
         self.clock, self.monotonic = clock, monotonic
         self._policy: Policy | None = None  # None while not leading
+        self._emergency: EmergencyFloor | None = None  # the health monitor's, while leading
+        self._acting = asyncio.Lock()  # a tick and an emergency never interleave
         self._current: int | None = None  # last known replicas (virtual count off kubernetes)
         self._owner_checked = False
         self._last_purge: float | None = None
@@ -144,14 +156,15 @@ class Scaler(LeaderLoop):
                 log.info("scaler.leadership_lost", target=self.target_name)
                 self._step_down()
             return None
-        if self._policy is None:
-            await self._step_up()
-        at = self.monotonic()
-        if self.target is not None:
-            outcome = await self._tick_kubernetes(at, self.target)
-        else:
-            outcome = await self._tick_virtual(at)
-        record = await self._record(outcome)
+        async with self._acting:
+            if self._policy is None:
+                await self._step_up()
+            at = self.monotonic()
+            if self.target is not None:
+                outcome = await self._tick_kubernetes(at, self.target)
+            else:
+                outcome = await self._tick_virtual(at)
+            record = await self._record(outcome)
         await self._purge_if_due()
         return record
 
@@ -164,13 +177,14 @@ class Scaler(LeaderLoop):
             seed = int(last["desired"]) if last is not None else self.config.min_replicas
             self._current = clamp(seed, self.config.min_replicas, self.config.max_replicas)
         self._policy = make_policy(self.policy_name, self.config)
+        self._emergency = EmergencyFloor(self.config)
         self.observer.reset()
         self._owner_checked = False
         log.info("scaler.leadership_gained", target=self.target_name, current=self._current)
 
     def _step_down(self) -> None:
         """Forget the policy and stop exporting the replica gauges (a follower exports none)."""
-        self._policy = None
+        self._policy = self._emergency = None
         DESIRED.clear()
         CURRENT.clear()
 
@@ -179,7 +193,7 @@ class Scaler(LeaderLoop):
         """``metric``/``dry-run``: decide on the last desired count; only metric exports it."""
         assert self._policy is not None and self._current is not None
         obs = await self.observer.observe(at, replicas=self._current)
-        outcome = _Outcome.of(self._policy.decide(obs))
+        outcome = self._decide(obs)
         self._current = outcome.desired  # what KEDA is told (metric) or would be (dry-run)
         CURRENT.set(outcome.current)
         if self.mode == "metric":
@@ -202,7 +216,7 @@ class Scaler(LeaderLoop):
             if refused is not None:
                 return refused
         obs = await self.observer.observe(at, replicas=state.replicas, ready=state.ready)
-        outcome = _Outcome.of(self._policy.decide(obs))
+        outcome = self._decide(obs)
         DESIRED.set(outcome.desired)
         if outcome.direction == "hold":
             return outcome
@@ -223,6 +237,85 @@ class Scaler(LeaderLoop):
         self._current = outcome.desired
         return outcome
 
+    def _decide(self, obs: Observation) -> _Outcome:
+        """The policy's decision, honouring an emergency scale-up's floor while it holds.
+
+        Quarterdeck's policy takes the floor as an input; the guide's two policies are kept as
+        the guide wrote them and know none, so their answer is lifted to it here.
+        """
+        assert self._policy is not None and self._emergency is not None
+        floor = self._emergency.floor(obs.at)
+        outcome = _Outcome.of(self._policy.decide(dataclasses.replace(obs, floor=floor)))
+        if floor is not None and outcome.desired < min(floor, self.config.max_replicas):
+            wanted, outcome.desired = outcome.desired, min(floor, self.config.max_replicas)
+            outcome.factors["emergency_floor"] = outcome.desired
+            outcome.reason = f"hold at {outcome.current}" if outcome.direction == "hold" else ""
+            outcome.reason = outcome.reason or f"scale {outcome.current}→{outcome.desired}"
+            outcome.reason += ": the health monitor's emergency scale-up is held for its window "
+            outcome.reason += f"(the policy wanted {wanted})."
+        return outcome
+
+    # -- the health monitor's emergency scale-up (scaling/emergency.py asks) ----------------------
+    async def emergency_scale_up(self, why: str) -> ScaleAnswer:
+        """One bounded step up now, held against the next ticks (see :class:`EmergencyFloor`).
+
+        Only a leader that acts does it: ``dry-run`` only records, and a follower is not the one
+        writer of the count. A leader stores each request it answers as a decision whose reason
+        starts ``health monitor: <why>:``.
+        """
+        if not self.elector.is_leader:
+            return ScaleAnswer(False, "not scaled: this process does not lead the scaler")
+        async with self._acting:
+            if self._policy is None:
+                await self._step_up()
+            known = self._current if self._current is not None else 0
+            if self.mode == "dry-run":
+                note = "not scaled: the scaler is in dry-run mode (it recommends, never acts)"
+                outcome = _Outcome(known, known, note, {"emergency": True})
+            else:
+                outcome = await self._emergency_step(self.monotonic(), known)
+            text = outcome.reason
+            outcome.reason = f"health monitor: {why}: {text}."
+            await self._record(outcome)
+        if outcome.error is not None:
+            return ScaleAnswer(False, f"{text}: {outcome.error}")
+        return ScaleAnswer(outcome.direction == "up", text)
+
+    async def _emergency_step(self, at: float, known: int) -> _Outcome:
+        """Read (and, on Kubernetes, check no HPA owns the target: always, being off the ticks'
+        path), take the policy's own step for the load, bounded and rate-limited, and act."""
+        assert self._emergency is not None
+        target, ready = self.target, None
+        if target is not None:
+            try:
+                state = await target.read()
+                known, ready, self._current = state.replicas, state.ready, state.replicas
+                await target.check_owner()
+            except (ScalingConflict, ScalingError) as exc:
+                conflict = isinstance(exc, ScalingConflict)
+                self._owner_checked = self._owner_checked and not conflict
+                why = "another autoscaler owns the target" if conflict else "the target failed"
+                return self._failed(known, f"not scaled: {why}", exc, hold=False)
+        obs = await self.observer.observe(at, replicas=known, ready=ready)
+        step = backlog_step(obs.arrivals_per_s, self.config)
+        failing = obs.provider_failing and bool(obs.queued)
+        grant = self._emergency.request(at, known, step, provider_failing=failing)
+        factors = {**grant.factors, "queued": obs.queued, "running": obs.running}
+        outcome = _Outcome(known, grant.desired, grant.reason, factors)
+        if not grant.accepted:
+            return outcome
+        if target is not None:  # metric mode: the exported desired count is the action
+            try:
+                await target.write(grant.desired)
+            except ScalingError as exc:
+                outcome.reason = f"not scaled: writing {grant.desired} replicas failed"
+                return self._with_error(outcome, exc)
+            outcome.applied = grant.desired
+        self._emergency.commit(grant)
+        self._current = grant.desired
+        DESIRED.set(grant.desired)
+        return outcome
+
     async def _check_owner(self, target: ScaleTarget, current: int) -> _Outcome | None:
         """None when no other autoscaler owns the target; else the refusal to record."""
         try:
@@ -235,12 +328,13 @@ class Scaler(LeaderLoop):
         self._owner_checked = True
         return None
 
-    def _failed(self, current: int, why: str, exc: BaseException) -> _Outcome:
+    def _failed(self, current: int, why: str, exc: BaseException, hold: bool = True) -> _Outcome:
         """A hold that is no decision of the policy: the action could not even be considered."""
         ERRORS.inc()
         detail = _detail(exc)
         log.warning("scaler.failed", target=self.target_name, reason=why, error=detail)
-        return _Outcome(current, current, f"hold at {current}: {why}.", {}, None, detail)
+        reason = f"hold at {current}: {why}." if hold else why
+        return _Outcome(current, current, reason, {}, None, detail)
 
     def _with_error(self, outcome: _Outcome, exc: BaseException) -> _Outcome:
         ERRORS.inc()

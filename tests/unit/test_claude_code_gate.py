@@ -257,6 +257,48 @@ async def test_without_a_gate_everything_is_allowed_but_malformed_input_is_not()
     assert decision(await gs.decide_raw(b"[1, 2]\n"))[0] == "deny"
 
 
+# -- requests not from the hook (any process in the sandbox can reach the socket) -----------------
+async def test_a_forged_request_gets_only_the_answer_the_same_call_would_get(gate: PolicyGate):
+    """Who asks is not known (the hook's every secret is readable by the agent's own commands):
+    so the answer must depend on the call alone, and be recorded as that call's would be."""
+    calls = [
+        ("Bash", {"command": "rm -rf ~"}),
+        ("Bash", {"command": "ls"}),
+        ("Write", {"file_path": f"{WS}/a.py", "content": "1"}),
+        ("mcp__db__drop", {"table": "users"}),
+    ]
+    for i, (tool, tool_input) in enumerate(calls):
+        hooked, forged = server(Guard(gate)), server(Guard(gate))
+        real = await hooked.decide(hook_input(tool, tool_input, f"tu-{i}"))
+        # a forger sends no cwd, another session id, the call's own shape otherwise
+        fake = await forged.decide(
+            {
+                "tool_name": tool,
+                "tool_input": tool_input,
+                "tool_use_id": f"tu-{i}",
+                "session_id": "not-the-cli",
+            }
+        )
+        assert decision(fake) == decision(real)
+        assert forged.decisions == hooked.decisions and forged.refusals == hooked.refusals
+
+
+async def test_a_second_request_for_a_call_is_refused_and_changes_nothing(gate: PolicyGate):
+    gs = server(Guard(gate))  # audit rows: tests/integration/test_claude_code_hook.py
+    # The real call was allowed and runs; a command it started asks under the same id for a
+    # call the gate refuses (that would mark it refused, and keep its outcome out of the audit).
+    assert decision(await gs.decide(hook_input("Bash", {"command": "ls"}, "tu-1")))[0] == "allow"
+    before = (dict(gs.decisions), dict(gs.refusals))
+    verdict, reason = decision(await gs.decide(hook_input("Bash", {"command": "rm -rf ~"}, "tu-1")))
+    assert verdict == "deny" and "already asked about tu-1" in reason
+    assert (gs.decisions, gs.refusals) == before
+    assert gs.contested == {"tu-1"} and gs.asked == {"tu-1"}
+    # A forger that asks first (allowed) leaves the real call a duplicate: it does not run.
+    assert decision(await gs.decide(hook_input("Bash", {"command": "ls"}, "tu-2")))[0] == "allow"
+    assert decision(await gs.decide(hook_input("Bash", {"command": "cat x"}, "tu-2")))[0] == "deny"
+    assert gs.contested == {"tu-1", "tu-2"} and "tu-2" not in gs.refusals
+
+
 # -- the socket and the hook script -----------------------------------------------------------
 @pytest.fixture
 def sockdir() -> Iterator[Path]:

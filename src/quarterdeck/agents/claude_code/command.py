@@ -21,6 +21,24 @@ The environment holds nothing of the worker's: the gateway's loopback bridge as
 ``ANTHROPIC_BASE_URL``, a token minted for this run only, a private ``HOME`` and
 ``CLAUDE_CONFIG_DIR`` inside the run's state directory, and the switches that keep the CLI from
 calling anywhere else.
+
+``HOME`` and ``CLAUDE_CONFIG_DIR`` are the agent's to write (its Bash runs as the same uid in the
+same sandbox; the state directory rides in the workspace), so nothing the CLI reads from them
+may widen what it does. Measured with CLI 2.1.197 under exactly these flags, on a first attempt
+and on ``--resume``, with all of these planted (tests/integration/test_claude_code_hook.py keeps
+it so): ``settings.json`` in the config dir and ``~/.claude`` (``disableAllHooks``, allow rules,
+``defaultMode: bypassPermissions``, a PreToolUse hook of its own), ``remote-settings.json`` and
+``managed-settings.json``/``managed-settings.d`` there, the workspace's ``.claude/settings*.json``,
+``.claude.json`` (``projects[cwd].allowedTools``, ``hasTrustDialogAccepted``, ``mcpServers``
+global and per project, ``bypassPermissionsModeAccepted``), ``agents/``, ``skills/``,
+``commands/``, and ``permission-mode``/``agent-setting`` entries appended to the session's
+transcript. Every time the gate's hook was still asked, the planted hook never ran, no MCP
+server, agent, skill or command was loaded, and the mode stayed ``dontAsk``. With
+``--setting-sources ""`` the CLI loads settings only from ``--settings`` and the managed path
+(``/etc/claude-code``, read-only in the sandbox); ``.claude.json`` is its state, not its
+permissions. Managed settings are the exception the CLI always reads: see
+:data:`MANAGED_SETTINGS_DIR`. What the agent can change there is its own transcript: what the model remembers,
+never what a call may do (every call still passes the hook).
 """
 
 from __future__ import annotations
@@ -41,6 +59,12 @@ INSIDE_DIR = "/run/agent"
 sandbox's own: its bridge sockets)."""
 HOOK_PATH = f"{INSIDE_DIR}/hook.py"
 GATE_SOCKET = f"{INSIDE_DIR}/gate.sock"
+MANAGED_SETTINGS_DIR = "/etc/claude-code"
+"""Where the CLI reads managed (policy) settings on Linux, whatever ``--setting-sources`` says;
+they can turn hooks off (``disableAllHooks``, ``allowManagedHooksOnly``). The runner binds an
+empty directory there read-only: in the not-root sandbox the agent owns the tmpfs ``/etc`` and
+could otherwise create it (2.1.197 reads it only at start, so a later attempt would see it if
+the sandbox's ``/etc`` ever outlived one)."""
 _NAMESPACE = uuid.UUID("6f1d1b4e-6c3e-4f0e-9a57-0d7b6b1e2c41")
 RESUME_PROMPT = (
     "Quarterdeck resumed this run on another worker after the previous one stopped. Check the "

@@ -19,6 +19,36 @@ answer carries the reason to Claude and to the audit log.
 Protocol: one line of JSON in (the hook input, then the hook half-closes), one line of JSON out
 (the hook output), close. Connections are served concurrently: a call held for an operator's
 approval does not hold up a subagent's calls.
+
+Who may ask: the socket is bound writable into the sandbox, so not only the hook but any process
+there (the agent's own Bash commands, same uid) can connect. The hook cannot be told apart: all
+it is given (its command line in ``--settings``, its environment, any file it can read) every
+process of that uid in the sandbox can read too (``/proc/<pid>/cmdline``). So instead every
+request is treated as possibly forged, and the gate holds these properties:
+
+- *An answer is only an answer.* ``allow`` to a forged request runs nothing: a tool runs only
+  when the CLI's own hook got ``allow`` for that call. A forger learns what the policy says of
+  a call, which it could learn by making the call.
+- *Records are what a real call would leave.* A forged request for a fresh ``tool_use_id`` goes
+  through the same ``admit`` as a real call (intent, anomaly, approval request, refusal row),
+  attributed to this run -- exactly what the agent could cause by having the CLI make that call.
+  :attr:`GateServer.asked` keeps every id; the runner records the ids that never produced a
+  tool result in the stream as ``gate_unanswered`` (forged, or cut off by the attempt's end).
+- *One decision per call.* A second request for a ``tool_use_id`` already asked in this attempt
+  is denied without touching any state (no audit row, no approval, no change to
+  :attr:`decisions` or :attr:`refusals`) and the id is marked :attr:`contested`. Otherwise a
+  command could, while it runs, send a refused request under its own id (it is in the transcript,
+  which the agent can read) and so keep its real ``tool.call`` out of the audit trail (the
+  runner does not audit refused calls twice), or relabel its policy record. A contested call's
+  outcome is always audited by the runner, flagged ``gate_contested``. If a forger asks first,
+  the real call is the duplicate and does not run: racing the hook only ever stops a call.
+- *An approval is for the call it shows.* Approvals are keyed by ``(run, tool_use_id)`` (so a
+  resumed call waits on its first request), so an approval opened by a forged request with a
+  harmless-looking input would otherwise be the one a real call under that id waits on: the
+  operator approves what they see, and something else runs. An approved call runs only when the
+  approval's tool and input are exactly the call's (rule ``gate.approval-mismatch`` otherwise).
+- Nothing here touches the budget: model spend is metered and reserved by the gateway, on the
+  attempt's own token, whatever the gate is asked.
 """
 
 from __future__ import annotations
@@ -65,6 +95,12 @@ def answer(decision: str, reason: str) -> dict[str, Any]:
     }
 
 
+def _canonical(value: Any) -> str:
+    """A JSON document's text, independent of key order (an approval's input comes back from
+    Postgres ``jsonb``, whose key order is its own)."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+
+
 def _record(reason: str, action: Action = "allow", rule_id: str | None = None) -> dict[str, Any]:
     """A policy record in the gate's own shape, for decisions not made by its rules; put on
     the call's ``execute_tool`` span like the rules' own (``admit`` does that for them)."""
@@ -80,8 +116,9 @@ class GateServer(UnixServer):
     ``answer_timeout_s``: refuse (and audit) a call not decided by then, e.g. an approval
     nobody acts on; set it below the hook's timeout so the refusal is ours, with its reason.
 
-    :attr:`decisions` holds the policy record of every call decided, by ``tool_use_id``: the
-    runner audits an admitted call's outcome with it. :attr:`refusals` holds, for every call
+    :attr:`decisions` holds the policy record of every call decided, by ``tool_use_id`` (the
+    first request for an id decides; see the module doc): the runner audits an admitted call's
+    outcome with it. :attr:`refusals` holds, for every call
     refused here, the message Claude got: those calls are audited already, and never ran (test
     membership there, not the record's ``action``: a rejected approval is ``require_approval``,
     a call whose intent could not be recorded ``allow``).
@@ -104,6 +141,10 @@ class GateServer(UnixServer):
         self.answer_timeout_s = answer_timeout_s
         self.decisions: dict[str, dict[str, Any]] = {}
         self.refusals: dict[str, str] = {}
+        self.asked: set[str] = set()
+        """Every ``tool_use_id`` asked about in this attempt (the first request decides)."""
+        self.contested: set[str] = set()
+        """Ids asked about more than once: the CLI asks once per call, so one was not its hook."""
         self.trace_context = otel_context.get_current()
         """Made by the runner inside the attempt's span: each tool call's span is its child."""
 
@@ -180,6 +221,16 @@ class GateServer(UnixServer):
             return await self._malformed(hook_input, "tool_input is not an object")
         if not isinstance(tool_use_id, str) or not tool_use_id:
             return await self._malformed(hook_input, "tool_use_id is missing")
+        if tool_use_id in self.asked:  # not the CLI's hook, or a forger that asked first
+            self.contested.add(tool_use_id)
+            log.warning(
+                "claude_code.gate_duplicate_request",
+                run_id=self.run.id,
+                tool=tool,
+                tool_use_id=tool_use_id,
+            )
+            return answer("deny", f"not run: the policy gate was already asked about {tool_use_id}")
+        self.asked.add(tool_use_id)
         cwd = hook_input.get("cwd")
         cwd = cwd if isinstance(cwd, str) and cwd.startswith("/") else str(self.workspace)
         judged = to_gate(tool, tool_input, cwd=cwd)
@@ -220,9 +271,36 @@ class GateServer(UnixServer):
                 _record(str(exc), "deny", "gate.internal-error"),
                 f"not run: the policy gate failed ({str(exc) or type(exc).__name__})",
             )
+        if admission.allowed and not await self._approval_matches(tool, tool_input, admission):
+            return self._refused(
+                tool,
+                tool_input,
+                tool_use_id,
+                _record(
+                    "the operator's approval under this call's id was given for another call",
+                    "deny",
+                    "gate.approval-mismatch",
+                ),
+                "not run: the approval found for this call was given for a different call",
+            )
         if admission.allowed:
             return self._admitted(tool_use_id, admission.policy)
         return self._refused_by(tool, tool_use_id, admission)
+
+    async def _approval_matches(
+        self, tool: str, tool_input: dict[str, Any], admission: Admission
+    ) -> bool:
+        """True unless the call was admitted on an approval shown with another tool or input
+        (one opened under this ``tool_use_id`` by a forged request, or an earlier attempt)."""
+        approval = admission.policy.get("approval")
+        if not isinstance(approval, dict) or self.guard is None or self.guard.approvals is None:
+            return True
+        try:
+            shown = await self.guard.approvals.get(str(approval.get("id")), None)
+        except Exception as exc:  # not shown to match: fail closed
+            log.warning("claude_code.approval_unchecked", run_id=self.run.id, error=str(exc))
+            return False
+        return shown.tool == tool and _canonical(shown.input) == _canonical(tool_input)
 
     # -- outcomes ----------------------------------------------------------------------------
     def _admitted(self, tool_use_id: str, record: dict[str, Any]) -> dict[str, Any]:

@@ -19,6 +19,12 @@ for agent types with ``runner: claude-code``. Per attempt it
    gateway's metering (the CLI's own ``total_cost_usd`` is kept beside it; a mismatch is an
    event).
 
+What the agent can write and reach (its HOME and config dir, the gate's socket) cannot widen
+what it may do: see ``command.py`` and ``gate.py``. The runner's share: it binds an empty
+read-only ``/etc/claude-code`` (no managed settings can be planted), audits a contested call's
+outcome whatever the gate recorded, and records gate requests that never became a tool result
+(``gate_unanswered``).
+
 Cancellation (a cancel request, or a draining worker releasing the run) kills the CLI's whole
 process group at once; a drain also checkpoints the workspace first so the run resumes
 elsewhere without losing a completed tool call.
@@ -125,6 +131,8 @@ class ClaudeCodeAgent:
         self.state = Path()
         self.session = ""
         self.captured = 0
+        self.results: set[str] = set()
+        """The ``tool_use_id`` of every tool result the CLI printed in this attempt."""
         """The last workspace capture's number: one per checkpoint, never reused (several tool
         results can arrive in one turn, and the transcript changes with each)."""
 
@@ -200,10 +208,13 @@ class ClaudeCodeAgent:
         sockets: Path,
     ) -> Outcome:
         cli = self.config.cli
+        sealed = sockets / "managed"  # empty: no managed settings the agent could plant
+        sealed.mkdir(mode=0o755, exist_ok=True)
         mounts = [
             Mount(cli.parent.parent, str(cli.parent.parent)),  # the npm package (binary + vendor)
             Mount(HOOK_PATH, command.HOOK_PATH),
             Mount(sockets / "gate.sock", command.GATE_SOCKET, writable=True),
+            Mount(sealed, command.MANAGED_SETTINGS_DIR),
         ]
         bridges = [Bridge(command.GATEWAY_PORT, sockets / "gateway.sock")]
         limits = SandboxLimits(
@@ -263,6 +274,7 @@ class ClaudeCodeAgent:
                 await proc.kill()
             returncode = await proc.wait()
             stderr = proc.stderr_tail()
+        await self._unanswered(run, gate)
         metered = await self._metered(run, seen)
         if timed_out:
             return Outcome(
@@ -324,6 +336,7 @@ class ClaudeCodeAgent:
                     await self._events(run, [event])
             elif kind == "user":
                 calls = seen.tool_results(msg)
+                self.results.update(c["tool_use_id"] for c in calls)
                 if calls:
                     events: list[tuple[str, int | None, dict[str, Any]]] = [
                         ("tool_call", seen.turns, self._audited(run, c, gate)) for c in calls
@@ -353,10 +366,25 @@ class ClaudeCodeAgent:
         decision = gate.decisions.get(call["tool_use_id"])
         if decision is not None:
             call["policy"] = decision
-        refused = call["tool_use_id"] in gate.refusals  # denied, rejected, expired, unrecorded
+        # Denied, rejected, expired, unrecorded: audited by the gate. A contested id (asked
+        # twice, so once not by the CLI's hook) is audited here whatever the gate recorded.
+        refused = call["tool_use_id"] in gate.refusals
+        if call["tool_use_id"] in gate.contested:
+            call["gate_contested"] = True
+            refused = False
         if self.guard is not None and self.guard.trail is not None and not refused:
             self.guard.trail.tool_call(run, dict(call))
         return call
+
+    async def _unanswered(self, run: Run, gate: GateServer) -> None:
+        """Gate requests whose call never produced a tool result: asked by something other than
+        the CLI's hook (any process in the sandbox can reach the socket; see ``gate.py``), or
+        cut off when the CLI stopped. Recorded, so such records are attributed."""
+        unanswered = sorted(gate.asked - self.results)
+        if unanswered or gate.contested:
+            data = {"tool_use_ids": unanswered[:100], "contested": sorted(gate.contested)[:100]}
+            log.warning("claude_code.gate_unanswered", run_id=run.id, **data)
+            await self._events(run, [("gate_unanswered", None, data)])
 
     async def _events(self, run: Run, events: list[tuple[str, int | None, dict[str, Any]]]) -> None:
         await self.store.append_events(run.id, events, epoch=run.attempts)

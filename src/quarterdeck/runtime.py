@@ -23,12 +23,9 @@ from quarterdeck.approvals.service import ApprovalService
 from quarterdeck.budgets.holds import BudgetHolds
 from quarterdeck.budgets.service import BudgetService
 from quarterdeck.config import Settings
-from quarterdeck.gateway.api import build_gateway
-from quarterdeck.gateway.inspect import Inspector
-from quarterdeck.gateway.prices import GatewayPrices
 from quarterdeck.gateway.reads import GatewayCalls
-from quarterdeck.gateway.recorder import CallRecorder
 from quarterdeck.gateway.service import Gateway
+from quarterdeck.gateway.wiring import start_gateway
 from quarterdeck.health import HealthMonitor
 from quarterdeck.health.electors import build_elector
 from quarterdeck.health.leader import HEALTH_MONITOR_KEY, Elector
@@ -36,8 +33,8 @@ from quarterdeck.health.maintenance import MaintenanceService
 from quarterdeck.incidents import IncidentService, build_incident_service
 from quarterdeck.incidents.anomalies import AnomalySink
 from quarterdeck.kit.wiring import Services
-from quarterdeck.providers.factory import build_provider
-from quarterdeck.providers.pricing import PriceTable, Pricing
+from quarterdeck.providers.factory import build_pricing, build_provider, configure_metric_labels
+from quarterdeck.providers.pricing import Pricing
 from quarterdeck.providers.types import Provider
 from quarterdeck.reports.schedule import ReportScheduler
 from quarterdeck.reports.service import ReportService
@@ -54,6 +51,7 @@ from quarterdeck.rollouts.service import RolloutService
 from quarterdeck.rollouts.wiring import build_rollouts
 from quarterdeck.runs.events import RunEventHub
 from quarterdeck.runs.executor import ExecutorConfig, RunExecutor
+from quarterdeck.runs.gauges import mirror_gauges
 from quarterdeck.runs.insights import RunInsights
 from quarterdeck.runs.service import RunService
 from quarterdeck.runs.store import PostgresRunStore
@@ -72,32 +70,10 @@ from quarterdeck.store import migrations
 from quarterdeck.store.pool import Database
 from quarterdeck.tenants.maintenance import Maintenance
 from quarterdeck.tenants.service import TenantData
+from quarterdeck.tenants.wiring import build_tenant_data
 from quarterdeck.tracing.setup import TracingHandle, configure_tracing, instrument_asyncpg
 
 log = structlog.get_logger(__name__)
-
-
-def build_pricing(settings: Settings) -> Pricing:
-    """The price table with its fallback: what runs and gateway calls alike are priced by."""
-    table = PriceTable.load(settings.pricing_overrides or None)
-    return Pricing(table, settings.unknown_model_price)
-
-
-def configure_metric_labels(settings: Settings, pricing: Pricing) -> None:
-    """Bound the user-given label values (operation, model, project) for this process."""
-    models = {*pricing.models, *settings.metric_models, settings.model}
-    for primary, chain in settings.model_fallbacks.items():
-        models.update([primary, *chain])
-    for primary, chain in settings.context_fallbacks.items():
-        models.update([primary, *chain])
-    metrics.configure_labels(
-        metrics.LabelBounds(
-            operations=settings.metric_operations,
-            projects=settings.metric_projects,
-            models=models,
-            resolve_model=pricing.table.resolve,
-        )
-    )
 
 
 @dataclass
@@ -220,14 +196,39 @@ class Runtime:
             lifetime=timedelta(seconds=self.settings.ui_session_lifetime),
             secure_cookies=self.settings.env == "production" if secure is None else secure,
         )
-        self._start_maintenance()
+        self.tenant_data, self.maintenance = build_tenant_data(
+            self.settings,
+            self.db,
+            self.run_store,
+            self.audit,
+            auth=self.auth,
+            incidents=self.incidents,
+        )
+        if self.maintenance is not None:
+            self._tasks.append(asyncio.create_task(self.maintenance.run()))
         self.breakers = self._build_breakers()
         gate = PolicyGate.from_settings(self.settings)
         self.gateway_calls = GatewayCalls(self.db)
         if self.with_api and self.settings.gateway_enabled:
-            await self._start_gateway(gate)
+            self.gateway, closers = await start_gateway(
+                self.settings,
+                self.db,
+                pricing=self.pricing,
+                holds=self.holds,
+                gate=gate,
+                trail=self.trail,
+                anomalies=self.anomalies,
+                breakers=self.breakers,
+            )
+            self._closers.extend(closers)
         metrics.BUILD_INFO.labels(version=_version(), provider=self.settings.provider_name).set(1)
-        self._tasks.append(asyncio.create_task(self._collect_gauges()))
+        self._tasks.append(
+            asyncio.create_task(
+                mirror_gauges(
+                    self.run_store, self.budgets, self.holds, self.settings.default_agent_type
+                )
+            )
+        )
         if self.with_workers:
             self.provider = build_provider(self.settings)
             config = ExecutorConfig(
@@ -304,31 +305,6 @@ class Runtime:
             self._tasks.append(asyncio.create_task(scheduler.run()))
         metrics.READY.set(1)
 
-    def _start_maintenance(self) -> None:
-        """Tenant erasure and retention, and the scheduled purges and audit verification
-        (every process runs the loop; an advisory lock lets one run each task)."""
-        s = self.settings
-        self.tenant_data = TenantData(
-            self.db,
-            self.run_store,
-            self.audit,
-            s.data_dir,
-            auth=self.auth,
-            default_retention_s=s.run_retention_days * 86_400.0,
-            erase_wait_s=s.tenant_erase_wait,
-        )
-        if s.maintenance_enabled:
-            self.maintenance = Maintenance(
-                self.db,
-                self.tenant_data,
-                self.audit,
-                incidents=self.incidents,
-                run_purge_s=s.run_purge_interval,
-                audit_purge_s=s.audit_purge_interval,
-                audit_verify_s=s.audit_verify_interval,
-            )
-            self._tasks.append(asyncio.create_task(self.maintenance.run()))
-
     def _build_elector(self) -> Elector:
         """The health monitor's leader election: a Postgres advisory lock or a Kubernetes Lease."""
         return build_elector(
@@ -338,27 +314,6 @@ class Runtime:
             lease="quarterdeck-health-monitor",
             role="health_monitor",
         )
-
-    async def _start_gateway(self, gate: PolicyGate) -> None:
-        """The Anthropic-compatible gateway: relay, meter, recorder, budget holds, inspector."""
-        s = self.settings
-        recorder = CallRecorder(self.db)
-        await recorder.start()
-        inspector = Inspector(
-            mode=s.gateway_secrets, gate=gate, trail=self.trail, anomalies=self.anomalies
-        )
-        self.gateway = build_gateway(
-            s,
-            prices=GatewayPrices(self.pricing),
-            recorder=recorder,
-            holds=self.holds,
-            inspector=inspector,
-            breakers=self.breakers,
-            known_models=self.pricing.models,
-        )
-        # Closed in this order after the HTTP server stopped: no new calls, the last anomaly
-        # tasks done, every recorded call written and its hold settled.
-        self._closers.extend([self.gateway.aclose, inspector.drain, recorder.aclose])
 
     def _build_breakers(self) -> Breakers:
         """Circuit breakers, shared through Redis when REDIS_URL is set, for the workers' calls
@@ -412,24 +367,6 @@ class Runtime:
         metrics.configure_labels(None)  # this process's label bounds go with its runtime
         if self.tracing is not None:  # last: the spans of everything above, bounded
             await asyncio.to_thread(self.tracing.shutdown)
-
-    async def _collect_gauges(self) -> None:
-        """Mirror queue depth and run states from Postgres into gauges every 5 s."""
-        while True:
-            with contextlib.suppress(Exception):
-                stats = await self.run_store.stats()
-                per_type, oldest, states = stats.queued, stats.oldest_s, stats.states
-                metrics.QUEUE_LENGTH.clear()
-                for agent_type, n in per_type.items():
-                    metrics.QUEUE_LENGTH.labels(metrics.bounded(agent_type)).set(n)
-                if not per_type:
-                    metrics.QUEUE_LENGTH.labels(self.settings.default_agent_type).set(0)
-                metrics.QUEUE_OLDEST_AGE.set(oldest)
-                for status in ("queued", "running"):
-                    metrics.RUNS_IN_STATE.labels(status).set(states.get(status, 0))
-                await self.budgets.refresh_metrics()
-                await self.holds.purge_expired()  # holds of calls whose process died
-            await asyncio.sleep(5.0)
 
     def register(self, registry: Services) -> None:
         """Offer the started services to the API routes, each under the type routes ask for."""

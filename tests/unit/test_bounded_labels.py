@@ -21,6 +21,7 @@ from quarterdeck.agents.coverage import CoverageResult, record_coverage
 from quarterdeck.agents.planner import project_label
 from quarterdeck.config import load_settings
 from quarterdeck.kit.latency import parse_latency
+from quarterdeck.providers.factory import build_pricing, configure_metric_labels
 from quarterdeck.providers.simulated import SimulatedProvider
 from quarterdeck.resilience import Breakers
 from quarterdeck.resilience.calls import ResilientCaller
@@ -29,7 +30,6 @@ from quarterdeck.runs.memory import InMemoryRunStore
 from quarterdeck.runs.models import RunCreate, RunStatus
 from quarterdeck.runs.service import RunService
 from quarterdeck.runs.worker import WorkerPool
-from quarterdeck.runtime import build_pricing, configure_metric_labels
 from tests.unit.test_worker_logic import Ctx, Plain
 
 pytestmark = pytest.mark.asyncio

@@ -12,9 +12,9 @@ from quarterdeck import metrics
 from quarterdeck.config import load_settings
 from quarterdeck.exceptions import ConfigError
 from quarterdeck.gateway.prices import GatewayPrices
+from quarterdeck.providers.factory import build_pricing, configure_metric_labels
 from quarterdeck.providers.pricing import PriceTable, Pricing, most_expensive
 from quarterdeck.providers.types import Usage
-from quarterdeck.runtime import build_pricing, configure_metric_labels
 
 USAGE = Usage(input_tokens=1_000, output_tokens=500, cache_read_input_tokens=2_000)
 

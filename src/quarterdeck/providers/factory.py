@@ -6,8 +6,10 @@ imports an SDK it does not use, and an import problem in one provider cannot bre
 
 from __future__ import annotations
 
+from quarterdeck import metrics
 from quarterdeck.config import Settings
 from quarterdeck.exceptions import ConfigError
+from quarterdeck.providers.pricing import PriceTable, Pricing
 from quarterdeck.providers.types import Provider
 
 DEFAULT_PROVIDER_TIMEOUT = 600.0
@@ -58,3 +60,26 @@ def build_provider(settings: Settings) -> Provider:
             turns=settings.simulated_turns,
         )
     raise ConfigError([("QUARTERDECK_PROVIDER", f"unknown provider {name!r}")])
+
+
+def build_pricing(settings: Settings) -> Pricing:
+    """The price table with its fallback: what runs and gateway calls alike are priced by."""
+    table = PriceTable.load(settings.pricing_overrides or None)
+    return Pricing(table, settings.unknown_model_price)
+
+
+def configure_metric_labels(settings: Settings, pricing: Pricing) -> None:
+    """Bound the user-given label values (operation, model, project) for this process."""
+    models = {*pricing.models, *settings.metric_models, settings.model}
+    for primary, chain in settings.model_fallbacks.items():
+        models.update([primary, *chain])
+    for primary, chain in settings.context_fallbacks.items():
+        models.update([primary, *chain])
+    metrics.configure_labels(
+        metrics.LabelBounds(
+            operations=settings.metric_operations,
+            projects=settings.metric_projects,
+            models=models,
+            resolve_model=pricing.table.resolve,
+        )
+    )

@@ -197,3 +197,24 @@ async def test_a_month_without_probes_says_probe_figures_are_unknown(db: Databas
     assert "no probes" in (av.note or "")
     empty = (await service.monthly("2026-09")).availability
     assert not empty.has_data and "maintenance windows" in (empty.note or "")
+
+
+async def test_a_finished_month_s_probes_are_summed_once_for_every_tenant_s_report(
+    seeded: Database, make_settings
+):
+    """The leader stores a report per active tenant on the 1st; the probe totals (most of a
+    second for a month of ticks) are the platform's, so they are summed once per month. With the
+    month's ticks gone after the first report, the tenant's still has them, a new process's
+    (another replica) does not, and a running month is always summed afresh."""
+    service = ReportService(seeded, make_settings(), clock=lambda: NOW)
+    running = ReportService(seeded, make_settings(), clock=lambda: at(10, 20))
+    platform = (await service.monthly("2026-10")).availability
+    assert (await running.monthly("2026-10")).availability.probe_ticks == platform.probe_ticks - 1
+    async with seeded.acquire() as conn:
+        await conn.execute("DELETE FROM health_probes")
+    tenant = (await service.monthly("2026-10", "acme")).availability
+    assert tenant.probe_ticks == platform.probe_ticks == 1 + 360 * 3 + 2 + 1
+    assert tenant.probe_uptime == platform.probe_uptime
+    fresh = ReportService(seeded, make_settings(), clock=lambda: NOW)
+    assert (await fresh.monthly("2026-10", "acme")).availability.probe_ticks == 0
+    assert (await running.monthly("2026-10")).availability.probe_ticks == 0

@@ -44,17 +44,23 @@ NO_PROBES_NOTE = (
 
 
 async def availability(
-    conn: asyncpg.Connection, p: Period, *, activity: bool
+    conn: asyncpg.Connection,
+    p: Period,
+    *,
+    activity: bool,
+    probes: asyncpg.Record | None = None,
 ) -> AvailabilitySection:
     """Over the part of the period that has happened (all of it once the month is over).
     ``activity``: runs or gateway calls were recorded; with none of them, no critical incident,
     no window and no probe, there is nothing to say uptime of (a month before the deployment
-    existed is not 100 % up)."""
+    existed is not 100 % up). ``probes``: the probe totals of the observed period when the
+    caller already has them (they are the platform's, the same in every tenant's report)."""
     end = p.observed_end
     period_minutes = (end - p.start).total_seconds() / 60.0
     spans = await inc_repo.critical_spans(conn, p.start, end)
     windows = await av_repo.maintenance_windows(conn, p.start, p.end)
-    probes = await av_repo.probe_totals(conn, p.start, end)
+    if probes is None:
+        probes = await av_repo.probe_totals(conn, p.start, end)
     ticks = int(probes["ticks"])
     if not spans and not activity and not windows and ticks == 0:
         return AvailabilitySection(

@@ -16,10 +16,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import datetime
 
+import asyncpg
+
 from quarterdeck.config import Settings
 from quarterdeck.exceptions import ValidationFailed
 from quarterdeck.kit.clock import utcnow
 from quarterdeck.providers.pricing import PriceTable
+from quarterdeck.reports import availability_repository as av_repo
 from quarterdeck.reports import build, build_availability, build_incidents, costs, focus
 from quarterdeck.reports import cost_repository as cost_repo
 from quarterdeck.reports import repository as repo
@@ -69,6 +72,8 @@ class ReportService:
         self.settings = settings
         self.prices = prices or PriceTable.load(settings.pricing_overrides or None)
         self.clock = clock
+        self._probes: dict[tuple[datetime, datetime], asyncpg.Record] = {}
+        """Probe totals of finished months (see :meth:`_probe_totals`)."""
 
     # -- inputs ------------------------------------------------------------------------------
     def inputs(
@@ -121,7 +126,9 @@ class ReportService:
                 gateway = await build.gateway(conn, p)
                 latency = await build.latency(conn, p)
                 active = runs.total > 0 or gateway.calls > 0
-                availability = await build_availability.availability(conn, p, activity=active)
+                availability = await build_availability.availability(
+                    conn, p, activity=active, probes=await self._probe_totals(conn, p)
+                )
                 incidents = await build_incidents.incidents(conn, p)
                 cost = await costs.cost(conn, p, self.prices)
                 delivery = await build.delivery(conn, p)
@@ -144,6 +151,23 @@ class ReportService:
             operations=operations,
             roi=costs.roi(inputs, runs.succeeded, cost.total_usd),
         )
+
+    async def _probe_totals(self, conn: asyncpg.Connection, p: Period) -> asyncpg.Record:
+        """A month's probe totals, summed once per finished month in this process.
+
+        They are the platform's, the same in the all-tenant report and every tenant's, and
+        summing a month of ticks takes most of a second: the leader storing a report per active
+        tenant on the 1st would sum the same month once per tenant. A finished month's ticks do
+        not change (only the retention purge, months later, removes them); the running month's
+        are summed on every request."""
+        key = (p.start, p.observed_end)
+        if p.end > p.now:
+            return await av_repo.probe_totals(conn, *key)
+        if key not in self._probes:
+            if len(self._probes) >= 24:
+                self._probes.pop(next(iter(self._probes)))
+            self._probes[key] = await av_repo.probe_totals(conn, *key)
+        return self._probes[key]
 
     async def generate_and_store(self, month: str, tenant: str | None = None) -> MonthlyReport:
         """Compute ``month``'s report with the settings' inputs and store it (replacing one

@@ -24,6 +24,7 @@ from typer.testing import CliRunner
 
 from quarterdeck import metrics
 from quarterdeck.exceptions import InvalidState, NotFound
+from quarterdeck.health.maintenance import MaintenanceRequest, MaintenanceService
 from quarterdeck.incidents import (
     IncidentService,
     NotificationSettings,
@@ -630,7 +631,7 @@ async def test_incident_endpoints(api: httpx.AsyncClient, service: IncidentServi
     assert bad.status_code == 422
 
 
-async def test_cli_against_a_live_server(service: IncidentService):
+async def test_cli_against_a_live_server(service: IncidentService, db: Database):
     app = FastAPI()
     from quarterdeck.app import install_error_handlers
 
@@ -664,6 +665,21 @@ async def test_cli_against_a_live_server(service: IncidentService):
         shown = json.loads(await asyncio.to_thread(cli, "show", inc.id, "--json"))
         assert shown["timeline"][0]["type"] == "opened"
         assert "timeline" in await asyncio.to_thread(cli, "show", inc.id)
+        # A page a maintenance window holds says so, and which window, under its line.
+        window = await MaintenanceService(db).create(
+            MaintenanceRequest(
+                starts_at=datetime.now(UTC) - timedelta(minutes=1),
+                ends_at=datetime.now(UTC) + timedelta(minutes=30),
+                reason="cli test",
+            ),
+            created_by="key_ops",
+        )
+        quiet, _ = await service.open_or_update("svc", "high", "held incident", "", "cli-held")
+        held = [
+            line.strip() for line in (await asyncio.to_thread(cli, "show", quiet.id)).split("\n")
+        ]
+        at = held.index("notified slack (trigger): held after 0")
+        assert held[at + 1] == f"held: maintenance window {window.id}"
         acked = json.loads(await asyncio.to_thread(cli, "ack", inc.id, "--json"))
         assert acked["status"] == "acknowledged" and acked["acknowledged_by"].startswith("cli")
         out = await asyncio.to_thread(cli, "resolve", inc.id, "--note", "done")
@@ -689,9 +705,9 @@ async def test_channel_rate_limits_are_shared_by_every_replica(db: Any) -> None:
         with pytest.raises(RateLimited):  # the other replica sees the same schedule: ~10 s away
             await second.acquire(max_wait=5)
         async with db.acquire() as conn:
-            from quarterdeck.incidents import repository as incidents_repo
+            from quarterdeck.incidents import outbox_repository as incidents_outbox
 
-            wait = await incidents_repo.reserve_slot(conn, "slack", 10.0, 60)
+            wait = await incidents_outbox.reserve_slot(conn, "slack", 10.0, 60)
         assert wait is not None and 5 < wait <= 10
         assert await RateLimiter(db, "webhook", 0.1).acquire(max_wait=0) is None, "own schedule"
     finally:

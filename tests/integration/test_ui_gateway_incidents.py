@@ -17,7 +17,8 @@ from quarterdeck.app import create_app
 from quarterdeck.gateway import repository
 from quarterdeck.gateway.models import GatewayCall
 from quarterdeck.gateway.reads import GatewayCalls, month_of
-from quarterdeck.incidents.models import IncidentStatus, ResolvedBy
+from quarterdeck.incidents import outbox_repository as outbox
+from quarterdeck.incidents.models import IncidentStatus, ResolvedBy, WindowSpan
 from quarterdeck.kit.clock import utcnow
 from quarterdeck.kit.wiring import services
 from quarterdeck.providers.types import Usage
@@ -163,6 +164,15 @@ async def test_incidents_list_ack_and_resolve_through_the_forms(rt: Runtime) -> 
         detail = await ops.get(f"/ui/incidents/{live.id}", headers=HTML)
         assert detail.status_code == 200 and 'id="timeline"' in detail.text
         assert 'data-confirm="' in detail.text  # resolve is a danger button
+        # A page a maintenance window held says why, in the notifications' Note column.
+        async with rt.db.acquire() as conn:
+            await outbox.enqueue_notifications(conn, quiet.id, [("slack", "trigger")])
+            ids = [n.id for n in await outbox.list_notifications(conn, quiet.id)]
+            now = utcnow()
+            span = WindowSpan(id="mw_ui_test", starts_at=now, ends_at=now + timedelta(hours=1))
+            assert [n.status for n in await outbox.silence(conn, ids, "held", span)] == ["held"]
+        held = (await ops.get(f"/ui/incidents/{quiet.id}", headers=HTML)).text
+        assert '<td class="note">held: maintenance window mw_ui_test</td>' in held
         missing = await ops.get("/ui/incidents/inc_nope", headers=HTML)
         assert missing.status_code == 404
 

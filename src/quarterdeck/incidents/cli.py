@@ -130,13 +130,15 @@ def show(incident_id: str, url: UrlOpt = None, as_json: JsonOpt = False) -> None
     console.print("[bold]timeline[/]")
     for event in incident.get("timeline", []):
         brief = ", ".join(f"{k}={v}" for k, v in (event.get("data") or {}).items())
-        console.print(f"  {event['ts']}  {event['type']}  {brief}", highlight=False)
+        console.print(safe_text(f"  {event['ts']}  {event['type']}  {brief}"), highlight=False)
     for n in incident.get("notifications", []):
+        line = f"  notified {n['channel']} ({n['kind']}): {n['status']} after {n['attempts']}"
         console.print(
-            f"  notified {n['channel']} ({n['kind']}): {n['status']} after {n['attempts']}"
-            + (f" - {n['last_error']}" if n.get("last_error") else ""),
+            safe_text(line + (f" - {n['last_error']}" if n.get("last_error") else "")),
             highlight=False,
         )
+        if n.get("note"):  # why a maintenance window held, suppressed or delayed it
+            console.print(safe_text(f"    {n['note']}"), highlight=False)
 
 
 @app.command("ack")

@@ -29,6 +29,7 @@ from pydantic import BaseModel, Field, SecretStr
 
 from quarterdeck import metrics
 from quarterdeck.config import Settings
+from quarterdeck.incidents import outbox_repository as outbox
 from quarterdeck.incidents import repository as repo
 from quarterdeck.incidents.channels import (
     Channel,
@@ -116,7 +117,7 @@ class RateLimiter:
         if self.rate <= 0:
             return
         async with self.db.acquire() as conn:
-            wait = await repo.reserve_slot(conn, self.channel, 1.0 / self.rate, max_wait)
+            wait = await outbox.reserve_slot(conn, self.channel, 1.0 / self.rate, max_wait)
         if wait is None:
             raise RateLimited(f"{self.channel} is rate limited for more than {max_wait:.0f}s")
         if wait > 0:
@@ -249,7 +250,7 @@ class Notifier:
         await self.apply_windows(incident_id, now or self.clock())
         s = self.settings
         async with self.db.acquire() as conn:
-            claimed = await repo.claim_notifications(
+            claimed = await outbox.claim_notifications(
                 conn,
                 incident_id,
                 lease_s=s.claim_lease_s,
@@ -274,12 +275,12 @@ class Notifier:
         still sends each row once. Returns the rows held or released.
         """
         async with self.db.transaction() as conn:
-            window = covering_window(await repo.windows_covering(conn, now), now)
+            window = covering_window(await outbox.windows_covering(conn, now), now)
             if window is None:
-                changed = await repo.release_held(conn, incident_id)
+                changed = await outbox.release_held(conn, incident_id)
                 outcome = "released"
             else:
-                candidates = await repo.silence_candidates(
+                candidates = await outbox.silence_candidates(
                     conn,
                     incident_id,
                     statuses=["pending"],
@@ -287,7 +288,7 @@ class Notifier:
                     skip_locked=True,
                 )
                 ids = [n.id for n, paged in candidates if silenced(n.kind, paged)]
-                changed = await repo.silence(conn, ids, "held", window) if ids else []
+                changed = await outbox.silence(conn, ids, "held", window) if ids else []
                 outcome = "held"
             for n in changed:
                 await record_silence(conn, n, outcome)
@@ -351,7 +352,9 @@ class Notifier:
         self, n: Notification, ok: bool, attempts: int, error: str | None
     ) -> Notification:
         async with self.db.transaction() as conn:
-            row = await repo.finish_notification(conn, n.id, ok=ok, attempts=attempts, error=error)
+            row = await outbox.finish_notification(
+                conn, n.id, ok=ok, attempts=attempts, error=error
+            )
             await repo.append_event(
                 conn,
                 n.incident_id,

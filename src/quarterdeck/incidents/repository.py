@@ -1,4 +1,5 @@
-"""All SQL for incidents, their timeline and the notification outbox.
+"""All SQL for incidents and their timeline (the notification outbox is in
+:mod:`quarterdeck.incidents.outbox_repository`).
 
 Functions take an open connection so the service chooses the transaction: an incident change, its
 timeline entry and the notifications it calls for are committed together, so a crash can never
@@ -16,9 +17,7 @@ from quarterdeck.incidents.models import (
     Incident,
     IncidentEvent,
     IncidentFilter,
-    Notification,
     ResolvedBy,
-    WindowSpan,
 )
 from quarterdeck.store.params import Params
 
@@ -235,7 +234,6 @@ async def auto_recovery_share(conn: asyncpg.Connection, since: datetime) -> floa
     )
     assert row is not None
     return None if row["total"] == 0 else row["auto"] / row["total"]
-
 
 
 async def delete_mentioning_tenant(conn: asyncpg.Connection, tenant: str) -> int:

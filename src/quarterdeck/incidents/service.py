@@ -24,6 +24,7 @@ import structlog
 
 from quarterdeck import metrics
 from quarterdeck.exceptions import InvalidState, NotFound
+from quarterdeck.incidents import outbox_repository as outbox
 from quarterdeck.incidents import repository as repo
 from quarterdeck.incidents.models import (
     AlertmanagerResult,
@@ -140,7 +141,7 @@ class IncidentService:
                         {"severity": sev.value, "source": values["source"], "title": title},
                     )
                 if self.notifier is not None:
-                    await repo.enqueue_notifications(
+                    await outbox.enqueue_notifications(
                         conn, incident.id, self.notifier.on_open(incident)
                     )
             await self._deliver(incident.id)
@@ -183,8 +184,8 @@ class IncidentService:
                 {"by": who.value, "note": note, "duration_s": incident.duration_s},
             )
             if self.notifier is not None:
-                paged = await repo.paged_channels(conn, incident_id)
-                await repo.enqueue_notifications(
+                paged = await outbox.paged_channels(conn, incident_id)
+                await outbox.enqueue_notifications(
                     conn, incident_id, self.notifier.on_resolve(incident, paged)
                 )
                 suppressed = await self._suppress_inside_window(conn, incident, self.notifier)
@@ -204,10 +205,10 @@ class IncidentService:
         to finish. Returns how many."""
         at = incident.resolved_at
         assert at is not None
-        window = covering_window(await repo.windows_covering(conn, at), at)
+        window = covering_window(await outbox.windows_covering(conn, at), at)
         if window is None:
             return 0
-        candidates = await repo.silence_candidates(
+        candidates = await outbox.silence_candidates(
             conn,
             incident.id,
             statuses=["pending", "held"],
@@ -215,7 +216,7 @@ class IncidentService:
             skip_locked=False,
         )
         ids = [n.id for n, paged in candidates if silenced(n.kind, paged)]
-        dropped = await repo.silence(conn, ids, "suppressed", window) if ids else []
+        dropped = await outbox.silence(conn, ids, "suppressed", window) if ids else []
         for n in dropped:
             await record_silence(conn, n, "suppressed")
         if dropped:
@@ -253,7 +254,7 @@ class IncidentService:
     ) -> None:
         await repo.append_event(conn, incident.id, "escalated", {"reason": reason})
         if self.notifier is not None:
-            await repo.enqueue_notifications(conn, incident.id, self.notifier.on_escalation())
+            await outbox.enqueue_notifications(conn, incident.id, self.notifier.on_escalation())
         log.warning("incident_escalated", id=incident.id, reason=reason)
 
     # -- Alertmanager ----------------------------------------------------------------------------
@@ -302,7 +303,7 @@ class IncidentService:
         async with self.db.acquire() as conn:
             incident = await self._require(conn, incident_id)
             timeline = await repo.list_events(conn, incident_id)
-            sent = await repo.list_notifications(conn, incident_id)
+            sent = await outbox.list_notifications(conn, incident_id)
         return IncidentDetail(**incident.model_dump(), timeline=timeline, notifications=sent)
 
     async def list(self, f: IncidentFilter | None = None, **filters: Any) -> IncidentPage:

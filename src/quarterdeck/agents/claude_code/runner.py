@@ -16,8 +16,8 @@ for agent types with ``runner: claude-code``. Per attempt it
    is checkpointed with them, fenced by the attempt, so a resume anywhere continues with
    ``--resume`` from the last completed tool batch;
 5. when it exits, judges the end from its result and takes turns, tokens and cost from the
-   gateway's metering (the CLI's own ``total_cost_usd`` is kept beside it; a mismatch is an
-   event).
+   gateway's metering (``metering.py``: the CLI's own ``total_cost_usd`` is kept beside it; a
+   mismatch is an event).
 
 What the agent can write and reach (its HOME and config dir, the gate's socket) cannot widen
 what it may do: see ``command.py`` and ``gate.py``. The runner's share: it binds an empty
@@ -42,7 +42,6 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
-from decimal import Decimal
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -50,7 +49,7 @@ import anyio
 import structlog
 
 from quarterdeck.agents.checkpoint import WorkspaceCheckpoints
-from quarterdeck.agents.claude_code import command, stream
+from quarterdeck.agents.claude_code import command, metering, stream
 from quarterdeck.agents.claude_code.bridge import GatewayBridge
 from quarterdeck.agents.claude_code.gate import HOOK_PATH, GateServer
 from quarterdeck.agents.guard import Guard
@@ -67,16 +66,10 @@ from quarterdeck.tracing import carrier_of_current
 
 log = structlog.get_logger(__name__)
 
-METER_WAIT_S = 10.0
-"""How long to wait, after the CLI exits, for the gateway to record its last calls (they are
-written in batches every ~0.2 s, possibly by another process)."""
 TRANSCRIPT_TAIL_BYTES = 4 * 1024 * 1024
 """How much of the transcript's end is searched for the tool results just printed."""
 TRANSCRIPT_WAIT_S = 3.0
 """How long a checkpoint waits for the transcript to catch up with the stream."""
-COST_TOLERANCE = Decimal("0.01")
-"""Relative difference between the CLI's own cost estimate and the gateway's metering above
-which a ``cost_mismatch`` event is recorded."""
 
 
 def _transcript_has(state: Path, session: str, needles: list[str]) -> bool:
@@ -131,10 +124,10 @@ class ClaudeCodeAgent:
         self.state = Path()
         self.session = ""
         self.captured = 0
-        self.results: set[str] = set()
-        """The ``tool_use_id`` of every tool result the CLI printed in this attempt."""
         """The last workspace capture's number: one per checkpoint, never reused (several tool
         results can arrive in one turn, and the transcript changes with each)."""
+        self.results: set[str] = set()
+        """The ``tool_use_id`` of every tool result the CLI printed in this attempt."""
 
     async def execute(self, run: Run, plan: RunPlan) -> Outcome:
         ws = self.checkpoints.ws.path
@@ -227,22 +220,8 @@ class ClaudeCodeAgent:
             else plan.timeout_s,
         )
         seen = stream.Transcript(turns=await self._turns_so_far(run))
-        await self.store.append_events(
-            run.id,
-            [
-                (
-                    "agent_started",
-                    None,
-                    {
-                        "agent": "claude-code",
-                        "session_id": session,
-                        "resumed": resume,
-                        "attempt": run.attempts,
-                    },
-                )
-            ],
-            epoch=run.attempts,
-        )
+        info = {"agent": "claude-code", "session_id": session, "resumed": resume}
+        await self._events(run, [("agent_started", None, {**info, "attempt": run.attempts})])
         timed_out = False
         async with open_sandboxed(
             self._argv(run, plan, session, resume),
@@ -398,41 +377,13 @@ class ClaudeCodeAgent:
         await self.store.save_tool_results(run.id, self.captured, events, delta, epoch=run.attempts)
 
     async def _metered(
-        self, run: Run, seen: stream.Transcript, wait_s: float = METER_WAIT_S
+        self, run: Run, seen: stream.Transcript, wait_s: float = metering.METER_WAIT_S
     ) -> dict[str, Any]:
-        """The run's totals from the gateway, once its last calls are recorded: at least one
-        call per model reply the stream showed, and no new one for half a second (``wait_s``
-        0: what is recorded now)."""
-        wanted = len(seen.message_ids)
-        deadline = time.monotonic() + wait_s
-        row = await self.usage.run_usage(run.id)
-        stable_since = time.monotonic()
-        while time.monotonic() < deadline:
-            await asyncio.sleep(0.2)
-            again = await self.usage.run_usage(run.id)
-            if again.calls != row.calls:
-                row, stable_since = again, time.monotonic()
-            elif row.calls >= wanted and time.monotonic() - stable_since >= 0.5:
-                break
-        metered: dict[str, Any] = {
-            "turns": seen.turns,
-            "input_tokens": row.input_tokens,
-            "output_tokens": row.output_tokens,
-            "cache_creation_tokens": row.cache_write_tokens,
-            "cache_read_tokens": row.cache_read_tokens,
-            "cost_usd": str(row.cost_usd),
-        }
-        data: dict[str, Any] = {**metered, "calls": row.calls, "errors": row.errors}
+        """The run's totals from the gateway once its last calls are recorded (``wait_s`` 0:
+        what is recorded now), with their ``metered`` (and any ``cost_mismatch``) event."""
+        read = functools.partial(self.usage.run_usage, run.id)
+        row = await metering.settled_usage(read, len(seen.message_ids), wait_s)
         cli_cost = (seen.result or {}).get("total_cost_usd")
-        events: list[tuple[str, int | None, dict[str, Any]]] = []
-        if isinstance(cli_cost, int | float):
-            data["cli_cost_usd"] = cli_cost
-            gateway = Decimal(row.cost_usd)
-            claimed = Decimal(str(cli_cost))
-            if abs(claimed - gateway) > max(Decimal("0.0001"), COST_TOLERANCE * gateway):
-                events.append(
-                    ("cost_mismatch", None, {"gateway_usd": str(gateway), "cli_usd": str(claimed)})
-                )
-        events.insert(0, ("metered", None, data))
+        metered, events = metering.reconcile(row, seen.turns, cli_cost)
         await self._events(run, events)
         return metered

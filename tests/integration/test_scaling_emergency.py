@@ -1,13 +1,15 @@
 """The health monitor's emergency scale-up through the scaler (scaling/emergency.py), on a real
 Postgres and the fake Kubernetes API server with the real client: one bounded step written to
 the Deployment's scale, not stacked within the cooldown, held by the scaler's next ticks, stored
-as a scaler decision; refused (with its reason) under an HPA, in dry-run, off, or as a follower.
+as a scaler decision; refused (with its reason) under an HPA, in dry-run or off; handed over
+by a follower to the scaler's leader through Postgres, acted on once, or expired when stale.
 
 Time is a :class:`FakeClock` and ticks are called one by one: no test sleeps for the policy.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -24,6 +26,8 @@ from quarterdeck.runs.models import RunCreate
 from quarterdeck.runs.service import RunService
 from quarterdeck.runs.store import PostgresRunStore
 from quarterdeck.scaling.emergency import EmergencyScaleUp, ScalerOff, emergency_requester
+from quarterdeck.scaling.gauges import CURRENT, DESIRED
+from quarterdeck.scaling.handover import HANDED_OVER, HandOver
 from quarterdeck.scaling.kube import kubernetes_scale_target
 from quarterdeck.scaling.models import ScalerMode
 from quarterdeck.scaling.observe import Observer
@@ -47,6 +51,15 @@ CONFIG = ScalerConfig(
     max_scale_up_step=3,
 )
 WHY = "agent_responsiveness"
+
+
+@pytest.fixture(autouse=True)
+def no_gauges_left() -> Iterator[None]:
+    """A leading scaler exports the replica gauges until it steps down; these tests never stop
+    theirs, so the gauges are cleared for the tests that run next in this process."""
+    yield
+    DESIRED.clear()
+    CURRENT.clear()
 
 
 @pytest.fixture
@@ -122,6 +135,11 @@ async def decisions(db: Database, clock: FakeClock) -> list[Any]:
     return list((await svc.decisions(limit=50)).items)
 
 
+async def requests(db: Database) -> list[Any]:
+    async with db.acquire() as conn:
+        return list(await conn.fetch("SELECT * FROM scaling_requests ORDER BY id"))
+
+
 def scale_patches(k8s: FakeKubernetes) -> int:
     return len([r for r in k8s.requests if r.method == "PATCH" and r.path.endswith("/scale")])
 
@@ -193,7 +211,7 @@ async def test_an_hpa_on_the_deployment_makes_the_request_refuse(
     assert k8s.replicas_of(NS, WORKER) > 2
 
 
-async def test_modes_that_do_not_act_and_followers_say_why(
+async def test_modes_that_do_not_act_say_why_and_a_follower_hands_over(
     db: Database, db_url: str, elector: LeaderElector, settings: Settings
 ) -> None:
     clock = FakeClock()
@@ -204,8 +222,9 @@ async def test_modes_that_do_not_act_and_followers_say_why(
     (stored,) = await decisions(db, clock)
     assert stored.reason.startswith(f"health monitor: {WHY}:") and stored.direction == "hold"
 
-    off = await emergency_requester(None).request_scale_up(WHY, {})
-    assert isinstance(emergency_requester(None), ScalerOff)
+    off_requester = emergency_requester(None)
+    assert isinstance(off_requester, ScalerOff)
+    off = await off_requester.request_scale_up(WHY, {})
     assert not off and "scaler is off" in off.reason
 
     follower_elector = LeaderElector(db_url, key=SCALER_KEY, retry_s=0.2, role="scaler")
@@ -214,10 +233,15 @@ async def test_modes_that_do_not_act_and_followers_say_why(
         assert not follower_elector.is_leader
         follower = make_scaler(db, follower_elector, clock, "metric")
         answer = await EmergencyScaleUp(follower).request_scale_up(WHY, {})
-        assert not answer and "does not lead" in answer.reason
+        assert not answer and answer.reason.startswith(HANDED_OVER), answer.reason
     finally:
         await follower_elector.stop()
-    assert len(await decisions(db, clock)) == 1, "a follower stores nothing"
+    # A process with the mode on but no scaler loop hands over the same way.
+    alone = emergency_requester(HandOver(db, interval_s=15.0, clock=clock.wall))
+    assert isinstance(alone, EmergencyScaleUp)
+    assert (await alone.request_scale_up(WHY, {})).reason.startswith(HANDED_OVER)
+    assert len(await decisions(db, clock)) == 1, "a follower decides nothing"
+    assert [(r["status"], r["reason"]) for r in await requests(db)] == [("pending", WHY)] * 2
 
 
 async def test_metric_mode_exports_the_step_as_the_desired_count(
@@ -264,3 +288,68 @@ async def test_the_agent_recovery_reports_the_scale_up_it_got(
     assert result.details["scale_up_accepted"] is True
     assert "requested an emergency scale-up (scale up 2→3" in result.message
     assert k8s.replicas_of(NS, WORKER) == 3
+
+
+async def test_a_followers_request_is_acted_on_once_by_the_leaders_next_tick_or_expires(
+    db: Database, db_url: str, elector: LeaderElector, settings: Settings, k8s: FakeKubernetes
+) -> None:
+    """Two scalers on one Postgres, as two replicas: the health monitor's leader is the
+    scaler's follower, so its request goes through the table to the other process."""
+    clock = FakeClock()
+    leader = make_scaler(db, elector, clock, "kubernetes", k8s)
+    follower_elector = LeaderElector(db_url, key=SCALER_KEY, retry_s=0.2, role="scaler")
+    try:
+        await follower_elector._step()
+        assert not follower_elector.is_leader
+        follower = make_scaler(db, follower_elector, clock, "kubernetes", k8s)
+        await submit(settings, db, 2)
+        assert (await leader.tick()).desired == 2  # type: ignore[union-attr]
+
+        clock.advance(5)
+        answer = await EmergencyScaleUp(follower).request_scale_up(WHY, {"requeued": 1})
+        assert not answer.accepted and answer.reason.startswith(HANDED_OVER), answer.reason
+        assert "drops it after 60 s" in answer.reason  # max(2 x 15 s, 60 s)
+        assert k8s.replicas_of(NS, WORKER) == 2 and scale_patches(k8s) == 0
+        assert await follower.tick() is None  # a follower takes nothing
+        (pending,) = await requests(db)
+        assert (pending["status"], pending["reason"], pending["answer"]) == ("pending", WHY, None)
+
+        clock.advance(10)  # the leader's next tick: the request first, then its own decision
+        tick = await leader.tick()
+        assert tick is not None and (tick.current, tick.desired) == (4, 4)
+        assert tick.factors["emergency_floor"] == 4
+        assert k8s.replicas_of(NS, WORKER) == 4 and scale_patches(k8s) == 1
+        clock.advance(15)
+        assert (await leader.tick()).desired == 4  # type: ignore[union-attr]
+        assert scale_patches(k8s) == 1, "a taken request is acted on once"
+        (taken,) = await requests(db)
+        assert taken["status"] == "taken" and taken["answer"].startswith("scaled: scale up 2→4")
+        emergency = [d for d in await decisions(db, clock) if "emergency" in d.factors]
+        assert len(emergency) == 1 and emergency[0].factors["request"] == pending["id"]
+        assert emergency[0].reason.startswith(f"health monitor: {WHY}: scale up 2→4")
+        assert f"handed over by a follower as request {pending['id']}" in emergency[0].reason
+
+        # A request the leader did not reach in time (60 s) is expired, not acted on late.
+        clock.advance(20)  # past the 30 s cooldown: acted on, it would step up again
+        assert not await EmergencyScaleUp(follower).request_scale_up(WHY, {})
+        clock.advance(61)  # 111 s after the step: its floor (120 s) still holds the pool at 4
+        assert (await leader.tick()).desired == 4  # type: ignore[union-attr]
+        assert k8s.replicas_of(NS, WORKER) == 4 and scale_patches(k8s) == 1
+        stale = (await requests(db))[1]
+        assert stale["status"] == "expired" and "within 60 s" in stale["answer"]
+        after = [d for d in await decisions(db, clock) if "emergency" in d.factors]
+        assert len(after) == 1
+    finally:
+        await follower_elector.stop()
+
+
+async def test_two_takers_at_once_never_take_the_same_request(db: Database) -> None:
+    clock = FakeClock()
+    one, two = (HandOver(db, interval_s=15.0, clock=clock.wall) for _ in range(2))
+    for i in range(30):
+        await one.emergency_scale_up(f"check-{i}")
+    first, second = await asyncio.gather(one.take(), two.take())
+    ids = [r.id for r in first] + [r.id for r in second]
+    assert len(ids) == len(set(ids)) == 30  # 20 at most each (TAKE_LIMIT); none twice
+    assert await one.take() == [] and await two.take() == []
+    assert {r["status"] for r in await requests(db)} == {"taken"}

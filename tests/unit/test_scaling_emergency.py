@@ -7,6 +7,7 @@ import dataclasses
 
 import pytest
 
+from quarterdeck.scaling.handover import request_ttl
 from quarterdeck.scaling.policy import EmergencyFloor, Observation, ScalerConfig
 from quarterdeck.scaling.quarterdeck_policy import QuarterdeckPolicy, backlog_step
 
@@ -126,3 +127,9 @@ def test_the_floor_never_stops_a_larger_scale_up_and_is_cut_to_max() -> None:
     assert busy.desired == 6 and not busy.factors["emergency_floor_held"]
     capped = QuarterdeckPolicy(CFG).decide(load(0, 8, 10, floor=20))
     assert capped.desired == 8 and capped.factors["emergency_floor"] == 8
+
+
+def test_a_handed_over_request_waits_two_ticks_and_never_less_than_a_minute() -> None:
+    """A follower's request waits for the leader's next tick plus a leadership change."""
+    assert request_ttl(15.0) == 60.0
+    assert request_ttl(45.0) == 90.0

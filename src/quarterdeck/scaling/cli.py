@@ -35,7 +35,7 @@ def simulate(
         typer.Option(
             "--trace",
             "-t",
-            help="A trace file (CSV or JSON, optionally .gz; format: `quarterdeck.scaling.trace`)"
+            help="A trace file (CSV or JSON, optionally .gz; format: `quarterdeck.scaling.trace_format`)"
             f" or a shipped sample's name: {', '.join(SAMPLES)}.",
         ),
     ] = SAMPLES[0],

@@ -18,7 +18,9 @@ loop: the next tick tries again.
 
 Why the health monitor's emergency scale-up goes through here (:meth:`Scaler.emergency_scale_up`,
 asked by ``scaling/emergency.py``): the count keeps one writer, the leader, by its own path and
-refusals, under the same lock as its ticks, and the step is held against its next ticks.
+refusals, under the same lock as its ticks, and the step is held against its next ticks. A
+follower does not refuse it: it hands it to the leader through Postgres (``handover.py``), and
+the leader takes such requests at the start of each tick.
 """
 
 from __future__ import annotations
@@ -27,9 +29,8 @@ import asyncio
 import dataclasses
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Literal
+from typing import Any
 
 import structlog
 
@@ -39,14 +40,16 @@ from quarterdeck.health.loop import LeaderLoop
 from quarterdeck.health.recovery import ScaleAnswer
 from quarterdeck.kit.clock import utcnow
 from quarterdeck.scaling import repository as repo
-from quarterdeck.scaling.gauges import CURRENT, DECISIONS, DESIRED, ERRORS
+from quarterdeck.scaling.gauges import CURRENT, DESIRED, ERRORS
+from quarterdeck.scaling.handover import HandOver
 from quarterdeck.scaling.kube import ScaleTarget
 from quarterdeck.scaling.models import DecisionRecord, ScalerMode
 from quarterdeck.scaling.observe import Observer
+from quarterdeck.scaling.outcome import Outcome
+from quarterdeck.scaling.outcome import detail as _detail
+from quarterdeck.scaling.outcome import record as store_decision
 from quarterdeck.scaling.policy import (
-    Decision,
     EmergencyFloor,
-    FactorValue,
     Observation,
     Policy,
     PolicyName,
@@ -65,35 +68,14 @@ PURGE_EVERY_S = 3600.0
 """Old decisions are purged at most this often (by the leader)."""
 
 
-@dataclass
-class _Outcome:
-    """A decision and what became of it, ready to be stored."""
-
-    current: int
-    desired: int
-    reason: str
-    factors: dict[str, FactorValue] = field(default_factory=dict)
-    applied: int | None = None
-    error: str | None = None
-
-    @property
-    def direction(self) -> Literal["up", "down", "hold"]:
-        if self.desired > self.current:
-            return "up"
-        return "down" if self.desired < self.current else "hold"
-
-    @classmethod
-    def of(cls, d: Decision) -> _Outcome:
-        return cls(d.current, d.desired, d.reason, dict(d.factors))
-
-
 class Scaler(LeaderLoop):
     """One process's scaler loop; it acts only while ``elector`` says this process leads.
 
     ``mode`` ``kubernetes`` needs ``target``; ``metric`` and ``dry-run`` act on nothing, and
     their "current" count is the last desired one (seeded from the newest stored decision).
     ``own_elector``: this scaler started the elector and runs and stops it with itself; a
-    shared one (the health monitor's) is run by its owner.
+    shared one (the health monitor's) is run by its owner. ``request_ttl_s``: how long a
+    request handed over by a follower may wait (default :func:`~.handover.request_ttl`).
     """
 
     name = "scaler"
@@ -114,6 +96,7 @@ class Scaler(LeaderLoop):
         retention_s: float = 7 * 86_400.0,
         clock: Callable[[], datetime] = utcnow,
         monotonic: Callable[[], float] = time.monotonic,
+        request_ttl_s: float | None = None,
     ) -> None:
         if mode == "off":
             raise ValueError("a scaler in mode off is not built")
@@ -129,6 +112,7 @@ class Scaler(LeaderLoop):
         self.target = target
         self.retention_s = retention_s
         self.clock, self.monotonic = clock, monotonic
+        self.handover = HandOver(db, interval_s=interval_s, ttl_s=request_ttl_s, clock=clock)
         self._policy: Policy | None = None  # None while not leading
         self._emergency: EmergencyFloor | None = None  # the health monitor's, while leading
         self._acting = asyncio.Lock()  # a tick and an emergency never interleave
@@ -156,6 +140,7 @@ class Scaler(LeaderLoop):
                 log.info("scaler.leadership_lost", target=self.target_name)
                 self._step_down()
             return None
+        await self.handover.serve(self._emergency_now)  # requests followers handed over
         async with self._acting:
             if self._policy is None:
                 await self._step_up()
@@ -189,7 +174,7 @@ class Scaler(LeaderLoop):
         CURRENT.clear()
 
     # -- acting ---------------------------------------------------------------------------------
-    async def _tick_virtual(self, at: float) -> _Outcome:
+    async def _tick_virtual(self, at: float) -> Outcome:
         """``metric``/``dry-run``: decide on the last desired count; only metric exports it."""
         assert self._policy is not None and self._current is not None
         obs = await self.observer.observe(at, replicas=self._current)
@@ -200,7 +185,7 @@ class Scaler(LeaderLoop):
             DESIRED.set(outcome.desired)
         return outcome
 
-    async def _tick_kubernetes(self, at: float, target: ScaleTarget) -> _Outcome:
+    async def _tick_kubernetes(self, at: float, target: ScaleTarget) -> Outcome:
         """Read the Deployment, decide, and write its scale unless another autoscaler owns it."""
         assert self._policy is not None
         try:
@@ -237,7 +222,7 @@ class Scaler(LeaderLoop):
         self._current = outcome.desired
         return outcome
 
-    def _decide(self, obs: Observation) -> _Outcome:
+    def _decide(self, obs: Observation) -> Outcome:
         """The policy's decision, honouring an emergency scale-up's floor while it holds.
 
         Quarterdeck's policy takes the floor as an input; the guide's two policies are kept as
@@ -245,7 +230,7 @@ class Scaler(LeaderLoop):
         """
         assert self._policy is not None and self._emergency is not None
         floor = self._emergency.floor(obs.at)
-        outcome = _Outcome.of(self._policy.decide(dataclasses.replace(obs, floor=floor)))
+        outcome = Outcome.of(self._policy.decide(dataclasses.replace(obs, floor=floor)))
         if floor is not None and outcome.desired < min(floor, self.config.max_replicas):
             wanted, outcome.desired = outcome.desired, min(floor, self.config.max_replicas)
             outcome.factors["emergency_floor"] = outcome.desired
@@ -260,28 +245,36 @@ class Scaler(LeaderLoop):
         """One bounded step up now, held against the next ticks (see :class:`EmergencyFloor`).
 
         Only a leader that acts does it: ``dry-run`` only records, and a follower is not the one
-        writer of the count. A leader stores each request it answers as a decision whose reason
-        starts ``health monitor: <why>:``.
+        writer of the count, so it hands the request to the leader (``handover.py``) and answers
+        so. A leader stores each request it answers as a decision whose reason starts
+        ``health monitor: <why>:``.
         """
         if not self.elector.is_leader:
-            return ScaleAnswer(False, "not scaled: this process does not lead the scaler")
+            return await self.handover.emergency_scale_up(why)
+        return await self._emergency_now(why)
+
+    async def _emergency_now(self, why: str, request: int | None = None) -> ScaleAnswer:
+        """The leader's step for the health monitor; ``request``: the id it was handed over as."""
         async with self._acting:
             if self._policy is None:
                 await self._step_up()
             known = self._current if self._current is not None else 0
             if self.mode == "dry-run":
                 note = "not scaled: the scaler is in dry-run mode (it recommends, never acts)"
-                outcome = _Outcome(known, known, note, {"emergency": True})
+                outcome = Outcome(known, known, note, {"emergency": True})
             else:
                 outcome = await self._emergency_step(self.monotonic(), known)
             text = outcome.reason
-            outcome.reason = f"health monitor: {why}: {text}."
+            via = "" if request is None else f" (handed over by a follower as request {request})"
+            outcome.reason = f"health monitor: {why}: {text}{via}."
+            if request is not None:
+                outcome.factors["request"] = request
             await self._record(outcome)
         if outcome.error is not None:
             return ScaleAnswer(False, f"{text}: {outcome.error}")
         return ScaleAnswer(outcome.direction == "up", text)
 
-    async def _emergency_step(self, at: float, known: int) -> _Outcome:
+    async def _emergency_step(self, at: float, known: int) -> Outcome:
         """Read (and, on Kubernetes, check no HPA owns the target: always, being off the ticks'
         path), take the policy's own step for the load, bounded and rate-limited, and act."""
         assert self._emergency is not None
@@ -301,7 +294,7 @@ class Scaler(LeaderLoop):
         failing = obs.provider_failing and bool(obs.queued)
         grant = self._emergency.request(at, known, step, provider_failing=failing)
         factors = {**grant.factors, "queued": obs.queued, "running": obs.running}
-        outcome = _Outcome(known, grant.desired, grant.reason, factors)
+        outcome = Outcome(known, grant.desired, grant.reason, factors)
         if not grant.accepted:
             return outcome
         if target is not None:  # metric mode: the exported desired count is the action
@@ -316,7 +309,7 @@ class Scaler(LeaderLoop):
         DESIRED.set(grant.desired)
         return outcome
 
-    async def _check_owner(self, target: ScaleTarget, current: int) -> _Outcome | None:
+    async def _check_owner(self, target: ScaleTarget, current: int) -> Outcome | None:
         """None when no other autoscaler owns the target; else the refusal to record."""
         try:
             await target.check_owner()
@@ -328,15 +321,15 @@ class Scaler(LeaderLoop):
         self._owner_checked = True
         return None
 
-    def _failed(self, current: int, why: str, exc: BaseException, hold: bool = True) -> _Outcome:
+    def _failed(self, current: int, why: str, exc: BaseException, hold: bool = True) -> Outcome:
         """A hold that is no decision of the policy: the action could not even be considered."""
         ERRORS.inc()
         detail = _detail(exc)
         log.warning("scaler.failed", target=self.target_name, reason=why, error=detail)
         reason = f"hold at {current}: {why}." if hold else why
-        return _Outcome(current, current, reason, {}, None, detail)
+        return Outcome(current, current, reason, {}, None, detail)
 
-    def _with_error(self, outcome: _Outcome, exc: BaseException) -> _Outcome:
+    def _with_error(self, outcome: Outcome, exc: BaseException) -> Outcome:
         ERRORS.inc()
         outcome.error = _detail(exc)
         refused = isinstance(exc, ScalingConflict)  # never fight another autoscaler: loud
@@ -348,51 +341,14 @@ class Scaler(LeaderLoop):
         return outcome
 
     # -- recording ------------------------------------------------------------------------------
-    async def _record(self, outcome: _Outcome) -> DecisionRecord | None:
-        DECISIONS.labels(outcome.direction).inc()
-        at = self.clock()
-        try:
-            async with self.db.acquire() as conn:
-                new_id = await repo.insert_decision(
-                    conn,
-                    at=at,
-                    policy=self.policy_name,
-                    mode=self.mode,
-                    target=self.target_name,
-                    current=outcome.current,
-                    desired=outcome.desired,
-                    applied=outcome.applied,
-                    direction=outcome.direction,
-                    reason=outcome.reason,
-                    factors=outcome.factors,
-                    error=outcome.error,
-                )
-        except Exception as exc:
-            ERRORS.inc()
-            log.error("scaler.record_failed", target=self.target_name, error=_detail(exc))
-            return None
-        log.info(
-            "scaler.decision",
-            target=self.target_name,
-            direction=outcome.direction,
-            current=outcome.current,
-            desired=outcome.desired,
-            applied=outcome.applied,
-            error=outcome.error,
-        )
-        return DecisionRecord(
-            id=new_id,
-            at=at,
+    async def _record(self, outcome: Outcome) -> DecisionRecord | None:
+        return await store_decision(
+            self.db,
+            outcome,
+            at=self.clock(),
             policy=self.policy_name,
             mode=self.mode,
             target=self.target_name,
-            current=outcome.current,
-            desired=outcome.desired,
-            applied=outcome.applied,
-            direction=outcome.direction,
-            reason=outcome.reason,
-            factors=outcome.factors,
-            error=outcome.error,
         )
 
     async def _purge_if_due(self) -> None:
@@ -400,18 +356,13 @@ class Scaler(LeaderLoop):
         if self._last_purge is not None and now - self._last_purge < PURGE_EVERY_S:
             return
         self._last_purge = now
+        before = self.clock() - timedelta(seconds=self.retention_s)
         try:
             async with self.db.acquire() as conn:
-                purged = await repo.purge_decisions(
-                    conn, self.clock() - timedelta(seconds=self.retention_s)
-                )
+                purged = await repo.purge_decisions(conn, before)
+            requests = await self.handover.purge(before)
         except Exception as exc:
             log.warning("scaler.purge_failed", error=_detail(exc))
             return
-        if purged:
-            log.info("scaler.purged", decisions=purged)
-
-
-def _detail(exc: BaseException) -> str:
-    text = getattr(exc, "detail", None) or str(exc)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+        if purged or requests:
+            log.info("scaler.purged", decisions=purged, requests=requests)

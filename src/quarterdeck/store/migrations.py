@@ -75,6 +75,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(24, "health probe history and maintenance windows", sql_file="0024_availability.sql"),
     Migration(25, "maintenance windows silence paging", sql_file="0025_maintenance_silence.sql"),
     Migration(26, "when each API key was last used", sql_file="0026_key_last_used.sql"),
+    Migration(27, "scale-up requests for the scaler leader", sql_file="0027_scaling_requests.sql"),
 )
 
 HEAD = MIGRATIONS[-1].version

@@ -144,8 +144,13 @@ async def test_keys_through_the_api_with_an_admin_key(server: tuple[Runtime, str
     assert idle.exit_code == 0 and "No active keys of tenant acme unused for 1d" in _flat(
         idle.stdout
     ), idle.stdout
-    bad = await qd("keys", "list", "--unused-for", "soon", **env)
-    assert bad.exit_code == 2 and "--unused-for" in bad.output, bad.output
+    for option, command in (("--unused-for", "list"), ("--expires-in", "create")):
+        for value in ("soon", "99999999999d"):  # not a duration; past datetime's range
+            args = ["keys", command, option, value]
+            if command == "create":
+                args += ["--name", "x", "--role", "submitter", "--tenant", "acme"]
+            bad = await qd(*args, **env)
+            assert bad.exit_code == 2 and option in bad.output, (value, bad.output)
     updated = await qd("keys", "update", key["id"], "--gateway-fallback", "off", "--json", **env)
     assert json.loads(updated.stdout)["gateway_fallback"] == []
     revoked = await qd("keys", "revoke", key["id"], **env)

@@ -146,13 +146,20 @@ def _fallback_text(value: list[str] | None) -> str:
     return "on" if value == ["*"] else ",".join(value)
 
 
+MAX_DURATION = timedelta(days=36_500)
+"""Longer is a typo (and past datetime's range soon after): a key's lifetime or idle time."""
+
+
 def _duration(text: str | None, option: str) -> timedelta | None:
     if text is None:
         return None
     try:
-        return timedelta(seconds=parse_duration(text))
+        seconds = parse_duration(text)
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint=option) from None
+    if seconds > MAX_DURATION.total_seconds():
+        raise typer.BadParameter("at most 36500d (100 years)", param_hint=option)
+    return timedelta(seconds=seconds)
 
 
 @app.command("create")

@@ -23,7 +23,7 @@ from rich.table import Table
 from quarterdeck.exceptions import ConfigError, QuarterdeckError
 from quarterdeck.kit.clock import utcnow
 from quarterdeck.kit.console import JsonOpt, UrlOpt, console, err_console, fail, print_json
-from quarterdeck.kit.durations import parse_duration
+from quarterdeck.kit.durations import CENTURY_S, parse_duration
 from quarterdeck.security.auth.permissions import Role
 from quarterdeck.security.direct import DirectOpt, api_request, direct_database_url, use_direct
 
@@ -146,10 +146,6 @@ def _fallback_text(value: list[str] | None) -> str:
     return "on" if value == ["*"] else ",".join(value)
 
 
-MAX_DURATION = timedelta(days=36_500)
-"""Longer is a typo (and past datetime's range soon after): a key's lifetime or idle time."""
-
-
 def _duration(text: str | None, option: str) -> timedelta | None:
     if text is None:
         return None
@@ -157,7 +153,7 @@ def _duration(text: str | None, option: str) -> timedelta | None:
         seconds = parse_duration(text)
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint=option) from None
-    if seconds > MAX_DURATION.total_seconds():
+    if seconds > CENTURY_S:  # a typo, and dates computed from it would overflow
         raise typer.BadParameter("at most 36500d (100 years)", param_hint=option)
     return timedelta(seconds=seconds)
 

@@ -22,6 +22,7 @@ from quarterdeck.chaos.process import free_port as free_port  # re-exported for 
 from quarterdeck.config import Settings, load_settings
 from quarterdeck.store import migrations
 from quarterdeck.store.embedded import start_embedded
+from tests.support.fake_kubernetes import FakeKubernetes
 
 pytest_plugins = ["tests.support.receivers"]
 
@@ -85,6 +86,15 @@ async def db(db_url: str) -> AsyncIterator[object]:
     await database.open()
     yield database
     await database.close()
+
+
+@pytest.fixture(scope="module")
+def fake_k8s() -> Iterator[FakeKubernetes]:
+    """The Kubernetes API stand-in, one per test module (a test resets what it needs)."""
+    server = FakeKubernetes()
+    server.start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture

@@ -27,6 +27,7 @@ from quarterdeck.rollouts.service import RolloutService
 from quarterdeck.rollouts.wiring import ROLLOUTS_KEY
 from quarterdeck.runs.models import Run, RunCreate, RunStatus
 from quarterdeck.runtime import Runtime
+from tests.support.elections import leading
 from tests.support.ui import browser_of
 
 pytestmark = pytest.mark.timeout(120)
@@ -47,11 +48,8 @@ async def rt(make_settings: Any) -> AsyncIterator[Runtime]:
 
 @pytest.fixture
 async def elector(db_url: str) -> AsyncIterator[LeaderElector]:
-    e = LeaderElector(db_url, key=ROLLOUTS_KEY, retry_s=0.2, role="rollouts")
-    await e._step()
-    assert e.is_leader
-    yield e
-    await e.stop()
+    async with leading(db_url, ROLLOUTS_KEY, "rollouts") as e:
+        yield e
 
 
 def parts(

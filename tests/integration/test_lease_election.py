@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import pytest
@@ -13,14 +12,6 @@ from tests.support.fake_kubernetes import FakeKubernetes
 
 pytestmark = pytest.mark.asyncio
 PATH = "/apis/coordination.k8s.io/v1/namespaces/qd/leases/quarterdeck-health-monitor"
-
-
-@pytest.fixture(scope="module")
-def fake_k8s() -> Iterator[FakeKubernetes]:
-    server = FakeKubernetes()
-    server.start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture

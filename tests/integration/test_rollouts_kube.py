@@ -9,7 +9,6 @@ import inspect
 import os
 import re
 import threading
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -34,14 +33,6 @@ SPEC = RolloutSpec(target=API, image=NEW)
 APPS = f"/apis/apps/v1/namespaces/{NS}/deployments"
 ING_PATH = f"/apis/networking.k8s.io/v1/namespaces/{NS}/ingresses"
 SVC_PATH = f"/api/v1/namespaces/{NS}/services"
-
-
-@pytest.fixture(scope="module")
-def fake_k8s() -> Iterator[FakeKubernetes]:
-    server = FakeKubernetes()
-    server.start()
-    yield server
-    server.stop()
 
 
 def ingress(name: str, service: str, cls: str | None = "nginx") -> dict[str, Any]:

@@ -34,6 +34,7 @@ from quarterdeck.rollouts.spec import RolloutSpec
 from quarterdeck.rollouts.traffic import describe_split, effective_weight, replica_split
 from quarterdeck.rollouts.wiring import ROLLOUTS_KEY, build_rollouts
 from quarterdeck.store.pool import Database
+from tests.support.elections import leading
 
 Answer = Callable[[str], float | None]
 
@@ -153,11 +154,8 @@ def prom() -> Iterator[FakePrometheus]:
 
 @pytest.fixture
 async def elector(db_url: str) -> AsyncIterator[LeaderElector]:
-    e = LeaderElector(db_url, key=ROLLOUTS_KEY, retry_s=0.2, role="rollouts")
-    await e._step()
-    assert e.is_leader
-    yield e
-    await e.stop()
+    async with leading(db_url, ROLLOUTS_KEY, "rollouts") as e:
+        yield e
 
 
 @pytest.fixture

@@ -36,6 +36,7 @@ from quarterdeck.scaling.scaler import Scaler
 from quarterdeck.scaling.service import ScalingService
 from quarterdeck.scaling.wiring import SCALER_KEY
 from quarterdeck.store.pool import Database
+from tests.support.elections import leading
 from tests.support.fake_kubernetes import FakeKubernetes
 
 NS, WORKER = "qd", "claude-agent-worker"
@@ -69,19 +70,8 @@ def settings(data_dir: Any) -> Settings:
 
 @pytest.fixture
 async def elector(db_url: str) -> AsyncIterator[LeaderElector]:
-    e = LeaderElector(db_url, key=SCALER_KEY, retry_s=0.2, role="scaler")
-    await e._step()
-    assert e.is_leader
-    yield e
-    await e.stop()
-
-
-@pytest.fixture(scope="module")
-def fake_k8s() -> Iterator[FakeKubernetes]:
-    server = FakeKubernetes()
-    server.start()
-    yield server
-    server.stop()
+    async with leading(db_url, SCALER_KEY, "scaler") as e:
+        yield e
 
 
 @pytest.fixture

@@ -3,8 +3,6 @@ server: the scale subresource, the refusal when an HPA owns the Deployment, pod-
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
 from quarterdeck.exceptions import ScalingConflict, ScalingError
@@ -21,14 +19,6 @@ from tests.support.fake_kubernetes import FakeKubernetes
 NS, WORKER = "qd", "claude-agent-worker"
 LABELS = {"app": "claude-agent", "tier": "worker"}
 SCALE = f"/apis/apps/v1/namespaces/{NS}/deployments/{WORKER}/scale"
-
-
-@pytest.fixture(scope="module")
-def fake_k8s() -> Iterator[FakeKubernetes]:
-    server = FakeKubernetes()
-    server.start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture

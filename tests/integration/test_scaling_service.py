@@ -8,7 +8,7 @@ Time is a :class:`FakeClock` and ticks are called one by one, so no test sleeps 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
 
@@ -32,6 +32,7 @@ from quarterdeck.scaling.service import ScalingService
 from quarterdeck.scaling.wiring import SCALER_KEY, build_scaling
 from quarterdeck.store.pool import Database
 from tests.conftest import eventually
+from tests.support.elections import leading
 from tests.support.fake_kubernetes import FakeKubernetes
 
 NS, WORKER = "qd", "claude-agent-worker"
@@ -58,20 +59,8 @@ def settings(data_dir: Any) -> Settings:
 
 @pytest.fixture
 async def elector(db_url: str) -> AsyncIterator[LeaderElector]:
-    """The real advisory-lock elector on the test's database, holding the scaler's lock."""
-    e = LeaderElector(db_url, key=SCALER_KEY, retry_s=0.2, role="scaler")
-    await e._step()  # take the lock now; run() would do the same on its first pass
-    assert e.is_leader
-    yield e
-    await e.stop()
-
-
-@pytest.fixture(scope="module")
-def fake_k8s() -> Iterator[FakeKubernetes]:
-    server = FakeKubernetes()
-    server.start()
-    yield server
-    server.stop()
+    async with leading(db_url, SCALER_KEY, "scaler") as e:
+        yield e
 
 
 @pytest.fixture

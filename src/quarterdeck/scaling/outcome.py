@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 import structlog
 
@@ -65,22 +65,22 @@ async def record(
     """Count, store and log one decision; None when storing failed (logged, never raised: a
     Postgres outage must not stop the loop from acting, only from remembering)."""
     DECISIONS.labels(outcome.direction).inc()
+    fields: dict[str, Any] = {
+        "at": at,
+        "policy": policy,
+        "mode": mode,
+        "target": target,
+        "current": outcome.current,
+        "desired": outcome.desired,
+        "applied": outcome.applied,
+        "direction": outcome.direction,
+        "reason": outcome.reason,
+        "factors": outcome.factors,
+        "error": outcome.error,
+    }
     try:
         async with db.acquire() as conn:
-            new_id = await repo.insert_decision(
-                conn,
-                at=at,
-                policy=policy,
-                mode=mode,
-                target=target,
-                current=outcome.current,
-                desired=outcome.desired,
-                applied=outcome.applied,
-                direction=outcome.direction,
-                reason=outcome.reason,
-                factors=outcome.factors,
-                error=outcome.error,
-            )
+            new_id = await repo.insert_decision(conn, **fields)
     except Exception as exc:
         ERRORS.inc()
         log.error("scaler.record_failed", target=target, error=detail(exc))
@@ -94,17 +94,4 @@ async def record(
         applied=outcome.applied,
         error=outcome.error,
     )
-    return DecisionRecord(
-        id=new_id,
-        at=at,
-        policy=policy,
-        mode=mode,
-        target=target,
-        current=outcome.current,
-        desired=outcome.desired,
-        applied=outcome.applied,
-        direction=outcome.direction,
-        reason=outcome.reason,
-        factors=outcome.factors,
-        error=outcome.error,
-    )
+    return DecisionRecord(id=new_id, **fields)

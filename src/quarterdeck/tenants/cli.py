@@ -36,7 +36,7 @@ def _run(fn: Callable[[TenantData], Awaitable[T]]) -> T:
     from quarterdeck.security.auth import build_auth_service
     from quarterdeck.store import migrations
     from quarterdeck.store.pool import Database, database_url
-    from quarterdeck.tenants.service import TenantData
+    from quarterdeck.tenants.wiring import tenant_data
 
     s = cli_settings()
     configure_logging("warning")
@@ -52,16 +52,7 @@ def _run(fn: Callable[[TenantData], Awaitable[T]]) -> T:
             auth = build_auth_service(s, db, warn_if_disabled=False)
             store = PostgresRunStore(db)
             try:
-                data = TenantData(
-                    db,
-                    store,
-                    audit,
-                    s.data_dir,
-                    auth=auth,
-                    default_retention_s=s.run_retention_days * 86_400.0,
-                    erase_wait_s=s.tenant_erase_wait,
-                )
-                return await fn(data)
+                return await fn(tenant_data(s, db, store, audit, auth=auth))
             finally:
                 await store.aclose()
                 await auth.aclose()

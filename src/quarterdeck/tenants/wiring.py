@@ -13,6 +13,22 @@ from quarterdeck.tenants.maintenance import Maintenance
 from quarterdeck.tenants.service import TenantData
 
 
+def tenant_data(
+    s: Settings, db: Database, store: PostgresRunStore, audit: AuditLog, *, auth: AuthService
+) -> TenantData:
+    """Tenant erasure and retention as the settings configure them (the server's and the
+    ``tenants`` commands' alike)."""
+    return TenantData(
+        db,
+        store,
+        audit,
+        s.data_dir,
+        auth=auth,
+        default_retention_s=s.run_retention_days * 86_400.0,
+        erase_wait_s=s.tenant_erase_wait,
+    )
+
+
 def build_tenant_data(
     s: Settings,
     db: Database,
@@ -25,15 +41,7 @@ def build_tenant_data(
     """Tenant erasure and retention (every API process serves them), and the loop of scheduled
     purges and audit verification (None when maintenance is off; every process that runs it
     competes for an advisory lock, so one runs each task)."""
-    data = TenantData(
-        db,
-        store,
-        audit,
-        s.data_dir,
-        auth=auth,
-        default_retention_s=s.run_retention_days * 86_400.0,
-        erase_wait_s=s.tenant_erase_wait,
-    )
+    data = tenant_data(s, db, store, audit, auth=auth)
     if not s.maintenance_enabled:
         return data, None
     return data, Maintenance(

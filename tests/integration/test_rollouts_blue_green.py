@@ -32,7 +32,7 @@ from tests.integration.test_rollouts_kube import (
 from tests.support.fake_kubernetes import FakeKubernetes
 from tests.support.fake_kubernetes_apps import DEPLOYMENTS, INGRESSES, SERVICES
 
-fake_k8s, k8s = kube_tests.fake_k8s, kube_tests.k8s  # the same fake API server and objects
+k8s = kube_tests.k8s  # the same objects on the shared fake API server (tests/conftest.py)
 
 BLUE_GREEN = RolloutSpec(
     target=API, image=NEW, strategy="blue-green", steps=(Step(0, None), Step(100, 60.0))

@@ -63,7 +63,7 @@ def reconcile(row: UsageRow, turns: int, cli_cost: object) -> tuple[dict[str, An
     }
     data: dict[str, Any] = {**metered, "calls": row.calls, "errors": row.errors}
     events: list[Event] = []
-    if isinstance(cli_cost, int | float):
+    if isinstance(cli_cost, int | float) and not isinstance(cli_cost, bool):
         data["cli_cost_usd"] = cli_cost
         gateway = Decimal(row.cost_usd)
         claimed = Decimal(str(cli_cost))

@@ -31,7 +31,9 @@ Overhead at percentile *q* = q-th percentile through the gateway minus q-th perc
 (the requests are not paired, so this is a difference of distributions, not a per-request
 figure). Latency is from the request's first byte written to the response's last byte (json) or
 to the end of the first chunk of the event stream (sse), on a client that pre-encodes every
-request and parses only status, headers and chunk framing. Timing is reported, never asserted.
+request and parses only status, headers and chunk framing; it collects no garbage during a
+timed run (:func:`~benchmarks.harness.client_gc_paused`), and each loaded run reports the share
+of the host's CPU time stolen by other guests. Timing is reported, never asserted.
 """
 
 from __future__ import annotations
@@ -49,7 +51,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from benchmarks.harness import Bench, percentile, tree_cpu_seconds
+from benchmarks.harness import (
+    Bench,
+    client_gc_paused,
+    host_cpu_ticks,
+    percentile,
+    steal_pct,
+    tree_cpu_seconds,
+)
 from quarterdeck.chaos.process import Process, free_port, http_ok, port_open
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -528,9 +537,9 @@ async def _measure(
             cell: dict[str, Any] = {"rate": "seq", "size": label, "mode": mode}
             for target in targets:
                 request = target.request(bodies[(label, mode)])
-                cell[target.name] = _summary(
-                    await sequential(target, request, mode == "sse", sequential_n)
-                )
+                with client_gc_paused():
+                    sample = await sequential(target, request, mode == "sse", sequential_n)
+                cell[target.name] = _summary(sample)
             cells.append(cell)
     for rate in rates:
         for label in SIZES:
@@ -541,9 +550,16 @@ async def _measure(
                     settled = await settle(servers)
                     await target.prime(min(64, max(8, rate // 8)))
                     request = target.request(bodies[(label, mode)])
-                    sample = await drive(target, request, mode == "sse", rate, seconds)
+                    ticks = host_cpu_ticks()
+                    with client_gc_paused():
+                        sample = await drive(target, request, mode == "sse", rate, seconds)
+                    stolen = steal_pct(ticks, host_cpu_ticks())
                     target.drop_idle()
-                    cell[target.name] = {**_summary(sample), "settled_s": settled}
+                    cell[target.name] = {
+                        **_summary(sample),
+                        "settled_s": settled,
+                        "steal_pct": stolen,
+                    }
                 cells.append(cell)
     return cells
 
@@ -604,6 +620,8 @@ def _report(cells: list[dict[str, Any]], litellm_error: str | None) -> dict[str,
         "litellm": f"litellm[proxy]=={LITELLM_VERSION}, 1 worker, no DB, /v1/messages",
         "litellm_error": litellm_error,
         "errors_legend": "direct/quarterdeck/litellm of N sent (non-200, timeout, shed)",
+        "steal_legend": "direct/quarterdeck/litellm: % of the host's CPU time taken by the "
+        "hypervisor for other guests during the run (noise, not any path's cost)",
     }
     beaten = compared = 0
     for cell in cells:
@@ -624,6 +642,10 @@ def _report(cells: list[dict[str, Any]], litellm_error: str | None) -> dict[str,
             data["overhead_ms"] = added
             out[f"{key}.{short}_overhead"] = _fmt(added)
         out[f"{key}.errors"] = f"{'/'.join(errors)} of {cell['direct']['sent']}"
+        if "steal_pct" in cell["direct"]:
+            out[f"{key}.steal_pct"] = "/".join(
+                str(cell[name]["steal_pct"]) if name in cell else "-" for name in PATHS
+            )
         if "litellm" in cell:
             compared += 1
             beaten += all(

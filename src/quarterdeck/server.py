@@ -26,6 +26,7 @@ from quarterdeck.app import create_app
 from quarterdeck.config import Settings
 from quarterdeck.health.heartbeat import PROBE_PATHS, LoopHeartbeat, ProcessState, probe_response
 from quarterdeck.kit import banner
+from quarterdeck.kit.heap import freeze_startup_heap
 from quarterdeck.kit.logs import wants_console
 from quarterdeck.metrics import REGISTRY, TenantPseudonyms
 from quarterdeck.processes import WorkerProcesses, exit_with_parent
@@ -156,26 +157,25 @@ def _shared_port(settings: Settings) -> socket.socket:
     return sock
 
 
-async def _announce_ready(
-    settings: Settings,
-    workers: bool,
-    server: _Server | None,
-    server_task: asyncio.Task[None] | None,
-) -> None:
-    """Once the API answers (uvicorn ``started``), say so once: a banner on a console, one
-    ``quarterdeck_ready`` event on a JSON log stream (a banner would break its lines)."""
-    if server is not None and server_task is not None:
-        while not server.started and not server_task.done():
-            await asyncio.sleep(0.02)
-        if not server.started:
-            return  # it failed to start; its error is logged
-    info = ready_info(settings, api=server is not None, workers=workers)
+async def _started(server: _Server | None, server_task: asyncio.Task[None] | None) -> bool:
+    """Whether the API answers (uvicorn ``started``, its lifespan done); True without one."""
+    if server is None or server_task is None:
+        return True
+    while not server.started and not server_task.done():
+        await asyncio.sleep(0.02)
+    return server.started  # False: it failed to start; its error is logged
+
+
+def _announce_ready(settings: Settings, workers: bool, api: bool, heap_frozen: int) -> None:
+    """Say once that this process is ready: a banner on a console, one ``quarterdeck_ready``
+    event on a JSON log stream (a banner would break its lines)."""
+    info = ready_info(settings, api=api, workers=workers)
     if wants_console(settings.log_format):
         from rich.console import Console
 
         Console(stderr=True).print(banner.render(info))
     else:
-        log.info("quarterdeck_ready", **info.fields())
+        log.info("quarterdeck_ready", **info.fields(), heap_frozen=heap_frozen)
 
 
 def ready_info(settings: Settings, *, api: bool, workers: bool) -> banner.ReadyInfo:
@@ -255,8 +255,10 @@ async def serve(
         provider=settings.provider_name,
         embedded_postgres=settings.embedded_postgres,
     )
-    if not supervised:
-        await _announce_ready(settings, workers, server, server_task)
+    if await _started(server, server_task):
+        frozen = freeze_startup_heap()  # start-up state out of full collections (kit/heap.py)
+        if not supervised:
+            _announce_ready(settings, workers, server is not None, frozen)
     waiters: list[asyncio.Future[object]] = [asyncio.ensure_future(stop.wait())]
     if server_task is not None:
         waiters.append(server_task)  # type: ignore[arg-type]

@@ -33,7 +33,9 @@ figure). Latency is from the request's first byte written to the response's last
 to the end of the first chunk of the event stream (sse), on a client that pre-encodes every
 request and parses only status, headers and chunk framing; it collects no garbage during a
 timed run (:func:`~benchmarks.harness.client_gc_paused`), and each loaded run reports the share
-of the host's CPU time stolen by other guests. Timing is reported, never asserted.
+of the host's CPU time stolen by other guests (a run above ``STEAL_LIMIT_PCT`` is redone, up
+to ``STEAL_RERUNS`` times, and the quietest kept: on a shared VM a neighbour took a third of
+this one's CPU during some runs). Timing is reported, never asserted.
 """
 
 from __future__ import annotations
@@ -77,6 +79,9 @@ MODES = ("json", "sse")
 PATHS = ("direct", "quarterdeck", "litellm")
 MAX_CONNECTIONS = 256
 TIMEOUT_S = 15.0
+STEAL_LIMIT_PCT = 5.0
+"""A loaded run during which other guests took more of the host's CPU than this is redone."""
+STEAL_RERUNS = 2
 UPSTREAM_KEY = "sk-bench-upstream"
 
 T = TypeVar("T")
@@ -545,23 +550,37 @@ async def _measure(
         for label in SIZES:
             for mode in MODES:
                 cell: dict[str, Any] = {"rate": rate, "size": label, "mode": mode}
-                seconds = seconds_for(rate)
                 for target in targets:
-                    settled = await settle(servers)
-                    await target.prime(min(64, max(8, rate // 8)))
-                    request = target.request(bodies[(label, mode)])
-                    ticks = host_cpu_ticks()
-                    with client_gc_paused():
-                        sample = await drive(target, request, mode == "sse", rate, seconds)
-                    stolen = steal_pct(ticks, host_cpu_ticks())
-                    target.drop_idle()
-                    cell[target.name] = {
-                        **_summary(sample),
-                        "settled_s": settled,
-                        "steal_pct": stolen,
-                    }
+                    cell[target.name] = await _loaded_run(
+                        target, bodies[(label, mode)], mode == "sse", rate, servers
+                    )
                 cells.append(cell)
     return cells
+
+
+async def _loaded_run(
+    target: Target, body: bytes, stream: bool, rate: int, servers: list[int]
+) -> dict[str, Any]:
+    """One path's loaded run, redone (at most :data:`STEAL_RERUNS` times) while the hypervisor
+    took more than :data:`STEAL_LIMIT_PCT` of the host's CPU for other guests during it; the
+    quietest run is kept and the redone count reported beside its steal share."""
+    kept: dict[str, Any] | None = None
+    for attempt in range(STEAL_RERUNS + 1):
+        settled = await settle(servers)
+        await target.prime(min(64, max(8, rate // 8)))
+        request = target.request(body)
+        ticks = host_cpu_ticks()
+        with client_gc_paused():
+            sample = await drive(target, request, stream, rate, seconds_for(rate))
+        stolen = steal_pct(ticks, host_cpu_ticks())
+        target.drop_idle()
+        if kept is None or stolen < kept["steal_pct"]:
+            kept = {**_summary(sample), "settled_s": settled, "steal_pct": stolen}
+        kept["reruns"] = attempt
+        if stolen <= STEAL_LIMIT_PCT:
+            break
+    assert kept is not None
+    return kept
 
 
 def overhead(
@@ -621,7 +640,8 @@ def _report(cells: list[dict[str, Any]], litellm_error: str | None) -> dict[str,
         "litellm_error": litellm_error,
         "errors_legend": "direct/quarterdeck/litellm of N sent (non-200, timeout, shed)",
         "steal_legend": "direct/quarterdeck/litellm: % of the host's CPU time taken by the "
-        "hypervisor for other guests during the run (noise, not any path's cost)",
+        "hypervisor for other guests during the kept run (noise, not any path's cost); a run "
+        f"above {STEAL_LIMIT_PCT:g} % is redone up to {STEAL_RERUNS} times, the quietest kept",
     }
     beaten = compared = 0
     for cell in cells:
@@ -644,7 +664,11 @@ def _report(cells: list[dict[str, Any]], litellm_error: str | None) -> dict[str,
         out[f"{key}.errors"] = f"{'/'.join(errors)} of {cell['direct']['sent']}"
         if "steal_pct" in cell["direct"]:
             out[f"{key}.steal_pct"] = "/".join(
-                str(cell[name]["steal_pct"]) if name in cell else "-" for name in PATHS
+                f"{cell[name]['steal_pct']}"
+                + (f" ({cell[name]['reruns']} redone)" if cell[name]["reruns"] else "")
+                if name in cell
+                else "-"
+                for name in PATHS
             )
         if "litellm" in cell:
             compared += 1

@@ -46,6 +46,26 @@ async def paged_channels(conn: asyncpg.Connection, incident_id: str) -> set[str]
     return {r["channel"] for r in rows}
 
 
+CLAIM_SQL = """
+WITH c AS (
+    SELECT id FROM notifications
+     WHERE ($1::text IS NULL OR incident_id = $1)
+       AND (status = 'pending'
+            OR (status = 'failed' AND attempts < $3)
+            OR (status = 'sending' AND claimed_at < now() - make_interval(secs => $2)))
+     ORDER BY id
+     LIMIT $4
+     FOR UPDATE SKIP LOCKED
+)
+UPDATE notifications n SET status = 'sending', claimed_at = now()
+  FROM c WHERE n.id = c.id
+RETURNING n.*
+"""
+"""Parameters: incident id or NULL, lease seconds, max attempts, limit. Its three states imply
+the predicate of ``notifications_claimable`` (migration 0028), so the claim walks claimable rows
+only, never the suppressed history."""
+
+
 async def claim_notifications(
     conn: asyncpg.Connection,
     incident_id: str | None,
@@ -61,21 +81,7 @@ async def claim_notifications(
     split the work instead of both taking the same row.
     """
     rows = await conn.fetch(
-        """
-        WITH c AS (
-            SELECT id FROM notifications
-             WHERE status <> 'sent' AND ($1::text IS NULL OR incident_id = $1)
-               AND (status = 'pending'
-                    OR (status = 'failed' AND attempts < $3)
-                    OR (status = 'sending' AND claimed_at < now() - make_interval(secs => $2)))
-             ORDER BY id
-             LIMIT $4
-             FOR UPDATE SKIP LOCKED
-        )
-        UPDATE notifications n SET status = 'sending', claimed_at = now()
-          FROM c WHERE n.id = c.id
-        RETURNING n.*
-        """,
+        CLAIM_SQL,
         incident_id,
         lease_s,
         max_attempts,

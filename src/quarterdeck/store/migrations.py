@@ -76,6 +76,9 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(25, "maintenance windows silence paging", sql_file="0025_maintenance_silence.sql"),
     Migration(26, "when each API key was last used", sql_file="0026_key_last_used.sql"),
     Migration(27, "scale-up requests for the scaler leader", sql_file="0027_scaling_requests.sql"),
+    Migration(
+        28, "the outbox's claim index: claimable rows only", sql_file="0028_outbox_claim_index.sql"
+    ),
 )
 
 HEAD = MIGRATIONS[-1].version

@@ -25,6 +25,7 @@ and audited by exactly the same code as a native run.
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,10 +43,14 @@ from quarterdeck.runs.executor import ToolRunner
 from quarterdeck.runs.models import Run
 from quarterdeck.runs.store_protocol import RunStore
 from quarterdeck.security.policy import PolicyGate, redact
+from quarterdeck.security.policy.decision import Decision
 from quarterdeck.security.redaction import redact_arguments
 from quarterdeck.security.trail import AuditTrail
 
 log = structlog.get_logger(__name__)
+
+APPROVAL_MISMATCH = "gate.approval-mismatch"
+"""The rule of a refusal whose approval, found under the call's id, is for another call."""
 
 
 OnHold = Callable[[Run, Approval], Awaitable[None]]
@@ -155,6 +160,18 @@ async def admit(
             severity=decision.severity,
             reason=decision.reason,
         )
+        if not _asks_for(approval, tool, tool_input):
+            # The run's approval under this id was opened for another call: a forged request
+            # to Claude Code's gate, or an earlier attempt's. Refused before any intent.
+            why = "the operator's approval under this call's id was given for another call"
+            record = Decision(
+                "deny", rule_id=APPROVAL_MISMATCH, severity="high", reason=why
+            ).to_dict()
+            record["approval"] = {"id": approval.id, "status": approval.status}
+            traced_decision(span, "deny", APPROVAL_MISMATCH, why)
+            return refuse(
+                "not run: the approval found for this call was given for a different call"
+            )
         if guard.on_hold is not None:
             try:
                 await guard.on_hold(run, approval)
@@ -188,6 +205,16 @@ async def admit(
                 f"({str(exc) or type(exc).__name__}); try again later"
             )
     return Admission(True, record, arguments, secrets=tuple(in_input))
+
+
+def _asks_for(approval: Approval, tool: str, tool_input: dict[str, Any]) -> bool:
+    """Whether ``approval`` was opened for exactly this call (tool and input; key order aside:
+    an approval's input comes back from Postgres ``jsonb``, whose key order is its own)."""
+    return approval.tool == tool and _canonical(approval.input) == _canonical(tool_input)
+
+
+def _canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
 
 
 def traced_decision(

@@ -45,8 +45,9 @@ request is treated as possibly forged, and the gate holds these properties:
 - *An approval is for the call it shows.* Approvals are keyed by ``(run, tool_use_id)`` (so a
   resumed call waits on its first request), so an approval opened by a forged request with a
   harmless-looking input would otherwise be the one a real call under that id waits on: the
-  operator approves what they see, and something else runs. An approved call runs only when the
-  approval's tool and input are exactly the call's (rule ``gate.approval-mismatch`` otherwise).
+  operator approves what they see, and something else runs. A call runs on an approval only when
+  the approval's tool and input are exactly the call's: ``admit`` checks it as soon as it finds
+  the approval, before waiting on it or recording any intent (rule ``gate.approval-mismatch``).
 - Nothing here touches the budget: model spend is metered and reserved by the gateway, on the
   attempt's own token, whatever the gate is asked.
 """
@@ -93,12 +94,6 @@ def answer(decision: str, reason: str) -> dict[str, Any]:
             "permissionDecisionReason": reason,
         }
     }
-
-
-def _canonical(value: Any) -> str:
-    """A JSON document's text, independent of key order (an approval's input comes back from
-    Postgres ``jsonb``, whose key order is its own)."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
 
 
 def _record(reason: str, action: Action = "allow", rule_id: str | None = None) -> dict[str, Any]:
@@ -271,36 +266,9 @@ class GateServer(UnixServer):
                 _record(str(exc), "deny", "gate.internal-error"),
                 f"not run: the policy gate failed ({str(exc) or type(exc).__name__})",
             )
-        if admission.allowed and not await self._approval_matches(tool, tool_input, admission):
-            return self._refused(
-                tool,
-                tool_input,
-                tool_use_id,
-                _record(
-                    "the operator's approval under this call's id was given for another call",
-                    "deny",
-                    "gate.approval-mismatch",
-                ),
-                "not run: the approval found for this call was given for a different call",
-            )
         if admission.allowed:
             return self._admitted(tool_use_id, admission.policy)
         return self._refused_by(tool, tool_use_id, admission)
-
-    async def _approval_matches(
-        self, tool: str, tool_input: dict[str, Any], admission: Admission
-    ) -> bool:
-        """True unless the call was admitted on an approval shown with another tool or input
-        (one opened under this ``tool_use_id`` by a forged request, or an earlier attempt)."""
-        approval = admission.policy.get("approval")
-        if not isinstance(approval, dict) or self.guard is None or self.guard.approvals is None:
-            return True
-        try:
-            shown = await self.guard.approvals.get(str(approval.get("id")), None)
-        except Exception as exc:  # not shown to match: fail closed
-            log.warning("claude_code.approval_unchecked", run_id=self.run.id, error=str(exc))
-            return False
-        return shown.tool == tool and _canonical(shown.input) == _canonical(tool_input)
 
     # -- outcomes ----------------------------------------------------------------------------
     def _admitted(self, tool_use_id: str, record: dict[str, Any]) -> dict[str, Any]:

@@ -2,9 +2,11 @@
 
 One run, three paths to the same upstream, the same open-loop load on each:
 
-- **direct**: straight to the Messages API stand-in (:mod:`benchmarks.upstream_server`, the
-  package's :class:`~quarterdeck.chaos.messages_api.MessagesAPIServer` in a process of its own:
-  a plain ``"ok"`` message, JSON or SSE, no delay);
+- **direct**: straight to the Messages API stand-in (:mod:`benchmarks.upstream_server`, in a
+  process of its own: the answers of the package's
+  :class:`~quarterdeck.chaos.messages_api.MessagesAPIServer`, a plain ``"ok"`` message, JSON or
+  SSE, no delay, served at a fifth of that server's CPU, because on this 2-core machine the
+  upstream shares the cores with the proxy under test, which a real upstream never does);
 - **quarterdeck**: ``POST /v1/messages`` on ``quarterdeck up`` (development defaults, so
   authentication is off; the gateway relays to the stand-in with its own upstream key, meters,
   reserves and records every call as in production);

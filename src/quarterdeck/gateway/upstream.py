@@ -2,11 +2,12 @@
 
 The relay needs exactly one thing from an upstream: send these bytes with these headers and
 give back the status, the headers and the body *as it arrives*, unparsed. :class:`HttpUpstream`
-does that over one shared ``aiohttp.ClientSession`` (a keep-alive pool sized for hundreds of
-concurrent streams; a connection per call would add a TCP and TLS handshake to every request).
-aiohttp rather than httpx because the relay's client was the gateway's largest own cost: relaying
-an 80 KB call took ~2.7 ms of CPU with ``httpx.AsyncClient`` and ~1.2 ms with aiohttp (C HTTP
-parser; measured in process with uvloop, service and response included, medians of 3 A/B runs).
+does that over :class:`~quarterdeck.gateway.http1.Http1Client`, one pool of keep-alive
+connections sized for hundreds of concurrent streams (a connection per call would add a TCP and
+TLS handshake to every request). That client exists because the relay's HTTP client was the
+gateway's largest own cost: relaying an 80 KB call took ~2.7 ms of CPU with
+``httpx.AsyncClient``, ~1.2 ms with aiohttp, and aiohttp's own share of that (~260 us) is ~115 us
+with the lean client (its module docstring has the measurements).
 :class:`~quarterdeck.gateway.simulated.SimulatedUpstream` answers the same calls in process
 when there is no upstream key.
 
@@ -23,14 +24,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequenc
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-import aiohttp
 import orjson
 import structlog
 from starlette.responses import Response
-from yarl import URL
 
 from quarterdeck.config import Settings
 from quarterdeck.exceptions import ProviderError
+from quarterdeck.gateway.http1 import Http1Client, Http1Response
 
 log = structlog.get_logger(__name__)
 
@@ -154,12 +154,13 @@ class HttpUpstream:
 
     Timeouts: connecting gets ``connect_timeout_s``; reading gets ``read_timeout_s`` (the
     provider timeout, 600 s by default) between bytes, never less, because a thinking model may
-    stay silent for minutes between pings and a shorter timeout would cut healthy streams.
+    stay silent for minutes between pings and a shorter timeout would cut healthy streams; a
+    call waits as long for a free connection when all ``max_connections`` are busy.
 
-    No cookie jar (:class:`aiohttp.DummyCookieJar`): one client serves every tenant, so a cookie
-    the upstream sets for one caller must never ride along on another's call. No decompression
-    (``auto_decompress=False``) and ``accept-encoding: identity``: the meter reads the bytes it
-    relays, and the client gets them as the upstream sent them.
+    No cookies are kept or sent (the client has no jar): one client serves every tenant, so a
+    cookie the upstream sets for one caller must never ride along on another's call. No
+    decompression, and ``accept-encoding: identity``: the meter reads the bytes it relays, and
+    the client gets them as the upstream sent them.
     """
 
     name = "anthropic"
@@ -177,15 +178,12 @@ class HttpUpstream:
         self.base_url = base_url.rstrip("/")
         self._key = api_key
         self._tenant_keys = dict(tenant_keys or {})
-        self._urls: dict[str, URL] = {}
-        self._timeout = aiohttp.ClientTimeout(
-            total=None,
-            connect=read_timeout_s,  # waiting for a pooled connection, as httpx's pool timeout
-            sock_connect=connect_timeout_s,
-            sock_read=read_timeout_s,
+        self._client = Http1Client(
+            self.base_url,
+            max_connections=max_connections,
+            connect_timeout_s=connect_timeout_s,
+            read_timeout_s=read_timeout_s,
         )
-        self._max_connections = max_connections
-        self._session: aiohttp.ClientSession | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> HttpUpstream:
@@ -196,30 +194,6 @@ class HttpUpstream:
             tenant_keys=tenants,
             read_timeout_s=settings.provider_timeout,
         )
-
-    def _client(self) -> aiohttp.ClientSession:
-        """The shared session, made on first use: aiohttp binds it to the running loop."""
-        if self._session is None:
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(
-                    limit=self._max_connections, limit_per_host=0, keepalive_timeout=60.0
-                ),
-                timeout=self._timeout,
-                cookie_jar=aiohttp.DummyCookieJar(),
-                auto_decompress=False,
-                trust_env=False,
-            )
-        return self._session
-
-    def _url(self, path: str) -> URL:
-        """The parsed URL of ``path``: parsing costs and the same few paths recur. ``encoded``:
-        the client's query goes upstream byte for byte, never re-quoted."""
-        url = self._urls.get(path)
-        if url is None:
-            url = URL(self.base_url + path, encoded=True)
-            if len(self._urls) < 64:  # paths carry client-chosen queries: keep the cache small
-                self._urls[path] = url
-        return url
 
     def key_for(self, tenant: str) -> str | None:
         return self._tenant_keys.get(tenant, self._key)
@@ -240,37 +214,33 @@ class HttpUpstream:
         # Identity: the meter reads the bytes it relays, and a compressed body it could not.
         out.append(("accept-encoding", "identity"))
         try:
-            response = await self._client().request(
-                method,
-                self._url(path),
-                headers=out,
-                data=body or None,
-                allow_redirects=False,
-                compress=None,
-            )
-        except TimeoutError as exc:  # aiohttp's timeouts subclass it
+            response = await self._client.request(method, path, out, body)
+        except TimeoutError as exc:
             raise ProviderError(
                 f"upstream timed out: {exc!r}", error_type="timeout", retryable=True
             ) from exc
-        except aiohttp.ClientError as exc:
+        except OSError as exc:  # refused, reset, closed early, malformed, TLS
             raise ProviderError(
                 f"upstream unreachable: {exc!r}", error_type="connection_error", retryable=True
+            ) from exc
+        except ValueError as exc:  # a header value that cannot be sent (a line break in it)
+            raise ProviderError(
+                f"upstream request not sent: {exc}", error_type="connection_error", retryable=False
             ) from exc
         return UpstreamReply(
             status=response.status,
             headers=[
-                (k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in response.raw_headers
+                (k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in response.headers
             ],
             body=_raw(response),
             close=_closer(response),
         )
 
     async def aclose(self) -> None:
-        if self._session is not None:
-            await self._session.close()
+        await self._client.aclose()
 
 
-def _closer(response: aiohttp.ClientResponse) -> Callable[[], Awaitable[None]]:
+def _closer(response: Http1Response) -> Callable[[], Awaitable[None]]:
     """Free the connection: back to the pool when the body was read to its end, else closed."""
 
     async def close() -> None:
@@ -279,13 +249,12 @@ def _closer(response: aiohttp.ClientResponse) -> Callable[[], Awaitable[None]]:
     return close
 
 
-async def _raw(response: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
+async def _raw(response: Http1Response) -> AsyncIterator[bytes]:
     """The body as the socket delivers it; a connection lost mid-body ends it as ProviderError."""
     try:
-        async for chunk in response.content.iter_any():
-            if chunk:
-                yield chunk
-    except (aiohttp.ClientError, TimeoutError) as exc:
+        async for chunk in response.body():
+            yield chunk
+    except (OSError, TimeoutError) as exc:
         raise ProviderError(
             f"upstream stream broke: {exc!r}", error_type="connection_error"
         ) from exc

@@ -14,8 +14,6 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-import pytest
-
 from quarterdeck import metrics
 from quarterdeck.agents.coverage import CoverageResult, record_coverage
 from quarterdeck.agents.planner import project_label
@@ -31,8 +29,6 @@ from quarterdeck.runs.models import RunCreate, RunStatus
 from quarterdeck.runs.service import RunService
 from quarterdeck.runs.worker import WorkerPool
 from tests.unit.test_worker_logic import Ctx, Plain
-
-pytestmark = pytest.mark.asyncio
 
 N = 1_000
 REACHED = {

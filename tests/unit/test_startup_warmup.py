@@ -1,9 +1,10 @@
-"""Every route is built when the app is, so no request pays for it on the event loop.
+"""What a new replica would otherwise build or load on the event loop during its first requests.
 
 FastAPI builds an included router's routes lazily, the first time a request is routed through
-it (~120 ms for all of ours, in stalls of 8-18 ms per router that held every call in flight).
-``create_app`` walks them up front; here, requests to routes of several routers must not build
-any route state. In process, without a database: the answers may be 503, routing still runs.
+it (~120 ms for all of ours, in stalls of 8-18 ms per router that held every call in flight);
+``create_app`` walks them up front. anyio loads its asyncio backend on the first sync
+dependency; ``server.warm_up`` does it at start-up. In process, without a database: the answers
+may be 503, routing still runs.
 """
 
 from __future__ import annotations
@@ -38,3 +39,23 @@ async def test_no_route_is_built_while_requests_are_served(
         for path in ("/health", "/v1/runs", "/v1/gateway/calls", "/v1/rollouts", "/v1/models"):
             await client.get(path)
     assert built == []
+
+
+def test_the_server_warm_up_loads_the_thread_pool_backend_before_any_request() -> None:
+    """A fresh interpreter: importing the server leaves anyio's asyncio backend unloaded (the
+    first sync dependency would load it on the loop); ``warm_up`` loads it at start-up."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import asyncio, sys\n"
+        "from quarterdeck.server import warm_up\n"
+        "backend = 'anyio._backends._asyncio'\n"
+        "before = backend in sys.modules\n"
+        "asyncio.run(warm_up())\n"
+        "print(before, backend in sys.modules)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=120
+    )
+    assert out.stdout.split() == ["False", "True"]

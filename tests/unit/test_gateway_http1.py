@@ -365,3 +365,21 @@ async def test_https_verifies_the_server_certificate(tmp_path: Path) -> None:
         untrusting = Http1Client(f"https://localhost:{server.port}")  # the system's store
         with pytest.raises(ssl.SSLError):
             await untrusting.request("POST", "/v1/messages", [], b"{}")
+
+
+async def test_an_answer_before_the_whole_request_was_written_is_not_reused() -> None:
+    async def early(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, s: Server) -> None:
+        await reader.readuntil(b"\r\n\r\n")  # the head only: the body is never read
+        too_large = b'{"type":"error","error":{"type":"request_too_large"}}'
+        writer.write(
+            b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: %d\r\n\r\n" % len(too_large)
+        )
+        writer.write(too_large)
+        await writer.drain()
+        await asyncio.sleep(1)
+
+    async with serve(early) as server:
+        client = Http1Client(f"http://127.0.0.1:{server.port}")
+        status, _ = await read_all(client, b"x" * (32 << 20))
+        assert status == 413
+        assert client.idle == 0

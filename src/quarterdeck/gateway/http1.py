@@ -253,6 +253,9 @@ class _Connection(asyncio.Protocol):
             and self._error is None
             and transport is not None
             and not transport.is_closing()
+            # An answer that came before the whole request was written (an early 413) leaves
+            # the rest of the body queued: on a reused connection it would read as a request.
+            and not transport.get_write_buffer_size()
         )
 
     def close(self) -> None:

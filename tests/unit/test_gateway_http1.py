@@ -383,3 +383,25 @@ async def test_an_answer_before_the_whole_request_was_written_is_not_reused() ->
         status, _ = await read_all(client, b"x" * (32 << 20))
         assert status == 413
         assert client.idle == 0
+
+
+async def test_the_upstream_pool_is_visible_in_the_metrics() -> None:
+    from quarterdeck import metrics
+    from quarterdeck.gateway.upstream import HttpUpstream
+
+    def sample(state: str) -> float | None:
+        return metrics.REGISTRY.get_sample_value(
+            "quarterdeck_gateway_upstream_connections", {"state": state}
+        )
+
+    async with serve(keep_answering(OK)) as server:
+        upstream = HttpUpstream(
+            f"http://127.0.0.1:{server.port}", api_key="sk-up", max_connections=7
+        )
+        reply = await upstream.send("POST", "/v1/messages", [], b"{}", tenant="t")
+        assert (sample("in_use"), sample("idle"), sample("limit")) == (1, 0, 7)
+        await reply.read()
+        assert (sample("in_use"), sample("idle")) == (0, 1)
+        assert b"x-api-key: sk-up\r\n" in server.heads[0]
+        await upstream.aclose()
+        assert sample("idle") == 0

@@ -112,6 +112,8 @@ class Http1Client:
         self.keepalive_s = keepalive_s
         self.max_connections = max_connections
         self._slots: asyncio.Semaphore | None = None
+        self.in_use = 0
+        """Connections a call holds (a request sent, its answer not released yet)."""
         self._idle: list[_Connection] = []
         self._resolved: tuple[float, list[tuple[int, Any]]] | None = None
         self._closed = False
@@ -136,6 +138,7 @@ class Http1Client:
                 await self._slots.acquire()
         else:
             await self._slots.acquire()
+        self.in_use += 1
         conn: _Connection | None = None
         try:
             conn = self._pooled() or await self._connect()
@@ -143,6 +146,7 @@ class Http1Client:
         except BaseException:
             if conn is not None:
                 conn.close()
+            self.in_use -= 1
             self._slots.release()
             raise
         return Http1Response(self, conn)
@@ -209,6 +213,7 @@ class Http1Client:
             self._idle.append(conn)
         else:
             conn.close()
+        self.in_use -= 1
         if self._slots is not None:
             self._slots.release()
 

@@ -26,8 +26,10 @@ from typing import Any, Protocol
 
 import orjson
 import structlog
+from prometheus_client import Gauge
 from starlette.responses import Response
 
+from quarterdeck import metrics
 from quarterdeck.config import Settings
 from quarterdeck.exceptions import ProviderError
 from quarterdeck.gateway.http1 import Http1Client, Http1Response
@@ -35,6 +37,13 @@ from quarterdeck.gateway.http1 import Http1Client, Http1Response
 log = structlog.get_logger(__name__)
 
 ANTHROPIC_API = "https://api.anthropic.com"
+UPSTREAM_CONNECTIONS = Gauge(
+    "quarterdeck_gateway_upstream_connections",
+    "The gateway's connections to its upstream: in_use by a call, idle in the pool, and the "
+    "pool's limit (calls past it wait for a connection)",
+    ["state"],
+    registry=metrics.REGISTRY,
+)
 DROPPED_REQUEST_HEADERS = frozenset(
     {
         "host",
@@ -178,12 +187,17 @@ class HttpUpstream:
         self.base_url = base_url.rstrip("/")
         self._key = api_key
         self._tenant_keys = dict(tenant_keys or {})
-        self._client = Http1Client(
+        client = self._client = Http1Client(
             self.base_url,
             max_connections=max_connections,
             connect_timeout_s=connect_timeout_s,
             read_timeout_s=read_timeout_s,
         )
+        # Read at scrape time: nothing is counted on the call path. The process's newest
+        # upstream is the one reported (there is one per gateway).
+        UPSTREAM_CONNECTIONS.labels("in_use").set_function(lambda: client.in_use)
+        UPSTREAM_CONNECTIONS.labels("idle").set_function(lambda: client.idle)
+        UPSTREAM_CONNECTIONS.labels("limit").set_function(lambda: client.max_connections)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> HttpUpstream:

@@ -72,13 +72,14 @@ class Http1Response:
 
     def __del__(self) -> None:
         # A caller that lost its answer without releasing it would hold a pool slot forever;
-        # the slot comes back when the answer is collected (the connection is closed).
+        # the slot comes back when the answer is collected (its connection reused if the
+        # answer was read to its end, else closed).
         if self._client is not None:
             try:
-                self.release()  # reused if it was read to its end, else closed
-            except Exception:  # a finaliser must not raise (the loop may be closed)
+                self.release()
+                log.warning("gateway.upstream_answer_not_released")
+            except Exception:  # a finaliser must not raise (the loop or the process is closing)
                 pass
-            log.warning("gateway.upstream_answer_not_released")
 
 
 class Http1Client:

@@ -53,16 +53,17 @@ class Http1Response:
     """An answer whose head has arrived; :meth:`body` yields the rest, :meth:`release` frees the
     connection (back to the pool when the body was read to its end, else closed)."""
 
-    __slots__ = ("_client", "_conn", "headers", "status")
+    __slots__ = ("_client", "_conn", "_timeout", "headers", "status")
 
     def __init__(self, client: Http1Client, conn: _Connection) -> None:
         self._client: Http1Client | None = client
         self._conn = conn
+        self._timeout = client.read_timeout_s
         self.status = conn.status
         self.headers = conn.headers
 
     def body(self) -> AsyncIterator[bytes]:
-        return self._conn.body(self._client.read_timeout_s if self._client else 0.0)
+        return self._conn.body(self._timeout)
 
     def release(self) -> None:
         """Idempotent; must be called once the caller is done, read to the end or not."""
@@ -134,7 +135,7 @@ class Http1Client:
         head = self._head(method, target, headers, body)
         if self._slots is None:
             self._slots = asyncio.Semaphore(self.max_connections)
-        if self._slots.locked():
+        if self._slots.locked():  # only a wait needs a timer (the call path skips it)
             async with asyncio.timeout(self.pool_timeout_s):
                 await self._slots.acquire()
         else:
